@@ -1,0 +1,13 @@
+//! punchscope-analysis: the data contract of punchscope.
+//!
+//! This crate holds what a probe run produces and what a report reads, with no
+//! sockets and no async runtime, so that researchers can depend on it alone.
+//!
+//! Layout:
+//! - [`nat`]: the NAT behaviour vocabulary of RFC 4787 / RFC 5382 (mapping,
+//!   filtering, port allocation, what a router answers to an unsolicited SYN).
+//!   The lab's emulator is configured with these types and the classifier
+//!   reports in them, so "what the lab built" and "what the probe saw" compare
+//!   directly.
+
+pub mod nat;

@@ -1,0 +1,1 @@
+//! The NAT lab: network namespaces joined by user-space NAT emulators (Linux only).

@@ -1,0 +1,18 @@
+//! punchscope: measures how well TCP hole punching works for Bitcoin nodes
+//! behind home NATs.
+//!
+//! Layout:
+//! - [`lab`] (Linux only): NATs of every RFC 4787 kind built from network
+//!   namespaces and a user-space NAT emulator, so the whole pipeline runs and
+//!   is tested on one machine. Its emulator core ([`lab::nat`]) is sans-io.
+//! - [`btc`]: Bitcoin P2P handshakes (v1 and BIP324 v2) over any byte stream.
+//! - [`cli`]: the command line; `main.rs` only parses and dispatches.
+//!
+//! NAT behaviour types and the results schema live in the
+//! `punchscope-analysis` crate, re-exported here as [`analysis`].
+
+pub use punchscope_analysis as analysis;
+
+pub mod btc;
+pub mod cli;
+pub mod lab;
