@@ -5,14 +5,19 @@
 //! - [`lab`] (Linux only): NATs of every RFC 4787 kind built from network
 //!   namespaces and a user-space NAT emulator, so the whole pipeline runs and
 //!   is tested on one machine. Its emulator core ([`lab::nat`]) is sans-io.
+//! - [`proto`]: sans-io wire codecs (echo/reflector messages).
+//! - [`server`]: the servers (`punchscope serve ...`), each taking bound listeners and a shutdown signal.
+//! - [`classify`]: TCP NAT classification against echo servers.
 //! - [`btc`]: Bitcoin P2P handshakes (v1 and BIP324 v2) over any byte stream.
-//! - [`cli`]: the command line; `main.rs` only parses and dispatches.
 //!
-//! NAT behaviour types and the results schema live in the
-//! `punchscope-analysis` crate, re-exported here as [`analysis`].
+//! The command line lives in the binary (`src/main.rs`, `src/cli/`), the only
+//! place that uses `anyhow`. NAT behaviour types and the results schema live
+//! in the `punchscope-analysis` crate, re-exported here as [`analysis`].
 
 pub use punchscope_analysis as analysis;
 
 pub mod btc;
-pub mod cli;
+pub mod classify;
 pub mod lab;
+pub mod proto;
+pub mod server;

@@ -1,11 +1,18 @@
-//! The `punchscope` binary: parse the command line, call the library, map the outcome to an exit code.
+//! The `punchscope` binary: parse the command line, run it, map the outcome to an exit code.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use punchscope::cli::{Cli, Command};
+
+mod cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {}
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,1 @@
+//! TCP NAT classification: probing I/O against echo servers; the verdict logic is pure.

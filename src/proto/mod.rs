@@ -1,0 +1,1 @@
+//! Sans-io wire codecs: plain functions and types over bytes, no sockets, no tokio.

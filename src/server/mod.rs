@@ -1,0 +1,1 @@
+//! The servers behind `punchscope serve`: each takes bound listeners and a shutdown signal.
