@@ -1,0 +1,114 @@
+//! Structured events from the NAT emulator: the lab's ground truth of what each router did.
+
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+use punchscope_analysis::nat::UnsolicitedAnswer;
+use serde::Serialize;
+
+use super::packet::{Malformed, Protocol};
+use super::table::{Direction, RemovalReason};
+
+/// Something a router did, at a moment of the emulation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedEvent {
+    pub at: Instant,
+    pub event: NatEvent,
+}
+
+/// Why an inbound packet met no admitting mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCause {
+    /// No mapping owns the destination port.
+    NoMapping,
+    /// A mapping exists but its filtering does not admit this remote.
+    Filtered,
+}
+
+/// Why a packet was discarded without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    Malformed(Malformed),
+    /// Not TCP, UDP or an ICMP error about a translated flow.
+    Unsupported,
+    /// Addressed to neither the router's public address nor a host behind it.
+    NotOurs,
+    /// A host sent to the router's own public address and hairpinning is off.
+    HairpinDisabled,
+    /// A TCP segment other than SYN without a mapping (and `tcp_loose` is off).
+    NoMappingForNonSyn,
+    /// Every external port is in use.
+    PortsExhausted,
+    /// An ICMP error about a flow the router has no session for.
+    UnrelatedIcmp,
+}
+
+/// What a router did. Endpoints are as on the wire after translation unless named otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NatEvent {
+    /// A new mapping: `internal` is seen as `external`; `remote` is the destination that created it.
+    MappingCreated {
+        proto: Protocol,
+        internal: SocketAddrV4,
+        external: SocketAddrV4,
+        remote: SocketAddrV4,
+    },
+    /// A mapping and all its filter state are gone.
+    MappingRemoved {
+        proto: Protocol,
+        internal: SocketAddrV4,
+        external: SocketAddrV4,
+        reason: RemovalReason,
+    },
+    /// One remote's session on a mapping is gone (the filter no longer admits it).
+    SessionRemoved {
+        proto: Protocol,
+        internal: SocketAddrV4,
+        external: SocketAddrV4,
+        remote: SocketAddrV4,
+        reason: RemovalReason,
+    },
+    /// A TCP segment with SYN, FIN or RST left the router (outbound: onto the
+    /// WAN, after the link delay; inbound: to the host).
+    TcpControl {
+        direction: Direction,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        flags: String,
+        ttl: u8,
+    },
+    /// An ICMP error about a mapped flow was translated and delivered to the host.
+    IcmpTranslated {
+        icmp_type: u8,
+        code: u8,
+        internal: SocketAddrV4,
+        remote: SocketAddrV4,
+    },
+    /// An inbound packet no mapping admitted, and what the router answered.
+    Refused {
+        proto: Protocol,
+        remote: SocketAddrV4,
+        external: SocketAddrV4,
+        cause: RefusalCause,
+        /// `None` when the packet was not a bare SYN: only SYNs are answered.
+        answer: Option<UnsolicitedAnswer>,
+        flags: String,
+    },
+    /// A packet whose TTL ran out here; `answered` when an ICMP time-exceeded was sent back.
+    TtlExceeded {
+        direction: Direction,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        answered: bool,
+    },
+    /// The link lost a packet (configured loss).
+    Lost { direction: Direction },
+    /// A packet discarded without an answer.
+    Dropped {
+        direction: Direction,
+        reason: DropReason,
+    },
+}

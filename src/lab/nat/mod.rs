@@ -1,0 +1,591 @@
+//! The NAT emulator core, sans-io: packets and time in, packets and events out.
+//!
+//! A [`Nat`] never touches a socket or a clock. Its driver feeds it packets read
+//! from the LAN and WAN sides with the moment they were read, wakes it at
+//! [`Nat::poll_timeout`], and sends whatever [`Nat::poll_transmit`] returns.
+//! The WAN link's delay, jitter and loss live inside the core, so that mapping
+//! and filtering decisions happen at the instant a packet really reaches the
+//! router, and so that tests replay exactly.
+//!
+//! Layout: [`config`] (what a router is), [`packet`] (IPv4/TCP/UDP/ICMP views
+//! and rewrites over `pnet_packet`), [`table`] (mappings, sessions, port
+//! allocation), [`link`] (the delay line), [`event`] (the ground-truth log).
+
+pub mod config;
+pub mod event;
+mod link;
+pub mod packet;
+pub mod table;
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use punchscope_analysis::nat::UnsolicitedAnswer;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+pub use config::{LinkShape, NatConfig, Timeouts, Translation};
+pub use event::{DropReason, NatEvent, RefusalCause, TimedEvent};
+pub use packet::Protocol;
+pub use table::{Direction, RemovalReason};
+
+use link::DelayLine;
+use packet::{Body, Summary, ICMP_PORT_UNREACHABLE, ICMP_TTL_EXCEEDED};
+use table::{Inbound, MappingTable, Outbound, TableConfig};
+
+/// How often expired mappings are swept out (lookups also expire them lazily).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where a packet leaves the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Port {
+    /// Onto the WAN link, towards the internet.
+    Wan,
+    /// To the host with this LAN address.
+    Lan(Ipv4Addr),
+}
+
+/// A packet to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub port: Port,
+    pub packet: Vec<u8>,
+}
+
+/// Packet counters of one router.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NatStats {
+    pub from_lan: u64,
+    pub from_wan: u64,
+    pub to_lan: u64,
+    pub to_wan: u64,
+    pub refused: u64,
+    pub dropped: u64,
+    pub lost: u64,
+}
+
+/// A packet on the uplink, with the event to log when it reaches the internet.
+#[derive(Debug)]
+struct Departure {
+    packet: Vec<u8>,
+    event: Option<NatEvent>,
+}
+
+/// One emulated router (see the module docs).
+#[derive(Debug)]
+pub struct Nat {
+    config: NatConfig,
+    table: Option<MappingTable>,
+    uplink: DelayLine<Departure>,
+    downlink: DelayLine<Vec<u8>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<TimedEvent>,
+    rng: SmallRng,
+    next_sweep: Option<Instant>,
+    stats: NatStats,
+}
+
+impl Nat {
+    pub fn new(config: NatConfig) -> Self {
+        let table = match config.translation {
+            Translation::None => None,
+            Translation::Nat {
+                mapping,
+                filtering,
+                allocation,
+            } => Some(MappingTable::new(TableConfig {
+                mapping,
+                filtering,
+                allocation,
+                timeouts: config.timeouts,
+                rst_closes: config.rst_closes,
+                tcp_loose: config.tcp_loose,
+                sequential_base: config.sequential_base,
+                sequential_step: config.sequential_step,
+            })),
+        };
+        Self {
+            uplink: DelayLine::new(config.uplink),
+            downlink: DelayLine::new(config.downlink),
+            rng: SmallRng::seed_from_u64(config.seed),
+            table,
+            config,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_sweep: None,
+            stats: NatStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &NatConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> NatStats {
+        self.stats
+    }
+
+    /// Live mappings as (protocol, internal endpoint, external endpoint, remotes with sessions).
+    pub fn mappings(&self) -> Vec<(Protocol, SocketAddrV4, SocketAddrV4, Vec<SocketAddrV4>)> {
+        let public_ip = self.config.public_ip;
+        self.table
+            .iter()
+            .flat_map(|t| t.entries())
+            .map(|m| {
+                (
+                    m.proto(),
+                    m.internal(),
+                    SocketAddrV4::new(public_ip, m.external_port),
+                    m.remotes().collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// A packet a host sent, read from the LAN side at `now`.
+    pub fn handle_lan(&mut self, packet: &[u8], now: Instant) {
+        self.handle_timeout(now);
+        self.stats.from_lan += 1;
+        let summary = match packet::parse(packet) {
+            Ok(summary) => summary,
+            Err(malformed) => {
+                return self.drop(Direction::Outbound, DropReason::Malformed(malformed), now)
+            }
+        };
+        self.sweep_if_due(now);
+        if summary.ttl <= 1 {
+            return self.ttl_exceeded(Direction::Outbound, packet, &summary, now);
+        }
+        if self.table.is_none() {
+            return self.send_up(packet::forward(packet, &summary), now);
+        }
+        let (Some((proto, internal)), Some(remote)) =
+            (summary.src_endpoint(), summary.dst_endpoint())
+        else {
+            return self.drop(Direction::Outbound, DropReason::Unsupported, now);
+        };
+        if summary.dst == self.config.public_ip {
+            return self.hairpin(packet, &summary, proto, internal, remote, now);
+        }
+        let Some(external) = self.map_outbound(&summary, proto, internal, remote, now) else {
+            return;
+        };
+        self.send_up(packet::rewrite(packet, &summary, Some(external), None), now);
+    }
+
+    /// A packet from the internet, read from the WAN side at `now`. It reaches
+    /// the router after the downlink delay.
+    pub fn handle_wan(&mut self, packet: &[u8], now: Instant) {
+        self.handle_timeout(now);
+        self.stats.from_wan += 1;
+        if self
+            .downlink
+            .send(packet.to_vec(), now, &mut self.rng)
+            .is_err()
+        {
+            self.stats.lost += 1;
+            self.log(
+                now,
+                NatEvent::Lost {
+                    direction: Direction::Inbound,
+                },
+            );
+        }
+        self.handle_timeout(now);
+    }
+
+    /// When the core next needs [`Nat::handle_timeout`], if it holds packets in flight.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.uplink.next_release(), self.downlink.next_release()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Moves every packet whose link delay has passed by `now`, in time order.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        loop {
+            let up = self.uplink.next_release().filter(|at| *at <= now);
+            let down = self.downlink.next_release().filter(|at| *at <= now);
+            match (up, down) {
+                (Some(u), Some(d)) if d < u => self.arrive_from_wan(now),
+                (Some(_), _) => {
+                    let (at, departure) = self.uplink.pop_due(now).expect("due");
+                    self.stats.to_wan += 1;
+                    if let Some(event) = departure.event {
+                        self.log(at, event);
+                    }
+                    self.transmits.push_back(Transmit {
+                        port: Port::Wan,
+                        packet: departure.packet,
+                    });
+                }
+                (None, Some(_)) => self.arrive_from_wan(now),
+                (None, None) => break,
+            }
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<TimedEvent> {
+        self.events.pop_front()
+    }
+
+    fn arrive_from_wan(&mut self, now: Instant) {
+        let (at, packet) = self.downlink.pop_due(now).expect("due");
+        self.process_inbound(&packet, at);
+    }
+
+    fn process_inbound(&mut self, packet: &[u8], now: Instant) {
+        let summary = match packet::parse(packet) {
+            Ok(summary) => summary,
+            Err(malformed) => {
+                return self.drop(Direction::Inbound, DropReason::Malformed(malformed), now)
+            }
+        };
+        if self.table.is_some() && summary.dst != self.config.public_ip {
+            return self.drop(Direction::Inbound, DropReason::NotOurs, now);
+        }
+        if summary.ttl <= 1 {
+            return self.ttl_exceeded(Direction::Inbound, packet, &summary, now);
+        }
+        if self.table.is_none() {
+            return self.deliver(packet::forward(packet, &summary), summary.dst, now);
+        }
+        match summary.body {
+            Body::Tcp { dst_port, .. } | Body::Udp { dst_port, .. } => {
+                let (proto, remote) = summary.src_endpoint().expect("TCP or UDP");
+                let table = self.table.as_mut().expect("translating");
+                let verdict = table.inbound(proto, dst_port, remote, summary.tcp_flags(), now);
+                self.log_removals(now);
+                match verdict {
+                    Inbound::Admitted { internal } => {
+                        let out = packet::rewrite(packet, &summary, None, Some(internal));
+                        self.deliver(out, *internal.ip(), now);
+                    }
+                    Inbound::NoMapping => {
+                        self.refuse(packet, &summary, RefusalCause::NoMapping, now)
+                    }
+                    Inbound::Filtered => self.refuse(packet, &summary, RefusalCause::Filtered, now),
+                }
+            }
+            Body::IcmpError {
+                icmp_type,
+                code,
+                quoted,
+            } => {
+                let table = self.table.as_mut().expect("translating");
+                let internal = (*quoted.src.ip() == self.config.public_ip)
+                    .then(|| table.related(quoted.proto, quoted.src.port(), quoted.dst, now))
+                    .flatten();
+                self.log_removals(now);
+                match internal {
+                    Some(internal) => {
+                        let out = packet::rewrite_icmp_error_inbound(packet, &summary, internal);
+                        self.log(
+                            now,
+                            NatEvent::IcmpTranslated {
+                                icmp_type,
+                                code,
+                                internal,
+                                remote: quoted.dst,
+                            },
+                        );
+                        self.deliver(out, *internal.ip(), now);
+                    }
+                    None => self.drop(Direction::Inbound, DropReason::UnrelatedIcmp, now),
+                }
+            }
+            Body::Other { .. } => self.drop(Direction::Inbound, DropReason::Unsupported, now),
+        }
+    }
+
+    /// Finds or creates the outbound mapping; `None` when the packet was dropped.
+    fn map_outbound(
+        &mut self,
+        summary: &Summary,
+        proto: Protocol,
+        internal: SocketAddrV4,
+        remote: SocketAddrV4,
+        now: Instant,
+    ) -> Option<SocketAddrV4> {
+        let public_ip = self.config.public_ip;
+        let table = self.table.as_mut().expect("translating");
+        let outcome = table.outbound(
+            proto,
+            internal,
+            remote,
+            summary.tcp_flags(),
+            now,
+            &mut self.rng,
+        );
+        match outcome {
+            Outbound::Mapped {
+                external_port,
+                created,
+            } => {
+                let external = SocketAddrV4::new(public_ip, external_port);
+                if created {
+                    self.log(
+                        now,
+                        NatEvent::MappingCreated {
+                            proto,
+                            internal,
+                            external,
+                            remote,
+                        },
+                    );
+                }
+                self.log_removals(now);
+                Some(external)
+            }
+            Outbound::NotAllowed => {
+                self.drop(Direction::Outbound, DropReason::NoMappingForNonSyn, now);
+                None
+            }
+            Outbound::Exhausted => {
+                self.drop(Direction::Outbound, DropReason::PortsExhausted, now);
+                None
+            }
+        }
+    }
+
+    /// A host sent to the router's own public address: loop it back to the
+    /// host owning that mapping, translated as if it came from outside
+    /// (RFC 5382 REQ-8), or drop it when hairpinning is off.
+    fn hairpin(
+        &mut self,
+        packet: &[u8],
+        summary: &Summary,
+        proto: Protocol,
+        internal: SocketAddrV4,
+        remote: SocketAddrV4,
+        now: Instant,
+    ) {
+        if !self.config.hairpin {
+            return self.drop(Direction::Outbound, DropReason::HairpinDisabled, now);
+        }
+        let Some(external) = self.map_outbound(summary, proto, internal, remote, now) else {
+            return;
+        };
+        let table = self.table.as_mut().expect("translating");
+        let verdict = table.inbound(proto, remote.port(), external, summary.tcp_flags(), now);
+        self.log_removals(now);
+        match verdict {
+            Inbound::Admitted { internal: target } => {
+                let out = packet::rewrite(packet, summary, Some(external), Some(target));
+                self.deliver(out, *target.ip(), now);
+            }
+            // Hairpinned SYNs are refused silently: the answer would loop back into the LAN.
+            Inbound::NoMapping | Inbound::Filtered => {
+                let cause = if verdict == Inbound::NoMapping {
+                    RefusalCause::NoMapping
+                } else {
+                    RefusalCause::Filtered
+                };
+                self.stats.refused += 1;
+                self.log(
+                    now,
+                    NatEvent::Refused {
+                        proto,
+                        remote: external,
+                        external: remote,
+                        cause,
+                        answer: None,
+                        flags: packet::flags_text(summary.tcp_flags()),
+                    },
+                );
+            }
+        }
+    }
+
+    /// An inbound packet nothing admits: answer a bare SYN as configured.
+    fn refuse(&mut self, packet: &[u8], summary: &Summary, cause: RefusalCause, now: Instant) {
+        self.stats.refused += 1;
+        let (proto, remote) = summary.src_endpoint().expect("TCP or UDP");
+        let external = summary.dst_endpoint().expect("TCP or UDP");
+        let answer = match proto {
+            Protocol::Tcp if summary.is_tcp_syn() => Some(self.config.unsolicited),
+            Protocol::Udp => Some(match self.config.unsolicited {
+                UnsolicitedAnswer::Icmp => UnsolicitedAnswer::Icmp,
+                UnsolicitedAnswer::Drop | UnsolicitedAnswer::Rst => UnsolicitedAnswer::Drop,
+            }),
+            Protocol::Tcp => None,
+        };
+        self.log(
+            now,
+            NatEvent::Refused {
+                proto,
+                remote,
+                external,
+                cause,
+                answer,
+                flags: packet::flags_text(summary.tcp_flags()),
+            },
+        );
+        match answer {
+            Some(UnsolicitedAnswer::Rst) => self.send_up(packet::tcp_reset_for(summary), now),
+            Some(UnsolicitedAnswer::Icmp) => {
+                let (icmp_type, code) = ICMP_PORT_UNREACHABLE;
+                let icmp =
+                    packet::icmp_error_for(packet, summary, self.config.public_ip, icmp_type, code);
+                self.send_up(icmp, now);
+            }
+            Some(UnsolicitedAnswer::Drop) | None => {}
+        }
+    }
+
+    /// A packet that would leave with TTL 0: dropped here, before any mapping,
+    /// with ICMP time-exceeded back to its source (never about an ICMP error).
+    fn ttl_exceeded(
+        &mut self,
+        direction: Direction,
+        packet: &[u8],
+        summary: &Summary,
+        now: Instant,
+    ) {
+        let answered = !matches!(summary.body, Body::IcmpError { .. });
+        self.log(
+            now,
+            NatEvent::TtlExceeded {
+                direction,
+                src: summary
+                    .src_endpoint()
+                    .map_or(SocketAddrV4::new(summary.src, 0), |(_, e)| e),
+                dst: summary
+                    .dst_endpoint()
+                    .unwrap_or(SocketAddrV4::new(summary.dst, 0)),
+                answered,
+            },
+        );
+        if !answered {
+            return;
+        }
+        let (icmp_type, code) = ICMP_TTL_EXCEEDED;
+        match direction {
+            Direction::Outbound => {
+                let icmp = packet::icmp_error_for(
+                    packet,
+                    summary,
+                    self.config.gateway_ip,
+                    icmp_type,
+                    code,
+                );
+                self.deliver(icmp, summary.src, now);
+            }
+            Direction::Inbound => {
+                let icmp =
+                    packet::icmp_error_for(packet, summary, self.config.public_ip, icmp_type, code);
+                self.send_up(icmp, now);
+            }
+        }
+    }
+
+    /// Puts a finished packet on the uplink.
+    fn send_up(&mut self, packet: Vec<u8>, now: Instant) {
+        let event = control_event(Direction::Outbound, &packet);
+        if self
+            .uplink
+            .send(Departure { packet, event }, now, &mut self.rng)
+            .is_err()
+        {
+            self.stats.lost += 1;
+            self.log(
+                now,
+                NatEvent::Lost {
+                    direction: Direction::Outbound,
+                },
+            );
+        }
+        self.handle_timeout(now);
+    }
+
+    /// Hands a finished packet to a host on the LAN.
+    fn deliver(&mut self, packet: Vec<u8>, host: Ipv4Addr, now: Instant) {
+        if let Some(event) = control_event(Direction::Inbound, &packet) {
+            self.log(now, event);
+        }
+        self.stats.to_lan += 1;
+        self.transmits.push_back(Transmit {
+            port: Port::Lan(host),
+            packet,
+        });
+    }
+
+    fn drop(&mut self, direction: Direction, reason: DropReason, now: Instant) {
+        self.stats.dropped += 1;
+        self.log(now, NatEvent::Dropped { direction, reason });
+    }
+
+    fn log(&mut self, at: Instant, event: NatEvent) {
+        self.events.push_back(TimedEvent { at, event });
+    }
+
+    fn log_removals(&mut self, now: Instant) {
+        let public_ip = self.config.public_ip;
+        let Some(table) = self.table.as_mut() else {
+            return;
+        };
+        let removals: Vec<_> = table.drain_removals().collect();
+        for removal in removals {
+            let external = SocketAddrV4::new(public_ip, removal.external_port);
+            let event = match removal.remote {
+                Some(remote) => NatEvent::SessionRemoved {
+                    proto: removal.proto,
+                    internal: removal.internal,
+                    external,
+                    remote,
+                    reason: removal.reason,
+                },
+                None => NatEvent::MappingRemoved {
+                    proto: removal.proto,
+                    internal: removal.internal,
+                    external,
+                    reason: removal.reason,
+                },
+            };
+            self.log(now, event);
+        }
+    }
+
+    fn sweep_if_due(&mut self, now: Instant) {
+        let Some(table) = self.table.as_mut() else {
+            return;
+        };
+        match self.next_sweep {
+            Some(at) if at > now => {}
+            _ => {
+                table.sweep(now);
+                self.next_sweep = Some(now + SWEEP_INTERVAL);
+                self.log_removals(now);
+            }
+        }
+    }
+}
+
+/// The log entry for a TCP segment carrying SYN, FIN or RST; data segments are only counted.
+fn control_event(direction: Direction, packet: &[u8]) -> Option<NatEvent> {
+    use pnet_packet::tcp::TcpFlags;
+    let summary = packet::parse(packet).ok()?;
+    let Body::Tcp { flags, .. } = summary.body else {
+        return None;
+    };
+    if flags & (TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST) == 0 {
+        return None;
+    }
+    let (_, src) = summary.src_endpoint()?;
+    Some(NatEvent::TcpControl {
+        direction,
+        src,
+        dst: summary.dst_endpoint()?,
+        flags: packet::flags_text(flags),
+        ttl: summary.ttl,
+    })
+}
+
+#[cfg(test)]
+mod tests;

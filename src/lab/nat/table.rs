@@ -1,0 +1,477 @@
+//! The NAT's mapping table: which internal endpoint owns which external port, the
+//! remote endpoints (sessions) seen on each mapping, their idle timeouts, and port allocation.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use pnet_packet::tcp::TcpFlags;
+use punchscope_analysis::nat::{Allocation, Filtering, Mapping as MappingBehaviour};
+use rand::Rng;
+use serde::Serialize;
+
+use super::config::Timeouts;
+use super::packet::Protocol;
+
+const FIRST_PORT: u16 = 1024;
+const PORT_COUNT: u32 = 65536 - FIRST_PORT as u32;
+
+/// What the mapping behaviour keys a mapping on, besides the internal endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RemoteKey {
+    Any,
+    Address(Ipv4Addr),
+    Endpoint(SocketAddrV4),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct MappingKey {
+    proto: Protocol,
+    internal: SocketAddrV4,
+    remote: RemoteKey,
+}
+
+/// Why a mapping or session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemovalReason {
+    /// Idle longer than its timeout.
+    Expired,
+    /// A TCP RST passed through (`rst_closes`).
+    Reset,
+}
+
+/// Direction of a packet through the NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// LAN to WAN.
+    Outbound,
+    /// WAN to LAN.
+    Inbound,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Session {
+    last_active: Option<Instant>,
+    syn_out: bool,
+    syn_in: bool,
+    fin_out: bool,
+    fin_in: bool,
+    reset: bool,
+}
+
+impl Session {
+    fn is_established(&self) -> bool {
+        self.syn_out && self.syn_in && !(self.fin_out && self.fin_in) && !self.reset
+    }
+
+    fn timeout(&self, proto: Protocol, timeouts: &Timeouts) -> Duration {
+        match proto {
+            Protocol::Udp => timeouts.udp,
+            Protocol::Tcp if self.is_established() => timeouts.tcp_established,
+            Protocol::Tcp => timeouts.tcp_transitory,
+        }
+    }
+
+    fn expired(&self, proto: Protocol, timeouts: &Timeouts, now: Instant) -> bool {
+        let last = self.last_active.expect("sessions are touched on creation");
+        now.saturating_duration_since(last) > self.timeout(proto, timeouts)
+    }
+}
+
+/// One mapping: an internal endpoint bound to an external port.
+#[derive(Debug, Clone)]
+pub struct MappingEntry {
+    key: MappingKey,
+    pub external_port: u16,
+    sessions: HashMap<SocketAddrV4, Session>,
+}
+
+impl MappingEntry {
+    pub fn proto(&self) -> Protocol {
+        self.key.proto
+    }
+
+    pub fn internal(&self) -> SocketAddrV4 {
+        self.key.internal
+    }
+
+    /// The remote endpoints this mapping currently has sessions with.
+    pub fn remotes(&self) -> impl Iterator<Item = SocketAddrV4> + '_ {
+        self.sessions.keys().copied()
+    }
+}
+
+/// A mapping or session that went away, for the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    pub proto: Protocol,
+    pub internal: SocketAddrV4,
+    pub external_port: u16,
+    /// The session's remote; `None` when the whole mapping went.
+    pub remote: Option<SocketAddrV4>,
+    pub reason: RemovalReason,
+}
+
+/// Result of looking up an inbound packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    Admitted { internal: SocketAddrV4 },
+    NoMapping,
+    Filtered,
+}
+
+/// Result of an outbound packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    Mapped {
+        external_port: u16,
+        created: bool,
+    },
+    /// No mapping and this packet may not create one (a non-SYN TCP segment without `tcp_loose`).
+    NotAllowed,
+    /// Every external port is taken.
+    Exhausted,
+}
+
+/// All mappings of one NAT.
+#[derive(Debug)]
+pub struct MappingTable {
+    mapping: MappingBehaviour,
+    filtering: Filtering,
+    allocation: Allocation,
+    timeouts: Timeouts,
+    rst_closes: bool,
+    tcp_loose: bool,
+    sequential_next: u16,
+    sequential_step: u16,
+    by_external: HashMap<(Protocol, u16), MappingEntry>,
+    by_key: HashMap<MappingKey, u16>,
+    removals: Vec<Removal>,
+}
+
+/// The table's behaviour settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TableConfig {
+    pub mapping: MappingBehaviour,
+    pub filtering: Filtering,
+    pub allocation: Allocation,
+    pub timeouts: Timeouts,
+    pub rst_closes: bool,
+    pub tcp_loose: bool,
+    pub sequential_base: u16,
+    pub sequential_step: u16,
+}
+
+impl MappingTable {
+    pub fn new(config: TableConfig) -> Self {
+        Self {
+            mapping: config.mapping,
+            filtering: config.filtering,
+            allocation: config.allocation,
+            timeouts: config.timeouts,
+            rst_closes: config.rst_closes,
+            tcp_loose: config.tcp_loose,
+            sequential_next: config.sequential_base.max(FIRST_PORT),
+            sequential_step: config.sequential_step.max(1),
+            by_external: HashMap::new(),
+            by_key: HashMap::new(),
+            removals: Vec::new(),
+        }
+    }
+
+    /// Mappings and sessions removed since the last call.
+    pub fn drain_removals(&mut self) -> impl Iterator<Item = Removal> + '_ {
+        self.removals.drain(..)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_external.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_external.is_empty()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &MappingEntry> {
+        self.by_external.values()
+    }
+
+    fn key_for(&self, proto: Protocol, internal: SocketAddrV4, remote: SocketAddrV4) -> MappingKey {
+        let remote = match self.mapping {
+            MappingBehaviour::Eim => RemoteKey::Any,
+            MappingBehaviour::Adm => RemoteKey::Address(*remote.ip()),
+            MappingBehaviour::Apdm => RemoteKey::Endpoint(remote),
+        };
+        MappingKey {
+            proto,
+            internal,
+            remote,
+        }
+    }
+
+    /// Translates an outbound packet's source, creating the mapping if needed.
+    pub fn outbound(
+        &mut self,
+        proto: Protocol,
+        internal: SocketAddrV4,
+        remote: SocketAddrV4,
+        tcp_flags: u8,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Outbound {
+        let key = self.key_for(proto, internal, remote);
+        let existing = self.by_key.get(&key).copied();
+        let existing = existing.filter(|port| self.refresh_expiry((proto, *port), now));
+        let (external_port, created) = match existing {
+            Some(port) => (port, false),
+            None => {
+                let may_create = proto == Protocol::Udp
+                    || self.tcp_loose
+                    || (tcp_flags & TcpFlags::SYN != 0 && tcp_flags & TcpFlags::ACK == 0);
+                if !may_create {
+                    return Outbound::NotAllowed;
+                }
+                let Some(port) = self.allocate(proto, internal.port(), rng) else {
+                    return Outbound::Exhausted;
+                };
+                self.by_key.insert(key, port);
+                self.by_external.insert(
+                    (proto, port),
+                    MappingEntry {
+                        key,
+                        external_port: port,
+                        sessions: HashMap::new(),
+                    },
+                );
+                (port, true)
+            }
+        };
+        self.touch(
+            proto,
+            external_port,
+            remote,
+            Direction::Outbound,
+            tcp_flags,
+            now,
+        );
+        Outbound::Mapped {
+            external_port,
+            created,
+        }
+    }
+
+    /// Decides whether an inbound packet from `remote` to `external_port` is admitted.
+    ///
+    /// An admitted packet updates (or opens) its session; a refused one changes nothing.
+    pub fn inbound(
+        &mut self,
+        proto: Protocol,
+        external_port: u16,
+        remote: SocketAddrV4,
+        tcp_flags: u8,
+        now: Instant,
+    ) -> Inbound {
+        let id = (proto, external_port);
+        if !self.by_external.contains_key(&id) || !self.refresh_expiry(id, now) {
+            return Inbound::NoMapping;
+        }
+        let entry = &self.by_external[&id];
+        let admitted = match self.filtering {
+            Filtering::Eif => true,
+            Filtering::Adf => entry.sessions.keys().any(|r| r.ip() == remote.ip()),
+            Filtering::Apdf => entry.sessions.contains_key(&remote),
+        };
+        if !admitted {
+            return Inbound::Filtered;
+        }
+        let internal = entry.key.internal;
+        self.touch(
+            proto,
+            external_port,
+            remote,
+            Direction::Inbound,
+            tcp_flags,
+            now,
+        );
+        Inbound::Admitted { internal }
+    }
+
+    /// The internal endpoint behind `external_port` if `remote` has a live
+    /// session on it: what an ICMP error about that flow may be delivered to.
+    pub fn related(
+        &mut self,
+        proto: Protocol,
+        external_port: u16,
+        remote: SocketAddrV4,
+        now: Instant,
+    ) -> Option<SocketAddrV4> {
+        let id = (proto, external_port);
+        if !self.by_external.contains_key(&id) || !self.refresh_expiry(id, now) {
+            return None;
+        }
+        let entry = &self.by_external[&id];
+        entry
+            .sessions
+            .contains_key(&remote)
+            .then_some(entry.key.internal)
+    }
+
+    /// Drops every expired session and mapping (bounds memory; lookups also expire lazily).
+    pub fn sweep(&mut self, now: Instant) {
+        let ids: Vec<_> = self.by_external.keys().copied().collect();
+        for id in ids {
+            self.refresh_expiry(id, now);
+        }
+    }
+
+    /// Removes the expired sessions of one mapping; returns whether the mapping is still alive.
+    fn refresh_expiry(&mut self, id: (Protocol, u16), now: Instant) -> bool {
+        let timeouts = self.timeouts;
+        let Some(entry) = self.by_external.get_mut(&id) else {
+            return false;
+        };
+        let proto = entry.key.proto;
+        let internal = entry.key.internal;
+        let mut expired = Vec::new();
+        entry.sessions.retain(|remote, session| {
+            let keep = !session.expired(proto, &timeouts, now);
+            if !keep {
+                expired.push(*remote);
+            }
+            keep
+        });
+        let alive = !entry.sessions.is_empty();
+        for remote in expired {
+            self.removals.push(Removal {
+                proto,
+                internal,
+                external_port: id.1,
+                remote: Some(remote),
+                reason: RemovalReason::Expired,
+            });
+        }
+        if !alive {
+            self.remove_mapping(id, RemovalReason::Expired);
+        }
+        alive
+    }
+
+    fn remove_mapping(&mut self, id: (Protocol, u16), reason: RemovalReason) {
+        if let Some(entry) = self.by_external.remove(&id) {
+            self.by_key.remove(&entry.key);
+            self.removals.push(Removal {
+                proto: entry.key.proto,
+                internal: entry.key.internal,
+                external_port: id.1,
+                remote: None,
+                reason,
+            });
+        }
+    }
+
+    /// Records a packet on a session, following TCP flags for timeouts and RST handling.
+    fn touch(
+        &mut self,
+        proto: Protocol,
+        external_port: u16,
+        remote: SocketAddrV4,
+        direction: Direction,
+        tcp_flags: u8,
+        now: Instant,
+    ) {
+        let id = (proto, external_port);
+        let entry = self
+            .by_external
+            .get_mut(&id)
+            .expect("touch on a live mapping");
+        let internal = entry.key.internal;
+        let session = entry.sessions.entry(remote).or_default();
+        session.last_active = Some(now);
+        if proto != Protocol::Tcp {
+            return;
+        }
+        let outbound = direction == Direction::Outbound;
+        if tcp_flags & TcpFlags::SYN != 0 {
+            if outbound {
+                session.syn_out = true;
+            } else {
+                session.syn_in = true;
+            }
+            session.reset = false;
+        }
+        if tcp_flags & TcpFlags::FIN != 0 {
+            if outbound {
+                session.fin_out = true;
+            } else {
+                session.fin_in = true;
+            }
+        }
+        if tcp_flags & TcpFlags::RST != 0 {
+            if self.rst_closes {
+                entry.sessions.remove(&remote);
+                let mapping_alive = !entry.sessions.is_empty();
+                self.removals.push(Removal {
+                    proto,
+                    internal,
+                    external_port,
+                    remote: Some(remote),
+                    reason: RemovalReason::Reset,
+                });
+                if !mapping_alive {
+                    self.remove_mapping(id, RemovalReason::Reset);
+                }
+            } else {
+                session.reset = true;
+            }
+        }
+    }
+
+    fn port_free(&self, proto: Protocol, port: u16) -> bool {
+        port >= FIRST_PORT && !self.by_external.contains_key(&(proto, port))
+    }
+
+    /// Picks the external port of a new mapping.
+    fn allocate(&mut self, proto: Protocol, internal_port: u16, rng: &mut impl Rng) -> Option<u16> {
+        match self.allocation {
+            Allocation::Preserve => {
+                let start = internal_port.max(FIRST_PORT);
+                self.scan_from(proto, start, 1)
+            }
+            Allocation::Sequential => {
+                let port = self.scan_from(proto, self.sequential_next, self.sequential_step)?;
+                self.sequential_next = step_port(port, self.sequential_step);
+                Some(port)
+            }
+            Allocation::Random => {
+                for _ in 0..64 {
+                    let port = rng.gen_range(FIRST_PORT..=u16::MAX);
+                    if self.port_free(proto, port) {
+                        return Some(port);
+                    }
+                }
+                let start = rng.gen_range(FIRST_PORT..=u16::MAX);
+                self.scan_from(proto, start, 1)
+            }
+        }
+    }
+
+    /// The first free port at `start`, `start + step`, ... wrapping within the port range.
+    fn scan_from(&self, proto: Protocol, start: u16, step: u16) -> Option<u16> {
+        let mut port = start.max(FIRST_PORT);
+        for _ in 0..PORT_COUNT {
+            if self.port_free(proto, port) {
+                return Some(port);
+            }
+            port = step_port(port, step);
+        }
+        // A step that shares a factor with the range size may skip free ports; fall back to all of them.
+        (FIRST_PORT..=u16::MAX).find(|p| self.port_free(proto, *p))
+    }
+}
+
+fn step_port(port: u16, step: u16) -> u16 {
+    let offset = (u32::from(port - FIRST_PORT) + u32::from(step)) % PORT_COUNT;
+    FIRST_PORT + offset as u16
+}
