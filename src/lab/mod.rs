@@ -1,5 +1,24 @@
 //! The NAT lab: network namespaces joined by user-space NAT emulators (Linux only).
 //!
-//! Layout: [`nat`] is the emulator core (sans-io).
+//! One `NAME-internet` namespace routes between public addresses and holds the
+//! servers' addresses. Each host is a `NAME-HOST` namespace whose only device
+//! is a TUN device; its router is a [`nat::Nat`] inside this process, bridging
+//! that device and a TUN device in the internet namespace.
+//!
+//! Layout: [`nat`] (the emulator core, sans-io), [`scenario`] (TOML scenario
+//! files), [`netns`] and [`tun`] (namespace and device plumbing), [`driver`]
+//! (the tokio loop around one router), [`events`] (the ground-truth log),
+//! [`lock`] (one lab per name), [`instance`] (build, run, tear down).
 
+pub mod driver;
+pub mod events;
+pub mod instance;
+pub mod lock;
 pub mod nat;
+pub mod netns;
+pub mod scenario;
+pub mod tun;
+
+pub use events::LabEvent;
+pub use instance::{remove_stale, start_from_file, Lab, LabError, LabInfo, LabOptions, INTERNET};
+pub use scenario::Scenario;

@@ -1,0 +1,117 @@
+//! `punchscope lab`: build NAT labs from scenario files, remove stale ones, run commands inside hosts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use punchscope::lab::{self, netns, LabOptions, INTERNET};
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Build a lab, print one JSON line when it is ready, hold it until Ctrl-C / SIGTERM, then remove it.
+    Up {
+        /// Scenario file (TOML), e.g. probes/lab/basic.toml.
+        scenario: PathBuf,
+        /// Lab name: prefix of its namespaces (NAME-internet, NAME-HOST). a-z, 0-9, _.
+        #[arg(long, default_value = "ps")]
+        name: String,
+        /// Also write every router event to this JSONL file.
+        #[arg(long)]
+        events: Option<PathBuf>,
+    },
+    /// Remove the namespaces of a lab whose process was killed.
+    Down {
+        #[arg(long, default_value = "ps")]
+        name: String,
+    },
+    /// Run a command inside a lab host (or `internet`), with its exit code.
+    Exec {
+        /// Lab name.
+        name: String,
+        /// Host name from the scenario, or `internet`.
+        host: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        LabCommand::Up {
+            scenario,
+            name,
+            events,
+        } => up(scenario, name, events),
+        LabCommand::Down { name } => {
+            let removed = lab::remove_stale(&name)?;
+            if removed.is_empty() {
+                eprintln!("lab {name}: nothing to remove");
+            } else {
+                eprintln!("lab {name}: removed {}", removed.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Exec {
+            name,
+            host,
+            command,
+        } => exec(&name, &host, &command),
+    }
+}
+
+fn up(scenario: PathBuf, name: String, events: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let lab = lab::start_from_file(
+        &scenario,
+        LabOptions {
+            name,
+            event_log: events,
+        },
+    )?;
+    println!("{}", serde_json::to_string(&lab.info())?);
+    eprintln!(
+        "lab {} is up; run commands with `punchscope lab exec {} HOST -- CMD`; Ctrl-C removes it",
+        lab.name(),
+        lab.name()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signal = runtime.block_on(wait_for_stop_signal())?;
+    drop(runtime);
+    eprintln!("lab {}: {signal}, removing", lab.name());
+    lab.shutdown()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
+
+fn exec(name: &str, host: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+    let ns = format!("{name}-{host}");
+    if !netns::exists(&ns) {
+        bail!("lab {name} has no namespace for `{host}` ({ns}); is the lab up? (hosts are named in its scenario, or `{INTERNET}`)");
+    }
+    let status = netns::command_in(&ns, &command[0])?
+        .args(&command[1..])
+        .status()
+        .with_context(|| format!("cannot run `{}` in {ns}", command[0]))?;
+    Ok(match status.code() {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::from(128),
+    })
+}

@@ -1,0 +1,400 @@
+//! A running lab: builds namespaces, devices and router tasks from a scenario, and tears all of it down.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::driver::{run_router, RouterIo};
+use super::events::{EventLog, LabEvent};
+use super::lock::{LabLock, LockError};
+use super::nat::{Nat, Translation};
+use super::netns::{self, NetnsError};
+use super::scenario::{check_name, Scenario, ScenarioError};
+use super::tun::{Tun, TunError};
+
+/// The name of the core namespace within a lab.
+pub const INTERNET: &str = "internet";
+/// The host side's device name inside each host namespace.
+const HOST_DEVICE: &str = "lan0";
+
+/// What went wrong building or removing a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error("invalid lab name: {0}")]
+    Name(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    #[error("cannot write the event log {path}: {source}")]
+    EventLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the lab's router thread: {0}")]
+    Runtime(std::io::Error),
+    #[error("lab has no host named `{0}`")]
+    UnknownHost(String),
+}
+
+/// How to run a lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Prefix of every namespace: `NAME-internet`, `NAME-HOST`.
+    pub name: String,
+    /// Also write every router event to this JSONL file.
+    pub event_log: Option<PathBuf>,
+}
+
+/// A lab that exists until it is dropped or shut down.
+pub struct Lab {
+    name: String,
+    scenario: Scenario,
+    namespaces: Vec<String>,
+    routers: Option<RouterThread>,
+    events: Arc<EventLog>,
+    _lock: LabLock,
+}
+
+struct RouterThread {
+    shutdown: watch::Sender<bool>,
+    thread: JoinHandle<()>,
+}
+
+/// What a started lab looks like, printed by `lab up` as one JSON line.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabInfo {
+    pub lab: String,
+    pub internet: InternetInfo,
+    pub routers: Vec<RouterInfo>,
+    pub hosts: Vec<HostInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InternetInfo {
+    pub netns: String,
+    pub servers: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterInfo {
+    pub name: String,
+    pub public_ip: Ipv4Addr,
+    /// `none` for a plain router, else the mapping behaviour.
+    pub mapping: String,
+    pub filtering: Option<String>,
+    pub allocation: Option<String>,
+    pub unsolicited: String,
+    pub delay_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostInfo {
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Addr,
+    pub public_ip: Ipv4Addr,
+    pub router: String,
+}
+
+/// Removes the namespaces of a lab left behind by a killed process.
+///
+/// Fails if a live process still runs a lab of that name. Returns what was removed.
+pub fn remove_stale(name: &str) -> Result<Vec<String>, LabError> {
+    check_name(name).map_err(LabError::Name)?;
+    let _lock = LabLock::acquire(name)?;
+    remove_namespaces_of(name)
+}
+
+/// Lab names cannot contain '-', so `NAME-` names exactly this lab's namespaces.
+fn remove_namespaces_of(name: &str) -> Result<Vec<String>, LabError> {
+    let prefix = format!("{name}-");
+    let mut removed = Vec::new();
+    for ns in netns::list() {
+        if ns.starts_with(&prefix) {
+            netns::delete(&ns)?;
+            removed.push(ns);
+        }
+    }
+    Ok(removed)
+}
+
+impl Lab {
+    /// Builds the lab. On any error, everything built so far is removed.
+    pub fn start(scenario: Scenario, options: LabOptions) -> Result<Lab, LabError> {
+        let name = options.name;
+        check_name(&name).map_err(LabError::Name)?;
+        let lock = LabLock::acquire(&name)?;
+        remove_namespaces_of(&name)?;
+        let log_file = options
+            .event_log
+            .as_deref()
+            .map(|path| {
+                File::create(path).map_err(|source| LabError::EventLog {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            })
+            .transpose()?;
+        let mut lab = Lab {
+            events: Arc::new(EventLog::new(Instant::now(), log_file)),
+            name,
+            scenario,
+            namespaces: Vec::new(),
+            routers: None,
+            _lock: lock,
+        };
+        // From here on, an early return drops `lab`, which tears down what exists.
+        let routers = lab.build()?;
+        lab.start_routers(routers)?;
+        Ok(lab)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+
+    /// The namespace of the internet core (servers live here).
+    pub fn internet_netns(&self) -> String {
+        format!("{}-{INTERNET}", self.name)
+    }
+
+    /// The namespace of a host.
+    pub fn host_netns(&self, host: &str) -> Result<String, LabError> {
+        self.scenario
+            .host(host)
+            .map(|h| format!("{}-{}", self.name, h.name))
+            .ok_or_else(|| LabError::UnknownHost(host.to_string()))
+    }
+
+    /// Runs `f` on a thread inside a host's namespace (or `internet`).
+    pub fn run_in<T: Send>(&self, host: &str, f: impl FnOnce() -> T + Send) -> Result<T, LabError> {
+        let ns = if host == INTERNET {
+            self.internet_netns()
+        } else {
+            self.host_netns(host)?
+        };
+        Ok(netns::run_in(&ns, f)?)
+    }
+
+    /// Every router event so far.
+    pub fn events(&self) -> Vec<LabEvent> {
+        self.events.snapshot()
+    }
+
+    /// The event log itself (for timing against its clock).
+    pub fn event_log(&self) -> &EventLog {
+        &self.events
+    }
+
+    pub fn info(&self) -> LabInfo {
+        let routers = self
+            .scenario
+            .routers
+            .iter()
+            .map(|r| {
+                let c = &r.config;
+                let (mapping, filtering, allocation) = match c.translation {
+                    Translation::None => ("none".to_string(), None, None),
+                    Translation::Nat {
+                        mapping,
+                        filtering,
+                        allocation,
+                    } => (
+                        mapping.to_string(),
+                        Some(filtering.to_string()),
+                        Some(allocation.to_string()),
+                    ),
+                };
+                RouterInfo {
+                    name: r.name.clone(),
+                    public_ip: c.public_ip,
+                    mapping,
+                    filtering,
+                    allocation,
+                    unsolicited: c.unsolicited.to_string(),
+                    delay_ms: c.uplink.delay.as_secs_f64() * 1e3,
+                }
+            })
+            .collect();
+        let hosts = self
+            .scenario
+            .hosts
+            .iter()
+            .map(|h| HostInfo {
+                name: h.name.clone(),
+                netns: format!("{}-{}", self.name, h.name),
+                address: h.address,
+                public_ip: h.public_ip,
+                router: self.scenario.routers[h.router].name.clone(),
+            })
+            .collect();
+        LabInfo {
+            lab: self.name.clone(),
+            internet: InternetInfo {
+                netns: self.internet_netns(),
+                servers: self.scenario.servers.clone(),
+            },
+            routers,
+            hosts,
+        }
+    }
+
+    /// Stops the routers and removes every namespace and device, reporting failures.
+    pub fn shutdown(mut self) -> Result<(), LabError> {
+        self.teardown()
+    }
+
+    fn add_namespace(&mut self, ns: String) -> Result<(), LabError> {
+        netns::add(&ns)?;
+        self.namespaces.push(ns);
+        Ok(())
+    }
+
+    /// Namespaces, addresses, routes and devices; returns the routers ready to run.
+    fn build(&mut self) -> Result<Vec<RouterIo>, LabError> {
+        let internet = self.internet_netns();
+        self.add_namespace(internet.clone())?;
+        netns::set_sysctls(
+            &internet,
+            &[
+                ("ipv6/conf/all/disable_ipv6", "1"),
+                ("ipv6/conf/default/disable_ipv6", "1"),
+                ("ipv4/ip_forward", "1"),
+                ("ipv4/conf/all/rp_filter", "0"),
+                ("ipv4/conf/default/rp_filter", "0"),
+                ("ipv4/conf/all/send_redirects", "0"),
+                ("ipv4/conf/default/send_redirects", "0"),
+            ],
+        )?;
+        let mut internet_config = vec!["link set lo up".to_string()];
+        for server in &self.scenario.servers {
+            internet_config.push(format!("addr add {server}/32 dev lo"));
+        }
+
+        let mut routers = Vec::new();
+        for (index, router) in self.scenario.routers.clone().into_iter().enumerate() {
+            let wan_device = format!("wan{index}");
+            let wan = Tun::create_in(&internet, &wan_device)?;
+            internet_config.push(format!("link set {wan_device} up"));
+            let mut lans = Vec::new();
+            for host in self
+                .scenario
+                .hosts
+                .clone()
+                .iter()
+                .filter(|h| h.router == index)
+            {
+                let ns = format!("{}-{}", self.name, host.name);
+                self.add_namespace(ns.clone())?;
+                netns::set_sysctls(
+                    &ns,
+                    &[
+                        ("ipv6/conf/all/disable_ipv6", "1"),
+                        ("ipv6/conf/default/disable_ipv6", "1"),
+                        ("ipv4/ip_forward", "0"),
+                    ],
+                )?;
+                let device = Tun::create_in(&ns, HOST_DEVICE)?;
+                netns::ip_batch(
+                    &ns,
+                    &[
+                        "link set lo up".to_string(),
+                        format!(
+                            "addr add {}/{} dev {HOST_DEVICE}",
+                            host.address, host.prefix_len
+                        ),
+                        format!("link set {HOST_DEVICE} up"),
+                        format!("route add default dev {HOST_DEVICE}"),
+                    ],
+                )?;
+                lans.push((host.address, device));
+                if router.config.translation == Translation::None {
+                    internet_config
+                        .push(format!("route add {}/32 dev {wan_device}", host.public_ip));
+                }
+            }
+            if router.config.translation != Translation::None {
+                internet_config.push(format!(
+                    "route add {}/32 dev {wan_device}",
+                    router.config.public_ip
+                ));
+            }
+            routers.push(RouterIo {
+                name: router.name.clone(),
+                nat: Nat::new(router.config),
+                wan,
+                lans,
+            });
+        }
+        netns::ip_batch(&internet, &internet_config)?;
+        Ok(routers)
+    }
+
+    fn start_routers(&mut self, routers: Vec<RouterIo>) -> Result<(), LabError> {
+        let (shutdown, watcher) = watch::channel(false);
+        let events = self.events.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(LabError::Runtime)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("lab-{}", self.name))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let tasks: Vec<_> = routers
+                        .into_iter()
+                        .map(|io| tokio::spawn(run_router(io, events.clone(), watcher.clone())))
+                        .collect();
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                });
+                // Dropping the runtime drops the reader tasks and closes every TUN device.
+            })
+            .map_err(LabError::Runtime)?;
+        self.routers = Some(RouterThread { shutdown, thread });
+        Ok(())
+    }
+
+    fn teardown(&mut self) -> Result<(), LabError> {
+        if let Some(routers) = self.routers.take() {
+            let _ = routers.shutdown.send(true);
+            let _ = routers.thread.join();
+        }
+        let mut first_error = None;
+        while let Some(ns) = self.namespaces.pop() {
+            if let Err(e) = netns::delete(&ns) {
+                first_error.get_or_insert(LabError::from(e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("lab {}: teardown incomplete: {e}", self.name);
+        }
+    }
+}
+
+/// Reads a scenario file and starts a lab from it.
+pub fn start_from_file(path: &Path, options: LabOptions) -> Result<Lab, LabError> {
+    Lab::start(Scenario::load(path)?, options)
+}

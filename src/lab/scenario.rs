@@ -1,0 +1,644 @@
+//! Lab scenario files (TOML): which NATs exist, which hosts sit behind them, and the address plan.
+//!
+//! Unknown keys and impossible values are errors naming the file and line;
+//! missing keys take the defaults documented in docs/lab.md.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use punchscope_analysis::nat::{Allocation, Filtering, Mapping, UnsolicitedAnswer};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::nat::{LinkShape, NatConfig, Timeouts, Translation};
+
+/// The default server addresses in the internet namespace.
+pub const DEFAULT_SERVERS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(198, 51, 100, 10),
+    Ipv4Addr::new(198, 51, 100, 11),
+];
+
+/// A scenario that could not be read or makes no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A validated scenario with every address assigned.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub seed: u64,
+    pub servers: Vec<Ipv4Addr>,
+    pub routers: Vec<RouterSpec>,
+    pub hosts: Vec<HostSpec>,
+}
+
+/// One router: a NAT from the file, or the plain router of a public host.
+#[derive(Debug, Clone)]
+pub struct RouterSpec {
+    pub name: String,
+    pub config: NatConfig,
+}
+
+/// One host namespace.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    pub name: String,
+    /// Index into [`Scenario::routers`].
+    pub router: usize,
+    /// The address on the host's own interface (private behind a NAT, public otherwise).
+    pub address: Ipv4Addr,
+    /// The prefix length of that address on the host's interface.
+    pub prefix_len: u8,
+    /// The public address the internet sees for this host.
+    pub public_ip: Ipv4Addr,
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ScenarioError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses and validates scenario text; errors say the line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: ScenarioFile =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        resolve(file, text)
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostSpec> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    pub fn router_of(&self, host: &HostSpec) -> &RouterSpec {
+        &self.routers[host.router]
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    #[serde(default)]
+    lab: LabSection,
+    #[serde(default)]
+    nat: Vec<NatSection>,
+    #[serde(default)]
+    host: Vec<HostSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabSection {
+    #[serde(default)]
+    seed: u64,
+    #[serde(default = "default_servers")]
+    servers: Spanned<Vec<Ipv4Addr>>,
+}
+
+impl Default for LabSection {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            servers: Spanned::new(0..0, DEFAULT_SERVERS.to_vec()),
+        }
+    }
+}
+
+fn default_servers() -> Spanned<Vec<Ipv4Addr>> {
+    LabSection::default().servers
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum MappingSetting {
+    None,
+    Eim,
+    Adm,
+    Apdm,
+}
+
+/// A probability in `[0, 1]`, rejected at parse time (with its line) otherwise.
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[serde(try_from = "f64")]
+struct Probability(f64);
+
+impl TryFrom<f64> for Probability {
+    type Error = String;
+
+    fn try_from(value: f64) -> Result<Self, Self::Error> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(format!("loss must be between 0.0 and 1.0, got {value}"))
+        }
+    }
+}
+
+/// A port allocation step of at least 1.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "u16")]
+struct Step(u16);
+
+impl TryFrom<u16> for Step {
+    type Error = String;
+
+    fn try_from(value: u16) -> Result<Self, Self::Error> {
+        if value == 0 {
+            Err("sequential_step must be at least 1".into())
+        } else {
+            Ok(Self(value))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NatSection {
+    name: Spanned<String>,
+    public_ip: Option<Spanned<Ipv4Addr>>,
+    #[serde(default = "defaults::mapping")]
+    mapping: MappingSetting,
+    #[serde(default = "defaults::filtering")]
+    filtering: Filtering,
+    #[serde(default = "defaults::allocation")]
+    allocation: Allocation,
+    #[serde(default = "defaults::unsolicited")]
+    unsolicited: UnsolicitedAnswer,
+    #[serde(default)]
+    hairpin: bool,
+    #[serde(default = "defaults::yes")]
+    rst_closes: bool,
+    #[serde(default)]
+    tcp_loose: bool,
+    #[serde(default)]
+    delay_ms: u32,
+    #[serde(default)]
+    jitter_ms: u32,
+    #[serde(default)]
+    loss: Probability,
+    #[serde(default = "defaults::sequential_base")]
+    sequential_base: u16,
+    #[serde(default = "defaults::sequential_step")]
+    sequential_step: Step,
+    #[serde(default = "defaults::tcp_established_s")]
+    tcp_established_timeout_s: u32,
+    #[serde(default = "defaults::tcp_transitory_s")]
+    tcp_transitory_timeout_s: u32,
+    #[serde(default = "defaults::udp_s")]
+    udp_timeout_s: u32,
+}
+
+/// Defaults for omitted NAT keys: a typical home router (EIM, port-preserving, APDF, drops strangers).
+mod defaults {
+    use super::*;
+
+    pub fn mapping() -> MappingSetting {
+        MappingSetting::Eim
+    }
+    pub fn filtering() -> Filtering {
+        Filtering::Apdf
+    }
+    pub fn allocation() -> Allocation {
+        Allocation::Preserve
+    }
+    pub fn unsolicited() -> UnsolicitedAnswer {
+        UnsolicitedAnswer::Drop
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn sequential_base() -> u16 {
+        20000
+    }
+    pub fn sequential_step() -> Step {
+        Step(1)
+    }
+    pub fn tcp_established_s() -> u32 {
+        Timeouts::default().tcp_established.as_secs() as u32
+    }
+    pub fn tcp_transitory_s() -> u32 {
+        Timeouts::default().tcp_transitory.as_secs() as u32
+    }
+    pub fn udp_s() -> u32 {
+        Timeouts::default().udp.as_secs() as u32
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostSection {
+    name: Spanned<String>,
+    nat: Spanned<String>,
+    /// Only for `nat = "none"`: the host's public address.
+    public_ip: Option<Spanned<Ipv4Addr>>,
+}
+
+/// Whether `ip` lies in the documentation ranges lab public addresses come from (RFC 5737).
+pub fn is_documentation_address(ip: Ipv4Addr) -> bool {
+    matches!(
+        ip.octets(),
+        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _]
+    )
+}
+
+/// Names become parts of namespace and file names: keep them short and plain.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name `{name}` must be 1-24 characters of a-z, 0-9 and _"
+        ))
+    }
+}
+
+fn line_of(text: &str, span: &std::ops::Range<usize>) -> usize {
+    text[..span.start.min(text.len())].matches('\n').count() + 1
+}
+
+fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
+    let at = |span: std::ops::Range<usize>, message: String| -> String {
+        format!("line {}: {message}", line_of(text, &span))
+    };
+    let servers = file.lab.servers.get_ref().clone();
+    if servers.is_empty() {
+        return Err(at(
+            file.lab.servers.span(),
+            "servers must list at least one address".into(),
+        ));
+    }
+    for ip in &servers {
+        if !is_documentation_address(*ip) {
+            return Err(at(
+                file.lab.servers.span(),
+                format!("server address {ip} is outside the documentation ranges 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24"),
+            ));
+        }
+    }
+    let mut used_public: HashSet<Ipv4Addr> = servers.iter().copied().collect();
+    let mut claim = |ip: &Spanned<Ipv4Addr>, what: &str| -> Result<Ipv4Addr, String> {
+        let addr = *ip.get_ref();
+        if !is_documentation_address(addr) {
+            return Err(at(
+                ip.span(),
+                format!("{what} {addr} is outside the documentation ranges 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24"),
+            ));
+        }
+        if !used_public.insert(addr) {
+            return Err(at(ip.span(), format!("{what} {addr} is used twice")));
+        }
+        Ok(addr)
+    };
+
+    // Explicit public addresses first, so automatic ones never collide with them.
+    let mut nat_public = Vec::new();
+    for nat in &file.nat {
+        check_name(nat.name.get_ref()).map_err(|m| at(nat.name.span(), m))?;
+        if nat.name.get_ref() == "none" {
+            return Err(at(nat.name.span(), "a NAT cannot be named `none`".into()));
+        }
+        nat_public.push(
+            nat.public_ip
+                .as_ref()
+                .map(|ip| claim(ip, "public_ip"))
+                .transpose()?,
+        );
+    }
+    let mut host_public = Vec::new();
+    for host in &file.host {
+        let name = host.name.get_ref();
+        check_name(name).map_err(|m| at(host.name.span(), m))?;
+        if name == "internet" {
+            return Err(at(
+                host.name.span(),
+                "`internet` is the name of the lab's core namespace".into(),
+            ));
+        }
+        match &host.public_ip {
+            Some(ip) if host.nat.get_ref() != "none" => {
+                return Err(at(
+                    ip.span(),
+                    format!("host `{name}` is behind NAT `{}`: only hosts with nat = \"none\" have their own public_ip", host.nat.get_ref()),
+                ))
+            }
+            Some(ip) => host_public.push(Some(claim(ip, "public_ip")?)),
+            None => host_public.push(None),
+        }
+    }
+    let mut next_auto = 2u8;
+    let mut auto_public = |used: &mut HashSet<Ipv4Addr>| -> Result<Ipv4Addr, String> {
+        while next_auto < 255 {
+            let ip = Ipv4Addr::new(203, 0, 113, next_auto);
+            next_auto += 1;
+            if used.insert(ip) {
+                return Ok(ip);
+            }
+        }
+        Err(
+            "more public addresses needed than 203.0.113.0/24 offers; give public_ip explicitly"
+                .into(),
+        )
+    };
+
+    let mut routers = Vec::new();
+    let mut router_by_name: HashMap<String, usize> = HashMap::new();
+    for (i, nat) in file.nat.iter().enumerate() {
+        let name = nat.name.get_ref().clone();
+        if router_by_name.contains_key(&name) {
+            return Err(at(
+                nat.name.span(),
+                format!("NAT `{name}` is defined twice"),
+            ));
+        }
+        let public_ip = match nat_public[i] {
+            Some(ip) => ip,
+            None => auto_public(&mut used_public)?,
+        };
+        let translation = match nat.mapping {
+            MappingSetting::None => Translation::None,
+            MappingSetting::Eim => nat_translation(Mapping::Eim, nat),
+            MappingSetting::Adm => nat_translation(Mapping::Adm, nat),
+            MappingSetting::Apdm => nat_translation(Mapping::Apdm, nat),
+        };
+        let link = LinkShape {
+            delay: Duration::from_millis(nat.delay_ms.into()),
+            jitter: Duration::from_millis(nat.jitter_ms.into()),
+            loss: nat.loss.0,
+        };
+        let config = NatConfig {
+            translation,
+            public_ip,
+            gateway_ip: Ipv4Addr::new(192, 168, 0, 1), // set per LAN below
+            unsolicited: nat.unsolicited,
+            hairpin: nat.hairpin,
+            rst_closes: nat.rst_closes,
+            tcp_loose: nat.tcp_loose,
+            timeouts: Timeouts {
+                tcp_established: Duration::from_secs(nat.tcp_established_timeout_s.into()),
+                tcp_transitory: Duration::from_secs(nat.tcp_transitory_timeout_s.into()),
+                udp: Duration::from_secs(nat.udp_timeout_s.into()),
+            },
+            sequential_base: nat.sequential_base,
+            sequential_step: nat.sequential_step.0,
+            uplink: link,
+            downlink: link,
+            seed: file.lab.seed.wrapping_add(i as u64),
+        };
+        router_by_name.insert(name.clone(), routers.len());
+        routers.push(RouterSpec { name, config });
+    }
+
+    let mut hosts: Vec<HostSpec> = Vec::new();
+    let mut lan_hosts: HashMap<usize, u8> = HashMap::new();
+    for (i, host) in file.host.iter().enumerate() {
+        let name = host.name.get_ref().clone();
+        if hosts.iter().any(|h| h.name == name) {
+            return Err(at(
+                host.name.span(),
+                format!("host `{name}` is defined twice"),
+            ));
+        }
+        let nat_name = host.nat.get_ref();
+        let router = if nat_name == "none" {
+            // A public host gets a plain router of its own.
+            let public_ip = match host_public[i] {
+                Some(ip) => ip,
+                None => auto_public(&mut used_public)?,
+            };
+            let mut config = NatConfig::router(public_ip);
+            config.seed = file.lab.seed.wrapping_add(1000 + i as u64);
+            routers.push(RouterSpec {
+                name: format!("{name}_router"),
+                config,
+            });
+            routers.len() - 1
+        } else {
+            *router_by_name.get(nat_name).ok_or_else(|| {
+                at(
+                    host.nat.span(),
+                    format!("host `{name}` refers to unknown NAT `{nat_name}` (defined: {}; or \"none\")",
+                        file.nat.iter().map(|n| n.name.get_ref().as_str()).collect::<Vec<_>>().join(", ")),
+                )
+            })?
+        };
+        let index = lan_hosts.entry(router).or_insert(0);
+        *index += 1;
+        let (address, prefix_len, public_ip) = match routers[router].config.translation {
+            Translation::Nat { .. } => {
+                if router >= 254 || *index >= 250 {
+                    return Err(at(
+                        host.name.span(),
+                        "too many NATs or hosts for the address plan".into(),
+                    ));
+                }
+                let lan = router as u8 + 1;
+                routers[router].config.gateway_ip = Ipv4Addr::new(192, 168, lan, 1);
+                (
+                    Ipv4Addr::new(192, 168, lan, 1 + *index),
+                    24,
+                    routers[router].config.public_ip,
+                )
+            }
+            Translation::None => {
+                if *index > 1 {
+                    return Err(at(host.nat.span(), format!("router `{nat_name}` does not translate: only one host can sit behind it")));
+                }
+                let public_ip = routers[router].config.public_ip;
+                // The router's own address (source of its ICMP errors) is not the host's.
+                routers[router].config.gateway_ip =
+                    Ipv4Addr::new(192, 0, 2, (router as u8).wrapping_add(1));
+                (public_ip, 32, public_ip)
+            }
+        };
+        hosts.push(HostSpec {
+            name,
+            router,
+            address,
+            prefix_len,
+            public_ip,
+        });
+    }
+    // A router with no host serves no purpose and would get no interface: refuse it.
+    for (i, router) in routers.iter().enumerate() {
+        if !lan_hosts.contains_key(&i) {
+            let span = file.nat.get(i).map(|n| n.name.span()).unwrap_or(0..0);
+            return Err(at(
+                span,
+                format!("NAT `{}` has no host behind it", router.name),
+            ));
+        }
+    }
+    Ok(Scenario {
+        seed: file.lab.seed,
+        servers,
+        routers,
+        hosts,
+    })
+}
+
+fn nat_translation(mapping: Mapping, nat: &NatSection) -> Translation {
+    Translation::Nat {
+        mapping,
+        filtering: nat.filtering,
+        allocation: nat.allocation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[[nat]]
+name = "home"
+public_ip = "203.0.113.2"
+mapping = "eim"
+filtering = "apdf"
+allocation = "preserve"
+unsolicited = "drop"
+hairpin = false
+rst_closes = true
+delay_ms = 20
+jitter_ms = 0
+loss = 0.0
+
+[[host]]
+name = "alice"
+nat = "home"
+
+[[host]]
+name = "bob"
+nat = "none"
+"#;
+
+    #[test]
+    fn the_documented_example_parses_with_an_address_plan() {
+        let s = Scenario::parse(EXAMPLE).unwrap();
+        assert_eq!(s.servers, DEFAULT_SERVERS);
+        let alice = s.host("alice").unwrap();
+        assert_eq!(alice.address, Ipv4Addr::new(192, 168, 1, 2));
+        assert_eq!(alice.public_ip, Ipv4Addr::new(203, 0, 113, 2));
+        let home = s.router_of(alice);
+        assert_eq!(home.config.gateway_ip, Ipv4Addr::new(192, 168, 1, 1));
+        assert_eq!(home.config.uplink.delay, Duration::from_millis(20));
+        let bob = s.host("bob").unwrap();
+        assert_eq!(bob.address, bob.public_ip);
+        assert_eq!(
+            bob.public_ip,
+            Ipv4Addr::new(203, 0, 113, 3),
+            "next free automatic address"
+        );
+        assert_eq!(s.router_of(bob).config.translation, Translation::None);
+    }
+
+    #[test]
+    fn omitted_keys_take_the_documented_defaults() {
+        let s = Scenario::parse("[[nat]]\nname = \"n\"\n[[host]]\nname = \"h\"\nnat = \"n\"\n")
+            .unwrap();
+        let c = &s.routers[0].config;
+        assert_eq!(
+            c.translation,
+            Translation::Nat {
+                mapping: Mapping::Eim,
+                filtering: Filtering::Apdf,
+                allocation: Allocation::Preserve
+            }
+        );
+        assert_eq!(c.unsolicited, UnsolicitedAnswer::Drop);
+        assert!(c.rst_closes && !c.hairpin && !c.tcp_loose);
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.uplink, LinkShape::default());
+    }
+
+    fn error_of(text: &str) -> String {
+        Scenario::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_keys_and_impossible_values_name_the_line() {
+        let e = error_of("[[nat]]\nname = \"n\"\nmaping = \"eim\"\n");
+        assert!(
+            e.contains("line 3") && e.contains("unknown field `maping`"),
+            "{e}"
+        );
+        let e = error_of("[[nat]]\nname = \"n\"\nmapping = \"symmetric\"\n");
+        assert!(e.contains("line 3") && e.contains("symmetric"), "{e}");
+        let e = error_of("[[nat]]\nname = \"n\"\nloss = 1.5\n");
+        assert!(
+            e.contains("line 3") && e.contains("between 0.0 and 1.0"),
+            "{e}"
+        );
+        let e = error_of("[[nat]]\nname = \"n\"\ndelay_ms = -5\n");
+        assert!(e.contains("line 3"), "{e}");
+        let e = error_of("[[nat]]\nname = \"n\"\nsequential_step = 0\n");
+        assert!(e.contains("line 3") && e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_scenarios_are_refused_with_the_line() {
+        let e = error_of("[[host]]\nname = \"h\"\nnat = \"hom\"\n");
+        assert!(
+            e.contains("line 3") && e.contains("unknown NAT `hom`"),
+            "{e}"
+        );
+        let e = error_of(
+            "[[nat]]\nname = \"n\"\npublic_ip = \"8.8.8.8\"\n[[host]]\nname = \"h\"\nnat = \"n\"\n",
+        );
+        assert!(
+            e.contains("line 3") && e.contains("documentation ranges"),
+            "{e}"
+        );
+        let e = error_of("[[nat]]\nname = \"n\"\npublic_ip = \"198.51.100.10\"\n[[host]]\nname = \"h\"\nnat = \"n\"\n");
+        assert!(e.contains("used twice"), "{e}");
+        let e = error_of("[[host]]\nname = \"Alice\"\nnat = \"none\"\n");
+        assert!(e.contains("line 2") && e.contains("a-z"), "{e}");
+        let e = error_of("[[nat]]\nname = \"n\"\n[[host]]\nname = \"h\"\nnat = \"none\"\n");
+        assert!(
+            e.contains("line 2") && e.contains("no host behind it"),
+            "{e}"
+        );
+        let e = error_of("[[host]]\nname = \"internet\"\nnat = \"none\"\n");
+        assert!(e.contains("core namespace"), "{e}");
+        let e =
+            error_of("[lab]\nservers = [\"10.0.0.1\"]\n[[host]]\nname = \"h\"\nnat = \"none\"\n");
+        assert!(
+            e.contains("line 2") && e.contains("documentation ranges"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn several_hosts_share_a_nat_with_distinct_lan_addresses() {
+        let s = Scenario::parse(
+            "[[nat]]\nname = \"n\"\n[[host]]\nname = \"a\"\nnat = \"n\"\n[[host]]\nname = \"b\"\nnat = \"n\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.host("a").unwrap().address, Ipv4Addr::new(192, 168, 1, 2));
+        assert_eq!(s.host("b").unwrap().address, Ipv4Addr::new(192, 168, 1, 3));
+        assert_eq!(
+            s.host("a").unwrap().public_ip,
+            s.host("b").unwrap().public_ip
+        );
+    }
+}
