@@ -1,0 +1,168 @@
+//! Helpers shared by the lab integration tests: unique lab names, a tiny echo
+//! listener in the internet namespace, and plain std sockets bound the way hole punching binds them.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use punchscope::lab::{netns, Lab, LabOptions, Scenario};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Lab tests need root (namespaces, TUN). They fail rather than skip, so CI can never pass without running them.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "lab tests need root (network namespaces and /dev/net/tun): run `sudo -E cargo test`"
+    );
+}
+
+/// A lab name no other test (or test process) uses.
+pub fn unique_name(tag: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("t{}{tag}{n}", std::process::id() % 100_000)
+}
+
+pub fn start_lab(tag: &str, scenario: &str) -> Lab {
+    require_root();
+    let scenario = Scenario::parse(scenario).expect("test scenario parses");
+    Lab::start(
+        scenario,
+        LabOptions {
+            name: unique_name(tag),
+            event_log: None,
+        },
+    )
+    .expect("lab starts")
+}
+
+/// The namespaces of one lab still present.
+pub fn namespaces_of(lab_name: &str) -> Vec<String> {
+    let prefix = format!("{lab_name}-");
+    netns::list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+pub fn ep(s: &str) -> SocketAddrV4 {
+    s.parse().expect("endpoint literal")
+}
+
+/// A listener on several endpoints in the internet namespace. Each connection
+/// gets one line, the peer endpoint it saw; then every byte it sends is echoed.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    pub fn start(lab: &Lab, endpoints: &[&str]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for endpoint in endpoints {
+            let addr: SocketAddr = endpoint.parse().unwrap();
+            let listener = lab
+                .run_in("internet", || {
+                    let socket = reusable_socket();
+                    socket.bind(&addr.into()).expect("bind echo listener");
+                    socket.listen(128).expect("listen");
+                    socket.set_nonblocking(true).unwrap();
+                    TcpListener::from(socket)
+                })
+                .unwrap();
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || serve(listener, stop)));
+        }
+        Self { stop, threads }
+    }
+}
+
+fn serve(listener: TcpListener, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut stream, peer)) => {
+                std::thread::spawn(move || {
+                    stream.set_nonblocking(false).unwrap();
+                    stream.set_nodelay(true).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    if writeln!(stream, "{peer}").is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP socket with SO_REUSEADDR and SO_REUSEPORT, as hole punching binds them.
+pub fn reusable_socket() -> Socket {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.set_reuse_port(true).unwrap();
+    socket
+}
+
+/// Connects from `local` to `remote` with a timeout.
+pub fn connect_from(
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let socket = reusable_socket();
+    socket.bind(&SocketAddr::V4(local).into())?;
+    socket.connect_timeout(&SocketAddr::V4(remote).into(), timeout)?;
+    let stream: TcpStream = socket.into();
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Connects from `local` to an echo server and returns the public endpoint it saw.
+pub fn observe(local: SocketAddrV4, server: SocketAddrV4) -> SocketAddrV4 {
+    let stream = connect_from(local, server, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {local} -> {server}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap();
+    line.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("echo line {line:?}"))
+}
+
+/// A listener on `local` that shares the port with outgoing sockets.
+pub fn listen_on(local: SocketAddrV4) -> TcpListener {
+    let socket = reusable_socket();
+    socket.bind(&SocketAddr::V4(local).into()).unwrap();
+    socket.listen(16).unwrap();
+    socket.into()
+}
