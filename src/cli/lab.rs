@@ -31,6 +31,21 @@ enum LabCommand {
         #[arg(long, default_value = "ps")]
         name: String,
     },
+    /// Benchmark the emulator core (packets/s) and the latency the TUN path adds (needs root).
+    Bench {
+        /// Seconds per core throughput run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Ping-pong round trips for the TUN latency.
+        #[arg(long, default_value_t = 2000)]
+        round_trips: usize,
+        /// Skip the TUN path (no root needed).
+        #[arg(long)]
+        core_only: bool,
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command inside a lab host (or `internet`), with its exit code.
     Exec {
         /// Lab name.
@@ -64,7 +79,46 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             host,
             command,
         } => exec(&name, &host, &command),
+        LabCommand::Bench {
+            seconds,
+            round_trips,
+            core_only,
+            json,
+        } => bench(seconds, round_trips, core_only, json),
     }
+}
+
+fn bench(seconds: f64, round_trips: usize, core_only: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let duration = std::time::Duration::from_secs_f64(seconds);
+    let core = [64, 1400]
+        .into_iter()
+        .map(|payload| lab::bench::core_throughput(payload, 1000, duration))
+        .collect();
+    let tun = if core_only {
+        None
+    } else {
+        let name = format!("bench{}", std::process::id());
+        Some(lab::bench::tun_latency(&name, round_trips)?)
+    };
+    let report = lab::bench::BenchReport { core, tun };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("NAT emulator core, one instance, one core (1000 flows, both directions):");
+    for c in &report.core {
+        println!(
+            "  {:>5} B payload: {:>12.0} packets/s ({} packets in {:.2} s)",
+            c.payload_bytes, c.packets_per_second, c.packets, c.seconds
+        );
+    }
+    if let Some(t) = &report.tun {
+        println!("TUN path, zero configured delay ({} 1-byte TCP round trips):", t.round_trips);
+        println!("  through the NAT: median {:.1} us, p99 {:.1} us", t.through_nat_median_us, t.through_nat_p99_us);
+        println!("  loopback in the internet namespace: median {:.1} us", t.loopback_median_us);
+        println!("  added per packet: {:.1} us", t.added_per_packet_us);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn up(scenario: PathBuf, name: String, events: Option<PathBuf>) -> anyhow::Result<ExitCode> {

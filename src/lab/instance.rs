@@ -43,6 +43,8 @@ pub enum LabError {
     },
     #[error("cannot start the lab's router thread: {0}")]
     Runtime(std::io::Error),
+    #[error("traffic inside the lab failed: {0}")]
+    Traffic(std::io::Error),
     #[error("lab has no host named `{0}`")]
     UnknownHost(String),
 }

@@ -8,8 +8,10 @@
 //! Layout: [`nat`] (the emulator core, sans-io), [`scenario`] (TOML scenario
 //! files), [`netns`] and [`tun`] (namespace and device plumbing), [`driver`]
 //! (the tokio loop around one router), [`events`] (the ground-truth log),
-//! [`lock`] (one lab per name), [`instance`] (build, run, tear down).
+//! [`lock`] (one lab per name), [`instance`] (build, run, tear down),
+//! [`bench`] (`lab bench`).
 
+pub mod bench;
 pub mod driver;
 pub mod events;
 pub mod instance;

@@ -115,12 +115,12 @@ impl Harness {
         out
     }
 
-    fn from_lan(&mut self, packet: Vec<u8>) -> Vec<Transmit> {
+    fn send_lan(&mut self, packet: Vec<u8>) -> Vec<Transmit> {
         self.nat.handle_lan(&packet, self.now);
         self.drain()
     }
 
-    fn from_wan(&mut self, packet: Vec<u8>) -> Vec<Transmit> {
+    fn send_wan(&mut self, packet: Vec<u8>) -> Vec<Transmit> {
         self.nat.handle_wan(&packet, self.now);
         self.drain()
     }
@@ -139,7 +139,7 @@ impl Harness {
 
     /// Sends a SYN from `internal` to `remote`; returns the public source it left with.
     fn syn_out(&mut self, internal: SocketAddrV4, remote: SocketAddrV4) -> SocketAddrV4 {
-        let out = self.from_lan(build::tcp(internal, remote, TcpFlags::SYN, 64, b""));
+        let out = self.send_lan(build::tcp(internal, remote, TcpFlags::SYN, 64, b""));
         assert_eq!(out.len(), 1, "one packet out for a SYN");
         assert_eq!(out[0].port, Port::Wan);
         assert_eq!(dst_of(&out[0].packet), remote, "destination untouched");
@@ -148,7 +148,7 @@ impl Harness {
 
     /// Sends a SYN from `remote` to `external`; returns what reached the LAN, if anything.
     fn syn_in(&mut self, remote: SocketAddrV4, external: SocketAddrV4) -> Option<Transmit> {
-        let out = self.from_wan(build::tcp(remote, external, TcpFlags::SYN, 60, b""));
+        let out = self.send_wan(build::tcp(remote, external, TcpFlags::SYN, 60, b""));
         out.into_iter().find(|t| matches!(t.port, Port::Lan(_)))
     }
 }
@@ -251,7 +251,7 @@ fn every_mapping_filtering_allocation_combination_behaves_as_configured() {
 
                 // The server itself is always admitted back, translated to the host.
                 let reply = h
-                    .from_wan(build::tcp(
+                    .send_wan(build::tcp(
                         server1(),
                         e1,
                         TcpFlags::SYN | TcpFlags::ACK,
@@ -308,7 +308,7 @@ fn unsolicited_syn_is_dropped_reset_or_answered_with_icmp() {
             NatConfig::nat(Mapping::Eim, Filtering::Apdf, Allocation::Preserve, PUBLIC);
         config.unsolicited = answer;
         let mut h = Harness::new(config);
-        let out = h.from_wan(build::tcp(stranger, target, TcpFlags::SYN, 60, b""));
+        let out = h.send_wan(build::tcp(stranger, target, TcpFlags::SYN, 60, b""));
         match answer {
             UnsolicitedAnswer::Drop => assert!(out.is_empty()),
             UnsolicitedAnswer::Rst => {
@@ -348,7 +348,7 @@ fn non_syn_segments_are_refused_without_an_answer() {
     let mut config = NatConfig::nat(Mapping::Eim, Filtering::Apdf, Allocation::Preserve, PUBLIC);
     config.unsolicited = UnsolicitedAnswer::Rst;
     let mut h = Harness::new(config);
-    let out = h.from_wan(build::tcp(
+    let out = h.send_wan(build::tcp(
         server1(),
         SocketAddrV4::new(PUBLIC, 5000),
         TcpFlags::ACK,
@@ -362,7 +362,7 @@ fn non_syn_segments_are_refused_without_an_answer() {
 fn ttl_one_dies_at_the_nat_without_a_mapping_and_ttl_two_passes() {
     let mut h = Harness::nat(Mapping::Eim, Filtering::Apdf, Allocation::Preserve);
     let internal = SocketAddrV4::new(HOST, 5000);
-    let out = h.from_lan(build::tcp(internal, server1(), TcpFlags::SYN, 1, b""));
+    let out = h.send_lan(build::tcp(internal, server1(), TcpFlags::SYN, 1, b""));
     assert_eq!(out.len(), 1);
     assert_eq!(
         out[0].port,
@@ -377,7 +377,7 @@ fn ttl_one_dies_at_the_nat_without_a_mapping_and_ttl_two_passes() {
         "no mapping for a packet that died here"
     );
 
-    let out = h.from_lan(build::tcp(internal, server1(), TcpFlags::SYN, 2, b""));
+    let out = h.send_lan(build::tcp(internal, server1(), TcpFlags::SYN, 2, b""));
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].port, Port::Wan);
     assert_eq!(out[0].packet[8], 1, "TTL decremented to 1");
@@ -388,7 +388,7 @@ fn ttl_one_dies_at_the_nat_without_a_mapping_and_ttl_two_passes() {
 fn inbound_ttl_expiry_answers_towards_the_wan() {
     let mut h = Harness::nat(Mapping::Eim, Filtering::Eif, Allocation::Preserve);
     let external = h.syn_out(SocketAddrV4::new(HOST, 5000), server1());
-    let out = h.from_wan(build::tcp(
+    let out = h.send_wan(build::tcp(
         server1(),
         external,
         TcpFlags::SYN | TcpFlags::ACK,
@@ -412,7 +412,7 @@ fn rst_closes_removes_the_session_at_once_or_keeps_it_until_timeout() {
         let external = h.syn_out(internal, peer);
         // The peer's router answers our early SYN with a RST...
         let rst = build::tcp(peer, external, TcpFlags::RST | TcpFlags::ACK, 60, b"");
-        assert_eq!(h.from_wan(rst).len(), 1, "the RST itself reaches the host");
+        assert_eq!(h.send_wan(rst).len(), 1, "the RST itself reaches the host");
         // ...and the peer's own SYN follows.
         let syn = h.syn_in(peer, external);
         assert_eq!(syn.is_none(), rst_closes, "rst_closes = {rst_closes}");
@@ -451,18 +451,18 @@ fn transitory_sessions_expire_after_four_minutes_established_ones_live_longer() 
     let internal = SocketAddrV4::new(HOST, 5001);
     let external = h.syn_out(internal, server1());
     let synack = build::tcp(server1(), external, TcpFlags::SYN | TcpFlags::ACK, 60, b"");
-    assert_eq!(h.from_wan(synack).len(), 1);
+    assert_eq!(h.send_wan(synack).len(), 1);
     h.advance(Duration::from_secs(3600));
     let data = build::tcp(server1(), external, TcpFlags::ACK, 60, b"still here");
     assert_eq!(
-        h.from_wan(data).len(),
+        h.send_wan(data).len(),
         1,
         "established session survives an idle hour"
     );
     h.advance(Duration::from_secs(2 * 3600 + 5 * 60));
     let late = build::tcp(server1(), external, TcpFlags::ACK, 60, b"too late");
     assert!(
-        h.from_wan(late).is_empty(),
+        h.send_wan(late).is_empty(),
         "established session expired after 2 h 4 min"
     );
 }
@@ -480,11 +480,11 @@ fn link_delay_holds_packets_and_inbound_decisions_happen_on_arrival() {
 
     // The peer's SYN reaches our WAN side before our host has sent anything...
     assert!(h
-        .from_wan(build::tcp(peer, external, TcpFlags::SYN, 60, b""))
+        .send_wan(build::tcp(peer, external, TcpFlags::SYN, 60, b""))
         .is_empty());
     h.advance(Duration::from_millis(10));
     // ...our host's SYN opens the mapping 10 ms later...
-    let out = h.from_lan(build::tcp(internal, peer, TcpFlags::SYN, 64, b""));
+    let out = h.send_lan(build::tcp(internal, peer, TcpFlags::SYN, 64, b""));
     assert!(out.is_empty(), "held on the uplink");
     assert_eq!(
         h.nat.poll_timeout(),
@@ -504,13 +504,13 @@ fn icmp_errors_about_a_mapped_flow_are_translated_to_the_host() {
     let mut h = Harness::nat(Mapping::Eim, Filtering::Apdf, Allocation::Sequential);
     let internal = SocketAddrV4::new(HOST, 5000);
     let peer = ep([203, 0, 113, 3], 6000);
-    let out = h.from_lan(build::tcp(internal, peer, TcpFlags::SYN, 2, b""));
+    let out = h.send_lan(build::tcp(internal, peer, TcpFlags::SYN, 2, b""));
     let sent = out[0].packet.clone();
     // The next router drops it (TTL 1) and sends time exceeded to our public address.
     let summary = packet::parse(&sent).unwrap();
     let router = Ipv4Addr::new(198, 51, 100, 1);
     let icmp = packet::icmp_error_for(&sent, &summary, router, 11, 0);
-    let out = h.from_wan(icmp);
+    let out = h.send_wan(icmp);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].port, Port::Lan(HOST));
     let delivered = &out[0].packet;
@@ -542,7 +542,7 @@ fn icmp_errors_about_a_mapped_flow_are_translated_to_the_host() {
     );
     let s = packet::parse(&unrelated).unwrap();
     assert!(h
-        .from_wan(packet::icmp_error_for(&unrelated, &s, router, 11, 0))
+        .send_wan(packet::icmp_error_for(&unrelated, &s, router, 11, 0))
         .is_empty());
 }
 
@@ -555,7 +555,7 @@ fn hairpin_loops_back_translated_or_is_dropped() {
         let b = SocketAddrV4::new(HOST_B, 7000);
         let b_public = h.syn_out(b, server1());
         let a = SocketAddrV4::new(HOST, 5000);
-        let out = h.from_lan(build::tcp(a, b_public, TcpFlags::SYN, 64, b""));
+        let out = h.send_lan(build::tcp(a, b_public, TcpFlags::SYN, 64, b""));
         if hairpin {
             assert_eq!(out.len(), 1);
             assert_eq!(out[0].port, Port::Lan(HOST_B));
@@ -576,11 +576,11 @@ fn a_router_without_translation_forwards_and_decrements_ttl() {
     let public_host = Ipv4Addr::new(203, 0, 113, 50);
     let mut h = Harness::new(NatConfig::router(Ipv4Addr::new(192, 0, 2, 1)));
     let me = SocketAddrV4::new(public_host, 8333);
-    let out = h.from_lan(build::tcp(me, server1(), TcpFlags::SYN, 64, b""));
+    let out = h.send_lan(build::tcp(me, server1(), TcpFlags::SYN, 64, b""));
     assert_eq!(out[0].port, Port::Wan);
     assert_eq!(src_of(&out[0].packet), me);
     assert_eq!(out[0].packet[8], 63);
-    let out = h.from_wan(build::tcp(
+    let out = h.send_wan(build::tcp(
         ep([198, 51, 100, 10], 999),
         me,
         TcpFlags::SYN,
@@ -598,13 +598,13 @@ fn a_router_without_translation_forwards_and_decrements_ttl() {
 fn udp_is_mapped_and_filtered_like_tcp() {
     let mut h = Harness::nat(Mapping::Apdm, Filtering::Apdf, Allocation::Random);
     let internal = SocketAddrV4::new(HOST, 5000);
-    let out = h.from_lan(build::udp(internal, server1(), 64, b"hello"));
+    let out = h.send_lan(build::udp(internal, server1(), 64, b"hello"));
     let external = src_of(&out[0].packet);
-    let reply = h.from_wan(build::udp(server1(), external, 60, b"hi"));
+    let reply = h.send_wan(build::udp(server1(), external, 60, b"hi"));
     assert_eq!(reply.len(), 1);
     assert_eq!(dst_of(&reply[0].packet), internal);
     assert!(h
-        .from_wan(build::udp(server2(), external, 60, b"x"))
+        .send_wan(build::udp(server2(), external, 60, b"x"))
         .is_empty());
 }
 
@@ -615,7 +615,7 @@ fn outbound_non_syn_without_mapping_needs_tcp_loose() {
             NatConfig::nat(Mapping::Eim, Filtering::Apdf, Allocation::Preserve, PUBLIC);
         config.tcp_loose = loose;
         let mut h = Harness::new(config);
-        let out = h.from_lan(build::tcp(
+        let out = h.send_lan(build::tcp(
             SocketAddrV4::new(HOST, 5000),
             server1(),
             TcpFlags::ACK,
@@ -631,7 +631,7 @@ fn loss_is_applied_per_direction_and_logged() {
     let mut config = NatConfig::nat(Mapping::Eim, Filtering::Eif, Allocation::Preserve, PUBLIC);
     config.uplink.loss = 1.0;
     let mut h = Harness::new(config);
-    let out = h.from_lan(build::tcp(
+    let out = h.send_lan(build::tcp(
         SocketAddrV4::new(HOST, 5000),
         server1(),
         TcpFlags::SYN,
@@ -684,14 +684,14 @@ fn control_segments_are_logged_when_they_leave() {
     config.uplink.delay = Duration::from_millis(30);
     let mut h = Harness::new(config);
     let start = h.now;
-    h.from_lan(build::tcp(
+    h.send_lan(build::tcp(
         SocketAddrV4::new(HOST, 5000),
         server1(),
         TcpFlags::SYN,
         64,
         b"",
     ));
-    h.from_lan(build::tcp(
+    h.send_lan(build::tcp(
         SocketAddrV4::new(HOST, 5000),
         server1(),
         TcpFlags::ACK,
