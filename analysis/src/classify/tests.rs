@@ -285,7 +285,10 @@ fn filtering_with_a_single_server_ip_or_port_is_ambiguous_where_it_must_be() {
     ));
 }
 
-fn allocation(pairs: &[(u16, Option<u16>)]) -> Finding<AllocationPattern> {
+/// (local port, observed port if the probe answered), in probe order.
+type PortPairs = [(u16, Option<u16>)];
+
+fn allocation(pairs: &PortPairs) -> Finding<AllocationPattern> {
     let mut o = obs(vec![]);
     o.allocation = pairs
         .iter()
@@ -303,7 +306,7 @@ fn allocation(pairs: &[(u16, Option<u16>)]) -> Finding<AllocationPattern> {
 #[test]
 fn allocation_patterns() {
     use AllocationPattern::*;
-    let table: [(&[(u16, Option<u16>)], Finding<AllocationPattern>); 6] = [
+    let table: [(&PortPairs, Finding<AllocationPattern>); 6] = [
         (
             &[
                 (40001, Some(40001)),
