@@ -27,6 +27,16 @@ pub enum DialKind {
     OtherIp,
 }
 
+impl DialKind {
+    /// The wire and JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialKind::OtherPort => "other_port",
+            DialKind::OtherIp => "other_ip",
+        }
+    }
+}
+
 /// What the echo server saw when it dialed back. Also used on the echo wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,6 +89,9 @@ pub struct FilteringObservation {
     /// The probe that opened the mapping (and carried the request).
     pub probe: Probe,
     pub dials: Vec<DialObservation>,
+    /// Why the server made no dials (for example rate limiting), if it refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The hairpin test: a connection from a fresh local port to the public
@@ -148,6 +161,21 @@ pub enum AllocationPattern {
     Random,
 }
 
+impl fmt::Display for AllocationPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllocationPattern::Preserving => f.write_str("preserving"),
+            AllocationPattern::Sequential { step, exact: true } => {
+                write!(f, "sequential (step {step:+})")
+            }
+            AllocationPattern::Sequential { step, exact: false } => {
+                write!(f, "sequential (step {step:+}, with gaps)")
+            }
+            AllocationPattern::Random => f.write_str("random"),
+        }
+    }
+}
+
 impl AllocationPattern {
     /// The RFC 4787 vocabulary shared with the lab.
     pub fn allocation(self) -> Allocation {
@@ -172,6 +200,28 @@ pub struct Verdict {
     pub hairpin: Option<bool>,
     /// Measurements that could not be made, in words a volunteer can act on.
     pub missing: Vec<String>,
+}
+
+/// A classification run as stored and printed with `--json`: what was
+/// measured and what it means.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Classification {
+    /// Every endpoint the primary echo server announced.
+    pub server_endpoints: Vec<SocketAddr>,
+    pub observations: Observations,
+    pub verdict: Verdict,
+}
+
+impl Classification {
+    /// Decides the verdict for `observations` (see [`verdict`]).
+    pub fn new(server_endpoints: Vec<SocketAddr>, observations: Observations) -> Self {
+        let verdict = verdict(&observations);
+        Classification {
+            server_endpoints,
+            observations,
+            verdict,
+        }
+    }
 }
 
 /// Largest port gap still read as "sequential with gaps" rather than random.
@@ -311,6 +361,12 @@ fn filtering_finding(
             reason: "filtering was not tested".into(),
         };
     };
+    if let Some(error) = &obs.error {
+        missing.push(format!("the server refused the dial-back request: {error}"));
+        return Finding::Unknown {
+            reason: error.clone(),
+        };
+    }
     let other_port = admitted(&obs.dials, DialKind::OtherPort);
     let other_ip = admitted(&obs.dials, DialKind::OtherIp);
     use Filtering::*;

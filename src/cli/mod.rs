@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod classify;
 mod serve;
 
 /// Measure how well TCP hole punching works for Bitcoin nodes behind home NATs.
@@ -18,11 +19,14 @@ pub struct Cli {
 pub enum Command {
     /// Run a server (`serve echo`).
     Serve(serve::ServeArgs),
+    /// Classify the NAT in front of this host (mapping, filtering, port allocation, hairpinning).
+    Classify(classify::ClassifyArgs),
 }
 
 /// Runs the chosen subcommand. Errors carry context for the user; `main` prints them.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Classify(args) => classify::run(args),
     }
 }

@@ -22,6 +22,8 @@ pub const VERSION: u32 = 1;
 pub const SUPPORTED_VERSIONS: &[u32] = &[VERSION];
 /// Longest line either side may send, newline included.
 pub const MAX_LINE: usize = 1024;
+/// Port a client assumes when given only a host name (next to Bitcoin's 8333).
+pub const DEFAULT_PORT: u16 = 8339;
 /// Longest dial-back token.
 pub const MAX_TOKEN: usize = 64;
 

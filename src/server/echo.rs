@@ -65,8 +65,8 @@ impl Default for EchoConfig {
 /// What stops the echo server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum EchoServerError {
-    #[error("cannot listen on {addr}: {source}; check that the address is assigned to this host and the port is free")]
-    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on {addr}: {cause}; check that the address is assigned to this host and the port is free")]
+    Bind { addr: SocketAddr, cause: io::Error },
     #[error("no listeners given: pass at least one listen address")]
     NoListeners,
     #[error("{advertised} advertised endpoints for {listeners} listeners: give one per listen address, in the same order")]
@@ -88,7 +88,7 @@ pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener, EchoServerError> {
         socket.bind(addr)?;
         socket.listen(1024)
     };
-    bind().map_err(|source| EchoServerError::Bind { addr, source })
+    bind().map_err(|cause| EchoServerError::Bind { addr, cause })
 }
 
 fn reusable_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
@@ -417,11 +417,10 @@ async fn dial(
             ),
         },
         Ok(Err(e)) => {
-            let outcome = match e.kind() {
-                io::ErrorKind::ConnectionRefused => DialOutcome::Refused,
-                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-                    DialOutcome::Unreachable
-                }
+            // By errno: the io::ErrorKind variants for these are newer than our MSRV.
+            let outcome = match e.raw_os_error() {
+                Some(libc::ECONNREFUSED) => DialOutcome::Refused,
+                Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => DialOutcome::Unreachable,
                 _ => DialOutcome::Error,
             };
             (outcome, Some(e.to_string()), None)

@@ -199,6 +199,7 @@ fn filtering(dials: Vec<DialObservation>) -> Finding<Filtering> {
     o.filtering = Some(FilteringObservation {
         probe: probe("192.168.1.10:41000", P1, Some("203.0.113.7:41000")),
         dials,
+        error: None,
     });
     verdict(&o).filtering
 }
@@ -283,6 +284,20 @@ fn filtering_with_a_single_server_ip_or_port_is_ambiguous_where_it_must_be() {
         verdict(&obs(vec![])).filtering,
         Finding::Unknown { .. }
     ));
+    let mut refused = obs(vec![]);
+    refused.filtering = Some(FilteringObservation {
+        probe: probe("192.168.1.10:41000", P1, Some("203.0.113.7:41000")),
+        dials: vec![],
+        error: Some("rate limited: retry in 6000 ms".into()),
+    });
+    let v = verdict(&refused);
+    assert!(
+        matches!(v.filtering, Finding::Unknown { ref reason } if reason.contains("rate limited"))
+    );
+    assert!(v
+        .missing
+        .iter()
+        .any(|m| m.contains("refused the dial-back")));
 }
 
 /// (local port, observed port if the probe answered), in probe order.
@@ -399,6 +414,7 @@ fn summary_reads_like_advice() {
             dial(DialKind::OtherPort, DialOutcome::Timeout, false),
             dial(DialKind::OtherIp, DialOutcome::Timeout, false),
         ],
+        error: None,
     });
     let v = verdict(&o);
     assert_eq!(
