@@ -9,5 +9,9 @@
 //!   The lab's emulator is configured with these types and the classifier
 //!   reports in them, so "what the lab built" and "what the probe saw" compare
 //!   directly.
+//! - [`classify`]: what the NAT classifier observed (every probe) and the pure
+//!   function that turns observations into a verdict (mapping, filtering,
+//!   port allocation, hairpinning) with a sentence a volunteer understands.
 
+pub mod classify;
 pub mod nat;

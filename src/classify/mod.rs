@@ -1,1 +1,311 @@
 //! TCP NAT classification: probing I/O against echo servers; the verdict logic is pure.
+//!
+//! One run, in this order (allocation needs its probes in sequence, and
+//! nothing else may take NAT ports meanwhile):
+//! 1. Filtering port Lf: listen on it, connect from it to the primary echo
+//!    endpoint, learn the server's endpoints and Lf's public endpoint.
+//! 2. While the server dials back to Lf (other port, other IP):
+//!    mapping probes from one local port L to the primary endpoint, the same
+//!    IP's other port and the other IP, in parallel; then allocation probes
+//!    from fresh ports to the primary endpoint, one after another.
+//! 3. Hairpin: connect from a fresh port to Lf's public endpoint.
+//!
+//! Lf is not L: after the mapping probes L has talked to every server
+//! endpoint, so every dial-back would be solicited and filtering would look
+//! endpoint-independent whatever the NAT does.
+//!
+//! The decision is [`punchscope_analysis::classify::verdict`].
+
+mod error;
+mod filtering;
+mod probe;
+mod socket;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use punchscope_analysis::classify::{Classification, FilteringObservation, Observations, Probe};
+use rand::distributions::{Alphanumeric, DistString};
+use tokio::task::JoinSet;
+
+pub use error::ClassifyError;
+use probe::{Answered, Hello, ProbeFailure};
+
+use crate::proto::echo::{ProtoError, DEFAULT_PORT};
+
+/// What to probe and how patiently.
+#[derive(Debug, Clone)]
+pub struct ClassifyConfig {
+    /// Echo servers as `HOST[:PORT]`; the first that answers is the primary.
+    /// A second one supplies the other IP when the primary announces only one.
+    pub servers: Vec<String>,
+    /// Local port for the mapping probes (e.g. 8333); any free port if `None`.
+    pub local_port: Option<u16>,
+    /// Bound on each connect and on each wait for a server line.
+    pub connect_timeout: Duration,
+    /// Fresh-port probes for the allocation pattern (at least 3 to decide).
+    pub allocation_probes: usize,
+    /// Whether to test hairpinning.
+    pub hairpin: bool,
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        ClassifyConfig {
+            servers: Vec::new(),
+            local_port: None,
+            connect_timeout: Duration::from_secs(3),
+            allocation_probes: 4,
+            hairpin: true,
+        }
+    }
+}
+
+/// Resolves `HOST[:PORT]` (default port [`DEFAULT_PORT`]) to one IPv4 endpoint.
+pub async fn resolve_server(spec: &str) -> Result<SocketAddr, ClassifyError> {
+    if let Ok(addr) = spec.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = spec.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let with_port = if spec
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        spec.to_string()
+    } else {
+        format!("{spec}:{DEFAULT_PORT}")
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|cause| ClassifyError::Resolve {
+            spec: spec.to_string(),
+            cause,
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .copied()
+        .ok_or_else(|| ClassifyError::NoIpv4Address {
+            spec: spec.to_string(),
+        })
+}
+
+/// Runs every test against the configured echo servers and decides the verdict.
+pub async fn classify(config: &ClassifyConfig) -> Result<Classification, ClassifyError> {
+    if config.servers.is_empty() {
+        return Err(ClassifyError::NoServer);
+    }
+    let mut servers = Vec::new();
+    for spec in &config.servers {
+        servers.push(resolve_server(spec).await?);
+    }
+    let timeout = config.connect_timeout;
+    let (primary, answered, listener_guard, mut arrivals) =
+        open_filtering_port(&servers, timeout).await?;
+    let targets = mapping_targets(primary, &answered.hello, &servers);
+    let rtt = Duration::from_secs_f64(answered.probe.rtt_ms.unwrap_or(100.0) / 1000.0);
+    let token = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
+    let filter_probe = answered.probe.clone();
+    let filter_public = answered.hello.observed;
+
+    let dial_backs = filtering::dial_back(answered.conn, &mut arrivals, &token, rtt, timeout);
+    let probes = async {
+        let mapping = mapping_probes(
+            unspecified(primary, config.local_port.unwrap_or(0)),
+            &targets,
+            timeout,
+        )
+        .await?;
+        let allocation = allocation_probes(primary, config.allocation_probes, timeout).await;
+        Ok::<_, ClassifyError>((mapping, allocation))
+    };
+    let (dialed, probes) = tokio::join!(dial_backs, probes);
+    let (mapping, allocation) = probes?;
+    let filtering = Some(match dialed {
+        Ok(dials) => FilteringObservation {
+            probe: filter_probe,
+            dials,
+            error: None,
+        },
+        Err(error) => FilteringObservation {
+            probe: filter_probe,
+            dials: Vec::new(),
+            error: Some(error),
+        },
+    });
+    let hairpin = if config.hairpin {
+        let wait = (rtt * 4).clamp(Duration::from_millis(500), timeout);
+        Some(filtering::hairpin(filter_public, &mut arrivals, &token, wait).await)
+    } else {
+        None
+    };
+    drop(listener_guard);
+    let observations = Observations {
+        mapping,
+        allocation,
+        filtering,
+        hairpin,
+    };
+    Ok(Classification::new(answered.hello.endpoints, observations))
+}
+
+fn unspecified(like: SocketAddr, port: u16) -> SocketAddr {
+    let ip: IpAddr = if like.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// The primary endpoint, the answered probe from the filtering port, and that port's listener.
+type FilteringPort = (
+    SocketAddr,
+    Answered,
+    filtering::TaskGuard,
+    tokio::sync::mpsc::Receiver<filtering::Arrival>,
+);
+
+/// Step 1: the first server that answers becomes the primary.
+async fn open_filtering_port(
+    servers: &[SocketAddr],
+    timeout: Duration,
+) -> Result<FilteringPort, ClassifyError> {
+    let mut reasons = Vec::new();
+    for server in servers {
+        let (listener, port) = socket::listener(unspecified(*server, 0))?;
+        let (socket, _) = socket::bound(unspecified(*server, port))?;
+        match probe::run(socket, *server, timeout).await {
+            Ok(answered) => {
+                let (guard, arrivals) = filtering::spawn_listener(listener);
+                return Ok((*server, answered, guard, arrivals));
+            }
+            Err((_, failure)) => {
+                fatal(*server, &failure)?;
+                reasons.push(format!("{server}: {failure}"));
+            }
+        }
+    }
+    Err(ClassifyError::ServerUnreachable {
+        tried: servers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason: reasons.join("; "),
+    })
+}
+
+/// Failures that no other server or probe can work around.
+fn fatal(server: SocketAddr, failure: &ProbeFailure) -> Result<(), ClassifyError> {
+    match failure {
+        ProbeFailure::Connect(e)
+            if server.is_ipv4() && e.raw_os_error() == Some(libc::ENETUNREACH) =>
+        {
+            Err(ClassifyError::NoIpv4Route { server })
+        }
+        ProbeFailure::Protocol(e @ ProtoError::UnsupportedVersion { .. }) => {
+            Err(ClassifyError::ServerVersion {
+                server,
+                message: e.to_string(),
+            })
+        }
+        ProbeFailure::Protocol(e) => Err(ClassifyError::Protocol {
+            server,
+            message: e.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Primary, same IP other port, other IP (same port preferred): from the
+/// primary's announcement, else from the other `--server` addresses.
+fn mapping_targets(primary: SocketAddr, hello: &Hello, servers: &[SocketAddr]) -> Vec<SocketAddr> {
+    let known: Vec<SocketAddr> = hello
+        .endpoints
+        .iter()
+        .chain(servers)
+        .filter(|e| e.is_ipv4() == primary.is_ipv4())
+        .copied()
+        .collect();
+    let other_port = known
+        .iter()
+        .find(|e| e.ip() == primary.ip() && e.port() != primary.port());
+    let other_ips: Vec<_> = known.iter().filter(|e| e.ip() != primary.ip()).collect();
+    let other_ip = other_ips
+        .iter()
+        .find(|e| e.port() == primary.port())
+        .or(other_ips.first())
+        .copied();
+    std::iter::once(primary)
+        .chain(other_port.copied())
+        .chain(other_ip.copied())
+        .collect()
+}
+
+/// Step 2a: from one local port, one probe per target, in parallel.
+async fn mapping_probes(
+    local: SocketAddr,
+    targets: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Vec<Probe>, ClassifyError> {
+    let (first, port) = socket::bound(local)?;
+    let mut sockets = vec![first];
+    for _ in 1..targets.len() {
+        sockets.push(socket::bound(SocketAddr::new(local.ip(), port))?.0);
+    }
+    let mut running = JoinSet::new();
+    for (i, (socket, target)) in sockets.into_iter().zip(targets).enumerate() {
+        let target = *target;
+        running.spawn(async move { (i, probe::run(socket, target, timeout).await) });
+    }
+    let mut probes = Vec::new();
+    while let Some(joined) = running.join_next().await {
+        let Ok((i, outcome)) = joined else { continue };
+        let probe = match outcome {
+            Ok(answered) => answered.probe,
+            Err((probe, failure)) => {
+                fatal(probe.server, &failure)?;
+                probe
+            }
+        };
+        probes.push((i, probe));
+    }
+    probes.sort_by_key(|(i, _)| *i);
+    let probes: Vec<Probe> = probes.into_iter().map(|(_, p)| p).collect();
+    let requested = local.port();
+    if requested != 0 {
+        if let Some(p) = probes.iter().find(|p| p.local.port() != requested) {
+            return Err(ClassifyError::LocalPortNotKept {
+                requested,
+                got: p.local.port(),
+            });
+        }
+    }
+    Ok(probes)
+}
+
+/// Step 2b: fresh local ports, one after another, each to the primary.
+async fn allocation_probes(primary: SocketAddr, count: usize, timeout: Duration) -> Vec<Probe> {
+    let mut probes = Vec::new();
+    for _ in 0..count {
+        let probe = match socket::bound(unspecified(primary, 0)) {
+            Err(e) => Probe {
+                local: unspecified(primary, 0),
+                server: primary,
+                observed: None,
+                rtt_ms: None,
+                error: Some(e.to_string()),
+            },
+            Ok((socket, _)) => match probe::run(socket, primary, timeout).await {
+                Ok(answered) => answered.probe,
+                Err((probe, _)) => probe,
+            },
+        };
+        probes.push(probe);
+    }
+    probes
+}

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod classify;
 mod lab;
+mod serve;
 
 /// Measure how well TCP hole punching works for Bitcoin nodes behind home NATs.
 #[derive(Debug, Parser)]
@@ -16,6 +18,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Classify the NAT in front of this host (mapping, filtering, port allocation, hairpinning).
+    Classify(classify::ClassifyArgs),
+    /// Run a server (`serve echo`).
+    Serve(serve::ServeArgs),
     /// Build NAT labs in network namespaces and run things inside them.
     Lab(lab::LabArgs),
 }
@@ -23,6 +29,8 @@ pub enum Command {
 /// Runs the chosen subcommand. Errors carry context for the user; `main` prints them.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Classify(args) => classify::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Lab(args) => lab::run(args),
     }
 }

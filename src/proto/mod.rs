@@ -1,1 +1,3 @@
 //! Sans-io wire codecs: plain functions and types over bytes, no sockets, no tokio.
+
+pub mod echo;

@@ -1,1 +1,3 @@
 //! The servers behind `punchscope serve`: each takes bound listeners and a shutdown signal.
+
+pub mod echo;

@@ -1,0 +1,548 @@
+//! TCP NAT classification: what the probes observed and the pure function that turns it into a verdict.
+//!
+//! The classifier (`punchscope::classify`) does the I/O and fills
+//! [`Observations`]; [`verdict`] decides, without I/O, so the decision rules
+//! are tested over tables and can be re-run on stored observations.
+//!
+//! The rules follow RFC 5780 section 4.3 (mapping) and 4.4 (filtering),
+//! adapted to TCP: "sending to" an endpoint means completing a TCP handshake
+//! with it, and a filtering test is a TCP connection the echo server opens
+//! towards the probe's public endpoint ("dial-back").
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::nat::{Allocation, Filtering, Mapping};
+
+/// Which server endpoint a dial-back comes from, relative to the endpoint the
+/// asking connection reached. Also used on the echo wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DialKind {
+    /// Same server IP, the other port: admitted by EIF and ADF, not by APDF.
+    OtherPort,
+    /// The other server IP: admitted by EIF only.
+    OtherIp,
+}
+
+impl DialKind {
+    /// The wire and JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialKind::OtherPort => "other_port",
+            DialKind::OtherIp => "other_ip",
+        }
+    }
+}
+
+/// What the echo server saw when it dialed back. Also used on the echo wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DialOutcome {
+    /// The TCP handshake completed.
+    Connected,
+    /// A RST came back (the NAT or the host refused the SYN).
+    Refused,
+    /// No answer within the server's dial timeout (the SYN was dropped).
+    Timeout,
+    /// An ICMP error came back (host or network unreachable).
+    Unreachable,
+    /// The server has no endpoint of that kind (single IP or single port).
+    Unavailable,
+    /// The server could not dial for a reason of its own (a local socket error).
+    Error,
+}
+
+/// One TCP connection to an echo server and what it reported back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    /// Our socket's local endpoint once connected.
+    pub local: SocketAddr,
+    /// The echo server endpoint we connected to.
+    pub server: SocketAddr,
+    /// The source endpoint the server saw (our public endpoint), if the probe worked.
+    pub observed: Option<SocketAddr>,
+    /// Time for the TCP handshake, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Why the probe failed, if it did.
+    pub error: Option<String>,
+}
+
+/// One dial-back the server attempted towards our filtering port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DialObservation {
+    pub kind: DialKind,
+    /// The server endpoint it dialed from, if it had one.
+    pub from: Option<SocketAddr>,
+    /// What the server reported about its connect.
+    pub server_outcome: DialOutcome,
+    /// Whether our listener received the connection carrying our token.
+    pub received: bool,
+}
+
+/// The filtering test: one fresh local port that talked only to the primary
+/// server endpoint, listened on, and asked for dial-backs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FilteringObservation {
+    /// The probe that opened the mapping (and carried the request).
+    pub probe: Probe,
+    pub dials: Vec<DialObservation>,
+    /// Why the server made no dials (for example rate limiting), if it refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The hairpin test: a connection from a fresh local port to the public
+/// endpoint of our own listening port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HairpinObservation {
+    /// Our public endpoint that we dialed.
+    pub target: SocketAddr,
+    /// Whether our own listener received the connection with our token.
+    pub reached_listener: bool,
+    /// Why the connect failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Everything the classifier measured. The first mapping probe's server is
+/// the primary endpoint; the others are told apart by comparing addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observations {
+    /// From one local port, one probe per distinct server endpoint
+    /// (primary, same IP other port, other IP same port).
+    pub mapping: Vec<Probe>,
+    /// From several fresh local ports, each to the primary endpoint, in order.
+    pub allocation: Vec<Probe>,
+    pub filtering: Option<FilteringObservation>,
+    pub hairpin: Option<HairpinObservation>,
+}
+
+/// A behaviour that was measured, could only be narrowed down, or not measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Finding<T> {
+    Known {
+        value: T,
+    },
+    /// The measurements fit several values; `missing` says what would tell them apart.
+    Ambiguous {
+        candidates: Vec<T>,
+        missing: String,
+    },
+    Unknown {
+        reason: String,
+    },
+}
+
+impl<T: Copy> Finding<T> {
+    /// The value when it is known exactly.
+    pub fn known(&self) -> Option<T> {
+        match self {
+            Finding::Known { value } => Some(*value),
+            _ => None,
+        }
+    }
+}
+
+/// How the NAT picked external ports across fresh local ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "pattern", rename_all = "snake_case")]
+pub enum AllocationPattern {
+    /// The external port equals the local port.
+    Preserving,
+    /// Each new mapping is `step` ports after the previous one; `exact` is
+    /// false when some gaps were larger (other hosts took ports in between).
+    Sequential {
+        step: i32,
+        exact: bool,
+    },
+    Random,
+}
+
+impl fmt::Display for AllocationPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllocationPattern::Preserving => f.write_str("preserving"),
+            AllocationPattern::Sequential { step, exact: true } => {
+                write!(f, "sequential (step {step:+})")
+            }
+            AllocationPattern::Sequential { step, exact: false } => {
+                write!(f, "sequential (step {step:+}, with gaps)")
+            }
+            AllocationPattern::Random => f.write_str("random"),
+        }
+    }
+}
+
+impl AllocationPattern {
+    /// The RFC 4787 vocabulary shared with the lab.
+    pub fn allocation(self) -> Allocation {
+        match self {
+            AllocationPattern::Preserving => Allocation::Preserve,
+            AllocationPattern::Sequential { .. } => Allocation::Sequential,
+            AllocationPattern::Random => Allocation::Random,
+        }
+    }
+}
+
+/// The classification decided from [`Observations`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Every observed endpoint equals the local one: no address translation.
+    pub no_nat: bool,
+    pub mapping: Finding<Mapping>,
+    pub filtering: Finding<Filtering>,
+    /// Whether the mapping probes kept their local port.
+    pub port_preserved: Option<bool>,
+    pub allocation: Finding<AllocationPattern>,
+    pub hairpin: Option<bool>,
+    /// Measurements that could not be made, in words a volunteer can act on.
+    pub missing: Vec<String>,
+}
+
+/// A classification run as stored and printed with `--json`: what was
+/// measured and what it means.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Classification {
+    /// Every endpoint the primary echo server announced.
+    pub server_endpoints: Vec<SocketAddr>,
+    pub observations: Observations,
+    pub verdict: Verdict,
+}
+
+impl Classification {
+    /// Decides the verdict for `observations` (see [`verdict`]).
+    pub fn new(server_endpoints: Vec<SocketAddr>, observations: Observations) -> Self {
+        let verdict = verdict(&observations);
+        Classification {
+            server_endpoints,
+            observations,
+            verdict,
+        }
+    }
+}
+
+/// Largest port gap still read as "sequential with gaps" rather than random.
+const MAX_SEQUENTIAL_GAP: i32 = 32;
+
+/// Decides the verdict from the observations. Pure: no I/O, no clock.
+pub fn verdict(obs: &Observations) -> Verdict {
+    let mut missing = Vec::new();
+    let mapping = mapping_finding(&obs.mapping, &mut missing);
+    let filtering = filtering_finding(obs.filtering.as_ref(), &mut missing);
+    let allocation = allocation_finding(&obs.allocation, &mut missing);
+    let answered = answered_probes(obs).collect::<Vec<_>>();
+    let no_nat = !answered.is_empty() && answered.iter().all(|p| p.observed == Some(p.local));
+    let mapping_answered: Vec<_> = obs
+        .mapping
+        .iter()
+        .filter(|p| p.observed.is_some())
+        .collect();
+    let port_preserved = if mapping_answered.is_empty() {
+        None
+    } else {
+        Some(
+            mapping_answered
+                .iter()
+                .all(|p| p.observed.map(|o| o.port()) == Some(p.local.port())),
+        )
+    };
+    let hairpin = obs.hairpin.as_ref().map(|h| h.reached_listener);
+    if obs.hairpin.is_none() {
+        missing.push("hairpinning was not tested".to_string());
+    }
+    Verdict {
+        no_nat,
+        mapping,
+        filtering,
+        port_preserved,
+        allocation,
+        hairpin,
+        missing,
+    }
+}
+
+fn answered_probes(obs: &Observations) -> impl Iterator<Item = &Probe> {
+    obs.mapping
+        .iter()
+        .chain(&obs.allocation)
+        .chain(obs.filtering.as_ref().map(|f| &f.probe))
+        .filter(|p| p.observed.is_some())
+}
+
+fn mapping_finding(probes: &[Probe], missing: &mut Vec<String>) -> Finding<Mapping> {
+    let Some(primary) = probes.first().filter(|p| p.observed.is_some()) else {
+        return Finding::Unknown {
+            reason: "the primary server endpoint did not answer".to_string(),
+        };
+    };
+    let p = primary.server;
+    let answered = |pick: &dyn Fn(&SocketAddr) -> bool| {
+        probes
+            .iter()
+            .find(|x| pick(&x.server) && x.observed.is_some())
+            .and_then(|x| x.observed)
+    };
+    let a = primary.observed;
+    let other_port = answered(&|s| s.ip() == p.ip() && s.port() != p.port());
+    let other_ip = answered(&|s| s.ip() != p.ip());
+    use Mapping::*;
+    match (other_port, other_ip) {
+        (Some(b), Some(c)) => Finding::Known {
+            value: if a != Some(b) {
+                Apdm
+            } else if a != Some(c) {
+                Adm
+            } else {
+                Eim
+            },
+        },
+        (Some(b), None) => {
+            missing.push("no second server IP answered: EIM and ADM cannot be told apart".into());
+            if a != Some(b) {
+                Finding::Known { value: Apdm }
+            } else {
+                Finding::Ambiguous {
+                    candidates: vec![Eim, Adm],
+                    missing: "a second server IP address".into(),
+                }
+            }
+        }
+        (None, Some(c)) => {
+            missing.push(
+                "no second port on the primary server IP answered: ADM and APDM cannot be told apart"
+                    .into(),
+            );
+            if a == Some(c) {
+                // A mapping kept across server IPs cannot depend on the address.
+                Finding::Known { value: Eim }
+            } else {
+                Finding::Ambiguous {
+                    candidates: vec![Adm, Apdm],
+                    missing: "a second port on the primary server IP".into(),
+                }
+            }
+        }
+        (None, None) => {
+            missing.push("only one server endpoint answered: mapping needs at least two".into());
+            Finding::Ambiguous {
+                candidates: vec![Eim, Adm, Apdm],
+                missing: "a second server port and a second server IP".into(),
+            }
+        }
+    }
+}
+
+/// Whether a dial of this kind got through: `None` when the test did not happen.
+fn admitted(dials: &[DialObservation], kind: DialKind) -> Option<bool> {
+    let d = dials.iter().find(|d| d.kind == kind)?;
+    if d.received {
+        return Some(true);
+    }
+    match d.server_outcome {
+        // The dial reached the network and our listener never saw it: filtered.
+        DialOutcome::Connected
+        | DialOutcome::Refused
+        | DialOutcome::Timeout
+        | DialOutcome::Unreachable => Some(false),
+        DialOutcome::Unavailable | DialOutcome::Error => None,
+    }
+}
+
+fn filtering_finding(
+    obs: Option<&FilteringObservation>,
+    missing: &mut Vec<String>,
+) -> Finding<Filtering> {
+    let Some(obs) = obs else {
+        missing.push("filtering was not tested".into());
+        return Finding::Unknown {
+            reason: "filtering was not tested".into(),
+        };
+    };
+    if let Some(error) = &obs.error {
+        missing.push(format!("the server refused the dial-back request: {error}"));
+        return Finding::Unknown {
+            reason: error.clone(),
+        };
+    }
+    let other_port = admitted(&obs.dials, DialKind::OtherPort);
+    let other_ip = admitted(&obs.dials, DialKind::OtherIp);
+    use Filtering::*;
+    match (other_ip, other_port) {
+        (Some(true), _) => Finding::Known { value: Eif },
+        (Some(false), Some(true)) => Finding::Known { value: Adf },
+        (Some(false), Some(false)) => Finding::Known { value: Apdf },
+        (Some(false), None) => {
+            missing.push(
+                "no dial-back from the server's other port: ADF and APDF cannot be told apart"
+                    .into(),
+            );
+            Finding::Ambiguous {
+                candidates: vec![Adf, Apdf],
+                missing: "a dial-back from a second port on the primary server IP".into(),
+            }
+        }
+        (None, Some(true)) => {
+            missing.push(
+                "no dial-back from a second server IP: EIF and ADF cannot be told apart".into(),
+            );
+            Finding::Ambiguous {
+                candidates: vec![Eif, Adf],
+                missing: "a dial-back from a second server IP address".into(),
+            }
+        }
+        (None, Some(false)) => Finding::Known { value: Apdf },
+        (None, None) => {
+            missing.push("the server made no usable dial-back: filtering unknown".into());
+            Finding::Unknown {
+                reason: "the server could not dial back from another endpoint".into(),
+            }
+        }
+    }
+}
+
+fn allocation_finding(probes: &[Probe], missing: &mut Vec<String>) -> Finding<AllocationPattern> {
+    let pairs: Vec<(u16, u16)> = probes
+        .iter()
+        .filter_map(|p| p.observed.map(|o| (p.local.port(), o.port())))
+        .collect();
+    if pairs.len() < 3 {
+        missing.push(format!(
+            "only {} of the fresh-port probes answered: the allocation pattern needs at least 3",
+            pairs.len()
+        ));
+        return Finding::Unknown {
+            reason: "fewer than 3 fresh-port probes answered".into(),
+        };
+    }
+    if pairs.iter().all(|(local, observed)| local == observed) {
+        return Finding::Known {
+            value: AllocationPattern::Preserving,
+        };
+    }
+    let deltas: Vec<i32> = pairs
+        .windows(2)
+        .map(|w| i32::from(w[1].1) - i32::from(w[0].1))
+        .collect();
+    let same_sign = deltas.iter().all(|d| *d > 0) || deltas.iter().all(|d| *d < 0);
+    let small = deltas.iter().all(|d| d.abs() <= MAX_SEQUENTIAL_GAP);
+    let value = if same_sign && small {
+        let step = *deltas
+            .iter()
+            .min_by_key(|d| d.abs())
+            .expect("3 probes give 2 deltas");
+        AllocationPattern::Sequential {
+            step,
+            exact: deltas.iter().all(|d| *d == step),
+        }
+    } else {
+        AllocationPattern::Random
+    };
+    Finding::Known { value }
+}
+
+fn mapping_words(m: Mapping) -> &'static str {
+    match m {
+        Mapping::Eim => "endpoint-independent mapping",
+        Mapping::Adm => "address-dependent mapping",
+        Mapping::Apdm => "address-and-port-dependent (symmetric) mapping",
+    }
+}
+
+fn filtering_words(f: Filtering) -> &'static str {
+    match f {
+        Filtering::Eif => "endpoint-independent filtering",
+        Filtering::Adf => "address-dependent filtering",
+        Filtering::Apdf => "address-and-port-dependent filtering",
+    }
+}
+
+fn finding_words<T: Copy>(f: &Finding<T>, words: fn(T) -> &'static str, what: &str) -> String {
+    match f {
+        Finding::Known { value } => words(*value).to_string(),
+        Finding::Ambiguous { candidates, .. } => {
+            let names: Vec<_> = candidates.iter().map(|c| words(*c)).collect();
+            format!("{} (cannot tell apart: {})", what, names.join(" or "))
+        }
+        Finding::Unknown { .. } => format!("{what} unknown"),
+    }
+}
+
+impl Verdict {
+    /// One sentence a volunteer understands: what the NAT does and what it
+    /// means for TCP hole punching.
+    pub fn summary(&self) -> String {
+        if self.no_nat {
+            let reach = match self.filtering.known() {
+                Some(Filtering::Eif) => "peers can connect to you directly",
+                Some(_) => {
+                    "but a firewall filters incoming connections: hole punching is still needed"
+                }
+                None => "incoming filtering was not measured",
+            };
+            return format!("No NAT: your public endpoint is your local one; {reach}");
+        }
+        let mut parts = vec![capitalize(&finding_words(
+            &self.mapping,
+            mapping_words,
+            "mapping",
+        ))];
+        match self.port_preserved {
+            Some(true) => parts.push("port-preserving".into()),
+            Some(false) => parts.push("port-translating".into()),
+            None => {}
+        }
+        if let Finding::Known { value } = self.allocation {
+            match value {
+                AllocationPattern::Preserving => {}
+                AllocationPattern::Sequential { step, .. } => {
+                    parts.push(format!("sequential allocation (step {step:+})"))
+                }
+                AllocationPattern::Random => parts.push("random allocation".into()),
+            }
+        }
+        parts.push(finding_words(&self.filtering, filtering_words, "filtering"));
+        format!("{}: {}", parts.join(", "), self.outlook())
+    }
+
+    fn outlook(&self) -> &'static str {
+        let sequential = matches!(
+            self.allocation.known(),
+            Some(AllocationPattern::Sequential { .. })
+        );
+        match (self.mapping.known(), self.filtering.known()) {
+            (Some(Mapping::Eim), Some(Filtering::Eif)) => {
+                "TCP hole punching should work with almost any peer"
+            }
+            (Some(Mapping::Eim), _) => {
+                "TCP hole punching should work with peers whose NAT also keeps mappings"
+            }
+            (Some(_), _) if sequential => {
+                "TCP hole punching is unlikely except with port prediction or an easy peer"
+            }
+            (Some(_), _) => {
+                "TCP hole punching will rarely work: the NAT changes ports per destination"
+            }
+            (None, _) => "the chances of TCP hole punching could not be judged",
+        }
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary())
+    }
+}
+
+#[cfg(test)]
+mod tests;

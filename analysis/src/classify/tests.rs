@@ -1,0 +1,430 @@
+//! Table tests of the verdict rules: each row is what the probes saw and what must be decided.
+
+use super::*;
+
+const P1: &str = "198.51.100.1:3478";
+const P2: &str = "198.51.100.1:3479";
+const IP2: &str = "198.51.100.2:3478";
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn probe(local: &str, server: &str, observed: Option<&str>) -> Probe {
+    Probe {
+        local: sa(local),
+        server: sa(server),
+        observed: observed.map(sa),
+        rtt_ms: observed.map(|_| 20.0),
+        error: observed
+            .is_none()
+            .then(|| "connection timed out".to_string()),
+    }
+}
+
+fn obs(mapping: Vec<Probe>) -> Observations {
+    Observations {
+        mapping,
+        allocation: vec![],
+        filtering: None,
+        hairpin: None,
+    }
+}
+
+fn known<T>(value: T) -> Finding<T> {
+    Finding::Known { value }
+}
+
+#[test]
+fn mapping_with_two_ips_and_two_ports() {
+    use Mapping::*;
+    let local = "192.168.1.10:40000";
+    // (observed from P1, from P2, from IP2) -> mapping
+    let table = [
+        (
+            "203.0.113.7:40000",
+            "203.0.113.7:40000",
+            "203.0.113.7:40000",
+            Eim,
+        ),
+        (
+            "203.0.113.7:50000",
+            "203.0.113.7:50000",
+            "203.0.113.7:50000",
+            Eim,
+        ),
+        (
+            "203.0.113.7:50000",
+            "203.0.113.7:50000",
+            "203.0.113.7:50001",
+            Adm,
+        ),
+        (
+            "203.0.113.7:50000",
+            "203.0.113.7:50001",
+            "203.0.113.7:50002",
+            Apdm,
+        ),
+        // Different public IP per server IP (non-paired pooling) is address-dependent too.
+        (
+            "203.0.113.7:50000",
+            "203.0.113.7:50000",
+            "203.0.113.8:50000",
+            Adm,
+        ),
+    ];
+    for (a, b, c, want) in table {
+        let v = verdict(&obs(vec![
+            probe(local, P1, Some(a)),
+            probe(local, P2, Some(b)),
+            probe(local, IP2, Some(c)),
+        ]));
+        assert_eq!(v.mapping, known(want), "{a} {b} {c}");
+        assert!(!v.no_nat);
+    }
+}
+
+#[test]
+fn mapping_order_of_probes_does_not_matter_beyond_the_primary() {
+    let local = "192.168.1.10:40000";
+    let v = verdict(&obs(vec![
+        probe(local, P1, Some("203.0.113.7:50000")),
+        probe(local, IP2, Some("203.0.113.7:50001")),
+        probe(local, P2, Some("203.0.113.7:50000")),
+    ]));
+    assert_eq!(v.mapping, known(Mapping::Adm));
+}
+
+#[test]
+fn single_server_ip_cannot_separate_eim_from_adm() {
+    let local = "192.168.1.10:40000";
+    let same = verdict(&obs(vec![
+        probe(local, P1, Some("203.0.113.7:50000")),
+        probe(local, P2, Some("203.0.113.7:50000")),
+    ]));
+    assert_eq!(
+        same.mapping,
+        Finding::Ambiguous {
+            candidates: vec![Mapping::Eim, Mapping::Adm],
+            missing: "a second server IP address".into()
+        }
+    );
+    assert!(same.missing.iter().any(|m| m.contains("second server IP")));
+    assert!(
+        same.summary().contains("cannot tell apart"),
+        "{}",
+        same.summary()
+    );
+
+    let differ = verdict(&obs(vec![
+        probe(local, P1, Some("203.0.113.7:50000")),
+        probe(local, P2, Some("203.0.113.7:50001")),
+    ]));
+    assert_eq!(differ.mapping, known(Mapping::Apdm));
+}
+
+#[test]
+fn single_server_port_cannot_separate_adm_from_apdm() {
+    let local = "192.168.1.10:40000";
+    let differ = verdict(&obs(vec![
+        probe(local, P1, Some("203.0.113.7:50000")),
+        probe(local, IP2, Some("203.0.113.7:50001")),
+    ]));
+    assert_eq!(
+        differ.mapping,
+        Finding::Ambiguous {
+            candidates: vec![Mapping::Adm, Mapping::Apdm],
+            missing: "a second port on the primary server IP".into()
+        }
+    );
+    let same = verdict(&obs(vec![
+        probe(local, P1, Some("203.0.113.7:50000")),
+        probe(local, IP2, Some("203.0.113.7:50000")),
+    ]));
+    assert_eq!(same.mapping, known(Mapping::Eim));
+}
+
+#[test]
+fn unreachable_endpoints_narrow_what_can_be_said() {
+    let local = "192.168.1.10:40000";
+    let only_primary = verdict(&obs(vec![
+        probe(local, P1, Some("203.0.113.7:50000")),
+        probe(local, P2, None),
+        probe(local, IP2, None),
+    ]));
+    assert!(matches!(
+        only_primary.mapping,
+        Finding::Ambiguous { ref candidates, .. } if candidates.len() == 3
+    ));
+    let no_primary = verdict(&obs(vec![
+        probe(local, P1, None),
+        probe(local, P2, Some("203.0.113.7:50000")),
+    ]));
+    assert!(matches!(no_primary.mapping, Finding::Unknown { .. }));
+    assert_eq!(no_primary.port_preserved, Some(false));
+}
+
+#[test]
+fn no_nat_when_every_observed_endpoint_is_the_local_one() {
+    let v = verdict(&obs(vec![
+        probe("192.0.2.5:40000", P1, Some("192.0.2.5:40000")),
+        probe("192.0.2.5:40000", P2, Some("192.0.2.5:40000")),
+        probe("192.0.2.5:40000", IP2, Some("192.0.2.5:40000")),
+    ]));
+    assert!(v.no_nat);
+    assert_eq!(v.mapping, known(Mapping::Eim));
+    assert_eq!(v.port_preserved, Some(true));
+    assert!(v.summary().starts_with("No NAT"), "{}", v.summary());
+
+    let translated_ip = verdict(&obs(vec![probe(
+        "192.168.1.10:40000",
+        P1,
+        Some("203.0.113.7:40000"),
+    )]));
+    assert!(!translated_ip.no_nat);
+    assert_eq!(translated_ip.port_preserved, Some(true));
+}
+
+fn dial(kind: DialKind, outcome: DialOutcome, received: bool) -> DialObservation {
+    DialObservation {
+        kind,
+        from: None,
+        server_outcome: outcome,
+        received,
+    }
+}
+
+fn filtering(dials: Vec<DialObservation>) -> Finding<Filtering> {
+    let mut o = obs(vec![]);
+    o.filtering = Some(FilteringObservation {
+        probe: probe("192.168.1.10:41000", P1, Some("203.0.113.7:41000")),
+        dials,
+        error: None,
+    });
+    verdict(&o).filtering
+}
+
+#[test]
+fn filtering_from_dial_backs() {
+    use DialKind::*;
+    use DialOutcome::*;
+    use Filtering::*;
+    let table = [
+        (
+            dial(OtherPort, Connected, true),
+            dial(OtherIp, Connected, true),
+            known(Eif),
+        ),
+        (
+            dial(OtherPort, Connected, true),
+            dial(OtherIp, Timeout, false),
+            known(Adf),
+        ),
+        (
+            dial(OtherPort, Refused, false),
+            dial(OtherIp, Refused, false),
+            known(Apdf),
+        ),
+        (
+            dial(OtherPort, Timeout, false),
+            dial(OtherIp, Unreachable, false),
+            known(Apdf),
+        ),
+        // Connected at the server but never reached our listener: something else answered.
+        (
+            dial(OtherPort, Connected, false),
+            dial(OtherIp, Connected, false),
+            known(Apdf),
+        ),
+        // RFC 5780: admitted from another IP means endpoint-independent, whatever the port test says.
+        (
+            dial(OtherPort, Timeout, false),
+            dial(OtherIp, Connected, true),
+            known(Eif),
+        ),
+    ];
+    for (port, ip, want) in table {
+        assert_eq!(
+            filtering(vec![port.clone(), ip.clone()]),
+            want,
+            "{port:?} {ip:?}"
+        );
+    }
+}
+
+#[test]
+fn filtering_with_a_single_server_ip_or_port_is_ambiguous_where_it_must_be() {
+    use DialKind::*;
+    use DialOutcome::*;
+    use Filtering::*;
+    let single_ip_admitted = filtering(vec![
+        dial(OtherPort, Connected, true),
+        dial(OtherIp, Unavailable, false),
+    ]);
+    assert!(matches!(
+        single_ip_admitted,
+        Finding::Ambiguous { ref candidates, .. } if candidates == &[Eif, Adf]
+    ));
+    let single_ip_blocked = filtering(vec![dial(OtherPort, Timeout, false)]);
+    assert_eq!(single_ip_blocked, known(Apdf));
+    let single_port_blocked = filtering(vec![
+        dial(OtherPort, Unavailable, false),
+        dial(OtherIp, Timeout, false),
+    ]);
+    assert!(matches!(
+        single_port_blocked,
+        Finding::Ambiguous { ref candidates, .. } if candidates == &[Adf, Apdf]
+    ));
+    let server_failed = filtering(vec![
+        dial(OtherPort, Error, false),
+        dial(OtherIp, Error, false),
+    ]);
+    assert!(matches!(server_failed, Finding::Unknown { .. }));
+    assert!(matches!(
+        verdict(&obs(vec![])).filtering,
+        Finding::Unknown { .. }
+    ));
+    let mut refused = obs(vec![]);
+    refused.filtering = Some(FilteringObservation {
+        probe: probe("192.168.1.10:41000", P1, Some("203.0.113.7:41000")),
+        dials: vec![],
+        error: Some("rate limited: retry in 6000 ms".into()),
+    });
+    let v = verdict(&refused);
+    assert!(
+        matches!(v.filtering, Finding::Unknown { ref reason } if reason.contains("rate limited"))
+    );
+    assert!(v
+        .missing
+        .iter()
+        .any(|m| m.contains("refused the dial-back")));
+}
+
+/// (local port, observed port if the probe answered), in probe order.
+type PortPairs = [(u16, Option<u16>)];
+
+fn allocation(pairs: &PortPairs) -> Finding<AllocationPattern> {
+    let mut o = obs(vec![]);
+    o.allocation = pairs
+        .iter()
+        .map(|(local, observed)| Probe {
+            local: SocketAddr::from(([192, 168, 1, 10], *local)),
+            server: sa(P1),
+            observed: observed.map(|p| SocketAddr::from(([203, 0, 113, 7], p))),
+            rtt_ms: None,
+            error: None,
+        })
+        .collect();
+    verdict(&o).allocation
+}
+
+#[test]
+fn allocation_patterns() {
+    use AllocationPattern::*;
+    let table: [(&PortPairs, Finding<AllocationPattern>); 6] = [
+        (
+            &[
+                (40001, Some(40001)),
+                (40517, Some(40517)),
+                (39000, Some(39000)),
+                (45000, Some(45000)),
+            ],
+            known(Preserving),
+        ),
+        (
+            &[
+                (40001, Some(1024)),
+                (40517, Some(1025)),
+                (39000, Some(1026)),
+                (45000, Some(1027)),
+            ],
+            known(Sequential {
+                step: 1,
+                exact: true,
+            }),
+        ),
+        (
+            &[
+                (40001, Some(2000)),
+                (40517, Some(1998)),
+                (39000, Some(1996)),
+                (45000, Some(1994)),
+            ],
+            known(Sequential {
+                step: -2,
+                exact: true,
+            }),
+        ),
+        (
+            &[
+                (40001, Some(1024)),
+                (40517, Some(1025)),
+                (39000, Some(1029)),
+                (45000, Some(1030)),
+            ],
+            known(Sequential {
+                step: 1,
+                exact: false,
+            }),
+        ),
+        (
+            &[
+                (40001, Some(61234)),
+                (40517, Some(2210)),
+                (39000, Some(33007)),
+                (45000, Some(50123)),
+            ],
+            known(Random),
+        ),
+        (
+            &[
+                (40001, Some(1024)),
+                (40517, None),
+                (39000, None),
+                (45000, Some(1027)),
+            ],
+            Finding::Unknown {
+                reason: "fewer than 3 fresh-port probes answered".into(),
+            },
+        ),
+    ];
+    for (pairs, want) in table {
+        assert_eq!(allocation(pairs), want, "{pairs:?}");
+    }
+    assert_eq!(
+        Sequential {
+            step: 3,
+            exact: true
+        }
+        .allocation(),
+        Allocation::Sequential
+    );
+}
+
+#[test]
+fn summary_reads_like_advice() {
+    let mut o = obs(vec![
+        probe("192.168.1.10:40000", P1, Some("203.0.113.7:40000")),
+        probe("192.168.1.10:40000", P2, Some("203.0.113.7:40000")),
+        probe("192.168.1.10:40000", IP2, Some("203.0.113.7:40000")),
+    ]);
+    o.filtering = Some(FilteringObservation {
+        probe: probe("192.168.1.10:41000", P1, Some("203.0.113.7:41000")),
+        dials: vec![
+            dial(DialKind::OtherPort, DialOutcome::Timeout, false),
+            dial(DialKind::OtherIp, DialOutcome::Timeout, false),
+        ],
+        error: None,
+    });
+    let v = verdict(&o);
+    assert_eq!(
+        v.summary(),
+        "Endpoint-independent mapping, port-preserving, address-and-port-dependent filtering: \
+         TCP hole punching should work with peers whose NAT also keeps mappings"
+    );
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["mapping"]["status"], "known");
+    assert_eq!(json["mapping"]["value"], "eim");
+    let back: Verdict = serde_json::from_value(json).unwrap();
+    assert_eq!(back, v);
+}

@@ -1,0 +1,240 @@
+//! Filtering and hairpin tests: listen on the filtering port, ask for dial-backs, see what arrives.
+//!
+//! The filtering port has talked only to the primary server endpoint, so a
+//! dial-back from any other server endpoint is unsolicited for the NAT,
+//! which is what filtering is about. Waits are driven by the server's
+//! reports plus a few measured round trips, never a fixed long sleep.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use punchscope_analysis::classify::{DialKind, DialObservation, DialOutcome, HairpinObservation};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::probe::{self, ProbeFailure};
+use super::socket;
+use crate::proto::echo::{self, DialBackRequest, ServerMessage};
+
+/// Most connections the filtering listener accepts in one run.
+const MAX_ARRIVALS: usize = 16;
+/// Prefix of the line a hairpin connection carries.
+const HAIRPIN_PREFIX: &str = "punchscope-hairpin ";
+
+/// A connection that reached our filtering listener, by what it said first.
+#[derive(Debug)]
+pub enum Arrival {
+    DialBack { token: String, kind: DialKind },
+    Hairpin { token: String },
+}
+
+/// Aborts the task when dropped, so no listener outlives the run.
+pub struct TaskGuard(JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Accepts on the filtering port and reports each connection's first line.
+pub fn spawn_listener(listener: TcpListener) -> (TaskGuard, mpsc::Receiver<Arrival>) {
+    let (tx, rx) = mpsc::channel(MAX_ARRIVALS);
+    let task = tokio::spawn(async move {
+        let mut readers = tokio::task::JoinSet::new();
+        for _ in 0..MAX_ARRIVALS {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            readers.spawn(async move {
+                let mut conn = BufReader::new(stream);
+                let line =
+                    tokio::time::timeout(Duration::from_secs(2), first_line(&mut conn)).await;
+                if let Ok(Some(arrival)) = line {
+                    let _ = tx.send(arrival).await;
+                }
+            });
+        }
+        while readers.join_next().await.is_some() {}
+    });
+    (TaskGuard(task), rx)
+}
+
+async fn first_line(conn: &mut BufReader<TcpStream>) -> Option<Arrival> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    tokio::io::AsyncReadExt::take(&mut *conn, echo::MAX_LINE as u64)
+        .read_line(&mut line)
+        .await
+        .ok()?;
+    let line = line.trim_end();
+    if let Some(token) = line.strip_prefix(HAIRPIN_PREFIX) {
+        return Some(Arrival::Hairpin {
+            token: token.to_string(),
+        });
+    }
+    match echo::decode_server(line).ok()? {
+        ServerMessage::DialBack { token, kind, .. } => Some(Arrival::DialBack { token, kind }),
+        _ => None,
+    }
+}
+
+/// Asks for both dial-backs on `control` and records what the server did and
+/// what reached our listener. `Err` carries the server's refusal.
+pub async fn dial_back(
+    control: BufReader<TcpStream>,
+    arrivals: &mut mpsc::Receiver<Arrival>,
+    token: &str,
+    rtt: Duration,
+    reply_timeout: Duration,
+) -> Result<Vec<DialObservation>, String> {
+    let (mut read, mut write) = split(control);
+    let request = DialBackRequest {
+        token: token.to_string(),
+        kinds: vec![DialKind::OtherPort, DialKind::OtherIp],
+    };
+    write
+        .write_all(&echo::encode_request(&request))
+        .await
+        .map_err(|e| format!("cannot send the dial-back request: {e}"))?;
+    let first = tokio::time::timeout(reply_timeout, probe::read_message(&mut read)).await;
+    let (planned, server_timeout) = match first {
+        Err(_) => return Err("no answer to the dial-back request".into()),
+        Ok(Err(e)) => return Err(format!("dial-back request failed: {e}")),
+        Ok(Ok(ServerMessage::DialBackAccepted {
+            dials, timeout_ms, ..
+        })) => (dials, Duration::from_millis(timeout_ms)),
+        Ok(Ok(ServerMessage::Error { message, .. })) => return Err(message),
+        Ok(Ok(other)) => return Err(format!("unexpected answer {other:?}")),
+    };
+    let mut dials: Vec<DialObservation> = planned
+        .iter()
+        .map(|p| DialObservation {
+            kind: p.kind,
+            from: p.from,
+            server_outcome: DialOutcome::Timeout,
+            received: false,
+        })
+        .collect();
+    // The control connection is read in its own task: a line read is not
+    // cancel-safe, and it races against arrivals below.
+    let (results_tx, mut results) = mpsc::channel(8);
+    let reader = TaskGuard(tokio::spawn(async move {
+        while let Ok(msg) = probe::read_message(&mut read).await {
+            if results_tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+    }));
+    let grace = (rtt * 3).max(Duration::from_millis(100));
+    let overall = Instant::now() + server_timeout + reply_timeout;
+    let mut reported = 0;
+    let mut all_reported_at = None;
+    let mut results_open = true;
+    loop {
+        let connected_missing = dials
+            .iter()
+            .any(|d| d.server_outcome == DialOutcome::Connected && !d.received);
+        if reported == dials.len() && !connected_missing {
+            break;
+        }
+        let wake = all_reported_at.map_or(overall, |t: Instant| (t + grace).min(overall));
+        tokio::select! {
+            msg = results.recv(), if results_open => match msg {
+                Some(ServerMessage::DialResult { token: t, kind, outcome, .. }) if t == token => {
+                    if let Some(d) = dials.iter_mut().find(|d| d.kind == kind) {
+                        d.server_outcome = outcome;
+                        reported += 1;
+                    }
+                    if reported == dials.len() {
+                        all_reported_at = Some(Instant::now());
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    results_open = false;
+                    all_reported_at.get_or_insert_with(Instant::now);
+                }
+            },
+            arrival = arrivals.recv() => {
+                if let Some(Arrival::DialBack { token: t, kind }) = arrival {
+                    if t == token {
+                        if let Some(d) = dials.iter_mut().find(|d| d.kind == kind) {
+                            d.received = true;
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => break,
+        }
+    }
+    drop(reader);
+    let _ = write.shutdown().await;
+    Ok(dials)
+}
+
+fn split(
+    control: BufReader<TcpStream>,
+) -> (
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    // Nothing is buffered yet beyond the observed line, which was consumed.
+    let (read, write) = control.into_inner().into_split();
+    (BufReader::new(read), write)
+}
+
+/// Connects from a fresh port to our own public endpoint and checks that our
+/// listener, not something else, received it.
+pub async fn hairpin(
+    target: SocketAddr,
+    arrivals: &mut mpsc::Receiver<Arrival>,
+    token: &str,
+    timeout: Duration,
+) -> HairpinObservation {
+    let unspecified = SocketAddr::new(
+        if target.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        },
+        0,
+    );
+    let observation = |reached_listener, error: Option<String>| HairpinObservation {
+        target,
+        reached_listener,
+        error,
+    };
+    let socket = match socket::bound(unspecified) {
+        Ok((s, _)) => s,
+        Err(e) => return observation(false, Some(e.to_string())),
+    };
+    let deadline = Instant::now() + timeout;
+    let mut stream = match tokio::time::timeout_at(deadline, socket.connect(target)).await {
+        Err(_) => return observation(false, Some(ProbeFailure::Timeout.to_string())),
+        Ok(Err(e)) => return observation(false, Some(ProbeFailure::Connect(e).to_string())),
+        Ok(Ok(stream)) => stream,
+    };
+    let line = format!("{HAIRPIN_PREFIX}{token}\n");
+    if let Err(e) = stream.write_all(line.as_bytes()).await {
+        return observation(false, Some(format!("write failed: {e}")));
+    }
+    loop {
+        match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+            Ok(Some(Arrival::Hairpin { token: t })) if t == token => {
+                return observation(true, None)
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => {
+                return observation(
+                    false,
+                    Some("connected, but not to our own listener".to_string()),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! One mapping probe: connect to an echo server endpoint and read the `observed` line it sends first.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use punchscope_analysis::classify::Probe;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::proto::echo::{self, ProtoError, ServerMessage, MAX_LINE};
+
+/// What the server announced on a probe connection.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub observed: SocketAddr,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Why a probe failed, kept apart so callers can turn some into hard errors.
+#[derive(Debug)]
+pub enum ProbeFailure {
+    Connect(io::Error),
+    Timeout,
+    Protocol(ProtoError),
+    Closed,
+}
+
+impl std::fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeFailure::Connect(e) => write!(f, "connect failed: {e}"),
+            ProbeFailure::Timeout => f.write_str("timed out"),
+            ProbeFailure::Protocol(e) => write!(f, "bad answer: {e}"),
+            ProbeFailure::Closed => f.write_str("server closed without an observed line"),
+        }
+    }
+}
+
+/// A probe that worked: the record, what the server said, and the open
+/// connection for callers that continue the conversation.
+pub struct Answered {
+    pub probe: Probe,
+    pub hello: Hello,
+    pub conn: BufReader<TcpStream>,
+}
+
+/// Connects `socket` to `server` and reads the observed line, all within `timeout`.
+pub async fn run(
+    socket: TcpSocket,
+    server: SocketAddr,
+    timeout: Duration,
+) -> Result<Answered, (Probe, ProbeFailure)> {
+    let fallback_local = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let failed = |local, rtt_ms, failure: ProbeFailure| {
+        let probe = Probe {
+            local,
+            server,
+            observed: None,
+            rtt_ms,
+            error: Some(failure.to_string()),
+        };
+        (probe, failure)
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let started = Instant::now();
+    let stream = match tokio::time::timeout_at(deadline, socket.connect(server)).await {
+        Err(_) => return Err(failed(fallback_local, None, ProbeFailure::Timeout)),
+        Ok(Err(e)) => return Err(failed(fallback_local, None, ProbeFailure::Connect(e))),
+        Ok(Ok(stream)) => stream,
+    };
+    let rtt_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    let local = stream.local_addr().unwrap_or(fallback_local);
+    let mut conn = BufReader::new(stream);
+    let hello = match tokio::time::timeout_at(deadline, read_message(&mut conn)).await {
+        Err(_) => Err(ProbeFailure::Timeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(ServerMessage::Observed {
+            observed,
+            endpoints,
+            ..
+        })) => Ok(Hello {
+            observed,
+            endpoints,
+        }),
+        Ok(Ok(other)) => Err(ProbeFailure::Protocol(ProtoError::Malformed(format!(
+            "expected an observed line first, got {other:?}"
+        )))),
+    };
+    match hello {
+        Err(failure) => Err(failed(local, rtt_ms, failure)),
+        Ok(hello) => Ok(Answered {
+            probe: Probe {
+                local,
+                server,
+                observed: Some(hello.observed),
+                rtt_ms,
+                error: None,
+            },
+            hello,
+            conn,
+        }),
+    }
+}
+
+/// Reads one server line. The caller bounds the wait.
+pub async fn read_message<S: tokio::io::AsyncRead + Unpin>(
+    conn: &mut BufReader<S>,
+) -> Result<ServerMessage, ProbeFailure> {
+    let mut line = Vec::with_capacity(256);
+    let n = (&mut *conn)
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(ProbeFailure::Connect)?;
+    if n == 0 {
+        return Err(ProbeFailure::Closed);
+    }
+    let text = echo::frame(&line).map_err(ProbeFailure::Protocol)?;
+    echo::decode_server(text).map_err(ProbeFailure::Protocol)
+}

@@ -1,0 +1,138 @@
+//! `punchscope classify`: classify the NAT in front of this host against echo servers.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use punchscope::analysis::classify::{Classification, DialOutcome, Finding, Probe};
+use punchscope::classify::{classify, ClassifyConfig};
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Echo server as HOST[:PORT] (default port 8339); repeat for a second server IP.
+    #[arg(long = "server", value_name = "HOST[:PORT]", required = true)]
+    pub servers: Vec<String>,
+    /// Print the full observations and verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Local port for the mapping probes (e.g. 8333, your node's port); default: any free port.
+    #[arg(long, value_name = "PORT")]
+    pub local_port: Option<u16>,
+    /// Milliseconds to wait for each connection and each server answer.
+    #[arg(long, default_value_t = 3000)]
+    pub timeout_ms: u64,
+    /// Fresh-port probes for the port allocation pattern.
+    #[arg(long, default_value_t = 4)]
+    pub allocation_probes: usize,
+    /// Skip the hairpinning test.
+    #[arg(long)]
+    pub no_hairpin: bool,
+}
+
+pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
+    let config = ClassifyConfig {
+        servers: args.servers,
+        local_port: args.local_port,
+        connect_timeout: Duration::from_millis(args.timeout_ms),
+        allocation_probes: args.allocation_probes,
+        hairpin: !args.no_hairpin,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = runtime
+        .block_on(classify(&config))
+        .context("NAT classification failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", human(&result));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn finding<T: std::fmt::Display + Copy>(f: &Finding<T>) -> String {
+    match f {
+        Finding::Known { value } => value.to_string(),
+        Finding::Ambiguous {
+            candidates,
+            missing,
+        } => {
+            let names: Vec<_> = candidates.iter().map(ToString::to_string).collect();
+            format!("{} (needs {missing})", names.join(" or "))
+        }
+        Finding::Unknown { reason } => format!("unknown ({reason})"),
+    }
+}
+
+fn probe_line(p: &Probe) -> String {
+    match (p.observed, &p.error) {
+        (Some(observed), _) => format!(
+            "{} -> {} seen as {} ({:.1} ms)",
+            p.local,
+            p.server,
+            observed,
+            p.rtt_ms.unwrap_or_default()
+        ),
+        (None, error) => format!(
+            "{} -> {} failed: {}",
+            p.local,
+            p.server,
+            error.as_deref().unwrap_or("no answer")
+        ),
+    }
+}
+
+fn yes_no(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "not measured",
+    }
+}
+
+fn human(c: &Classification) -> String {
+    let v = &c.verdict;
+    let o = &c.observations;
+    let mut out = format!("{}\n\n", v.summary());
+    out += &format!(
+        "  NAT present:    {}\n",
+        if v.no_nat { "no" } else { "yes" }
+    );
+    out += &format!("  mapping:        {}\n", finding(&v.mapping));
+    for p in &o.mapping {
+        out += &format!("                  {}\n", probe_line(p));
+    }
+    out += &format!("  port preserved: {}\n", yes_no(v.port_preserved));
+    out += &format!("  allocation:     {}\n", finding(&v.allocation));
+    for p in &o.allocation {
+        out += &format!("                  {}\n", probe_line(p));
+    }
+    out += &format!("  filtering:      {}\n", finding(&v.filtering));
+    if let Some(f) = &o.filtering {
+        out += &format!("                  {}\n", probe_line(&f.probe));
+        for d in &f.dials {
+            let from = d.from.map_or("-".to_string(), |a| a.to_string());
+            let outcome = match d.server_outcome {
+                DialOutcome::Connected if !d.received => "connected, but not to us".to_string(),
+                other => format!("{other:?}").to_lowercase(),
+            };
+            let admitted = if d.received {
+                "admitted"
+            } else {
+                "not admitted"
+            };
+            out += &format!(
+                "                  dial-back {:?} from {from}: {outcome}, {admitted}\n",
+                d.kind
+            );
+        }
+        if let Some(e) = &f.error {
+            out += &format!("                  refused: {e}\n");
+        }
+    }
+    out += &format!("  hairpinning:    {}\n", yes_no(v.hairpin));
+    for m in &v.missing {
+        out += &format!("  note: {m}\n");
+    }
+    out
+}

@@ -1,0 +1,602 @@
+//! The echo/reflector server: tells each client its observed endpoint and dials back to it on request.
+//!
+//! Per connection: write the `observed` line at once (a mapping probe costs
+//! one round trip), then wait briefly for an optional `dial_back_request`.
+//! Dial-backs go only to the connection's observed source endpoint, from the
+//! server's own listening endpoints (hence SO_REUSEPORT on the listeners),
+//! with a short connect timeout and a per-source-IP rate limit. A semaphore
+//! bounds concurrent connections; excess ones get a `busy` line and are
+//! closed at once. The wire format lives in [`crate::proto::echo`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::proto::echo::{
+    self as proto, DialBackRequest, DialKind, DialOutcome, ErrorCode, PlannedDial, ProtoError,
+    ServerMessage, MAX_LINE,
+};
+
+/// Tunables of the echo server. `Default` suits a public deployment.
+#[derive(Debug, Clone)]
+pub struct EchoConfig {
+    /// Connections served at once; more are told `busy` and closed.
+    pub max_connections: usize,
+    /// How long to wait for the optional request line after `observed`.
+    pub request_timeout: Duration,
+    /// Shortest dial-back connect timeout; longer when the client is far away.
+    pub dial_timeout_min: Duration,
+    /// Longest dial-back connect timeout, however slow the client.
+    pub dial_timeout_max: Duration,
+    /// Dial-back requests a source IP may make at once (bucket size).
+    pub dial_back_burst: u32,
+    /// One more dial-back request is allowed per this interval.
+    pub dial_back_refill: Duration,
+    /// Public endpoints to announce instead of the listeners' own addresses
+    /// (servers behind a 1:1 NAT), in the order of the listeners.
+    pub advertise: Option<Vec<SocketAddr>>,
+    /// After shutdown is signalled, how long running connections may take to end.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EchoConfig {
+    fn default() -> Self {
+        EchoConfig {
+            max_connections: 1024,
+            request_timeout: Duration::from_secs(2),
+            dial_timeout_min: Duration::from_secs(1),
+            dial_timeout_max: Duration::from_secs(3),
+            dial_back_burst: 10,
+            dial_back_refill: Duration::from_secs(6),
+            advertise: None,
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What stops the echo server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum EchoServerError {
+    #[error("cannot listen on {addr}: {cause}; check that the address is assigned to this host and the port is free")]
+    Bind { addr: SocketAddr, cause: io::Error },
+    #[error("no listeners given: pass at least one listen address")]
+    NoListeners,
+    #[error("{advertised} advertised endpoints for {listeners} listeners: give one per listen address, in the same order")]
+    AdvertiseMismatch { advertised: usize, listeners: usize },
+    #[error("listener has no local address: {0}")]
+    LocalAddr(io::Error),
+}
+
+/// Binds one listener per address with SO_REUSEADDR and SO_REUSEPORT, so the
+/// server can later dial out *from* these same endpoints.
+pub fn bind_listeners(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, EchoServerError> {
+    addrs.iter().map(|addr| bind_listener(*addr)).collect()
+}
+
+/// Binds one reusable listener; see [`bind_listeners`]. Needs a tokio runtime.
+pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener, EchoServerError> {
+    let bind = || -> io::Result<TcpListener> {
+        let socket = reusable_socket(addr)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    bind().map_err(|cause| EchoServerError::Bind { addr, cause })
+}
+
+fn reusable_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    Ok(socket)
+}
+
+/// Serves on every listener until `shutdown` completes, then lets running
+/// connections end (up to `config.shutdown_grace`) and returns.
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    config: EchoConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), EchoServerError> {
+    if listeners.is_empty() {
+        return Err(EchoServerError::NoListeners);
+    }
+    let local: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<io::Result<_>>()
+        .map_err(EchoServerError::LocalAddr)?;
+    let public = match &config.advertise {
+        Some(adv) if adv.len() != local.len() => {
+            return Err(EchoServerError::AdvertiseMismatch {
+                advertised: adv.len(),
+                listeners: local.len(),
+            })
+        }
+        Some(adv) => adv.clone(),
+        None => local.clone(),
+    };
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let shared = Arc::new(Shared {
+        endpoints: Endpoints { local, public },
+        limiter: RateLimiter::new(config.dial_back_burst, config.dial_back_refill),
+        config,
+        permits,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut acceptors = JoinSet::new();
+    for listener in listeners {
+        acceptors.spawn(accept_loop(listener, shared.clone(), stop_rx.clone()));
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    acceptors.shutdown().await;
+    // Every connection holds a permit: having them all back means all ended.
+    let all = u32::try_from(shared.config.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(
+        shared.config.shutdown_grace,
+        shared.permits.acquire_many(all),
+    )
+    .await;
+    Ok(())
+}
+
+struct Shared {
+    config: EchoConfig,
+    endpoints: Endpoints,
+    limiter: RateLimiter,
+    permits: Arc<Semaphore>,
+}
+
+/// The listeners' own addresses and what to announce for each.
+struct Endpoints {
+    local: Vec<SocketAddr>,
+    public: Vec<SocketAddr>,
+}
+
+impl Endpoints {
+    fn public_of(&self, local: SocketAddr) -> SocketAddr {
+        self.local
+            .iter()
+            .position(|l| *l == local)
+            .map_or(local, |i| self.public[i])
+    }
+
+    /// The local endpoint to dial from for `kind`, given the endpoint reached.
+    fn dial_source(&self, reached: SocketAddr, kind: DialKind) -> Option<SocketAddr> {
+        let same_family = |e: &&SocketAddr| e.is_ipv4() == reached.is_ipv4();
+        let mut candidates = self.local.iter().filter(same_family);
+        match kind {
+            DialKind::OtherPort => candidates
+                .find(|e| e.ip() == reached.ip() && e.port() != reached.port())
+                .copied(),
+            DialKind::OtherIp => {
+                let others: Vec<_> = candidates.filter(|e| e.ip() != reached.ip()).collect();
+                // The same port on the other IP keeps the test to one changed variable.
+                others
+                    .iter()
+                    .find(|e| e.port() == reached.port())
+                    .or(others.first())
+                    .map(|e| **e)
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                eprintln!("echo: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+            let busy = ServerMessage::Error {
+                code: ErrorCode::Busy,
+                message: "server busy: too many connections, try again in a few seconds".into(),
+                supported_versions: None,
+                retry_after_ms: Some(5000),
+            };
+            let _ = stream.try_write(&proto::encode_server(&busy));
+            continue;
+        };
+        let shared = shared.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = serve_connection(stream, peer, &shared) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(stream: TcpStream, observed: SocketAddr, shared: &Shared) {
+    let Ok(reached) = stream.local_addr() else {
+        return;
+    };
+    let config = &shared.config;
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let hello = ServerMessage::Observed {
+        observed,
+        reached: shared.endpoints.public_of(reached),
+        endpoints: shared.endpoints.public.clone(),
+        request_timeout_ms: millis(config.request_timeout),
+    };
+    if write
+        .write_all(&proto::encode_server(&hello))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let sent = Instant::now();
+    let reply = match tokio::time::timeout(config.request_timeout, read_line(&mut reader)).await {
+        Err(_) => Some(error_line(
+            ErrorCode::RequestTimeout,
+            "no request within the deadline: close right after the observed line if you need nothing else",
+        )),
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => Some(e.to_message()),
+        Ok(Ok(Some(line))) => match proto::decode_request(&line) {
+            Err(e) => Some(e.to_message()),
+            Ok(req) => match shared.limiter.check(observed.ip(), Instant::now()) {
+                Err(wait) => Some(ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    message: format!(
+                        "too many dial-back requests from {}: retry in {} ms",
+                        observed.ip(),
+                        millis(wait)
+                    ),
+                    supported_versions: None,
+                    retry_after_ms: Some(millis(wait)),
+                }),
+                Ok(()) => {
+                    let dial_timeout = dial_timeout(config, sent.elapsed());
+                    let dialed =
+                        dial_back(&mut write, shared, reached, observed, req, dial_timeout).await;
+                    finish(reader, write, dialed).await;
+                    return;
+                }
+            },
+        },
+    };
+    if let Some(reply) = reply {
+        let _ = write.write_all(&proto::encode_server(&reply)).await;
+    }
+    finish(reader, write, Vec::new()).await;
+}
+
+fn error_line(code: ErrorCode, message: &str) -> ServerMessage {
+    ServerMessage::Error {
+        code,
+        message: message.into(),
+        supported_versions: None,
+        retry_after_ms: None,
+    }
+}
+
+/// A few times the time the client took to answer `observed` (about one
+/// round trip), within the configured bounds: a far client gets longer.
+fn dial_timeout(config: &EchoConfig, request_rtt: Duration) -> Duration {
+    (request_rtt * 4).clamp(config.dial_timeout_min, config.dial_timeout_max)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes; `None` on a clean EOF.
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+) -> Result<Option<String>, ProtoError> {
+    let mut line = Vec::with_capacity(128);
+    let limit = u64::try_from(MAX_LINE).expect("MAX_LINE fits in u64");
+    let n = (&mut *reader)
+        .take(limit)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| ProtoError::Malformed(format!("read failed: {e}")))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    proto::frame(&line).map(|text| Some(text.to_string()))
+}
+
+/// Makes the requested dials in parallel, reporting each result as it comes.
+/// Returns the connected dial-back streams, to be closed politely.
+async fn dial_back(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    shared: &Shared,
+    reached: SocketAddr,
+    observed: SocketAddr,
+    req: DialBackRequest,
+    timeout: Duration,
+) -> Vec<TcpStream> {
+    let plan: Vec<(DialKind, Option<SocketAddr>)> = req
+        .kinds
+        .iter()
+        .map(|k| (*k, shared.endpoints.dial_source(reached, *k)))
+        .collect();
+    let accepted = ServerMessage::DialBackAccepted {
+        token: req.token.clone(),
+        timeout_ms: millis(timeout),
+        dials: plan
+            .iter()
+            .map(|(kind, from)| PlannedDial {
+                kind: *kind,
+                from: from.map(|f| shared.endpoints.public_of(f)),
+            })
+            .collect(),
+    };
+    if write
+        .write_all(&proto::encode_server(&accepted))
+        .await
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut dials = JoinSet::new();
+    for (kind, from) in plan {
+        let line = from.map(|f| {
+            proto::encode_server(&ServerMessage::DialBack {
+                token: req.token.clone(),
+                kind,
+                from: shared.endpoints.public_of(f),
+                to: observed,
+            })
+        });
+        dials.spawn(async move {
+            let started = Instant::now();
+            let (outcome, detail, stream) = match (from, line) {
+                (Some(from), Some(line)) => dial(from, observed, &line, timeout).await,
+                _ => (DialOutcome::Unavailable, None, None),
+            };
+            (kind, from, outcome, detail, stream, started.elapsed())
+        });
+    }
+    let mut connected = Vec::new();
+    while let Some(Ok((kind, from, outcome, detail, stream, elapsed))) = dials.join_next().await {
+        connected.extend(stream);
+        let result = ServerMessage::DialResult {
+            token: req.token.clone(),
+            kind,
+            from: from.map(|f| shared.endpoints.public_of(f)),
+            to: observed,
+            outcome,
+            elapsed_ms: millis(elapsed),
+            detail,
+        };
+        if write
+            .write_all(&proto::encode_server(&result))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    connected
+}
+
+/// One dial-back: connect from `from` to `to` and write `line` on success.
+async fn dial(
+    from: SocketAddr,
+    to: SocketAddr,
+    line: &[u8],
+    timeout: Duration,
+) -> (DialOutcome, Option<String>, Option<TcpStream>) {
+    let connect = async {
+        let socket = reusable_socket(from)?;
+        socket.bind(from)?;
+        socket.connect(to).await
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Err(_) => (DialOutcome::Timeout, None, None),
+        Ok(Ok(mut stream)) => match stream.write_all(line).await {
+            Ok(()) => (DialOutcome::Connected, None, Some(stream)),
+            Err(e) => (
+                DialOutcome::Connected,
+                Some(format!("write failed: {e}")),
+                None,
+            ),
+        },
+        Ok(Err(e)) => {
+            // By errno: the io::ErrorKind variants for these are newer than our MSRV.
+            let outcome = match e.raw_os_error() {
+                Some(libc::ECONNREFUSED) => DialOutcome::Refused,
+                Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => DialOutcome::Unreachable,
+                _ => DialOutcome::Error,
+            };
+            (outcome, Some(e.to_string()), None)
+        }
+    }
+}
+
+/// Closes after the client does, so TIME_WAIT lands on the client's side and
+/// the server's endpoints stay free for the next dial-back to the same
+/// client; unread input is drained so the close is a FIN, not a RST that
+/// could destroy an error line the client has not read yet.
+async fn finish(
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    dial_backs: Vec<TcpStream>,
+) {
+    const LINGER: Duration = Duration::from_secs(2);
+    const DRAIN_LIMIT: u64 = 64 * 1024;
+    let _ = write.shutdown().await;
+    let control = async move {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut reader.take(DRAIN_LIMIT), &mut sink).await;
+    };
+    let dial_backs = async move {
+        let mut waits = JoinSet::new();
+        for mut stream in dial_backs {
+            waits.spawn(async move {
+                let _ = stream.shutdown().await;
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut (&mut stream).take(DRAIN_LIMIT), &mut sink).await;
+            });
+        }
+        while waits.join_next().await.is_some() {}
+    };
+    let _ = tokio::time::timeout(LINGER, async { tokio::join!(control, dial_backs) }).await;
+}
+
+/// A token bucket per source IP (IPv6 grouped by /64, what one host usually holds).
+struct RateLimiter {
+    burst: f64,
+    refill: Duration,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+/// Above this many tracked sources, full buckets are forgotten.
+const MAX_TRACKED_SOURCES: usize = 10_000;
+
+impl RateLimiter {
+    fn new(burst: u32, refill: Duration) -> Self {
+        RateLimiter {
+            burst: f64::from(burst.max(1)),
+            refill: refill.max(Duration::from_millis(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `ip`, or says how long until one is available.
+    fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let key = match ip {
+            IpAddr::V6(v6) => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+            v4 => v4,
+        };
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let refill = self.refill.as_secs_f64();
+        let level = |(tokens, at): (f64, Instant), now: Instant| {
+            (tokens + now.saturating_duration_since(at).as_secs_f64() / refill).min(self.burst)
+        };
+        if buckets.len() >= MAX_TRACKED_SOURCES {
+            buckets.retain(|_, b| level(*b, now) < self.burst);
+        }
+        let entry = buckets.entry(key).or_insert((self.burst, now));
+        let tokens = level(*entry, now);
+        if tokens >= 1.0 {
+            *entry = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *entry = (tokens, now);
+            Err(Duration::from_secs_f64((1.0 - tokens) * refill))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_refills() {
+        let limiter = RateLimiter::new(2, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(limiter.check(a, t0).is_ok());
+        assert!(limiter.check(a, t0).is_ok());
+        let wait = limiter.check(a, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(10));
+        assert!(
+            limiter.check(b, t0).is_ok(),
+            "other sources are not affected"
+        );
+        assert!(limiter.check(a, t0 + Duration::from_secs(10)).is_ok());
+        assert!(limiter.check(a, t0 + Duration::from_secs(10)).is_err());
+    }
+
+    #[test]
+    fn rate_limiter_groups_ipv6_by_64() {
+        let limiter = RateLimiter::new(1, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(limiter.check("2001:db8::1".parse().unwrap(), t0).is_ok());
+        assert!(limiter
+            .check("2001:db8::ffff".parse().unwrap(), t0)
+            .is_err());
+        assert!(limiter
+            .check("2001:db8:0:1::1".parse().unwrap(), t0)
+            .is_ok());
+    }
+
+    #[test]
+    fn dial_sources_pick_the_other_port_and_the_other_ip() {
+        let e = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let eps = Endpoints {
+            local: vec![
+                e("10.0.0.1:1"),
+                e("10.0.0.1:2"),
+                e("10.0.0.2:2"),
+                e("10.0.0.2:1"),
+            ],
+            public: vec![
+                e("198.51.100.1:1"),
+                e("198.51.100.1:2"),
+                e("198.51.100.2:2"),
+                e("198.51.100.2:1"),
+            ],
+        };
+        assert_eq!(
+            eps.dial_source(e("10.0.0.1:1"), DialKind::OtherPort),
+            Some(e("10.0.0.1:2"))
+        );
+        assert_eq!(
+            eps.dial_source(e("10.0.0.1:1"), DialKind::OtherIp),
+            Some(e("10.0.0.2:1"))
+        );
+        assert_eq!(
+            eps.dial_source(e("10.0.0.2:2"), DialKind::OtherIp),
+            Some(e("10.0.0.1:2"))
+        );
+        assert_eq!(eps.public_of(e("10.0.0.2:1")), e("198.51.100.2:1"));
+        let single = Endpoints {
+            local: vec![e("10.0.0.1:1")],
+            public: vec![e("10.0.0.1:1")],
+        };
+        assert_eq!(
+            single.dial_source(e("10.0.0.1:1"), DialKind::OtherPort),
+            None
+        );
+        assert_eq!(single.dial_source(e("10.0.0.1:1"), DialKind::OtherIp), None);
+    }
+
+    #[test]
+    fn dial_timeout_grows_with_distance_within_bounds() {
+        let config = EchoConfig::default();
+        assert_eq!(
+            dial_timeout(&config, Duration::from_millis(5)),
+            config.dial_timeout_min
+        );
+        assert_eq!(
+            dial_timeout(&config, Duration::from_millis(500)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            dial_timeout(&config, Duration::from_secs(5)),
+            config.dial_timeout_max
+        );
+    }
+}
