@@ -9,5 +9,9 @@
 //!   The lab's emulator is configured with these types and the classifier
 //!   reports in them, so "what the lab built" and "what the probe saw" compare
 //!   directly.
+//! - [`handshake`]: the record of one Bitcoin P2P handshake (v1 or BIP324
+//!   v2): outcome, failure reason, phase durations, bytes, the peer's
+//!   `version` fields and the v2 session id.
 
+pub mod handshake;
 pub mod nat;
