@@ -205,7 +205,9 @@ pub struct PeerVersion {
 /// One handshake, successful or not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HandshakeRecord {
-    pub transport: Transport,
+    /// The transport spoken; `None` only when a responder accepting both
+    /// failed before the peer's first bytes told which (phase `detect`).
+    pub transport: Option<Transport>,
     pub role: Role,
     pub network: BitcoinNetwork,
     /// True when our ping was answered with a matching pong after both
@@ -230,7 +232,7 @@ pub struct HandshakeRecord {
 
 impl HandshakeRecord {
     /// An empty record: nothing measured yet, not successful.
-    pub fn new(transport: Transport, role: Role, network: BitcoinNetwork) -> Self {
+    pub fn new(transport: Option<Transport>, role: Role, network: BitcoinNetwork) -> Self {
         HandshakeRecord {
             transport,
             role,
@@ -269,8 +271,11 @@ mod tests {
 
     #[test]
     fn record_round_trips_through_json() {
-        let mut record =
-            HandshakeRecord::new(Transport::V2, Role::Initiator, BitcoinNetwork::Testnet4);
+        let mut record = HandshakeRecord::new(
+            Some(Transport::V2),
+            Role::Initiator,
+            BitcoinNetwork::Testnet4,
+        );
         record.failure = Some(FailureReason::Oversized {
             len: 5_000_000,
             max: 4_000_000,
