@@ -1,6 +1,6 @@
 //! The messages of the handshake: our `version`, decoding the peer's, and BIP324 message-type encoding.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitcoin::consensus::encode;
@@ -25,7 +25,8 @@ pub fn user_agent() -> String {
 /// The receiver field is the peer's address when the caller knows it, like
 /// Bitcoin Core does; the sender field is unspecified, also like Core.
 pub fn our_version(peer: Option<SocketAddr>, nonce: u64) -> VersionMessage {
-    let unspecified = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    // Core's default CService: 16 zero bytes (`::`), port 0.
+    let unspecified = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0));
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -260,9 +261,13 @@ mod tests {
         assert_eq!(version.receiver.port, 8333);
         assert_eq!(
             version.receiver.address,
-            Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().segments()
+            std::net::Ipv4Addr::new(127, 0, 0, 1)
+                .to_ipv6_mapped()
+                .segments()
         );
         assert_eq!(version.sender.port, 0);
+        assert_eq!(version.sender.address, [0u16; 8]);
+        assert_eq!(our_version(None, 1).receiver.address, [0u16; 8]);
     }
 
     #[test]
