@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod handshake;
+
 /// Measure how well TCP hole punching works for Bitcoin nodes behind home NATs.
 #[derive(Debug, Parser)]
 #[command(name = "punchscope", version, about)]
@@ -13,9 +15,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    Handshake(handshake::HandshakeArgs),
+}
 
 /// Runs the chosen subcommand. Errors carry context for the user; `main` prints them.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Handshake(args) => handshake::run(args),
+    }
 }
