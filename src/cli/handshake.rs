@@ -1,5 +1,6 @@
 //! `punchscope handshake`: one Bitcoin P2P handshake (v1 or BIP324 v2) with any node, or answer as a responder.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -149,32 +150,35 @@ fn print_record(
     record: &HandshakeRecord,
     peer: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    // writeln! rather than println!, so a closed stdout (`| head`) is an
+    // error to report, not a panic.
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(record).context("encoding JSON")?
-        );
+        let json = serde_json::to_string(record).context("encoding JSON")?;
+        writeln!(out, "{json}")?;
         return Ok(());
     }
     let transport = record
         .transport
         .map_or_else(|| "undetected transport".to_string(), |t| t.to_string());
     let peer = peer.map_or_else(|| "peer".to_string(), |p| p.to_string());
+    let role = record.role;
     match &record.failure {
-        None => println!("{transport} handshake with {peer} as {}: ok", record.role),
-        Some(reason) => println!(
-            "{transport} handshake with {peer} as {}: FAILED: {reason}",
-            record.role
-        ),
+        None => writeln!(out, "{transport} handshake with {peer} as {role}: ok")?,
+        Some(reason) => writeln!(
+            out,
+            "{transport} handshake with {peer} as {role}: FAILED: {reason}"
+        )?,
     }
     if let Some(v) = &record.peer {
-        println!(
+        writeln!(
+            out,
             "  peer: {} protocol {} services 0x{:x} height {} relay {}",
             v.user_agent, v.protocol_version, v.services, v.start_height, v.relay
-        );
+        )?;
     }
     if let Some(id) = &record.session_id {
-        println!("  session id: {id}");
+        writeln!(out, "  session id: {id}")?;
     }
     let d = &record.durations;
     let phases = [
@@ -188,11 +192,12 @@ fn print_record(
         .filter_map(|(name, ms)| ms.map(|ms| format!("{name} {ms:.1} ms")))
         .collect();
     if !timings.is_empty() {
-        println!("  {}", timings.join(", "));
+        writeln!(out, "  {}", timings.join(", "))?;
     }
-    println!(
+    writeln!(
+        out,
         "  {} bytes sent, {} bytes received",
         record.bytes_sent, record.bytes_received
-    );
+    )?;
     Ok(())
 }
