@@ -155,6 +155,9 @@ struct Run<'c, S> {
     config: &'c HandshakeConfig,
     magic: Magic,
     link: Link,
+    /// Pings are answered only after our `version`: a `pong` before it
+    /// would be a message before `version`, which Core ignores.
+    version_sent: bool,
     record: HandshakeRecord,
 }
 
@@ -175,6 +178,7 @@ where
             config,
             magic: magic(config.network),
             link: Link::V1,
+            version_sent: false,
             record: HandshakeRecord::new(transport, role, config.network),
         }
     }
@@ -318,7 +322,9 @@ where
         for _ in 0..MAX_MESSAGES_PER_PHASE {
             let incoming = self.recv().await?;
             if let Incoming::Ping(n) = incoming {
-                self.send(NetworkMessage::Pong(n)).await?;
+                if self.version_sent {
+                    self.send(NetworkMessage::Pong(n)).await?;
+                }
                 continue;
             }
             if let Some(found) = wanted(incoming) {
@@ -331,6 +337,9 @@ where
     }
 
     async fn send(&mut self, message: NetworkMessage) -> Result<(), Stop> {
+        if matches!(message, NetworkMessage::Version(_)) {
+            self.version_sent = true;
+        }
         let bytes = match &mut self.link {
             Link::V1 => v1::encode_message(self.magic, message),
             Link::V2(cipher) => v2::encrypt(cipher, &message::v2_contents(&message)),
