@@ -492,3 +492,124 @@ async fn tolerates_what_a_real_node_sends_around_the_handshake() {
     assert_eq!(peer.start_height, 900_000);
     assert!(peer.relay);
 }
+
+#[tokio::test(start_paused = true)]
+async fn v2_corrupted_packet_fails_authentication() {
+    // With no garbage and no decoys the responder's key exchange is exactly
+    // 64 (key) + 16 (terminator) + 20 (empty version packet) bytes; the
+    // byte flipped after that lies inside its encrypted `version`.
+    let quiet = HandshakeConfig {
+        v2_max_garbage: 0,
+        v2_decoys: 0,
+        ..config()
+    };
+    let (init_end, mut relay_a) = pipe();
+    let (mut relay_b, resp_end) = pipe();
+    let relay = async move {
+        let (mut a_read, mut a_write) = tokio::io::split(&mut relay_a);
+        let (mut b_read, mut b_write) = tokio::io::split(&mut relay_b);
+        let forward = async {
+            let _ = tokio::io::copy(&mut a_read, &mut b_write).await;
+            let _ = b_write.shutdown().await;
+        };
+        let backward = async {
+            let mut offset = 0usize;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match b_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                for (i, byte) in buf[..n].iter_mut().enumerate() {
+                    if offset + i == 110 {
+                        *byte ^= 0x01;
+                    }
+                }
+                offset += n;
+                if a_write.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = a_write.shutdown().await;
+        };
+        tokio::join!(forward, backward);
+    };
+    let (init, resp, ()) = tokio::join!(
+        btc::initiate(init_end, Transport::V2, &CONFIG),
+        btc::respond(resp_end, Accept::V2Only, &quiet),
+        relay
+    );
+    let init = init.unwrap();
+    assert_failed(&init, Phase::Version, FailureReason::DecryptFailed);
+    assert!(init.session_id.is_some());
+    assert!(!resp.unwrap().success);
+}
+
+#[tokio::test]
+async fn v2_skips_decoys_and_unknown_short_ids_from_another_implementation() {
+    // The peer is the bip324 crate's own high-level Protocol, sending a decoy
+    // before every message and a message with an unassigned short id.
+    use bip324::futures::Protocol;
+    use bip324::io::Payload;
+
+    let magic = btc::magic(BitcoinNetwork::Signet).to_bytes();
+    let signet = HandshakeConfig {
+        network: BitcoinNetwork::Signet,
+        ..config()
+    };
+    let (ours, theirs) = pipe();
+    let peer = async move {
+        let (reader, writer) = tokio::io::split(theirs);
+        let mut protocol = Protocol::new(
+            magic,
+            bip324::Role::Responder,
+            Some(vec![7u8; 100]),
+            Some(vec![vec![1u8; 10], vec![2u8; 20]]),
+            reader,
+            writer,
+        )
+        .await
+        .expect("crate handshake");
+        let mut core_version = message::our_version(None, 3);
+        core_version.user_agent = "/bip324-crate-peer/".into();
+        let messages = [
+            message::v2_contents(&NetworkMessage::Version(core_version)),
+            vec![250, 1, 2, 3],
+            message::v2_contents(&NetworkMessage::Verack),
+        ];
+        let mut ours_seen = Vec::new();
+        // Read our version first, as a responder must.
+        let first = protocol.read().await.unwrap();
+        ours_seen.push(message::split_v2_contents(first.contents()).unwrap().0);
+        for contents in messages {
+            protocol
+                .write(&Payload::decoy(vec![0u8; 33]))
+                .await
+                .unwrap();
+            protocol.write(&Payload::genuine(contents)).await.unwrap();
+        }
+        // Answer our ping (skipping the decoys the crate hands us).
+        for _ in 0..10 {
+            let payload = protocol.read().await.unwrap();
+            if payload.packet_type() == bip324::PacketType::Decoy {
+                continue;
+            }
+            let (command, body) = message::split_v2_contents(payload.contents()).unwrap();
+            ours_seen.push(command.clone());
+            if command == "ping" {
+                let pong = message::v2_contents(&NetworkMessage::Pong(u64::from_le_bytes(
+                    body.try_into().unwrap(),
+                )));
+                protocol.write(&Payload::decoy(vec![9u8; 5])).await.unwrap();
+                protocol.write(&Payload::genuine(pong)).await.unwrap();
+                break;
+            }
+        }
+        ours_seen
+    };
+    let (record, seen) = tokio::join!(btc::initiate(ours, Transport::V2, &signet), peer);
+    let record = record.unwrap();
+    assert!(record.success, "{record:?}");
+    assert_eq!(record.peer.unwrap().user_agent, "/bip324-crate-peer/");
+    assert_eq!(seen, ["version", "verack", "ping"]);
+}
