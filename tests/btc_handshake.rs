@@ -1,4 +1,8 @@
 //! In-memory handshakes (tokio duplex pipes): our initiator against our responder, and every failure path.
+//!
+//! All tests run on tokio's paused clock: it only advances when every task
+//! is waiting, so a 200 ms deadline fires exactly when a peer is silent and
+//! never because a busy CI machine was slow.
 
 use std::time::Duration;
 
@@ -56,7 +60,7 @@ fn assert_complete(record: &HandshakeRecord, transport: Transport, role: Role) {
     assert!(record.bytes_sent > 0 && record.bytes_received > 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn v1_initiator_and_responder_complete() {
     for network in BitcoinNetwork::ALL {
         let config = HandshakeConfig {
@@ -78,7 +82,7 @@ async fn v1_initiator_and_responder_complete() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn v2_initiator_and_responder_complete_with_matching_session_ids() {
     for network in BitcoinNetwork::ALL {
         let config = HandshakeConfig {
@@ -99,7 +103,7 @@ async fn v2_initiator_and_responder_complete_with_matching_session_ids() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn responder_accepting_both_detects_each_transport() {
     for transport in [Transport::V1, Transport::V2] {
         let (init, resp) = pair(transport, Accept::Both, &config()).await;
@@ -109,7 +113,7 @@ async fn responder_accepting_both_detects_each_transport() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn v2_sessions_differ_between_connections() {
     let (a, _) = pair(Transport::V2, Accept::Both, &config()).await;
     let (b, _) = pair(Transport::V2, Accept::Both, &config()).await;
@@ -332,7 +336,7 @@ async fn responder_failures_are_recorded() {
     assert!(record.failure.is_some());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn v2_initiator_against_v1_only_responder_is_v1_only_peer() {
     let (init, resp) = pair(Transport::V2, Accept::V1Only, &config()).await;
     assert_failed(&init, Phase::V2KeyExchange, FailureReason::V1OnlyPeer);
@@ -346,7 +350,7 @@ async fn v2_initiator_against_v1_only_responder_is_v1_only_peer() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn v1_initiator_against_v2_only_responder_is_v1_only_peer() {
     let (init, resp) = pair(Transport::V1, Accept::V2Only, &config()).await;
     assert_failed(&resp, Phase::V2KeyExchange, FailureReason::V1OnlyPeer);
@@ -415,7 +419,7 @@ async fn v2_oversized_packet_is_recorded() {
     assert!(!resp.unwrap().success);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn tolerates_what_a_real_node_sends_around_the_handshake() {
     // A scripted v1 peer in Bitcoin Core's order: version, wtxidrelay,
     // sendaddrv2, verack, then sendcmpct, ping, feefilter, getheaders and an
@@ -545,7 +549,7 @@ async fn v2_corrupted_packet_fails_authentication() {
     assert!(!resp.unwrap().success);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn v2_skips_decoys_and_unknown_short_ids_from_another_implementation() {
     // The peer is the bip324 crate's own high-level Protocol, sending a decoy
     // before every message and a message with an unassigned short id.
