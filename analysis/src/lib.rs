@@ -12,6 +12,10 @@
 //! - [`classify`]: what the NAT classifier observed (every probe) and the pure
 //!   function that turns observations into a verdict (mapping, filtering,
 //!   port allocation, hairpinning) with a sentence a volunteer understands.
+//! - [`handshake`]: the record of one Bitcoin P2P handshake (v1 or BIP324
+//!   v2): outcome, failure reason, phase durations, bytes, the peer's
+//!   `version` fields and the v2 session id.
 
 pub mod classify;
+pub mod handshake;
 pub mod nat;

@@ -88,7 +88,12 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn bench(seconds: f64, round_trips: usize, core_only: bool, json: bool) -> anyhow::Result<ExitCode> {
+fn bench(
+    seconds: f64,
+    round_trips: usize,
+    core_only: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let duration = std::time::Duration::from_secs_f64(seconds);
     let core = [64, 1400]
         .into_iter()
@@ -113,9 +118,18 @@ fn bench(seconds: f64, round_trips: usize, core_only: bool, json: bool) -> anyho
         );
     }
     if let Some(t) = &report.tun {
-        println!("TUN path, zero configured delay ({} 1-byte TCP round trips):", t.round_trips);
-        println!("  through the NAT: median {:.1} us, p99 {:.1} us", t.through_nat_median_us, t.through_nat_p99_us);
-        println!("  loopback in the internet namespace: median {:.1} us", t.loopback_median_us);
+        println!(
+            "TUN path, zero configured delay ({} 1-byte TCP round trips):",
+            t.round_trips
+        );
+        println!(
+            "  through the NAT: median {:.1} us, p99 {:.1} us",
+            t.through_nat_median_us, t.through_nat_p99_us
+        );
+        println!(
+            "  loopback in the internet namespace: median {:.1} us",
+            t.loopback_median_us
+        );
         println!("  added per packet: {:.1} us", t.added_per_packet_us);
     }
     Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod classify;
+mod handshake;
 mod lab;
 mod serve;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Build NAT labs in network namespaces and run things inside them.
     Lab(lab::LabArgs),
+    /// Run a Bitcoin P2P handshake (v1 or BIP324 v2) with a node, or answer one (`--listen`).
+    Handshake(handshake::HandshakeArgs),
 }
 
 /// Runs the chosen subcommand. Errors carry context for the user; `main` prints them.
@@ -32,5 +35,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Handshake(args) => handshake::run(args),
     }
 }

@@ -46,7 +46,12 @@ pub struct BenchReport {
 /// Pushes data segments of `flows` flows through one NAT, both directions, for about `duration`.
 pub fn core_throughput(payload_bytes: usize, flows: usize, duration: Duration) -> CoreThroughput {
     let public = "203.0.113.2".parse().unwrap();
-    let mut nat = Nat::new(NatConfig::nat(Mapping::Eim, Filtering::Apdf, Allocation::Preserve, public));
+    let mut nat = Nat::new(NatConfig::nat(
+        Mapping::Eim,
+        Filtering::Apdf,
+        Allocation::Preserve,
+        public,
+    ));
     let server = SocketAddrV4::new("198.51.100.10".parse().unwrap(), 8333);
     let payload = vec![0xa5u8; payload_bytes];
     let now = Instant::now();
@@ -58,7 +63,8 @@ pub fn core_throughput(payload_bytes: usize, flows: usize, duration: Duration) -
         nat.handle_lan(&build::tcp(internal, server, TcpFlags::SYN, 64, b""), now);
         let syn = nat.poll_transmit().expect("SYN forwarded");
         assert_eq!(syn.port, Port::Wan);
-        let external = SocketAddrV4::new(public, u16::from_be_bytes([syn.packet[20], syn.packet[21]]));
+        let external =
+            SocketAddrV4::new(public, u16::from_be_bytes([syn.packet[20], syn.packet[21]]));
         outbound.push(build::tcp(internal, server, TcpFlags::ACK, 64, &payload));
         inbound.push(build::tcp(server, external, TcpFlags::ACK, 60, &payload));
     }
@@ -109,7 +115,9 @@ pub fn tun_latency(lab_name: &str, round_trips: usize) -> Result<TunLatency, Lab
         },
     )?;
     let server: SocketAddr = "198.51.100.10:7000".parse().unwrap();
-    let listener = lab.run_in("internet", || TcpListener::bind(server))?.map_err(bench_io)?;
+    let listener = lab
+        .run_in("internet", || TcpListener::bind(server))?
+        .map_err(bench_io)?;
     let echo = std::thread::spawn(move || {
         // Two clients: the lab host, then the loopback baseline.
         for _ in 0..2 {
@@ -126,8 +134,11 @@ pub fn tun_latency(lab_name: &str, round_trips: usize) -> Result<TunLatency, Lab
             }
         }
     });
-    let through_nat = lab.run_in("host", || ping_pong(server, round_trips))?.map_err(bench_io)?;
-    let loopback = netns::run_in(&lab.internet_netns(), || ping_pong(server, round_trips))?.map_err(bench_io)?;
+    let through_nat = lab
+        .run_in("host", || ping_pong(server, round_trips))?
+        .map_err(bench_io)?;
+    let loopback = netns::run_in(&lab.internet_netns(), || ping_pong(server, round_trips))?
+        .map_err(bench_io)?;
     let _ = echo.join();
     lab.shutdown()?;
     let nat_median = percentile(&through_nat, 0.5);
