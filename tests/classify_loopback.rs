@@ -60,7 +60,7 @@ async fn loopback_is_no_nat_with_open_filtering_and_preserved_ports() {
     assert_eq!(filtering.dials.len(), 2);
     for d in &filtering.dials {
         assert!(d.received, "{d:?}");
-        assert_eq!(d.server_outcome, DialOutcome::Connected);
+        assert_eq!(d.server_outcome, Some(DialOutcome::Connected));
     }
 
     assert!(v.no_nat);

@@ -76,8 +76,10 @@ pub struct DialObservation {
     pub kind: DialKind,
     /// The server endpoint it dialed from, if it had one.
     pub from: Option<SocketAddr>,
-    /// What the server reported about its connect.
-    pub server_outcome: DialOutcome,
+    /// What the server reported about its connect; `None` when it had not
+    /// reported by the time we stopped waiting (a few measured round trips
+    /// after it started dialing: an admitted dial-back arrives well before).
+    pub server_outcome: Option<DialOutcome>,
     /// Whether our listener received the connection carrying our token.
     pub received: bool,
 }
@@ -343,11 +345,12 @@ fn admitted(dials: &[DialObservation], kind: DialKind) -> Option<bool> {
     }
     match d.server_outcome {
         // The dial reached the network and our listener never saw it: filtered.
-        DialOutcome::Connected
-        | DialOutcome::Refused
-        | DialOutcome::Timeout
-        | DialOutcome::Unreachable => Some(false),
-        DialOutcome::Unavailable | DialOutcome::Error => None,
+        None
+        | Some(DialOutcome::Connected)
+        | Some(DialOutcome::Refused)
+        | Some(DialOutcome::Timeout)
+        | Some(DialOutcome::Unreachable) => Some(false),
+        Some(DialOutcome::Unavailable) | Some(DialOutcome::Error) => None,
     }
 }
 

@@ -21,6 +21,8 @@ use crate::proto::echo::{self, DialBackRequest, ServerMessage};
 
 /// Most connections the filtering listener accepts in one run.
 const MAX_ARRIVALS: usize = 16;
+/// Least time to wait for dial-backs after the server accepted the request.
+const DIAL_BACK_GRACE: Duration = Duration::from_millis(300);
 /// Prefix of the line a hairpin connection carries.
 const HAIRPIN_PREFIX: &str = "punchscope-hairpin ";
 
@@ -116,7 +118,7 @@ pub async fn dial_back(
         .map(|p| DialObservation {
             kind: p.kind,
             from: p.from,
-            server_outcome: DialOutcome::Timeout,
+            server_outcome: None,
             received: false,
         })
         .collect();
@@ -130,24 +132,34 @@ pub async fn dial_back(
             }
         }
     }));
-    let grace = (rtt * 3).max(Duration::from_millis(100));
-    let overall = Instant::now() + server_timeout + reply_timeout;
+    // An admitted dial-back reaches our listener about one round trip after the
+    // server accepted the request (its SYN, our SYN-ACK, its ACK and line), so
+    // waiting for the server's own dial timeout on a silently dropped SYN would
+    // only cost time. `grace` leaves room for scheduling delays on a busy host.
+    let grace = (rtt * 4).max(DIAL_BACK_GRACE);
+    let accepted_at = Instant::now();
+    let overall = accepted_at + server_timeout + reply_timeout;
     let mut reported = 0;
     let mut all_reported_at = None;
     let mut results_open = true;
     loop {
         let connected_missing = dials
             .iter()
-            .any(|d| d.server_outcome == DialOutcome::Connected && !d.received);
+            .any(|d| d.server_outcome == Some(DialOutcome::Connected) && !d.received);
         if reported == dials.len() && !connected_missing {
             break;
         }
-        let wake = all_reported_at.map_or(overall, |t: Instant| (t + grace).min(overall));
+        let settled = all_reported_at.unwrap_or(accepted_at);
+        let wake = if connected_missing {
+            overall
+        } else {
+            (settled + grace).min(overall)
+        };
         tokio::select! {
             msg = results.recv(), if results_open => match msg {
                 Some(ServerMessage::DialResult { token: t, kind, outcome, .. }) if t == token => {
                     if let Some(d) = dials.iter_mut().find(|d| d.kind == kind) {
-                        d.server_outcome = outcome;
+                        d.server_outcome = Some(outcome);
                         reported += 1;
                     }
                     if reported == dials.len() {

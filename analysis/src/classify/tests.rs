@@ -189,7 +189,7 @@ fn dial(kind: DialKind, outcome: DialOutcome, received: bool) -> DialObservation
     DialObservation {
         kind,
         from: None,
-        server_outcome: outcome,
+        server_outcome: Some(outcome),
         received,
     }
 }
