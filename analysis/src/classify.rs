@@ -196,7 +196,10 @@ pub struct Verdict {
     pub no_nat: bool,
     pub mapping: Finding<Mapping>,
     pub filtering: Finding<Filtering>,
-    /// Whether the mapping probes kept their local port.
+    /// Whether a fresh local port keeps its number in its first mapping (when
+    /// free): the allocation verdict is `preserving`, or, without one, one of
+    /// the parallel mapping probes kept its port. Under ADM/APDM the later
+    /// mappings of one local port cannot keep it too, so they do not count.
     pub port_preserved: Option<bool>,
     pub allocation: Finding<AllocationPattern>,
     pub hairpin: Option<bool>,
@@ -242,14 +245,14 @@ pub fn verdict(obs: &Observations) -> Verdict {
         .iter()
         .filter(|p| p.observed.is_some())
         .collect();
-    let port_preserved = if mapping_answered.is_empty() {
-        None
-    } else {
-        Some(
+    let port_preserved = match &allocation {
+        Finding::Known { value } => Some(*value == AllocationPattern::Preserving),
+        _ if mapping_answered.is_empty() => None,
+        _ => Some(
             mapping_answered
                 .iter()
-                .all(|p| p.observed.map(|o| o.port()) == Some(p.local.port())),
-        )
+                .any(|p| p.observed.map(|o| o.port()) == Some(p.local.port())),
+        ),
     };
     let hairpin = obs.hairpin.as_ref().map(|h| h.reached_listener);
     if obs.hairpin.is_none() {
@@ -420,7 +423,13 @@ fn allocation_finding(probes: &[Probe], missing: &mut Vec<String>) -> Finding<Al
             reason: "fewer than 3 fresh-port probes answered".into(),
         };
     }
-    if pairs.iter().all(|(local, observed)| local == observed) {
+    // A preserving NAT whose port is taken (by an older mapping) takes the next
+    // free one: a port just above the local one is preservation, not chance.
+    let kept_or_next_free = |(local, observed): &(u16, u16)| {
+        let above = i32::from(*observed) - i32::from(*local);
+        (0..=MAX_SEQUENTIAL_GAP).contains(&above)
+    };
+    if pairs.iter().any(|(l, o)| l == o) && pairs.iter().all(kept_or_next_free) {
         return Finding::Known {
             value: AllocationPattern::Preserving,
         };

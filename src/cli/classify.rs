@@ -113,7 +113,9 @@ fn human(c: &Classification) -> String {
         for d in &f.dials {
             let from = d.from.map_or("-".to_string(), |a| a.to_string());
             let outcome = match d.server_outcome {
-                Some(DialOutcome::Connected) if !d.received => "connected, but not to us".to_string(),
+                Some(DialOutcome::Connected) if !d.received => {
+                    "connected, but not to us".to_string()
+                }
                 Some(other) => format!("{other:?}").to_lowercase(),
                 None => "not reported while we waited".to_string(),
             };

@@ -185,6 +185,36 @@ fn no_nat_when_every_observed_endpoint_is_the_local_one() {
     assert_eq!(translated_ip.port_preserved, Some(true));
 }
 
+#[test]
+fn a_preserving_adm_or_apdm_nat_counts_as_port_preserving() {
+    // The first mapping of the local port keeps it; the mapping towards the
+    // other IP cannot, as that port is taken.
+    let local = "192.168.1.10:42331";
+    let mut o = obs(vec![
+        probe(local, P1, Some("203.0.113.7:42331")),
+        probe(local, P2, Some("203.0.113.7:42331")),
+        probe(local, IP2, Some("203.0.113.7:42332")),
+    ]);
+    o.allocation = vec![
+        probe("192.168.1.10:42231", P1, Some("203.0.113.7:42231")),
+        probe("192.168.1.10:34085", P1, Some("203.0.113.7:34085")),
+    ];
+    let v = verdict(&o);
+    assert_eq!(v.mapping, known(Mapping::Adm));
+    assert_eq!(v.port_preserved, Some(true));
+    o.allocation
+        .push(probe("192.168.1.10:34967", P1, Some("203.0.113.7:34967")));
+    assert_eq!(verdict(&o).allocation, known(AllocationPattern::Preserving));
+    // A port taken by an older mapping makes a preserving NAT take the next free one.
+    o.allocation[1] = probe("192.168.1.10:34085", P1, Some("203.0.113.7:34087"));
+    assert_eq!(verdict(&o).allocation, known(AllocationPattern::Preserving));
+    assert_eq!(verdict(&o).port_preserved, Some(true));
+    // A port far from the local one is not preservation.
+    o.allocation[1] = probe("192.168.1.10:34085", P1, Some("203.0.113.7:20001"));
+    assert_ne!(verdict(&o).allocation, known(AllocationPattern::Preserving));
+    assert_eq!(verdict(&o).port_preserved, Some(false));
+}
+
 fn dial(kind: DialKind, outcome: DialOutcome, received: bool) -> DialObservation {
     DialObservation {
         kind,

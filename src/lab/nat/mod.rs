@@ -356,7 +356,8 @@ impl Nat {
 
     /// A host sent to the router's own public address: loop it back to the
     /// host owning that mapping, translated as if it came from outside
-    /// (RFC 5382 REQ-8), or drop it when hairpinning is off.
+    /// (RFC 5382 REQ-8), or drop it when hairpinning is off. Hairpinned
+    /// packets need a mapping but pass any filtering: both ends are ours.
     fn hairpin(
         &mut self,
         packet: &[u8],
@@ -373,14 +374,15 @@ impl Nat {
             return;
         };
         let table = self.table.as_mut().expect("translating");
-        let verdict = table.inbound(proto, remote.port(), external, summary.tcp_flags(), now);
+        let verdict =
+            table.hairpin_inbound(proto, remote.port(), external, summary.tcp_flags(), now);
         self.log_removals(now);
         match verdict {
             Inbound::Admitted { internal: target } => {
                 let out = packet::rewrite(packet, summary, Some(external), Some(target));
                 self.deliver(out, *target.ip(), now);
             }
-            // Hairpinned SYNs are refused silently: the answer would loop back into the LAN.
+            // Hairpinned SYNs without a mapping are refused silently: an answer would loop back into the LAN.
             Inbound::NoMapping | Inbound::Filtered => {
                 let cause = if verdict == Inbound::NoMapping {
                     RefusalCause::NoMapping

@@ -148,6 +148,10 @@ pub struct MappingTable {
     sequential_step: u16,
     by_external: HashMap<(Protocol, u16), MappingEntry>,
     by_key: HashMap<MappingKey, u16>,
+    /// (protocol, internal, remote) -> external port of the mapping holding that session.
+    /// Replies belong to their session's mapping even when the mapping behaviour
+    /// would key them elsewhere (an ADM/APDM mapping that admitted a stranger under EIF/ADF).
+    by_session: HashMap<(Protocol, SocketAddrV4, SocketAddrV4), u16>,
     removals: Vec<Removal>,
 }
 
@@ -177,6 +181,7 @@ impl MappingTable {
             sequential_step: config.sequential_step.max(1),
             by_external: HashMap::new(),
             by_key: HashMap::new(),
+            by_session: HashMap::new(),
             removals: Vec::new(),
         }
     }
@@ -222,8 +227,14 @@ impl MappingTable {
         rng: &mut impl Rng,
     ) -> Outbound {
         let key = self.key_for(proto, internal, remote);
-        let existing = self.by_key.get(&key).copied();
-        let existing = existing.filter(|port| self.refresh_expiry((proto, *port), now));
+        let candidates = [
+            self.by_session.get(&(proto, internal, remote)).copied(),
+            self.by_key.get(&key).copied(),
+        ];
+        let existing = candidates
+            .into_iter()
+            .flatten()
+            .find(|port| self.refresh_expiry((proto, *port), now));
         let (external_port, created) = match existing {
             Some(port) => (port, false),
             None => {
@@ -273,12 +284,38 @@ impl MappingTable {
         tcp_flags: u8,
         now: Instant,
     ) -> Inbound {
+        self.lookup_inbound(proto, external_port, remote, tcp_flags, now, true)
+    }
+
+    /// Like [`MappingTable::inbound`] for a packet one of our own hosts hairpinned:
+    /// it needs a mapping but is not filtered, as the router knows both ends.
+    pub fn hairpin_inbound(
+        &mut self,
+        proto: Protocol,
+        external_port: u16,
+        remote: SocketAddrV4,
+        tcp_flags: u8,
+        now: Instant,
+    ) -> Inbound {
+        self.lookup_inbound(proto, external_port, remote, tcp_flags, now, false)
+    }
+
+    fn lookup_inbound(
+        &mut self,
+        proto: Protocol,
+        external_port: u16,
+        remote: SocketAddrV4,
+        tcp_flags: u8,
+        now: Instant,
+        filter: bool,
+    ) -> Inbound {
         let id = (proto, external_port);
         if !self.by_external.contains_key(&id) || !self.refresh_expiry(id, now) {
             return Inbound::NoMapping;
         }
         let entry = &self.by_external[&id];
         let admitted = match self.filtering {
+            _ if !filter => true,
             Filtering::Eif => true,
             Filtering::Adf => entry.sessions.keys().any(|r| r.ip() == remote.ip()),
             Filtering::Apdf => entry.sessions.contains_key(&remote),
@@ -344,6 +381,7 @@ impl MappingTable {
         });
         let alive = !entry.sessions.is_empty();
         for remote in expired {
+            self.by_session.remove(&(proto, internal, remote));
             self.removals.push(Removal {
                 proto,
                 internal,
@@ -361,6 +399,10 @@ impl MappingTable {
     fn remove_mapping(&mut self, id: (Protocol, u16), reason: RemovalReason) {
         if let Some(entry) = self.by_external.remove(&id) {
             self.by_key.remove(&entry.key);
+            for remote in entry.sessions.keys() {
+                self.by_session
+                    .remove(&(entry.key.proto, entry.key.internal, *remote));
+            }
             self.removals.push(Removal {
                 proto: entry.key.proto,
                 internal: entry.key.internal,
@@ -389,6 +431,8 @@ impl MappingTable {
         let internal = entry.key.internal;
         let session = entry.sessions.entry(remote).or_default();
         session.last_active = Some(now);
+        self.by_session
+            .insert((proto, internal, remote), external_port);
         if proto != Protocol::Tcp {
             return;
         }
@@ -411,6 +455,7 @@ impl MappingTable {
         if tcp_flags & TcpFlags::RST != 0 {
             if self.rst_closes {
                 entry.sessions.remove(&remote);
+                self.by_session.remove(&(proto, internal, remote));
                 let mapping_alive = !entry.sessions.is_empty();
                 self.removals.push(Removal {
                     proto,

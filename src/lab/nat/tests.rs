@@ -247,6 +247,18 @@ fn every_mapping_filtering_allocation_combination_behaves_as_configured() {
                         internal,
                         "translated back to the host"
                     );
+                    // The host's answer leaves through the mapping that admitted the stranger.
+                    let stranger = src_of(&admitted.packet);
+                    let synack =
+                        build::tcp(internal, stranger, TcpFlags::SYN | TcpFlags::ACK, 64, b"");
+                    let answer = h.send_lan(synack);
+                    let combo = format!("{mapping}/{filtering}/{allocation}");
+                    assert_eq!(answer.len(), 1, "{combo}: SYN-ACK to {stranger} forwarded");
+                    assert_eq!(
+                        src_of(&answer[0].packet),
+                        e1,
+                        "{combo}: same public endpoint"
+                    );
                 }
 
                 // The server itself is always admitted back, translated to the host.
@@ -547,9 +559,13 @@ fn icmp_errors_about_a_mapped_flow_are_translated_to_the_host() {
 }
 
 #[test]
-fn hairpin_loops_back_translated_or_is_dropped() {
-    for hairpin in [true, false] {
-        let mut config = NatConfig::nat(Mapping::Eim, Filtering::Eif, Allocation::Preserve, PUBLIC);
+fn hairpin_loops_back_translated_whatever_the_filtering_or_is_dropped() {
+    for (hairpin, filtering) in [
+        (true, Filtering::Eif),
+        (true, Filtering::Apdf),
+        (false, Filtering::Eif),
+    ] {
+        let mut config = NatConfig::nat(Mapping::Eim, filtering, Allocation::Preserve, PUBLIC);
         config.hairpin = hairpin;
         let mut h = Harness::new(config);
         let b = SocketAddrV4::new(HOST_B, 7000);
