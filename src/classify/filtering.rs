@@ -42,28 +42,49 @@ impl Drop for TaskGuard {
     }
 }
 
+/// What reached the filtering port, sorted so the dial-back and hairpin tests can run at once.
+pub struct Arrivals {
+    /// Only `Arrival::DialBack`.
+    pub dial_backs: mpsc::Receiver<Arrival>,
+    /// Only `Arrival::Hairpin`.
+    pub hairpins: mpsc::Receiver<Arrival>,
+}
+
 /// Accepts on the filtering port and reports each connection's first line.
-pub fn spawn_listener(listener: TcpListener) -> (TaskGuard, mpsc::Receiver<Arrival>) {
-    let (tx, rx) = mpsc::channel(MAX_ARRIVALS);
+pub fn spawn_listener(listener: TcpListener) -> (TaskGuard, Arrivals) {
+    let (dial_tx, dial_backs) = mpsc::channel(MAX_ARRIVALS);
+    let (hairpin_tx, hairpins) = mpsc::channel(MAX_ARRIVALS);
     let task = tokio::spawn(async move {
         let mut readers = tokio::task::JoinSet::new();
         for _ in 0..MAX_ARRIVALS {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let tx = tx.clone();
+            let (dial_tx, hairpin_tx) = (dial_tx.clone(), hairpin_tx.clone());
             readers.spawn(async move {
                 let mut conn = BufReader::new(stream);
                 let line =
                     tokio::time::timeout(Duration::from_secs(2), first_line(&mut conn)).await;
-                if let Ok(Some(arrival)) = line {
-                    let _ = tx.send(arrival).await;
+                match line {
+                    Ok(Some(arrival @ Arrival::DialBack { .. })) => {
+                        let _ = dial_tx.send(arrival).await;
+                    }
+                    Ok(Some(arrival @ Arrival::Hairpin { .. })) => {
+                        let _ = hairpin_tx.send(arrival).await;
+                    }
+                    _ => {}
                 }
             });
         }
         while readers.join_next().await.is_some() {}
     });
-    (TaskGuard(task), rx)
+    (
+        TaskGuard(task),
+        Arrivals {
+            dial_backs,
+            hairpins,
+        },
+    )
 }
 
 async fn first_line(conn: &mut BufReader<TcpStream>) -> Option<Arrival> {
@@ -136,7 +157,7 @@ pub async fn dial_back(
     // server accepted the request (its SYN, our SYN-ACK, its ACK and line), so
     // waiting for the server's own dial timeout on a silently dropped SYN would
     // only cost time. `grace` leaves room for scheduling delays on a busy host.
-    let grace = (rtt * 4).max(DIAL_BACK_GRACE);
+    let grace = (rtt * 3).max(DIAL_BACK_GRACE);
     let accepted_at = Instant::now();
     let overall = accepted_at + server_timeout + reply_timeout;
     let mut reported = 0;

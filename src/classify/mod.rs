@@ -111,7 +111,23 @@ pub async fn classify(config: &ClassifyConfig) -> Result<Classification, Classif
     let filter_probe = answered.probe.clone();
     let filter_public = answered.hello.observed;
 
-    let dial_backs = filtering::dial_back(answered.conn, &mut arrivals, &token, rtt, timeout);
+    let dial_backs = filtering::dial_back(
+        answered.conn,
+        &mut arrivals.dial_backs,
+        &token,
+        rtt,
+        timeout,
+    );
+    // The hairpin attempt runs alongside: it stays on the LAN, so its wait
+    // overlaps the WAN round trips of the other tests.
+    let hairpin = async {
+        if config.hairpin {
+            let wait = (rtt * 4).clamp(Duration::from_millis(500), timeout);
+            Some(filtering::hairpin(filter_public, &mut arrivals.hairpins, &token, wait).await)
+        } else {
+            None
+        }
+    };
     let probes = async {
         let mapping = mapping_probes(
             unspecified(primary, config.local_port.unwrap_or(0)),
@@ -122,7 +138,7 @@ pub async fn classify(config: &ClassifyConfig) -> Result<Classification, Classif
         let allocation = allocation_probes(primary, config.allocation_probes, timeout).await;
         Ok::<_, ClassifyError>((mapping, allocation))
     };
-    let (dialed, probes) = tokio::join!(dial_backs, probes);
+    let (dialed, probes, hairpin) = tokio::join!(dial_backs, probes, hairpin);
     let (mapping, allocation) = probes?;
     let filtering = Some(match dialed {
         Ok(dials) => FilteringObservation {
@@ -136,12 +152,6 @@ pub async fn classify(config: &ClassifyConfig) -> Result<Classification, Classif
             error: Some(error),
         },
     });
-    let hairpin = if config.hairpin {
-        let wait = (rtt * 4).clamp(Duration::from_millis(500), timeout);
-        Some(filtering::hairpin(filter_public, &mut arrivals, &token, wait).await)
-    } else {
-        None
-    };
     drop(listener_guard);
     let observations = Observations {
         mapping,
@@ -166,7 +176,7 @@ type FilteringPort = (
     SocketAddr,
     Answered,
     filtering::TaskGuard,
-    tokio::sync::mpsc::Receiver<filtering::Arrival>,
+    filtering::Arrivals,
 );
 
 /// Step 1: the first server that answers becomes the primary.
@@ -288,24 +298,40 @@ async fn mapping_probes(
     Ok(probes)
 }
 
-/// Step 2b: fresh local ports, one after another, each to the primary.
+/// Spacing of the allocation probes' SYNs: enough for the NAT to see them in
+/// launch order (one path keeps packet order), short enough to cost one round trip in all.
+const ALLOCATION_SPACING: Duration = Duration::from_millis(10);
+
+/// Step 2b: fresh local ports, each to the primary, launched in order a few
+/// milliseconds apart so the NAT allocates in launch order.
 async fn allocation_probes(primary: SocketAddr, count: usize, timeout: Duration) -> Vec<Probe> {
-    let mut probes = Vec::new();
-    for _ in 0..count {
-        let probe = match socket::bound(unspecified(primary, 0)) {
-            Err(e) => Probe {
-                local: unspecified(primary, 0),
-                server: primary,
-                observed: None,
-                rtt_ms: None,
-                error: Some(e.to_string()),
-            },
-            Ok((socket, _)) => match probe::run(socket, primary, timeout).await {
-                Ok(answered) => answered.probe,
-                Err((probe, _)) => probe,
-            },
-        };
-        probes.push(probe);
+    let mut running = tokio::task::JoinSet::new();
+    for i in 0..count {
+        running.spawn(async move {
+            tokio::time::sleep(ALLOCATION_SPACING * i as u32).await;
+            let probe = match socket::bound(unspecified(primary, 0)) {
+                Err(e) => Probe {
+                    local: unspecified(primary, 0),
+                    server: primary,
+                    observed: None,
+                    rtt_ms: None,
+                    error: Some(e.to_string()),
+                },
+                Ok((socket, _)) => match probe::run(socket, primary, timeout).await {
+                    Ok(answered) => answered.probe,
+                    Err((probe, _)) => probe,
+                },
+            };
+            (i, probe)
+        });
     }
-    probes
+    let mut probes: Vec<(usize, Probe)> = Vec::with_capacity(count);
+    while let Some(joined) = running.join_next().await {
+        if let Ok(done) = joined {
+            probes.push(done);
+        }
+    }
+    // Launch order is the order the NAT allocated in.
+    probes.sort_by_key(|(i, _)| *i);
+    probes.into_iter().map(|(_, probe)| probe).collect()
 }

@@ -31,21 +31,8 @@ enum LabCommand {
         #[arg(long, default_value = "ps")]
         name: String,
     },
-    /// Benchmark the emulator core (packets/s) and the latency the TUN path adds (needs root).
-    Bench {
-        /// Seconds per core throughput run.
-        #[arg(long, default_value_t = 2.0)]
-        seconds: f64,
-        /// Ping-pong round trips for the TUN latency.
-        #[arg(long, default_value_t = 2000)]
-        round_trips: usize,
-        /// Skip the TUN path (no root needed).
-        #[arg(long)]
-        core_only: bool,
-        /// Print one JSON document instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Benchmark the emulator core (packets/s), the latency the TUN path adds, and classification time (needs root).
+    Bench(BenchArgs),
     /// Run a command inside a lab host (or `internet`), with its exit code.
     Exec {
         /// Lab name.
@@ -56,6 +43,28 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Seconds per core throughput run.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Ping-pong round trips for the TUN latency.
+    #[arg(long, default_value_t = 2000)]
+    round_trips: usize,
+    /// Skip the lab measurements: TUN path and classification (no root needed).
+    #[arg(long)]
+    core_only: bool,
+    /// One-way WAN delay of the NATs in the classification timing.
+    #[arg(long, default_value_t = 50)]
+    classify_delay_ms: u32,
+    /// Classification runs per NAT kind.
+    #[arg(long, default_value_t = 5)]
+    classify_runs: usize,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
@@ -79,33 +88,38 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             host,
             command,
         } => exec(&name, &host, &command),
-        LabCommand::Bench {
-            seconds,
-            round_trips,
-            core_only,
-            json,
-        } => bench(seconds, round_trips, core_only, json),
+        LabCommand::Bench(args) => bench(args),
     }
 }
 
-fn bench(
-    seconds: f64,
-    round_trips: usize,
-    core_only: bool,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let BenchArgs {
+        seconds,
+        round_trips,
+        core_only,
+        classify_delay_ms,
+        classify_runs,
+        json,
+    } = args;
     let duration = std::time::Duration::from_secs_f64(seconds);
     let core = [64, 1400]
         .into_iter()
         .map(|payload| lab::bench::core_throughput(payload, 1000, duration))
         .collect();
-    let tun = if core_only {
-        None
+    let name = format!("bench{}", std::process::id());
+    let (tun, classify) = if core_only {
+        (None, Vec::new())
     } else {
-        let name = format!("bench{}", std::process::id());
-        Some(lab::bench::tun_latency(&name, round_trips)?)
+        (
+            Some(lab::bench::tun_latency(&name, round_trips)?),
+            lab::bench::classify_timing(&name, classify_delay_ms, classify_runs)?,
+        )
     };
-    let report = lab::bench::BenchReport { core, tun };
+    let report = lab::bench::BenchReport {
+        core,
+        tun,
+        classify,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -131,6 +145,23 @@ fn bench(
             t.loopback_median_us
         );
         println!("  added per packet: {:.1} us", t.added_per_packet_us);
+    }
+    if !report.classify.is_empty() {
+        println!("Full classification (mapping, allocation, filtering, hairpin), one-way WAN delay {classify_delay_ms} ms:");
+        for c in &report.classify {
+            println!(
+                "  {:<40} median {:>6.0} ms, max {:>6.0} ms over {} runs{}",
+                c.nat,
+                c.median_ms,
+                c.max_ms,
+                c.runs,
+                if c.all_correct {
+                    ""
+                } else {
+                    "  (SOME RUNS MISCLASSIFIED)"
+                }
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

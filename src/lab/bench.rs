@@ -1,12 +1,13 @@
 //! Benchmarks of the lab: packets per second through one emulator core, and the
-//! latency the full TUN path adds per packet (`punchscope lab bench`).
+//! latency the full TUN path adds per packet, and how long a classification
+//! takes behind a slow WAN (`punchscope lab bench`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use pnet_packet::tcp::TcpFlags;
-use punchscope_analysis::nat::{Allocation, Filtering, Mapping};
+use punchscope_analysis::nat::{Allocation, Filtering, Mapping, UnsolicitedAnswer};
 use serde::Serialize;
 
 use super::instance::{Lab, LabError, LabOptions};
@@ -36,11 +37,25 @@ pub struct TunLatency {
     pub added_per_packet_us: f64,
 }
 
+/// Wall time of full classifications (mapping, allocation, filtering, hairpin) behind one NAT kind.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifyTiming {
+    /// The NAT's behaviour, e.g. `eim/apdf/preserve, unsolicited drop`.
+    pub nat: String,
+    pub delay_ms: u32,
+    pub runs: usize,
+    pub median_ms: f64,
+    pub max_ms: f64,
+    /// Whether every run found the NAT's true mapping and filtering.
+    pub all_correct: bool,
+}
+
 /// Everything `lab bench` measures.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub core: Vec<CoreThroughput>,
     pub tun: Option<TunLatency>,
+    pub classify: Vec<ClassifyTiming>,
 }
 
 /// Pushes data segments of `flows` flows through one NAT, both directions, for about `duration`.
@@ -150,6 +165,110 @@ pub fn tun_latency(lab_name: &str, round_trips: usize) -> Result<TunLatency, Lab
         loopback_median_us: loop_median,
         added_per_packet_us: (nat_median - loop_median) / 2.0,
     })
+}
+
+/// The NAT kinds whose classification time is measured.
+const CLASSIFY_KINDS: [(Mapping, Filtering, UnsolicitedAnswer); 8] = [
+    (Mapping::Eim, Filtering::Eif, UnsolicitedAnswer::Drop),
+    (Mapping::Eim, Filtering::Adf, UnsolicitedAnswer::Drop),
+    (Mapping::Eim, Filtering::Apdf, UnsolicitedAnswer::Drop),
+    (Mapping::Eim, Filtering::Adf, UnsolicitedAnswer::Rst),
+    (Mapping::Eim, Filtering::Apdf, UnsolicitedAnswer::Rst),
+    (Mapping::Eim, Filtering::Apdf, UnsolicitedAnswer::Icmp),
+    (Mapping::Adm, Filtering::Apdf, UnsolicitedAnswer::Drop),
+    (Mapping::Apdm, Filtering::Apdf, UnsolicitedAnswer::Drop),
+];
+
+const ECHO_ENDPOINTS: [&str; 4] = [
+    "198.51.100.10:3478",
+    "198.51.100.10:3479",
+    "198.51.100.11:3478",
+    "198.51.100.11:3479",
+];
+
+/// Times `punchscope classify` (the library call it makes) behind NATs with
+/// `delay_ms` one-way WAN delay, `runs` times per NAT kind, one run at a time.
+pub fn classify_timing(
+    lab_name: &str,
+    delay_ms: u32,
+    runs: usize,
+) -> Result<Vec<ClassifyTiming>, LabError> {
+    use std::fmt::Write as _;
+    let mut toml = String::new();
+    for (i, (mapping, filtering, unsolicited)) in CLASSIFY_KINDS.iter().enumerate() {
+        let _ = write!(
+            toml,
+            "[[nat]]\nname = \"n{i}\"\nmapping = \"{mapping}\"\nfiltering = \"{filtering}\"\n\
+             unsolicited = \"{unsolicited}\"\ndelay_ms = {delay_ms}\n[[host]]\nname = \"h{i}\"\nnat = \"n{i}\"\n"
+        );
+    }
+    let scenario = Scenario::parse(&toml).expect("built-in scenario");
+    let lab = Lab::start(
+        scenario,
+        LabOptions {
+            name: lab_name.to_string(),
+            event_log: None,
+        },
+    )?;
+    let endpoints: Vec<SocketAddr> = ECHO_ENDPOINTS.iter().map(|e| e.parse().unwrap()).collect();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = netns::spawn_in(&lab.internet_netns(), move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let listeners = crate::server::echo::bind_listeners(&endpoints)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            crate::server::echo::run(listeners, Default::default(), async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+    });
+    let mut timings = Vec::new();
+    let outcome = (|| {
+        for (i, (mapping, filtering, unsolicited)) in CLASSIFY_KINDS.iter().enumerate() {
+            let mut times = Vec::new();
+            let mut all_correct = true;
+            for _ in 0..runs {
+                let (elapsed, result) = lab
+                    .run_in(&format!("h{i}"), || {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        let config = crate::classify::ClassifyConfig {
+                            servers: vec![ECHO_ENDPOINTS[0].into(), ECHO_ENDPOINTS[2].into()],
+                            ..Default::default()
+                        };
+                        let started = Instant::now();
+                        let result = runtime.block_on(crate::classify::classify(&config));
+                        Ok::<_, std::io::Error>((started.elapsed(), result))
+                    })?
+                    .map_err(LabError::Traffic)?;
+                let correct = result.is_ok_and(|c| {
+                    use punchscope_analysis::classify::Finding;
+                    c.verdict.mapping == Finding::Known { value: *mapping }
+                        && c.verdict.filtering == Finding::Known { value: *filtering }
+                });
+                all_correct &= correct;
+                times.push(elapsed.as_secs_f64() * 1e3);
+            }
+            timings.push(ClassifyTiming {
+                nat: format!("{mapping}/{filtering}/preserve, unsolicited {unsolicited}"),
+                delay_ms,
+                runs,
+                median_ms: percentile(&times, 0.5),
+                max_ms: times.iter().copied().fold(0.0, f64::max),
+                all_correct,
+            });
+        }
+        Ok::<_, LabError>(())
+    })();
+    let _ = stop.send(());
+    let _ = server.join();
+    lab.shutdown()?;
+    outcome.map(|()| timings)
 }
 
 fn bench_io(e: std::io::Error) -> LabError {
