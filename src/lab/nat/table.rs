@@ -39,6 +39,10 @@ pub enum RemovalReason {
     Expired,
     /// A TCP RST passed through (`rst_closes`).
     Reset,
+    /// A new SYN reused the endpoints of a session closed by FIN both ways:
+    /// the old session ends and the SYN is handled as a new connection, as
+    /// Linux conntrack does.
+    Reopened,
 }
 
 /// Direction of a packet through the NAT.
@@ -62,6 +66,12 @@ struct Session {
 }
 
 impl Session {
+    /// Closed by FIN in both directions. A reset session is `rst_closes`'s
+    /// business: without it, the session and its filter state stay until timeout.
+    fn is_closed(&self) -> bool {
+        self.fin_out && self.fin_in
+    }
+
     fn is_established(&self) -> bool {
         self.syn_out && self.syn_in && !(self.fin_out && self.fin_in) && !self.reset
     }
@@ -226,6 +236,11 @@ impl MappingTable {
         now: Instant,
         rng: &mut impl Rng,
     ) -> Outbound {
+        if is_bare_syn(tcp_flags) {
+            if let Some(port) = self.by_session.get(&(proto, internal, remote)).copied() {
+                self.end_if_closed((proto, port), remote);
+            }
+        }
         let key = self.key_for(proto, internal, remote);
         let candidates = [
             self.by_session.get(&(proto, internal, remote)).copied(),
@@ -238,9 +253,7 @@ impl MappingTable {
         let (external_port, created) = match existing {
             Some(port) => (port, false),
             None => {
-                let may_create = proto == Protocol::Udp
-                    || self.tcp_loose
-                    || (tcp_flags & TcpFlags::SYN != 0 && tcp_flags & TcpFlags::ACK == 0);
+                let may_create = proto == Protocol::Udp || self.tcp_loose || is_bare_syn(tcp_flags);
                 if !may_create {
                     return Outbound::NotAllowed;
                 }
@@ -310,6 +323,9 @@ impl MappingTable {
         filter: bool,
     ) -> Inbound {
         let id = (proto, external_port);
+        if proto == Protocol::Tcp && is_bare_syn(tcp_flags) {
+            self.end_if_closed(id, remote);
+        }
         if !self.by_external.contains_key(&id) || !self.refresh_expiry(id, now) {
             return Inbound::NoMapping;
         }
@@ -473,6 +489,31 @@ impl MappingTable {
         }
     }
 
+    /// Ends the session with `remote` on mapping `id` if it is closed (a new
+    /// SYN is about to reuse its endpoints), and the mapping with its last session.
+    fn end_if_closed(&mut self, id: (Protocol, u16), remote: SocketAddrV4) {
+        let Some(entry) = self.by_external.get_mut(&id) else {
+            return;
+        };
+        if !entry.sessions.get(&remote).is_some_and(Session::is_closed) {
+            return;
+        }
+        entry.sessions.remove(&remote);
+        let (proto, internal) = (entry.key.proto, entry.key.internal);
+        let mapping_alive = !entry.sessions.is_empty();
+        self.by_session.remove(&(proto, internal, remote));
+        self.removals.push(Removal {
+            proto,
+            internal,
+            external_port: id.1,
+            remote: Some(remote),
+            reason: RemovalReason::Reopened,
+        });
+        if !mapping_alive {
+            self.remove_mapping(id, RemovalReason::Reopened);
+        }
+    }
+
     fn port_free(&self, proto: Protocol, port: u16) -> bool {
         port >= FIRST_PORT && !self.by_external.contains_key(&(proto, port))
     }
@@ -514,6 +555,11 @@ impl MappingTable {
         // A step that shares a factor with the range size may skip free ports; fall back to all of them.
         (FIRST_PORT..=u16::MAX).find(|p| self.port_free(proto, *p))
     }
+}
+
+/// A SYN without ACK or RST: the first segment of a new connection.
+fn is_bare_syn(tcp_flags: u8) -> bool {
+    tcp_flags & TcpFlags::SYN != 0 && tcp_flags & (TcpFlags::ACK | TcpFlags::RST) == 0
 }
 
 fn step_port(port: u16, step: u16) -> u16 {

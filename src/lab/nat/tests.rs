@@ -443,6 +443,63 @@ fn rst_closes_removes_the_session_at_once_or_keeps_it_until_timeout() {
 }
 
 #[test]
+fn a_syn_reusing_a_closed_sessions_endpoints_starts_afresh() {
+    // ADM + EIF: a stranger's connection is admitted into the mapping made for server1.
+    let mut h = Harness::nat(Mapping::Adm, Filtering::Eif, Allocation::Random);
+    let internal = SocketAddrV4::new(HOST, 5000);
+    let e1 = h.syn_out(internal, server1());
+    let stranger = server1_other_port();
+    assert!(h.syn_in(stranger, e1).is_some());
+    let fin = |h: &mut Harness, from_host: bool| {
+        let flags = TcpFlags::FIN | TcpFlags::ACK;
+        if from_host {
+            h.send_lan(build::tcp(internal, stranger, flags, 64, b""))
+        } else {
+            h.send_wan(build::tcp(stranger, e1, flags, 60, b""))
+        }
+    };
+    assert_eq!(
+        fin(&mut h, true).len(),
+        1,
+        "the host's FIN follows the admitting mapping"
+    );
+    assert_eq!(fin(&mut h, false).len(), 1);
+    // Later the host itself connects to the same endpoint from the same port:
+    // a new connection, so ADM keys it on (internal, server IP) = e1's mapping, not
+    // the closed session... which here is the same mapping, reopened cleanly.
+    let again = h.syn_out(internal, stranger);
+    assert_eq!(again, e1, "same destination IP: ADM reuses the mapping");
+    assert!(h.events().iter().any(|e| matches!(
+        e,
+        NatEvent::SessionRemoved {
+            reason: RemovalReason::Reopened,
+            ..
+        }
+    )));
+
+    // APDM: the closed session must not pull a new connection into the old mapping.
+    let mut h = Harness::nat(Mapping::Apdm, Filtering::Eif, Allocation::Random);
+    let e1 = h.syn_out(internal, server1());
+    assert!(h.syn_in(stranger, e1).is_some());
+    h.send_lan(build::tcp(
+        internal,
+        stranger,
+        TcpFlags::FIN | TcpFlags::ACK,
+        64,
+        b"",
+    ));
+    h.send_wan(build::tcp(
+        stranger,
+        e1,
+        TcpFlags::FIN | TcpFlags::ACK,
+        60,
+        b"",
+    ));
+    let fresh = h.syn_out(internal, stranger);
+    assert_ne!(fresh, e1, "APDM gives the new connection its own mapping");
+}
+
+#[test]
 fn transitory_sessions_expire_after_four_minutes_established_ones_live_longer() {
     let mut h = Harness::nat(Mapping::Eim, Filtering::Apdf, Allocation::Preserve);
     let internal = SocketAddrV4::new(HOST, 5000);
