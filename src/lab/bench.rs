@@ -122,13 +122,7 @@ nat = "nat"
 /// namespace, and the same ping-pong on loopback inside the internet namespace.
 pub fn tun_latency(lab_name: &str, round_trips: usize) -> Result<TunLatency, LabError> {
     let scenario = Scenario::parse(BENCH_SCENARIO).expect("built-in scenario");
-    let lab = Lab::start(
-        scenario,
-        LabOptions {
-            name: lab_name.to_string(),
-            event_log: None,
-        },
-    )?;
+    let lab = start_lab(lab_name, scenario)?;
     let server: SocketAddr = "198.51.100.10:7000".parse().unwrap();
     let listener = lab
         .run_in("internet", || TcpListener::bind(server))?
@@ -203,13 +197,7 @@ pub fn classify_timing(
         );
     }
     let scenario = Scenario::parse(&toml).expect("built-in scenario");
-    let lab = Lab::start(
-        scenario,
-        LabOptions {
-            name: lab_name.to_string(),
-            event_log: None,
-        },
-    )?;
+    let lab = start_lab(lab_name, scenario)?;
     let endpoints: Vec<SocketAddr> = ECHO_ENDPOINTS.iter().map(|e| e.parse().unwrap()).collect();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = netns::spawn_in(&lab.internet_netns(), move || {
@@ -269,6 +257,16 @@ pub fn classify_timing(
     let _ = server.join();
     lab.shutdown()?;
     outcome.map(|()| timings)
+}
+
+fn start_lab(name: &str, scenario: Scenario) -> Result<Lab, LabError> {
+    Lab::start(
+        scenario,
+        LabOptions {
+            name: name.to_string(),
+            event_log: None,
+        },
+    )
 }
 
 fn bench_io(e: std::io::Error) -> LabError {

@@ -386,30 +386,40 @@ impl MappingTable {
             return false;
         };
         let proto = entry.key.proto;
-        let internal = entry.key.internal;
-        let mut expired = Vec::new();
-        entry.sessions.retain(|remote, session| {
-            let keep = !session.expired(proto, &timeouts, now);
-            if !keep {
-                expired.push(*remote);
-            }
-            keep
-        });
-        let alive = !entry.sessions.is_empty();
+        let expired: Vec<SocketAddrV4> = entry
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.expired(proto, &timeouts, now))
+            .map(|(remote, _)| *remote)
+            .collect();
         for remote in expired {
-            self.by_session.remove(&(proto, internal, remote));
-            self.removals.push(Removal {
-                proto,
-                internal,
-                external_port: id.1,
-                remote: Some(remote),
-                reason: RemovalReason::Expired,
-            });
+            self.end_session(id, remote, RemovalReason::Expired);
         }
-        if !alive {
-            self.remove_mapping(id, RemovalReason::Expired);
+        self.by_external.contains_key(&id)
+    }
+
+    /// Ends one session (the filter state for that remote); the mapping goes
+    /// with its last session.
+    fn end_session(&mut self, id: (Protocol, u16), remote: SocketAddrV4, reason: RemovalReason) {
+        let Some(entry) = self.by_external.get_mut(&id) else {
+            return;
+        };
+        if entry.sessions.remove(&remote).is_none() {
+            return;
         }
-        alive
+        let (proto, internal) = (entry.key.proto, entry.key.internal);
+        let mapping_alive = !entry.sessions.is_empty();
+        self.by_session.remove(&(proto, internal, remote));
+        self.removals.push(Removal {
+            proto,
+            internal,
+            external_port: id.1,
+            remote: Some(remote),
+            reason,
+        });
+        if !mapping_alive {
+            self.remove_mapping(id, reason);
+        }
     }
 
     fn remove_mapping(&mut self, id: (Protocol, u16), reason: RemovalReason) {
@@ -470,19 +480,7 @@ impl MappingTable {
         }
         if tcp_flags & TcpFlags::RST != 0 {
             if self.rst_closes {
-                entry.sessions.remove(&remote);
-                self.by_session.remove(&(proto, internal, remote));
-                let mapping_alive = !entry.sessions.is_empty();
-                self.removals.push(Removal {
-                    proto,
-                    internal,
-                    external_port,
-                    remote: Some(remote),
-                    reason: RemovalReason::Reset,
-                });
-                if !mapping_alive {
-                    self.remove_mapping(id, RemovalReason::Reset);
-                }
+                self.end_session(id, remote, RemovalReason::Reset);
             } else {
                 session.reset = true;
             }
@@ -492,25 +490,13 @@ impl MappingTable {
     /// Ends the session with `remote` on mapping `id` if it is closed (a new
     /// SYN is about to reuse its endpoints), and the mapping with its last session.
     fn end_if_closed(&mut self, id: (Protocol, u16), remote: SocketAddrV4) {
-        let Some(entry) = self.by_external.get_mut(&id) else {
-            return;
-        };
-        if !entry.sessions.get(&remote).is_some_and(Session::is_closed) {
-            return;
-        }
-        entry.sessions.remove(&remote);
-        let (proto, internal) = (entry.key.proto, entry.key.internal);
-        let mapping_alive = !entry.sessions.is_empty();
-        self.by_session.remove(&(proto, internal, remote));
-        self.removals.push(Removal {
-            proto,
-            internal,
-            external_port: id.1,
-            remote: Some(remote),
-            reason: RemovalReason::Reopened,
-        });
-        if !mapping_alive {
-            self.remove_mapping(id, RemovalReason::Reopened);
+        let closed = self
+            .by_external
+            .get(&id)
+            .and_then(|entry| entry.sessions.get(&remote))
+            .is_some_and(Session::is_closed);
+        if closed {
+            self.end_session(id, remote, RemovalReason::Reopened);
         }
     }
 
