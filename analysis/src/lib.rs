@@ -15,7 +15,11 @@
 //! - [`handshake`]: the record of one Bitcoin P2P handshake (v1 or BIP324
 //!   v2): outcome, failure reason, phase durations, bytes, the peer's
 //!   `version` fields and the v2 session id.
+//! - [`trial`]: punching strategies and the record of one trial as one side saw it.
+//! - [`plan`]: probe plans (what a pairing measures), validated on load.
 
 pub mod classify;
 pub mod handshake;
 pub mod nat;
+pub mod plan;
+pub mod trial;

@@ -1,0 +1,209 @@
+//! Probe plans: what a pairing measures (TOML under probes/), handed out by the coordinator.
+
+use serde::{Deserialize, Serialize};
+
+use crate::handshake::{BitcoinNetwork, Transport};
+use crate::trial::Strategy;
+
+/// The plan format version this code reads.
+pub const PLAN_VERSION: u32 = 1;
+
+/// What a pairing runs. Researchers change campaigns by changing plans, not probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Must be [`PLAN_VERSION`].
+    pub version: u32,
+    /// A name for reports, e.g. "default".
+    pub name: String,
+    /// Trials per pairing.
+    #[serde(default = "defaults::trials")]
+    pub trials: u32,
+    /// Strategies used in turn, trial by trial.
+    #[serde(default = "defaults::strategies")]
+    pub strategies: Vec<Strategy>,
+    /// Bitcoin transports used in turn over punched sockets (v1, v2, v1, ...).
+    #[serde(default = "defaults::transports")]
+    pub transports: Vec<Transport>,
+    #[serde(default)]
+    pub network: BitcoinNetwork,
+    /// How long one connect() attempt may wait.
+    #[serde(default = "defaults::attempt_timeout_ms")]
+    pub attempt_timeout_ms: u32,
+    /// Attempts per trial at most (a refused or timed-out connect is retried).
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Fixed gap before a retry.
+    #[serde(default = "defaults::retry_gap_ms")]
+    pub retry_gap_ms: u32,
+    /// A uniform random 0..=this added to each retry gap (fixed gaps repeat losing patterns).
+    #[serde(default = "defaults::retry_jitter_ms")]
+    pub retry_jitter_ms: u32,
+    /// TTL of the `low_ttl` strategy's opening SYN.
+    #[serde(default = "defaults::low_ttl")]
+    pub low_ttl: u8,
+    /// RTT samples the coordinator takes per side before each `go`.
+    #[serde(default = "defaults::rtt_samples")]
+    pub rtt_samples: u32,
+    /// Extra start delay given to the responder (skew experiments); 0 normally.
+    #[serde(default)]
+    pub injected_skew_ms: u32,
+    /// Deadline for each step of the Bitcoin handshake.
+    #[serde(default = "defaults::handshake_step_ms")]
+    pub handshake_step_ms: u32,
+}
+
+mod defaults {
+    use super::*;
+    pub fn trials() -> u32 {
+        20
+    }
+    pub fn strategies() -> Vec<Strategy> {
+        vec![
+            Strategy::Simultaneous,
+            Strategy::ConnectListen,
+            Strategy::LowTtl,
+        ]
+    }
+    pub fn transports() -> Vec<Transport> {
+        vec![Transport::V1, Transport::V2]
+    }
+    pub fn attempt_timeout_ms() -> u32 {
+        3000
+    }
+    pub fn max_attempts() -> u32 {
+        4
+    }
+    pub fn retry_gap_ms() -> u32 {
+        200
+    }
+    pub fn retry_jitter_ms() -> u32 {
+        1000
+    }
+    pub fn low_ttl() -> u8 {
+        2
+    }
+    pub fn rtt_samples() -> u32 {
+        3
+    }
+    pub fn handshake_step_ms() -> u32 {
+        10_000
+    }
+}
+
+/// A plan that cannot be used, with what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("plan is not valid TOML for this version: {0}")]
+    Parse(String),
+    #[error("plan version {found} is not supported (this punchscope reads version {PLAN_VERSION}); upgrade punchscope or rewrite the plan")]
+    Version { found: u32 },
+    #[error("plan field `{field}`: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// Limits that keep a plan from being abusive or meaningless.
+pub const MAX_TRIALS: u32 = 1000;
+
+impl Plan {
+    /// Parses and validates a plan file's text.
+    pub fn from_toml(text: &str) -> Result<Plan, PlanError> {
+        let plan: Plan = toml::from_str(text).map_err(|e| PlanError::Parse(e.to_string()))?;
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// Checks the values: every plan, however it arrived, goes through here.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        let invalid = |field, problem: &str| {
+            Err(PlanError::Invalid {
+                field,
+                problem: problem.to_string(),
+            })
+        };
+        if self.version != PLAN_VERSION {
+            return Err(PlanError::Version {
+                found: self.version,
+            });
+        }
+        if self.trials == 0 || self.trials > MAX_TRIALS {
+            return invalid("trials", "must be between 1 and 1000");
+        }
+        if self.strategies.is_empty() {
+            return invalid("strategies", "must name at least one strategy");
+        }
+        if self.transports.is_empty() {
+            return invalid("transports", "must name at least one transport");
+        }
+        if !(100..=60_000).contains(&self.attempt_timeout_ms) {
+            return invalid("attempt_timeout_ms", "must be between 100 and 60000");
+        }
+        if !(1..=20).contains(&self.max_attempts) {
+            return invalid("max_attempts", "must be between 1 and 20");
+        }
+        if self.retry_gap_ms > 10_000 || self.retry_jitter_ms > 10_000 {
+            return invalid("retry_gap_ms", "gap and jitter must be at most 10000 ms");
+        }
+        if !(1..=64).contains(&self.low_ttl) {
+            return invalid("low_ttl", "must be between 1 and 64");
+        }
+        if !(1..=20).contains(&self.rtt_samples) {
+            return invalid("rtt_samples", "must be between 1 and 20");
+        }
+        if self.injected_skew_ms > 10_000 {
+            return invalid("injected_skew_ms", "must be at most 10000");
+        }
+        if !(100..=120_000).contains(&self.handshake_step_ms) {
+            return invalid("handshake_step_ms", "must be between 100 and 120000");
+        }
+        Ok(())
+    }
+
+    /// The strategy of trial `n`.
+    pub fn strategy_of(&self, trial: u32) -> Strategy {
+        self.strategies[trial as usize % self.strategies.len()]
+    }
+
+    /// The Bitcoin transport of trial `n`.
+    pub fn transport_of(&self, trial: u32) -> Transport {
+        self.transports[trial as usize % self.transports.len()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_plan_takes_the_defaults() {
+        let plan = Plan::from_toml("version = 1\nname = \"t\"\n").unwrap();
+        assert_eq!(plan.trials, 20);
+        assert_eq!(plan.strategy_of(0), Strategy::Simultaneous);
+        assert_eq!(plan.strategy_of(4), Strategy::ConnectListen);
+        assert_eq!(plan.transport_of(1), Transport::V2);
+        assert_eq!(plan.network, BitcoinNetwork::Mainnet);
+    }
+
+    #[test]
+    fn the_shipped_default_plan_is_valid() {
+        let plan = Plan::from_toml(include_str!("../../probes/default.toml")).unwrap();
+        assert_eq!(plan.name, "default");
+        assert_eq!(plan.strategies.len(), 3);
+    }
+
+    #[test]
+    fn bad_plans_say_what_to_fix() {
+        let e = Plan::from_toml("version = 2\nname = \"t\"\n").unwrap_err();
+        assert!(matches!(e, PlanError::Version { found: 2 }));
+        let e = Plan::from_toml("version = 1\nname = \"t\"\ntrials = 0\n").unwrap_err();
+        assert!(e.to_string().contains("trials"), "{e}");
+        let e = Plan::from_toml("version = 1\nname = \"t\"\nstrategies = [\"teleport\"]\n")
+            .unwrap_err();
+        assert!(matches!(e, PlanError::Parse(_)), "{e}");
+        let e = Plan::from_toml("version = 1\nname = \"t\"\nsurprise = 1\n").unwrap_err();
+        assert!(e.to_string().contains("surprise"), "{e}");
+    }
+}

@@ -1,0 +1,159 @@
+//! Punching trials: the strategies a plan chooses and the record of one trial as one side saw it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::handshake::{HandshakeRecord, Role};
+
+/// How a trial tries to open the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Both sides connect() to each other at the coordinated moment, retrying
+    /// on refusal or timeout with the plan's spacing.
+    Simultaneous,
+    /// As `simultaneous`, and each side also listens on its port; whichever
+    /// socket completes first wins, the other is closed.
+    ConnectListen,
+    /// Each side first sends a SYN whose TTL opens its own NAT's mapping but
+    /// dies before the peer's NAT; only when both did does the coordinator
+    /// send `go` for the real connects.
+    LowTtl,
+}
+
+impl Strategy {
+    pub const ALL: &'static [Strategy] = &[
+        Strategy::Simultaneous,
+        Strategy::ConnectListen,
+        Strategy::LowTtl,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Simultaneous => "simultaneous",
+            Strategy::ConnectListen => "connect_listen",
+            Strategy::LowTtl => "low_ttl",
+        }
+    }
+}
+
+/// What one connect() attempt ended in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AttemptResult {
+    /// The socket connected (the trial then checks the nonce).
+    Connected,
+    /// ECONNREFUSED: a RST (from the peer's NAT or host) or ICMP port unreachable.
+    Refused,
+    /// No answer within the attempt's time.
+    Timeout,
+    /// EHOSTUNREACH / ENETUNREACH: an ICMP error.
+    Unreachable,
+    /// Anything else the kernel said.
+    Error { detail: String },
+}
+
+/// One connect() attempt within a trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it started, in milliseconds after `go`.
+    pub started_ms: f64,
+    /// How long it lasted.
+    pub duration_ms: f64,
+    #[serde(flatten)]
+    pub result: AttemptResult,
+}
+
+/// Which of our sockets completed the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Completion {
+    /// Our connect() (in a simultaneous open, both SYNs crossed, or the peer's
+    /// SYN-ACK answered ours).
+    Connect,
+    /// Our listener accepted the peer's connect (`connect_listen`).
+    Listener,
+}
+
+/// How a trial ended, as data: only `local_error` means our side could not
+/// even try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrialOutcome {
+    /// Connected, and both sides proved they are the paired peers (nonce).
+    Connected,
+    /// Every attempt was refused (RST or ICMP port unreachable).
+    Refused,
+    /// Attempts timed out (or mixed timeouts and refusals ending in a timeout).
+    Timeout,
+    /// An ICMP host/network unreachable ended it.
+    Unreachable,
+    /// A connection was made, but not to the paired peer (nonce mismatch).
+    WrongPeer,
+    /// The peer left (or the coordinator lost it) before the trial finished.
+    PeerVanished,
+    /// Our side could not run the trial (e.g. the port could not be bound).
+    LocalError,
+}
+
+impl TrialOutcome {
+    pub fn is_success(self) -> bool {
+        self == TrialOutcome::Connected
+    }
+}
+
+/// One trial as one side saw it. Ports only: public addresses never go in a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    /// Trial number within the pairing, from 0.
+    pub trial: u32,
+    pub strategy: Strategy,
+    /// Initiator or responder, as the coordinator assigned (the Bitcoin handshake roles).
+    pub role: Role,
+    /// Our local port for this trial.
+    pub local_port: u16,
+    /// Our public port as the coordinator observed it.
+    pub public_port: Option<u16>,
+    /// The peer's public port we aimed at.
+    pub peer_port: Option<u16>,
+    pub outcome: TrialOutcome,
+    pub attempts: Vec<Attempt>,
+    /// From `go` to the connection established, if it was.
+    pub go_to_established_ms: Option<f64>,
+    pub completed_by: Option<Completion>,
+    /// Both sides sent and checked the coordinator's nonce over the connection.
+    pub nonce_verified: bool,
+    /// The wait the coordinator told us before sending our first SYN, so both leave together.
+    pub start_delay_ms: f64,
+    /// A deliberate extra start skew injected by the plan (skew experiments).
+    pub injected_skew_ms: f64,
+    /// The peer's outcome for the same trial, as the coordinator relayed it.
+    pub peer_outcome: Option<TrialOutcome>,
+    /// The Bitcoin handshake over the punched socket, if the trial connected.
+    pub handshake: Option<HandshakeRecord>,
+    /// What went wrong locally, for `local_error`.
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_and_outcomes_serialize_as_documented() {
+        let attempt = Attempt {
+            started_ms: 0.0,
+            duration_ms: 101.5,
+            result: AttemptResult::Refused,
+        };
+        let json = serde_json::to_value(&attempt).unwrap();
+        assert_eq!(json["result"], "refused");
+        assert_eq!(json["duration_ms"], 101.5);
+        assert_eq!(
+            serde_json::to_value(TrialOutcome::PeerVanished).unwrap(),
+            "peer_vanished"
+        );
+        assert_eq!(serde_json::to_value(Strategy::LowTtl).unwrap(), "low_ttl");
+        let back: Attempt = serde_json::from_value(json).unwrap();
+        assert_eq!(back, attempt);
+    }
+}
