@@ -8,6 +8,8 @@
 //! - [`proto`]: sans-io wire codecs (echo/reflector messages).
 //! - [`server`]: the servers (`punchscope serve ...`), each taking bound listeners and a shutdown signal.
 //! - [`classify`]: TCP NAT classification against echo servers.
+//! - [`punch`]: one TCP hole-punching trial (strategies, retries, nonce proof),
+//!   and the Bitcoin handshake over the punched socket.
 //! - [`btc`]: Bitcoin P2P handshakes (v1 and BIP324 v2) over any byte stream.
 //!
 //! The command line lives in the binary (`src/main.rs`, `src/cli/`), the only
@@ -20,4 +22,5 @@ pub mod btc;
 pub mod classify;
 pub mod lab;
 pub mod proto;
+pub mod punch;
 pub mod server;

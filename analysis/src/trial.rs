@@ -16,7 +16,9 @@ pub enum Strategy {
     ConnectListen,
     /// Each side first sends a SYN whose TTL opens its own NAT's mapping but
     /// dies before the peer's NAT; only when both did does the coordinator
-    /// send `go` for the real connects.
+    /// send `go`, and then each side connects and listens as in
+    /// `connect_listen`: the peer's SYN passes the primed NAT whenever it
+    /// arrives and meets a socket, so start skew no longer matters.
     LowTtl,
 }
 

@@ -1,0 +1,262 @@
+//! One TCP hole-punching trial: coordinated connects from a known port to the
+//! peer's public endpoint, retries, the nonce proof, and the Bitcoin handshake
+//! over the punched socket. Outcomes are data ([`TrialRecord`]); nothing here
+//! returns `Err` for what the network did.
+//!
+//! Layout: [`socket`] (binding ports the way punching needs, reading errno),
+//! [`nonce`] (proving the connection reached the paired peer), this file (the
+//! strategies and the record).
+
+pub mod nonce;
+pub mod socket;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use punchscope_analysis::handshake::{BitcoinNetwork, Role, Transport};
+use punchscope_analysis::trial::{
+    Attempt, AttemptResult, Completion, Strategy, TrialOutcome, TrialRecord,
+};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::btc::{self, Accept, HandshakeConfig};
+
+/// Everything one side needs to run one trial.
+#[derive(Debug, Clone)]
+pub struct TrialSpec {
+    pub trial: u32,
+    pub strategy: Strategy,
+    pub role: Role,
+    /// The local endpoint to bind (usually 0.0.0.0:PORT, the port the coordinator observed).
+    pub local: SocketAddr,
+    /// The peer's public endpoint, as the coordinator observed it.
+    pub peer: SocketAddr,
+    /// Our public port as the coordinator observed it (for the record).
+    pub public_port: Option<u16>,
+    /// The nonce both sides must show each other.
+    pub nonce: String,
+    /// Wait after `go` before the first SYN, so both sides' SYNs leave together.
+    pub start_delay: Duration,
+    /// Extra wait injected for skew experiments.
+    pub injected_skew: Duration,
+    pub attempt_timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_gap: Duration,
+    pub retry_jitter: Duration,
+}
+
+/// The Bitcoin handshake to run over a punched socket.
+#[derive(Debug, Clone)]
+pub struct HandshakeSpec {
+    pub transport: Transport,
+    pub network: BitcoinNetwork,
+    pub step_timeout: Duration,
+}
+
+/// How long the nonce exchange may take after connecting.
+const NONCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the trial from the moment `go` arrived; returns the record and, if
+/// it connected to the right peer, the stream.
+pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option<TcpStream>) {
+    let mut record = TrialRecord {
+        trial: spec.trial,
+        strategy: spec.strategy,
+        role: spec.role,
+        local_port: spec.local.port(),
+        public_port: spec.public_port,
+        peer_port: Some(spec.peer.port()),
+        outcome: TrialOutcome::Timeout,
+        attempts: Vec::new(),
+        go_to_established_ms: None,
+        completed_by: None,
+        nonce_verified: false,
+        start_delay_ms: ms(spec.start_delay),
+        injected_skew_ms: ms(spec.injected_skew),
+        peer_outcome: None,
+        handshake: None,
+        error: None,
+    };
+    // The listener exists before our first SYN. Under `connect_listen` it takes
+    // a peer SYN from an unpredicted port (a symmetric NAT); under `low_ttl` it
+    // answers the peer's SYN that our primed NAT admits whenever it comes, so
+    // an early SYN never meets a host without a socket (whose RST would tear
+    // both NATs' sessions down).
+    let listener = if uses_listener(spec.strategy) {
+        match socket::listen_on(spec.local) {
+            Ok(listener) => Some(listener),
+            Err(e) => return local_error(record, format!("cannot listen on {}: {e}", spec.local)),
+        }
+    } else {
+        None
+    };
+    tokio::time::sleep_until(go_at + spec.start_delay + spec.injected_skew).await;
+
+    let connected = match &listener {
+        None => connect_with_retries(spec, go_at, &mut record)
+            .await
+            .map(|s| (s, Completion::Connect)),
+        Some(listener) => {
+            tokio::select! {
+                stream = connect_with_retries(spec, go_at, &mut record) => stream.map(|s| (s, Completion::Connect)),
+                accepted = accept_from_peer(listener, spec.peer.ip()) => Some((accepted, Completion::Listener)),
+            }
+        }
+    };
+    drop(listener);
+    let Some((mut stream, completion)) = connected else {
+        record.outcome = outcome_of_attempts(&record.attempts);
+        return (record, None);
+    };
+    record.go_to_established_ms = Some(ms(go_at.elapsed()));
+    record.completed_by = Some(completion);
+    match nonce::exchange(&mut stream, &spec.nonce, NONCE_TIMEOUT).await {
+        Ok(()) => {
+            record.nonce_verified = true;
+            record.outcome = TrialOutcome::Connected;
+            (record, Some(stream))
+        }
+        Err(e) => {
+            record.outcome = TrialOutcome::WrongPeer;
+            record.error = Some(e.to_string());
+            (record, None)
+        }
+    }
+}
+
+/// Runs the trial and, if it connected, the Bitcoin handshake over the punched
+/// socket: the coordinator's initiator starts it, the responder answers.
+pub async fn run_trial_with_handshake(
+    spec: &TrialSpec,
+    handshake: &HandshakeSpec,
+    go_at: Instant,
+) -> TrialRecord {
+    let (mut record, stream) = run_trial(spec, go_at).await;
+    let Some(stream) = stream else {
+        return record;
+    };
+    let config = HandshakeConfig {
+        network: handshake.network,
+        step_timeout: handshake.step_timeout,
+        peer_addr: Some(spec.peer),
+        ..HandshakeConfig::default()
+    };
+    let result = match spec.role {
+        Role::Initiator => btc::initiate(stream, handshake.transport, &config).await,
+        Role::Responder => btc::respond(stream, Accept::Both, &config).await,
+    };
+    match result {
+        Ok(handshake) => record.handshake = Some(handshake),
+        Err(e) => record.error = Some(format!("handshake tool failure: {e}")),
+    }
+    record
+}
+
+/// The `low_ttl` opening move: a SYN from our trial port whose TTL lets it
+/// create our own NAT's mapping but die before the peer's NAT.
+pub async fn prime_low_ttl(local: SocketAddr, peer: SocketAddr, ttl: u8) -> std::io::Result<()> {
+    let socket = socket::bound(local)?;
+    socket.set_ttl(u32::from(ttl))?;
+    let stream = socket::into_tokio(socket)?;
+    // connect() sends the SYN at once; the attempt itself is expected to fail
+    // (time exceeded) or hang, and is abandoned: closing a half-open socket sends nothing.
+    let _ = tokio::time::timeout(Duration::from_millis(20), stream.connect(peer)).await;
+    Ok(())
+}
+
+async fn connect_with_retries(
+    spec: &TrialSpec,
+    go_at: Instant,
+    record: &mut TrialRecord,
+) -> Option<TcpStream> {
+    for attempt in 0..spec.max_attempts {
+        if attempt > 0 {
+            let jitter_ms = rand::thread_rng().gen_range(0..=spec.retry_jitter.as_millis() as u64);
+            tokio::time::sleep(spec.retry_gap + Duration::from_millis(jitter_ms)).await;
+        }
+        let started = Instant::now();
+        let result = socket::connect_from(spec.local, spec.peer, spec.attempt_timeout).await;
+        let result = match result {
+            Ok(stream) => match stream.peer_addr() {
+                // A socket can look connected after EADDRNOTAVAIL when a listener
+                // took the 4-tuple; only a real peer address counts.
+                Ok(addr) if addr == spec.peer => Ok(stream),
+                Ok(addr) => Err(AttemptResult::Error {
+                    detail: format!("connected to {addr}, not the peer"),
+                }),
+                Err(e) => Err(socket::attempt_result(&e)),
+            },
+            Err(socket::ConnectError::Timeout) => Err(AttemptResult::Timeout),
+            Err(socket::ConnectError::Io(e)) => Err(socket::attempt_result(&e)),
+        };
+        let connected = result.is_ok();
+        record.attempts.push(Attempt {
+            started_ms: ms(started.duration_since(go_at)),
+            duration_ms: ms(started.elapsed()),
+            result: match &result {
+                Ok(_) => AttemptResult::Connected,
+                Err(r) => r.clone(),
+            },
+        });
+        if connected {
+            return result.ok();
+        }
+        let taken_by_listener = matches!(&result, Err(AttemptResult::Error { detail }) if detail.contains("EADDRNOTAVAIL"));
+        if uses_listener(spec.strategy) && taken_by_listener {
+            // The 4-tuple belongs to a connection our listener accepted: give it the win.
+            tokio::time::sleep(spec.attempt_timeout).await;
+            return None;
+        }
+    }
+    // Out of attempts: with a listener still racing, keep it in the race until it too gives up.
+    if uses_listener(spec.strategy) {
+        tokio::time::sleep(spec.attempt_timeout).await;
+    }
+    None
+}
+
+/// Strategies that also listen on the trial port while connecting.
+fn uses_listener(strategy: Strategy) -> bool {
+    matches!(strategy, Strategy::ConnectListen | Strategy::LowTtl)
+}
+
+/// Accepts the peer's connection on our trial port; strangers are closed and ignored.
+async fn accept_from_peer(
+    listener: &tokio::net::TcpListener,
+    peer_ip: std::net::IpAddr,
+) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, from)) if from.ip() == peer_ip => return stream,
+            Ok(_) => continue,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+fn outcome_of_attempts(attempts: &[Attempt]) -> TrialOutcome {
+    match attempts.last().map(|a| &a.result) {
+        Some(AttemptResult::Refused) => TrialOutcome::Refused,
+        Some(AttemptResult::Unreachable) => TrialOutcome::Unreachable,
+        Some(AttemptResult::Error { .. })
+            if attempts
+                .iter()
+                .all(|a| matches!(a.result, AttemptResult::Error { .. })) =>
+        {
+            TrialOutcome::LocalError
+        }
+        _ => TrialOutcome::Timeout,
+    }
+}
+
+fn local_error(mut record: TrialRecord, error: String) -> (TrialRecord, Option<TcpStream>) {
+    record.outcome = TrialOutcome::LocalError;
+    record.error = Some(error);
+    (record, None)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
