@@ -285,3 +285,37 @@ fn low_ttl_priming_survives_a_start_skew_that_breaks_rst_nats() {
         "bob's listener answered alice's early SYN"
     );
 }
+
+#[test]
+fn the_manual_punch_command_connects_two_hosts_and_runs_a_handshake() {
+    let lab = start_lab("pum", &pair_scenario("delay_ms = 10", "delay_ms = 10"));
+    // Port-preserving NATs: each side's public endpoint is its public IP and the bound port.
+    let public = |host: &str| lab.scenario().host(host).unwrap().public_ip;
+    let spawn = |host: &str, peer: std::net::Ipv4Addr, role: &str| {
+        punchscope::lab::netns::command_in(
+            &lab.host_netns(host).unwrap(),
+            env!("CARGO_BIN_EXE_punchscope"),
+        )
+        .unwrap()
+        .args([
+            "punch",
+            "--bind",
+            "40000",
+            "--peer",
+            &format!("{peer}:40000"),
+        ])
+        .args(["--nonce", "shared-word", "--handshake-role", role, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let alice = spawn("alice", public("bob"), "initiator");
+    let bob = spawn("bob", public("alice"), "responder");
+    for (who, child) in [("alice", alice), ("bob", bob)] {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{who}: exit {:?}", output.status);
+        let record: TrialRecord = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(record.outcome, TrialOutcome::Connected, "{who}");
+        assert!(record.handshake.is_some_and(|h| h.success), "{who}");
+    }
+}

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod classify;
 mod handshake;
 mod lab;
+mod punch;
 mod serve;
 
 /// Measure how well TCP hole punching works for Bitcoin nodes behind home NATs.
@@ -25,6 +26,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Build NAT labs in network namespaces and run things inside them.
     Lab(lab::LabArgs),
+    /// One manual punching trial to a peer whose public endpoint you know (exit 0 connected, 2 not).
+    Punch(punch::PunchArgs),
     /// Run a Bitcoin P2P handshake (v1 or BIP324 v2) with a node, or answer one (`--listen`).
     Handshake(handshake::HandshakeArgs),
 }
@@ -35,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Punch(args) => punch::run(args),
         Command::Handshake(args) => handshake::run(args),
     }
 }
