@@ -1,20 +1,24 @@
-//! Punching trials in the lab, coordinated by the test itself (a perfect
-//! coordinator: both sides share one clock): each side learns its public
-//! endpoint from an echo listener on its trial port, then both run the real
-//! trial code, and the Bitcoin handshake over the punched socket.
+//! Punching trials in the lab, coordinated by the lab itself (a perfect
+//! coordinator: both sides share one clock, see `lab::pair`): the real echo
+//! server reports each side's public endpoint, then both sides run the real
+//! trial code and the Bitcoin handshake over the punched socket.
 
 mod common;
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use punchscope::analysis::handshake::{BitcoinNetwork, Role, Transport};
+use punchscope::analysis::handshake::{BitcoinNetwork, Transport};
 use punchscope::analysis::trial::{Completion, Strategy, TrialOutcome, TrialRecord};
+use punchscope::lab::pair::{run_pair, PairTrial};
+use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
-use punchscope::punch::{self, HandshakeSpec, TrialSpec};
+use punchscope::punch::HandshakeSpec;
 
-const ECHO: &str = "198.51.100.10:3478";
+fn echo() -> SocketAddr {
+    "198.51.100.10:3478".parse().unwrap()
+}
 
 fn pair_scenario(a: &str, b: &str) -> String {
     format!(
@@ -23,65 +27,27 @@ fn pair_scenario(a: &str, b: &str) -> String {
     )
 }
 
-/// Runs trial `n` between alice (initiator) and bob (responder).
+/// Trial `n` between alice (initiator) and bob (responder), with a handshake if a transport is given.
 fn trial(
     lab: &Lab,
     n: u32,
     strategy: Strategy,
-    transport: Transport,
+    transport: Option<Transport>,
 ) -> (TrialRecord, TrialRecord) {
-    let port = |base: u16| base + n as u16;
-    let alice_local = SocketAddrV4::new(lab.scenario().host("alice").unwrap().address, port(50000));
-    let bob_local = SocketAddrV4::new(lab.scenario().host("bob").unwrap().address, port(51000));
-    // What a coordinator observes on each side's registration connection.
-    let alice_public = lab
-        .run_in("alice", || observe(alice_local, ep(ECHO)))
-        .unwrap();
-    let bob_public = lab.run_in("bob", || observe(bob_local, ep(ECHO))).unwrap();
-    let nonce = format!("{:032x}", 0xfeed_0000u64 + u64::from(n));
-    let spec = |role, local: SocketAddrV4, public: SocketAddrV4, peer: SocketAddrV4| TrialSpec {
-        trial: n,
+    let mut t = PairTrial::new(
+        "alice",
+        "bob",
+        n,
         strategy,
-        role,
-        local: SocketAddr::V4(SocketAddrV4::new([0, 0, 0, 0].into(), local.port())),
-        peer: SocketAddr::V4(peer),
-        public_port: Some(public.port()),
-        nonce: nonce.clone(),
-        start_delay: Duration::ZERO,
-        injected_skew: Duration::ZERO,
-        attempt_timeout: Duration::from_millis(1500),
-        max_attempts: 3,
-        retry_gap: Duration::from_millis(100),
-        retry_jitter: Duration::from_millis(300),
-    };
-    let alice_spec = spec(Role::Initiator, alice_local, alice_public, bob_public);
-    let bob_spec = spec(Role::Responder, bob_local, bob_public, alice_public);
-    let handshake = HandshakeSpec {
+        (50000 + n as u16, 51000 + n as u16),
+        echo(),
+    );
+    t.handshake = transport.map(|transport| HandshakeSpec {
         transport,
         network: BitcoinNetwork::Regtest,
         step_timeout: Duration::from_secs(5),
-    };
-    let go_at = std::time::Instant::now() + Duration::from_millis(50);
-    let run = |host: &str, spec: TrialSpec| {
-        let handshake = handshake.clone();
-        lab.run_in(host, move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(punch::run_trial_with_handshake(
-                &spec,
-                &handshake,
-                tokio::time::Instant::from_std(go_at),
-            ))
-        })
-        .unwrap()
-    };
-    std::thread::scope(|s| {
-        let a = s.spawn(|| run("alice", alice_spec));
-        let b = s.spawn(|| run("bob", bob_spec));
-        (a.join().unwrap(), b.join().unwrap())
-    })
+    });
+    run_pair(lab, &t).unwrap()
 }
 
 #[test]
@@ -90,14 +56,14 @@ fn eim_pairs_punch_every_trial_and_complete_v1_and_v2_handshakes() {
         "pun",
         &pair_scenario("delay_ms = 10", "delay_ms = 15\nunsolicited = \"rst\""),
     );
-    let _echo = EchoServer::start(&lab, &[ECHO]);
+    let _echo = EchoService::start(&lab, &[echo()]).unwrap();
     for n in 0..10 {
         let transport = if n % 2 == 0 {
             Transport::V1
         } else {
             Transport::V2
         };
-        let (alice, bob) = trial(&lab, n, Strategy::Simultaneous, transport);
+        let (alice, bob) = trial(&lab, n, Strategy::Simultaneous, Some(transport));
         for (who, record) in [("alice", &alice), ("bob", &bob)] {
             assert_eq!(
                 record.outcome,
@@ -142,9 +108,9 @@ fn apdm_pairs_never_punch_and_say_why() {
         "pud",
         &pair_scenario("mapping = \"apdm\"", "mapping = \"apdm\""),
     );
-    let _echo = EchoServer::start(&lab, &[ECHO]);
+    let _echo = EchoService::start(&lab, &[echo()]).unwrap();
     for n in 0..3 {
-        let (alice, bob) = trial(&lab, n, Strategy::Simultaneous, Transport::V1);
+        let (alice, bob) = trial(&lab, n, Strategy::Simultaneous, None);
         for record in [&alice, &bob] {
             assert!(
                 matches!(
@@ -154,7 +120,6 @@ fn apdm_pairs_never_punch_and_say_why() {
                 "trial {n}: {record:#?}"
             );
             assert_eq!(record.attempts.len(), 3, "every attempt is recorded");
-            assert!(record.handshake.is_none());
         }
     }
 }
@@ -168,12 +133,12 @@ fn against_a_symmetric_nat_only_connect_listen_works_and_the_record_says_which_s
             "mapping = \"apdm\"\nfiltering = \"apdf\"",
         ),
     );
-    let _echo = EchoServer::start(&lab, &[ECHO]);
-    let (alice, bob) = trial(&lab, 0, Strategy::Simultaneous, Transport::V1);
+    let _echo = EchoService::start(&lab, &[echo()]).unwrap();
+    let (alice, bob) = trial(&lab, 0, Strategy::Simultaneous, None);
     assert_ne!(alice.outcome, TrialOutcome::Connected, "{alice:#?}");
     assert_ne!(bob.outcome, TrialOutcome::Connected, "{bob:#?}");
 
-    let (alice, bob) = trial(&lab, 1, Strategy::ConnectListen, Transport::V1);
+    let (alice, bob) = trial(&lab, 1, Strategy::ConnectListen, Some(Transport::V1));
     assert_eq!(alice.outcome, TrialOutcome::Connected, "{alice:#?}");
     assert_eq!(bob.outcome, TrialOutcome::Connected, "{bob:#?}");
     // Bob's SYN left his symmetric NAT from a new port: only alice's listener could take it.
@@ -182,100 +147,25 @@ fn against_a_symmetric_nat_only_connect_listen_works_and_the_record_says_which_s
     assert!(alice.handshake.as_ref().is_some_and(|h| h.success));
 }
 
-/// One trial between alice and bob on the given ports, bob starting `skew` late,
-/// after priming both ports with a TTL-2 SYN when the strategy is `low_ttl`.
-fn skewed_trial(
-    lab: &Lab,
-    strategy: Strategy,
-    ports: (u16, u16),
-    skew: Duration,
-) -> (TrialRecord, TrialRecord) {
-    let alice_local = SocketAddrV4::new(lab.scenario().host("alice").unwrap().address, ports.0);
-    let bob_local = SocketAddrV4::new(lab.scenario().host("bob").unwrap().address, ports.1);
-    let alice_public = lab
-        .run_in("alice", || observe(alice_local, ep(ECHO)))
-        .unwrap();
-    let bob_public = lab.run_in("bob", || observe(bob_local, ep(ECHO))).unwrap();
-    let any =
-        |local: SocketAddrV4| SocketAddr::V4(SocketAddrV4::new([0, 0, 0, 0].into(), local.port()));
-    if strategy == Strategy::LowTtl {
-        let prime = |host: &str, local: SocketAddrV4, peer: SocketAddrV4| {
-            lab.run_in(host, move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(punch::prime_low_ttl(any(local), SocketAddr::V4(peer), 2))
-            })
-            .unwrap()
-            .unwrap()
-        };
-        prime("alice", alice_local, bob_public);
-        prime("bob", bob_local, alice_public);
-        // The coordinator sends `go` once both reported `primed`.
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let make =
-        |role, local: SocketAddrV4, public: SocketAddrV4, peer: SocketAddrV4, skew| TrialSpec {
-            trial: 0,
-            strategy,
-            role,
-            local: any(local),
-            peer: SocketAddr::V4(peer),
-            public_port: Some(public.port()),
-            nonce: "ab".repeat(16),
-            start_delay: Duration::ZERO,
-            injected_skew: skew,
-            attempt_timeout: Duration::from_millis(2000),
-            max_attempts: 1,
-            retry_gap: Duration::ZERO,
-            retry_jitter: Duration::ZERO,
-        };
-    let alice = make(
-        Role::Initiator,
-        alice_local,
-        alice_public,
-        bob_public,
-        Duration::ZERO,
-    );
-    let bob = make(Role::Responder, bob_local, bob_public, alice_public, skew);
-    let go_at = std::time::Instant::now() + Duration::from_millis(20);
-    let run = |host: &str, spec: TrialSpec| {
-        lab.run_in(host, move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime
-                .block_on(punch::run_trial(
-                    &spec,
-                    tokio::time::Instant::from_std(go_at),
-                ))
-                .0
-        })
-        .unwrap()
-    };
-    std::thread::scope(|s| {
-        let a = s.spawn(|| run("alice", alice));
-        let b = s.spawn(|| run("bob", bob));
-        (a.join().unwrap(), b.join().unwrap())
-    })
-}
-
 #[test]
 fn low_ttl_priming_survives_a_start_skew_that_breaks_rst_nats() {
     let rst = "unsolicited = \"rst\"\ndelay_ms = 50";
     let lab = start_lab("put", &pair_scenario(rst, rst));
-    let _echo = EchoServer::start(&lab, &[ECHO]);
-    let skew = Duration::from_millis(150);
-
-    // Without priming, alice's SYN reaches bob's NAT before bob's opened it: RST.
-    let (a, b) = skewed_trial(&lab, Strategy::Simultaneous, (52000, 52001), skew);
+    let _echo = EchoService::start(&lab, &[echo()]).unwrap();
+    let skewed = |strategy, ports| {
+        let mut t = PairTrial::new("alice", "bob", 0, strategy, ports, echo());
+        t.skew = Duration::from_millis(150);
+        t.max_attempts = 1;
+        t.attempt_timeout = Duration::from_millis(2000);
+        run_pair(&lab, &t).unwrap()
+    };
+    // Without priming, alice's SYN reaches bob's NAT before bob opened it: RST.
+    let (a, b) = skewed(Strategy::Simultaneous, (52000, 52001));
     assert_eq!(a.outcome, TrialOutcome::Refused, "{a:#?}");
     assert_ne!(b.outcome, TrialOutcome::Connected, "{b:#?}");
 
     // Primed with a TTL-2 SYN, the same skew does no harm.
-    let (a, b) = skewed_trial(&lab, Strategy::LowTtl, (52100, 52101), skew);
+    let (a, b) = skewed(Strategy::LowTtl, (52100, 52101));
     assert_eq!(a.outcome, TrialOutcome::Connected, "{a:#?}");
     assert_eq!(b.outcome, TrialOutcome::Connected, "{b:#?}");
     assert_eq!(a.attempts.len(), 1, "one attempt was enough: {a:#?}");

@@ -33,6 +33,8 @@ enum LabCommand {
     },
     /// Benchmark the emulator core (packets/s), the latency the TUN path adds, and classification time (needs root).
     Bench(BenchArgs),
+    /// Run a measurement experiment in a lab (`skew`: start skew vs strategy).
+    Experiment(ExperimentArgs),
     /// Run a command inside a lab host (or `internet`), with its exit code.
     Exec {
         /// Lab name.
@@ -43,6 +45,72 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+struct ExperimentArgs {
+    /// Which experiment: `skew` sweeps the responder's start skew for each strategy.
+    #[arg(value_parser = ["skew"])]
+    kind: String,
+    /// Lab scenario with hosts `alice` and `bob`.
+    #[arg(long, default_value = "probes/lab/skew.toml")]
+    scenario: PathBuf,
+    /// Skews to inject, in milliseconds.
+    #[arg(long, value_delimiter = ',', default_value = "0,50,100,150,300")]
+    skews_ms: Vec<u64>,
+    /// Trials per skew and strategy.
+    #[arg(long, default_value_t = 10)]
+    trials: u32,
+    /// Connect attempts per trial.
+    #[arg(long, default_value_t = 4)]
+    max_attempts: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+fn experiment(args: ExperimentArgs) -> anyhow::Result<ExitCode> {
+    use punchscope::analysis::trial::Strategy;
+    use std::time::Duration;
+    let lab = lab::start_from_file(
+        &args.scenario,
+        LabOptions {
+            name: format!("exp{}", std::process::id()),
+            event_log: None,
+        },
+    )?;
+    let echo: std::net::SocketAddr = "198.51.100.10:3478".parse()?;
+    let _echo = lab::services::EchoService::start(&lab, &[echo])?;
+    let skews: Vec<Duration> = args
+        .skews_ms
+        .iter()
+        .map(|ms| Duration::from_millis(*ms))
+        .collect();
+    let points = lab::pair::skew_sweep(
+        &lab,
+        ("alice", "bob"),
+        echo,
+        &skews,
+        &[Strategy::Simultaneous, Strategy::LowTtl],
+        args.trials,
+        args.max_attempts,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&points)?);
+    } else {
+        println!("strategy        skew   success   trials with refused attempts   median attempts");
+        for p in &points {
+            println!(
+                "{:<14} {:>4} ms   {:>2}/{:<2}     {:>2}                             {:.0}",
+                p.strategy.as_str(),
+                p.skew_ms,
+                p.successes,
+                p.trials,
+                p.with_refusals,
+                p.median_attempts
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +157,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             command,
         } => exec(&name, &host, &command),
         LabCommand::Bench(args) => bench(args),
+        LabCommand::Experiment(args) => experiment(args),
     }
 }
 

@@ -15,6 +15,7 @@ use super::nat::packet::build;
 use super::nat::{Nat, NatConfig, Port};
 use super::netns;
 use super::scenario::Scenario;
+use super::services::EchoService;
 
 /// Throughput of the sans-io core for one packet size.
 #[derive(Debug, Clone, Serialize)]
@@ -199,21 +200,7 @@ pub fn classify_timing(
     let scenario = Scenario::parse(&toml).expect("built-in scenario");
     let lab = start_lab(lab_name, scenario)?;
     let endpoints: Vec<SocketAddr> = ECHO_ENDPOINTS.iter().map(|e| e.parse().unwrap()).collect();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = netns::spawn_in(&lab.internet_netns(), move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let listeners = crate::server::echo::bind_listeners(&endpoints)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            crate::server::echo::run(listeners, Default::default(), async {
-                let _ = stopped.await;
-            })
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-        })
-    });
+    let echo = EchoService::start(&lab, &endpoints)?;
     let mut timings = Vec::new();
     let outcome = (|| {
         for (i, (mapping, filtering, unsolicited)) in CLASSIFY_KINDS.iter().enumerate() {
@@ -253,8 +240,7 @@ pub fn classify_timing(
         }
         Ok::<_, LabError>(())
     })();
-    let _ = stop.send(());
-    let _ = server.join();
+    drop(echo);
     lab.shutdown()?;
     outcome.map(|()| timings)
 }

@@ -9,7 +9,8 @@
 //! files), [`netns`] and [`tun`] (namespace and device plumbing), [`driver`]
 //! (the tokio loop around one router), [`events`] (the ground-truth log),
 //! [`lock`] (one lab per name), [`instance`] (build, run, tear down),
-//! [`bench`] (`lab bench`).
+//! [`bench`] (`lab bench`), [`services`] (our servers inside a lab),
+//! [`pair`] (trials between two hosts coordinated by the lab; the skew experiment).
 
 pub mod bench;
 pub mod driver;
@@ -18,7 +19,9 @@ pub mod instance;
 pub mod lock;
 pub mod nat;
 pub mod netns;
+pub mod pair;
 pub mod scenario;
+pub mod services;
 pub mod tun;
 
 pub use events::LabEvent;

@@ -1,0 +1,235 @@
+//! Trials between two lab hosts coordinated by the lab itself, a perfect
+//! coordinator sharing one clock with both sides, and the skew experiment built on it.
+//!
+//! Each side learns its public endpoint for the trial port from an echo server
+//! in the internet namespace (as a coordinator observes it), `low_ttl` trials
+//! are primed first, then both sides run the real trial code from the same
+//! instant (plus any injected skew on the responder).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+use punchscope_analysis::handshake::Role;
+use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
+use serde::Serialize;
+
+use super::instance::{Lab, LabError};
+use crate::proto::echo::{self, ServerMessage};
+use crate::punch::{self, HandshakeSpec, TrialSpec};
+
+/// One trial between two hosts of a lab.
+#[derive(Debug, Clone)]
+pub struct PairTrial {
+    pub initiator: String,
+    pub responder: String,
+    pub trial: u32,
+    pub strategy: Strategy,
+    /// Local port of each side (initiator, responder).
+    pub ports: (u16, u16),
+    /// Echo server endpoint (in the internet namespace) that reports observed endpoints.
+    pub echo: SocketAddr,
+    /// Extra start delay of the responder.
+    pub skew: Duration,
+    pub attempt_timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_gap: Duration,
+    pub retry_jitter: Duration,
+    pub low_ttl: u8,
+    /// Run this Bitcoin handshake over the punched socket.
+    pub handshake: Option<HandshakeSpec>,
+}
+
+impl PairTrial {
+    /// A trial with the default plan's timing.
+    pub fn new(
+        initiator: &str,
+        responder: &str,
+        trial: u32,
+        strategy: Strategy,
+        ports: (u16, u16),
+        echo: SocketAddr,
+    ) -> Self {
+        Self {
+            initiator: initiator.to_string(),
+            responder: responder.to_string(),
+            trial,
+            strategy,
+            ports,
+            echo,
+            skew: Duration::ZERO,
+            attempt_timeout: Duration::from_millis(1500),
+            max_attempts: 3,
+            retry_gap: Duration::from_millis(100),
+            retry_jitter: Duration::from_millis(300),
+            low_ttl: 2,
+            handshake: None,
+        }
+    }
+}
+
+/// Asks the echo server which public endpoint it sees for `local`.
+pub fn observe(local: SocketAddr, echo_server: SocketAddr) -> std::io::Result<SocketAddr> {
+    let socket = punch::socket::bound(local)?;
+    socket.set_nonblocking(false)?;
+    socket.connect_timeout(&echo_server.into(), Duration::from_secs(5))?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    match echo::decode_server(line.trim_end()) {
+        Ok(ServerMessage::Observed { observed, .. }) => Ok(observed),
+        other => Err(std::io::Error::other(format!(
+            "echo server answered {other:?}"
+        ))),
+    }
+}
+
+fn any_port(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new([0, 0, 0, 0].into(), port))
+}
+
+/// Runs one trial on both sides; returns (initiator's record, responder's record).
+pub fn run_pair(lab: &Lab, t: &PairTrial) -> Result<(TrialRecord, TrialRecord), LabError> {
+    let (a_port, b_port) = t.ports;
+    let a_public = lab
+        .run_in(&t.initiator, || observe(any_port(a_port), t.echo))?
+        .map_err(LabError::Traffic)?;
+    let b_public = lab
+        .run_in(&t.responder, || observe(any_port(b_port), t.echo))?
+        .map_err(LabError::Traffic)?;
+    if t.strategy == Strategy::LowTtl {
+        let prime = |host: &str, port: u16, peer: SocketAddr| {
+            lab.run_in(host, move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(punch::prime_low_ttl(any_port(port), peer, t.low_ttl))
+            })
+        };
+        prime(&t.initiator, a_port, b_public)?.map_err(LabError::Traffic)?;
+        prime(&t.responder, b_port, a_public)?.map_err(LabError::Traffic)?;
+        // What the coordinator waits for: both sides reported their priming SYN sent.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let nonce = format!("{:032x}", rand::random::<u128>());
+    let spec = |role, port: u16, public: SocketAddr, peer: SocketAddr, skew| TrialSpec {
+        trial: t.trial,
+        strategy: t.strategy,
+        role,
+        local: any_port(port),
+        peer,
+        public_port: Some(public.port()),
+        nonce: nonce.clone(),
+        start_delay: Duration::ZERO,
+        injected_skew: skew,
+        attempt_timeout: t.attempt_timeout,
+        max_attempts: t.max_attempts,
+        retry_gap: t.retry_gap,
+        retry_jitter: t.retry_jitter,
+    };
+    let a_spec = spec(Role::Initiator, a_port, a_public, b_public, Duration::ZERO);
+    let b_spec = spec(Role::Responder, b_port, b_public, a_public, t.skew);
+    let go_at = Instant::now() + Duration::from_millis(20);
+    let run = |host: &str, spec: TrialSpec| {
+        lab.run_in(host, move || -> std::io::Result<TrialRecord> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let go_at = tokio::time::Instant::from_std(go_at);
+            Ok(runtime.block_on(async {
+                match &t.handshake {
+                    Some(handshake) => {
+                        punch::run_trial_with_handshake(&spec, handshake, go_at).await
+                    }
+                    None => punch::run_trial(&spec, go_at).await.0,
+                }
+            }))
+        })
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run(&t.initiator, a_spec));
+        let b = s.spawn(|| run(&t.responder, b_spec));
+        (
+            a.join().expect("initiator thread"),
+            b.join().expect("responder thread"),
+        )
+    });
+    let mut a = a?.map_err(LabError::Traffic)?;
+    let mut b = b?.map_err(LabError::Traffic)?;
+    a.peer_outcome = Some(b.outcome);
+    b.peer_outcome = Some(a.outcome);
+    Ok((a, b))
+}
+
+/// Success of one strategy at one skew.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkewPoint {
+    pub strategy: Strategy,
+    pub skew_ms: u64,
+    pub trials: u32,
+    /// Trials where both sides connected and proved the nonce.
+    pub successes: u32,
+    /// Trials whose initiator saw at least one refused attempt.
+    pub with_refusals: u32,
+    pub median_attempts: f64,
+}
+
+/// The skew experiment: for each skew and strategy, `trials` trials between
+/// `initiator` and `responder` (the lab decides their NATs).
+pub fn skew_sweep(
+    lab: &Lab,
+    (initiator, responder): (&str, &str),
+    echo: SocketAddr,
+    skews: &[Duration],
+    strategies: &[Strategy],
+    trials: u32,
+    max_attempts: u32,
+) -> Result<Vec<SkewPoint>, LabError> {
+    let mut points = Vec::new();
+    let mut port = 30000u16;
+    for &strategy in strategies {
+        for &skew in skews {
+            let mut successes = 0;
+            let mut with_refusals = 0;
+            let mut attempts = Vec::new();
+            for trial in 0..trials {
+                let mut t = PairTrial::new(
+                    initiator,
+                    responder,
+                    trial,
+                    strategy,
+                    (port, port + 1),
+                    echo,
+                );
+                port = port.wrapping_add(2).max(30000);
+                t.skew = skew;
+                t.max_attempts = max_attempts;
+                t.attempt_timeout = Duration::from_millis(1500);
+                t.retry_gap = Duration::from_millis(200);
+                t.retry_jitter = Duration::from_millis(1000);
+                let (a, b) = run_pair(lab, &t)?;
+                if a.outcome == TrialOutcome::Connected && b.outcome == TrialOutcome::Connected {
+                    successes += 1;
+                }
+                if a.attempts
+                    .iter()
+                    .any(|x| x.result == punchscope_analysis::trial::AttemptResult::Refused)
+                {
+                    with_refusals += 1;
+                }
+                attempts.push(a.attempts.len() as f64);
+            }
+            attempts.sort_by(f64::total_cmp);
+            points.push(SkewPoint {
+                strategy,
+                skew_ms: skew.as_millis() as u64,
+                trials,
+                successes,
+                with_refusals,
+                median_attempts: attempts.get(attempts.len() / 2).copied().unwrap_or(0.0),
+            });
+        }
+    }
+    Ok(points)
+}
