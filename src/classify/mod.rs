@@ -302,13 +302,18 @@ async fn mapping_probes(
 /// launch order (one path keeps packet order), short enough to cost one round trip in all.
 const ALLOCATION_SPACING: Duration = Duration::from_millis(10);
 
-/// Step 2b: fresh local ports, each to the primary, launched in order a few
-/// milliseconds apart so the NAT allocates in launch order.
+/// Step 2b: fresh local ports, each to the primary, launched a few
+/// milliseconds apart and ordered by when each SYN left. Run on a
+/// current-thread runtime, so that no two connect() calls race.
 async fn allocation_probes(primary: SocketAddr, count: usize, timeout: Duration) -> Vec<Probe> {
     let mut running = tokio::task::JoinSet::new();
     for i in 0..count {
         running.spawn(async move {
             tokio::time::sleep(ALLOCATION_SPACING * i as u32).await;
+            // Stamped with no await point before connect() issues the SYN: under
+            // load timers fire together and tasks run out of index order, but the
+            // stamps give the order the NAT saw the SYNs in.
+            let sent = std::time::Instant::now();
             let probe = match socket::bound(unspecified(primary, 0)) {
                 Err(e) => Probe {
                     local: unspecified(primary, 0),
@@ -322,16 +327,16 @@ async fn allocation_probes(primary: SocketAddr, count: usize, timeout: Duration)
                     Err((probe, _)) => probe,
                 },
             };
-            (i, probe)
+            (sent, probe)
         });
     }
-    let mut probes: Vec<(usize, Probe)> = Vec::with_capacity(count);
+    let mut probes: Vec<(std::time::Instant, Probe)> = Vec::with_capacity(count);
     while let Some(joined) = running.join_next().await {
         if let Ok(done) = joined {
             probes.push(done);
         }
     }
-    // Launch order is the order the NAT allocated in.
-    probes.sort_by_key(|(i, _)| *i);
+    // The order the SYNs left in is the order the NAT allocated in.
+    probes.sort_by_key(|(sent, _)| *sent);
     probes.into_iter().map(|(_, probe)| probe).collect()
 }

@@ -38,7 +38,11 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         allocation_probes: args.allocation_probes,
         hairpin: !args.no_hairpin,
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // One thread: the allocation probes' SYN order must be the order we stamp.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let result = runtime
         .block_on(classify(&config))
         .context("NAT classification failed")?;
