@@ -5,12 +5,15 @@
 //! - [`lab`] (Linux only): NATs of every RFC 4787 kind built from network
 //!   namespaces and a user-space NAT emulator, so the whole pipeline runs and
 //!   is tested on one machine. Its emulator core ([`lab::nat`]) is sans-io.
-//! - [`proto`]: sans-io wire codecs (echo/reflector messages).
+//! - [`proto`]: sans-io wire codecs (echo/reflector messages, rendezvous
+//!   messages and the coordinator's state machine).
 //! - [`server`]: the servers (`punchscope serve ...`), each taking bound listeners and a shutdown signal.
 //! - [`classify`]: TCP NAT classification against echo servers.
 //! - [`punch`]: one TCP hole-punching trial (strategies, retries, nonce proof),
 //!   and the Bitcoin handshake over the punched socket.
 //! - [`btc`]: Bitcoin P2P handshakes (v1 and BIP324 v2) over any byte stream.
+//! - [`rendezvous`]: the volunteer's client of the coordinator (pairing, trial
+//!   steps, port registration).
 //!
 //! The command line lives in the binary (`src/main.rs`, `src/cli/`), the only
 //! place that uses `anyhow`. NAT behaviour types and the results schema live
@@ -23,4 +26,5 @@ pub mod classify;
 pub mod lab;
 pub mod proto;
 pub mod punch;
+pub mod rendezvous;
 pub mod server;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod classify;
 mod handshake;
 mod lab;
@@ -22,7 +23,7 @@ pub struct Cli {
 pub enum Command {
     /// Classify the NAT in front of this host (mapping, filtering, port allocation, hairpinning).
     Classify(classify::ClassifyArgs),
-    /// Run a server (`serve echo`).
+    /// Run a server (`serve echo`, `serve rendezvous`).
     Serve(serve::ServeArgs),
     /// Build NAT labs in network namespaces and run things inside them.
     Lab(lab::LabArgs),
@@ -30,6 +31,8 @@ pub enum Command {
     Punch(punch::PunchArgs),
     /// Run a Bitcoin P2P handshake (v1 or BIP324 v2) with a node, or answer one (`--listen`).
     Handshake(handshake::HandshakeArgs),
+    /// Benchmarks on loopback (`bench rendezvous`).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the chosen subcommand. Errors carry context for the user; `main` prints them.
@@ -40,5 +43,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lab(args) => lab::run(args),
         Command::Punch(args) => punch::run(args),
         Command::Handshake(args) => handshake::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

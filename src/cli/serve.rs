@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use punchscope::analysis::plan::Plan;
+use punchscope::proto::rendezvous::coordinator::ReferencePolicy;
 use punchscope::server::echo::{self, EchoConfig};
+use punchscope::server::rendezvous::{self, RendezvousConfig};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -18,6 +21,36 @@ pub struct ServeArgs {
 pub enum ServeCommand {
     /// Echo/reflector server for `punchscope classify`: reports observed endpoints, dials back on request.
     Echo(EchoArgs),
+    /// Rendezvous coordinator: pairs volunteers and coordinates punching trials (docs/rendezvous.md).
+    Rendezvous(RendezvousArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RendezvousArgs {
+    /// Endpoint to listen on (control and registration connections share it).
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: SocketAddr,
+    /// Probe plan (TOML) handed to every pair; default: probes/default.toml as built in.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<std::path::PathBuf>,
+    /// Longest a volunteer waits for a peer, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub max_wait_secs: u64,
+    /// Accept reference peers (`mode: reference`) from this IP (repeat).
+    #[arg(long = "reference-ip", value_name = "IP")]
+    pub reference_ips: Vec<std::net::IpAddr>,
+    /// Accept reference peers from anywhere (labs only: a reference is paired with everyone).
+    #[arg(long, conflicts_with = "reference_ips")]
+    pub any_reference: bool,
+    /// Connections served at once; more are told `busy` and closed.
+    #[arg(long, default_value_t = RendezvousConfig::default().max_connections)]
+    pub max_connections: usize,
+    /// Connections at once per source IP.
+    #[arg(long, default_value_t = 16)]
+    pub max_connections_per_ip: u32,
+    /// Trials one volunteer IP may run in a burst (one more every 3 s after that).
+    #[arg(long, default_value_t = 200)]
+    pub trials_per_ip_burst: u32,
 }
 
 #[derive(Debug, Args)]
@@ -45,7 +78,45 @@ pub struct EchoArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     match args.server {
         ServeCommand::Echo(args) => run_echo(args),
+        ServeCommand::Rendezvous(args) => run_rendezvous(args),
     }
+}
+
+fn run_rendezvous(args: RendezvousArgs) -> anyhow::Result<ExitCode> {
+    let mut config = RendezvousConfig {
+        max_connections: args.max_connections,
+        ..RendezvousConfig::default()
+    };
+    let core = &mut config.coordinator;
+    if let Some(path) = &args.plan {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the plan {}", path.display()))?;
+        core.plan = Plan::from_toml(&text).with_context(|| format!("plan {}", path.display()))?;
+    }
+    core.max_wait = Duration::from_secs(args.max_wait_secs);
+    core.max_connections_per_ip = args.max_connections_per_ip;
+    core.trials_per_ip_burst = args.trials_per_ip_burst;
+    core.references = if args.any_reference {
+        ReferencePolicy::Anyone
+    } else if args.reference_ips.is_empty() {
+        ReferencePolicy::Nobody
+    } else {
+        ReferencePolicy::From(args.reference_ips.clone())
+    };
+    let fds = rendezvous::raise_fd_limit().context("cannot raise the open-file limit")?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = rendezvous::bind_listener(args.listen)?;
+        let local = listener.local_addr().context("listener address")?;
+        // Tools (the bench) read this line to find an ephemeral port.
+        eprintln!("rendezvous: listening on {local} (open-file limit {fds})");
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("rendezvous: shutting down");
+        };
+        rendezvous::run(listener, config, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn run_echo(args: EchoArgs) -> anyhow::Result<ExitCode> {

@@ -1,3 +1,4 @@
 //! Sans-io wire codecs: plain functions and types over bytes, no sockets, no tokio.
 
 pub mod echo;
+pub mod rendezvous;

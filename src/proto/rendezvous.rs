@@ -1,0 +1,440 @@
+//! Rendezvous wire protocol (version 1): messages, line framing and validation, no I/O.
+//!
+//! Newline-delimited JSON, one object per line, each with `"v": 1` and a
+//! `"type"`. The full specification is in `docs/protocol.md` ("Rendezvous
+//! protocol"); keep the two in step. The coordinator's logic is the sans-io
+//! state machine in [`coordinator`].
+//!
+//! As with the echo protocol, the coordinator is strict with what clients
+//! send (unknown fields are refused: no client message can carry an address)
+//! and clients are lenient with what the coordinator sends (unknown fields
+//! are ignored, so fields can be added within version 1).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use punchscope_analysis::handshake::Role;
+use punchscope_analysis::plan::Plan;
+use punchscope_analysis::trial::{Strategy, TrialOutcome};
+
+pub mod coordinator;
+mod pairing;
+#[cfg(test)]
+mod tests;
+
+/// The protocol version this code speaks.
+pub const VERSION: u32 = 1;
+/// Every version this code speaks, sent back when a peer speaks another.
+pub const SUPPORTED_VERSIONS: &[u32] = &[VERSION];
+/// Longest line either side may send, newline included.
+pub const MAX_LINE: usize = 8192;
+/// Port a client assumes when given only a host name (next to the echo server's 8339).
+pub const DEFAULT_PORT: u16 = 8340;
+/// Longest pair code, client version or OS string.
+pub const MAX_SHORT_TEXT: usize = 64;
+
+/// Whether a client is a volunteer or a researcher-run reference peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Volunteer,
+    Reference,
+}
+
+/// The first line of a control connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The client's software version, e.g. "punchscope 0.1.0" (1 to 64 printable characters).
+    pub client_version: String,
+    /// The client's operating system, e.g. "linux" (1 to 64 printable characters).
+    pub os: String,
+    pub mode: Mode,
+    /// Pairs only with a client that gives the same code (1 to 64 of `A-Z a-z 0-9 - _`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_code: Option<String>,
+    /// How long this client is willing to wait for a peer; the coordinator
+    /// uses the smaller of this and its own limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
+    /// Must be `true`: the volunteer agrees to exchange public endpoints with a peer.
+    pub consent: bool,
+}
+
+/// What one side says about a finished trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialResult {
+    pub trial: u32,
+    pub outcome: TrialOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go_to_established_ms: Option<f64>,
+    pub attempts: u32,
+}
+
+/// What a client sends: on a control connection, or the one line of a registration connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First line of a control connection.
+    Hello(Hello),
+    /// Answer to `ping`, at once.
+    Pong { id: u64 },
+    /// The low-TTL opening SYN of this trial has been sent.
+    Primed { trial: u32 },
+    /// This side's outcome of a trial.
+    Result(TrialResult),
+    /// The client leaves; the coordinator closes.
+    Bye,
+    /// First and only line of a registration connection.
+    Register { token: String },
+}
+
+/// The paired peer, as far as a client needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub mode: Mode,
+}
+
+/// What the coordinator sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answer to `hello`.
+    Welcome { session: String },
+    /// Heartbeat while no peer is found.
+    Waiting { waited_ms: u64 },
+    /// A peer was found; trials follow.
+    Paired {
+        role: Role,
+        plan: Plan,
+        peer: PeerInfo,
+    },
+    /// No peer within the wait; the coordinator closes after this.
+    NoPeer { waited_ms: u64, reason: String },
+    /// An RTT sample: answer with `pong` and the same id at once.
+    Ping { id: u64 },
+    /// A trial starts: register a fresh local port with this token.
+    Trial {
+        trial: u32,
+        token: String,
+        strategy: Strategy,
+    },
+    /// `low_ttl` only: send the opening SYN with this TTL to `peer`, then `primed`.
+    Prime {
+        trial: u32,
+        peer: SocketAddr,
+        ttl: u8,
+    },
+    /// Connect to `peer` after `delay_ms` (which includes `injected_skew_ms`).
+    Go {
+        trial: u32,
+        peer: SocketAddr,
+        delay_ms: u64,
+        nonce: String,
+        strategy: Strategy,
+        injected_skew_ms: u64,
+    },
+    /// The other side's outcome of a trial, once both reported.
+    PeerResult { trial: u32, outcome: TrialOutcome },
+    /// The peer left; the pairing is over and the coordinator closes.
+    PeerGone {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trial: Option<u32>,
+    },
+    /// Every trial of the plan ran; the coordinator closes.
+    Done { trials: u32 },
+    /// Only line on a registration connection: the source endpoint seen.
+    Registered { observed: SocketAddr },
+    /// Something was refused; the coordinator closes after this.
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        supported_versions: Option<Vec<u32>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// Machine-readable reason in an `error` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    UnsupportedVersion,
+    Malformed,
+    LineTooLong,
+    UnknownType,
+    BadRequest,
+    /// A valid message at the wrong moment (e.g. `primed` outside a low-TTL trial).
+    Unexpected,
+    ConsentRequired,
+    ReferenceNotAllowed,
+    /// No first line within the deadline.
+    HelloTimeout,
+    PingTimeout,
+    RegisterTimeout,
+    PrimedTimeout,
+    ResultTimeout,
+    UnknownToken,
+    /// The registration came from another IP than the control connection.
+    IpMismatch,
+    TooManyConnections,
+    RateLimited,
+    Busy,
+    /// A client could not keep up with what the coordinator sends.
+    TooSlow,
+    ShuttingDown,
+    /// Any code a newer coordinator may add.
+    #[serde(other)]
+    Other,
+}
+
+/// Why a line could not be accepted. The `Display` text is what the peer is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("line longer than {MAX_LINE} bytes: send shorter lines")]
+    LineTooLong,
+    #[error("line ended without a newline: terminate every message with \\n")]
+    Unterminated,
+    #[error("not a JSON object: {0}")]
+    Malformed(String),
+    #[error("missing or non-integer field `v`: every message carries the protocol version")]
+    MissingVersion,
+    #[error(
+        "protocol version {got} is not spoken here (supported: {supported:?}): upgrade punchscope"
+    )]
+    UnsupportedVersion { got: u64, supported: Vec<u32> },
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    #[error("bad message: {0}")]
+    BadRequest(String),
+    #[error("consent must be true: the coordinator tells your public endpoint to your peer only with your consent")]
+    ConsentRequired,
+}
+
+impl ProtoError {
+    /// The error code to put in the `error` line for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtoError::LineTooLong => ErrorCode::LineTooLong,
+            ProtoError::Unterminated | ProtoError::Malformed(_) | ProtoError::MissingVersion => {
+                ErrorCode::Malformed
+            }
+            ProtoError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            ProtoError::UnknownType(_) => ErrorCode::UnknownType,
+            ProtoError::BadRequest(_) => ErrorCode::BadRequest,
+            ProtoError::ConsentRequired => ErrorCode::ConsentRequired,
+        }
+    }
+
+    /// The `error` line that tells the peer about this failure.
+    pub fn to_message(&self) -> ServerMessage {
+        let supported_versions = match self {
+            ProtoError::UnsupportedVersion { supported, .. } => Some(supported.clone()),
+            _ => None,
+        };
+        ServerMessage::Error {
+            code: self.code(),
+            message: self.to_string(),
+            supported_versions,
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// An `error` line without extra fields.
+pub fn error_message(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
+    ServerMessage::Error {
+        code,
+        message: message.into(),
+        supported_versions: None,
+        retry_after_ms: None,
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, T> {
+    v: u32,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+fn encode<T: Serialize>(body: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&Envelope { v: VERSION, body })
+        .expect("protocol messages always serialize");
+    debug_assert!(line.len() < MAX_LINE, "message exceeds MAX_LINE");
+    line.push(b'\n');
+    line
+}
+
+/// One coordinator message as a line, newline included.
+pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
+    encode(msg)
+}
+
+/// One client message as a line, newline included.
+pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
+    encode(msg)
+}
+
+/// Checks the framing of raw bytes read up to and including a newline (at
+/// most [`MAX_LINE`] of them) and returns the text without the newline.
+pub fn frame(raw: &[u8]) -> Result<&str, ProtoError> {
+    let body = match raw.strip_suffix(b"\n") {
+        Some(body) => body,
+        None if raw.len() >= MAX_LINE => return Err(ProtoError::LineTooLong),
+        None => return Err(ProtoError::Unterminated),
+    };
+    if raw.len() > MAX_LINE {
+        return Err(ProtoError::LineTooLong);
+    }
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    std::str::from_utf8(body).map_err(|e| ProtoError::Malformed(format!("not UTF-8: {e}")))
+}
+
+/// Parses a line into an object whose `v` this code speaks, with `v` removed.
+fn versioned_object(line: &str) -> Result<Map<String, Value>, ProtoError> {
+    let value: Value =
+        serde_json::from_str(line).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    let Value::Object(mut obj) = value else {
+        return Err(ProtoError::Malformed("expected a JSON object".into()));
+    };
+    let v = obj
+        .remove("v")
+        .and_then(|v| v.as_u64())
+        .ok_or(ProtoError::MissingVersion)?;
+    if !SUPPORTED_VERSIONS.iter().any(|s| u64::from(*s) == v) {
+        return Err(ProtoError::UnsupportedVersion {
+            got: v,
+            supported: SUPPORTED_VERSIONS.to_vec(),
+        });
+    }
+    Ok(obj)
+}
+
+const CLIENT_TYPES: &[&str] = &["hello", "pong", "primed", "result", "bye", "register"];
+
+/// Decodes and validates a client line (coordinator side).
+pub fn decode_client(line: &str) -> Result<ClientMessage, ProtoError> {
+    let obj = versioned_object(line)?;
+    match obj.get("type") {
+        Some(Value::String(t)) if CLIENT_TYPES.contains(&t.as_str()) => {}
+        Some(Value::String(t)) => return Err(ProtoError::UnknownType(t.clone())),
+        _ => return Err(ProtoError::Malformed("missing string field `type`".into())),
+    }
+    let msg: ClientMessage = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| ProtoError::BadRequest(e.to_string()))?;
+    validate_client(&msg)?;
+    Ok(msg)
+}
+
+fn validate_client(msg: &ClientMessage) -> Result<(), ProtoError> {
+    let bad = |s: String| Err(ProtoError::BadRequest(s));
+    match msg {
+        ClientMessage::Hello(h) => {
+            for (name, text) in [("client_version", &h.client_version), ("os", &h.os)] {
+                if text.is_empty()
+                    || text.len() > MAX_SHORT_TEXT
+                    || text.chars().any(|c| c.is_control())
+                {
+                    return bad(format!(
+                        "{name} must be 1 to {MAX_SHORT_TEXT} printable characters"
+                    ));
+                }
+            }
+            if let Some(code) = &h.pair_code {
+                if !is_token(code, MAX_SHORT_TEXT) {
+                    return bad(format!(
+                        "pair_code must be 1 to {MAX_SHORT_TEXT} characters from A-Z a-z 0-9 - _"
+                    ));
+                }
+            }
+            if !h.consent {
+                return Err(ProtoError::ConsentRequired);
+            }
+        }
+        ClientMessage::Register { token } if !is_token(token, MAX_SHORT_TEXT) => {
+            return bad("token must be the one from the `trial` message".into());
+        }
+        ClientMessage::Result(r) => {
+            if let Some(ms) = r.go_to_established_ms {
+                if !ms.is_finite() || ms < 0.0 {
+                    return bad("go_to_established_ms must be a non-negative number".into());
+                }
+            }
+            if r.attempts > 1000 {
+                return bad("attempts must be at most 1000".into());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Decodes a coordinator line (client side). Unknown fields are ignored.
+pub fn decode_server(line: &str) -> Result<ServerMessage, ProtoError> {
+    let obj = versioned_object(line)?;
+    let kind = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    serde_json::from_value(Value::Object(obj)).map_err(|e| {
+        if e.to_string().starts_with("unknown variant") {
+            ProtoError::UnknownType(kind)
+        } else {
+            ProtoError::Malformed(e.to_string())
+        }
+    })
+}
+
+/// How long a trial may take from `go` to both results, for this plan: every
+/// attempt with its worst-case gap, a Bitcoin handshake of five steps, the
+/// largest start delay, and a margin for slow links. Both the coordinator
+/// (its deadline for `result`) and clients (how long to wait for the next
+/// message) use this.
+pub fn result_deadline(plan: &Plan) -> Duration {
+    let attempts = u64::from(plan.max_attempts)
+        * (u64::from(plan.attempt_timeout_ms)
+            + u64::from(plan.retry_gap_ms)
+            + u64::from(plan.retry_jitter_ms));
+    let handshake = 5 * u64::from(plan.handshake_step_ms);
+    let delay = u64::from(plan.injected_skew_ms) + MAX_START_DELAY_MS;
+    Duration::from_millis(attempts + handshake + delay + RESULT_MARGIN_MS)
+}
+
+/// The start delays compensate RTT differences and are capped at this.
+pub const MAX_START_DELAY_MS: u64 = 5_000;
+const RESULT_MARGIN_MS: u64 = 5_000;
+
+/// Per-side start delays (initiator, responder) so both sides' SYNs leave at
+/// the same moment: `go` reaches a side about rtt/2 after it is sent, so the
+/// nearer side waits half the RTT difference. The responder also gets the
+/// plan's injected skew. Delays are capped at [`MAX_START_DELAY_MS`].
+pub fn start_delays(
+    rtt_initiator: Duration,
+    rtt_responder: Duration,
+    injected_skew: Duration,
+) -> (Duration, Duration) {
+    let far = rtt_initiator.max(rtt_responder);
+    let cap = Duration::from_millis(MAX_START_DELAY_MS);
+    let initiator = ((far - rtt_initiator) / 2).min(cap);
+    let responder = ((far - rtt_responder) / 2).min(cap) + injected_skew;
+    (initiator, responder)
+}
+
+/// Milliseconds as an integer for the wire, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,938 @@
+//! The coordinator as a sans-io state machine: connections, lines and time in; lines to send and connections to close out.
+//!
+//! The driver (`server::rendezvous`) feeds it [`Coordinator::connected`],
+//! [`Coordinator::line`], [`Coordinator::closed`] and
+//! [`Coordinator::handle_timeout`], and after each call drains
+//! [`Coordinator::poll_action`]. It sleeps until
+//! [`Coordinator::poll_timeout`]. Time is always passed in, so tests drive
+//! whole pairings with a fake clock.
+//!
+//! Security rests on one rule enforced here: the only address ever sent to a
+//! client (in `prime` and `go`) is the source endpoint observed on its
+//! paired peer's registration connection, registered with a one-time token
+//! that only that peer received, from the same IP as the peer's control
+//! connection. No client message carries an address.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::RngCore;
+
+use punchscope_analysis::handshake::Role;
+use punchscope_analysis::plan::{Plan, PlanError};
+use punchscope_analysis::trial::Strategy;
+
+use super::pairing::Pools;
+use super::{
+    decode_client, error_message, millis, result_deadline, start_delays, ClientMessage, ErrorCode,
+    Hello, Mode, PeerInfo, ProtoError, ServerMessage, TrialResult,
+};
+
+/// A connection, numbered by the driver (unique for the coordinator's life).
+pub type ConnId = u64;
+
+/// Which reference peers are accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ReferencePolicy {
+    /// `mode: reference` is refused (a reference is paired with everyone, so
+    /// it is only for hosts the operator runs).
+    #[default]
+    Nobody,
+    /// From these IPs only.
+    From(Vec<IpAddr>),
+    /// From anywhere (labs and tests).
+    Anyone,
+}
+
+/// Tunables of the coordinator. `Default` suits a public deployment with the default plan.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Handed to every pair; validated by [`Coordinator::new`].
+    pub plan: Plan,
+    /// Deadline for the first line of any connection.
+    pub hello_timeout: Duration,
+    /// Longest a volunteer waits for a peer (a client may ask for less).
+    pub max_wait: Duration,
+    /// Interval of `waiting` heartbeats.
+    pub heartbeat: Duration,
+    /// Deadline for each `pong`.
+    pub ping_timeout: Duration,
+    /// From `trial` until both sides registered their port.
+    pub register_timeout: Duration,
+    /// From `prime` until both sides said `primed`.
+    pub primed_timeout: Duration,
+    /// Connections (control and registration) at once per source IP (IPv6: per /64).
+    pub max_connections_per_ip: u32,
+    /// Trials a volunteer IP may run in a burst (a pairing needs the plan's count).
+    pub trials_per_ip_burst: u32,
+    /// One more trial is allowed per IP per this interval.
+    pub trials_per_ip_refill: Duration,
+    pub references: ReferencePolicy,
+    /// Refuse a registration whose IP differs from the control connection's.
+    pub require_same_ip: bool,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            plan: Plan::from_toml(include_str!("../../../probes/default.toml"))
+                .expect("the shipped default plan is valid"),
+            hello_timeout: Duration::from_secs(10),
+            max_wait: Duration::from_secs(300),
+            heartbeat: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(5),
+            register_timeout: Duration::from_secs(15),
+            primed_timeout: Duration::from_secs(5),
+            max_connections_per_ip: 16,
+            trials_per_ip_burst: 200,
+            trials_per_ip_refill: Duration::from_secs(3),
+            references: ReferencePolicy::Nobody,
+            require_same_ip: true,
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write this message on the connection.
+    Send { conn: ConnId, msg: ServerMessage },
+    /// Write what is queued, then close the connection; the coordinator has forgotten it.
+    Close { conn: ConnId },
+}
+
+/// Counters for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connections: usize,
+    pub waiting: usize,
+    pub pairs: usize,
+    pub pairings_completed: u64,
+    pub trials_completed: u64,
+}
+
+type PairId = u64;
+
+#[derive(Debug)]
+struct Conn {
+    addr: SocketAddr,
+    state: ConnState,
+}
+
+#[derive(Debug)]
+enum ConnState {
+    /// Nothing received yet.
+    New,
+    Waiting {
+        mode: Mode,
+        code: Option<String>,
+        since: Instant,
+        seq: u64,
+    },
+    Paired {
+        pair: PairId,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Both sides register a port while the coordinator samples RTTs.
+    Registering,
+    /// `low_ttl`: waiting for both `primed`.
+    Priming,
+    /// `go` sent: waiting for both results.
+    Running,
+}
+
+#[derive(Debug, Default)]
+struct SideTrial {
+    token: String,
+    observed: Option<SocketAddr>,
+    rtts: Vec<Duration>,
+    ping: Option<(u64, Instant)>,
+    primed: bool,
+    result: Option<TrialResult>,
+}
+
+#[derive(Debug)]
+struct Pair {
+    /// Index 0 is the initiator.
+    conns: [ConnId; 2],
+    modes: [Mode; 2],
+    trial: u32,
+    strategy: Strategy,
+    phase: Phase,
+    sides: [SideTrial; 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Hello(ConnId),
+    Heartbeat(ConnId),
+    MaxWait(ConnId, Instant),
+    Ping(ConnId, u64),
+    Phase(PairId, u32, PhaseTag),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum PhaseTag {
+    Registering,
+    Priming,
+    Running,
+}
+
+/// The whole coordinator state. See the module documentation.
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    rng: StdRng,
+    conns: HashMap<ConnId, Conn>,
+    pairs: HashMap<PairId, Pair>,
+    /// One-time registration tokens of running trials.
+    tokens: HashMap<String, (PairId, usize)>,
+    pools: Pools,
+    per_ip: HashMap<IpAddr, u32>,
+    trial_budget: HashMap<IpAddr, (f64, Instant)>,
+    timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
+    actions: VecDeque<Action>,
+    seq: u64,
+    stats: Stats,
+}
+
+/// Above this many tracked IPs, full trial budgets are forgotten.
+const MAX_TRACKED_BUDGETS: usize = 100_000;
+
+impl Coordinator {
+    /// A coordinator with no connections. `rng` makes tokens, nonces and
+    /// session ids, so it must be unpredictable in production
+    /// (`StdRng::from_entropy()`); tests seed it.
+    pub fn new(config: CoordinatorConfig, rng: StdRng) -> Result<Self, PlanError> {
+        config.plan.validate()?;
+        Ok(Coordinator {
+            config,
+            rng,
+            conns: HashMap::new(),
+            pairs: HashMap::new(),
+            tokens: HashMap::new(),
+            pools: Pools::default(),
+            per_ip: HashMap::new(),
+            trial_budget: HashMap::new(),
+            timers: BinaryHeap::new(),
+            actions: VecDeque::new(),
+            seq: 0,
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            connections: self.conns.len(),
+            waiting: self.pools.len(),
+            pairs: self.pairs.len(),
+            ..self.stats
+        }
+    }
+
+    /// The next action for the driver, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Coordinator::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// A connection was accepted from `addr` (the observed source endpoint).
+    pub fn connected(&mut self, now: Instant, conn: ConnId, addr: SocketAddr) {
+        let key = ip_key(addr.ip());
+        let count = self.per_ip.entry(key).or_insert(0);
+        if *count >= self.config.max_connections_per_ip {
+            let message = format!(
+                "too many connections from {}: at most {} at once",
+                addr.ip(),
+                self.config.max_connections_per_ip
+            );
+            self.send(conn, error_message(ErrorCode::TooManyConnections, message));
+            self.actions.push_back(Action::Close { conn });
+            return;
+        }
+        *count += 1;
+        self.conns.insert(
+            conn,
+            Conn {
+                addr,
+                state: ConnState::New,
+            },
+        );
+        self.set_timer(now + self.config.hello_timeout, Timer::Hello(conn));
+    }
+
+    /// A line arrived on `conn`, or could not be framed (too long, not UTF-8).
+    pub fn line(&mut self, now: Instant, conn: ConnId, line: Result<&str, ProtoError>) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        match line.and_then(decode_client) {
+            Err(e) => self.fail(conn, e.to_message()),
+            Ok(msg) => self.message(now, conn, msg),
+        }
+    }
+
+    /// The connection ended (EOF, reset or write failure).
+    pub fn closed(&mut self, _now: Instant, conn: ConnId) {
+        if self.conns.contains_key(&conn) {
+            self.leave(conn);
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.fire(now, timer);
+        }
+    }
+
+    /// Tells every client the coordinator is going away and closes them all.
+    pub fn shutdown(&mut self) {
+        let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        conns.sort_unstable();
+        for conn in conns {
+            let msg = error_message(
+                ErrorCode::ShuttingDown,
+                "the coordinator is shutting down: try again later",
+            );
+            self.send(conn, msg);
+            self.close(conn);
+        }
+        self.pairs.clear();
+        self.tokens.clear();
+        self.pools = Pools::default();
+        self.timers.clear();
+    }
+
+    fn message(&mut self, now: Instant, conn: ConnId, msg: ClientMessage) {
+        let state = &self.conns[&conn].state;
+        match (state, msg) {
+            (ConnState::New, ClientMessage::Hello(hello)) => self.hello(now, conn, hello),
+            (ConnState::New, ClientMessage::Register { token }) => self.register(now, conn, &token),
+            (_, ClientMessage::Bye) => self.leave(conn),
+            (ConnState::Paired { pair }, msg) => {
+                let pair = *pair;
+                self.paired_message(now, conn, pair, msg);
+            }
+            (state, msg) => {
+                let message = format!("{} is not expected {}", kind(&msg), state_name(state));
+                self.fail(conn, error_message(ErrorCode::Unexpected, message));
+            }
+        }
+    }
+
+    fn hello(&mut self, now: Instant, conn: ConnId, hello: Hello) {
+        let ip = self.conns[&conn].addr.ip();
+        if hello.mode == Mode::Reference {
+            let allowed = match &self.config.references {
+                ReferencePolicy::Nobody => false,
+                ReferencePolicy::Anyone => true,
+                ReferencePolicy::From(ips) => ips.contains(&ip),
+            };
+            if !allowed {
+                let msg = error_message(
+                    ErrorCode::ReferenceNotAllowed,
+                    "reference mode is reserved for the coordinator operator's hosts: connect as a volunteer",
+                );
+                return self.fail(conn, msg);
+            }
+        } else if let Err(wait) = self.check_budget(now, ip, self.config.plan.trials) {
+            let msg = ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                message: format!(
+                    "too many trials from {ip} recently: retry in {} s",
+                    wait.as_secs() + 1
+                ),
+                supported_versions: None,
+                retry_after_ms: Some(millis(wait)),
+            };
+            return self.fail(conn, msg);
+        }
+        let session = self.random_hex(8);
+        self.send(conn, ServerMessage::Welcome { session });
+        match self.pools.take_partner(hello.mode, &hello.pair_code, ip) {
+            Some((partner, partner_mode)) => {
+                // The volunteer that came first is the initiator.
+                let (first, second) = if partner_mode == Mode::Volunteer {
+                    ((partner, Mode::Volunteer), (conn, hello.mode))
+                } else {
+                    ((conn, hello.mode), (partner, partner_mode))
+                };
+                self.start_pair(now, first, second);
+            }
+            None => {
+                self.seq += 1;
+                let seq = self.seq;
+                self.pools
+                    .insert(hello.mode, hello.pair_code.clone(), seq, conn, ip);
+                self.conns.get_mut(&conn).expect("known").state = ConnState::Waiting {
+                    mode: hello.mode,
+                    code: hello.pair_code,
+                    since: now,
+                    seq,
+                };
+                self.set_timer(now + self.config.heartbeat, Timer::Heartbeat(conn));
+                if hello.mode == Mode::Volunteer {
+                    let asked = hello.max_wait_ms.map(Duration::from_millis);
+                    let wait = asked.map_or(self.config.max_wait, |a| a.min(self.config.max_wait));
+                    self.set_timer(now + wait, Timer::MaxWait(conn, now));
+                }
+            }
+        }
+    }
+
+    fn start_pair(&mut self, now: Instant, first: (ConnId, Mode), second: (ConnId, Mode)) {
+        self.seq += 1;
+        let id = self.seq;
+        for (conn, role, peer) in [
+            (first.0, Role::Initiator, second.1),
+            (second.0, Role::Responder, first.1),
+        ] {
+            self.conns.get_mut(&conn).expect("known").state = ConnState::Paired { pair: id };
+            let msg = ServerMessage::Paired {
+                role,
+                plan: self.config.plan.clone(),
+                peer: PeerInfo { mode: peer },
+            };
+            self.send(conn, msg);
+        }
+        self.pairs.insert(
+            id,
+            Pair {
+                conns: [first.0, second.0],
+                modes: [first.1, second.1],
+                trial: 0,
+                strategy: self.config.plan.strategy_of(0),
+                phase: Phase::Registering,
+                sides: Default::default(),
+            },
+        );
+        self.start_trial(now, id);
+    }
+
+    fn start_trial(&mut self, now: Instant, id: PairId) {
+        let (conns, modes, trial) = {
+            let pair = &self.pairs[&id];
+            (pair.conns, pair.modes, pair.trial)
+        };
+        for side in 0..2 {
+            if modes[side] == Mode::Volunteer {
+                let ip = self.conns[&conns[side]].addr.ip();
+                if let Err(wait) = self.check_budget(now, ip, 1) {
+                    let msg = ServerMessage::Error {
+                        code: ErrorCode::RateLimited,
+                        message: format!("too many trials from {ip} recently"),
+                        supported_versions: None,
+                        retry_after_ms: Some(millis(wait)),
+                    };
+                    return self.end_pair(id, Some((side, msg)));
+                }
+            }
+        }
+        for side in 0..2 {
+            if modes[side] == Mode::Volunteer {
+                let ip = self.conns[&conns[side]].addr.ip();
+                self.spend_budget(now, ip);
+            }
+        }
+        let strategy = self.config.plan.strategy_of(trial);
+        let tokens = [self.random_hex(16), self.random_hex(16)];
+        let pair = self.pairs.get_mut(&id).expect("known pair");
+        pair.strategy = strategy;
+        pair.phase = Phase::Registering;
+        pair.sides = tokens.clone().map(|token| SideTrial {
+            token,
+            ..SideTrial::default()
+        });
+        for side in 0..2 {
+            self.tokens.insert(tokens[side].clone(), (id, side));
+            let msg = ServerMessage::Trial {
+                trial,
+                token: tokens[side].clone(),
+                strategy,
+            };
+            self.send(conns[side], msg);
+            self.ping(now, id, side);
+        }
+        let at = now + self.config.register_timeout;
+        self.set_timer(at, Timer::Phase(id, trial, PhaseTag::Registering));
+    }
+
+    fn ping(&mut self, now: Instant, id: PairId, side: usize) {
+        self.seq += 1;
+        let ping_id = self.seq;
+        let pair = self.pairs.get_mut(&id).expect("known pair");
+        pair.sides[side].ping = Some((ping_id, now));
+        let conn = pair.conns[side];
+        self.send(conn, ServerMessage::Ping { id: ping_id });
+        self.set_timer(now + self.config.ping_timeout, Timer::Ping(conn, ping_id));
+    }
+
+    fn paired_message(&mut self, now: Instant, conn: ConnId, id: PairId, msg: ClientMessage) {
+        let pair = self
+            .pairs
+            .get_mut(&id)
+            .expect("paired connections have a pair");
+        let side = usize::from(pair.conns[1] == conn);
+        let current = pair.trial;
+        let unexpected = |what: &str| error_message(ErrorCode::Unexpected, what.to_string());
+        match msg {
+            ClientMessage::Pong { id: pong } => match pair.sides[side].ping.take() {
+                Some((expected, sent)) if expected == pong => {
+                    pair.sides[side]
+                        .rtts
+                        .push(now.saturating_duration_since(sent));
+                    if pair.sides[side].rtts.len() < self.config.plan.rtt_samples as usize {
+                        self.ping(now, id, side);
+                    } else {
+                        self.maybe_advance(now, id);
+                    }
+                }
+                _ => self.fail(
+                    conn,
+                    unexpected("pong does not answer the outstanding ping"),
+                ),
+            },
+            ClientMessage::Primed { trial }
+                if trial == current && pair.phase == Phase::Priming && !pair.sides[side].primed =>
+            {
+                pair.sides[side].primed = true;
+                self.maybe_advance(now, id);
+            }
+            ClientMessage::Result(result)
+                if result.trial == current
+                    && pair.phase == Phase::Running
+                    && pair.sides[side].result.is_none() =>
+            {
+                pair.sides[side].result = Some(result);
+                self.maybe_advance(now, id);
+            }
+            other => {
+                let message = format!(
+                    "{} is not expected now (trial {current}, {:?} phase)",
+                    kind(&other),
+                    pair.phase
+                );
+                self.fail(conn, unexpected(&message));
+            }
+        }
+    }
+
+    fn register(&mut self, now: Instant, conn: ConnId, token: &str) {
+        let Some(&(id, side)) = self.tokens.get(token) else {
+            let msg = error_message(
+                ErrorCode::UnknownToken,
+                "unknown or already used token: register once per trial with the token of the current `trial`",
+            );
+            return self.fail(conn, msg);
+        };
+        let observed = self.conns[&conn].addr;
+        let pair = &self.pairs[&id];
+        let control_ip = self.conns[&pair.conns[side]].addr.ip();
+        if self.config.require_same_ip && ip_key(control_ip) != ip_key(observed.ip()) {
+            let msg = error_message(
+                ErrorCode::IpMismatch,
+                format!(
+                    "registration from {} but the control connection is from {control_ip}: both must leave from the same public IP",
+                    observed.ip()
+                ),
+            );
+            return self.fail(conn, msg);
+        }
+        self.tokens.remove(token);
+        let pair = self.pairs.get_mut(&id).expect("known pair");
+        pair.sides[side].observed = Some(observed);
+        self.send(conn, ServerMessage::Registered { observed });
+        self.close(conn);
+        self.maybe_advance(now, id);
+    }
+
+    fn maybe_advance(&mut self, now: Instant, id: PairId) {
+        let samples = self.config.plan.rtt_samples as usize;
+        let Some(pair) = self.pairs.get_mut(&id) else {
+            return;
+        };
+        match pair.phase {
+            Phase::Registering => {
+                let ready = pair
+                    .sides
+                    .iter()
+                    .all(|s| s.observed.is_some() && s.rtts.len() >= samples);
+                if !ready {
+                    return;
+                }
+                if pair.strategy == Strategy::LowTtl {
+                    pair.phase = Phase::Priming;
+                    let trial = pair.trial;
+                    let ttl = self.config.plan.low_ttl;
+                    let conns = pair.conns;
+                    let peers = [pair.sides[1].observed, pair.sides[0].observed];
+                    for side in 0..2 {
+                        let peer = peers[side].expect("both registered");
+                        self.send(conns[side], ServerMessage::Prime { trial, peer, ttl });
+                    }
+                    let at = now + self.config.primed_timeout;
+                    self.set_timer(at, Timer::Phase(id, trial, PhaseTag::Priming));
+                } else {
+                    self.go(now, id);
+                }
+            }
+            Phase::Priming => {
+                if pair.sides.iter().all(|s| s.primed) {
+                    self.go(now, id);
+                }
+            }
+            Phase::Running => {
+                if pair.sides.iter().all(|s| s.result.is_some()) {
+                    self.finish_trial(now, id);
+                }
+            }
+        }
+    }
+
+    fn go(&mut self, now: Instant, id: PairId) {
+        let nonce = self.random_hex(16);
+        let skew = Duration::from_millis(u64::from(self.config.plan.injected_skew_ms));
+        let pair = self.pairs.get_mut(&id).expect("known pair");
+        pair.phase = Phase::Running;
+        let rtt = |s: &SideTrial| s.rtts.iter().min().copied().unwrap_or_default();
+        let (d0, d1) = start_delays(rtt(&pair.sides[0]), rtt(&pair.sides[1]), skew);
+        let delays = [d0, d1];
+        let skews = [Duration::ZERO, skew];
+        let peers = [pair.sides[1].observed, pair.sides[0].observed];
+        let (conns, trial, strategy) = (pair.conns, pair.trial, pair.strategy);
+        for side in 0..2 {
+            let msg = ServerMessage::Go {
+                trial,
+                peer: peers[side].expect("both registered"),
+                delay_ms: millis(delays[side]),
+                nonce: nonce.clone(),
+                strategy,
+                injected_skew_ms: millis(skews[side]),
+            };
+            self.send(conns[side], msg);
+        }
+        let at = now + result_deadline(&self.config.plan);
+        self.set_timer(at, Timer::Phase(id, trial, PhaseTag::Running));
+    }
+
+    fn finish_trial(&mut self, now: Instant, id: PairId) {
+        let pair = self.pairs.get_mut(&id).expect("known pair");
+        let outcomes = [
+            pair.sides[0].result.as_ref().expect("reported").outcome,
+            pair.sides[1].result.as_ref().expect("reported").outcome,
+        ];
+        let (conns, trial) = (pair.conns, pair.trial);
+        pair.trial += 1;
+        let next = pair.trial;
+        self.stats.trials_completed += 1;
+        for side in 0..2 {
+            let msg = ServerMessage::PeerResult {
+                trial,
+                outcome: outcomes[1 - side],
+            };
+            self.send(conns[side], msg);
+        }
+        if next >= self.config.plan.trials {
+            self.pairs.remove(&id);
+            self.stats.pairings_completed += 1;
+            for conn in conns {
+                self.send(conn, ServerMessage::Done { trials: next });
+                self.close(conn);
+            }
+        } else {
+            self.start_trial(now, id);
+        }
+    }
+
+    fn fire(&mut self, now: Instant, timer: Timer) {
+        match timer {
+            Timer::Hello(conn) => {
+                if matches!(
+                    self.conns.get(&conn),
+                    Some(Conn {
+                        state: ConnState::New,
+                        ..
+                    })
+                ) {
+                    let msg = error_message(
+                        ErrorCode::HelloTimeout,
+                        format!(
+                            "no hello or register within {} ms",
+                            millis(self.config.hello_timeout)
+                        ),
+                    );
+                    self.fail(conn, msg);
+                }
+            }
+            Timer::Heartbeat(conn) => {
+                if let Some(Conn {
+                    state: ConnState::Waiting { since, .. },
+                    ..
+                }) = self.conns.get(&conn)
+                {
+                    let waited_ms = millis(now.saturating_duration_since(*since));
+                    self.send(conn, ServerMessage::Waiting { waited_ms });
+                    self.set_timer(now + self.config.heartbeat, Timer::Heartbeat(conn));
+                }
+            }
+            Timer::MaxWait(conn, since) => {
+                if let Some(Conn {
+                    state: ConnState::Waiting { since: s, .. },
+                    ..
+                }) = self.conns.get(&conn)
+                {
+                    if *s == since {
+                        let waited_ms = millis(now.saturating_duration_since(since));
+                        let msg = ServerMessage::NoPeer {
+                            waited_ms,
+                            reason: "no compatible peer (another volunteer from a different IP with the same pair code, or a free reference peer) arrived in time".into(),
+                        };
+                        self.send(conn, msg);
+                        self.close(conn);
+                    }
+                }
+            }
+            Timer::Ping(conn, ping_id) => {
+                let Some(Conn {
+                    state: ConnState::Paired { pair },
+                    ..
+                }) = self.conns.get(&conn)
+                else {
+                    return;
+                };
+                let pair = &self.pairs[pair];
+                let side = usize::from(pair.conns[1] == conn);
+                if matches!(pair.sides[side].ping, Some((id, _)) if id == ping_id) {
+                    let msg = error_message(
+                        ErrorCode::PingTimeout,
+                        format!("no pong within {} ms", millis(self.config.ping_timeout)),
+                    );
+                    self.fail(conn, msg);
+                }
+            }
+            Timer::Phase(id, trial, tag) => self.phase_timeout(id, trial, tag),
+        }
+    }
+
+    fn phase_timeout(&mut self, id: PairId, trial: u32, tag: PhaseTag) {
+        let Some(pair) = self.pairs.get(&id) else {
+            return;
+        };
+        let phase = match tag {
+            PhaseTag::Registering => Phase::Registering,
+            PhaseTag::Priming => Phase::Priming,
+            PhaseTag::Running => Phase::Running,
+        };
+        if pair.trial != trial || pair.phase != phase {
+            return;
+        }
+        let samples = self.config.plan.rtt_samples as usize;
+        // Blame the side(s) that did not do their part; the other hears `peer_gone`.
+        let (code, what, late): (ErrorCode, &str, [bool; 2]) = match phase {
+            Phase::Registering => (
+                ErrorCode::RegisterTimeout,
+                "port registration",
+                [0, 1].map(|s| {
+                    pair.sides[s].observed.is_none() || pair.sides[s].rtts.len() < samples
+                }),
+            ),
+            Phase::Priming => (
+                ErrorCode::PrimedTimeout,
+                "primed",
+                [0, 1].map(|s| !pair.sides[s].primed),
+            ),
+            Phase::Running => (
+                ErrorCode::ResultTimeout,
+                "result",
+                [0, 1].map(|s| pair.sides[s].result.is_none()),
+            ),
+        };
+        let message = format!("trial {trial}: no {what} in time");
+        let conns = pair.conns;
+        let pair = self.pairs.remove(&id).expect("known pair");
+        self.forget_tokens(&pair);
+        for side in 0..2 {
+            if late[side] {
+                self.send(conns[side], error_message(code, message.clone()));
+            } else {
+                self.send(conns[side], ServerMessage::PeerGone { trial: Some(trial) });
+            }
+            self.close(conns[side]);
+        }
+    }
+
+    /// A connection leaves (EOF, `bye`): its peer, if any, hears `peer_gone`.
+    fn leave(&mut self, conn: ConnId) {
+        let pair = match &self.conns.get(&conn).map(|c| &c.state) {
+            Some(ConnState::Paired { pair }) => Some(*pair),
+            _ => None,
+        };
+        self.close(conn);
+        if let Some(id) = pair {
+            self.end_pair(id, None);
+        }
+    }
+
+    /// Ends a pairing: `culprit` (side, error) is told why; everyone else left
+    /// hears `peer_gone`.
+    fn end_pair(&mut self, id: PairId, culprit: Option<(usize, ServerMessage)>) {
+        let Some(pair) = self.pairs.remove(&id) else {
+            return;
+        };
+        self.forget_tokens(&pair);
+        let blamed = culprit.as_ref().map(|(side, _)| *side);
+        if let Some((side, msg)) = culprit {
+            self.send(pair.conns[side], msg);
+        }
+        for side in 0..2 {
+            let conn = pair.conns[side];
+            if blamed != Some(side) && self.conns.contains_key(&conn) {
+                self.send(
+                    conn,
+                    ServerMessage::PeerGone {
+                        trial: Some(pair.trial),
+                    },
+                );
+            }
+            self.close(conn);
+        }
+    }
+
+    /// Sends an error and closes; a paired connection's peer hears `peer_gone`.
+    fn fail(&mut self, conn: ConnId, msg: ServerMessage) {
+        if let Some(Conn {
+            state: ConnState::Paired { pair },
+            ..
+        }) = self.conns.get(&conn)
+        {
+            let id = *pair;
+            let side = usize::from(self.pairs[&id].conns[1] == conn);
+            return self.end_pair(id, Some((side, msg)));
+        }
+        self.send(conn, msg);
+        self.close(conn);
+    }
+
+    fn forget_tokens(&mut self, pair: &Pair) {
+        for side in &pair.sides {
+            self.tokens.remove(&side.token);
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msg: ServerMessage) {
+        self.actions.push_back(Action::Send { conn, msg });
+    }
+
+    /// Forgets a connection and asks the driver to close it.
+    fn close(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let ConnState::Waiting {
+            mode, code, seq, ..
+        } = &c.state
+        {
+            self.pools.remove(*mode, code, *seq);
+        }
+        let key = ip_key(c.addr.ip());
+        if let Some(count) = self.per_ip.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&key);
+            }
+        }
+        self.actions.push_back(Action::Close { conn });
+    }
+
+    fn set_timer(&mut self, at: Instant, timer: Timer) {
+        self.seq += 1;
+        self.timers.push(Reverse((at, self.seq, timer)));
+    }
+
+    fn random_hex(&mut self, bytes: usize) -> String {
+        let mut buf = vec![0u8; bytes];
+        self.rng.fill_bytes(&mut buf);
+        buf.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn budget_level(&self, now: Instant, key: IpAddr) -> f64 {
+        let burst = f64::from(self.config.trials_per_ip_burst);
+        let refill = self.config.trials_per_ip_refill.as_secs_f64().max(1e-3);
+        self.trial_budget.get(&key).map_or(burst, |(tokens, at)| {
+            (tokens + now.saturating_duration_since(*at).as_secs_f64() / refill).min(burst)
+        })
+    }
+
+    /// Ok when `ip` may run `trials` more trials; else how long until it may.
+    fn check_budget(&self, now: Instant, ip: IpAddr, trials: u32) -> Result<(), Duration> {
+        let level = self.budget_level(now, ip_key(ip));
+        let need = f64::from(trials);
+        if level >= need {
+            return Ok(());
+        }
+        let refill = self.config.trials_per_ip_refill.as_secs_f64();
+        Err(Duration::from_secs_f64((need - level) * refill))
+    }
+
+    fn spend_budget(&mut self, now: Instant, ip: IpAddr) {
+        let key = ip_key(ip);
+        let level = self.budget_level(now, key);
+        if self.trial_budget.len() >= MAX_TRACKED_BUDGETS {
+            let burst = f64::from(self.config.trials_per_ip_burst);
+            let refill = self.config.trials_per_ip_refill.as_secs_f64().max(1e-3);
+            self.trial_budget.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() / refill < burst
+            });
+        }
+        self.trial_budget.insert(key, ((level - 1.0).max(0.0), now));
+    }
+}
+
+/// IPv6 hosts usually hold a whole /64: limits count per /64.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
+        v4 => v4,
+    }
+}
+
+fn kind(msg: &ClientMessage) -> &'static str {
+    match msg {
+        ClientMessage::Hello(_) => "hello",
+        ClientMessage::Pong { .. } => "pong",
+        ClientMessage::Primed { .. } => "primed",
+        ClientMessage::Result(_) => "result",
+        ClientMessage::Bye => "bye",
+        ClientMessage::Register { .. } => "register",
+    }
+}
+
+fn state_name(state: &ConnState) -> &'static str {
+    match state {
+        ConnState::New => "as the first line (send hello or register)",
+        ConnState::Waiting { .. } => "while waiting for a peer",
+        ConnState::Paired { .. } => "now",
+    }
+}

@@ -1,0 +1,559 @@
+//! Sans-io unit tests of the rendezvous codec and coordinator: whole pairings on a fake clock.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+
+use super::coordinator::{Action, ConnId, Coordinator, CoordinatorConfig, ReferencePolicy};
+use super::*;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn plan(trials: u32, strategies: &str, skew: u32, samples: u32) -> Plan {
+    Plan::from_toml(&format!(
+        "version = 1\nname = \"t\"\ntrials = {trials}\nstrategies = {strategies}\ninjected_skew_ms = {skew}\nrtt_samples = {samples}\n"
+    ))
+    .unwrap()
+}
+
+fn hello(code: Option<&str>) -> ClientMessage {
+    ClientMessage::Hello(Hello {
+        client_version: "test".into(),
+        os: "linux".into(),
+        mode: Mode::Volunteer,
+        pair_code: code.map(str::to_string),
+        max_wait_ms: None,
+        consent: true,
+    })
+}
+
+/// A coordinator plus a fake clock and everything it sent, per connection.
+struct Harness {
+    core: Coordinator,
+    now: Instant,
+    sent: HashMap<ConnId, Vec<ServerMessage>>,
+    closed: Vec<ConnId>,
+}
+
+impl Harness {
+    fn new(config: CoordinatorConfig) -> Self {
+        Harness {
+            core: Coordinator::new(config, rand::rngs::StdRng::seed_from_u64(7)).unwrap(),
+            now: Instant::now(),
+            sent: HashMap::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Send { conn, msg } => self.sent.entry(conn).or_default().push(msg),
+                Action::Close { conn } => self.closed.push(conn),
+            }
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, addr: &str) {
+        self.core.connected(self.now, conn, sa(addr));
+        self.drain();
+    }
+
+    fn say(&mut self, conn: ConnId, msg: &ClientMessage) {
+        let line = encode_client(msg);
+        self.core.line(self.now, conn, frame(&line));
+        self.drain();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.core.handle_timeout(self.now);
+        self.drain();
+    }
+
+    /// Everything sent to `conn` since the last call.
+    fn take(&mut self, conn: ConnId) -> Vec<ServerMessage> {
+        self.sent.remove(&conn).unwrap_or_default()
+    }
+}
+
+fn config(plan: Plan) -> CoordinatorConfig {
+    CoordinatorConfig {
+        plan,
+        max_wait: Duration::from_secs(30),
+        heartbeat: Duration::from_secs(5),
+        ..CoordinatorConfig::default()
+    }
+}
+
+#[test]
+fn messages_round_trip_and_start_with_the_version() {
+    let plan = plan(2, "[\"low_ttl\"]", 0, 1);
+    let msgs = [
+        ServerMessage::Paired {
+            role: Role::Responder,
+            plan,
+            peer: PeerInfo {
+                mode: Mode::Reference,
+            },
+        },
+        ServerMessage::Go {
+            trial: 3,
+            peer: sa("[2001:db8::1]:4000"),
+            delay_ms: 20,
+            nonce: "ab".into(),
+            strategy: Strategy::ConnectListen,
+            injected_skew_ms: 0,
+        },
+        ServerMessage::PeerGone { trial: None },
+        ProtoError::UnsupportedVersion {
+            got: 9,
+            supported: vec![1],
+        }
+        .to_message(),
+    ];
+    for msg in msgs {
+        let line = encode_server(&msg);
+        assert!(line.starts_with(b"{\"v\":1,\"type\":\""), "{line:?}");
+        assert_eq!(decode_server(frame(&line).unwrap()).unwrap(), msg);
+    }
+    let result = ClientMessage::Result(TrialResult {
+        trial: 1,
+        outcome: TrialOutcome::Refused,
+        go_to_established_ms: None,
+        attempts: 4,
+    });
+    let line = encode_client(&result);
+    assert_eq!(
+        std::str::from_utf8(&line).unwrap(),
+        "{\"v\":1,\"type\":\"result\",\"trial\":1,\"outcome\":\"refused\",\"attempts\":4}\n"
+    );
+    assert_eq!(decode_client(frame(&line).unwrap()).unwrap(), result);
+    assert_eq!(
+        decode_client(r#"{"v":1,"type":"bye"}"#).unwrap(),
+        ClientMessage::Bye
+    );
+}
+
+#[test]
+fn bad_client_lines_get_the_right_code() {
+    let cases = [
+        (r#"{"v":2,"type":"bye"}"#, ErrorCode::UnsupportedVersion),
+        (r#"{"type":"bye"}"#, ErrorCode::Malformed),
+        ("bye", ErrorCode::Malformed),
+        (r#"{"v":1,"type":"observe"}"#, ErrorCode::UnknownType),
+        (r#"{"v":1}"#, ErrorCode::Malformed),
+        (
+            r#"{"v":1,"type":"register","token":"abc","observed":"192.0.2.1:80"}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"v":1,"type":"register","token":"a b"}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"v":1,"type":"hello","client_version":"x","os":"y","mode":"volunteer","consent":false}"#,
+            ErrorCode::ConsentRequired,
+        ),
+        (
+            r#"{"v":1,"type":"hello","client_version":"x","os":"y","mode":"volunteer"}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"v":1,"type":"hello","client_version":"x","os":"y","mode":"volunteer","consent":true,"pair_code":""}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"v":1,"type":"result","trial":0,"outcome":"connected","attempts":1,"go_to_established_ms":-1}"#,
+            ErrorCode::BadRequest,
+        ),
+    ];
+    for (line, code) in cases {
+        assert_eq!(decode_client(line).unwrap_err().code(), code, "{line}");
+    }
+    assert_eq!(frame(&[b'x'; MAX_LINE]), Err(ProtoError::LineTooLong));
+    assert_eq!(frame(b"{}"), Err(ProtoError::Unterminated));
+    assert_eq!(frame(b"{}\r\n"), Ok("{}"));
+}
+
+#[test]
+fn start_delays_let_both_syns_leave_together() {
+    let ms = Duration::from_millis;
+    assert_eq!(start_delays(ms(10), ms(50), ms(0)), (ms(20), ms(0)));
+    assert_eq!(start_delays(ms(80), ms(20), ms(100)), (ms(0), ms(130)));
+    assert_eq!(start_delays(ms(30), ms(30), ms(0)), (ms(0), ms(0)));
+    let capped = start_delays(ms(0), Duration::from_secs(60), ms(0)).0;
+    assert_eq!(capped, ms(MAX_START_DELAY_MS));
+}
+
+/// Answers the outstanding pings of `conn` after `rtt` each, until none is left.
+fn answer_pings(h: &mut Harness, conn: ConnId, rtt: Duration, log: &mut Vec<ServerMessage>) {
+    for _ in 0..50 {
+        let msgs = h.take(conn);
+        let ping = msgs.iter().find_map(|m| match m {
+            ServerMessage::Ping { id } => Some(*id),
+            _ => None,
+        });
+        log.extend(msgs);
+        let Some(id) = ping else {
+            return;
+        };
+        h.now += rtt;
+        h.say(conn, &ClientMessage::Pong { id });
+    }
+    panic!("endless pings");
+}
+
+#[test]
+fn a_whole_pairing_runs_every_trial_with_observed_endpoints() {
+    let mut h = Harness::new(config(plan(
+        3,
+        "[\"simultaneous\", \"connect_listen\", \"low_ttl\"]",
+        50,
+        2,
+    )));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello(None));
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello(None));
+    let first = h.take(1);
+    assert!(matches!(first[0], ServerMessage::Welcome { .. }));
+    assert!(matches!(
+        first[1],
+        ServerMessage::Paired {
+            role: Role::Initiator,
+            ..
+        }
+    ));
+    let second = h.take(2);
+    assert!(matches!(
+        second[1],
+        ServerMessage::Paired {
+            role: Role::Responder,
+            ..
+        }
+    ));
+    // The trial messages come with the first ping; put them back for the loop.
+    h.sent.insert(1, first[2..].to_vec());
+    h.sent.insert(2, second[2..].to_vec());
+    let mut nonces = Vec::new();
+    for trial in 0..3u32 {
+        let (mut log1, mut log2) = (Vec::new(), Vec::new());
+        answer_pings(&mut h, 1, Duration::from_millis(10), &mut log1);
+        answer_pings(&mut h, 2, Duration::from_millis(50), &mut log2);
+        let token = |log: &[ServerMessage]| {
+            log.iter()
+                .find_map(|m| match m {
+                    ServerMessage::Trial {
+                        trial: t, token, ..
+                    } if *t == trial => Some(token.clone()),
+                    _ => None,
+                })
+                .expect("a trial message")
+        };
+        let (t1, t2) = (token(&log1), token(&log2));
+        assert_ne!(t1, t2, "each side gets its own token");
+        let (reg1, reg2) = (100 + u64::from(trial) * 2, 101 + u64::from(trial) * 2);
+        let addr1 = format!("127.0.0.2:{}", 2000 + trial);
+        let addr2 = format!("127.0.0.3:{}", 3000 + trial);
+        h.connect(reg1, &addr1);
+        h.say(reg1, &ClientMessage::Register { token: t1.clone() });
+        assert_eq!(
+            h.take(reg1),
+            vec![ServerMessage::Registered {
+                observed: sa(&addr1)
+            }]
+        );
+        assert!(h.closed.contains(&reg1));
+        assert!(
+            h.take(1).is_empty() && h.take(2).is_empty(),
+            "no go before both registered"
+        );
+        h.connect(reg2, &addr2);
+        h.say(reg2, &ClientMessage::Register { token: t2 });
+        // A token works once.
+        h.connect(999, "127.0.0.2:4444");
+        h.say(999, &ClientMessage::Register { token: t1 });
+        assert!(matches!(
+            h.take(999)[0],
+            ServerMessage::Error {
+                code: ErrorCode::UnknownToken,
+                ..
+            }
+        ));
+        let (mut m1, mut m2) = (h.take(1), h.take(2));
+        if trial == 2 {
+            assert_eq!(
+                m1,
+                vec![ServerMessage::Prime {
+                    trial,
+                    peer: sa(&addr2),
+                    ttl: 2
+                }]
+            );
+            assert!(matches!(m2[0], ServerMessage::Prime { peer, .. } if peer == sa(&addr1)));
+            h.say(1, &ClientMessage::Primed { trial });
+            assert!(
+                h.take(1).is_empty() && h.take(2).is_empty(),
+                "go waits for both primed"
+            );
+            h.say(2, &ClientMessage::Primed { trial });
+            m1 = h.take(1);
+            m2 = h.take(2);
+        }
+        let go = |m: &[ServerMessage]| match &m[0] {
+            ServerMessage::Go {
+                peer,
+                delay_ms,
+                nonce,
+                injected_skew_ms,
+                ..
+            } => (*peer, *delay_ms, nonce.clone(), *injected_skew_ms),
+            other => panic!("expected go, got {other:?}"),
+        };
+        let (g1, g2) = (go(&m1), go(&m2));
+        assert_eq!(
+            (g1.0, g2.0),
+            (sa(&addr2), sa(&addr1)),
+            "peer = observed registration"
+        );
+        assert_eq!(g1.2, g2.2, "same nonce");
+        assert_eq!(g1.2.len(), 32);
+        nonces.push(g1.2);
+        assert_eq!(
+            (g1.1, g1.3),
+            (20, 0),
+            "initiator waits half the RTT difference"
+        );
+        assert_eq!(
+            (g2.1, g2.3),
+            (50, 50),
+            "responder gets the injected skew only"
+        );
+        let report = |outcome| {
+            ClientMessage::Result(TrialResult {
+                trial,
+                outcome,
+                go_to_established_ms: None,
+                attempts: 1,
+            })
+        };
+        h.say(1, &report(TrialOutcome::Connected));
+        assert!(h.take(2).is_empty(), "results are relayed once both are in");
+        h.say(2, &report(TrialOutcome::Timeout));
+        let (m1, m2) = (h.take(1), h.take(2));
+        assert_eq!(
+            m1[0],
+            ServerMessage::PeerResult {
+                trial,
+                outcome: TrialOutcome::Timeout
+            }
+        );
+        assert_eq!(
+            m2[0],
+            ServerMessage::PeerResult {
+                trial,
+                outcome: TrialOutcome::Connected
+            }
+        );
+        if trial < 2 {
+            h.sent.insert(1, m1[1..].to_vec());
+            h.sent.insert(2, m2[1..].to_vec());
+        } else {
+            assert_eq!(m1[1..], [ServerMessage::Done { trials: 3 }]);
+            assert_eq!(m2[1..], [ServerMessage::Done { trials: 3 }]);
+        }
+    }
+    assert!(h.closed.contains(&1) && h.closed.contains(&2));
+    nonces.dedup();
+    assert_eq!(nonces.len(), 3, "a fresh nonce per trial");
+    let stats = h.core.stats();
+    assert_eq!(
+        (stats.connections, stats.pairs, stats.trials_completed),
+        (0, 0, 3)
+    );
+}
+
+#[test]
+fn same_ip_volunteers_wait_with_heartbeats_then_get_no_peer() {
+    let mut h = Harness::new(config(plan(1, "[\"simultaneous\"]", 0, 1)));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello(None));
+    h.connect(2, "127.0.0.2:1001");
+    h.say(2, &hello(None));
+    assert_eq!(h.core.stats().waiting, 2);
+    for _ in 0..6 {
+        h.advance(Duration::from_secs(5));
+    }
+    let msgs = h.take(1);
+    let beats: Vec<u64> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Waiting { waited_ms } => Some(*waited_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(beats, [5000, 10_000, 15_000, 20_000, 25_000]);
+    assert!(matches!(
+        msgs.last(),
+        Some(ServerMessage::NoPeer {
+            waited_ms: 30_000,
+            ..
+        })
+    ));
+    assert!(h.closed.contains(&1) && h.closed.contains(&2));
+    assert_eq!(h.core.stats().waiting, 0);
+}
+
+#[test]
+fn a_peer_leaving_mid_trial_ends_the_pairing() {
+    let mut h = Harness::new(config(plan(5, "[\"simultaneous\"]", 0, 1)));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello(Some("x")));
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello(Some("x")));
+    h.take(1);
+    h.core.closed(h.now, 2);
+    h.drain();
+    assert_eq!(h.take(1), vec![ServerMessage::PeerGone { trial: Some(0) }]);
+    assert!(h.closed.contains(&1));
+    assert_eq!(h.core.stats().pairs, 0);
+}
+
+#[test]
+fn a_side_that_never_registers_times_out_the_trial() {
+    let mut h = Harness::new(config(plan(5, "[\"simultaneous\"]", 0, 1)));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello(None));
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello(None));
+    let (mut log1, mut log2) = (Vec::new(), Vec::new());
+    answer_pings(&mut h, 1, Duration::from_millis(1), &mut log1);
+    answer_pings(&mut h, 2, Duration::from_millis(1), &mut log2);
+    let token = log1
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::Trial { token, .. } => Some(token.clone()),
+            _ => None,
+        })
+        .unwrap();
+    h.connect(3, "127.0.0.2:2000");
+    h.say(3, &ClientMessage::Register { token });
+    h.advance(Duration::from_secs(16));
+    assert_eq!(h.take(1), vec![ServerMessage::PeerGone { trial: Some(0) }]);
+    assert!(matches!(
+        h.take(2)[..],
+        [ServerMessage::Error {
+            code: ErrorCode::RegisterTimeout,
+            ..
+        }]
+    ));
+    assert_eq!(h.core.stats().connections, 0);
+}
+
+#[test]
+fn registrations_from_another_ip_are_refused() {
+    let mut h = Harness::new(config(plan(1, "[\"simultaneous\"]", 0, 1)));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello(None));
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello(None));
+    let token = h
+        .take(1)
+        .into_iter()
+        .find_map(|m| match m {
+            ServerMessage::Trial { token, .. } => Some(token),
+            _ => None,
+        })
+        .unwrap();
+    h.connect(3, "192.0.2.66:2000");
+    h.say(3, &ClientMessage::Register { token });
+    assert!(matches!(
+        h.take(3)[..],
+        [ServerMessage::Error {
+            code: ErrorCode::IpMismatch,
+            ..
+        }]
+    ));
+    assert!(h
+        .take(2)
+        .iter()
+        .all(|m| !matches!(m, ServerMessage::Go { .. })));
+}
+
+#[test]
+fn limits_and_policies_refuse_with_a_reason() {
+    let mut h = Harness::new(CoordinatorConfig {
+        max_connections_per_ip: 2,
+        trials_per_ip_burst: 3,
+        ..config(plan(3, "[\"simultaneous\"]", 0, 1))
+    });
+    h.connect(1, "127.0.0.2:1");
+    h.connect(2, "127.0.0.2:2");
+    h.connect(3, "127.0.0.2:3");
+    let code = |msgs: Vec<ServerMessage>| match &msgs[..] {
+        [ServerMessage::Error { code, .. }] => *code,
+        other => panic!("expected one error, got {other:?}"),
+    };
+    assert_eq!(code(h.take(3)), ErrorCode::TooManyConnections);
+    let mut reference = hello(None);
+    if let ClientMessage::Hello(h) = &mut reference {
+        h.mode = Mode::Reference;
+    }
+    h.say(1, &reference);
+    assert_eq!(code(h.take(1)), ErrorCode::ReferenceNotAllowed);
+    h.say(2, &ClientMessage::Pong { id: 1 });
+    assert_eq!(code(h.take(2)), ErrorCode::Unexpected);
+    // Budget: 3 trials and a plan needs 3: once the first pairing started a trial, no second pairing fits.
+    h.connect(4, "127.0.0.4:1");
+    h.say(4, &hello(None));
+    h.connect(5, "127.0.0.5:1");
+    h.say(5, &hello(None));
+    h.core.closed(h.now, 5);
+    h.drain();
+    h.connect(6, "127.0.0.4:2");
+    h.say(6, &hello(None));
+    assert_eq!(code(h.take(6)), ErrorCode::RateLimited);
+    // A silent connection is closed after the hello deadline.
+    h.connect(7, "127.0.0.7:1");
+    h.advance(Duration::from_secs(11));
+    assert_eq!(code(h.take(7)), ErrorCode::HelloTimeout);
+}
+
+#[test]
+fn a_reference_serves_one_volunteer_at_a_time() {
+    let mut h = Harness::new(CoordinatorConfig {
+        references: ReferencePolicy::From(vec!["127.0.0.9".parse().unwrap()]),
+        ..config(plan(1, "[\"simultaneous\"]", 0, 1))
+    });
+    let mut reference = hello(None);
+    if let ClientMessage::Hello(h) = &mut reference {
+        h.mode = Mode::Reference;
+    }
+    h.connect(1, "127.0.0.9:1");
+    h.say(1, &reference);
+    h.connect(2, "127.0.0.2:1");
+    h.say(2, &hello(None));
+    h.connect(3, "127.0.0.2:2");
+    h.say(3, &hello(None));
+    let paired_role = |msgs: &[ServerMessage]| {
+        msgs.iter().find_map(|m| match m {
+            ServerMessage::Paired { role, peer, .. } => Some((*role, peer.mode)),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        paired_role(&h.take(1)),
+        Some((Role::Responder, Mode::Volunteer))
+    );
+    assert_eq!(
+        paired_role(&h.take(2)),
+        Some((Role::Initiator, Mode::Reference))
+    );
+    assert_eq!(paired_role(&h.take(3)), None, "the reference is busy");
+    assert_eq!(h.core.stats().waiting, 1);
+}

@@ -1,0 +1,301 @@
+//! The rendezvous coordinator's tokio driver: accepts connections, frames lines, and runs the sans-io core.
+//!
+//! One task owns the [`Coordinator`] and is the only place decisions are
+//! made; it sleeps until the core's next deadline or the next event. Each
+//! connection has a writer task (its outbox, written in order, then a
+//! polite close) and a reader task (lines of at most [`MAX_LINE`] bytes,
+//! forwarded as events). Read deadlines are the core's timers, so a silent
+//! client is closed by the same code that tests cover on a fake clock. A
+//! client that does not read what it is sent fills its bounded outbox and is
+//! closed, so one slow client cannot make the coordinator buffer without
+//! bound. The wire format lives in [`crate::proto::rendezvous`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::analysis::plan::PlanError;
+use crate::proto::rendezvous::coordinator::{Action, ConnId, Coordinator, CoordinatorConfig};
+use crate::proto::rendezvous::{self as proto, ErrorCode, ProtoError, ServerMessage, MAX_LINE};
+
+/// Tunables of the coordinator server. `Default` suits a public deployment.
+#[derive(Debug, Clone)]
+pub struct RendezvousConfig {
+    /// The protocol core: plan, deadlines, per-IP limits, reference policy.
+    pub coordinator: CoordinatorConfig,
+    /// Connections served at once; more are told `busy` and closed.
+    pub max_connections: usize,
+    /// Lines queued for one client before it counts as too slow and is closed.
+    pub outbox_lines: usize,
+    /// Deadline for writing one line to a client.
+    pub write_timeout: Duration,
+    /// After shutdown is signalled, how long connections may take to close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RendezvousConfig {
+    fn default() -> Self {
+        RendezvousConfig {
+            coordinator: CoordinatorConfig::default(),
+            max_connections: 20_000,
+            outbox_lines: 64,
+            write_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What stops the coordinator from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RendezvousServerError {
+    #[error("cannot listen on {addr}: {cause}; check that the address is assigned to this host and the port is free")]
+    Bind { addr: SocketAddr, cause: io::Error },
+    #[error("the coordinator's plan is not usable: {0}")]
+    Plan(#[from] PlanError),
+}
+
+/// Binds the listening socket (SO_REUSEADDR, so a restarted coordinator can
+/// bind while old connections sit in TIME_WAIT) with a deep accept backlog
+/// for bursts of registrations. Needs a tokio runtime.
+pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener, RendezvousServerError> {
+    let bind = || -> io::Result<TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)
+    };
+    bind().map_err(|cause| RendezvousServerError::Bind { addr, cause })
+}
+
+enum Event {
+    Connected {
+        conn: ConnId,
+        addr: SocketAddr,
+        outbox: mpsc::Sender<Arc<[u8]>>,
+    },
+    Line {
+        conn: ConnId,
+        line: Result<String, ProtoError>,
+    },
+    Closed {
+        conn: ConnId,
+    },
+}
+
+/// Serves until `shutdown` completes, then tells every client
+/// (`error`/`shutting_down`), closes, waits up to `config.shutdown_grace`
+/// and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: RendezvousConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RendezvousServerError> {
+    let mut core = Coordinator::new(config.coordinator.clone(), StdRng::from_entropy())?;
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let (events_tx, mut events) = mpsc::channel::<Event>(4096);
+    let acceptor = tokio::spawn(accept_loop(
+        listener,
+        events_tx,
+        permits.clone(),
+        config.clone(),
+    ));
+    let mut outboxes: HashMap<ConnId, mpsc::Sender<Arc<[u8]>>> = HashMap::new();
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = core.poll_timeout();
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                let now = Instant::now();
+                match event {
+                    Event::Connected { conn, addr, outbox } => {
+                        outboxes.insert(conn, outbox);
+                        core.connected(now, conn, addr);
+                    }
+                    Event::Line { conn, line } => core.line(now, conn, line.as_deref().map_err(Clone::clone)),
+                    Event::Closed { conn } => core.closed(now, conn),
+                }
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => core.handle_timeout(Instant::now()),
+        }
+        apply(&mut core, &mut outboxes);
+    }
+    acceptor.abort();
+    core.shutdown();
+    apply(&mut core, &mut outboxes);
+    outboxes.clear();
+    // Every connection holds a permit: having them all back means all ended.
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(config.shutdown_grace, permits.acquire_many(all)).await;
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(at) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+    }
+}
+
+/// Carries out the core's actions. A client whose outbox is full is too
+/// slow: it is closed, and the core hears about it like any other close.
+fn apply(core: &mut Coordinator, outboxes: &mut HashMap<ConnId, mpsc::Sender<Arc<[u8]>>>) {
+    while let Some(action) = core.poll_action() {
+        match action {
+            Action::Send { conn, msg } => {
+                let Some(outbox) = outboxes.get(&conn) else {
+                    continue;
+                };
+                if outbox.try_send(proto::encode_server(&msg).into()).is_err() {
+                    outboxes.remove(&conn);
+                    core.closed(Instant::now(), conn);
+                }
+            }
+            Action::Close { conn } => {
+                outboxes.remove(&conn);
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    events: mpsc::Sender<Event>,
+    permits: Arc<Semaphore>,
+    config: RendezvousConfig,
+) {
+    let mut next_id: ConnId = 0;
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                eprintln!("rendezvous: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let busy = ServerMessage::Error {
+                code: ErrorCode::Busy,
+                message: "coordinator busy: too many connections, try again in a minute".into(),
+                supported_versions: None,
+                retry_after_ms: Some(60_000),
+            };
+            let _ = stream.try_write(&proto::encode_server(&busy));
+            continue;
+        };
+        next_id += 1;
+        let conn = next_id;
+        let events = events.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            connection(stream, conn, addr, events, &config).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Writes the outbox in order until the core closes the connection (drops
+/// the outbox), then half-closes and waits briefly for the client's EOF, so
+/// the close is a FIN and the last line (an `error`, `done`) is not lost to a
+/// RST.
+async fn connection(
+    stream: TcpStream,
+    conn: ConnId,
+    addr: SocketAddr,
+    events: mpsc::Sender<Event>,
+    config: &RendezvousConfig,
+) {
+    const LINGER: Duration = Duration::from_secs(2);
+    let _ = stream.set_nodelay(true);
+    let (outbox, mut lines) = mpsc::channel(config.outbox_lines.max(1));
+    if events
+        .send(Event::Connected { conn, addr, outbox })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::spawn(read_lines(read, conn, events.clone()));
+    while let Some(line) = lines.recv().await {
+        match tokio::time::timeout(config.write_timeout, write.write_all(&line)).await {
+            Ok(Ok(())) => {}
+            _ => {
+                let _ = events.send(Event::Closed { conn }).await;
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(LINGER, write.shutdown()).await;
+    if tokio::time::timeout(LINGER, &mut reader).await.is_err() {
+        reader.abort();
+    }
+}
+
+/// Forwards lines as events until EOF or an unframeable line; after a bad
+/// line it only drains (bounded), so the error line can reach the client.
+async fn read_lines(read: OwnedReadHalf, conn: ConnId, events: mpsc::Sender<Event>) {
+    const DRAIN_LIMIT: u64 = 64 * 1024;
+    let mut reader = BufReader::with_capacity(1024, read);
+    let mut buf = Vec::new();
+    let limit = u64::try_from(MAX_LINE).expect("MAX_LINE fits in u64");
+    loop {
+        buf.clear();
+        let n = (&mut reader).take(limit).read_until(b'\n', &mut buf).await;
+        let line = match n {
+            Ok(0) | Err(_) => {
+                let _ = events.send(Event::Closed { conn }).await;
+                return;
+            }
+            Ok(_) => proto::frame(&buf).map(str::to_string),
+        };
+        let bad = line.is_err();
+        if buf.capacity() > 4096 {
+            buf = Vec::new();
+        }
+        if events.send(Event::Line { conn, line }).await.is_err() {
+            return;
+        }
+        if bad {
+            let _ = tokio::io::copy(&mut reader.take(DRAIN_LIMIT), &mut tokio::io::sink()).await;
+            return;
+        }
+    }
+}
+
+/// Raises this process's open-file soft limit to its hard limit (a
+/// coordinator holds one descriptor per volunteer) and returns the new limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}

@@ -1,0 +1,175 @@
+//! Loopback harness of the rendezvous tests: a coordinator on 127.0.0.1 with short deadlines, raw clients on other loopback IPs.
+
+// Each test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use punchscope::analysis::plan::Plan;
+use punchscope::proto::rendezvous::coordinator::{CoordinatorConfig, ReferencePolicy};
+use punchscope::proto::rendezvous::{self as proto, ClientMessage, Hello, Mode, ServerMessage};
+use punchscope::server::rendezvous::{bind_listener, run, RendezvousConfig, RendezvousServerError};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpSocket;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), RendezvousServerError>>,
+}
+
+impl TestServer {
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().expect("stopped once").send(());
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("server stops within the wait")
+            .expect("server task did not panic")
+            .expect("server ran");
+    }
+}
+
+pub fn plan(trials: u32, strategies: &str, skew: u32, samples: u32) -> Plan {
+    Plan::from_toml(&format!(
+        "version = 1\nname = \"test\"\ntrials = {trials}\nstrategies = {strategies}\ninjected_skew_ms = {skew}\nrtt_samples = {samples}\nattempt_timeout_ms = 500\nmax_attempts = 1\nhandshake_step_ms = 100\n"
+    ))
+    .unwrap()
+}
+
+/// Short deadlines so the tests run fast; references accepted from anywhere.
+pub fn fast_config(plan: Plan) -> RendezvousConfig {
+    RendezvousConfig {
+        coordinator: CoordinatorConfig {
+            plan,
+            hello_timeout: Duration::from_millis(500),
+            max_wait: Duration::from_secs(3),
+            heartbeat: Duration::from_millis(100),
+            ping_timeout: Duration::from_secs(1),
+            register_timeout: Duration::from_secs(1),
+            primed_timeout: Duration::from_secs(1),
+            references: ReferencePolicy::Anyone,
+            ..CoordinatorConfig::default()
+        },
+        shutdown_grace: Duration::from_secs(1),
+        ..RendezvousConfig::default()
+    }
+}
+
+pub async fn start(config: RendezvousConfig) -> TestServer {
+    let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(run(listener, config, async {
+        let _ = rx.await;
+    }));
+    TestServer {
+        addr,
+        stop: Some(tx),
+        task,
+    }
+}
+
+/// 127.0.0.`last`: a distinct "public IP" per client.
+pub fn ip(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+/// A fresh trial socket as the probe makes it: SO_REUSEADDR + SO_REUSEPORT, bound to `ip`:0.
+pub fn trial_socket(ip: IpAddr) -> socket2::Socket {
+    trial_socket_on(SocketAddr::new(ip, 0)).unwrap()
+}
+
+pub fn trial_socket_on(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+pub fn volunteer(code: Option<&str>) -> Hello {
+    let hello = Hello::volunteer(Duration::from_secs(3));
+    match code {
+        Some(code) => hello.with_pair_code(code),
+        None => hello,
+    }
+}
+
+pub fn reference() -> Hello {
+    Hello {
+        mode: Mode::Reference,
+        ..volunteer(None)
+    }
+}
+
+/// A client speaking raw lines, for scripted and misbehaving peers.
+pub struct Raw {
+    pub local: SocketAddr,
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Raw {
+    pub async fn connect(from: IpAddr, server: SocketAddr) -> Raw {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        let stream = tokio::time::timeout(WAIT, socket.connect(server))
+            .await
+            .unwrap()
+            .unwrap();
+        let local = stream.local_addr().unwrap();
+        let (read, writer) = stream.into_split();
+        Raw {
+            local,
+            reader: BufReader::new(read),
+            writer,
+        }
+    }
+
+    pub async fn send(&mut self, msg: &ClientMessage) {
+        self.send_raw(&proto::encode_client(msg)).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// The next message, or `None` at EOF (or a reset).
+    pub async fn recv(&mut self) -> Option<ServerMessage> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+            .await
+            .expect("the coordinator answers within the wait");
+        match n {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(proto::decode_server(line.trim_end()).unwrap()),
+        }
+    }
+
+    /// The next message that is not a `waiting` heartbeat.
+    pub async fn recv_skipping_heartbeats(&mut self) -> Option<ServerMessage> {
+        for _ in 0..1000 {
+            match self.recv().await {
+                Some(ServerMessage::Waiting { .. }) => continue,
+                other => return other,
+            }
+        }
+        panic!("only heartbeats");
+    }
+
+    /// Asserts the coordinator sent an error with `code` and then closed.
+    pub async fn expect_error_and_close(&mut self, code: proto::ErrorCode) {
+        match self.recv_skipping_heartbeats().await {
+            Some(ServerMessage::Error { code: got, .. }) => assert_eq!(got, code),
+            other => panic!("expected error {code:?}, got {other:?}"),
+        }
+        assert_eq!(self.recv().await, None, "closed after the error");
+    }
+}
