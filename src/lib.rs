@@ -14,6 +14,7 @@
 //! - [`btc`]: Bitcoin P2P handshakes (v1 and BIP324 v2) over any byte stream.
 //! - [`rendezvous`]: the volunteer's client of the coordinator (pairing, trial
 //!   steps, port registration).
+//! - [`probe`]: the volunteer's run; for now one pairing driven end to end.
 //!
 //! The command line lives in the binary (`src/main.rs`, `src/cli/`), the only
 //! place that uses `anyhow`. NAT behaviour types and the results schema live
@@ -24,6 +25,7 @@ pub use punchscope_analysis as analysis;
 pub mod btc;
 pub mod classify;
 pub mod lab;
+pub mod probe;
 pub mod proto;
 pub mod punch;
 pub mod rendezvous;

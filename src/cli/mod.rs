@@ -8,6 +8,7 @@ mod bench;
 mod classify;
 mod handshake;
 mod lab;
+mod probe;
 mod punch;
 mod serve;
 
@@ -27,6 +28,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Build NAT labs in network namespaces and run things inside them.
     Lab(lab::LabArgs),
+    /// Pair with a volunteer through a coordinator and run punching trials with Bitcoin handshakes.
+    Probe(probe::ProbeArgs),
     /// One manual punching trial to a peer whose public endpoint you know (exit 0 connected, 2 not).
     Punch(punch::PunchArgs),
     /// Run a Bitcoin P2P handshake (v1 or BIP324 v2) with a node, or answer one (`--listen`).
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Probe(args) => probe::run(args),
         Command::Punch(args) => punch::run(args),
         Command::Handshake(args) => handshake::run(args),
         Command::Bench(args) => bench::run(args),

@@ -1,0 +1,290 @@
+//! One pairing driven end to end: wait for a peer through the coordinator, then
+//! for each trial register a fresh port, prime it if asked, punch, shake hands,
+//! and report. Every trial becomes a record, whatever happened to it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use punchscope_analysis::handshake::Role;
+use punchscope_analysis::plan::Plan;
+use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
+use serde::Serialize;
+
+use crate::proto::rendezvous::Mode;
+use crate::punch::{self, HandshakeSpec, TrialSpec};
+use crate::rendezvous::{register_port, Client, Hello, RendezvousError, Step, TrialReport};
+
+/// How to reach the coordinator and what to tell it.
+#[derive(Debug, Clone)]
+pub struct PairingOptions {
+    pub server: SocketAddr,
+    pub hello: Hello,
+    /// Bound on every wait for a coordinator line outside trials.
+    pub read_timeout: Duration,
+    /// How long to wait for a peer.
+    pub max_wait: Duration,
+}
+
+/// How a pairing ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "ended", rename_all = "snake_case")]
+pub enum PairingEnd {
+    /// Every trial of the plan ran.
+    Done,
+    /// The peer left before the plan was through.
+    PeerGone { trial: Option<u32> },
+    /// The coordinator went away or broke the protocol mid-pairing.
+    CoordinatorLost { error: String },
+}
+
+/// Everything one pairing produced, from our side.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairingRecord {
+    pub role: Role,
+    pub plan: Plan,
+    pub peer_mode: Mode,
+    pub trials: Vec<TrialRecord>,
+    #[serde(flatten)]
+    pub end: PairingEnd,
+}
+
+/// What the caller is told while a pairing runs (for progress bars).
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Waiting { waited: Duration },
+    Paired { role: Role, trials: u32 },
+    TrialDone { trial: u32, outcome: TrialOutcome },
+}
+
+/// A trial registered with the coordinator and not yet run.
+struct Pending {
+    trial: u32,
+    strategy: Strategy,
+    local_port: u16,
+    public_port: u16,
+    prime_error: Option<String>,
+}
+
+/// Waits for a peer and runs the plan. `Err` only when no pairing happened
+/// (no coordinator, no peer): once paired, whatever happens is in the record.
+pub async fn run_pairing(
+    options: &PairingOptions,
+    mut progress: impl FnMut(Progress),
+) -> Result<PairingRecord, RendezvousError> {
+    let mut client =
+        Client::connect(options.server, options.hello.clone(), options.read_timeout).await?;
+    let pairing = client
+        .wait_for_pairing(
+            |waited| progress(Progress::Waiting { waited }),
+            options.max_wait,
+        )
+        .await?;
+    progress(Progress::Paired {
+        role: pairing.role,
+        trials: pairing.plan.trials,
+    });
+    let mut record = PairingRecord {
+        role: pairing.role,
+        plan: pairing.plan.clone(),
+        peer_mode: pairing.peer_mode,
+        trials: Vec::new(),
+        end: PairingEnd::Done,
+    };
+    let plan = pairing.plan;
+    let mut pending: Option<Pending> = None;
+    loop {
+        let step = match client.next().await {
+            Ok(step) => step,
+            Err(e) => {
+                record.end = PairingEnd::CoordinatorLost {
+                    error: e.to_string(),
+                };
+                break;
+            }
+        };
+        match step {
+            Step::Trial {
+                trial,
+                token,
+                strategy,
+            } => {
+                let bound = punch::socket::bound(any_port(options.server, 0));
+                let result = match bound {
+                    Ok(socket) => {
+                        let local_port = socket
+                            .local_addr()
+                            .ok()
+                            .and_then(|a| a.as_socket())
+                            .map_or(0, |a| a.port());
+                        register_port(socket, options.server, &token, options.read_timeout)
+                            .await
+                            .map(|observed| (local_port, observed))
+                    }
+                    Err(e) => Err(RendezvousError::from(e)),
+                };
+                match result {
+                    Ok((local_port, observed)) => {
+                        pending = Some(Pending {
+                            trial,
+                            strategy,
+                            local_port,
+                            public_port: observed.port(),
+                            prime_error: None,
+                        })
+                    }
+                    Err(e) => {
+                        // We could not even register: the trial is our local error. The
+                        // coordinator times the trial out for both sides.
+                        record.trials.push(unrun(
+                            trial,
+                            strategy,
+                            pairing.role,
+                            TrialOutcome::LocalError,
+                            Some(e.to_string()),
+                        ));
+                        pending = None;
+                    }
+                }
+            }
+            Step::Prime { trial, peer, ttl } => {
+                // The coordinator needs `primed` from both sides whatever happened; a
+                // failed priming SYN is noted and the trial then runs unprimed.
+                if let Some(p) = pending.as_mut().filter(|p| p.trial == trial) {
+                    if let Err(e) =
+                        punch::prime_low_ttl(any_port(peer, p.local_port), peer, ttl).await
+                    {
+                        p.prime_error = Some(format!("low-TTL priming SYN failed: {e}"));
+                    }
+                }
+                if let Err(e) = client.primed(trial).await {
+                    record.end = PairingEnd::CoordinatorLost {
+                        error: e.to_string(),
+                    };
+                    break;
+                }
+            }
+            Step::Go {
+                trial,
+                peer,
+                delay,
+                nonce,
+                strategy,
+                injected_skew,
+            } => {
+                let go_at = tokio::time::Instant::now();
+                let Some(p) = pending.take().filter(|p| p.trial == trial) else {
+                    let trial_record = unrun(
+                        trial,
+                        strategy,
+                        pairing.role,
+                        TrialOutcome::LocalError,
+                        Some("go for a trial we did not register".into()),
+                    );
+                    let _ = client
+                        .report(trial, &TrialReport::from(&trial_record))
+                        .await;
+                    record.trials.push(trial_record);
+                    continue;
+                };
+                let spec = TrialSpec {
+                    trial,
+                    strategy,
+                    role: pairing.role,
+                    local: any_port(peer, p.local_port),
+                    peer,
+                    public_port: Some(p.public_port),
+                    nonce,
+                    start_delay: delay.saturating_sub(injected_skew),
+                    injected_skew,
+                    attempt_timeout: Duration::from_millis(plan.attempt_timeout_ms.into()),
+                    max_attempts: plan.max_attempts,
+                    retry_gap: Duration::from_millis(plan.retry_gap_ms.into()),
+                    retry_jitter: Duration::from_millis(plan.retry_jitter_ms.into()),
+                };
+                let handshake = HandshakeSpec {
+                    transport: plan.transport_of(trial),
+                    network: plan.network,
+                    step_timeout: Duration::from_millis(plan.handshake_step_ms.into()),
+                };
+                let mut trial_record =
+                    punch::run_trial_with_handshake(&spec, &handshake, go_at).await;
+                if let Some(e) = p.prime_error {
+                    trial_record.error.get_or_insert(e);
+                }
+                progress(Progress::TrialDone {
+                    trial,
+                    outcome: trial_record.outcome,
+                });
+                let report = client
+                    .report(trial, &TrialReport::from(&trial_record))
+                    .await;
+                record.trials.push(trial_record);
+                if let Err(e) = report {
+                    record.end = PairingEnd::CoordinatorLost {
+                        error: e.to_string(),
+                    };
+                    break;
+                }
+            }
+            Step::PeerResult { trial, outcome } => {
+                if let Some(t) = record.trials.iter_mut().find(|t| t.trial == trial) {
+                    t.peer_outcome = Some(outcome);
+                }
+            }
+            Step::PeerGone { trial } => {
+                if let Some(p) = pending.take() {
+                    record.trials.push(unrun(
+                        p.trial,
+                        p.strategy,
+                        pairing.role,
+                        TrialOutcome::PeerVanished,
+                        None,
+                    ));
+                }
+                record.end = PairingEnd::PeerGone { trial };
+                break;
+            }
+            Step::Done { .. } => {
+                let _ = client.bye().await;
+                break;
+            }
+        }
+    }
+    Ok(record)
+}
+
+/// The record of a trial that never got to punching.
+fn unrun(
+    trial: u32,
+    strategy: Strategy,
+    role: Role,
+    outcome: TrialOutcome,
+    error: Option<String>,
+) -> TrialRecord {
+    TrialRecord {
+        trial,
+        strategy,
+        role,
+        local_port: 0,
+        public_port: None,
+        peer_port: None,
+        outcome,
+        attempts: Vec::new(),
+        go_to_established_ms: None,
+        completed_by: None,
+        nonce_verified: false,
+        start_delay_ms: 0.0,
+        injected_skew_ms: 0.0,
+        peer_outcome: None,
+        handshake: None,
+        error,
+    }
+}
+
+/// The unspecified address of `like`'s family, with `port`.
+fn any_port(like: SocketAddr, port: u16) -> SocketAddr {
+    match like {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], port)),
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+    }
+}

@@ -1,0 +1,298 @@
+//! Coordinated trials with the real binaries: `serve rendezvous` in the
+//! internet namespace, `probe` in two hosts behind lab NATs; success rates,
+//! roles, handshakes and SYN timing checked against the emulator's log.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use punchscope::analysis::handshake::{Role, Transport};
+use punchscope::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
+use punchscope::lab::nat::{Direction, NatEvent};
+use punchscope::lab::{netns, Lab};
+
+const COORDINATOR: &str = "198.51.100.10:7000";
+
+/// Kills the child by its own PID when dropped, even on panic.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn punchscope_in(ns: &str) -> Command {
+    netns::command_in(ns, env!("CARGO_BIN_EXE_punchscope")).unwrap()
+}
+
+fn plan(lab_tag: &str, body: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{}-{lab_tag}-plan.toml", std::process::id()));
+    std::fs::write(&path, format!("version = 1\nname = \"{lab_tag}\"\n{body}")).unwrap();
+    path
+}
+
+fn start_coordinator(lab: &Lab, plan: &std::path::Path) -> ChildGuard {
+    let child = punchscope_in(&lab.internet_netns())
+        .args(["serve", "rendezvous", "--listen", COORDINATOR, "--plan"])
+        .arg(plan)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = ChildGuard(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab
+        .run_in("internet", || {
+            std::net::TcpStream::connect(COORDINATOR).is_ok()
+        })
+        .unwrap()
+    {
+        assert!(Instant::now() < deadline, "coordinator did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    guard
+}
+
+/// Runs `probe` in alice and bob at once; returns each side's trials, in trial order.
+fn probe_pair(lab: &Lab, within: Duration) -> (Vec<TrialRecord>, Vec<TrialRecord>, Vec<Role>) {
+    let spawn = |host: &str| {
+        punchscope_in(&lab.host_netns(host).unwrap())
+            .args([
+                "probe",
+                "--server",
+                COORDINATOR,
+                "--yes",
+                "--json",
+                "--max-wait-secs",
+                "20",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn("alice"), spawn("bob")];
+    let deadline = Instant::now() + within;
+    let mut outputs = Vec::new();
+    for child in children {
+        let mut guard = ChildGuard(Some(child));
+        loop {
+            let finished = guard.0.as_mut().unwrap().try_wait().unwrap().is_some();
+            if finished {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "probe did not finish within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = guard.0.take().unwrap().wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(record["ended"], "done", "{record}");
+        outputs.push(record);
+    }
+    let trials = |v: &serde_json::Value| -> Vec<TrialRecord> {
+        let mut t: Vec<TrialRecord> = serde_json::from_value(v["trials"].clone()).unwrap();
+        t.sort_by_key(|t| t.trial);
+        t
+    };
+    let roles = outputs
+        .iter()
+        .map(|v| serde_json::from_value(v["role"].clone()).unwrap())
+        .collect();
+    (trials(&outputs[0]), trials(&outputs[1]), roles)
+}
+
+fn two_nats(a: &str, b: &str) -> String {
+    format!(
+        "[[nat]]\nname = \"a\"\n{a}\n[[nat]]\nname = \"b\"\n{b}\n\
+         [[host]]\nname = \"alice\"\nnat = \"a\"\n[[host]]\nname = \"bob\"\nnat = \"b\"\n"
+    )
+}
+
+fn connected(trials: &[TrialRecord]) -> usize {
+    trials
+        .iter()
+        .filter(|t| t.outcome == TrialOutcome::Connected)
+        .count()
+}
+
+#[test]
+fn eim_pairs_punch_20_of_20_with_alternating_v1_v2_handshakes() {
+    let lab = start_lab("rve", &two_nats("delay_ms = 10", "delay_ms = 20"));
+    let plan = plan("rve", "trials = 20\nstrategies = [\"simultaneous\"]\ntransports = [\"v1\", \"v2\"]\nnetwork = \"regtest\"\n");
+    let _coordinator = start_coordinator(&lab, &plan);
+    let (a, b, roles) = probe_pair(&lab, Duration::from_secs(90));
+    assert_eq!(
+        roles.iter().filter(|r| **r == Role::Initiator).count(),
+        1,
+        "exactly one initiator: {roles:?}"
+    );
+    for trials in [&a, &b] {
+        assert_eq!(trials.len(), 20);
+        assert_eq!(connected(trials), 20, "{trials:#?}");
+        for t in trials {
+            let h = t
+                .handshake
+                .as_ref()
+                .expect("handshake over every punched socket");
+            assert!(h.success, "trial {}: {h:#?}", t.trial);
+            let expected = if t.trial % 2 == 0 {
+                Transport::V1
+            } else {
+                Transport::V2
+            };
+            assert_eq!(h.transport, Some(expected), "trial {}", t.trial);
+            assert!(h
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.user_agent.starts_with("/punchscope:")));
+            assert_eq!(
+                t.peer_outcome,
+                Some(TrialOutcome::Connected),
+                "trial {}",
+                t.trial
+            );
+        }
+    }
+}
+
+#[test]
+fn rst_and_symmetric_nats_give_the_outcomes_theory_predicts() {
+    // Both EIM but answering early SYNs with RST: coordinated timing and retries punch every trial.
+    let rst = "unsolicited = \"rst\"\ndelay_ms = 15";
+    let lab = start_lab("rvr", &two_nats(rst, rst));
+    let fast = "trials = 20\nstrategies = [\"simultaneous\"]\nattempt_timeout_ms = 400\nmax_attempts = 3\nretry_gap_ms = 50\nretry_jitter_ms = 200\n";
+    let plan_rst = plan("rvr", fast);
+    let coordinator = start_coordinator(&lab, &plan_rst);
+    let (a, b, _) = probe_pair(&lab, Duration::from_secs(120));
+    assert_eq!((connected(&a), connected(&b)), (20, 20), "rst pair: {a:#?}");
+    drop(coordinator);
+    drop(lab);
+
+    // Both APDM: never, and each trial says why.
+    let lab = start_lab("rvs", &two_nats("mapping = \"apdm\"", "mapping = \"apdm\""));
+    let plan_sym = plan("rvs", fast);
+    let _coordinator = start_coordinator(&lab, &plan_sym);
+    let (a, b, _) = probe_pair(&lab, Duration::from_secs(120));
+    for trials in [&a, &b] {
+        assert_eq!(trials.len(), 20);
+        assert_eq!(connected(trials), 0);
+        assert!(trials.iter().all(|t| matches!(
+            t.outcome,
+            TrialOutcome::Timeout | TrialOutcome::Refused
+        ) && !t.attempts.is_empty()));
+    }
+}
+
+#[test]
+fn against_a_symmetric_nat_connect_listen_succeeds_where_simultaneous_fails() {
+    let lab = start_lab(
+        "rvl",
+        &two_nats("filtering = \"eif\"", "mapping = \"apdm\""),
+    );
+    let plan = plan(
+        "rvl",
+        "trials = 10\nstrategies = [\"simultaneous\", \"connect_listen\"]\nattempt_timeout_ms = 500\nmax_attempts = 2\nretry_gap_ms = 50\nretry_jitter_ms = 100\n",
+    );
+    let _coordinator = start_coordinator(&lab, &plan);
+    let (a, b, _) = probe_pair(&lab, Duration::from_secs(120));
+    for trials in [&a, &b] {
+        let by = |s: Strategy| trials.iter().filter(move |t| t.strategy == s);
+        assert_eq!(
+            by(Strategy::Simultaneous)
+                .filter(|t| t.outcome == TrialOutcome::Connected)
+                .count(),
+            0
+        );
+        assert_eq!(
+            by(Strategy::ConnectListen)
+                .filter(|t| t.outcome == TrialOutcome::Connected)
+                .count(),
+            5
+        );
+    }
+    // The record says which socket won: alice (EIF) took bob's SYN on her listener.
+    assert!(a
+        .iter()
+        .filter(|t| t.strategy == Strategy::ConnectListen)
+        .all(|t| t.completed_by == Some(punchscope::analysis::trial::Completion::Listener)));
+}
+
+#[test]
+fn with_asymmetric_delays_both_syns_leave_their_hosts_together() {
+    let lab = start_lab("rvt", &two_nats("delay_ms = 10", "delay_ms = 80"));
+    let plan = plan(
+        "rvt",
+        "trials = 20\nstrategies = [\"simultaneous\"]\nrtt_samples = 5\n",
+    );
+    let _coordinator = start_coordinator(&lab, &plan);
+    let (a, b, _) = probe_pair(&lab, Duration::from_secs(120));
+    assert_eq!((connected(&a), connected(&b)), (20, 20));
+    let events = lab.events();
+    // When a side's first SYN to its peer left its host: the emulator logs it
+    // leaving the WAN link, one configured uplink delay later (no jitter here).
+    let uplink_ms = |router: &str| match router {
+        "a" => 10.0,
+        _ => 80.0,
+    };
+    let first_syn = |router: &str, t: &TrialRecord| -> (f64, f64) {
+        events
+            .iter()
+            .filter(|e| e.router == router)
+            .find_map(|e| match &e.event {
+                NatEvent::TcpControl {
+                    direction: Direction::Outbound,
+                    src,
+                    dst,
+                    flags,
+                    ..
+                } if flags == "S"
+                    && Some(src.port()) == t.public_port
+                    && Some(dst.port()) == t.peer_port =>
+                {
+                    Some((e.t_ms - uplink_ms(router), e.t_ms))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no SYN from {router} to the peer in trial {}", t.trial))
+    };
+    let mut together = 0;
+    let mut gaps = Vec::new();
+    for (ta, tb) in a.iter().zip(&b) {
+        let ((left_a, internet_a), (left_b, internet_b)) = (first_syn("a", ta), first_syn("b", tb));
+        gaps.push(((left_a - left_b).abs(), (internet_a - internet_b).abs()));
+        if (left_a - left_b).abs() <= 10.0 {
+            together += 1;
+        }
+    }
+    assert!(
+        together >= 18,
+        "SYNs left within 10 ms in {together}/20 trials; (host gap, internet gap): {gaps:?}"
+    );
+    // Path RTT between the hosts: 2 x (10 + 80) ms.
+    let path_rtt = 180.0;
+    let mut times: Vec<f64> = a
+        .iter()
+        .chain(&b)
+        .filter_map(|t| t.go_to_established_ms)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    assert!(
+        median <= 1.5 * path_rtt,
+        "median go->established {median} ms vs path RTT {path_rtt} ms"
+    );
+}
