@@ -9,6 +9,11 @@
 //! - [`server`]: the servers (`punchscope serve ...`), each taking bound listeners and a shutdown signal.
 //! - [`classify`]: TCP NAT classification against echo servers.
 //! - [`btc`]: Bitcoin P2P handshakes (v1 and BIP324 v2) over any byte stream.
+//! - [`collector`]: storage of the results collector (the [`collector::ResultStore`]
+//!   trait, SQLite in WAL mode) and its privacy-preserving source grouping;
+//!   the HTTP side is [`server::collector`].
+//! - [`upload`]: the probe's local spool of results and their loss-free
+//!   upload to a collector, with retries and backoff.
 //!
 //! The command line lives in the binary (`src/main.rs`, `src/cli/`), the only
 //! place that uses `anyhow`. NAT behaviour types and the results schema live
@@ -18,6 +23,8 @@ pub use punchscope_analysis as analysis;
 
 pub mod btc;
 pub mod classify;
+pub mod collector;
 pub mod lab;
 pub mod proto;
 pub mod server;
+pub mod upload;

@@ -376,6 +376,20 @@ impl RunResult {
     }
 }
 
+/// One line of the collector's export (`GET /v1/results.jsonl`): a stored
+/// result exactly as uploaded (after validation), with what the collector added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectedResult {
+    /// When the collector stored it (RFC 3339, UTC).
+    pub received_at: DateTime<Utc>,
+    /// The uploader's network prefix (IPv4 /24, IPv6 /48).
+    pub source_net: String,
+    /// A keyed hash (HMAC-SHA256, hex) of the uploader's address: equal for
+    /// runs uploaded from the same address, meaningless without the collector's key.
+    pub source_group: String,
+    pub result: RunResult,
+}
+
 /// The JSON Schema of [`RunResult`], as committed in `datasets/schema/run-result.v1.json`.
 pub fn json_schema() -> Value {
     serde_json::to_value(schemars::schema_for!(RunResult)).expect("a schema serializes")

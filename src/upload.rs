@@ -1,0 +1,1 @@
+//! Spool and upload of results (to come).
