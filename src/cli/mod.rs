@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod classify;
+mod collector;
 mod handshake;
 mod lab;
 mod serve;
+mod upload;
 
 /// Measure how well TCP hole punching works for Bitcoin nodes behind home NATs.
 #[derive(Debug, Parser)]
@@ -27,6 +29,8 @@ pub enum Command {
     Lab(lab::LabArgs),
     /// Run a Bitcoin P2P handshake (v1 or BIP324 v2) with a node, or answer one (`--listen`).
     Handshake(handshake::HandshakeArgs),
+    /// Upload the spooled results to a collector; results leave the spool only once stored.
+    Upload(upload::UploadArgs),
 }
 
 /// Runs the chosen subcommand. Errors carry context for the user; `main` prints them.
@@ -36,5 +40,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Lab(args) => lab::run(args),
         Command::Handshake(args) => handshake::run(args),
+        Command::Upload(args) => upload::run(args),
     }
 }

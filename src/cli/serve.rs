@@ -18,6 +18,8 @@ pub struct ServeArgs {
 pub enum ServeCommand {
     /// Echo/reflector server for `punchscope classify`: reports observed endpoints, dials back on request.
     Echo(EchoArgs),
+    /// Results collector: stores uploaded run results (HTTP, SQLite).
+    Collector(super::collector::CollectorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +47,7 @@ pub struct EchoArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     match args.server {
         ServeCommand::Echo(args) => run_echo(args),
+        ServeCommand::Collector(args) => super::collector::run(args),
     }
 }
 
