@@ -25,8 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -131,7 +130,6 @@ fn router(config: CollectorConfig, store: mpsc::Sender<StoreRequest>) -> Router 
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ));
-    let body_limit = DefaultBodyLimit::max(config.max_body_bytes);
     let state = Arc::new(AppState {
         config,
         store,
@@ -147,7 +145,6 @@ fn router(config: CollectorConfig, store: mpsc::Sender<StoreRequest>) -> Router 
                 "no such endpoint: use POST /v1/results, GET /v1/results.jsonl or GET /healthz",
             )
         })
-        .layer(body_limit)
         .layer(limits)
         .with_state(state)
 }
@@ -160,23 +157,23 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 async fn post_result(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let body = match body {
+    let max = state.config.max_body_bytes;
+    let body = match read_limited(body, max).await {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        Err(BodyError::TooLarge) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
-                    "result larger than {} bytes: split the run or raise the collector's limit",
-                    state.config.max_body_bytes
+                    "result larger than {max} bytes: split the run or raise the collector's limit"
                 ),
             )
         }
-        Err(rejection) => {
+        Err(BodyError::Read(e)) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {}", rejection.body_text()),
+                format!("cannot read the body: {e}"),
             )
         }
     };
@@ -319,6 +316,36 @@ fn export_line(row: &StoredRow) -> String {
         quote(&r.source_group),
         r.body
     )
+}
+
+enum BodyError {
+    TooLarge,
+    Read(String),
+}
+
+/// Reads at most `max` bytes of body. A larger body is still read (and
+/// dropped) up to a few times the limit, so that the client, still sending,
+/// gets to read the 413 instead of a broken connection.
+async fn read_limited(body: Body, max: usize) -> Result<Bytes, BodyError> {
+    use futures_util::StreamExt;
+    let drain_limit = max.saturating_mul(8).max(1024 * 1024);
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > drain_limit {
+            return Err(BodyError::TooLarge);
+        }
+        if seen <= max {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if seen > max {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(Bytes::from(buf))
 }
 
 enum StoreRequest {
