@@ -319,12 +319,12 @@ pub fn db_texts(db: &Path) -> Vec<String> {
         .unwrap();
     let rows = select
         .query_map([], |r| {
-            Ok((0..5)
+            (0..5)
                 .map(|i| r.get::<_, String>(i))
-                .collect::<Result<Vec<_>, _>>()?)
+                .collect::<Result<Vec<_>, _>>()
         })
         .unwrap();
-    rows.map(|r| r.unwrap()).flatten().collect()
+    rows.flat_map(|r| r.unwrap()).collect()
 }
 
 /// Run ids stored in the database, with how many rows each has.
