@@ -15,6 +15,11 @@
 //! - [`rendezvous`]: the volunteer's client of the coordinator (pairing, trial
 //!   steps, port registration).
 //! - [`probe`]: the volunteer's run; for now one pairing driven end to end.
+//! - [`collector`]: storage of the results collector (the [`collector::ResultStore`]
+//!   trait, SQLite in WAL mode) and its privacy-preserving source grouping;
+//!   the HTTP side is [`server::collector`].
+//! - [`upload`]: the probe's local spool of results and their loss-free
+//!   upload to a collector, with retries and backoff.
 //!
 //! The command line lives in the binary (`src/main.rs`, `src/cli/`), the only
 //! place that uses `anyhow`. NAT behaviour types and the results schema live
@@ -24,9 +29,11 @@ pub use punchscope_analysis as analysis;
 
 pub mod btc;
 pub mod classify;
+pub mod collector;
 pub mod lab;
 pub mod probe;
 pub mod proto;
 pub mod punch;
 pub mod rendezvous;
 pub mod server;
+pub mod upload;

@@ -12,13 +12,14 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::nat::{Allocation, Filtering, Mapping};
 
 /// Which server endpoint a dial-back comes from, relative to the endpoint the
 /// asking connection reached. Also used on the echo wire protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DialKind {
     /// Same server IP, the other port: admitted by EIF and ADF, not by APDF.
@@ -38,7 +39,7 @@ impl DialKind {
 }
 
 /// What the echo server saw when it dialed back. Also used on the echo wire protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DialOutcome {
     /// The TCP handshake completed.
@@ -122,7 +123,7 @@ pub struct Observations {
 }
 
 /// A behaviour that was measured, could only be narrowed down, or not measured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Finding<T> {
     Known {
@@ -149,7 +150,7 @@ impl<T: Copy> Finding<T> {
 }
 
 /// How the NAT picked external ports across fresh local ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "pattern", rename_all = "snake_case")]
 pub enum AllocationPattern {
     /// The external port equals the local port.
@@ -190,7 +191,7 @@ impl AllocationPattern {
 }
 
 /// The classification decided from [`Observations`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Verdict {
     /// Every observed endpoint equals the local one: no address translation.
     pub no_nat: bool,

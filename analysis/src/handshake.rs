@@ -7,10 +7,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Which P2P transport the handshake used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
     /// The original unencrypted framing (magic, command, length, checksum).
@@ -29,7 +30,7 @@ impl fmt::Display for Transport {
 }
 
 /// Which side of the connection we were. BIP324 needs exactly one initiator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Sent the first bytes (the `version` in v1, the public key in v2).
@@ -48,7 +49,7 @@ impl fmt::Display for Role {
 }
 
 /// The Bitcoin network whose magic bytes frame (v1) or key (v2) the messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BitcoinNetwork {
     /// Magic f9beb4d9.
@@ -108,7 +109,7 @@ impl FromStr for BitcoinNetwork {
 }
 
 /// The steps of a handshake, each with its own deadline and duration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Responder only, accepting both transports: reading the first 16 bytes
@@ -138,7 +139,7 @@ impl fmt::Display for Phase {
 
 /// Why a handshake did not complete. These are measurement outcomes, not
 /// program errors.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FailureReason {
     /// The phase's deadline passed before the peer sent what it needed.
@@ -178,7 +179,7 @@ pub enum FailureReason {
 
 /// Time spent in each phase, in milliseconds. A phase that was not reached
 /// (or does not apply, like the key exchange in v1) is absent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PhaseDurations {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v2_key_exchange_ms: Option<f64>,
@@ -191,7 +192,7 @@ pub struct PhaseDurations {
 }
 
 /// What the peer said about itself in its `version` message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PeerVersion {
     /// `user_agent` (BIP14 subversion), e.g. "/Satoshi:28.1.0/".
     pub user_agent: String,
@@ -203,7 +204,7 @@ pub struct PeerVersion {
 }
 
 /// One handshake, successful or not.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct HandshakeRecord {
     /// The transport spoken; `None` only when a responder accepting both
     /// failed before the peer's first bytes told which (phase `detect`).

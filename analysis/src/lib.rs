@@ -17,9 +17,17 @@
 //!   `version` fields and the v2 session id.
 //! - [`trial`]: punching strategies and the record of one trial as one side saw it.
 //! - [`plan`]: probe plans (what a pairing measures), validated on load.
+//! - [`result`]: the result of one probe run ([`result::RunResult`], schema
+//!   version 1), the document uploaded to and stored by the collector, with
+//!   its JSON Schema.
+//! - [`privacy`]: what may leave the probe: IP addresses become /24 or /48
+//!   prefixes; the strict raw-address check the collector runs on uploads;
+//!   [`privacy::PRIVACY_NOTICE`], what the probe shows before asking consent.
 
 pub mod classify;
 pub mod handshake;
 pub mod nat;
 pub mod plan;
+pub mod privacy;
+pub mod result;
 pub mod trial;

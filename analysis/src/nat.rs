@@ -3,11 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How a NAT chooses the external endpoint for outbound traffic from one
 /// internal endpoint (RFC 4787 section 4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mapping {
     /// Endpoint-independent: one external endpoint for every destination.
@@ -19,7 +20,7 @@ pub enum Mapping {
 }
 
 /// Which inbound packets a NAT admits to an existing mapping (RFC 4787 section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Filtering {
     /// Endpoint-independent: anyone may reach an existing mapping.

@@ -1,5 +1,6 @@
 //! Probe plans: what a pairing measures (TOML under probes/), handed out by the coordinator.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::handshake::{BitcoinNetwork, Transport};
@@ -9,7 +10,7 @@ use crate::trial::Strategy;
 pub const PLAN_VERSION: u32 = 1;
 
 /// What a pairing runs. Researchers change campaigns by changing plans, not probes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     /// Must be [`PLAN_VERSION`].

@@ -1,11 +1,12 @@
 //! Punching trials: the strategies a plan chooses and the record of one trial as one side saw it.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::handshake::{HandshakeRecord, Role};
 
 /// How a trial tries to open the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Both sides connect() to each other at the coordinated moment, retrying
@@ -39,7 +40,7 @@ impl Strategy {
 }
 
 /// What one connect() attempt ended in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum AttemptResult {
     /// The socket connected (the trial then checks the nonce).
@@ -55,7 +56,7 @@ pub enum AttemptResult {
 }
 
 /// One connect() attempt within a trial.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Attempt {
     /// When it started, in milliseconds after `go`.
     pub started_ms: f64,
@@ -66,7 +67,7 @@ pub struct Attempt {
 }
 
 /// Which of our sockets completed the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Completion {
     /// Our connect() (in a simultaneous open, both SYNs crossed, or the peer's
@@ -78,7 +79,7 @@ pub enum Completion {
 
 /// How a trial ended, as data: only `local_error` means our side could not
 /// even try.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TrialOutcome {
     /// Connected, and both sides proved they are the paired peers (nonce).
@@ -104,7 +105,7 @@ impl TrialOutcome {
 }
 
 /// One trial as one side saw it. Ports only: public addresses never go in a record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TrialRecord {
     /// Trial number within the pairing, from 0.
     pub trial: u32,

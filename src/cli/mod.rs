@@ -6,11 +6,13 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod classify;
+mod collector;
 mod handshake;
 mod lab;
 mod probe;
 mod punch;
 mod serve;
+mod upload;
 
 /// Measure how well TCP hole punching works for Bitcoin nodes behind home NATs.
 #[derive(Debug, Parser)]
@@ -36,6 +38,8 @@ pub enum Command {
     Handshake(handshake::HandshakeArgs),
     /// Benchmarks on loopback (`bench rendezvous`).
     Bench(bench::BenchArgs),
+    /// Upload the spooled results to a collector; results leave the spool only once stored.
+    Upload(upload::UploadArgs),
 }
 
 /// Runs the chosen subcommand. Errors carry context for the user; `main` prints them.
@@ -48,5 +52,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Punch(args) => punch::run(args),
         Command::Handshake(args) => handshake::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Upload(args) => upload::run(args),
     }
 }

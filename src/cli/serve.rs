@@ -21,6 +21,8 @@ pub struct ServeArgs {
 pub enum ServeCommand {
     /// Echo/reflector server for `punchscope classify`: reports observed endpoints, dials back on request.
     Echo(EchoArgs),
+    /// Results collector: stores uploaded run results (HTTP, SQLite).
+    Collector(super::collector::CollectorArgs),
     /// Rendezvous coordinator: pairs volunteers and coordinates punching trials (docs/rendezvous.md).
     Rendezvous(RendezvousArgs),
 }
@@ -79,6 +81,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     match args.server {
         ServeCommand::Echo(args) => run_echo(args),
         ServeCommand::Rendezvous(args) => run_rendezvous(args),
+        ServeCommand::Collector(args) => super::collector::run(args),
     }
 }
 

@@ -1,0 +1,393 @@
+//! Privacy rules of results: IP addresses become network prefixes (IPv4 /24, IPv6 /48) before anything leaves the probe.
+//!
+//! Two tools, used on both sides:
+//! - [`prefix_of`] and [`redact_text`] turn addresses (and any address
+//!   literal inside free text, such as an error message) into their prefix,
+//!   e.g. `203.0.113.2` into `203.0.113.0/24`. The probe applies them when it
+//!   builds a result ([`crate::result::RunResult::sanitize`]).
+//! - [`find_raw_ip`] is the strict check the collector runs on every string of
+//!   an upload: it finds any IPv4 or IPv6 literal that is not such a prefix.
+//!
+//! Detection is deliberately eager: a version string with four numeric parts
+//! (`1.2.3.4`) counts as an IPv4 address and is reduced too. Losing the last
+//! part of such a string is a small price; letting an address through is not.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// What a volunteer agrees to, in short; the full text is docs/privacy.md.
+/// The probe prints this and asks for consent before a run is uploaded.
+pub const PRIVACY_NOTICE: &str = "\
+What punchscope sends and keeps
+
+punchscope uploads one result per run to the collector you name. A result says
+how your router treats TCP connections (its NAT type), how each hole-punching
+attempt with other volunteers went, and whether a Bitcoin handshake worked over
+it: ports, timings, outcomes, error messages, and the peer's Bitcoin software
+version. It also holds your operating system, CPU architecture and the network
+label you chose, if any.
+
+It never holds a full IP address. Every address, yours and the servers', is cut
+to its network part (the first three numbers of an IPv4 address, e.g.
+203.0.113.0/24, or the first 48 bits of an IPv6 address) before the result is
+written to disk, and the collector refuses any upload that still contains one.
+
+The collector also sees the address you upload from. It keeps only that
+address's network part and a keyed fingerprint of it (HMAC-SHA256 with a secret
+key only the collector has), so that runs from the same network can be grouped
+without storing who you are. The full address is never written to disk or logs.
+
+No name, e-mail, wallet, node identity or location is collected. Results are
+kept for the research campaign and published only as aggregate statistics and
+as anonymised datasets with the prefixes above. Ask the campaign operator to
+delete a run by its run id (printed after each upload).
+";
+
+/// Prefix length kept of an IPv4 address.
+pub const IPV4_PREFIX: u8 = 24;
+/// Prefix length kept of an IPv6 address (a typical site allocation).
+pub const IPV6_PREFIX: u8 = 48;
+
+/// The network prefix kept of an address, as text: `203.0.113.0/24`, `2001:db8:1::/48`.
+pub fn prefix_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{}/{IPV4_PREFIX}", mask_v4(v4, IPV4_PREFIX)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => prefix_of(IpAddr::V4(v4)),
+            None => format!("{}/{IPV6_PREFIX}", mask_v6(v6, IPV6_PREFIX)),
+        },
+    }
+}
+
+fn mask_v4(ip: Ipv4Addr, len: u8) -> Ipv4Addr {
+    let bits = u32::from(ip);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Ipv4Addr::from(bits & mask)
+}
+
+fn mask_v6(ip: Ipv6Addr, len: u8) -> Ipv6Addr {
+    let bits = u128::from(ip);
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
+    Ipv6Addr::from(bits & mask)
+}
+
+/// An address literal found in text: where it is and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundIp {
+    /// Byte range of the literal in the text.
+    pub start: usize,
+    pub end: usize,
+    pub ip: IpAddr,
+    /// Whether it is written as an allowed prefix (`a.b.c.0/24` or shorter,
+    /// `x:y:z::/48` or shorter, host bits zero).
+    pub is_prefix: bool,
+}
+
+/// The first IP address literal in `text` that is not an allowed prefix.
+pub fn find_raw_ip(text: &str) -> Option<FoundIp> {
+    scan(text).into_iter().find(|f| !f.is_prefix)
+}
+
+/// Replaces every IP address literal in `text` that is not already an
+/// allowed prefix by its prefix. Idempotent.
+pub fn redact_text(text: &str) -> String {
+    let found: Vec<FoundIp> = scan(text).into_iter().filter(|f| !f.is_prefix).collect();
+    if found.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut at = 0;
+    for f in found {
+        out.push_str(&text[at..f.start]);
+        out.push_str(&prefix_of(f.ip));
+        at = f.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+/// Applies [`redact_text`] to every string (and object key) in a JSON value.
+pub fn redact_json(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => {
+            if find_raw_ip(s).is_some() {
+                *s = redact_text(s);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_json),
+        Value::Object(map) => {
+            if map.keys().any(|k| find_raw_ip(k).is_some()) {
+                let old = std::mem::take(map);
+                for (k, v) in old {
+                    map.insert(redact_text(&k), v);
+                }
+            }
+            map.values_mut().for_each(redact_json);
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// The path (`pairings[0].trials[3].error`) of the first string or object key
+/// in a JSON value that holds a raw IP address, if any.
+pub fn find_raw_ip_in_json(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    fn walk(value: &Value, path: &mut String) -> bool {
+        match value {
+            Value::String(s) => find_raw_ip(s).is_some(),
+            Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let hit = walk(item, path);
+                if !hit {
+                    path.truncate(len);
+                }
+                hit
+            }),
+            Value::Object(map) => map.iter().any(|(k, v)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                if find_raw_ip(k).is_some() {
+                    path.push_str("(a key)");
+                    return true;
+                }
+                path.push_str(k);
+                let hit = walk(v, path);
+                if !hit {
+                    path.truncate(len);
+                }
+                hit
+            }),
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).then(|| if path.is_empty() { ".".into() } else { path })
+}
+
+/// Every IPv4 and IPv6 literal in `text`, in order, without overlaps.
+fn scan(text: &str) -> Vec<FoundIp> {
+    let bytes = text.as_bytes();
+    let mut found = Vec::new();
+    // IPv6 first: its runs can contain an embedded IPv4 literal (::ffff:1.2.3.4).
+    let v6_runs = runs(bytes, |b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+    for (start, end) in v6_runs {
+        if let Some(f) = v6_in_run(text, start, end) {
+            found.push(f);
+        }
+    }
+    for (start, end) in runs(bytes, |b| b.is_ascii_digit() || b == b'.') {
+        if found.iter().any(|f| start < f.end && f.start < end) {
+            continue;
+        }
+        found.extend(v4_in_run(text, start, end));
+    }
+    found.sort_by_key(|f| f.start);
+    found
+}
+
+/// Maximal runs of bytes satisfying `keep`, as byte ranges.
+fn runs(bytes: &[u8], keep: impl Fn(u8) -> bool) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if keep(bytes[i]) {
+            let start = i;
+            while i < bytes.len() && keep(bytes[i]) {
+                i += 1;
+            }
+            out.push((start, i));
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A `/NN` right after `end`, if there is one: (length, end of the suffix).
+fn prefix_suffix(text: &str, end: usize) -> Option<(u8, usize)> {
+    let rest = text[end..].strip_prefix('/')?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 3 {
+        return None;
+    }
+    let len: u8 = rest[..digits].parse().ok()?;
+    Some((len, end + 1 + digits))
+}
+
+/// IPv4 literals in a run of digits and dots: any four consecutive numeric
+/// parts of one to three digits, each at most 255 (leading zeros included).
+fn v4_in_run(text: &str, start: usize, end: usize) -> Vec<FoundIp> {
+    let run = &text[start..end];
+    // (offset in run, part)
+    let mut parts = Vec::new();
+    let mut offset = 0;
+    for part in run.split('.') {
+        parts.push((offset, part));
+        offset += part.len() + 1;
+    }
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i + 4 <= parts.len() {
+        let window = &parts[i..i + 4];
+        let octets: Option<Vec<u8>> = window
+            .iter()
+            .map(|(_, p)| {
+                if p.is_empty() || p.len() > 3 {
+                    None
+                } else {
+                    p.parse::<u16>().ok().and_then(|n| u8::try_from(n).ok())
+                }
+            })
+            .collect();
+        let Some(octets) = octets else {
+            i += 1;
+            continue;
+        };
+        let ip = Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]);
+        let lit_start = start + window[0].0;
+        let lit_end = start + window[3].0 + window[3].1.len();
+        // A prefix only when the literal is the whole run (nothing glued before it).
+        let whole_tail = lit_end == end;
+        let (is_prefix, lit_end) = match prefix_suffix(text, lit_end) {
+            Some((len, suffix_end))
+                if whole_tail && len <= IPV4_PREFIX && mask_v4(ip, len) == ip =>
+            {
+                (true, suffix_end)
+            }
+            _ => (false, lit_end),
+        };
+        found.push(FoundIp {
+            start: lit_start,
+            end: lit_end,
+            ip: IpAddr::V4(ip),
+            is_prefix,
+        });
+        i += 4;
+    }
+    found
+}
+
+/// An IPv6 literal in a run of hex digits, colons and dots: the run itself,
+/// or the run without a trailing `.`, or without a trailing `:port`.
+fn v6_in_run(text: &str, start: usize, end: usize) -> Option<FoundIp> {
+    let run = &text[start..end];
+    if run.bytes().filter(|b| *b == b':').count() < 2 {
+        return None;
+    }
+    let trimmed = run.trim_end_matches('.');
+    let mut candidates = vec![run, trimmed];
+    if let Some(cut) = trimmed.rfind(':') {
+        candidates.push(&trimmed[..cut]);
+    }
+    for candidate in candidates {
+        let Ok(ip) = candidate.parse::<Ipv6Addr>() else {
+            continue;
+        };
+        // "::", "d::" and "::1" are not addresses of anyone (and "::" shows up
+        // in Rust paths); an address that identifies a host has at least two
+        // non-zero groups.
+        let nonzero = ip.segments().iter().filter(|s| **s != 0).count();
+        let mapped_v4 = ip.to_ipv4_mapped().is_some();
+        if nonzero < 2 && !mapped_v4 {
+            return None;
+        }
+        let lit_end = start + candidate.len();
+        let (is_prefix, lit_end) = match prefix_suffix(text, lit_end) {
+            Some((len, suffix_end))
+                if lit_end == end && len <= IPV6_PREFIX && mask_v6(ip, len) == ip && !mapped_v4 =>
+            {
+                (true, suffix_end)
+            }
+            _ => (false, lit_end),
+        };
+        return Some(FoundIp {
+            start,
+            end: lit_end,
+            ip: IpAddr::V6(ip),
+            is_prefix,
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_keep_24_and_48_bits() {
+        assert_eq!(prefix_of("203.0.113.2".parse().unwrap()), "203.0.113.0/24");
+        assert_eq!(prefix_of("192.168.1.2".parse().unwrap()), "192.168.1.0/24");
+        assert_eq!(
+            prefix_of("2001:db8:1:2::1".parse().unwrap()),
+            "2001:db8:1::/48"
+        );
+        assert_eq!(
+            prefix_of("::ffff:198.51.100.7".parse().unwrap()),
+            "198.51.100.0/24"
+        );
+    }
+
+    #[test]
+    fn raw_addresses_are_found_in_free_text() {
+        let raw = [
+            "203.0.113.2",
+            "connect to 203.0.113.2:40000 refused",
+            "too many dial-back requests from 198.51.100.7: retry",
+            "peer [2001:db8:1:2::1]:8333 reset",
+            "2001:db8:0:0:0:0:0:1",
+            "2001:db8::1:8333",
+            "fe80::1%eth0",
+            "::ffff:203.0.113.9",
+            "010.001.002.003",
+            "ends with 192.168.1.2.",
+            "x1.2.3.4y",
+            "203.0.113.0/25",
+            "203.0.113.5/24",
+            "2001:db8:1:2::/64",
+        ];
+        for text in raw {
+            assert!(find_raw_ip(text).is_some(), "missed an address in {text:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes_and_ordinary_text_pass() {
+        let clean = [
+            "203.0.113.0/24",
+            "192.168.1.0/24",
+            "10.0.0.0/8",
+            "2001:db8:1::/48",
+            "/Satoshi:28.1.0/",
+            "std::io::Error",
+            "2026-05-01T12:34:56Z",
+            "at 12:34:56.789",
+            "version 0.1.0",
+            "::",
+            "d::",
+            "",
+        ];
+        for text in clean {
+            assert_eq!(find_raw_ip(text), None, "false alarm in {text:?}");
+        }
+    }
+
+    #[test]
+    fn redaction_replaces_every_literal_and_is_idempotent() {
+        let text = "from 203.0.113.2:40000 to [2001:db8:5:6::7]:8333 via 192.168.1.2";
+        let once = redact_text(text);
+        assert_eq!(
+            once,
+            "from 203.0.113.0/24:40000 to [2001:db8:5::/48]:8333 via 192.168.1.0/24"
+        );
+        assert_eq!(find_raw_ip(&once), None);
+        assert_eq!(redact_text(&once), once);
+    }
+}

@@ -1,0 +1,615 @@
+//! The result of one probe run ([`RunResult`]): the document a probe uploads and the collector stores, schema version 1.
+//!
+//! A result holds no raw IP address. Its classification is a
+//! [`SanitizedClassification`]: every endpoint is a network prefix (IPv4 /24,
+//! IPv6 /48, see [`crate::privacy`]) plus the port, and [`RunResult::sanitize`]
+//! reduces any address literal left in free text (error messages, user
+//! agents). [`RunResult::new`] sanitizes, and [`RunResult::from_json`], what
+//! the collector uses, rejects a document that still holds a raw address.
+//!
+//! Versioning: readers accept every schema version they know (so far only
+//! [`SCHEMA_VERSION`]) and reject a newer one with a message saying to
+//! upgrade. Fields a version-1 reader does not know are ignored; a change
+//! that matters to readers gets a new version. The JSON Schema of this type
+//! ([`json_schema`]) is committed as `datasets/schema/run-result.v1.json`.
+
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::classify::{
+    Classification, DialKind, DialObservation, DialOutcome, FilteringObservation,
+    HairpinObservation, Observations, Probe, Verdict,
+};
+use crate::handshake::Role;
+use crate::plan::{Plan, PlanError};
+use crate::privacy;
+use crate::trial::TrialRecord;
+
+/// The schema version this code writes (and the newest it reads).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Largest result the collector accepts, in bytes of JSON. A run of 1000
+/// trials with handshakes is about 1 MB; the default plan's 20 trials about 25 kB.
+pub const MAX_RESULT_BYTES: usize = 2 * 1024 * 1024;
+
+/// One probe run: who ran it (coarsely), what NAT it found, and every punching trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunResult {
+    /// The version of this format, [`SCHEMA_VERSION`] (1).
+    pub schema_version: u32,
+    /// A random UUID (version 4) made by the probe for this run; the collector
+    /// stores each run id once.
+    pub run_id: Uuid,
+    /// The punchscope version that produced the result, e.g. "0.1.0".
+    pub tool_version: String,
+    /// When the run started (RFC 3339, UTC).
+    pub started_at: DateTime<Utc>,
+    /// When the run ended (RFC 3339, UTC).
+    pub ended_at: DateTime<Utc>,
+    pub client: ClientInfo,
+    /// The NAT classification of this host, with addresses reduced to prefixes.
+    pub classification: SanitizedClassification,
+    /// One entry per peer this host was paired with.
+    pub pairings: Vec<Pairing>,
+}
+
+/// Facts about the volunteer's machine, nothing identifying.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClientInfo {
+    /// Operating system, as Rust names it ("linux", "macos", "windows", ...).
+    pub os: String,
+    /// CPU architecture, as Rust names it ("x86_64", "aarch64", ...).
+    pub arch: String,
+    /// A free label the volunteer chose for the network, e.g. "home-fibre".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_label: Option<String>,
+}
+
+impl ClientInfo {
+    /// This machine's OS and architecture, with the volunteer's label.
+    pub fn this_machine(network_label: Option<String>) -> Self {
+        ClientInfo {
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            network_label,
+        }
+    }
+}
+
+/// One pairing with a peer and every trial run with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Pairing {
+    /// The peer's NAT verdict, when the coordinator relayed it.
+    pub peer_verdict: Option<Verdict>,
+    /// Our role in this pairing (the Bitcoin handshake role).
+    pub role: Role,
+    /// The probe plan the coordinator handed out for this pairing.
+    pub plan: Plan,
+    /// Every trial, in order, as this side saw it.
+    pub trials: Vec<TrialRecord>,
+}
+
+/// An endpoint with its address reduced to a network prefix; the port is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MaskedEndpoint {
+    /// The address's network: "203.0.113.0/24" (IPv4) or "2001:db8:1::/48" (IPv6).
+    pub net: String,
+    pub port: u16,
+}
+
+impl MaskedEndpoint {
+    pub fn new(addr: SocketAddr) -> Self {
+        MaskedEndpoint {
+            net: privacy::prefix_of(addr.ip()),
+            port: addr.port(),
+        }
+    }
+}
+
+/// [`Probe`] with masked endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SanitizedProbe {
+    /// Our socket's local endpoint (usually a private LAN address, masked too).
+    pub local: MaskedEndpoint,
+    /// The echo server endpoint we connected to.
+    pub server: MaskedEndpoint,
+    /// Our public endpoint as the server saw it, if the probe worked.
+    pub observed: Option<MaskedEndpoint>,
+    /// Time for the TCP handshake, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Why the probe failed, if it did.
+    pub error: Option<String>,
+}
+
+impl From<&Probe> for SanitizedProbe {
+    fn from(p: &Probe) -> Self {
+        SanitizedProbe {
+            local: MaskedEndpoint::new(p.local),
+            server: MaskedEndpoint::new(p.server),
+            observed: p.observed.map(MaskedEndpoint::new),
+            rtt_ms: p.rtt_ms,
+            error: p.error.clone(),
+        }
+    }
+}
+
+/// [`DialObservation`] with a masked endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SanitizedDial {
+    pub kind: DialKind,
+    /// The server endpoint it dialed from, if it had one.
+    pub from: Option<MaskedEndpoint>,
+    /// What the server reported about its connect, if it reported in time.
+    pub server_outcome: Option<DialOutcome>,
+    /// Whether our listener received the dial-back.
+    pub received: bool,
+}
+
+impl From<&DialObservation> for SanitizedDial {
+    fn from(d: &DialObservation) -> Self {
+        SanitizedDial {
+            kind: d.kind,
+            from: d.from.map(MaskedEndpoint::new),
+            server_outcome: d.server_outcome,
+            received: d.received,
+        }
+    }
+}
+
+/// [`FilteringObservation`] with masked endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SanitizedFiltering {
+    pub probe: SanitizedProbe,
+    pub dials: Vec<SanitizedDial>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// [`HairpinObservation`] with a masked endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SanitizedHairpin {
+    /// Our own public endpoint that we dialed.
+    pub target: MaskedEndpoint,
+    pub reached_listener: bool,
+    pub error: Option<String>,
+}
+
+/// [`Observations`] with masked endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SanitizedObservations {
+    /// From one local port, one probe per distinct server endpoint.
+    pub mapping: Vec<SanitizedProbe>,
+    /// From several fresh local ports, each to the primary endpoint, in order.
+    pub allocation: Vec<SanitizedProbe>,
+    pub filtering: Option<SanitizedFiltering>,
+    pub hairpin: Option<SanitizedHairpin>,
+}
+
+impl From<&Observations> for SanitizedObservations {
+    fn from(o: &Observations) -> Self {
+        SanitizedObservations {
+            mapping: o.mapping.iter().map(SanitizedProbe::from).collect(),
+            allocation: o.allocation.iter().map(SanitizedProbe::from).collect(),
+            filtering: o
+                .filtering
+                .as_ref()
+                .map(|f: &FilteringObservation| SanitizedFiltering {
+                    probe: SanitizedProbe::from(&f.probe),
+                    dials: f.dials.iter().map(SanitizedDial::from).collect(),
+                    error: f.error.clone(),
+                }),
+            hairpin: o
+                .hairpin
+                .as_ref()
+                .map(|h: &HairpinObservation| SanitizedHairpin {
+                    target: MaskedEndpoint::new(h.target),
+                    reached_listener: h.reached_listener,
+                    error: h.error.clone(),
+                }),
+        }
+    }
+}
+
+/// [`Classification`] as it goes into a result: masked observations and the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SanitizedClassification {
+    /// Every endpoint the primary echo server announced, masked.
+    pub server_endpoints: Vec<MaskedEndpoint>,
+    pub observations: SanitizedObservations,
+    /// The verdict, decided on the probe from the unmasked observations.
+    pub verdict: Verdict,
+}
+
+impl From<&Classification> for SanitizedClassification {
+    fn from(c: &Classification) -> Self {
+        SanitizedClassification {
+            server_endpoints: c
+                .server_endpoints
+                .iter()
+                .map(|e| MaskedEndpoint::new(*e))
+                .collect(),
+            observations: SanitizedObservations::from(&c.observations),
+            verdict: c.verdict.clone(),
+        }
+    }
+}
+
+/// Why a result document cannot be read or accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResultError {
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    #[error("the result has no integer `schema_version` field: is this a punchscope result?")]
+    NoVersion,
+    #[error("result schema version {found} is newer than this punchscope understands ({SCHEMA_VERSION}); upgrade punchscope")]
+    Newer { found: u64 },
+    #[error("result schema version {found} is not one this punchscope reads (it reads {SCHEMA_VERSION})")]
+    Unsupported { found: u64 },
+    #[error("field `{path}`: {message}")]
+    Invalid { path: String, message: String },
+    #[error("field `{path}` contains a full IP address; results may only hold network prefixes such as 203.0.113.0/24 (run RunResult::sanitize)")]
+    RawIp { path: String },
+}
+
+/// Longest free label a volunteer may give the network.
+pub const MAX_LABEL_CHARS: usize = 64;
+
+impl RunResult {
+    /// A new result with a fresh run id, already sanitized.
+    pub fn new(
+        tool_version: &str,
+        started_at: DateTime<Utc>,
+        ended_at: DateTime<Utc>,
+        client: ClientInfo,
+        classification: &Classification,
+        pairings: Vec<Pairing>,
+    ) -> Self {
+        let mut result = RunResult {
+            schema_version: SCHEMA_VERSION,
+            run_id: Uuid::new_v4(),
+            tool_version: tool_version.to_string(),
+            started_at,
+            ended_at,
+            client,
+            classification: SanitizedClassification::from(classification),
+            pairings,
+        };
+        result.sanitize();
+        result
+    }
+
+    /// Reduces every IP address literal anywhere in the result (endpoints,
+    /// error messages, user agents, labels) to its prefix. Idempotent.
+    pub fn sanitize(&mut self) {
+        let Ok(mut value) = serde_json::to_value(&*self) else {
+            return;
+        };
+        privacy::redact_json(&mut value);
+        // Only strings changed, none of them typed fields (ids, times, enum
+        // names hold no address literal), so the value still fits the type.
+        if let Ok(clean) = serde_json::from_value(value) {
+            *self = clean;
+        }
+    }
+
+    /// Reads and checks a result: schema version, types, values, and that it
+    /// holds no raw IP address. Every reader (collector, report) goes through here.
+    pub fn from_json(text: &str) -> Result<RunResult, ResultError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| ResultError::Json(e.to_string()))?;
+        Self::from_value(value)
+    }
+
+    /// As [`RunResult::from_json`], from parsed JSON.
+    pub fn from_value(value: Value) -> Result<RunResult, ResultError> {
+        let Some(object) = value.as_object() else {
+            return Err(ResultError::Invalid {
+                path: ".".into(),
+                message: "a result must be a JSON object".into(),
+            });
+        };
+        let version = object
+            .get("schema_version")
+            .and_then(Value::as_u64)
+            .ok_or(ResultError::NoVersion)?;
+        if version > u64::from(SCHEMA_VERSION) {
+            return Err(ResultError::Newer { found: version });
+        }
+        if version != u64::from(SCHEMA_VERSION) {
+            return Err(ResultError::Unsupported { found: version });
+        }
+        if let Some(path) = privacy::find_raw_ip_in_json(&value) {
+            return Err(ResultError::RawIp { path });
+        }
+        let result: RunResult =
+            serde_path_to_error::deserialize(value).map_err(|e| ResultError::Invalid {
+                path: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        result.validate()?;
+        Ok(result)
+    }
+
+    /// Checks values beyond their types.
+    pub fn validate(&self) -> Result<(), ResultError> {
+        let invalid = |path: &str, message: &str| ResultError::Invalid {
+            path: path.to_string(),
+            message: message.to_string(),
+        };
+        if self.run_id.get_version_num() != 4 {
+            return Err(invalid("run_id", "must be a random (version 4) UUID"));
+        }
+        if self.ended_at < self.started_at {
+            return Err(invalid("ended_at", "is before started_at"));
+        }
+        if self.tool_version.is_empty() || self.tool_version.len() > 64 {
+            return Err(invalid("tool_version", "must be 1 to 64 characters"));
+        }
+        if let Some(label) = &self.client.network_label {
+            if label.chars().count() > MAX_LABEL_CHARS {
+                return Err(invalid(
+                    "client.network_label",
+                    "must be at most 64 characters",
+                ));
+            }
+        }
+        for (i, pairing) in self.pairings.iter().enumerate() {
+            pairing
+                .plan
+                .validate()
+                .map_err(|e: PlanError| ResultError::Invalid {
+                    path: format!("pairings[{i}].plan"),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The result as one line of JSON (no newline inside), as spooled, uploaded and stored.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a RunResult always serializes")
+    }
+}
+
+/// One line of the collector's export (`GET /v1/results.jsonl`): a stored
+/// result exactly as uploaded (after validation), with what the collector added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectedResult {
+    /// When the collector stored it (RFC 3339, UTC).
+    pub received_at: DateTime<Utc>,
+    /// The uploader's network prefix (IPv4 /24, IPv6 /48).
+    pub source_net: String,
+    /// A keyed hash (HMAC-SHA256, hex) of the uploader's address: equal for
+    /// runs uploaded from the same address, meaningless without the collector's key.
+    pub source_group: String,
+    pub result: RunResult,
+}
+
+/// The JSON Schema of [`RunResult`], as committed in `datasets/schema/run-result.v1.json`.
+pub fn json_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(RunResult)).expect("a schema serializes")
+}
+
+/// The JSON Schema as the committed file holds it: pretty-printed, ending with a newline.
+pub fn json_schema_text() -> String {
+    let mut text = serde_json::to_string_pretty(&json_schema()).expect("a schema serializes");
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{self, DialObservation, FilteringObservation, Probe};
+    use crate::handshake::{BitcoinNetwork, HandshakeRecord, Transport};
+    use crate::trial::{Attempt, AttemptResult, Strategy, TrialOutcome};
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn classification() -> Classification {
+        let probe = |local: &str, server: &str, observed: &str| Probe {
+            local: sa(local),
+            server: sa(server),
+            observed: Some(sa(observed)),
+            rtt_ms: Some(21.5),
+            error: None,
+        };
+        let observations = Observations {
+            mapping: vec![
+                probe(
+                    "192.168.1.2:40000",
+                    "198.51.100.1:3478",
+                    "203.0.113.2:40000",
+                ),
+                probe(
+                    "192.168.1.2:40000",
+                    "198.51.100.1:3479",
+                    "203.0.113.2:40000",
+                ),
+                probe(
+                    "192.168.1.2:40000",
+                    "198.51.100.2:3478",
+                    "203.0.113.2:40000",
+                ),
+            ],
+            allocation: vec![],
+            filtering: Some(FilteringObservation {
+                probe: probe(
+                    "192.168.1.2:40001",
+                    "198.51.100.1:3478",
+                    "203.0.113.2:40001",
+                ),
+                dials: vec![DialObservation {
+                    kind: DialKind::OtherIp,
+                    from: Some(sa("198.51.100.2:3478")),
+                    server_outcome: Some(DialOutcome::Timeout),
+                    received: false,
+                }],
+                error: Some("too many dial-back requests from 203.0.113.2: retry".into()),
+            }),
+            hairpin: None,
+        };
+        Classification::new(vec![sa("198.51.100.1:3478")], observations)
+    }
+
+    fn trial() -> TrialRecord {
+        let mut handshake = HandshakeRecord::new(
+            Some(Transport::V1),
+            Role::Initiator,
+            BitcoinNetwork::Mainnet,
+        );
+        handshake.failure = Some(crate::handshake::FailureReason::Io {
+            detail: "connection reset by 2001:db8:7:8::9".into(),
+        });
+        TrialRecord {
+            trial: 0,
+            strategy: Strategy::Simultaneous,
+            role: Role::Initiator,
+            local_port: 40002,
+            public_port: Some(40002),
+            peer_port: Some(51000),
+            outcome: TrialOutcome::Connected,
+            attempts: vec![Attempt {
+                started_ms: 0.0,
+                duration_ms: 203.25,
+                result: AttemptResult::Error {
+                    detail: "bind 192.168.1.2:40002 failed".into(),
+                },
+            }],
+            go_to_established_ms: Some(203.25),
+            completed_by: None,
+            nonce_verified: true,
+            start_delay_ms: 12.0,
+            injected_skew_ms: 0.0,
+            peer_outcome: Some(TrialOutcome::Connected),
+            handshake: Some(handshake),
+            error: None,
+        }
+    }
+
+    fn result() -> RunResult {
+        let plan = Plan::from_toml("version = 1\nname = \"t\"\n").unwrap();
+        RunResult::new(
+            "0.1.0",
+            "2026-05-01T10:00:00Z".parse().unwrap(),
+            "2026-05-01T10:02:30.5Z".parse().unwrap(),
+            ClientInfo::this_machine(Some("home-fibre".into())),
+            &classification(),
+            vec![Pairing {
+                peer_verdict: Some(classify::verdict(&classification().observations)),
+                role: Role::Initiator,
+                plan,
+                trials: vec![trial()],
+            }],
+        )
+    }
+
+    #[test]
+    fn a_new_result_holds_prefixes_and_ports_only() {
+        let r = result();
+        let json = r.to_json();
+        for raw in [
+            "192.168.1.2",
+            "203.0.113.2",
+            "198.51.100.1",
+            "2001:db8:7:8::9",
+        ] {
+            assert!(!json.contains(raw), "{raw} leaked into {json}");
+        }
+        let probe = &r.classification.observations.mapping[0];
+        assert_eq!(probe.local.net, "192.168.1.0/24");
+        assert_eq!(probe.observed.as_ref().unwrap().net, "203.0.113.0/24");
+        assert_eq!(probe.observed.as_ref().unwrap().port, 40000);
+        let filtering = r.classification.observations.filtering.as_ref().unwrap();
+        assert_eq!(
+            filtering.error.as_deref(),
+            Some("too many dial-back requests from 203.0.113.0/24: retry")
+        );
+        assert_eq!(privacy::find_raw_ip_in_json(&json_schema()), None);
+    }
+
+    #[test]
+    fn results_round_trip_and_keep_every_number() {
+        let r = result();
+        let back = RunResult::from_json(&r.to_json()).unwrap();
+        assert_eq!(back, r);
+        assert!(!r.to_json().contains('\n'));
+    }
+
+    #[test]
+    fn versions_types_and_raw_addresses_are_checked() {
+        let mut value = serde_json::to_value(result()).unwrap();
+        value["schema_version"] = 7.into();
+        let e = RunResult::from_value(value.clone()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "result schema version 7 is newer than this punchscope understands (1); upgrade punchscope"
+        );
+        value["schema_version"] = 0.into();
+        assert!(matches!(
+            RunResult::from_value(value.clone()),
+            Err(ResultError::Unsupported { found: 0 })
+        ));
+        value["schema_version"] = "1".into();
+        assert_eq!(
+            RunResult::from_value(value.clone()),
+            Err(ResultError::NoVersion)
+        );
+        value["schema_version"] = 1.into();
+
+        let mut wrong = value.clone();
+        wrong["pairings"][0]["trials"][0]["local_port"] = "forty".into();
+        match RunResult::from_value(wrong).unwrap_err() {
+            ResultError::Invalid { path, .. } => {
+                assert_eq!(path, "pairings[0].trials[0].local_port")
+            }
+            e => panic!("unexpected {e}"),
+        }
+
+        let mut leaky = value.clone();
+        leaky["pairings"][0]["trials"][0]["error"] = "peer 203.0.113.77 vanished".into();
+        match RunResult::from_value(leaky).unwrap_err() {
+            ResultError::RawIp { path } => assert_eq!(path, "pairings[0].trials[0].error"),
+            e => panic!("unexpected {e}"),
+        }
+
+        let mut backwards = value;
+        backwards["ended_at"] = "2026-05-01T09:00:00Z".into();
+        assert!(RunResult::from_value(backwards)
+            .unwrap_err()
+            .to_string()
+            .contains("ended_at"));
+        assert!(matches!(
+            RunResult::from_json("{\"schema_version\": 1,"),
+            Err(ResultError::Json(_))
+        ));
+    }
+
+    /// Fails when the Rust types and the committed JSON Schema drift apart.
+    /// Regenerate with `PUNCHSCOPE_BLESS_SCHEMA=1 cargo test -p punchscope-analysis schema`.
+    #[test]
+    fn committed_json_schema_matches_the_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../datasets/schema/run-result.v1.json"
+        );
+        let generated = json_schema_text();
+        if std::env::var_os("PUNCHSCOPE_BLESS_SCHEMA").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "datasets/schema/run-result.v1.json is out of date with the RunResult types: \
+             regenerate it with `PUNCHSCOPE_BLESS_SCHEMA=1 cargo test -p punchscope-analysis schema` \
+             and, if the change is not backward compatible, raise SCHEMA_VERSION"
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Storage and privacy helpers of the results collector: the [`ResultStore`] trait, its SQLite implementation, source grouping keys.
+//!
+//! The HTTP side is [`crate::server::collector`]. Storage sits behind a small
+//! synchronous trait so that a server database can replace SQLite for large
+//! campaigns; the server runs every store call on one dedicated thread and
+//! answers an upload only after the store reported it durably committed.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// One accepted result, ready to store. Holds no raw IP address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewResult {
+    pub run_id: String,
+    pub schema_version: u32,
+    /// When the collector received it (RFC 3339, UTC).
+    pub received_at: String,
+    /// The uploader's network prefix (IPv4 /24, IPv6 /48).
+    pub source_net: String,
+    /// HMAC-SHA256 of the uploader's address under the collector's key, hex.
+    pub source_group: String,
+    /// The result as one line of JSON.
+    pub body: String,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored now.
+    New,
+    /// A result with this run id was already stored; nothing changed.
+    Duplicate,
+}
+
+/// One stored result, as exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRow {
+    /// Storage order, increasing; export pages continue after the last one seen.
+    pub seq: i64,
+    pub result: NewResult,
+}
+
+/// What the store could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the results database {path}: {cause}")]
+    Open {
+        path: PathBuf,
+        cause: rusqlite::Error,
+    },
+    #[error("results database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the storage thread has stopped")]
+    Stopped,
+}
+
+/// Where results are kept. Calls are synchronous and may block: the server
+/// makes them from one dedicated thread, never from the async executor.
+pub trait ResultStore: Send + 'static {
+    /// Stores each result whose run id is not stored yet, all in one durable
+    /// commit: when this returns `Ok`, every `New` result survives a crash or
+    /// power loss. One entry per input, in order.
+    fn insert_if_absent(&mut self, batch: &[NewResult]) -> Result<Vec<Inserted>, StoreError>;
+
+    /// Up to `limit` stored results with `seq > after`, in storage order.
+    fn export(&mut self, after: i64, limit: usize) -> Result<Vec<StoredRow>, StoreError>;
+}
+
+/// Computes the grouping of an uploader's address: its prefix and a keyed
+/// hash, so runs from one network can be grouped and no address is stored.
+#[derive(Clone)]
+pub struct SourceTagger {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for SourceTagger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceTagger(<secret key>)")
+    }
+}
+
+impl SourceTagger {
+    pub fn new(key: &[u8]) -> Self {
+        SourceTagger {
+            mac: Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length"),
+        }
+    }
+
+    /// (network prefix, hex HMAC-SHA256 of the address's canonical text).
+    pub fn tag(&self, ip: IpAddr) -> (String, String) {
+        let ip = ip.to_canonical();
+        let mut mac = self.mac.clone();
+        mac.update(ip.to_string().as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+        (punchscope_analysis::privacy::prefix_of(ip), hex)
+    }
+}
+
+/// Problems with the collector's secret files.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read {path}: {cause}")]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("cannot create {path}: {cause}")]
+    Create {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{path} holds {len} characters; a secret needs at least 16 (e.g. `openssl rand -hex 32 > {path}`)")]
+    TooShort { path: PathBuf, len: usize },
+}
+
+/// Reads a secret (a key or a token) from a file: its text without the
+/// surrounding whitespace, at least 16 characters.
+pub fn read_secret(path: &Path) -> Result<String, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| SecretError::Read {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    let secret = text.trim().to_string();
+    if secret.len() < 16 {
+        return Err(SecretError::TooShort {
+            path: path.to_path_buf(),
+            len: secret.len(),
+        });
+    }
+    Ok(secret)
+}
+
+/// Reads the grouping key, creating a random one (64 hex characters, mode
+/// 0600) when the file does not exist yet. The same key must be kept for a
+/// whole campaign, or groups split.
+pub fn load_or_create_key(path: &Path) -> Result<String, SecretError> {
+    if path.exists() {
+        return read_secret(path);
+    }
+    let key: [u8; 32] = rand::random();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let create = || -> std::io::Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path)?;
+        file.write_all(hex.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    };
+    create().map_err(|cause| SecretError::Create {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    Ok(hex)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_tags_group_by_address_and_depend_on_the_key() {
+        let a = SourceTagger::new(b"key one key one key one");
+        let b = SourceTagger::new(b"key two key two key two");
+        let ip: IpAddr = "203.0.113.2".parse().unwrap();
+        let (net, group) = a.tag(ip);
+        assert_eq!(net, "203.0.113.0/24");
+        assert_eq!(group.len(), 64);
+        assert!(!group.contains("203"), "{group}");
+        assert_eq!(a.tag(ip).1, group, "same address, same group");
+        assert_ne!(a.tag("203.0.113.3".parse().unwrap()).1, group);
+        assert_ne!(b.tag(ip).1, group, "another key, another group");
+        let mapped: IpAddr = "::ffff:203.0.113.2".parse().unwrap();
+        assert_eq!(a.tag(mapped), (net, group));
+    }
+
+    #[test]
+    fn a_missing_key_file_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.key");
+        let first = load_or_create_key(&path).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(load_or_create_key(&path).unwrap(), first);
+        std::fs::write(dir.path().join("short"), "abc\n").unwrap();
+        assert!(matches!(
+            read_secret(&dir.path().join("short")),
+            Err(SecretError::TooShort { len: 3, .. })
+        ));
+    }
+}

@@ -1,0 +1,180 @@
+//! The embedded SQLite result store: WAL mode, `synchronous=FULL`, one row per run id.
+//!
+//! Durability: in WAL mode with `synchronous=FULL` every commit fsyncs the
+//! write-ahead log before it returns, so a result acknowledged after
+//! [`ResultStore::insert_if_absent`] survives a crash of the process and a
+//! power loss. (`synchronous=NORMAL` would only fsync at checkpoints: safe
+//! against a crashed process, not against a crashed machine, which is why it
+//! is not used.) The cost of one fsync per commit is shared by every result
+//! of a batch: the server hands over everything queued at once.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Inserted, NewResult, ResultStore, StoreError, StoredRow};
+
+/// Results in one SQLite file.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS results (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id         TEXT NOT NULL UNIQUE,
+    schema_version INTEGER NOT NULL,
+    received_at    TEXT NOT NULL,
+    source_net     TEXT NOT NULL,
+    source_group   TEXT NOT NULL,
+    body           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_source_group ON results(source_group);
+";
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path` in WAL mode with full sync.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(path)?;
+            let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(rusqlite::Error::InvalidParameterName(format!(
+                    "journal_mode is {mode}, WAL is needed (is the file on a network filesystem?)"
+                )));
+            }
+            conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        };
+        let conn = open().map_err(|cause| StoreError::Open {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        Ok(SqliteStore { conn })
+    }
+
+    /// How many results are stored.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM results", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The stored body of one run, if any.
+    pub fn get(&self, run_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT body FROM results WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}
+
+impl ResultStore for SqliteStore {
+    fn insert_if_absent(&mut self, batch: &[NewResult]) -> Result<Vec<Inserted>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO results (run_id, schema_version, received_at, source_net, source_group, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(run_id) DO NOTHING",
+            )?;
+            for r in batch {
+                let changed = insert.execute(params![
+                    r.run_id,
+                    r.schema_version,
+                    r.received_at,
+                    r.source_net,
+                    r.source_group,
+                    r.body
+                ])?;
+                outcomes.push(if changed == 1 {
+                    Inserted::New
+                } else {
+                    Inserted::Duplicate
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    fn export(&mut self, after: i64, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+        let mut select = self.conn.prepare_cached(
+            "SELECT seq, run_id, schema_version, received_at, source_net, source_group, body
+             FROM results WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = select.query_map(params![after, limit], |r| {
+            Ok(StoredRow {
+                seq: r.get(0)?,
+                result: NewResult {
+                    run_id: r.get(1)?,
+                    schema_version: r.get(2)?,
+                    received_at: r.get(3)?,
+                    source_net: r.get(4)?,
+                    source_group: r.get(5)?,
+                    body: r.get(6)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(run_id: &str, body: &str) -> NewResult {
+        NewResult {
+            run_id: run_id.into(),
+            schema_version: 1,
+            received_at: "2026-05-01T10:00:00Z".into(),
+            source_net: "203.0.113.0/24".into(),
+            source_group: "ab".repeat(32),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn inserts_once_per_run_id_and_exports_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.db");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let got = store
+            .insert_if_absent(&[row("a", "{}"), row("b", "{\"x\":1}"), row("a", "other")])
+            .unwrap();
+        assert_eq!(got, [Inserted::New, Inserted::New, Inserted::Duplicate]);
+        assert_eq!(
+            store.insert_if_absent(&[row("b", "y")]).unwrap(),
+            [Inserted::Duplicate]
+        );
+        assert_eq!(store.count().unwrap(), 2);
+        assert_eq!(store.get("a").unwrap().as_deref(), Some("{}"));
+        drop(store);
+        let mut store = SqliteStore::open(&path).unwrap();
+        let first = store.export(0, 1).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].result, row("a", "{}"));
+        let rest = store.export(first[0].seq, 10).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].result.body, "{\"x\":1}");
+        assert!(store.export(rest[0].seq, 10).unwrap().is_empty());
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = store
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+}

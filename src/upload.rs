@@ -1,0 +1,351 @@
+//! The probe's local spool of results and their upload to a collector: nothing is lost when the collector is down.
+//!
+//! Every result is written to the spool directory before any upload
+//! ([`Spool::store`]): one file per run, `<run id>.json`, written atomically
+//! (temporary file, fsync, rename, fsync of the directory), sanitized and
+//! checked for raw IP addresses first. [`upload_pending`] then sends each
+//! pending file; a file leaves the spool only after the collector answered
+//! 2xx (201 stored, 200 already stored). A result the collector rejects (400,
+//! 413) is moved to `rejected/` next to a `.reason.txt` file saying why, never
+//! deleted. Network errors, 408, 429 and 5xx are retried with exponential
+//! backoff and jitter, a bounded number of times per invocation; when a file
+//! exhausts them, the invocation stops and leaves the rest pending.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use punchscope_analysis::privacy;
+use punchscope_analysis::result::RunResult;
+use rand::Rng;
+
+/// Where results wait for upload.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+/// What went wrong with the spool itself (not with an upload).
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
+    #[error("refusing to spool run {run_id}: field `{path}` still holds a raw IP address after sanitizing")]
+    RawIp { run_id: String, path: String },
+    #[error("invalid collector URL {0:?}: give http://HOST:PORT or https://HOST[:PORT]")]
+    BadUrl(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |cause| SpoolError::Io {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
+/// The spool directory used when none is given: `$XDG_STATE_HOME/punchscope/spool`,
+/// else `~/.local/state/punchscope/spool`, else `./punchscope-spool`.
+pub fn default_spool_dir() -> PathBuf {
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(state).join("punchscope/spool");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(home).join(".local/state/punchscope/spool");
+    }
+    PathBuf::from("punchscope-spool")
+}
+
+impl Spool {
+    /// Opens the spool at `dir`, creating it (and `rejected/`) if needed.
+    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        let rejected = dir.join("rejected");
+        fs::create_dir_all(&rejected).map_err(io_err(&rejected))?;
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where rejected results and their reasons go.
+    pub fn rejected_dir(&self) -> PathBuf {
+        self.dir.join("rejected")
+    }
+
+    /// Sanitizes a copy of `result`, checks it holds no raw IP address, and
+    /// writes it durably as `<run id>.json`. Returns the file's path.
+    pub fn store(&self, result: &RunResult) -> Result<PathBuf, SpoolError> {
+        let mut clean = result.clone();
+        clean.sanitize();
+        let value = serde_json::to_value(&clean).expect("a RunResult serializes");
+        if let Some(path) = privacy::find_raw_ip_in_json(&value) {
+            return Err(SpoolError::RawIp {
+                run_id: clean.run_id.to_string(),
+                path,
+            });
+        }
+        let name = format!("{}.json", clean.run_id);
+        let mut text = clean.to_json();
+        text.push('\n');
+        write_atomically(&self.dir, &name, text.as_bytes())?;
+        Ok(self.dir.join(name))
+    }
+
+    /// Results waiting for upload, in file name order.
+    pub fn pending(&self) -> Result<Vec<PathBuf>, SpoolError> {
+        list_json(&self.dir)
+    }
+
+    /// Results the collector rejected.
+    pub fn rejected(&self) -> Result<Vec<PathBuf>, SpoolError> {
+        list_json(&self.rejected_dir())
+    }
+
+    fn reject(&self, file: &Path, reason: &str) -> Result<PathBuf, SpoolError> {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unnamed.json".into());
+        let dir = self.rejected_dir();
+        write_atomically(&dir, &format!("{name}.reason.txt"), reason.as_bytes())?;
+        let target = dir.join(&name);
+        fs::rename(file, &target).map_err(io_err(file))?;
+        sync_dir(&dir)?;
+        sync_dir(&self.dir)?;
+        Ok(target)
+    }
+
+    fn remove(&self, file: &Path) -> Result<(), SpoolError> {
+        fs::remove_file(file).map_err(io_err(file))?;
+        sync_dir(&self.dir)
+    }
+}
+
+fn list_json(dir: &Path) -> Result<Vec<PathBuf>, SpoolError> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".json") && !name.starts_with('.') && entry.path().is_file() {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Temporary file, fsync, rename over `name`, fsync of the directory: after
+/// this returns, the file is complete on disk, and a crash at any point
+/// leaves either the whole file or none (plus maybe a `.tmp` file).
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), SpoolError> {
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let target = dir.join(name);
+    let write = || -> io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &target)
+    };
+    if let Err(cause) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(SpoolError::Io {
+            path: target,
+            cause,
+        });
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// How hard one invocation tries.
+#[derive(Debug, Clone)]
+pub struct UploadPolicy {
+    /// Attempts per result (the first included) before the invocation gives up.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled each time, plus up to 50% jitter.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Deadline of one HTTP request (connect, send, answer).
+    pub request_timeout: Duration,
+}
+
+impl Default for UploadPolicy {
+    fn default() -> Self {
+        UploadPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one invocation did, by run id (the spool file's name without `.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadReport {
+    /// Stored by the collector now (201).
+    pub delivered: Vec<String>,
+    /// The collector already had them (200): an earlier upload's answer was lost.
+    pub already_stored: Vec<String>,
+    /// Rejected (400, 413) and moved to `rejected/`, with the collector's reason.
+    pub rejected: Vec<(String, String)>,
+    /// Still in the spool, for a later invocation.
+    pub pending: Vec<String>,
+    /// Why the invocation stopped early, if it did.
+    pub stopped_because: Option<String>,
+}
+
+enum Attempt {
+    Acknowledged { created: bool },
+    Rejected(String),
+    Retry(String),
+    Fatal(String),
+}
+
+/// Uploads every pending result of `spool` to the collector at `collector`
+/// (`http://host:port`, the `/v1/results` path is added). See the module docs.
+pub fn upload_pending(
+    spool: &Spool,
+    collector: &str,
+    policy: &UploadPolicy,
+) -> Result<UploadReport, SpoolError> {
+    let url = results_url(collector)?;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(policy.request_timeout)
+        .build();
+    let mut report = UploadReport::default();
+    let files = spool.pending()?;
+    let mut rng = rand::thread_rng();
+    for (index, file) in files.iter().enumerate() {
+        let run_id = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let body = match fs::read_to_string(file) {
+            Ok(body) => body,
+            // Removed by a concurrent upload: nothing to do.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(cause) => {
+                return Err(SpoolError::Io {
+                    path: file.clone(),
+                    cause,
+                })
+            }
+        };
+        let mut backoff = policy.initial_backoff;
+        let mut attempt = 1;
+        let outcome = loop {
+            match send(&agent, &url, &body) {
+                Attempt::Retry(_) if attempt < policy.max_attempts.max(1) => {
+                    let jitter = backoff.mul_f64(rng.gen_range(0.0..0.5));
+                    std::thread::sleep(backoff + jitter);
+                    backoff = (backoff * 2).min(policy.max_backoff);
+                    attempt += 1;
+                }
+                Attempt::Retry(why) => {
+                    break Attempt::Fatal(format!("gave up after {attempt} attempts: {why}"))
+                }
+                other => break other,
+            }
+        };
+        match outcome {
+            Attempt::Acknowledged { created } => {
+                spool.remove(file)?;
+                if created {
+                    report.delivered.push(run_id);
+                } else {
+                    report.already_stored.push(run_id);
+                }
+            }
+            Attempt::Rejected(reason) => {
+                spool.reject(file, &reason)?;
+                report.rejected.push((run_id, reason));
+            }
+            Attempt::Retry(why) | Attempt::Fatal(why) => {
+                report.stopped_because = Some(why);
+                report.pending.extend(
+                    files[index..]
+                        .iter()
+                        .filter(|f| f.exists())
+                        .filter_map(|f| f.file_stem())
+                        .map(|s| s.to_string_lossy().into_owned()),
+                );
+                break;
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn results_url(collector: &str) -> Result<String, SpoolError> {
+    let base = collector.trim().trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
+        return Err(SpoolError::BadUrl(collector.to_string()));
+    }
+    if base.ends_with("/v1/results") {
+        Ok(base.to_string())
+    } else {
+        Ok(format!("{base}/v1/results"))
+    }
+}
+
+fn send(agent: &ureq::Agent, url: &str, body: &str) -> Attempt {
+    let answer = agent
+        .post(url)
+        .set("Content-Type", "application/json")
+        .send_string(body);
+    match answer {
+        Ok(response) => match response.status() {
+            201 => Attempt::Acknowledged { created: true },
+            200..=299 => Attempt::Acknowledged { created: false },
+            other => Attempt::Fatal(format!("unexpected HTTP status {other} from the collector")),
+        },
+        Err(ureq::Error::Status(code, response)) => {
+            let text = response
+                .into_string()
+                .unwrap_or_default()
+                .chars()
+                .take(2000)
+                .collect::<String>();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(text);
+            match code {
+                400 | 413 | 422 => Attempt::Rejected(format!("HTTP {code}: {message}")),
+                408 | 429 | 500..=599 => Attempt::Retry(format!("HTTP {code}: {message}")),
+                _ => Attempt::Fatal(format!(
+                    "HTTP {code} from {url}: {message} (is the collector URL right?)"
+                )),
+            }
+        }
+        Err(ureq::Error::Transport(t)) => Attempt::Retry(format!("cannot reach {url}: {t}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collector_urls_get_the_results_path() {
+        assert_eq!(
+            results_url("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080/v1/results"
+        );
+        assert_eq!(
+            results_url("https://collector.example/v1/results").unwrap(),
+            "https://collector.example/v1/results"
+        );
+        assert!(results_url("collector.example").is_err());
+    }
+}

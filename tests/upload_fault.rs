@@ -1,0 +1,228 @@
+//! Fault test: the collector is SIGKILLed while a real `punchscope upload` streams results to it; nothing acknowledged is lost, nothing unacknowledged leaves the spool, and each run is stored exactly once in the end.
+
+mod results_support;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use punchscope::upload::Spool;
+use results_support::*;
+
+const RESULTS: usize = 300;
+
+/// A child process that is killed and reaped however the test ends.
+struct Guard(Option<Child>);
+
+impl Guard {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child running")
+    }
+
+    /// SIGKILL by PID, then reap.
+    fn sigkill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let pid = libc::pid_t::try_from(child.id()).unwrap();
+            // SAFETY: kill has no memory preconditions; the PID is our unreaped child.
+            let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+            assert_eq!(rc, 0, "kill failed");
+            child.wait().unwrap();
+        }
+    }
+
+    /// Waits for the child to exit by itself, at most `limit`.
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child().try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn start_collector(port: u16, db: &Path) -> Guard {
+    let child = Command::new(env!("CARGO_BIN_EXE_punchscope"))
+        .args(["serve", "collector", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--db")
+        .arg(db)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(Some(child));
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = agent
+            .get(&format!("http://127.0.0.1:{port}/healthz"))
+            .call()
+        {
+            if r.status() == 200 {
+                return guard;
+            }
+        }
+        assert!(
+            guard.child().try_wait().unwrap().is_none(),
+            "collector exited at start"
+        );
+        assert!(Instant::now() < deadline, "collector did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_upload(spool: &Path, port: u16) -> Guard {
+    let child = Command::new(env!("CARGO_BIN_EXE_punchscope"))
+        .arg("upload")
+        .arg("--spool")
+        .arg(spool)
+        .arg("--collector")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args([
+            "--max-attempts",
+            "3",
+            "--initial-backoff-ms",
+            "50",
+            "--timeout-secs",
+            "10",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Guard(Some(child))
+}
+
+fn output(guard: &mut Guard) -> String {
+    let mut text = String::new();
+    guard
+        .child()
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    text
+}
+
+fn pending_ids(spool: &Spool) -> HashSet<String> {
+    spool
+        .pending()
+        .unwrap()
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_collector_killed_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("results.db");
+    let spool_dir = dir.path().join("spool");
+    let spool = Spool::open(&spool_dir).unwrap();
+    let all: HashSet<String> = (0..RESULTS)
+        .map(|i| {
+            let r = sample_result(i, 20);
+            spool.store(&r).unwrap();
+            r.run_id.to_string()
+        })
+        .collect();
+    assert_eq!(all.len(), RESULTS);
+
+    let port = free_port();
+    let mut collector = start_collector(port, &db);
+    let mut uploader = start_upload(&spool_dir, port);
+
+    // Kill the collector once a good part, not all, has been delivered.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = spool.pending().unwrap().len();
+        if left <= RESULTS - 60 {
+            break;
+        }
+        assert!(
+            uploader.child().try_wait().unwrap().is_none(),
+            "upload ended before the kill"
+        );
+        assert!(Instant::now() < deadline, "upload too slow: {left} left");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    collector.sigkill();
+
+    let status = uploader.wait(Duration::from_secs(60));
+    let printed = output(&mut uploader);
+    assert_eq!(status.code(), Some(2), "results remain pending:\n{printed}");
+    assert!(printed.contains("stopped early"), "{printed}");
+    let acknowledged: HashSet<String> = printed
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("stored ")
+                .or_else(|| l.strip_prefix("already stored "))
+        })
+        .map(|id| id.trim().to_string())
+        .collect();
+
+    let stored: Vec<String> = db_run_ids(&db);
+    let stored_set: HashSet<String> = stored.iter().cloned().collect();
+    let pending = pending_ids(&spool);
+    assert!(
+        !acknowledged.is_empty() && stored.len() < RESULTS,
+        "the kill landed mid-stream: {} acknowledged, {} stored",
+        acknowledged.len(),
+        stored.len()
+    );
+    assert!(
+        acknowledged.is_subset(&stored_set),
+        "every acknowledged result is in the database"
+    );
+    let left_spool: HashSet<String> = all.difference(&pending).cloned().collect();
+    assert_eq!(
+        left_spool, acknowledged,
+        "only acknowledged results left the spool"
+    );
+    assert!(
+        all.difference(&stored_set).all(|id| pending.contains(id)),
+        "every result not stored is still in the spool"
+    );
+    // At most the requests in flight at the kill can be stored but unacknowledged.
+    assert!(stored_set.intersection(&pending).count() <= 1);
+
+    // Restart on the same database and deliver the rest.
+    let _collector = start_collector(port, &db);
+    let mut again = start_upload(&spool_dir, port);
+    let status = again.wait(Duration::from_secs(120));
+    let printed = output(&mut again);
+    assert!(status.success(), "second upload failed:\n{printed}");
+    assert!(spool.pending().unwrap().is_empty());
+    assert!(spool.rejected().unwrap().is_empty());
+    let stored = db_run_ids(&db);
+    let stored_set: HashSet<String> = stored.iter().cloned().collect();
+    assert_eq!(stored.len(), RESULTS, "each run stored exactly once");
+    assert_eq!(stored_set, all);
+}

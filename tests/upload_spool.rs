@@ -1,0 +1,140 @@
+//! The upload spool against a loopback collector: acknowledged results leave, rejected ones move aside with a reason, nothing is lost while the collector is down.
+
+mod results_support;
+
+use std::time::Duration;
+
+use punchscope::upload::{self, Spool, UploadPolicy};
+use results_support::*;
+
+fn quick() -> UploadPolicy {
+    UploadPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(10),
+    }
+}
+
+#[test]
+fn results_wait_in_the_spool_until_the_collector_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let results: Vec<_> = (0..5).map(|i| sample_result(i, 20)).collect();
+    for r in &results {
+        let path = spool.store(r).unwrap();
+        assert_eq!(
+            path.file_name().unwrap().to_string_lossy(),
+            format!("{}.json", r.run_id)
+        );
+    }
+    assert_eq!(spool.pending().unwrap().len(), 5);
+    assert!(
+        std::fs::read_dir(spool.dir()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")),
+        "no temporary file is left"
+    );
+
+    // Collector down: a closed port on loopback.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let report = upload::upload_pending(&spool, &down, &quick()).unwrap();
+    assert!(report.delivered.is_empty());
+    assert_eq!(report.pending.len(), 5, "{report:?}");
+    assert!(report
+        .stopped_because
+        .unwrap()
+        .contains("gave up after 3 attempts"));
+    assert_eq!(spool.pending().unwrap().len(), 5, "nothing left the spool");
+
+    // One result was already delivered by an earlier run whose answer got lost.
+    let db = dir.path().join("results.db");
+    let collector = TestCollector::start(&db, None);
+    let agent = agent();
+    assert_eq!(
+        post(&agent, &collector.url(), results[0].to_json().as_bytes()).0,
+        201
+    );
+    let report = upload::upload_pending(&spool, &collector.url(), &quick()).unwrap();
+    assert_eq!(report.delivered.len(), 4, "{report:?}");
+    assert_eq!(report.already_stored, vec![results[0].run_id.to_string()]);
+    assert!(report.pending.is_empty() && report.rejected.is_empty());
+    assert!(spool.pending().unwrap().is_empty());
+    let mut stored = db_run_ids(&db);
+    stored.sort();
+    let mut expected: Vec<String> = results.iter().map(|r| r.run_id.to_string()).collect();
+    expected.sort();
+    assert_eq!(stored, expected);
+}
+
+#[test]
+fn a_rejected_result_moves_to_rejected_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let good = sample_result(1, 20);
+    spool.store(&good).unwrap();
+    // A file the probe did not write through `store`: it leaks an address.
+    let mut leaky = serde_json::to_value(sample_result(2, 20)).unwrap();
+    leaky["client"]["network_label"] = "at 203.0.113.2".into();
+    let leaky_id = leaky["run_id"].as_str().unwrap().to_string();
+    std::fs::write(
+        spool.dir().join(format!("{leaky_id}.json")),
+        leaky.to_string(),
+    )
+    .unwrap();
+    let newer_id = "00000000-0000-4000-8000-000000000000";
+    std::fs::write(
+        spool.dir().join(format!("{newer_id}.json")),
+        r#"{"schema_version": 2, "run_id": "00000000-0000-4000-8000-000000000000"}"#,
+    )
+    .unwrap();
+
+    let collector = TestCollector::start(&dir.path().join("results.db"), None);
+    let report = upload::upload_pending(&spool, &collector.url(), &quick()).unwrap();
+    assert_eq!(report.delivered, vec![good.run_id.to_string()]);
+    assert_eq!(report.rejected.len(), 2, "{report:?}");
+    assert!(spool.pending().unwrap().is_empty());
+    let rejected = spool.rejected().unwrap();
+    assert_eq!(rejected.len(), 2);
+    let reason = std::fs::read_to_string(
+        spool
+            .rejected_dir()
+            .join(format!("{leaky_id}.json.reason.txt")),
+    )
+    .unwrap();
+    assert!(
+        reason.starts_with("HTTP 400: field `client.network_label` contains a full IP address"),
+        "{reason}"
+    );
+    let reason = std::fs::read_to_string(
+        spool
+            .rejected_dir()
+            .join(format!("{newer_id}.json.reason.txt")),
+    )
+    .unwrap();
+    assert!(
+        reason.contains("newer than this punchscope understands"),
+        "{reason}"
+    );
+    // The rejected result itself is kept as it was.
+    let kept =
+        std::fs::read_to_string(spool.rejected_dir().join(format!("{leaky_id}.json"))).unwrap();
+    assert_eq!(kept, leaky.to_string());
+}
+
+#[test]
+fn the_spool_sanitizes_what_it_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let mut result = sample_result(3, 2);
+    // Added after construction, bypassing RunResult::new.
+    result.pairings[0].trials[0].error = Some("bind 192.168.1.2:50000 failed".into());
+    let path = spool.store(&result).unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(!text.contains("192.168.1.2"));
+    assert!(text.contains("bind 192.168.1.0/24:50000 failed"));
+}
