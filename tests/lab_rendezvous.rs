@@ -296,3 +296,63 @@ fn with_asymmetric_delays_both_syns_leave_their_hosts_together() {
         "median go->established {median} ms vs path RTT {path_rtt} ms"
     );
 }
+
+#[test]
+fn a_peer_killed_mid_pairing_ends_the_other_sides_record_cleanly() {
+    let lab = start_lab("rvk", &two_nats("delay_ms = 5", "delay_ms = 5"));
+    let plan = plan(
+        "rvk",
+        "trials = 200\nstrategies = [\"simultaneous\"]\nnetwork = \"regtest\"\n",
+    );
+    let _coordinator = start_coordinator(&lab, &plan);
+    let spawn = |host: &str| {
+        punchscope_in(&lab.host_netns(host).unwrap())
+            .args([
+                "probe",
+                "--server",
+                COORDINATOR,
+                "--yes",
+                "--json",
+                "--max-wait-secs",
+                "20",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let alice = ChildGuard(Some(spawn("alice")));
+    let mut bob = ChildGuard(Some(spawn("bob")));
+    // Let a few trials run, then bob's process dies without a word.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut bob_process = bob.0.take().unwrap();
+    bob_process.kill().unwrap(); // SIGKILL, by the PID we own
+    bob_process.wait().unwrap();
+    let mut alice = alice;
+    let started = Instant::now();
+    let output = loop {
+        if alice.0.as_mut().unwrap().try_wait().unwrap().is_some() {
+            break alice.0.take().unwrap().wait_with_output().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "alice hung after her peer died"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(output.status.success());
+    let record: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(record["ended"], "peer_gone", "{record}");
+    let trials: Vec<TrialRecord> = serde_json::from_value(record["trials"].clone()).unwrap();
+    assert!(
+        !trials.is_empty() && trials.len() < 200,
+        "the trials before the peer died are kept"
+    );
+    assert!(
+        trials
+            .iter()
+            .filter(|t| t.outcome == TrialOutcome::Connected)
+            .count()
+            >= 1
+    );
+}
