@@ -109,6 +109,10 @@ impl TrialOutcome {
 pub struct TrialRecord {
     /// Trial number within the pairing, from 0.
     pub trial: u32,
+    /// The coordinator's nonce for this trial: the same on both sides' records,
+    /// so a trial seen from both sides is counted once. Random, not secret.
+    #[serde(default)]
+    pub trial_id: Option<String>,
     pub strategy: Strategy,
     /// Initiator or responder, as the coordinator assigned (the Bitcoin handshake roles).
     pub role: Role,

@@ -263,6 +263,7 @@ fn unrun(
 ) -> TrialRecord {
     TrialRecord {
         trial,
+        trial_id: None,
         strategy,
         role,
         local_port: 0,

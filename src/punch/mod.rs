@@ -63,6 +63,7 @@ const NONCE_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option<TcpStream>) {
     let mut record = TrialRecord {
         trial: spec.trial,
+        trial_id: Some(spec.nonce.clone()),
         strategy: spec.strategy,
         role: spec.role,
         local_port: spec.local.port(),
