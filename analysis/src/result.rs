@@ -470,6 +470,7 @@ mod tests {
         });
         TrialRecord {
             trial: 0,
+            trial_id: None,
             strategy: Strategy::Simultaneous,
             role: Role::Initiator,
             local_port: 40002,

@@ -133,6 +133,7 @@ fn trial(n: u32, plan: &Plan, connected: bool) -> TrialRecord {
     });
     TrialRecord {
         trial: n,
+        trial_id: None,
         strategy,
         role: Role::Initiator,
         local_port: 50000 + u16::try_from(n).unwrap(),
