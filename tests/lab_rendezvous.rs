@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use punchscope::analysis::handshake::{Role, Transport};
+use punchscope::analysis::result::{PairingEnded, RunResult};
 use punchscope::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use punchscope::lab::nat::{Direction, NatEvent};
+use punchscope::lab::services::EchoService;
 use punchscope::lab::{netns, Lab};
 
 const COORDINATOR: &str = "198.51.100.10:7000";
@@ -37,6 +39,44 @@ fn plan(lab_tag: &str, body: &str) -> std::path::PathBuf {
     path
 }
 
+/// The echo servers the probes classify against, on both lab server IPs and two ports.
+fn start_echo(lab: &Lab) -> EchoService {
+    let endpoints: Vec<std::net::SocketAddr> = [
+        "198.51.100.10:3478",
+        "198.51.100.10:3479",
+        "198.51.100.11:3478",
+        "198.51.100.11:3479",
+    ]
+    .iter()
+    .map(|e| e.parse().unwrap())
+    .collect();
+    EchoService::start(lab, &endpoints).unwrap()
+}
+
+/// A volunteer's `probe` run in the lab, with its own spool.
+fn probe_command(lab: &Lab, host: &str) -> Command {
+    let spool = std::env::temp_dir().join(format!("{}-{}-spool", lab.name(), host));
+    let mut command = punchscope_in(&lab.host_netns(host).unwrap());
+    command
+        .args(["probe", "--server", COORDINATOR])
+        .args([
+            "--echo",
+            "198.51.100.10:3478",
+            "--echo",
+            "198.51.100.11:3478",
+        ])
+        .args([
+            "--yes",
+            "--json",
+            "--quiet",
+            "--max-wait-secs",
+            "20",
+            "--spool",
+        ])
+        .arg(spool);
+    command
+}
+
 fn start_coordinator(lab: &Lab, plan: &std::path::Path) -> ChildGuard {
     let child = punchscope_in(&lab.internet_netns())
         .args(["serve", "rendezvous", "--listen", COORDINATOR, "--plan"])
@@ -61,17 +101,9 @@ fn start_coordinator(lab: &Lab, plan: &std::path::Path) -> ChildGuard {
 
 /// Runs `probe` in alice and bob at once; returns each side's trials, in trial order.
 fn probe_pair(lab: &Lab, within: Duration) -> (Vec<TrialRecord>, Vec<TrialRecord>, Vec<Role>) {
+    let _echo = start_echo(lab);
     let spawn = |host: &str| {
-        punchscope_in(&lab.host_netns(host).unwrap())
-            .args([
-                "probe",
-                "--server",
-                COORDINATOR,
-                "--yes",
-                "--json",
-                "--max-wait-secs",
-                "20",
-            ])
+        probe_command(lab, host)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -99,19 +131,18 @@ fn probe_pair(lab: &Lab, within: Duration) -> (Vec<TrialRecord>, Vec<TrialRecord
             "probe failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let record: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        assert_eq!(record["ended"], "done", "{record}");
-        outputs.push(record);
+        let result = RunResult::from_json(std::str::from_utf8(&output.stdout).unwrap()).unwrap();
+        assert_eq!(result.pairings.len(), 1);
+        assert_eq!(result.pairings[0].ended, PairingEnded::Done);
+        assert!(!result.classification.verdict.no_nat, "behind a lab NAT");
+        outputs.push(result);
     }
-    let trials = |v: &serde_json::Value| -> Vec<TrialRecord> {
-        let mut t: Vec<TrialRecord> = serde_json::from_value(v["trials"].clone()).unwrap();
+    let trials = |r: &RunResult| -> Vec<TrialRecord> {
+        let mut t = r.pairings[0].trials.clone();
         t.sort_by_key(|t| t.trial);
         t
     };
-    let roles = outputs
-        .iter()
-        .map(|v| serde_json::from_value(v["role"].clone()).unwrap())
-        .collect();
+    let roles = outputs.iter().map(|r| r.pairings[0].role).collect();
     (trials(&outputs[0]), trials(&outputs[1]), roles)
 }
 
@@ -305,17 +336,9 @@ fn a_peer_killed_mid_pairing_ends_the_other_sides_record_cleanly() {
         "trials = 200\nstrategies = [\"simultaneous\"]\nnetwork = \"regtest\"\n",
     );
     let _coordinator = start_coordinator(&lab, &plan);
+    let _echo = start_echo(&lab);
     let spawn = |host: &str| {
-        punchscope_in(&lab.host_netns(host).unwrap())
-            .args([
-                "probe",
-                "--server",
-                COORDINATOR,
-                "--yes",
-                "--json",
-                "--max-wait-secs",
-                "20",
-            ])
+        probe_command(&lab, host)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -341,9 +364,9 @@ fn a_peer_killed_mid_pairing_ends_the_other_sides_record_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(output.status.success());
-    let record: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(record["ended"], "peer_gone", "{record}");
-    let trials: Vec<TrialRecord> = serde_json::from_value(record["trials"].clone()).unwrap();
+    let result = RunResult::from_json(std::str::from_utf8(&output.stdout).unwrap()).unwrap();
+    assert_eq!(result.pairings[0].ended, PairingEnded::PeerGone);
+    let trials = result.pairings[0].trials.clone();
     assert!(
         !trials.is_empty() && trials.len() < 200,
         "the trials before the peer died are kept"

@@ -92,6 +92,24 @@ pub struct Pairing {
     pub plan: Plan,
     /// Every trial, in order, as this side saw it.
     pub trials: Vec<TrialRecord>,
+    /// How the pairing ended; a pairing cut short keeps its trials.
+    #[serde(default)]
+    pub ended: PairingEnded,
+}
+
+/// How a pairing ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PairingEnded {
+    /// Every trial of the plan ran.
+    #[default]
+    Done,
+    /// The peer left before the plan was through.
+    PeerGone,
+    /// The coordinator went away mid-pairing.
+    CoordinatorLost,
+    /// The volunteer stopped the run (Ctrl-C).
+    Interrupted,
 }
 
 /// An endpoint with its address reduced to a network prefix; the port is kept.
@@ -508,6 +526,7 @@ mod tests {
                 role: Role::Initiator,
                 plan,
                 trials: vec![trial()],
+                ended: PairingEnded::Done,
             }],
         )
     }

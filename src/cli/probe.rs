@@ -1,30 +1,46 @@
-//! `punchscope probe`: pair with another volunteer (or a reference peer) through a
-//! coordinator and run the plan's punching trials, each with a Bitcoin handshake.
+//! `punchscope probe`: the volunteer's one command. Notice and consent, NAT
+//! classification, pairing through a coordinator, trials with Bitcoin
+//! handshakes, the result written to the spool and uploaded, then a summary.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use punchscope::analysis::handshake::Transport;
+use punchscope::analysis::privacy::PRIVACY_NOTICE;
+use punchscope::analysis::result::{ClientInfo, Pairing, PairingEnded, RunResult};
 use punchscope::analysis::trial::TrialOutcome;
+use punchscope::classify::{self, ClassifyConfig};
 use punchscope::probe::{self, PairingEnd, PairingOptions, PairingRecord, Progress};
 use punchscope::rendezvous::{Hello, RendezvousError};
+use punchscope::upload::{self, Spool, UploadPolicy};
 
-/// What the volunteer agrees to before anything is sent.
-const CONSENT_NOTICE: &str = "\
-punchscope will pair you with another volunteer through the coordinator and try to open
-TCP connections between you (hole punching). The coordinator tells your peer the public
-IP address and port your connections come from, and tells you theirs; nothing else about
-you is shared. Over each connection a Bitcoin P2P handshake (version/verack) is made.";
+/// Exit codes beyond 0 (done) and 1 (the tool failed).
+const EXIT_NO_PEER: u8 = 3;
+const EXIT_INTERRUPTED: u8 = 4;
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// The coordinator, HOST:PORT.
     #[arg(long)]
     server: String,
+    /// Echo servers for NAT classification, HOST:PORT (give two IPs for a full verdict).
+    #[arg(long = "echo", required_unless_present = "serve_peer")]
+    echo: Vec<String>,
+    /// Collector to upload the result to, e.g. http://collector.example:8080 (else it stays in the spool).
+    #[arg(long)]
+    collector: Option<String>,
+    /// Where results wait until the collector has them.
+    #[arg(long)]
+    spool: Option<PathBuf>,
+    /// A label for your network, e.g. "home-fibre" (kept in the result).
+    #[arg(long)]
+    label: Option<String>,
     /// Pair only with a volunteer who gives the same code.
     #[arg(long)]
     pair_code: Option<String>,
@@ -34,48 +50,32 @@ pub struct ProbeArgs {
     /// How long to wait for a peer.
     #[arg(long, default_value_t = 120)]
     max_wait_secs: u64,
-    /// Agree to the notice without being asked (unattended runs).
+    /// Agree to the privacy notice without being asked (unattended runs).
     #[arg(long)]
     yes: bool,
-    /// Print the pairing record as JSON.
+    /// Print the result document (JSON) on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// No progress output.
+    #[arg(long)]
+    quiet: bool,
 }
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
-    if !args.serve_peer {
-        ask_consent(args.yes)?;
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let server = resolve(&args.server).await?;
-        let max_wait = Duration::from_secs(args.max_wait_secs);
-        let mut hello = if args.serve_peer {
-            Hello::reference()
-        } else {
-            Hello::volunteer(max_wait)
-        };
-        if let Some(code) = &args.pair_code {
-            hello = hello.with_pair_code(code.clone());
-        }
-        let options = PairingOptions {
-            server,
-            hello,
-            read_timeout: Duration::from_secs(30),
-            max_wait,
-        };
-        if args.serve_peer {
-            serve_peer(&options, args.json).await
-        } else {
-            one_pairing(&options, args.json).await
-        }
-    })
+    if args.serve_peer {
+        return runtime.block_on(serve_peer(&args));
+    }
+    ask_consent(args.yes, args.quiet)?;
+    runtime.block_on(volunteer(&args))
 }
 
-fn ask_consent(yes: bool) -> anyhow::Result<()> {
-    eprintln!("{CONSENT_NOTICE}");
+fn ask_consent(yes: bool, quiet: bool) -> anyhow::Result<()> {
+    if !quiet || !yes {
+        eprintln!("{PRIVACY_NOTICE}");
+    }
     if yes {
         return Ok(());
     }
@@ -96,96 +96,224 @@ fn ask_consent(yes: bool) -> anyhow::Result<()> {
 async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
     tokio::net::lookup_host(server)
         .await
-        .with_context(|| format!("cannot resolve coordinator `{server}` (expected HOST:PORT)"))?
+        .with_context(|| format!("cannot resolve `{server}` (expected HOST:PORT)"))?
         .next()
-        .with_context(|| format!("coordinator `{server}` has no address"))
+        .with_context(|| format!("`{server}` has no address"))
 }
 
-async fn one_pairing(options: &PairingOptions, json: bool) -> anyhow::Result<ExitCode> {
-    let record = match probe::run_pairing(options, |p| progress(p, json)).await {
-        Ok(record) => record,
-        Err(RendezvousError::NoPeer { waited, .. }) => {
-            eprintln!(
-                "No peer was available after {:.0} s; try again later.",
-                waited.as_secs_f64()
-            );
-            return Ok(ExitCode::from(3));
-        }
-        Err(e) => return Err(e).context("could not pair through the coordinator"),
+fn spinner(quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
+    let started_at = chrono::Utc::now();
+    let quiet = args.quiet || args.json;
+    let bar = spinner(quiet);
+
+    bar.set_message("classifying your NAT (mapping, filtering, port allocation)");
+    let classification = classify::classify(&ClassifyConfig {
+        servers: args.echo.clone(),
+        ..ClassifyConfig::default()
+    })
+    .await
+    .context("could not classify your NAT")?;
+    bar.println(format!("Your NAT: {}", classification.verdict.summary()));
+
+    let server = resolve(&args.server).await?;
+    let max_wait = Duration::from_secs(args.max_wait_secs);
+    let mut hello = Hello::volunteer(max_wait);
+    if let Some(code) = &args.pair_code {
+        hello = hello.with_pair_code(code.clone());
+    }
+    let options = PairingOptions {
+        server,
+        hello,
+        read_timeout: Duration::from_secs(30),
+        max_wait,
     };
-    report(&record, json)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn serve_peer(options: &PairingOptions, json: bool) -> anyhow::Result<ExitCode> {
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
-            result = probe::run_pairing(options, |p| progress(p, json)) => match result {
-                Ok(record) => report(&record, json)?,
-                Err(RendezvousError::NoPeer { .. }) => {}
-                Err(e) => {
-                    eprintln!("reference peer: {e}; retrying in 5 s");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            },
-        }
-    }
-}
-
-fn progress(p: Progress, json: bool) {
-    if json {
-        return;
-    }
-    match p {
+    let mut total = 0u32;
+    let progress = |p: Progress| match p {
         Progress::Waiting { waited } => {
-            eprintln!("waiting for a peer: {:.0} s", waited.as_secs_f64())
+            bar.set_message(format!("waiting for a peer: {:.0} s", waited.as_secs_f64()))
         }
         Progress::Paired { role, trials } => {
-            eprintln!("paired as {role:?}; running {trials} trials")
+            total = trials;
+            bar.set_message(format!("paired (we are the {role:?}); trial 1 of {trials}"))
         }
-        Progress::TrialDone { trial, outcome } => eprintln!("trial {trial}: {outcome:?}"),
+        Progress::TrialDone { trial, outcome } => bar.set_message(format!(
+            "trial {} of {total}: last one {outcome:?}",
+            trial + 2
+        )),
+    };
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let record = match probe::run_pairing(&options, progress, stop).await {
+        Ok(record) => Some(record),
+        Err(RendezvousError::NoPeer { waited, .. }) => {
+            bar.println(format!(
+                "No peer was available after {:.0} s; the classification is still saved.",
+                waited.as_secs_f64()
+            ));
+            None
+        }
+        Err(e) => {
+            bar.finish_and_clear();
+            return Err(e).context("could not pair through the coordinator");
+        }
+    };
+    bar.finish_and_clear();
+
+    let pairings: Vec<Pairing> = record
+        .iter()
+        .map(|r| Pairing {
+            peer_verdict: None,
+            role: r.role,
+            plan: r.plan.clone(),
+            trials: r.trials.clone(),
+            ended: match r.end {
+                PairingEnd::Done => PairingEnded::Done,
+                PairingEnd::PeerGone { .. } => PairingEnded::PeerGone,
+                PairingEnd::CoordinatorLost { .. } => PairingEnded::CoordinatorLost,
+                PairingEnd::Interrupted => PairingEnded::Interrupted,
+            },
+        })
+        .collect();
+    let result = RunResult::new(
+        env!("CARGO_PKG_VERSION"),
+        started_at,
+        chrono::Utc::now(),
+        ClientInfo::this_machine(args.label.clone()),
+        &classification,
+        pairings,
+    );
+    let spool_dir = args.spool.clone().unwrap_or_else(upload::default_spool_dir);
+    let spool = Spool::open(&spool_dir)
+        .with_context(|| format!("cannot use the spool {}", spool_dir.display()))?;
+    let saved = spool
+        .store(&result)
+        .context("cannot write the result to the spool")?;
+    let uploaded = match &args.collector {
+        None => "not uploaded (no --collector); `punchscope upload --collector URL` sends it later"
+            .to_string(),
+        Some(collector) => {
+            let (spool, collector) = (spool_dir.clone(), collector.clone());
+            let report = tokio::task::spawn_blocking(move || {
+                let spool = Spool::open(&spool)?;
+                upload::upload_pending(&spool, &collector, &UploadPolicy::default())
+            })
+            .await?;
+            match report {
+                Ok(r) if r.pending.is_empty() && r.rejected.is_empty() => "uploaded".to_string(),
+                Ok(r) => format!(
+                    "{} result(s) still waiting in the spool; run `punchscope upload` later",
+                    r.pending.len()
+                ),
+                Err(e) => format!("upload failed ({e}); the result stays in the spool"),
+            }
+        }
+    };
+
+    if args.json {
+        println!("{}", result.to_json());
+    } else {
+        summarize(record.as_ref(), &saved, &uploaded);
     }
+    Ok(match record.map(|r| r.end) {
+        None => ExitCode::from(EXIT_NO_PEER),
+        Some(PairingEnd::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
+        Some(_) => ExitCode::SUCCESS,
+    })
 }
 
-fn report(record: &PairingRecord, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(record)?);
-        return Ok(());
-    }
-    let connected = record
-        .trials
-        .iter()
-        .filter(|t| t.outcome == TrialOutcome::Connected)
-        .count();
-    println!(
-        "{connected} of {} trials punched through (paired with a {:?} peer, as {:?}).",
-        record.trials.len(),
-        record.peer_mode,
-        record.role
-    );
-    for transport in [Transport::V1, Transport::V2] {
-        let handshakes: Vec<_> = record
+fn summarize(record: Option<&PairingRecord>, saved: &std::path::Path, uploaded: &str) {
+    if let Some(record) = record {
+        let connected = record
             .trials
             .iter()
-            .filter_map(|t| t.handshake.as_ref())
-            .filter(|h| {
-                h.transport == Some(transport)
-                    || (h.transport.is_none() && transport == Transport::V1)
-            })
-            .collect();
-        if !handshakes.is_empty() {
-            let ok = handshakes.iter().filter(|h| h.success).count();
-            println!(
-                "  Bitcoin {transport:?} handshakes: {ok} of {} succeeded",
-                handshakes.len()
-            );
+            .filter(|t| t.outcome == TrialOutcome::Connected)
+            .count();
+        println!(
+            "{connected} of {} trials punched through, paired with a {:?} peer (we were the {:?}).",
+            record.trials.len(),
+            record.peer_mode,
+            record.role
+        );
+        for transport in [Transport::V1, Transport::V2] {
+            let runs: Vec<_> = record
+                .trials
+                .iter()
+                .filter_map(|t| t.handshake.as_ref())
+                .filter(|h| h.transport == Some(transport))
+                .collect();
+            if !runs.is_empty() {
+                let ok = runs.iter().filter(|h| h.success).count();
+                println!(
+                    "Bitcoin {transport:?} handshakes over punched sockets: {ok} of {} succeeded",
+                    runs.len()
+                );
+            }
+        }
+        match &record.end {
+            PairingEnd::Done => {}
+            PairingEnd::PeerGone { .. } => {
+                println!("The peer left before the end; the trials so far are kept.")
+            }
+            PairingEnd::CoordinatorLost { error } => {
+                println!("The coordinator was lost ({error}); the trials so far are kept.")
+            }
+            PairingEnd::Interrupted => println!("Stopped by you; the trials so far are kept."),
         }
     }
-    match &record.end {
-        PairingEnd::Done => {}
-        PairingEnd::PeerGone { trial } => println!("  the peer left early (at trial {trial:?})"),
-        PairingEnd::CoordinatorLost { error } => println!("  the coordinator was lost: {error}"),
+    println!("Result: {} ({uploaded})", saved.display());
+}
+
+async fn serve_peer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
+    let options = PairingOptions {
+        server: resolve(&args.server).await?,
+        hello: Hello::reference(),
+        read_timeout: Duration::from_secs(30),
+        max_wait: Duration::from_secs(args.max_wait_secs),
+    };
+    loop {
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        match probe::run_pairing(&options, |_| {}, stop).await {
+            Ok(record) if record.end == PairingEnd::Interrupted => return Ok(ExitCode::SUCCESS),
+            Ok(record) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&record)?);
+                } else if !args.quiet {
+                    let connected = record
+                        .trials
+                        .iter()
+                        .filter(|t| t.outcome == TrialOutcome::Connected)
+                        .count();
+                    eprintln!(
+                        "reference peer: pairing done, {connected} of {} trials connected",
+                        record.trials.len()
+                    );
+                }
+            }
+            Err(RendezvousError::NoPeer { .. }) => {}
+            Err(e) => {
+                eprintln!("reference peer: {e}; retrying in 5 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        }
     }
-    Ok(())
 }

@@ -35,6 +35,8 @@ pub enum PairingEnd {
     PeerGone { trial: Option<u32> },
     /// The coordinator went away or broke the protocol mid-pairing.
     CoordinatorLost { error: String },
+    /// We were asked to stop (Ctrl-C); the trials run so far are kept.
+    Interrupted,
 }
 
 /// Everything one pairing produced, from our side.
@@ -70,7 +72,9 @@ struct Pending {
 pub async fn run_pairing(
     options: &PairingOptions,
     mut progress: impl FnMut(Progress),
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<PairingRecord, RendezvousError> {
+    tokio::pin!(stop);
     let mut client =
         Client::connect(options.server, options.hello.clone(), options.read_timeout).await?;
     let pairing = client
@@ -93,7 +97,15 @@ pub async fn run_pairing(
     let plan = pairing.plan;
     let mut pending: Option<Pending> = None;
     loop {
-        let step = match client.next().await {
+        let next = tokio::select! {
+            next = client.next() => next,
+            () = &mut stop => {
+                record.end = PairingEnd::Interrupted;
+                let _ = client.bye().await;
+                break;
+            }
+        };
+        let step = match next {
             Ok(step) => step,
             Err(e) => {
                 record.end = PairingEnd::CoordinatorLost {
@@ -206,8 +218,16 @@ pub async fn run_pairing(
                     network: plan.network,
                     step_timeout: Duration::from_millis(plan.handshake_step_ms.into()),
                 };
-                let mut trial_record =
-                    punch::run_trial_with_handshake(&spec, &handshake, go_at).await;
+                let finished = tokio::select! {
+                    record = punch::run_trial_with_handshake(&spec, &handshake, go_at) => Some(record),
+                    () = &mut stop => None,
+                };
+                let Some(mut trial_record) = finished else {
+                    // Interrupted mid-trial: that trial has no outcome to report.
+                    record.end = PairingEnd::Interrupted;
+                    let _ = client.bye().await;
+                    break;
+                };
                 if let Some(e) = p.prime_error {
                     trial_record.error.get_or_insert(e);
                 }
