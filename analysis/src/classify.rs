@@ -435,25 +435,45 @@ fn allocation_finding(probes: &[Probe], missing: &mut Vec<String>) -> Finding<Al
             value: AllocationPattern::Preserving,
         };
     }
-    let deltas: Vec<i32> = pairs
+    let observed: Vec<u16> = pairs.iter().map(|(_, o)| *o).collect();
+    // One probe may land on an old mapping (the OS reused a local port that
+    // still has one) or be interleaved with other traffic: a sequential
+    // pattern may drop one outlier, as long as three probes remain.
+    let value = sequential_step(&observed)
+        .or_else(|| {
+            (observed.len() > 3)
+                .then(|| {
+                    (0..observed.len()).find_map(|skip| {
+                        let rest: Vec<u16> = observed
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| *i != skip)
+                            .map(|(_, p)| *p)
+                            .collect();
+                        sequential_step(&rest).map(|(step, _)| (step, false))
+                    })
+                })
+                .flatten()
+        })
+        .map_or(AllocationPattern::Random, |(step, exact)| {
+            AllocationPattern::Sequential { step, exact }
+        });
+    Finding::Known { value }
+}
+
+/// The step of ports that move in one direction by small gaps, and whether every gap equals it.
+fn sequential_step(ports: &[u16]) -> Option<(i32, bool)> {
+    let deltas: Vec<i32> = ports
         .windows(2)
-        .map(|w| i32::from(w[1].1) - i32::from(w[0].1))
+        .map(|w| i32::from(w[1]) - i32::from(w[0]))
         .collect();
     let same_sign = deltas.iter().all(|d| *d > 0) || deltas.iter().all(|d| *d < 0);
     let small = deltas.iter().all(|d| d.abs() <= MAX_SEQUENTIAL_GAP);
-    let value = if same_sign && small {
-        let step = *deltas
-            .iter()
-            .min_by_key(|d| d.abs())
-            .expect("3 probes give 2 deltas");
-        AllocationPattern::Sequential {
-            step,
-            exact: deltas.iter().all(|d| *d == step),
-        }
-    } else {
-        AllocationPattern::Random
-    };
-    Finding::Known { value }
+    if deltas.is_empty() || !same_sign || !small {
+        return None;
+    }
+    let step = *deltas.iter().min_by_key(|d| d.abs())?;
+    Some((step, deltas.iter().all(|d| *d == step)))
 }
 
 fn mapping_words(m: Mapping) -> &'static str {

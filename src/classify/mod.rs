@@ -55,7 +55,7 @@ impl Default for ClassifyConfig {
             servers: Vec::new(),
             local_port: None,
             connect_timeout: Duration::from_secs(3),
-            allocation_probes: 4,
+            allocation_probes: 5,
             hairpin: true,
         }
     }

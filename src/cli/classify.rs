@@ -23,7 +23,7 @@ pub struct ClassifyArgs {
     #[arg(long, default_value_t = 3000)]
     pub timeout_ms: u64,
     /// Fresh-port probes for the port allocation pattern.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 5)]
     pub allocation_probes: usize,
     /// Skip the hairpinning test.
     #[arg(long)]

@@ -458,3 +458,34 @@ fn summary_reads_like_advice() {
     let back: Verdict = serde_json::from_value(json).unwrap();
     assert_eq!(back, v);
 }
+
+#[test]
+fn one_outlier_does_not_hide_a_sequential_allocator() {
+    let mut o = obs(vec![]);
+    o.allocation = [
+        (41000, 20000),
+        (41001, 20002),
+        (41002, 31337),
+        (41003, 20004),
+        (41004, 20006),
+    ]
+    .iter()
+    .map(|(l, e)| {
+        probe(
+            &format!("192.168.1.10:{l}"),
+            P1,
+            Some(&format!("203.0.113.7:{e}")),
+        )
+    })
+    .collect();
+    assert_eq!(
+        verdict(&o).allocation,
+        known(AllocationPattern::Sequential {
+            step: 2,
+            exact: false
+        })
+    );
+    // Two outliers are too many: random.
+    o.allocation[1] = probe("192.168.1.10:41001", P1, Some("203.0.113.7:5000"));
+    assert_eq!(verdict(&o).allocation, known(AllocationPattern::Random));
+}
