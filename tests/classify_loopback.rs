@@ -50,7 +50,10 @@ async fn loopback_is_no_nat_with_open_filtering_and_preserved_ports() {
     for p in o.mapping.iter().chain(&o.allocation) {
         assert_eq!(p.observed, Some(p.local), "{p:?}");
     }
-    assert_eq!(o.allocation.len(), 4);
+    assert_eq!(
+        o.allocation.len(),
+        ClassifyConfig::default().allocation_probes
+    );
     let filtering = o.filtering.as_ref().unwrap();
     assert_ne!(
         filtering.probe.local.port(),
