@@ -33,6 +33,8 @@ enum LabCommand {
     },
     /// Benchmark the emulator core (packets/s), the latency the TUN path adds, and classification time (needs root).
     Bench(BenchArgs),
+    /// Run a whole campaign: servers, reference peers and a probe per volunteer host, then the report.
+    Run(RunArgs),
     /// Run a measurement experiment in a lab (`skew`: start skew vs strategy).
     Experiment(ExperimentArgs),
     /// Run a command inside a lab host (or `internet`), with its exit code.
@@ -45,6 +47,58 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Campaign scenario.
+    #[arg(default_value = "probes/lab/campaign.toml")]
+    scenario: PathBuf,
+    /// The plan the coordinator hands out.
+    #[arg(long, default_value = "probes/lab/campaign-plan.toml")]
+    plan: PathBuf,
+    /// Output folder: results, report, logs, the lab's event log.
+    #[arg(long, default_value = "campaign-out")]
+    out: PathBuf,
+    #[arg(long, default_value = "campaign")]
+    name: String,
+    /// Longest the volunteers may take, in seconds.
+    #[arg(long, default_value_t = 240)]
+    deadline_secs: u64,
+}
+
+fn campaign(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let scenario = punchscope::lab::Scenario::load(&args.scenario)?;
+    let options = lab::campaign::CampaignOptions {
+        exe: std::env::current_exe()?,
+        lab_name: args.name,
+        plan: std::fs::canonicalize(&args.plan)
+            .map_err(|e| anyhow::anyhow!("plan {}: {e}", args.plan.display()))?,
+        out: std::path::absolute(&args.out)?,
+        deadline: std::time::Duration::from_secs(args.deadline_secs),
+    };
+    eprintln!("campaign: starting the lab, servers, reference peers and volunteers...");
+    let outcome = lab::campaign::run(scenario, &options)?;
+    eprintln!(
+        "campaign: {} of {} volunteers completed a pairing in {:.0} s; {} results stored",
+        outcome.completed, outcome.volunteers, outcome.seconds, outcome.results
+    );
+    for (host, code) in &outcome.others {
+        eprintln!("  {host}: exit {code:?} (see {})", options.out.join("logs").join(format!("{host}.err")).display());
+    }
+    std::fs::write(options.out.join("campaign.json"), serde_json::to_string_pretty(&outcome)?)?;
+    let report_dir = options.out.join("report");
+    let status = std::process::Command::new(&options.exe)
+        .arg("report")
+        .arg(&outcome.results_jsonl)
+        .arg("--out")
+        .arg(&report_dir)
+        .status()?;
+    if !status.success() {
+        anyhow::bail!("the report failed ({status}); the results are in {}", outcome.results_jsonl.display());
+    }
+    println!("Report: {}", report_dir.join("index.html").display());
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +212,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         } => exec(&name, &host, &command),
         LabCommand::Bench(args) => bench(args),
         LabCommand::Experiment(args) => experiment(args),
+        LabCommand::Run(args) => campaign(args),
     }
 }
 

@@ -10,9 +10,11 @@
 //! (the tokio loop around one router), [`events`] (the ground-truth log),
 //! [`lock`] (one lab per name), [`instance`] (build, run, tear down),
 //! [`bench`] (`lab bench`), [`services`] (our servers inside a lab),
-//! [`pair`] (trials between two hosts coordinated by the lab; the skew experiment).
+//! [`pair`] (trials between two hosts coordinated by the lab; the skew experiment),
+//! [`campaign`] (`lab run`: a whole campaign with the real binaries).
 
 pub mod bench;
+pub mod campaign;
 pub mod driver;
 pub mod events;
 pub mod instance;

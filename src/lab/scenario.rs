@@ -60,6 +60,19 @@ pub struct HostSpec {
     pub prefix_len: u8,
     /// The public address the internet sees for this host.
     pub public_ip: Ipv4Addr,
+    /// What `lab run` starts in this host.
+    pub role: HostRole,
+}
+
+/// What a host does in a `lab run` campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostRole {
+    /// Runs `punchscope probe` once, like a volunteer.
+    #[default]
+    Volunteer,
+    /// Runs `punchscope probe --serve-peer`, a researcher's reference peer.
+    Reference,
 }
 
 impl Scenario {
@@ -247,6 +260,8 @@ struct HostSection {
     nat: Spanned<String>,
     /// Only for `nat = "none"`: the host's public address.
     public_ip: Option<Spanned<Ipv4Addr>>,
+    #[serde(default)]
+    role: HostRole,
 }
 
 /// Whether `ip` lies in the documentation ranges lab public addresses come from (RFC 5737).
@@ -477,6 +492,7 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             address,
             prefix_len,
             public_ip,
+            role: host.role,
         });
     }
     // A router with no host serves no purpose and would get no interface: refuse it.

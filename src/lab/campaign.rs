@@ -1,0 +1,240 @@
+//! `lab run`: a whole measurement campaign on one machine. The real servers run
+//! in the internet namespace, reference peers and a real `probe` per volunteer
+//! host run in their namespaces, results go through the collector, and the
+//! report is built from the collector's export.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::instance::{Lab, LabError, LabOptions};
+use super::netns;
+use super::scenario::{HostRole, Scenario};
+
+/// Where the campaign's servers listen inside the internet namespace.
+const ECHO: [&str; 4] = [
+    "198.51.100.10:3478",
+    "198.51.100.10:3479",
+    "198.51.100.11:3478",
+    "198.51.100.11:3479",
+];
+const COORDINATOR: &str = "198.51.100.10:7000";
+const COLLECTOR: &str = "198.51.100.10:8080";
+
+/// How to run a campaign.
+#[derive(Debug, Clone)]
+pub struct CampaignOptions {
+    /// The `punchscope` binary to start in the namespaces (normally this one).
+    pub exe: PathBuf,
+    pub lab_name: String,
+    pub plan: PathBuf,
+    /// Everything the campaign writes: results, report, logs.
+    pub out: PathBuf,
+    /// Longest the volunteers may take, all together.
+    pub deadline: Duration,
+}
+
+/// What a campaign produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignOutcome {
+    pub volunteers: usize,
+    /// Volunteers whose probe exited 0 (paired and done).
+    pub completed: usize,
+    /// Volunteers with no peer (exit 3) or another ending, by host.
+    pub others: Vec<(String, Option<i32>)>,
+    /// The collector's export: one stored result per line.
+    pub results_jsonl: PathBuf,
+    pub results: usize,
+    /// The router event log of the lab (ground truth).
+    pub events_jsonl: PathBuf,
+    pub seconds: f64,
+}
+
+/// Children we started, ended by their PID when this is dropped.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            // SAFETY: signalling a child we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, child) in &mut self.0 {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the campaign of `scenario`; the lab is removed before this returns.
+pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutcome, LabError> {
+    let started = Instant::now();
+    let io = |e: std::io::Error| LabError::Traffic(e);
+    fs::create_dir_all(options.out.join("logs")).map_err(io)?;
+    let events_jsonl = options.out.join("events.jsonl");
+    let lab = Lab::start(
+        scenario,
+        LabOptions {
+            name: options.lab_name.clone(),
+            event_log: Some(events_jsonl.clone()),
+        },
+    )?;
+    let token = format!("{:032x}", rand::random::<u128>());
+    let token_file = options.out.join("export-token");
+    fs::write(&token_file, &token).map_err(io)?;
+    let db = options.out.join("results.db");
+    let _ = fs::remove_file(&db);
+
+    let mut servers = Children(Vec::new());
+    let internet = lab.internet_netns();
+    let mut echo = vec!["serve".to_string(), "echo".to_string()];
+    for e in ECHO {
+        echo.extend(["--listen".to_string(), e.to_string()]);
+    }
+    servers.0.push(spawn(options, &internet, "echo", &echo)?);
+    let rendezvous = ["serve", "rendezvous", "--listen", COORDINATOR, "--any-reference", "--plan"];
+    let mut rendezvous: Vec<String> = rendezvous.iter().map(|s| s.to_string()).collect();
+    rendezvous.push(options.plan.display().to_string());
+    servers.0.push(spawn(options, &internet, "rendezvous", &rendezvous)?);
+    let collector = [
+        "serve".to_string(),
+        "collector".to_string(),
+        "--listen".to_string(),
+        COLLECTOR.to_string(),
+        "--db".to_string(),
+        db.display().to_string(),
+        "--export-token-file".to_string(),
+        token_file.display().to_string(),
+    ];
+    servers.0.push(spawn(options, &internet, "collector", &collector)?);
+    for endpoint in [ECHO[0], COORDINATOR, COLLECTOR] {
+        wait_listening(&lab, endpoint.parse().expect("constant"))?;
+    }
+
+    let mut references = Children(Vec::new());
+    let mut volunteers = Children(Vec::new());
+    let hosts = lab.scenario().hosts.clone();
+    for host in hosts.iter().filter(|h| h.role == HostRole::Reference) {
+        let args = ["probe", "--serve-peer", "--server", COORDINATOR, "--quiet"];
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        references.0.push(spawn(options, &lab.host_netns(&host.name)?, &host.name, &args)?);
+    }
+    for host in hosts.iter().filter(|h| h.role == HostRole::Volunteer) {
+        let router = &lab.scenario().routers[host.router].name;
+        let spool = options.out.join("spool").join(&host.name);
+        let args = [
+            "probe", "--server", COORDINATOR, "--echo", ECHO[0], "--echo", ECHO[2], "--collector",
+        ];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            format!("http://{COLLECTOR}"),
+            "--spool".into(),
+            spool.display().to_string(),
+            "--label".into(),
+            router.clone(),
+            "--yes".into(),
+            "--json".into(),
+            "--quiet".into(),
+            "--max-wait-secs".into(),
+            "60".into(),
+        ]);
+        volunteers.0.push(spawn(options, &lab.host_netns(&host.name)?, &host.name, &args)?);
+        // Arrivals a moment apart, as volunteers arrive.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+
+    let deadline = Instant::now() + options.deadline;
+    let mut completed = 0;
+    let mut others = Vec::new();
+    for (host, child) in &mut volunteers.0 {
+        let status = loop {
+            match child.try_wait().map_err(io)? {
+                Some(status) => break Some(status),
+                None if Instant::now() > deadline => break None,
+                None => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        match status.and_then(|s| s.code()) {
+            Some(0) => completed += 1,
+            code => others.push((host.clone(), code)),
+        }
+    }
+    drop(volunteers);
+    drop(references);
+
+    let results_jsonl = options.out.join("results.jsonl");
+    let export = lab.run_in(INTERNET_NS, || export(COLLECTOR, &token))?.map_err(io)?;
+    let results = export.lines().filter(|l| !l.trim().is_empty()).count();
+    fs::write(&results_jsonl, export).map_err(io)?;
+    drop(servers);
+    let volunteers = hosts.iter().filter(|h| h.role == HostRole::Volunteer).count();
+    lab.shutdown()?;
+    Ok(CampaignOutcome {
+        volunteers,
+        completed,
+        others,
+        results_jsonl,
+        results,
+        events_jsonl,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+const INTERNET_NS: &str = super::instance::INTERNET;
+
+/// Starts `exe args` inside a namespace, its output going to the campaign's log folder.
+fn spawn(options: &CampaignOptions, ns: &str, tag: &str, args: &[String]) -> Result<(String, Child), LabError> {
+    let io = |e: std::io::Error| LabError::Traffic(e);
+    let logs = options.out.join("logs");
+    let stdout = fs::File::create(logs.join(format!("{tag}.out"))).map_err(io)?;
+    let stderr = fs::File::create(logs.join(format!("{tag}.err"))).map_err(io)?;
+    let child = netns::command_in(ns, &options.exe.display().to_string())?
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .map_err(io)?;
+    Ok((tag.to_string(), child))
+}
+
+fn wait_listening(lab: &Lab, endpoint: SocketAddr) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let up = lab.run_in(INTERNET_NS, || {
+            std::net::TcpStream::connect_timeout(&endpoint, Duration::from_millis(200)).is_ok()
+        })?;
+        if up {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Traffic(std::io::Error::other(format!(
+                "campaign server on {endpoint} did not start (see the logs folder)"
+            ))));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The collector's JSONL export (run inside the internet namespace).
+fn export(collector: &str, token: &str) -> std::io::Result<String> {
+    let response = ureq::get(&format!("http://{collector}/v1/results.jsonl"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(30))
+        .call()
+        .map_err(|e| std::io::Error::other(format!("collector export: {e}")))?;
+    response.into_string()
+}
+
+/// Where `lab run` writes by default.
+pub fn default_out() -> PathBuf {
+    Path::new("campaign-out").to_path_buf()
+}
