@@ -379,3 +379,70 @@ fn a_peer_killed_mid_pairing_ends_the_other_sides_record_cleanly() {
             >= 1
     );
 }
+
+#[test]
+fn the_volunteers_summary_says_what_happened() {
+    let lab = start_lab(
+        "rvo",
+        &two_nats("delay_ms = 5", "delay_ms = 5\nunsolicited = \"rst\""),
+    );
+    let plan = plan("rvo", "trials = 4\nstrategies = [\"simultaneous\"]\ntransports = [\"v1\", \"v2\"]\nnetwork = \"regtest\"\n");
+    let _coordinator = start_coordinator(&lab, &plan);
+    let _echo = start_echo(&lab);
+    let run = |host: &str| {
+        let mut command = probe_command(&lab, host);
+        // The human summary: no --json (the --quiet progress is on stderr anyway).
+        let args: Vec<_> = command
+            .get_args()
+            .map(|a| a.to_owned())
+            .filter(|a| a != "--json")
+            .collect();
+        let mut plain = punchscope_in(&lab.host_netns(host).unwrap());
+        plain
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let _ = &mut command;
+        plain.spawn().unwrap()
+    };
+    let (alice, bob) = (run("alice"), run("bob"));
+    for (who, child) in [("alice", alice), ("bob", bob)] {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{who}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("Your NAT: Endpoint-independent mapping, port-preserving"),
+            "{who}: {text}"
+        );
+        assert!(
+            text.contains("4 of 4 trials punched through"),
+            "{who}: {text}"
+        );
+        assert!(
+            text.contains("Bitcoin V1 handshakes over punched sockets: 2 of 2 succeeded"),
+            "{who}: {text}"
+        );
+        assert!(
+            text.contains("Bitcoin V2 handshakes over punched sockets: 2 of 2 succeeded"),
+            "{who}: {text}"
+        );
+        let result_line = lines
+            .iter()
+            .find(|l| l.starts_with("Result: "))
+            .expect("the result's path");
+        let path = result_line["Result: ".len()..].split(" (").next().unwrap();
+        assert!(
+            std::path::Path::new(path).exists(),
+            "{who}: the result file {path} exists"
+        );
+        assert!(
+            result_line.contains("not uploaded (no --collector)"),
+            "{who}: {result_line}"
+        );
+    }
+}

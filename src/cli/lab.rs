@@ -84,9 +84,19 @@ fn campaign(args: RunArgs) -> anyhow::Result<ExitCode> {
         outcome.completed, outcome.volunteers, outcome.seconds, outcome.results
     );
     for (host, code) in &outcome.others {
-        eprintln!("  {host}: exit {code:?} (see {})", options.out.join("logs").join(format!("{host}.err")).display());
+        eprintln!(
+            "  {host}: exit {code:?} (see {})",
+            options
+                .out
+                .join("logs")
+                .join(format!("{host}.err"))
+                .display()
+        );
     }
-    std::fs::write(options.out.join("campaign.json"), serde_json::to_string_pretty(&outcome)?)?;
+    std::fs::write(
+        options.out.join("campaign.json"),
+        serde_json::to_string_pretty(&outcome)?,
+    )?;
     let report_dir = options.out.join("report");
     let status = std::process::Command::new(&options.exe)
         .arg("report")
@@ -95,7 +105,10 @@ fn campaign(args: RunArgs) -> anyhow::Result<ExitCode> {
         .arg(&report_dir)
         .status()?;
     if !status.success() {
-        anyhow::bail!("the report failed ({status}); the results are in {}", outcome.results_jsonl.display());
+        anyhow::bail!(
+            "the report failed ({status}); the results are in {}",
+            outcome.results_jsonl.display()
+        );
     }
     println!("Report: {}", report_dir.join("index.html").display());
     Ok(ExitCode::SUCCESS)

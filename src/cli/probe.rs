@@ -127,7 +127,7 @@ async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
     })
     .await
     .context("could not classify your NAT")?;
-    bar.println(format!("Your NAT: {}", classification.verdict.summary()));
+    bar.set_message(format!("your NAT: {}", classification.verdict.summary()));
 
     let server = resolve(&args.server).await?;
     let max_wait = Duration::from_secs(args.max_wait_secs);
@@ -158,13 +158,11 @@ async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
+    let mut no_peer_after = None;
     let record = match probe::run_pairing(&options, progress, stop).await {
         Ok(record) => Some(record),
         Err(RendezvousError::NoPeer { waited, .. }) => {
-            bar.println(format!(
-                "No peer was available after {:.0} s; the classification is still saved.",
-                waited.as_secs_f64()
-            ));
+            no_peer_after = Some(waited);
             None
         }
         Err(e) => {
@@ -227,6 +225,13 @@ async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", result.to_json());
     } else {
+        println!("Your NAT: {}", classification.verdict.summary());
+        if let Some(waited) = no_peer_after {
+            println!(
+                "No peer was available after {:.0} s; your NAT classification is saved all the same.",
+                waited.as_secs_f64()
+            );
+        }
         summarize(record.as_ref(), &saved, &uploaded);
     }
     Ok(match record.map(|r| r.end) {

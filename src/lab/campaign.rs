@@ -100,10 +100,19 @@ pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutc
         echo.extend(["--listen".to_string(), e.to_string()]);
     }
     servers.0.push(spawn(options, &internet, "echo", &echo)?);
-    let rendezvous = ["serve", "rendezvous", "--listen", COORDINATOR, "--any-reference", "--plan"];
+    let rendezvous = [
+        "serve",
+        "rendezvous",
+        "--listen",
+        COORDINATOR,
+        "--any-reference",
+        "--plan",
+    ];
     let mut rendezvous: Vec<String> = rendezvous.iter().map(|s| s.to_string()).collect();
     rendezvous.push(options.plan.display().to_string());
-    servers.0.push(spawn(options, &internet, "rendezvous", &rendezvous)?);
+    servers
+        .0
+        .push(spawn(options, &internet, "rendezvous", &rendezvous)?);
     let collector = [
         "serve".to_string(),
         "collector".to_string(),
@@ -114,7 +123,9 @@ pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutc
         "--export-token-file".to_string(),
         token_file.display().to_string(),
     ];
-    servers.0.push(spawn(options, &internet, "collector", &collector)?);
+    servers
+        .0
+        .push(spawn(options, &internet, "collector", &collector)?);
     for endpoint in [ECHO[0], COORDINATOR, COLLECTOR] {
         wait_listening(&lab, endpoint.parse().expect("constant"))?;
     }
@@ -125,13 +136,25 @@ pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutc
     for host in hosts.iter().filter(|h| h.role == HostRole::Reference) {
         let args = ["probe", "--serve-peer", "--server", COORDINATOR, "--quiet"];
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        references.0.push(spawn(options, &lab.host_netns(&host.name)?, &host.name, &args)?);
+        references.0.push(spawn(
+            options,
+            &lab.host_netns(&host.name)?,
+            &host.name,
+            &args,
+        )?);
     }
     for host in hosts.iter().filter(|h| h.role == HostRole::Volunteer) {
         let router = &lab.scenario().routers[host.router].name;
         let spool = options.out.join("spool").join(&host.name);
         let args = [
-            "probe", "--server", COORDINATOR, "--echo", ECHO[0], "--echo", ECHO[2], "--collector",
+            "probe",
+            "--server",
+            COORDINATOR,
+            "--echo",
+            ECHO[0],
+            "--echo",
+            ECHO[2],
+            "--collector",
         ];
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         args.extend([
@@ -146,7 +169,12 @@ pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutc
             "--max-wait-secs".into(),
             "60".into(),
         ]);
-        volunteers.0.push(spawn(options, &lab.host_netns(&host.name)?, &host.name, &args)?);
+        volunteers.0.push(spawn(
+            options,
+            &lab.host_netns(&host.name)?,
+            &host.name,
+            &args,
+        )?);
         // Arrivals a moment apart, as volunteers arrive.
         std::thread::sleep(Duration::from_millis(150));
     }
@@ -171,11 +199,16 @@ pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutc
     drop(references);
 
     let results_jsonl = options.out.join("results.jsonl");
-    let export = lab.run_in(INTERNET_NS, || export(COLLECTOR, &token))?.map_err(io)?;
+    let export = lab
+        .run_in(INTERNET_NS, || export(COLLECTOR, &token))?
+        .map_err(io)?;
     let results = export.lines().filter(|l| !l.trim().is_empty()).count();
     fs::write(&results_jsonl, export).map_err(io)?;
     drop(servers);
-    let volunteers = hosts.iter().filter(|h| h.role == HostRole::Volunteer).count();
+    let volunteers = hosts
+        .iter()
+        .filter(|h| h.role == HostRole::Volunteer)
+        .count();
     lab.shutdown()?;
     Ok(CampaignOutcome {
         volunteers,
@@ -191,7 +224,12 @@ pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutc
 const INTERNET_NS: &str = super::instance::INTERNET;
 
 /// Starts `exe args` inside a namespace, its output going to the campaign's log folder.
-fn spawn(options: &CampaignOptions, ns: &str, tag: &str, args: &[String]) -> Result<(String, Child), LabError> {
+fn spawn(
+    options: &CampaignOptions,
+    ns: &str,
+    tag: &str,
+    args: &[String],
+) -> Result<(String, Child), LabError> {
     let io = |e: std::io::Error| LabError::Traffic(e);
     let logs = options.out.join("logs");
     let stdout = fs::File::create(logs.join(format!("{tag}.out"))).map_err(io)?;
