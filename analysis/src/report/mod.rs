@@ -219,3 +219,6 @@ impl Report {
         t
     }
 }
+
+#[cfg(test)]
+mod tests;
