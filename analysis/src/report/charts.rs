@@ -26,6 +26,13 @@ fn chart_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> 
     ReportError::Chart(e.to_string())
 }
 
+/// `n` categories on a segmented axis (plotters' `a..b` segments hold b - a + 1 values).
+fn segments(
+    n: usize,
+) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize> {
+    (0..n.saturating_sub(1)).into_segmented()
+}
+
 /// One bar of a rate chart: label, rate, interval, and whether it is ours.
 pub struct RateBar {
     pub label: String,
@@ -62,7 +69,7 @@ pub fn rate_bars(bars: &[RateBar], y_desc: &str) -> Result<Option<String>, Repor
             .margin(12)
             .x_label_area_size(44)
             .y_label_area_size(56)
-            .build_cartesian_2d((0..n).into_segmented(), 0f64..100f64)
+            .build_cartesian_2d(segments(n), 0f64..100f64)
             .map_err(chart_err)?;
         let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
         let formatter = |v: &SegmentValue<usize>| match v {
@@ -72,6 +79,7 @@ pub fn rate_bars(bars: &[RateBar], y_desc: &str) -> Result<Option<String>, Repor
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE)
             .x_labels(n)
             .x_label_formatter(&formatter)
             .x_label_style((FONT, 13))
@@ -91,15 +99,21 @@ pub fn rate_bars(bars: &[RateBar], y_desc: &str) -> Result<Option<String>, Repor
                 )
                 .map_err(chart_err)?;
             if let (Some(low), Some(high)) = (bar.low, bar.high) {
+                // A whisker from low to high with 14 px caps.
+                let x = SegmentValue::CenterOf(i);
+                let style = WHISKER.stroke_width(2);
+                let cap = |y: f64| {
+                    EmptyElement::at((SegmentValue::CenterOf(i), y))
+                        + PathElement::new(vec![(-7, 0), (7, 0)], style)
+                };
                 chart
-                    .draw_series([ErrorBar::new_vertical(
-                        SegmentValue::CenterOf(i),
-                        low * 100.0,
-                        bar.rate * 100.0,
-                        high * 100.0,
-                        WHISKER.stroke_width(2),
-                        14,
+                    .draw_series([PathElement::new(
+                        vec![(x.clone(), low * 100.0), (x.clone(), high * 100.0)],
+                        style,
                     )])
+                    .map_err(chart_err)?;
+                chart
+                    .draw_series([cap(low * 100.0), cap(high * 100.0)])
                     .map_err(chart_err)?;
             }
         }
@@ -135,6 +149,7 @@ pub fn cdf_chart(summary: &Summary) -> Result<Option<String>, ReportError> {
         chart
             .configure_mesh()
             .x_desc("ms from go to established")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("share of successful trials")
             .x_label_style((FONT, 12))
             .y_label_style((FONT, 12))
@@ -193,7 +208,7 @@ pub fn count_bars(
             .margin(12)
             .x_label_area_size(44)
             .y_label_area_size(64)
-            .build_cartesian_2d((0..n).into_segmented(), 0f64..y_max)
+            .build_cartesian_2d(segments(n), 0f64..y_max)
             .map_err(chart_err)?;
         let labels: Vec<String> = counts.iter().map(|c| c.0.clone()).collect();
         let formatter = |v: &SegmentValue<usize>| match v {
@@ -203,6 +218,7 @@ pub fn count_bars(
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE)
             .x_labels(n)
             .x_label_formatter(&formatter)
             .x_label_style((FONT, 12))

@@ -201,7 +201,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
             esc(&f.checked)
         );
         bars.push(RateBar {
-            label: f.label.clone(),
+            label: f.short_label.clone(),
             rate: f.rate,
             low: r.low,
             high: r.high,
@@ -370,7 +370,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         "<p class=note>One count per run (a volunteer's probe run), from its classification verdict; {} runs.</p>",
         cl.runs
     );
-    h.push_str("<div style=\"display:flex; gap:24px; flex-wrap:wrap\">");
+    h.push_str("<div style=\"display:flex; gap:24px; flex-wrap:wrap; align-items:flex-start\">");
     for (title, map) in [("mapping", &cl.mapping), ("filtering", &cl.filtering)] {
         let _ = write!(h, "<table><tr><th>{title}</th><th>runs</th></tr>");
         for (k, v) in map {

@@ -12,6 +12,8 @@ pub const REFERENCE_JSON: &str = include_str!("../../../datasets/reference.json"
 pub struct ReferenceFigure {
     pub id: String,
     pub label: String,
+    /// A few words for chart axes.
+    pub short_label: String,
     /// The published success rate, 0..1.
     pub rate: f64,
     /// Counts, when the source gives them (then a Wilson interval is computed).
