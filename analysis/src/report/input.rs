@@ -18,7 +18,8 @@ use serde_json::Value;
 
 use super::aggregate::Aggregator;
 use super::ReportError;
-use crate::result::{RunResult, MAX_RESULT_BYTES};
+use crate::privacy;
+use crate::result::{CollectedResult, RunResult, MAX_RESULT_BYTES, SCHEMA_VERSION};
 
 /// Longest input line read: a stored result ([`MAX_RESULT_BYTES`]) plus the
 /// collector's wrapper, with room to spare.
@@ -82,9 +83,66 @@ fn reason_kind(reason: &str) -> String {
 
 /// Parses one document: a [`RunResult`], or a collector export line
 /// ([`crate::result::CollectedResult`], whose `result` is checked the same way).
+///
+/// Accepts and rejects exactly what [`RunResult::from_json`] does, with its
+/// messages. A fast path parses straight into the types (about five times
+/// faster than going through a `serde_json::Value`) when the text has no
+/// escape sequence (so every string literal lies between two quotes, as is)
+/// and no string holding a raw IP literal ([`privacy::find_raw_ip`], the
+/// scanner of the checked path); anything else, and any failure, takes the
+/// checked path that names the offending field.
 pub fn parse_document(text: &str) -> Result<RunResult, String> {
+    if let Some(run) = parse_fast(text) {
+        return Ok(run);
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     parse_value(value)
+}
+
+/// Whether any string literal (key or value) of a JSON text without escape
+/// sequences holds a raw IP address. Strings with neither `.` nor `:` cannot
+/// hold one and are not scanned.
+fn raw_ip_in_strings(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut start = None;
+    let mut suspicious = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match (b, start) {
+            (b'"', None) => {
+                start = Some(i + 1);
+                suspicious = false;
+            }
+            (b'"', Some(s)) => {
+                // Quotes are ASCII, so both ends are char boundaries.
+                if suspicious && privacy::find_raw_ip(&text[s..i]).is_some() {
+                    return true;
+                }
+                start = None;
+            }
+            (b'.' | b':', Some(_)) => suspicious = true,
+            _ => {}
+        }
+    }
+    false
+}
+
+fn parse_fast(text: &str) -> Option<RunResult> {
+    if text.contains('\\') || raw_ip_in_strings(text) {
+        return None;
+    }
+    let looks_collected = !text.trim_start().starts_with("{\"schema_version\"");
+    let collected = || {
+        serde_json::from_str::<CollectedResult>(text)
+            .ok()
+            .map(|c| c.result)
+    };
+    let direct = || serde_json::from_str::<RunResult>(text).ok();
+    let run = if looks_collected {
+        collected().or_else(direct)
+    } else {
+        direct().or_else(collected)
+    }?;
+    (run.schema_version == SCHEMA_VERSION && run.validate().is_ok()).then_some(run)
 }
 
 fn parse_value(mut value: Value) -> Result<RunResult, String> {

@@ -432,3 +432,46 @@ fn jsonl_lines_of_both_kinds_are_read_and_bad_ones_skipped() {
     assert!(!skipped.examples[1].reason.contains("203.0.113.77"));
     assert!(parse_document("[]").is_err());
 }
+
+#[test]
+fn the_fast_parse_accepts_and_rejects_exactly_what_from_json_does() {
+    let a = run(
+        Role::Initiator,
+        eim_apdf(),
+        Some(eim_eif()),
+        vec![t(0, Some("f0"), Connected), t(1, None, Refused)],
+    );
+    let text = a.to_json();
+    assert_eq!(
+        parse_document(&text).unwrap(),
+        RunResult::from_json(&text).unwrap()
+    );
+    let mut value = serde_json::to_value(&a).unwrap();
+    // A raw address in a value, behind an escape, in a key, in IPv6 form:
+    // every one is refused by both readers.
+    let mut cases = Vec::new();
+    value["pairings"][0]["trials"][1]["error"] = "peer 203.0.113.77 reset".into();
+    cases.push(value.to_string());
+    cases.push(
+        value
+            .to_string()
+            .replace("203.0.113.77", "\\u0032\\u0030\\u0033.0.113.77"),
+    );
+    value["pairings"][0]["trials"][1]["error"] = serde_json::Value::Null;
+    value["client"]["network_label"] = "home 2001:db8:1:2::7".into();
+    cases.push(value.to_string());
+    value["client"]["network_label"] = serde_json::Value::Null;
+    let mut keyed = value.clone();
+    keyed["client"]["10.1.2.3"] = 1.into();
+    cases.push(keyed.to_string());
+    let mut newer = value.clone();
+    newer["schema_version"] = 2.into();
+    cases.push(newer.to_string());
+    for case in &cases {
+        let slow = RunResult::from_json(case).unwrap_err().to_string();
+        assert_eq!(parse_document(case).unwrap_err(), slow, "{case}");
+    }
+    // Prefixes, times and versions are not addresses.
+    assert!(text.contains("198.51.100.0/24") && text.contains("10:00:00"));
+    assert!(parse_document(&value.to_string()).is_ok());
+}
