@@ -23,11 +23,16 @@
 //! - [`privacy`]: what may leave the probe: IP addresses become /24 or /48
 //!   prefixes; the strict raw-address check the collector runs on uploads;
 //!   [`privacy::PRIVACY_NOTICE`], what the probe shows before asking consent.
+//! - [`report`]: `punchscope report`: streams results (files, JSONL, the
+//!   collector's export), joins both sides' records of a trial by `trial_id`,
+//!   and writes a self-contained HTML report (plotters SVG charts), a JSON
+//!   summary and CSVs, with Wilson 95% intervals on every rate.
 
 pub mod classify;
 pub mod handshake;
 pub mod nat;
 pub mod plan;
 pub mod privacy;
+pub mod report;
 pub mod result;
 pub mod trial;

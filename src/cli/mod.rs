@@ -11,6 +11,7 @@ mod handshake;
 mod lab;
 mod probe;
 mod punch;
+mod report;
 mod serve;
 mod upload;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Upload the spooled results to a collector; results leave the spool only once stored.
     Upload(upload::UploadArgs),
+    /// Aggregate results into a self-contained HTML report (success per NAT pair, strategy, v1/v2) with CSV and JSON.
+    Report(report::ReportArgs),
 }
 
 /// Runs the chosen subcommand. Errors carry context for the user; `main` prints them.
@@ -53,5 +56,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Handshake(args) => handshake::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Upload(args) => upload::run(args),
+        Command::Report(args) => report::run(args),
     }
 }

@@ -1,0 +1,390 @@
+//! Aggregation: runs in, one counted trial per coordinator trial out, deduplicated across both sides by `trial_id`.
+//!
+//! Counting rule (also in docs/report.md):
+//! - A run (by `run_id`) is read once; a second copy is ignored and counted
+//!   in `duplicate_runs`.
+//! - A trial record with a `trial_id` is joined with the other side's record
+//!   of the same `trial_id` (the coordinator's per-trial nonce). The pair
+//!   counts as one trial, a success only if both sides say `connected`.
+//!   A third record for the same id, or a second one with the same role, is
+//!   ignored and counted in `duplicate_trial_records`.
+//! - A trial record with a `trial_id` whose other side never arrived counts
+//!   on its own: a success if it says `connected` (which already requires
+//!   the nonce exchange with the peer over the connection).
+//! - A trial record without a `trial_id` (older probes) counts on its own.
+//! - The NAT type of a side is its run's classification verdict, mapping and
+//!   filtering ("eim/apdf"; a part not known exactly is "unknown"). When
+//!   the peer's record is missing, or its run's verdict is unknown, the peer's
+//!   type comes from `pairing.peer_verdict` as relayed by the coordinator.
+//! - Time to connect of a joined success is the later of the two sides'
+//!   `go_to_established_ms` (the moment both had the connection); attempts
+//!   is the larger of the two sides' attempt counts.
+//! - The Bitcoin handshake of a joined trial succeeded only if every side
+//!   that recorded one says `success`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::input::Skipped;
+use crate::classify::{Finding, Verdict};
+use crate::handshake::{Role, Transport};
+use crate::nat::{Filtering, Mapping};
+use crate::result::RunResult;
+use crate::trial::{Strategy, TrialOutcome, TrialRecord};
+
+/// A side's NAT type: mapping and filtering, each when known exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct NatType {
+    pub mapping: Option<Mapping>,
+    pub filtering: Option<Filtering>,
+}
+
+impl NatType {
+    pub const UNKNOWN: NatType = NatType {
+        mapping: None,
+        filtering: None,
+    };
+
+    /// The type a verdict states: only `Known` findings count.
+    pub fn of(verdict: &Verdict) -> NatType {
+        NatType {
+            mapping: verdict.mapping.known(),
+            filtering: verdict.filtering.known(),
+        }
+    }
+
+    pub fn is_unknown(self) -> bool {
+        self == NatType::UNKNOWN
+    }
+
+    /// Sort key: EIM < ADM < APDM, EIF < ADF < APDF, unknown last.
+    fn key(self) -> (u8, u8) {
+        let m = self.mapping.map_or(u8::MAX, |m| {
+            Mapping::ALL.iter().position(|x| *x == m).unwrap_or(0) as u8
+        });
+        let f = self.filtering.map_or(u8::MAX, |f| {
+            Filtering::ALL.iter().position(|x| *x == f).unwrap_or(0) as u8
+        });
+        (m, f)
+    }
+}
+
+impl PartialOrd for NatType {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NatType {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl fmt::Display for NatType {
+    /// "eim/apdf", "eim/unknown", or "unknown" when neither part is known.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_unknown() {
+            return f.write_str("unknown");
+        }
+        let m = self.mapping.map_or("unknown", |m| m.as_str());
+        let fl = self.filtering.map_or("unknown", |x| x.as_str());
+        write!(f, "{m}/{fl}")
+    }
+}
+
+/// One side's record of a trial, reduced to what the report uses.
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    role: Role,
+    outcome: TrialOutcome,
+    own: NatType,
+    peer_hint: NatType,
+    go_ms: Option<f64>,
+    attempts: u32,
+    /// The handshake's transport and success, if one was recorded.
+    handshake: Option<(Option<Transport>, bool)>,
+}
+
+/// A trial being assembled from one or two sides.
+#[derive(Debug, Clone)]
+struct Pending {
+    id: Option<Arc<str>>,
+    strategy: Strategy,
+    first: Side,
+    second: Option<Side>,
+}
+
+/// One trial as the report counts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CountedTrial {
+    pub trial_id: Option<Arc<str>>,
+    pub strategy: Strategy,
+    /// How many sides' records were joined (1 or 2).
+    pub sides: u8,
+    /// The initiator's and responder's NAT types.
+    pub initiator_nat: NatType,
+    pub responder_nat: NatType,
+    /// `connected` when the trial succeeded, else the first side's failure
+    /// (the initiator's when both failed).
+    pub outcome: TrialOutcome,
+    pub success: bool,
+    pub go_to_established_ms: Option<f64>,
+    pub attempts: u32,
+    pub handshake_transport: Option<Transport>,
+    /// `None` when no side recorded a handshake.
+    pub handshake_success: Option<bool>,
+}
+
+impl CountedTrial {
+    /// The unordered NAT pair (lower type first), the matrix cell of this trial.
+    pub fn nat_pair(&self) -> (NatType, NatType) {
+        let (a, b) = (self.initiator_nat, self.responder_nat);
+        if a <= b {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
+}
+
+/// Counts of what was read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InputCounts {
+    /// Distinct runs read.
+    pub runs: u64,
+    /// Copies of an already read run (same run id), ignored.
+    pub duplicate_runs: u64,
+    pub pairings: u64,
+    /// Trial records read (each side's record counts here once).
+    pub trial_records: u64,
+    /// Records ignored because their trial already had this side (or both sides).
+    pub duplicate_trial_records: u64,
+    /// Trials counted in every rate of the report.
+    pub trials_counted: u64,
+    /// Of those: joined from both sides' records.
+    pub trials_both_sides: u64,
+    /// Of those: with a trial id, but only one side's record was in the input.
+    pub trials_one_side: u64,
+    /// Of those: records without a trial id (each counts on its own).
+    pub trials_without_id: u64,
+    /// Joined trials where one side said connected and the other did not.
+    pub sides_disagree: u64,
+}
+
+/// Collects runs and turns them into counted trials and run-level tallies.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    pub skipped: Skipped,
+    counts: InputCounts,
+    runs_seen: HashSet<Uuid>,
+    by_id: HashMap<Arc<str>, u32>,
+    trials: Vec<Pending>,
+    /// Runs per classification: mapping, filtering, and NAT type.
+    mapping_runs: BTreeMap<String, u64>,
+    filtering_runs: BTreeMap<String, u64>,
+    type_runs: BTreeMap<NatType, u64>,
+}
+
+fn finding_label<T: Copy + fmt::Display>(finding: &Finding<T>) -> String {
+    match finding {
+        Finding::Known { value } => value.to_string(),
+        Finding::Ambiguous { candidates, .. } => {
+            let names: Vec<String> = candidates.iter().map(|c| c.to_string()).collect();
+            format!("ambiguous ({})", names.join(" or "))
+        }
+        Finding::Unknown { .. } => "unknown".to_string(),
+    }
+}
+
+fn side_of(record: &TrialRecord, own: NatType, peer_hint: NatType) -> Side {
+    Side {
+        role: record.role,
+        outcome: record.outcome,
+        own,
+        peer_hint,
+        go_ms: record.go_to_established_ms.filter(|v| v.is_finite()),
+        attempts: u32::try_from(record.attempts.len()).unwrap_or(u32::MAX),
+        handshake: record.handshake.as_ref().map(|h| (h.transport, h.success)),
+    }
+}
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one run (ignored if its run id was already read).
+    pub fn add_run(&mut self, run: &RunResult) {
+        if !self.runs_seen.insert(run.run_id) {
+            self.counts.duplicate_runs += 1;
+            return;
+        }
+        self.counts.runs += 1;
+        let verdict = &run.classification.verdict;
+        let own = NatType::of(verdict);
+        *self
+            .mapping_runs
+            .entry(finding_label(&verdict.mapping))
+            .or_default() += 1;
+        *self
+            .filtering_runs
+            .entry(finding_label(&verdict.filtering))
+            .or_default() += 1;
+        *self.type_runs.entry(own).or_default() += 1;
+        for pairing in &run.pairings {
+            self.counts.pairings += 1;
+            let peer_hint = pairing
+                .peer_verdict
+                .as_ref()
+                .map_or(NatType::UNKNOWN, NatType::of);
+            for record in &pairing.trials {
+                self.add_record(record, own, peer_hint);
+            }
+        }
+    }
+
+    fn add_record(&mut self, record: &TrialRecord, own: NatType, peer_hint: NatType) {
+        self.counts.trial_records += 1;
+        let side = side_of(record, own, peer_hint);
+        let Some(id) = record.trial_id.as_deref().filter(|s| !s.is_empty()) else {
+            self.trials.push(Pending {
+                id: None,
+                strategy: record.strategy,
+                first: side,
+                second: None,
+            });
+            return;
+        };
+        if let Some(&index) = self.by_id.get(id) {
+            let pending = &mut self.trials[index as usize];
+            if pending.second.is_none() && pending.first.role != side.role {
+                pending.second = Some(side);
+            } else {
+                self.counts.duplicate_trial_records += 1;
+            }
+            return;
+        }
+        let id: Arc<str> = Arc::from(id);
+        let index = u32::try_from(self.trials.len()).expect("fewer than 4 billion trials");
+        self.by_id.insert(id.clone(), index);
+        self.trials.push(Pending {
+            id: Some(id),
+            strategy: record.strategy,
+            first: side,
+            second: None,
+        });
+    }
+
+    /// Resolves every trial. The aggregator's memory is released as it goes.
+    pub fn finish(self) -> Aggregated {
+        let Aggregator {
+            skipped,
+            mut counts,
+            by_id,
+            trials,
+            mapping_runs,
+            filtering_runs,
+            type_runs,
+            ..
+        } = self;
+        drop(by_id);
+        let mut counted = Vec::with_capacity(trials.len());
+        for pending in trials {
+            let trial = resolve(pending, &mut counts);
+            counted.push(trial);
+        }
+        counts.trials_counted = counted.len() as u64;
+        Aggregated {
+            counts,
+            skipped,
+            trials: counted,
+            mapping_runs,
+            filtering_runs,
+            type_runs,
+        }
+    }
+}
+
+fn resolve(pending: Pending, counts: &mut InputCounts) -> CountedTrial {
+    let Pending {
+        id,
+        strategy,
+        first,
+        second,
+    } = pending;
+    match (&id, second) {
+        (None, _) => counts.trials_without_id += 1,
+        (Some(_), None) => counts.trials_one_side += 1,
+        (Some(_), Some(_)) => counts.trials_both_sides += 1,
+    }
+    let (init, resp) = match second {
+        Some(s) if first.role == Role::Responder => (Some(s), Some(first)),
+        Some(s) => (Some(first), Some(s)),
+        None if first.role == Role::Responder => (None, Some(first)),
+        None => (Some(first), None),
+    };
+    let sides: Vec<Side> = [init, resp].into_iter().flatten().collect();
+    let nat_of = |me: Option<Side>, other: Option<Side>| -> NatType {
+        match me {
+            Some(s) if !s.own.is_unknown() => s.own,
+            _ => other.map_or(NatType::UNKNOWN, |o| o.peer_hint),
+        }
+    };
+    let initiator_nat = nat_of(init, resp);
+    let responder_nat = nat_of(resp, init);
+    let success = sides.iter().all(|s| s.outcome.is_success());
+    if sides.len() == 2 && sides[0].outcome.is_success() != sides[1].outcome.is_success() {
+        counts.sides_disagree += 1;
+    }
+    let outcome = sides
+        .iter()
+        .map(|s| s.outcome)
+        .find(|o| !o.is_success())
+        .unwrap_or(TrialOutcome::Connected);
+    let go_to_established_ms = if success {
+        sides
+            .iter()
+            .filter_map(|s| s.go_ms)
+            .fold(None, |acc: Option<f64>, v| {
+                Some(acc.map_or(v, |a| a.max(v)))
+            })
+    } else {
+        None
+    };
+    let attempts = sides.iter().map(|s| s.attempts).max().unwrap_or(0);
+    let handshakes: Vec<(Option<Transport>, bool)> =
+        sides.iter().filter_map(|s| s.handshake).collect();
+    let handshake_transport = handshakes.iter().find_map(|h| h.0);
+    let handshake_success = (!handshakes.is_empty()).then(|| handshakes.iter().all(|h| h.1));
+    CountedTrial {
+        trial_id: id,
+        strategy,
+        sides: sides.len() as u8,
+        initiator_nat,
+        responder_nat,
+        outcome,
+        success,
+        go_to_established_ms,
+        attempts,
+        handshake_transport,
+        handshake_success,
+    }
+}
+
+/// Everything the aggregator found: counted trials and run-level tallies.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregated {
+    pub counts: InputCounts,
+    pub skipped: Skipped,
+    pub trials: Vec<CountedTrial>,
+    /// Runs per mapping finding ("eim", "ambiguous (adm or apdm)", "unknown").
+    pub mapping_runs: BTreeMap<String, u64>,
+    /// Runs per filtering finding.
+    pub filtering_runs: BTreeMap<String, u64>,
+    /// Runs per NAT type.
+    pub type_runs: BTreeMap<NatType, u64>,
+}

@@ -1,0 +1,430 @@
+//! The self-contained `index.html`: inline CSS, inline SVG charts, no scripts, fonts or links that need a network.
+
+use std::fmt::Write as _;
+
+use super::charts::{self, RateBar};
+use super::stats::{percent, percent_bare, Proportion};
+use super::summary::Summary;
+use super::ReportError;
+
+/// Escapes text for HTML element content and attribute values.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("–".to_string(), |v| format!("{v:.0} ms"))
+}
+
+fn rate_cells(p: &Proportion) -> String {
+    match (p.rate, p.low, p.high) {
+        (Some(r), Some(l), Some(h)) => format!(
+            "<td class=num>{}</td><td class=num>{}–{}%</td><td class=num>{}</td><td class=num>{}</td>",
+            percent(r),
+            percent_bare(l),
+            percent_bare(h),
+            p.successes,
+            p.n
+        ),
+        _ => format!(
+            "<td class=num>no data</td><td class=num>–</td><td class=num>{}</td><td class=num>{}</td>",
+            p.successes, p.n
+        ),
+    }
+}
+
+const RATE_HEAD: &str = "<th>success</th><th>Wilson 95%</th><th>successes</th><th>trials</th>";
+
+/// Background for a success rate: red (0%) through yellow to green (100%).
+fn heat(rate: f64) -> String {
+    format!("hsl({:.0}, 70%, 78%)", rate.clamp(0.0, 1.0) * 120.0)
+}
+
+fn chart_or_note(svg: Option<String>, note: &str) -> String {
+    match svg {
+        Some(svg) => format!("<div class=chart>{svg}</div>"),
+        None => format!("<p class=nodata>{}</p>", esc(note)),
+    }
+}
+
+const CSS: &str = "
+body { font-family: -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif; max-width: 1100px; margin: 24px auto; padding: 0 16px; color: #1a1a1a; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 2em; }
+.sub { color: #555; margin-top: 0; }
+.headline { font-size: 2.4em; font-weight: 700; margin: 0.2em 0; }
+.headline small { font-size: 0.45em; font-weight: 400; color: #444; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.95em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.matrix td { text-align: center; min-width: 86px; }
+table.matrix td.empty { background: #f7f7f7; color: #aaa; }
+table.matrix td.mirror { background: #fff; color: #ccc; }
+.cell-rate { font-weight: 600; display: block; }
+.cell-n { font-size: 0.8em; color: #333; }
+.nodata { color: #8a4b00; background: #fff6e5; padding: 8px 12px; border-left: 4px solid #e0a030; }
+.note { color: #555; font-size: 0.9em; }
+.chart svg { max-width: 100%; height: auto; border: 1px solid #eee; }
+code { background: #f3f3f3; padding: 0 3px; }
+";
+
+/// Renders the whole page from the summary.
+pub fn render(summary: &Summary) -> Result<String, ReportError> {
+    let mut h = String::with_capacity(64 * 1024);
+    let total = summary.input.trials_counted;
+    h.push_str("<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n");
+    h.push_str("<meta name=viewport content=\"width=device-width, initial-scale=1\">\n");
+    h.push_str(
+        "<title>punchscope report: TCP hole punching between Bitcoin nodes behind NATs</title>\n",
+    );
+    let _ = write!(h, "<style>{CSS}</style>\n</head>\n<body>\n");
+    h.push_str("<h1>TCP hole punching between Bitcoin nodes behind home NATs</h1>\n");
+    let _ = writeln!(
+        h,
+        "<p class=sub>{} · inputs: {}</p>",
+        esc(&summary.generator),
+        esc(&summary.inputs.join(", "))
+    );
+
+    // Headline.
+    h.push_str("<section id=headline>\n<h2>Success rate</h2>\n");
+    match (summary.headline.rate, summary.headline.low, summary.headline.high) {
+        (Some(r), Some(l), Some(hi)) => {
+            let _ = writeln!(
+                h,
+                "<p class=headline>{} <small>of trials connected ({} of {}) · Wilson 95% interval {}–{}%</small></p>",
+                percent(r),
+                summary.headline.successes,
+                summary.headline.n,
+                percent_bare(l),
+                percent_bare(hi)
+            );
+        }
+        _ => h.push_str(
+            "<p class=nodata><strong>No data:</strong> the input holds no trials, so there is no success rate to report. \
+             Check the inputs and the skipped lines below.</p>\n",
+        ),
+    }
+    h.push_str("<p class=note>A trial is one coordinated punching attempt between two volunteers (with retries inside it). \
+                It is a success when a TCP connection was established and both sides proved, by exchanging the coordinator's nonce, \
+                that they reached each other; a trial reported by both sides counts once and needs both to say connected.</p>\n");
+    h.push_str("<table><tr><th>what was read</th><th>count</th></tr>\n");
+    let c = &summary.input;
+    for (label, v) in [
+        ("runs (distinct run ids)", c.runs),
+        ("duplicate runs ignored", c.duplicate_runs),
+        ("pairings", c.pairings),
+        ("trial records (both sides' records)", c.trial_records),
+        ("trials counted", c.trials_counted),
+        ("… joined from both sides", c.trials_both_sides),
+        (
+            "… one side only (other side not in the input)",
+            c.trials_one_side,
+        ),
+        (
+            "… without trial id (counted on their own)",
+            c.trials_without_id,
+        ),
+        ("duplicate trial records ignored", c.duplicate_trial_records),
+        ("joined trials where the sides disagree", c.sides_disagree),
+        (
+            "input lines skipped (malformed)",
+            summary.skipped_lines.total,
+        ),
+    ] {
+        let _ = writeln!(h, "<tr><td>{}</td><td class=num>{v}</td></tr>", esc(label));
+    }
+    h.push_str("</table>\n");
+    if !summary.outcomes.is_empty() {
+        h.push_str("<table><tr><th>trial outcome</th><th>trials</th><th>share</th></tr>\n");
+        for (name, n) in &summary.outcomes {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td class=num>{n}</td><td class=num>{}</td></tr>",
+                esc(name),
+                percent(*n as f64 / total.max(1) as f64)
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    h.push_str("</section>\n");
+
+    // References.
+    h.push_str("<section id=references>\n<h2>Beside published figures</h2>\n");
+    h.push_str("<p class=note>Published figures measure related but different things (per NAT, per libp2p attempt); \
+                they are context, not a like-for-like comparison.</p>\n");
+    let _ = writeln!(
+        h,
+        "<table><tr><th>source</th><th>success</th><th>range shown</th><th>what it measures</th><th>citation</th></tr>"
+    );
+    let _ = writeln!(
+        h,
+        "<tr><td><strong>this report</strong></td><td class=num>{}</td><td class=num>{}</td><td>punchscope trials, both sides connected</td><td>–</td></tr>",
+        summary.headline.rate.map_or("no data".into(), percent),
+        match (summary.headline.low, summary.headline.high) {
+            (Some(l), Some(hi)) => format!("Wilson 95% {}–{}%", percent_bare(l), percent_bare(hi)),
+            _ => "–".into(),
+        }
+    );
+    let mut bars = Vec::new();
+    if let Some(b) = RateBar::from_proportion("this report", &summary.headline) {
+        bars.push(b);
+    }
+    for r in &summary.references {
+        let f = &r.figure;
+        let range = match (r.low, r.high) {
+            (Some(l), Some(hi)) => format!("{}–{}%", percent_bare(l), percent_bare(hi)),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td class=num>{}</td><td class=num>{}<br><span class=note>{}</span></td><td>{}</td><td>{} <span class=note>{}</span><br><span class=note>{}</span></td></tr>",
+            esc(&f.label),
+            percent(f.rate),
+            range,
+            esc(&f.interval_note),
+            esc(&f.measures),
+            esc(&f.citation),
+            esc(&f.url),
+            esc(&f.checked)
+        );
+        bars.push(RateBar {
+            label: f.short_label.clone(),
+            rate: f.rate,
+            low: r.low,
+            high: r.high,
+            ours: false,
+        });
+    }
+    h.push_str("</table>\n");
+    h.push_str(&chart_or_note(
+        charts::rate_bars(&bars, "success rate")?,
+        "no figures to draw",
+    ));
+    h.push_str("<p class=note>Blue: this report, with its Wilson 95% interval. Grey: published figures, whiskers as listed in the table.</p>\n");
+    h.push_str("</section>\n");
+
+    // NAT pair matrix.
+    h.push_str("<section id=nat-matrix>\n<h2>Success by NAT-type pair</h2>\n");
+    h.push_str("<p class=note>Rows and columns: the NAT type of each side, mapping/filtering (RFC 4787: EIM, ADM, APDM; EIF, ADF, APDF), \
+                from each run's own classification (\"unknown\" where not known exactly). Pairs are unordered: a trial between A and B \
+                is in row A, column B with A before B in the order shown; the mirror half is left blank. \
+                Cell: success rate, Wilson 95% interval, successes/trials.</p>\n");
+    if summary.nat_pairs.is_empty() {
+        h.push_str("<p class=nodata>No trials: no NAT pairs to show.</p>\n");
+    } else {
+        h.push_str("<table class=matrix><tr><th>side A \\ side B</th>");
+        for t in &summary.nat_types {
+            let _ = write!(h, "<th>{}</th>", esc(t));
+        }
+        h.push_str("</tr>\n");
+        for (i, a) in summary.nat_types.iter().enumerate() {
+            let _ = write!(h, "<tr><th>{}</th>", esc(a));
+            for (j, b) in summary.nat_types.iter().enumerate() {
+                if j < i {
+                    h.push_str("<td class=mirror>·</td>");
+                    continue;
+                }
+                match summary.pair(a, b).map(|c| &c.proportion) {
+                    Some(p) => {
+                        let rate = p.rate.unwrap_or(0.0);
+                        let _ = write!(
+                            h,
+                            "<td style=\"background:{}\" title=\"{} × {}\"><span class=cell-rate>{}</span><span class=cell-n>[{}–{}] {}/{}</span></td>",
+                            heat(rate),
+                            esc(a),
+                            esc(b),
+                            percent(rate),
+                            p.low.map_or("–".into(), percent_bare),
+                            p.high.map_or("–".into(), percent_bare),
+                            p.successes,
+                            p.n
+                        );
+                    }
+                    None => h.push_str("<td class=empty>no trials</td>"),
+                }
+            }
+            h.push_str("</tr>\n");
+        }
+        h.push_str("</table>\n");
+    }
+    h.push_str("</section>\n");
+
+    // Strategies.
+    h.push_str("<section id=strategies>\n<h2>Success by punching strategy</h2>\n");
+    if summary.strategies.is_empty() {
+        h.push_str("<p class=nodata>No trials: no strategies to compare.</p>\n");
+    } else {
+        let _ = writeln!(
+            h,
+            "<table><tr><th>strategy</th>{RATE_HEAD}<th>median time to connect</th></tr>"
+        );
+        let mut bars = Vec::new();
+        for s in &summary.strategies {
+            let _ = writeln!(
+                h,
+                "<tr><td><code>{}</code></td>{}<td class=num>{}</td></tr>",
+                esc(&s.strategy),
+                rate_cells(&s.proportion),
+                ms(s.median_ms)
+            );
+            bars.extend(RateBar::from_proportion(&s.strategy, &s.proportion));
+        }
+        h.push_str("</table>\n");
+        h.push_str(&chart_or_note(
+            charts::rate_bars(&bars, "success rate")?,
+            "no data",
+        ));
+    }
+    h.push_str("<p class=note><code>simultaneous</code>: both sides connect() at the coordinated moment, with retries. \
+                <code>connect_listen</code>: the same, and each side also listens on its port. \
+                <code>low_ttl</code>: each side first opens its own NAT mapping with a SYN whose TTL dies before the peer's NAT, then connects and listens.</p>\n");
+    h.push_str("</section>\n");
+
+    // Handshake.
+    let hs = &summary.handshake;
+    h.push_str("<section id=handshake>\n<h2>Bitcoin P2P handshake over a punched socket</h2>\n");
+    let _ = writeln!(
+        h,
+        "<p class=note>Among the {} trials that connected: did version/verack and a ping/pong complete over the punched connection? \
+         v1 is the plaintext transport, v2 is BIP324. {} connected trials had no handshake recorded; {} failed before the transport was known.</p>",
+        hs.connected_trials, hs.without_handshake, hs.transport_unknown
+    );
+    let _ = writeln!(h, "<table><tr><th>transport</th>{RATE_HEAD}</tr>");
+    let _ = writeln!(h, "<tr><td>v1</td>{}</tr>", rate_cells(&hs.v1));
+    let _ = writeln!(h, "<tr><td>v2 (BIP324)</td>{}</tr>", rate_cells(&hs.v2));
+    h.push_str("</table>\n");
+    let bars: Vec<RateBar> = [("v1", &hs.v1), ("v2 (BIP324)", &hs.v2)]
+        .into_iter()
+        .filter_map(|(l, p)| RateBar::from_proportion(l, p))
+        .collect();
+    h.push_str(&chart_or_note(
+        charts::rate_bars(&bars, "handshake success given a punched socket")?,
+        "No handshakes over punched sockets in the input.",
+    ));
+    h.push_str("</section>\n");
+
+    // Time to connect.
+    let t = &summary.time_to_connect;
+    h.push_str("<section id=time-to-connect>\n<h2>Time to connect</h2>\n");
+    let _ = writeln!(
+        h,
+        "<p class=note>From the coordinator's <code>go</code> to the connection established (the later of the two sides), over the {} successful trials with a time recorded. Percentiles are nearest-rank.</p>",
+        t.n
+    );
+    let _ = writeln!(
+        h,
+        "<table><tr><th>min</th><th>median</th><th>p90</th><th>p99</th><th>max</th><th>mean</th></tr>\
+         <tr><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td></tr></table>",
+        ms(t.min_ms),
+        ms(t.p50_ms),
+        ms(t.p90_ms),
+        ms(t.p99_ms),
+        ms(t.max_ms),
+        ms(t.mean_ms)
+    );
+    h.push_str(&chart_or_note(
+        charts::cdf_chart(summary)?,
+        "No successful trials: no times to plot.",
+    ));
+    h.push_str("</section>\n");
+
+    // Attempts.
+    let a = &summary.attempts;
+    h.push_str("<section id=attempts>\n<h2>Attempts per success</h2>\n");
+    let _ = writeln!(
+        h,
+        "<p class=note>connect() attempts inside each successful trial (the larger of the two sides' counts). \
+         First attempt: {}. Mean: {}. (Trautwein et al. 2025 report 97.6% of libp2p successes on the first attempt.)</p>",
+        a.first_attempt.describe(),
+        a.mean.map_or("–".into(), |m| format!("{m:.2}"))
+    );
+    let counts: Vec<(String, u64)> = a
+        .histogram
+        .iter()
+        .map(|(k, n)| (k.to_string(), *n))
+        .collect();
+    h.push_str(&chart_or_note(
+        charts::count_bars(&counts, "attempts", "successful trials")?,
+        "No successful trials: no attempts to count.",
+    ));
+    h.push_str("</section>\n");
+
+    // Classification.
+    let cl = &summary.classification;
+    h.push_str("<section id=classification>\n<h2>NAT classification of the runs</h2>\n");
+    let _ = writeln!(
+        h,
+        "<p class=note>One count per run (a volunteer's probe run), from its classification verdict; {} runs.</p>",
+        cl.runs
+    );
+    h.push_str("<div style=\"display:flex; gap:24px; flex-wrap:wrap; align-items:flex-start\">");
+    for (title, map) in [("mapping", &cl.mapping), ("filtering", &cl.filtering)] {
+        let _ = write!(h, "<table><tr><th>{title}</th><th>runs</th></tr>");
+        for (k, v) in map {
+            let _ = write!(h, "<tr><td>{}</td><td class=num>{v}</td></tr>", esc(k));
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<table><tr><th>NAT type</th><th>runs</th></tr>");
+    for (k, v) in &cl.types {
+        let _ = write!(h, "<tr><td>{}</td><td class=num>{v}</td></tr>", esc(k));
+    }
+    h.push_str("</table></div>\n");
+    h.push_str(&chart_or_note(
+        charts::count_bars(&cl.types, "NAT type (mapping/filtering)", "runs")?,
+        "No runs in the input.",
+    ));
+    h.push_str("</section>\n");
+
+    // Method and skipped input.
+    h.push_str("<section id=method>\n<h2>How this was counted</h2>\n");
+    let _ = writeln!(h, "<p>{}</p>", esc(&summary.counting_rule));
+    let s = &summary.skipped_lines;
+    if s.total == 0 {
+        h.push_str("<p>No input line was skipped.</p>\n");
+    } else {
+        let _ = writeln!(
+            h,
+            "<p>{} input line(s) were skipped and not counted. By reason:</p><table><tr><th>reason</th><th>lines</th></tr>",
+            s.total
+        );
+        for (k, v) in &s.by_reason {
+            let _ = writeln!(h, "<tr><td>{}</td><td class=num>{v}</td></tr>", esc(k));
+        }
+        h.push_str("</table><table><tr><th>source</th><th>line</th><th>reason</th></tr>\n");
+        for e in &s.examples {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td class=num>{}</td><td>{}</td></tr>",
+                esc(&e.source),
+                e.line,
+                esc(&e.reason)
+            );
+        }
+        h.push_str("</table>\n");
+        if s.total as usize > s.examples.len() {
+            let _ = writeln!(
+                h,
+                "<p class=note>Only the first {} are listed.</p>",
+                s.examples.len()
+            );
+        }
+    }
+    h.push_str("<p class=note>Every number on this page is in <code>summary.json</code>; one row per counted trial is in \
+                <code>trials.csv</code>, one row per NAT pair in <code>pairs.csv</code>.</p>\n");
+    h.push_str("</section>\n</body>\n</html>\n");
+    Ok(h)
+}

@@ -1,0 +1,224 @@
+//! `punchscope report`: results in, a self-contained HTML report with CSV and JSON summaries out.
+//!
+//! Flow: [`input`] streams result files, JSONL files and directories (or any
+//! reader, such as the collector's export) into an [`Aggregator`], which
+//! joins both sides' records of a trial by `trial_id` (the counting rule is
+//! in [`aggregate`]); [`Report::new`] computes the [`Summary`] (every number,
+//! with Wilson 95% intervals from [`stats`]); [`Report::write`] writes
+//! `index.html` ([`html`], charts by [`charts`] with `plotters`),
+//! `summary.json`, `trials.csv` and `pairs.csv`.
+//!
+//! ```no_run
+//! use punchscope_analysis::report::{input, Aggregator, Report};
+//! let mut agg = Aggregator::new();
+//! input::read_path("results/".as_ref(), &mut agg)?;
+//! let report = Report::new(agg.finish(), &["results/".to_string()]);
+//! let files = report.write("out".as_ref())?;
+//! println!("{}\n{}", report.headline_table(), files.index_html.display());
+//! # Ok::<(), punchscope_analysis::report::ReportError>(())
+//! ```
+
+pub mod aggregate;
+pub mod charts;
+pub mod html;
+pub mod input;
+pub mod reference;
+pub mod stats;
+pub mod summary;
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+pub use aggregate::{Aggregated, Aggregator, CountedTrial, NatType};
+pub use stats::{wilson, Proportion};
+pub use summary::Summary;
+
+use stats::{percent, percent_bare};
+
+/// Why a report could not be read or written (malformed input lines are not errors: they are skipped and listed).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
+    #[error("{path}: writing CSV: {cause}")]
+    Csv { path: PathBuf, cause: csv::Error },
+    #[error("drawing a chart: {0}")]
+    Chart(String),
+}
+
+/// The files a report wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportFiles {
+    pub index_html: PathBuf,
+    pub summary_json: PathBuf,
+    pub trials_csv: PathBuf,
+    pub pairs_csv: PathBuf,
+}
+
+/// A computed report: the summary and the counted trials behind it.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub summary: Summary,
+    pub trials: Vec<CountedTrial>,
+}
+
+fn opt_f64(v: Option<f64>) -> String {
+    v.map_or(String::new(), |v| format!("{v}"))
+}
+
+fn csv_err(path: &Path) -> impl Fn(csv::Error) -> ReportError + '_ {
+    move |cause| ReportError::Csv {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
+impl Report {
+    /// Computes the summary of aggregated trials; `inputs` names the sources.
+    pub fn new(aggregated: Aggregated, inputs: &[String]) -> Report {
+        let summary = Summary::compute(&aggregated, inputs);
+        Report {
+            summary,
+            trials: aggregated.trials,
+        }
+    }
+
+    /// Writes `index.html`, `summary.json`, `trials.csv` and `pairs.csv` into `dir` (created if needed).
+    pub fn write(&self, dir: &Path) -> Result<ReportFiles, ReportError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |cause| ReportError::Io { path, cause }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let files = ReportFiles {
+            index_html: dir.join("index.html"),
+            summary_json: dir.join("summary.json"),
+            trials_csv: dir.join("trials.csv"),
+            pairs_csv: dir.join("pairs.csv"),
+        };
+
+        let mut json = serde_json::to_string_pretty(&self.summary).expect("a summary serializes");
+        json.push('\n');
+        std::fs::write(&files.summary_json, json).map_err(io(&files.summary_json))?;
+
+        let path = &files.trials_csv;
+        let file = File::create(path).map_err(io(path))?;
+        let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 16, file));
+        w.write_record([
+            "trial_id",
+            "sides_reporting",
+            "strategy",
+            "initiator_nat",
+            "responder_nat",
+            "outcome",
+            "success",
+            "go_to_established_ms",
+            "attempts",
+            "handshake_transport",
+            "handshake_success",
+        ])
+        .map_err(csv_err(path))?;
+        for t in &self.trials {
+            let outcome = serde_json::to_value(t.outcome).expect("an outcome serializes");
+            w.write_record([
+                t.trial_id.as_deref().unwrap_or(""),
+                &t.sides.to_string(),
+                t.strategy.as_str(),
+                &t.initiator_nat.to_string(),
+                &t.responder_nat.to_string(),
+                outcome.as_str().unwrap_or(""),
+                if t.success { "true" } else { "false" },
+                &opt_f64(t.go_to_established_ms),
+                &t.attempts.to_string(),
+                &t.handshake_transport
+                    .map_or(String::new(), |x| x.to_string()),
+                t.handshake_success
+                    .map_or("", |s| if s { "true" } else { "false" }),
+            ])
+            .map_err(csv_err(path))?;
+        }
+        let mut inner = w.into_inner().map_err(|e| ReportError::Io {
+            path: path.clone(),
+            cause: e.into_error(),
+        })?;
+        inner.flush().map_err(io(path))?;
+
+        let path = &files.pairs_csv;
+        let mut w = csv::Writer::from_path(path).map_err(csv_err(path))?;
+        w.write_record([
+            "nat_a",
+            "nat_b",
+            "trials",
+            "successes",
+            "rate",
+            "wilson_low",
+            "wilson_high",
+        ])
+        .map_err(csv_err(path))?;
+        for c in &self.summary.nat_pairs {
+            let p = &c.proportion;
+            w.write_record([
+                c.nat_a.as_str(),
+                c.nat_b.as_str(),
+                &p.n.to_string(),
+                &p.successes.to_string(),
+                &opt_f64(p.rate),
+                &opt_f64(p.low),
+                &opt_f64(p.high),
+            ])
+            .map_err(csv_err(path))?;
+        }
+        w.flush().map_err(io(path))?;
+
+        let page = html::render(&self.summary)?;
+        std::fs::write(&files.index_html, page).map_err(io(&files.index_html))?;
+        Ok(files)
+    }
+
+    /// The headline numbers as a plain-text table for the terminal.
+    pub fn headline_table(&self) -> String {
+        let s = &self.summary;
+        let c = &s.input;
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "{} trials counted from {} runs ({} joined from both sides, {} one side only, {} without trial id); {} input lines skipped",
+            c.trials_counted, c.runs, c.trials_both_sides, c.trials_one_side, c.trials_without_id, s.skipped_lines.total
+        );
+        if s.headline.n == 0 {
+            t.push_str("no trials in the input: nothing to measure\n");
+            return t;
+        }
+        let row = |t: &mut String, label: &str, p: &Proportion| {
+            let _ = match (p.rate, p.low, p.high) {
+                (Some(r), Some(l), Some(h)) => writeln!(
+                    t,
+                    "  {label:<28} {:>6}  [{:>5}, {:>5}]  {:>8} / {:<8}",
+                    percent(r),
+                    percent_bare(l),
+                    percent_bare(h),
+                    p.successes,
+                    p.n
+                ),
+                _ => writeln!(t, "  {label:<28}  no data"),
+            };
+        };
+        let _ = writeln!(
+            t,
+            "  {:<28} {:>6}  {:<14}  {:>8} / {:<8}",
+            "", "rate", "Wilson 95%", "success", "trials"
+        );
+        row(&mut t, "all trials", &s.headline);
+        for st in &s.strategies {
+            row(&mut t, &format!("strategy {}", st.strategy), &st.proportion);
+        }
+        row(&mut t, "handshake v1 | punched", &s.handshake.v1);
+        row(&mut t, "handshake v2 | punched", &s.handshake.v2);
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,477 @@
+//! Unit tests of the report's aggregation: dedupe across sides, NAT joining, splits, sums, empty input.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::aggregate::{Aggregator, NatType};
+use super::input::{parse_document, read_jsonl};
+use super::summary::Summary;
+use super::Report;
+use crate::classify::{Finding, Verdict};
+use crate::handshake::{BitcoinNetwork, HandshakeRecord, Role, Transport};
+use crate::nat::{Filtering, Mapping};
+use crate::plan::Plan;
+use crate::result::{
+    ClientInfo, CollectedResult, MaskedEndpoint, Pairing, RunResult, SanitizedClassification,
+    SanitizedObservations, SCHEMA_VERSION,
+};
+use crate::trial::{Attempt, AttemptResult, TrialOutcome, TrialRecord};
+
+fn verdict(m: Option<Mapping>, f: Option<Filtering>) -> Verdict {
+    fn finding<T>(v: Option<T>) -> Finding<T> {
+        match v {
+            Some(value) => Finding::Known { value },
+            None => Finding::Unknown {
+                reason: "no echo server answered".into(),
+            },
+        }
+    }
+    Verdict {
+        no_nat: false,
+        mapping: finding(m),
+        filtering: finding(f),
+        port_preserved: None,
+        allocation: Finding::Unknown {
+            reason: "not measured".into(),
+        },
+        hairpin: None,
+        missing: vec![],
+    }
+}
+
+struct T {
+    n: u32,
+    id: Option<&'static str>,
+    outcome: TrialOutcome,
+    go_ms: Option<f64>,
+    attempts: usize,
+    handshake: Option<(Transport, bool)>,
+}
+
+fn t(n: u32, id: Option<&'static str>, outcome: TrialOutcome) -> T {
+    T {
+        n,
+        id,
+        outcome,
+        go_ms: outcome.is_success().then_some(200.0 + f64::from(n)),
+        attempts: 1,
+        handshake: None,
+    }
+}
+
+fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunResult {
+    let plan = Plan::from_toml("version = 1\nname = \"default\"\n").unwrap();
+    let started: DateTime<Utc> = "2026-05-01T10:00:00Z".parse().unwrap();
+    let records = trials
+        .into_iter()
+        .map(|x| TrialRecord {
+            trial: x.n,
+            trial_id: x.id.map(str::to_string),
+            strategy: plan.strategy_of(x.n),
+            role,
+            local_port: 40000,
+            public_port: Some(40000),
+            peer_port: Some(50000),
+            outcome: x.outcome,
+            attempts: (0..x.attempts)
+                .map(|i| Attempt {
+                    started_ms: i as f64 * 300.0,
+                    duration_ms: 100.0,
+                    result: if i + 1 == x.attempts && x.outcome.is_success() {
+                        AttemptResult::Connected
+                    } else {
+                        AttemptResult::Refused
+                    },
+                })
+                .collect(),
+            go_to_established_ms: x.go_ms,
+            completed_by: None,
+            nonce_verified: x.outcome.is_success(),
+            start_delay_ms: 10.0,
+            injected_skew_ms: 0.0,
+            peer_outcome: None,
+            handshake: x.handshake.map(|(tr, ok)| {
+                let mut h = HandshakeRecord::new(Some(tr), role, BitcoinNetwork::Mainnet);
+                h.success = ok;
+                h
+            }),
+            error: None,
+        })
+        .collect();
+    RunResult {
+        schema_version: SCHEMA_VERSION,
+        run_id: Uuid::new_v4(),
+        tool_version: "0.1.0".into(),
+        started_at: started,
+        ended_at: started,
+        client: ClientInfo {
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            network_label: None,
+        },
+        classification: SanitizedClassification {
+            server_endpoints: vec![MaskedEndpoint {
+                net: "198.51.100.0/24".into(),
+                port: 3478,
+            }],
+            observations: SanitizedObservations {
+                mapping: vec![],
+                allocation: vec![],
+                filtering: None,
+                hairpin: None,
+            },
+            verdict: own,
+        },
+        pairings: vec![Pairing {
+            peer_verdict: peer,
+            role,
+            plan,
+            trials: records,
+        }],
+    }
+}
+
+use Filtering::*;
+use Mapping::*;
+use TrialOutcome::*;
+
+fn eim_apdf() -> Verdict {
+    verdict(Some(Eim), Some(Apdf))
+}
+fn eim_eif() -> Verdict {
+    verdict(Some(Eim), Some(Eif))
+}
+
+fn summary_of(runs: &[RunResult]) -> (Summary, Vec<super::CountedTrial>) {
+    let mut agg = Aggregator::new();
+    for r in runs {
+        agg.add_run(r);
+    }
+    let report = Report::new(agg.finish(), &[]);
+    (report.summary, report.trials)
+}
+
+#[test]
+fn a_trial_seen_from_both_sides_counts_once_and_needs_both() {
+    let alice = run(
+        Role::Initiator,
+        eim_apdf(),
+        Some(eim_eif()),
+        vec![
+            t(0, Some("aa00"), Connected),
+            t(1, Some("aa01"), Connected),
+            t(2, Some("aa02"), Refused),
+        ],
+    );
+    let bob = run(
+        Role::Responder,
+        eim_eif(),
+        Some(eim_apdf()),
+        vec![
+            t(0, Some("aa00"), Connected),
+            t(1, Some("aa01"), Timeout),
+            t(2, Some("aa02"), Refused),
+        ],
+    );
+    let (s, trials) = summary_of(&[alice.clone(), bob, alice]);
+    assert_eq!(s.input.trial_records, 6);
+    assert_eq!(s.input.trials_counted, 3);
+    assert_eq!(s.input.trials_both_sides, 3);
+    assert_eq!(s.input.duplicate_runs, 1);
+    assert_eq!(s.input.sides_disagree, 1);
+    // Only trial 0 has both sides connected.
+    assert_eq!((s.headline.successes, s.headline.n), (1, 3));
+    assert_eq!(trials[1].outcome, Timeout);
+    assert!(trials.iter().all(|t| t.sides == 2));
+}
+
+#[test]
+fn a_third_record_or_same_role_twice_is_a_duplicate() {
+    let a = run(
+        Role::Initiator,
+        eim_apdf(),
+        None,
+        vec![t(0, Some("x1"), Connected)],
+    );
+    let a_again_other_run = run(
+        Role::Initiator,
+        eim_apdf(),
+        None,
+        vec![t(0, Some("x1"), Refused)],
+    );
+    let (s, _) = summary_of(&[a, a_again_other_run]);
+    assert_eq!(s.input.trials_counted, 1);
+    assert_eq!(s.input.duplicate_trial_records, 1);
+    assert_eq!(s.headline.successes, 1);
+}
+
+#[test]
+fn records_without_trial_id_count_on_their_own() {
+    let a = run(
+        Role::Initiator,
+        eim_apdf(),
+        None,
+        vec![t(0, None, Connected), t(1, None, Connected)],
+    );
+    let b = run(
+        Role::Responder,
+        eim_eif(),
+        None,
+        vec![t(0, None, Connected), t(1, None, Refused)],
+    );
+    let (s, _) = summary_of(&[a, b]);
+    assert_eq!(s.input.trials_counted, 4);
+    assert_eq!(s.input.trials_without_id, 4);
+    assert_eq!(s.headline.successes, 3);
+}
+
+#[test]
+fn nat_types_join_by_trial_id_and_fall_back_to_peer_verdict() {
+    // Joined: each side's own verdict, whatever the other side's peer_verdict says.
+    let a = run(
+        Role::Initiator,
+        eim_apdf(),
+        Some(verdict(Some(Apdm), Some(Apdf))),
+        vec![t(0, Some("j0"), Connected)],
+    );
+    let b = run(
+        Role::Responder,
+        eim_eif(),
+        None,
+        vec![t(0, Some("j0"), Connected)],
+    );
+    // One side only: the peer's type comes from peer_verdict.
+    let c = run(
+        Role::Responder,
+        verdict(Some(Apdm), Some(Apdf)),
+        Some(verdict(Some(Adm), Some(Adf))),
+        vec![t(0, Some("c0"), Refused)],
+    );
+    // Unknown own verdict and no peer verdict: unknown.
+    let d = run(
+        Role::Initiator,
+        verdict(Some(Eim), None),
+        None,
+        vec![t(0, Some("d0"), Connected)],
+    );
+    let (s, trials) = summary_of(&[a, b, c, d]);
+    assert_eq!(trials[0].initiator_nat.to_string(), "eim/apdf");
+    assert_eq!(trials[0].responder_nat.to_string(), "eim/eif");
+    assert_eq!(trials[1].initiator_nat.to_string(), "adm/adf");
+    assert_eq!(trials[1].responder_nat.to_string(), "apdm/apdf");
+    assert_eq!(trials[2].initiator_nat.to_string(), "eim/unknown");
+    assert_eq!(trials[2].responder_nat, NatType::UNKNOWN);
+    let cell = s.pair("eim/apdf", "eim/eif").unwrap();
+    assert_eq!(
+        (cell.nat_a.as_str(), cell.nat_b.as_str()),
+        ("eim/eif", "eim/apdf")
+    );
+    assert_eq!((cell.proportion.successes, cell.proportion.n), (1, 1));
+    let cell = s.pair("apdm/apdf", "adm/adf").unwrap();
+    assert_eq!((cell.proportion.successes, cell.proportion.n), (0, 1));
+    assert_eq!(
+        s.nat_types,
+        [
+            "eim/eif",
+            "eim/apdf",
+            "eim/unknown",
+            "adm/adf",
+            "apdm/apdf",
+            "unknown"
+        ]
+    );
+}
+
+#[test]
+fn strategy_and_transport_splits_and_joined_timings() {
+    let mut a_trials = Vec::new();
+    let mut b_trials = Vec::new();
+    const IDS: [&str; 6] = ["s0", "s1", "s2", "s3", "s4", "s5"];
+    // Strategies cycle simultaneous, connect_listen, low_ttl. Trials 0-3
+    // connect on both sides; 4 and 5 fail.
+    for n in 0..6u32 {
+        let outcome = if n < 4 { Connected } else { Timeout };
+        let transport = if n % 2 == 0 {
+            Transport::V1
+        } else {
+            Transport::V2
+        };
+        let mut x = t(n, Some(IDS[n as usize]), outcome);
+        let mut y = t(n, Some(IDS[n as usize]), outcome);
+        if outcome.is_success() {
+            x.handshake = Some((transport, true));
+            // The responder's side of trial 2 (v1) failed its handshake.
+            y.handshake = Some((transport, n != 2));
+            x.go_ms = Some(100.0 * f64::from(n + 1));
+            y.go_ms = Some(100.0 * f64::from(n + 1) + 7.0);
+            y.attempts = if n == 3 { 3 } else { 1 };
+        }
+        a_trials.push(x);
+        b_trials.push(y);
+    }
+    let a = run(Role::Initiator, eim_apdf(), None, a_trials);
+    let b = run(Role::Responder, eim_apdf(), None, b_trials);
+    let (s, trials) = summary_of(&[a, b]);
+    let by = |name: &str| {
+        let row = s.strategies.iter().find(|r| r.strategy == name).unwrap();
+        (row.proportion.successes, row.proportion.n)
+    };
+    assert_eq!(by("simultaneous"), (2, 2)); // trials 0, 3
+    assert_eq!(by("connect_listen"), (1, 2)); // 1 yes, 4 no
+    assert_eq!(by("low_ttl"), (1, 2)); // 2 yes, 5 no
+                                       // v1: trials 0 and 2 (2 failed on one side); v2: trials 1 and 3.
+    assert_eq!((s.handshake.v1.successes, s.handshake.v1.n), (1, 2));
+    assert_eq!((s.handshake.v2.successes, s.handshake.v2.n), (2, 2));
+    // Joined time is the later side's; attempts the larger side's.
+    assert_eq!(trials[0].go_to_established_ms, Some(107.0));
+    assert_eq!(trials[3].attempts, 3);
+    assert_eq!(s.time_to_connect.p50_ms, Some(207.0));
+    assert_eq!(s.time_to_connect.max_ms, Some(407.0));
+    assert_eq!(s.attempts.histogram, vec![(1, 3), (3, 1)]);
+    assert_eq!(
+        (
+            s.attempts.first_attempt.successes,
+            s.attempts.first_attempt.n
+        ),
+        (3, 4)
+    );
+}
+
+#[test]
+fn counts_add_up_over_cells_strategies_and_outcomes() {
+    let mut runs = Vec::new();
+    let types = [
+        eim_apdf(),
+        eim_eif(),
+        verdict(Some(Apdm), Some(Apdf)),
+        verdict(None, None),
+    ];
+    for i in 0..12u32 {
+        let outcomes = [Connected, Refused, Timeout, Connected, PeerVanished];
+        let trials = (0..5u32)
+            .map(|n| t(n, None, outcomes[((i + n) % 5) as usize]))
+            .collect();
+        let own = types[(i % 4) as usize].clone();
+        let peer = (i % 3 != 0).then(|| types[((i + 1) % 4) as usize].clone());
+        runs.push(run(Role::Initiator, own, peer, trials));
+    }
+    let (s, _) = summary_of(&runs);
+    let total = s.input.trials_counted;
+    assert_eq!(total, 60);
+    let cells: u64 = s.nat_pairs.iter().map(|c| c.proportion.n).sum();
+    let cell_ok: u64 = s.nat_pairs.iter().map(|c| c.proportion.successes).sum();
+    let strategies: u64 = s.strategies.iter().map(|r| r.proportion.n).sum();
+    let strategy_ok: u64 = s.strategies.iter().map(|r| r.proportion.successes).sum();
+    let outcomes: u64 = s.outcomes.values().sum();
+    assert_eq!((cells, strategies, outcomes), (total, total, total));
+    assert_eq!(cell_ok, s.headline.successes);
+    assert_eq!(strategy_ok, s.headline.successes);
+    assert_eq!(s.outcomes["connected"], s.headline.successes);
+    assert_eq!(s.headline.successes, 24); // 2 of every 5 outcomes connect
+    let class_runs: u64 = s.classification.types.iter().map(|x| x.1).sum();
+    assert_eq!(class_runs, 12);
+}
+
+#[test]
+fn an_empty_input_makes_a_report_without_nan() {
+    let (s, trials) = summary_of(&[]);
+    assert!(trials.is_empty());
+    assert_eq!(s.headline.rate, None);
+    let json = serde_json::to_string(&s).unwrap();
+    assert!(!json.to_lowercase().contains("nan"), "{json}");
+    let page = super::html::render(&s).unwrap();
+    assert!(page.contains("No data"));
+    assert!(!page.contains("NaN"));
+}
+
+#[test]
+fn jsonl_lines_of_both_kinds_are_read_and_bad_ones_skipped() {
+    let a = run(
+        Role::Initiator,
+        eim_apdf(),
+        None,
+        vec![t(0, Some("k0"), Connected)],
+    );
+    let b = run(
+        Role::Responder,
+        eim_eif(),
+        None,
+        vec![t(0, Some("k0"), Connected)],
+    );
+    let collected = CollectedResult {
+        received_at: "2026-05-01T11:00:00Z".parse().unwrap(),
+        source_net: "203.0.113.0/24".into(),
+        source_group: "ab".repeat(32),
+        result: b,
+    };
+    let mut leaky = serde_json::to_value(&a).unwrap();
+    leaky["run_id"] = Uuid::new_v4().to_string().into();
+    leaky["pairings"][0]["trials"][0]["error"] = "peer 203.0.113.77 vanished".into();
+    let text = format!(
+        "{}\n\n{{\"schema_version\": 1,\n{}\n{}\nnot json at all\n",
+        a.to_json(),
+        serde_json::to_string(&collected).unwrap(),
+        leaky
+    );
+    let mut agg = Aggregator::new();
+    read_jsonl("mem.jsonl", text.as_bytes(), &mut agg).unwrap();
+    let skipped = agg.skipped.clone();
+    let (s, _) = {
+        let report = Report::new(agg.finish(), &[]);
+        (report.summary, report.trials)
+    };
+    assert_eq!(s.input.runs, 2);
+    assert_eq!(s.input.trials_both_sides, 1);
+    assert_eq!(skipped.total, 3);
+    let lines: Vec<u64> = skipped.examples.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [3, 5, 6]);
+    assert!(
+        skipped.examples[1].reason.contains("raw")
+            || skipped.examples[1].reason.contains("full IP")
+    );
+    assert!(!skipped.examples[1].reason.contains("203.0.113.77"));
+    assert!(parse_document("[]").is_err());
+}
+
+#[test]
+fn the_fast_parse_accepts_and_rejects_exactly_what_from_json_does() {
+    let a = run(
+        Role::Initiator,
+        eim_apdf(),
+        Some(eim_eif()),
+        vec![t(0, Some("f0"), Connected), t(1, None, Refused)],
+    );
+    let text = a.to_json();
+    assert_eq!(
+        parse_document(&text).unwrap(),
+        RunResult::from_json(&text).unwrap()
+    );
+    let mut value = serde_json::to_value(&a).unwrap();
+    // A raw address in a value, behind an escape, in a key, in IPv6 form:
+    // every one is refused by both readers.
+    let mut cases = Vec::new();
+    value["pairings"][0]["trials"][1]["error"] = "peer 203.0.113.77 reset".into();
+    cases.push(value.to_string());
+    cases.push(
+        value
+            .to_string()
+            .replace("203.0.113.77", "\\u0032\\u0030\\u0033.0.113.77"),
+    );
+    value["pairings"][0]["trials"][1]["error"] = serde_json::Value::Null;
+    value["client"]["network_label"] = "home 2001:db8:1:2::7".into();
+    cases.push(value.to_string());
+    value["client"]["network_label"] = serde_json::Value::Null;
+    let mut keyed = value.clone();
+    keyed["client"]["10.1.2.3"] = 1.into();
+    cases.push(keyed.to_string());
+    let mut newer = value.clone();
+    newer["schema_version"] = 2.into();
+    cases.push(newer.to_string());
+    for case in &cases {
+        let slow = RunResult::from_json(case).unwrap_err().to_string();
+        assert_eq!(parse_document(case).unwrap_err(), slow, "{case}");
+    }
+    // Prefixes, times and versions are not addresses.
+    assert!(text.contains("198.51.100.0/24") && text.contains("10:00:00"));
+    assert!(parse_document(&value.to_string()).is_ok());
+}

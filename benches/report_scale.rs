@@ -1,0 +1,79 @@
+//! Report at scale: a synthetic JSONL campaign of 50,000 runs x 20 trials (1,000,000 trial records, 500,000 trials after joining both sides), reported by the real binary.
+//!
+//! Run with `cargo bench --bench report_scale`. Prints the input size, the
+//! time, trial records per second and the report process's peak RSS (from
+//! getrusage of the reaped child, so only punchscope is measured). `REPORT_BENCH_PAIRS`
+//! changes the number of pairings (default 25,000, two runs each).
+
+#[path = "../tests/report_support/mod.rs"]
+mod report_support;
+
+use std::io::BufWriter;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Runs the command and returns (exit status ok, elapsed seconds, peak RSS in KiB, stdout).
+/// The RSS is getrusage(RUSAGE_CHILDREN)'s: the largest child this process reaped,
+/// and punchscope is the only one.
+fn run_measured(cmd: &mut Command) -> (bool, f64, i64, String) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start punchscope");
+    let mut text = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+    }
+    let status = child.wait().expect("wait for punchscope");
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: usage is a valid out-pointer for the duration of the call.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(r, 0, "getrusage failed");
+    (status.success(), elapsed, usage.ru_maxrss, text)
+}
+
+fn main() {
+    let pairs: usize = std::env::var("REPORT_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25_000);
+    let trials = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("campaign.jsonl");
+    let t = Instant::now();
+    let runs = {
+        let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&jsonl).unwrap());
+        report_support::write_synthetic_jsonl(&mut out, pairs, trials, 42)
+    };
+    let bytes = std::fs::metadata(&jsonl).unwrap().len();
+    let records = runs * trials;
+    println!(
+        "report_scale: {runs} runs x {trials} trials = {records} trial records ({} trials after joining both sides), {:.0} MB of JSONL (generated in {:.1} s)",
+        records / 2,
+        bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let out = dir.path().join("report");
+    let (ok, secs, rss_kib, stdout) = run_measured(
+        Command::new(env!("CARGO_BIN_EXE_punchscope"))
+            .arg("report")
+            .arg(&jsonl)
+            .arg("--out")
+            .arg(&out),
+    );
+    assert!(ok, "punchscope report failed");
+    print!("{stdout}");
+    println!(
+        "report: {secs:.2} s, {:.0} trial records/s, {:.0} MB/s of JSONL, peak RSS {:.0} MiB",
+        records as f64 / secs,
+        bytes as f64 / 1e6 / secs,
+        rss_kib as f64 / 1024.0
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["input"]["trial_records"], records as u64);
+    assert_eq!(summary["input"]["trials_counted"], (records / 2) as u64);
+}
