@@ -1,0 +1,182 @@
+//! The main job end to end: `punchscope lab run` on a small campaign, with its
+//! report checked against what the lab recorded and against the emulator's truth.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use punchscope::analysis::classify::Finding;
+use punchscope::analysis::result::CollectedResult;
+use punchscope::lab::Scenario;
+
+const SCENARIO: &str = r#"
+[[nat]]
+name = "eim_apdf"
+filtering = "apdf"
+delay_ms = 10
+[[nat]]
+name = "eim_rst"
+filtering = "apdf"
+unsolicited = "rst"
+delay_ms = 15
+[[nat]]
+name = "eim_eif"
+filtering = "eif"
+delay_ms = 5
+[[nat]]
+name = "apdm"
+mapping = "apdm"
+filtering = "apdf"
+delay_ms = 10
+[[host]]
+name = "v1"
+nat = "eim_apdf"
+[[host]]
+name = "v2"
+nat = "eim_rst"
+[[host]]
+name = "v3"
+nat = "eim_eif"
+[[host]]
+name = "v4"
+nat = "apdm"
+"#;
+
+const PLAN: &str = "version = 1\nname = \"test-campaign\"\ntrials = 4\nstrategies = [\"simultaneous\", \"connect_listen\"]\n\
+network = \"regtest\"\nattempt_timeout_ms = 800\nmax_attempts = 2\nretry_gap_ms = 50\nretry_jitter_ms = 100\n";
+
+fn nat_type(
+    finding_m: &Finding<punchscope::analysis::nat::Mapping>,
+    finding_f: &Finding<punchscope::analysis::nat::Filtering>,
+) -> String {
+    match (finding_m, finding_f) {
+        (Finding::Known { value: m }, Finding::Known { value: f }) => format!("{m}/{f}"),
+        _ => "unknown".into(),
+    }
+}
+
+#[test]
+fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("campaign-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let scenario_path = dir.join("scenario.toml");
+    let plan_path = dir.join("plan.toml");
+    std::fs::write(&scenario_path, SCENARIO).unwrap();
+    std::fs::write(&plan_path, PLAN).unwrap();
+    let out = dir.join("out");
+    let name = unique_name("cmp");
+    let status = Command::new(env!("CARGO_BIN_EXE_punchscope"))
+        .args(["lab", "run"])
+        .arg(&scenario_path)
+        .arg("--plan")
+        .arg(&plan_path)
+        .arg("--out")
+        .arg(&out)
+        .args(["--name", &name, "--deadline-secs", "120"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "lab run: {status}");
+    assert!(
+        namespaces_of(&name).is_empty(),
+        "the campaign removed its lab"
+    );
+
+    // What the lab recorded: every volunteer's result, through the collector.
+    let results: Vec<CollectedResult> = std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 4, "every volunteer's result was stored once");
+
+    // The emulator's truth: each run's classification is its router's configuration.
+    let scenario = Scenario::parse(SCENARIO).unwrap();
+    let truth: HashMap<&str, &str> = [
+        ("eim_apdf", "eim/apdf"),
+        ("eim_rst", "eim/apdf"),
+        ("eim_eif", "eim/eif"),
+        ("apdm", "apdm/apdf"),
+    ]
+    .into();
+    let mut type_of_run = HashMap::new();
+    for r in &results {
+        let label = r.result.client.network_label.as_deref().unwrap();
+        assert!(scenario.routers.iter().any(|router| router.name == label));
+        let v = &r.result.classification.verdict;
+        let measured = nat_type(&v.mapping, &v.filtering);
+        assert_eq!(
+            measured, truth[label],
+            "classification of the host behind {label}"
+        );
+        type_of_run.insert(r.result.run_id, measured);
+    }
+
+    // Our own count, independent of the report's code: join both sides by trial_id.
+    let mut by_trial: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+    for r in &results {
+        for pairing in &r.result.pairings {
+            for t in &pairing.trials {
+                let id = t.trial_id.clone().expect("every trial reached go");
+                by_trial.entry(id).or_default().push((
+                    type_of_run[&r.result.run_id].clone(),
+                    t.outcome.is_success(),
+                ));
+            }
+        }
+    }
+    let mut expected: BTreeMap<(String, String), (u32, u32)> = BTreeMap::new();
+    for sides in by_trial.values() {
+        assert_eq!(
+            sides.len(),
+            2,
+            "volunteers paired with volunteers: both sides reported"
+        );
+        let mut pair = [sides[0].0.clone(), sides[1].0.clone()];
+        pair.sort();
+        let cell = expected
+            .entry((pair[0].clone(), pair[1].clone()))
+            .or_default();
+        cell.0 += 1;
+        cell.1 += u32::from(sides.iter().all(|(_, ok)| *ok));
+    }
+    let total: u32 = expected.values().map(|c| c.0).sum();
+    assert_eq!(total, 8, "2 pairings x 4 trials, each counted once");
+
+    // The report's numbers.
+    let report = out.join("report");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["headline"]["n"], total, "nothing double counted");
+    let successes: u32 = expected.values().map(|c| c.1).sum();
+    assert_eq!(summary["headline"]["successes"], successes);
+    let mut reported: BTreeMap<(String, String), (u32, u32)> = BTreeMap::new();
+    let mut csv = csv::Reader::from_path(report.join("pairs.csv")).unwrap();
+    for row in csv.records() {
+        let row = row.unwrap();
+        let mut pair = [row[0].to_string(), row[1].to_string()];
+        pair.sort();
+        reported.insert(
+            (pair[0].clone(), pair[1].clone()),
+            (row[2].parse().unwrap(), row[3].parse().unwrap()),
+        );
+    }
+    assert_eq!(reported, expected, "per NAT-pair counts and successes");
+    let trials_csv_rows = csv::Reader::from_path(report.join("trials.csv"))
+        .unwrap()
+        .records()
+        .count();
+    assert_eq!(trials_csv_rows as u32, total);
+
+    // The page holds the matrix and the charts.
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.matches("<svg").count() >= 4, "charts");
+    assert!(html.contains("NAT-type pair"), "matrix");
+    assert!(Path::new(&report.join("index.html")).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
