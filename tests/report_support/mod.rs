@@ -214,6 +214,7 @@ pub fn run(
             role,
             plan,
             trials,
+            ended: Default::default(),
         }],
     }
 }

@@ -127,6 +127,7 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
             role,
             plan,
             trials: records,
+            ended: Default::default(),
         }],
     }
 }
