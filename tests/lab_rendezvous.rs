@@ -446,3 +446,55 @@ fn the_volunteers_summary_says_what_happened() {
         );
     }
 }
+
+#[test]
+fn ctrl_c_stops_the_probe_and_keeps_the_partial_result() {
+    let lab = start_lab("rvc", &two_nats("delay_ms = 5", "delay_ms = 5"));
+    let plan = plan(
+        "rvc",
+        "trials = 200\nstrategies = [\"simultaneous\"]\nnetwork = \"regtest\"\n",
+    );
+    let _coordinator = start_coordinator(&lab, &plan);
+    let _echo = start_echo(&lab);
+    let spawn = |host: &str| {
+        probe_command(&lab, host)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut alice = ChildGuard(Some(spawn("alice")));
+    let _bob = ChildGuard(Some(spawn("bob")));
+    std::thread::sleep(Duration::from_millis(2500));
+    let pid = alice.0.as_ref().unwrap().id();
+    // SAFETY: signalling the child we spawned, by its PID, as Ctrl-C would.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let started = Instant::now();
+    let output = loop {
+        if alice.0.as_mut().unwrap().try_wait().unwrap().is_some() {
+            break alice.0.take().unwrap().wait_with_output().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the probe did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(output.status.code(), Some(4), "interrupted runs exit 4");
+    let result = RunResult::from_json(std::str::from_utf8(&output.stdout).unwrap()).unwrap();
+    assert_eq!(result.pairings[0].ended, PairingEnded::Interrupted);
+    let trials = &result.pairings[0].trials;
+    assert!(
+        !trials.is_empty() && trials.len() < 200,
+        "{} trials kept",
+        trials.len()
+    );
+    // The same partial result waits in the spool for upload.
+    let spool = std::env::temp_dir().join(format!("{}-alice-spool", lab.name()));
+    let spooled = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .count();
+    assert!(spooled >= 1, "the interrupted result is in the spool");
+}
