@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::ndjson;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -284,37 +285,15 @@ pub fn encode_client(msg: &ClientMessage) -> Vec<u8> {
 /// Checks the framing of raw bytes read up to and including a newline (at
 /// most [`MAX_LINE`] of them) and returns the text without the newline.
 pub fn frame(raw: &[u8]) -> Result<&str, ProtoError> {
-    let body = match raw.strip_suffix(b"\n") {
-        Some(body) => body,
-        None if raw.len() >= MAX_LINE => return Err(ProtoError::LineTooLong),
-        None => return Err(ProtoError::Unterminated),
-    };
-    if raw.len() > MAX_LINE {
-        return Err(ProtoError::LineTooLong);
-    }
-    let body = body.strip_suffix(b"\r").unwrap_or(body);
-    std::str::from_utf8(body).map_err(|e| ProtoError::Malformed(format!("not UTF-8: {e}")))
+    Ok(ndjson::frame(raw, MAX_LINE)?)
 }
 
 /// Parses a line into an object whose `v` this code speaks, with `v` removed.
 fn versioned_object(line: &str) -> Result<Map<String, Value>, ProtoError> {
-    let value: Value =
-        serde_json::from_str(line).map_err(|e| ProtoError::Malformed(e.to_string()))?;
-    let Value::Object(mut obj) = value else {
-        return Err(ProtoError::Malformed("expected a JSON object".into()));
-    };
-    let v = obj
-        .remove("v")
-        .and_then(|v| v.as_u64())
-        .ok_or(ProtoError::MissingVersion)?;
-    if !SUPPORTED_VERSIONS.iter().any(|s| u64::from(*s) == v) {
-        return Err(ProtoError::UnsupportedVersion {
-            got: v,
-            supported: SUPPORTED_VERSIONS.to_vec(),
-        });
-    }
-    Ok(obj)
+    Ok(ndjson::versioned_object(line, SUPPORTED_VERSIONS)?)
 }
+
+ndjson::from_line_error!(ProtoError);
 
 const CLIENT_TYPES: &[&str] = &["hello", "pong", "primed", "result", "bye", "register"];
 
