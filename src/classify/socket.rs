@@ -3,22 +3,14 @@
 use std::io;
 use std::net::SocketAddr;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
 use tokio::net::{TcpListener, TcpSocket};
 
 use super::error::ClassifyError;
 
+/// The same binding as a punching trial's, so classification sees what trials will.
 fn reusable(local: SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(
-        Domain::for_address(local),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&local.into())?;
-    Ok(socket)
+    crate::punch::socket::bound(local)
 }
 
 fn bind_error(local: SocketAddr, what: &'static str, e: io::Error) -> ClassifyError {
