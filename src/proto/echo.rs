@@ -175,19 +175,8 @@ impl ProtoError {
     }
 }
 
-#[derive(Serialize)]
-struct Envelope<'a, T> {
-    v: u32,
-    #[serde(flatten)]
-    body: &'a T,
-}
-
 fn encode<T: Serialize>(body: &T) -> Vec<u8> {
-    let mut line = serde_json::to_vec(&Envelope { v: VERSION, body })
-        .expect("protocol messages always serialize");
-    debug_assert!(line.len() < MAX_LINE, "message exceeds MAX_LINE");
-    line.push(b'\n');
-    line
+    ndjson::encode(VERSION, body, MAX_LINE)
 }
 
 /// One server message as a line, newline included.

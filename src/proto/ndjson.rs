@@ -1,6 +1,7 @@
 //! Newline-delimited JSON framing shared by our line protocols: one JSON
 //! object per line, a maximum line length, and a `v` version field checked first.
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// A line that fails framing or the version check, before any message-specific parsing.
@@ -11,6 +12,25 @@ pub enum LineError {
     Malformed(String),
     MissingVersion,
     UnsupportedVersion { got: u64, supported: Vec<u32> },
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, T> {
+    v: u32,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// One message as a line with its version field, newline included.
+pub fn encode<T: Serialize>(version: u32, body: &T, max_line: usize) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&Envelope { v: version, body })
+        .expect("protocol messages always serialize");
+    debug_assert!(
+        line.len() < max_line,
+        "message exceeds the maximum line length"
+    );
+    line.push(b'\n');
+    line
 }
 
 /// Checks the framing of raw bytes read up to and including a newline (at
