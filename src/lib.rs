@@ -30,6 +30,7 @@ pub use punchscope_analysis as analysis;
 pub mod btc;
 pub mod classify;
 pub mod collector;
+#[cfg(all(feature = "lab", target_os = "linux"))]
 pub mod lab;
 pub mod probe;
 pub mod proto;

@@ -1,5 +1,7 @@
 //! The main job end to end: `punchscope lab run` on a small campaign, with its
 //! report checked against what the lab recorded and against the emulator's truth.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
 
 mod common;
 

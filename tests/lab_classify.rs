@@ -1,6 +1,8 @@
 //! `punchscope classify` against the lab's truth: the real `serve echo` in the
 //! internet namespace, the real `classify --json` in one host per mapping x
 //! filtering x allocation combination plus a public host, five rounds each.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Lab lifecycle tests: nothing is left behind after a panic, a signal or a killed
 //! process; a running lab's name is taken; two labs run side by side.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
 
 mod common;
 

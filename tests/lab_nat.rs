@@ -1,5 +1,7 @@
 //! Lab tests of NAT behaviour seen from real sockets in host namespaces:
 //! mapping, allocation, filtering, unsolicited-SYN answers, TTL, simultaneous open and delay.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
 
 mod common;
 

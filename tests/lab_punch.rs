@@ -2,6 +2,8 @@
 //! coordinator: both sides share one clock, see `lab::pair`): the real echo
 //! server reports each side's public endpoint, then both sides run the real
 //! trial code and the Bitcoin handshake over the punched socket.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Coordinated trials with the real binaries: `serve rendezvous` in the
 //! internet namespace, `probe` in two hosts behind lab NATs; success rates,
 //! roles, handshakes and SYN timing checked against the emulator's log.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
 
 mod common;
 

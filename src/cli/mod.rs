@@ -8,6 +8,7 @@ mod bench;
 mod classify;
 mod collector;
 mod handshake;
+#[cfg(all(feature = "lab", target_os = "linux"))]
 mod lab;
 mod probe;
 mod punch;
@@ -30,6 +31,7 @@ pub enum Command {
     /// Run a server (`serve echo`, `serve rendezvous`).
     Serve(serve::ServeArgs),
     /// Build NAT labs in network namespaces and run things inside them.
+    #[cfg(all(feature = "lab", target_os = "linux"))]
     Lab(lab::LabArgs),
     /// Pair with a volunteer through a coordinator and run punching trials with Bitcoin handshakes.
     Probe(probe::ProbeArgs),
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => serve::run(args),
+        #[cfg(all(feature = "lab", target_os = "linux"))]
         Command::Lab(args) => lab::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Punch(args) => punch::run(args),
