@@ -36,5 +36,6 @@ pub mod probe;
 pub mod proto;
 pub mod punch;
 pub mod rendezvous;
+pub mod report;
 pub mod server;
 pub mod upload;

@@ -20,6 +20,8 @@ use punchscope_analysis::privacy;
 use punchscope_analysis::result::RunResult;
 use rand::Rng;
 
+use crate::collector::{CollectorClient, UploadAnswer};
+
 /// Where results wait for upload.
 #[derive(Debug, Clone)]
 pub struct Spool {
@@ -204,13 +206,6 @@ pub struct UploadReport {
     pub stopped_because: Option<String>,
 }
 
-enum Attempt {
-    Acknowledged { created: bool },
-    Rejected(String),
-    Retry(String),
-    Fatal(String),
-}
-
 /// Uploads every pending result of `spool` to the collector at `collector`
 /// (`http://host:port`, the `/v1/results` path is added). See the module docs.
 pub fn upload_pending(
@@ -218,10 +213,8 @@ pub fn upload_pending(
     collector: &str,
     policy: &UploadPolicy,
 ) -> Result<UploadReport, SpoolError> {
-    let url = results_url(collector)?;
-    let agent = ureq::AgentBuilder::new()
-        .timeout(policy.request_timeout)
-        .build();
+    let client = CollectorClient::new(collector, policy.request_timeout)
+        .map_err(|_| SpoolError::BadUrl(collector.to_string()))?;
     let mut report = UploadReport::default();
     let files = spool.pending()?;
     let mut rng = rand::thread_rng();
@@ -244,33 +237,33 @@ pub fn upload_pending(
         let mut backoff = policy.initial_backoff;
         let mut attempt = 1;
         let outcome = loop {
-            match send(&agent, &url, &body) {
-                Attempt::Retry(_) if attempt < policy.max_attempts.max(1) => {
+            match client.upload(&body, policy.request_timeout) {
+                UploadAnswer::Retry(_) if attempt < policy.max_attempts.max(1) => {
                     let jitter = backoff.mul_f64(rng.gen_range(0.0..0.5));
                     std::thread::sleep(backoff + jitter);
                     backoff = (backoff * 2).min(policy.max_backoff);
                     attempt += 1;
                 }
-                Attempt::Retry(why) => {
-                    break Attempt::Fatal(format!("gave up after {attempt} attempts: {why}"))
+                UploadAnswer::Retry(why) => {
+                    break UploadAnswer::Fatal(format!("gave up after {attempt} attempts: {why}"))
                 }
                 other => break other,
             }
         };
         match outcome {
-            Attempt::Acknowledged { created } => {
+            UploadAnswer::Stored => {
                 spool.remove(file)?;
-                if created {
-                    report.delivered.push(run_id);
-                } else {
-                    report.already_stored.push(run_id);
-                }
+                report.delivered.push(run_id);
             }
-            Attempt::Rejected(reason) => {
+            UploadAnswer::AlreadyStored => {
+                spool.remove(file)?;
+                report.already_stored.push(run_id);
+            }
+            UploadAnswer::Rejected(reason) => {
                 spool.reject(file, &reason)?;
                 report.rejected.push((run_id, reason));
             }
-            Attempt::Retry(why) | Attempt::Fatal(why) => {
+            UploadAnswer::Retry(why) | UploadAnswer::Fatal(why) => {
                 report.stopped_because = Some(why);
                 report.pending.extend(
                     files[index..]
@@ -284,68 +277,4 @@ pub fn upload_pending(
         }
     }
     Ok(report)
-}
-
-fn results_url(collector: &str) -> Result<String, SpoolError> {
-    let base = collector.trim().trim_end_matches('/');
-    if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
-        return Err(SpoolError::BadUrl(collector.to_string()));
-    }
-    if base.ends_with("/v1/results") {
-        Ok(base.to_string())
-    } else {
-        Ok(format!("{base}/v1/results"))
-    }
-}
-
-fn send(agent: &ureq::Agent, url: &str, body: &str) -> Attempt {
-    let answer = agent
-        .post(url)
-        .set("Content-Type", "application/json")
-        .send_string(body);
-    match answer {
-        Ok(response) => match response.status() {
-            201 => Attempt::Acknowledged { created: true },
-            200..=299 => Attempt::Acknowledged { created: false },
-            other => Attempt::Fatal(format!("unexpected HTTP status {other} from the collector")),
-        },
-        Err(ureq::Error::Status(code, response)) => {
-            let text = response
-                .into_string()
-                .unwrap_or_default()
-                .chars()
-                .take(2000)
-                .collect::<String>();
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or(text);
-            match code {
-                400 | 413 | 422 => Attempt::Rejected(format!("HTTP {code}: {message}")),
-                408 | 429 | 500..=599 => Attempt::Retry(format!("HTTP {code}: {message}")),
-                _ => Attempt::Fatal(format!(
-                    "HTTP {code} from {url}: {message} (is the collector URL right?)"
-                )),
-            }
-        }
-        Err(ureq::Error::Transport(t)) => Attempt::Retry(format!("cannot reach {url}: {t}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn collector_urls_get_the_results_path() {
-        assert_eq!(
-            results_url("http://127.0.0.1:8080/").unwrap(),
-            "http://127.0.0.1:8080/v1/results"
-        );
-        assert_eq!(
-            results_url("https://collector.example/v1/results").unwrap(),
-            "https://collector.example/v1/results"
-        );
-        assert!(results_url("collector.example").is_err());
-    }
 }

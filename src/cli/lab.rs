@@ -93,24 +93,8 @@ fn campaign(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .display()
         );
     }
-    std::fs::write(
-        options.out.join("campaign.json"),
-        serde_json::to_string_pretty(&outcome)?,
-    )?;
-    let report_dir = options.out.join("report");
-    let status = std::process::Command::new(&options.exe)
-        .arg("report")
-        .arg(&outcome.results_jsonl)
-        .arg("--out")
-        .arg(&report_dir)
-        .status()?;
-    if !status.success() {
-        anyhow::bail!(
-            "the report failed ({status}); the results are in {}",
-            outcome.results_jsonl.display()
-        );
-    }
-    println!("Report: {}", report_dir.join("index.html").display());
+    print!("{}", outcome.headline);
+    println!("Report: {}", outcome.report_html.display());
     Ok(ExitCode::SUCCESS)
 }
 

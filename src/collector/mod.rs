@@ -1,4 +1,6 @@
-//! Storage and privacy helpers of the results collector: the [`ResultStore`] trait, its SQLite implementation, source grouping keys.
+//! The results collector's storage and its client: the [`ResultStore`] trait,
+//! its SQLite implementation, source grouping keys, and [`client`] (the HTTP
+//! client every uploader and reader of a collector uses).
 //!
 //! The HTTP side is [`crate::server::collector`]. Storage sits behind a small
 //! synchronous trait so that a server database can replace SQLite for large
@@ -12,7 +14,10 @@ use std::path::{Path, PathBuf};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+pub mod client;
 pub mod sqlite;
+
+pub use client::{ClientError, CollectorClient, UploadAnswer};
 
 pub use sqlite::SqliteStore;
 

@@ -4,12 +4,16 @@
 //! report is built from the collector's export.
 
 use std::fs;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::collector::CollectorClient;
+use crate::report::{self, ReportOptions, ReportRunError};
 
 use super::instance::{Lab, LabError, LabOptions};
 use super::netns;
@@ -51,7 +55,28 @@ pub struct CampaignOutcome {
     pub results: usize,
     /// The router event log of the lab (ground truth).
     pub events_jsonl: PathBuf,
+    /// The report built from the export: its index.html.
+    pub report_html: PathBuf,
+    /// The report's headline table, as `punchscope report` prints it.
+    pub headline: String,
     pub seconds: f64,
+}
+
+/// Why a campaign did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    #[error("the campaign ran, but its report failed ({cause}); the results are in {}", results.display())]
+    Report {
+        results: PathBuf,
+        cause: ReportRunError,
+    },
+    #[error("writing {}: {cause}", path.display())]
+    Write {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
 }
 
 /// Children we started, ended by their PID when this is dropped.
@@ -74,8 +99,36 @@ impl Drop for Children {
     }
 }
 
-/// Runs the campaign of `scenario`; the lab is removed before this returns.
-pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutcome, LabError> {
+/// Runs the campaign of `scenario` and builds its report; the lab is removed
+/// before this returns. Writes `campaign.json` (the outcome) and `report/`
+/// into the output folder.
+pub fn run(
+    scenario: Scenario,
+    options: &CampaignOptions,
+) -> Result<CampaignOutcome, CampaignError> {
+    let mut outcome = run_servers_and_probes(scenario, options)?;
+    let built = report::build(&ReportOptions {
+        inputs: vec![outcome.results_jsonl.display().to_string()],
+        out: options.out.join("report"),
+        token_file: None,
+        timeout: Duration::from_secs(30),
+    })
+    .map_err(|cause| CampaignError::Report {
+        results: outcome.results_jsonl.clone(),
+        cause,
+    })?;
+    outcome.report_html = built.files.index_html;
+    outcome.headline = built.report.headline_table();
+    let path = options.out.join("campaign.json");
+    let json = serde_json::to_string_pretty(&outcome).expect("the outcome serializes");
+    fs::write(&path, json).map_err(|cause| CampaignError::Write { path, cause })?;
+    Ok(outcome)
+}
+
+fn run_servers_and_probes(
+    scenario: Scenario,
+    options: &CampaignOptions,
+) -> Result<CampaignOutcome, LabError> {
     let started = Instant::now();
     let io = |e: std::io::Error| LabError::Traffic(e);
     fs::create_dir_all(options.out.join("logs")).map_err(io)?;
@@ -217,6 +270,8 @@ pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutc
         results_jsonl,
         results,
         events_jsonl,
+        report_html: PathBuf::new(),
+        headline: String::new(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -264,12 +319,12 @@ fn wait_listening(lab: &Lab, endpoint: SocketAddr) -> Result<(), LabError> {
 
 /// The collector's JSONL export (run inside the internet namespace).
 fn export(collector: &str, token: &str) -> std::io::Result<String> {
-    let response = ureq::get(&format!("http://{collector}/v1/results.jsonl"))
-        .set("Authorization", &format!("Bearer {token}"))
-        .timeout(Duration::from_secs(30))
-        .call()
-        .map_err(|e| std::io::Error::other(format!("collector export: {e}")))?;
-    response.into_string()
+    let client = CollectorClient::new(&format!("http://{collector}"), Duration::from_secs(30))
+        .map_err(std::io::Error::other)?;
+    let mut export = client.export(token).map_err(std::io::Error::other)?;
+    let mut text = String::new();
+    export.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Where `lab run` writes by default.

@@ -1,0 +1,165 @@
+//! `punchscope report`'s one library call: read results from files,
+//! directories, JSONL or a collector (through [`crate::collector::client`])
+//! into the analysis crate's aggregator, and write the report. `lab run`
+//! calls it too.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use punchscope_analysis::report::input::{self, Skipped};
+use punchscope_analysis::report::{Aggregator, Report, ReportError, ReportFiles};
+
+use crate::collector::{ClientError, CollectorClient};
+
+/// What to read and where to write.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// Paths (files, JSONL, directories) or collector URLs (`http(s)://...`).
+    pub inputs: Vec<String>,
+    /// Directory for index.html, summary.json, trials.csv and pairs.csv.
+    pub out: PathBuf,
+    /// File holding the collector's export token (needed for a collector URL).
+    pub token_file: Option<PathBuf>,
+    /// Bound on connecting to a collector and on each read of its export.
+    pub timeout: Duration,
+}
+
+/// A report written.
+#[derive(Debug)]
+pub struct ReportOutcome {
+    pub report: Report,
+    pub files: ReportFiles,
+    /// Input lines that were not counted, with why.
+    pub skipped: Skipped,
+}
+
+/// Why no report was written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportRunError {
+    #[error("reading from the collector {url} needs its export token: pass --token-file FILE")]
+    NeedToken { url: String },
+    #[error("reading the export token from {path}: {cause}")]
+    Token {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("the token file {0} is empty")]
+    EmptyToken(PathBuf),
+    #[error(transparent)]
+    Collector(#[from] ClientError),
+    #[error("reading the export from {url}: {cause}")]
+    Export { url: String, cause: std::io::Error },
+    #[error("reading {source_name}: {cause}")]
+    Read {
+        source_name: String,
+        cause: ReportError,
+    },
+    #[error("writing the report into {dir}: {cause}")]
+    Write { dir: PathBuf, cause: ReportError },
+}
+
+/// Whether an input names a collector rather than a path.
+pub fn is_collector_url(input: &str) -> bool {
+    input.starts_with("http://") || input.starts_with("https://")
+}
+
+/// Reads every input and writes the report into `options.out`.
+pub fn build(options: &ReportOptions) -> Result<ReportOutcome, ReportRunError> {
+    let mut aggregator = Aggregator::new();
+    for source in &options.inputs {
+        if is_collector_url(source) {
+            read_collector(source, options, &mut aggregator)?;
+        } else {
+            input::read_path(Path::new(source), &mut aggregator).map_err(|cause| {
+                ReportRunError::Read {
+                    source_name: source.clone(),
+                    cause,
+                }
+            })?;
+        }
+    }
+    let skipped = aggregator.skipped.clone();
+    let labels: Vec<String> = options.inputs.iter().map(|i| input_label(i)).collect();
+    let report = Report::new(aggregator.finish(), &labels);
+    let files = report
+        .write(&options.out)
+        .map_err(|cause| ReportRunError::Write {
+            dir: options.out.clone(),
+            cause,
+        })?;
+    Ok(ReportOutcome {
+        report,
+        files,
+        skipped,
+    })
+}
+
+/// Streams the collector's export into the aggregator, line by line.
+fn read_collector(
+    base: &str,
+    options: &ReportOptions,
+    aggregator: &mut Aggregator,
+) -> Result<(), ReportRunError> {
+    let Some(token_file) = &options.token_file else {
+        return Err(ReportRunError::NeedToken {
+            url: base.to_string(),
+        });
+    };
+    let token = std::fs::read_to_string(token_file).map_err(|cause| ReportRunError::Token {
+        path: token_file.clone(),
+        cause,
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ReportRunError::EmptyToken(token_file.clone()));
+    }
+    let client = CollectorClient::new(base, options.timeout)?;
+    let url = client.export_url();
+    let export = client.export(token)?;
+    input::read_jsonl(&url, export, aggregator)
+        .map_err(|cause| ReportRunError::Export { url, cause })
+}
+
+/// How an input is named in the report: as given when relative or a URL; an
+/// absolute path relative to the working directory when it lies below it,
+/// else by its file name, so that a report does not record the layout of
+/// the machine that made it.
+fn input_label(input: &str) -> String {
+    let path = Path::new(input);
+    if is_collector_url(input) || !path.is_absolute() {
+        return input.to_string();
+    }
+    if let Some(relative) = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+    {
+        return relative.display().to_string();
+    }
+    path.file_name()
+        .map_or_else(|| input.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_inputs_are_not_recorded_with_the_machines_layout() {
+        assert_eq!(input_label("results.jsonl"), "results.jsonl");
+        assert_eq!(input_label("dir/a.json"), "dir/a.json");
+        assert_eq!(
+            input_label("http://198.51.100.10:8080"),
+            "http://198.51.100.10:8080"
+        );
+        let cwd = std::env::current_dir().unwrap();
+        let inside = cwd.join("campaign-out").join("results.jsonl");
+        assert_eq!(
+            input_label(&inside.display().to_string()),
+            "campaign-out/results.jsonl"
+        );
+        assert_eq!(
+            input_label("/nonexistent-root-dir/x/results.jsonl"),
+            "results.jsonl"
+        );
+    }
+}
