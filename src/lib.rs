@@ -27,6 +27,7 @@
 
 pub use punchscope_analysis as analysis;
 
+pub mod bench;
 pub mod btc;
 pub mod classify;
 pub mod collector;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -120,31 +121,13 @@ struct ExperimentArgs {
 }
 
 fn experiment(args: ExperimentArgs) -> anyhow::Result<ExitCode> {
-    use punchscope::analysis::trial::Strategy;
-    use std::time::Duration;
-    let lab = lab::start_from_file(
-        &args.scenario,
-        LabOptions {
-            name: format!("exp{}", std::process::id()),
-            event_log: None,
-        },
-    )?;
-    let echo: std::net::SocketAddr = "198.51.100.10:3478".parse()?;
-    let _echo = lab::services::EchoService::start(&lab, &[echo])?;
     let skews: Vec<Duration> = args
         .skews_ms
         .iter()
         .map(|ms| Duration::from_millis(*ms))
         .collect();
-    let points = lab::pair::skew_sweep(
-        &lab,
-        ("alice", "bob"),
-        echo,
-        &skews,
-        &[Strategy::Simultaneous, Strategy::LowTtl],
-        args.trials,
-        args.max_attempts,
-    )?;
+    let points =
+        lab::pair::skew_experiment(&args.scenario, &skews, args.trials, args.max_attempts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&points)?);
     } else {
@@ -222,25 +205,13 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         classify_runs,
         json,
     } = args;
-    let duration = std::time::Duration::from_secs_f64(seconds);
-    let core = [64, 1400]
-        .into_iter()
-        .map(|payload| lab::bench::core_throughput(payload, 1000, duration))
-        .collect();
-    let name = format!("bench{}", std::process::id());
-    let (tun, classify) = if core_only {
-        (None, Vec::new())
-    } else {
-        (
-            Some(lab::bench::tun_latency(&name, round_trips)?),
-            lab::bench::classify_timing(&name, classify_delay_ms, classify_runs)?,
-        )
-    };
-    let report = lab::bench::BenchReport {
-        core,
-        tun,
-        classify,
-    };
+    let report = lab::bench::run(&lab::bench::BenchOptions {
+        core_duration: Duration::from_secs_f64(seconds),
+        round_trips,
+        core_only,
+        classify_delay_ms,
+        classify_runs,
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);

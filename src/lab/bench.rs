@@ -116,3 +116,40 @@ pub fn classify_timing(
     lab.shutdown()?;
     outcome.map(|()| timings)
 }
+
+/// What `lab bench` measures and how long.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Duration of each core throughput run (64-byte and 1400-byte payloads).
+    pub core_duration: std::time::Duration,
+    /// Ping-pong round trips for the TUN latency.
+    pub round_trips: usize,
+    /// Only the core: no lab, no root needed.
+    pub core_only: bool,
+    /// One-way WAN delay of the NATs in the classification timing.
+    pub classify_delay_ms: u32,
+    /// Classification runs per NAT kind.
+    pub classify_runs: usize,
+}
+
+/// Runs `lab bench`: the core always, the TUN path and classification timing
+/// unless `core_only`, each in a lab of its own that is removed afterwards.
+pub fn run(options: &BenchOptions) -> Result<BenchReport, LabError> {
+    let core = [64, 1400]
+        .into_iter()
+        .map(|payload| core_throughput(payload, 1000, options.core_duration))
+        .collect();
+    if options.core_only {
+        return Ok(BenchReport {
+            core,
+            tun: None,
+            classify: Vec::new(),
+        });
+    }
+    let name = format!("bench{}", std::process::id());
+    Ok(BenchReport {
+        core,
+        tun: Some(tun_latency(&name, options.round_trips)?),
+        classify: classify_timing(&name, options.classify_delay_ms, options.classify_runs)?,
+    })
+}

@@ -233,3 +233,35 @@ pub fn skew_sweep(
     }
     Ok(points)
 }
+
+/// `lab experiment skew`: builds the lab of `scenario` (hosts `alice` and
+/// `bob`), an echo server in it, runs [`skew_sweep`] for the simultaneous and
+/// low-TTL strategies, and removes the lab.
+pub fn skew_experiment(
+    scenario: &std::path::Path,
+    skews: &[Duration],
+    trials: u32,
+    max_attempts: u32,
+) -> Result<Vec<SkewPoint>, LabError> {
+    let lab = super::start_from_file(
+        scenario,
+        super::LabOptions {
+            name: format!("exp{}", std::process::id()),
+            event_log: None,
+        },
+    )?;
+    let echo: SocketAddr = "198.51.100.10:3478".parse().expect("constant");
+    let service = super::services::EchoService::start(&lab, &[echo])?;
+    let points = skew_sweep(
+        &lab,
+        ("alice", "bob"),
+        echo,
+        skews,
+        &[Strategy::Simultaneous, Strategy::LowTtl],
+        trials,
+        max_attempts,
+    );
+    drop(service);
+    lab.shutdown()?;
+    points
+}
