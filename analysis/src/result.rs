@@ -612,6 +612,21 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn fields_a_newer_punchscope_adds_are_ignored_everywhere() {
+        let r = result();
+        let mut value = serde_json::to_value(&r).unwrap();
+        value["uploader_hint"] = "new top-level field".into();
+        value["client"]["cpu_count"] = 8.into();
+        value["classification"]["verdict"]["mapping_confidence"] = 0.9.into();
+        value["pairings"][0]["relay_used"] = false.into();
+        value["pairings"][0]["plan"]["pacing_ms"] = 25.into();
+        value["pairings"][0]["trials"][0]["ecn"] = "off".into();
+        value["pairings"][0]["trials"][0]["handshake"]["cipher"] = "x".into();
+        let back = RunResult::from_value(value).unwrap();
+        assert_eq!(back, r, "the known fields read as written");
+    }
+
     /// Fails when the Rust types and the committed JSON Schema drift apart.
     /// Regenerate with `PUNCHSCOPE_BLESS_SCHEMA=1 cargo test -p punchscope-analysis schema`.
     #[test]

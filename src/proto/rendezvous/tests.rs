@@ -140,6 +140,34 @@ fn messages_round_trip_and_start_with_the_version() {
 }
 
 #[test]
+fn a_paired_message_from_a_newer_coordinator_is_read_with_its_unknown_fields_ignored() {
+    let plan = plan(2, "[\"low_ttl\"]", 0, 1);
+    let mut value = serde_json::json!({
+        "v": 1,
+        "type": "paired",
+        "role": "initiator",
+        "plan": serde_json::to_value(&plan).unwrap(),
+        "peer": { "mode": "volunteer", "region": "eu" },
+        "relay": "none",
+    });
+    value["plan"]["pacing_ms"] = 25.into();
+    value["plan"]["future_table"] = serde_json::json!({ "x": [1, 2] });
+    let line = serde_json::to_string(&value).unwrap();
+    match decode_server(&line).unwrap() {
+        ServerMessage::Paired {
+            role,
+            plan: read,
+            peer,
+        } => {
+            assert_eq!(role, Role::Initiator);
+            assert_eq!(read, plan);
+            assert_eq!(peer.mode, Mode::Volunteer);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
 fn bad_client_lines_get_the_right_code() {
     let cases = [
         (r#"{"v":2,"type":"bye"}"#, ErrorCode::UnsupportedVersion),
