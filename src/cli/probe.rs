@@ -29,7 +29,8 @@ pub struct ProbeArgs {
     /// The coordinator, HOST:PORT.
     #[arg(long)]
     server: String,
-    /// Echo servers for NAT classification, HOST:PORT (give two IPs for a full verdict).
+    /// Echo servers for NAT classification, HOST:PORT (give two IPs for a full
+    /// verdict). Required for a volunteer; a reference peer classifies too when given them.
     #[arg(long = "echo", required_unless_present = "serve_peer")]
     echo: Vec<String>,
     /// Collector to upload the result to, e.g. http://collector.example:8080 (else it stays in the spool).
@@ -131,7 +132,7 @@ async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
 
     let server = resolve(&args.server).await?;
     let max_wait = Duration::from_secs(args.max_wait_secs);
-    let mut hello = Hello::volunteer(max_wait);
+    let mut hello = Hello::volunteer(max_wait).with_verdict(&classification.verdict);
     if let Some(code) = &args.pair_code {
         hello = hello.with_pair_code(code.clone());
     }
@@ -175,7 +176,7 @@ async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
     let pairings: Vec<Pairing> = record
         .iter()
         .map(|r| Pairing {
-            peer_verdict: None,
+            peer_verdict: r.peer_verdict.clone(),
             role: r.role,
             plan: r.plan.clone(),
             trials: r.trials.clone(),
@@ -284,9 +285,22 @@ fn summarize(record: Option<&PairingRecord>, saved: &std::path::Path, uploaded: 
 }
 
 async fn serve_peer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
+    let mut hello = Hello::reference();
+    if !args.echo.is_empty() {
+        let classification = classify::classify(&ClassifyConfig {
+            servers: args.echo.clone(),
+            ..ClassifyConfig::default()
+        })
+        .await
+        .context("could not classify the reference peer's NAT")?;
+        if !args.quiet {
+            eprintln!("reference peer: NAT {}", classification.verdict.summary());
+        }
+        hello = hello.with_verdict(&classification.verdict);
+    }
     let options = PairingOptions {
         server: resolve(&args.server).await?,
-        hello: Hello::reference(),
+        hello,
         read_timeout: Duration::from_secs(30),
         max_wait: Duration::from_secs(args.max_wait_secs),
     };

@@ -134,7 +134,19 @@ pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutc
     let mut volunteers = Children(Vec::new());
     let hosts = lab.scenario().hosts.clone();
     for host in hosts.iter().filter(|h| h.role == HostRole::Reference) {
-        let args = ["probe", "--serve-peer", "--server", COORDINATOR, "--quiet"];
+        // Reference peers classify too, so their volunteers' reports know
+        // both sides' NAT types.
+        let args = [
+            "probe",
+            "--serve-peer",
+            "--server",
+            COORDINATOR,
+            "--echo",
+            ECHO[0],
+            "--echo",
+            ECHO[2],
+            "--quiet",
+        ];
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         references.0.push(spawn(
             options,

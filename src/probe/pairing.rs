@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::Plan;
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
@@ -45,6 +46,8 @@ pub struct PairingRecord {
     pub role: Role,
     pub plan: Plan,
     pub peer_mode: Mode,
+    /// The peer's NAT verdict as the coordinator relayed it, if the peer sent one.
+    pub peer_verdict: Option<Verdict>,
     pub trials: Vec<TrialRecord>,
     #[serde(flatten)]
     pub end: PairingEnd,
@@ -91,6 +94,7 @@ pub async fn run_pairing(
         role: pairing.role,
         plan: pairing.plan.clone(),
         peer_mode: pairing.peer_mode,
+        peer_verdict: pairing.peer_verdict.clone(),
         trials: Vec::new(),
         end: PairingEnd::Done,
     };
