@@ -147,7 +147,15 @@ pub fn run(scenario: Scenario, options: &CampaignOptions) -> Result<CampaignOutc
             ECHO[2],
             "--quiet",
         ];
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // ... and upload their side of every pairing, as volunteers do.
+        let spool = options.out.join("spool").join(&host.name);
+        args.extend([
+            "--collector".into(),
+            format!("http://{COLLECTOR}"),
+            "--spool".into(),
+            spool.display().to_string(),
+        ]);
         references.0.push(spawn(
             options,
             &lab.host_netns(&host.name)?,

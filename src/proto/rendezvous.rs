@@ -76,7 +76,7 @@ pub struct Hello {
     /// redacted to prefixes), relayed to its peer in `paired`. Optional: added
     /// within version 1, so older clients do not send it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Verdict>,
+    pub verdict: Option<Box<Verdict>>,
 }
 
 /// What one side says about a finished trial.
@@ -114,7 +114,7 @@ pub struct PeerInfo {
     pub mode: Mode,
     /// The peer's NAT verdict, when the peer sent one in its `hello`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Verdict>,
+    pub verdict: Option<Box<Verdict>>,
 }
 
 /// What the coordinator sends.

@@ -57,7 +57,9 @@ impl Hello {
         let mut value = serde_json::to_value(verdict).expect("a verdict serializes");
         privacy::redact_json(&mut value);
         // Only strings changed, none of them typed fields, so it still reads.
-        self.verdict = Some(serde_json::from_value(value).unwrap_or_else(|_| verdict.clone()));
+        self.verdict = Some(Box::new(
+            serde_json::from_value(value).unwrap_or_else(|_| verdict.clone()),
+        ));
         self
     }
 }
@@ -282,7 +284,7 @@ impl Client {
                         role,
                         plan,
                         peer_mode: peer.mode,
-                        peer_verdict: peer.verdict,
+                        peer_verdict: peer.verdict.map(|v| *v),
                     });
                 }
                 other => return Err(unexpected(&other)),

@@ -371,7 +371,7 @@ impl Coordinator {
         }
         let session = self.random_hex(8);
         self.send(conn, ServerMessage::Welcome { session });
-        self.conns.get_mut(&conn).expect("known").verdict = hello.verdict.map(Box::new);
+        self.conns.get_mut(&conn).expect("known").verdict = hello.verdict;
         match self.pools.take_partner(hello.mode, &hello.pair_code, ip) {
             Some((partner, partner_mode)) => {
                 // The volunteer that came first is the initiator.
@@ -411,7 +411,7 @@ impl Coordinator {
             (second.0, Role::Responder, first),
         ] {
             self.conns.get_mut(&conn).expect("known").state = ConnState::Paired { pair: id };
-            let verdict = self.conns[&peer].verdict.as_deref().cloned();
+            let verdict = self.conns[&peer].verdict.clone();
             let msg = ServerMessage::Paired {
                 role,
                 plan: self.config.plan.clone(),

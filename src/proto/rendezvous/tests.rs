@@ -612,7 +612,7 @@ fn eim_apdf_verdict() -> punchscope_analysis::classify::Verdict {
 fn hello_with_verdict(verdict: punchscope_analysis::classify::Verdict) -> ClientMessage {
     let mut msg = hello(None);
     if let ClientMessage::Hello(h) = &mut msg {
-        h.verdict = Some(verdict);
+        h.verdict = Some(Box::new(verdict));
     }
     msg
 }
@@ -633,7 +633,7 @@ fn each_side_hears_the_verdict_its_peer_sent_and_nothing_when_it_sent_none() {
     // An older client: its hello has no verdict field at all.
     h.say(2, &hello(None));
     let to_second = peer_of(&h.take(2)).expect("paired");
-    assert_eq!(to_second.verdict, Some(eim_apdf_verdict()));
+    assert_eq!(to_second.verdict, Some(Box::new(eim_apdf_verdict())));
     let to_first = peer_of(&h.take(1)).expect("paired");
     assert_eq!(to_first.verdict, None);
     let line = encode_server(&ServerMessage::Paired {
