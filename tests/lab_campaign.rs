@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::*;
 use punchscope::analysis::classify::Finding;
-use punchscope::analysis::result::CollectedResult;
+use punchscope::analysis::result::{CollectedResult, RunMode};
 use punchscope::lab::Scenario;
 
 const SCENARIO: &str = r#"
@@ -33,6 +33,10 @@ name = "apdm"
 mapping = "apdm"
 filtering = "apdf"
 delay_ms = 10
+[[nat]]
+name = "eim_adf"
+filtering = "adf"
+delay_ms = 5
 [[host]]
 name = "v1"
 nat = "eim_apdf"
@@ -45,6 +49,13 @@ nat = "eim_eif"
 [[host]]
 name = "v4"
 nat = "apdm"
+[[host]]
+name = "v5"
+nat = "eim_adf"
+[[host]]
+name = "ref1"
+nat = "none"
+role = "reference"
 "#;
 
 const PLAN: &str = "version = 1\nname = \"test-campaign\"\ntrials = 4\nstrategies = [\"simultaneous\", \"connect_listen\"]\n\
@@ -94,7 +105,18 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(results.len(), 4, "every volunteer's result was stored once");
+    let (volunteer_runs, reference_runs): (Vec<_>, Vec<_>) = results
+        .iter()
+        .partition(|r| r.result.mode == RunMode::Volunteer);
+    assert_eq!(
+        volunteer_runs.len(),
+        5,
+        "every volunteer's result was stored once"
+    );
+    assert!(
+        !reference_runs.is_empty(),
+        "five volunteers: at least one paired with the reference peer, which uploaded its side"
+    );
 
     // The emulator's truth: each run's classification is its router's configuration.
     let scenario = Scenario::parse(SCENARIO).unwrap();
@@ -103,10 +125,18 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
         ("eim_rst", "eim/apdf"),
         ("eim_eif", "eim/eif"),
         ("apdm", "apdm/apdf"),
+        ("eim_adf", "eim/adf"),
     ]
     .into();
     let mut type_of_run = HashMap::new();
-    for r in &results {
+    for r in &reference_runs {
+        let v = &r.result.classification.verdict;
+        let measured = nat_type(&v.mapping, &v.filtering);
+        assert_ne!(measured, "unknown", "the reference peer classified its NAT");
+        assert_eq!(r.result.pairings.len(), 1, "one result per pairing");
+        type_of_run.insert(r.result.run_id, measured);
+    }
+    for r in &volunteer_runs {
         let label = r.result.client.network_label.as_deref().unwrap();
         assert!(scenario.routers.iter().any(|router| router.name == label));
         let v = &r.result.classification.verdict;
@@ -120,10 +150,12 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
 
     // Our own count, independent of the report's code: join both sides by trial_id.
     let mut by_trial: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+    let mut records = 0;
     for r in &results {
         for pairing in &r.result.pairings {
             for t in &pairing.trials {
                 let id = t.trial_id.clone().expect("every trial reached go");
+                records += 1;
                 by_trial.entry(id).or_default().push((
                     type_of_run[&r.result.run_id].clone(),
                     t.outcome.is_success(),
@@ -136,7 +168,7 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
         assert_eq!(
             sides.len(),
             2,
-            "volunteers paired with volunteers: both sides reported"
+            "both sides of every trial reported, the reference peer's included"
         );
         let mut pair = [sides[0].0.clone(), sides[1].0.clone()];
         pair.sort();
@@ -147,7 +179,18 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
         cell.1 += u32::from(sides.iter().all(|(_, ok)| *ok));
     }
     let total: u32 = expected.values().map(|c| c.0).sum();
-    assert_eq!(total, 8, "2 pairings x 4 trials, each counted once");
+    assert_eq!(records, 2 * total, "each trial counted once");
+    assert_eq!(
+        records,
+        5 * 4 + 4 * reference_runs.len() as u32,
+        "5 volunteers' and the reference's pairings of 4 trials each"
+    );
+    assert!(
+        expected
+            .keys()
+            .all(|(a, b)| a != "unknown" && b != "unknown"),
+        "{expected:?}"
+    );
 
     // The report's numbers.
     let report = out.join("report");
@@ -155,6 +198,16 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
         serde_json::from_str(&std::fs::read_to_string(report.join("summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["headline"]["n"], total, "nothing double counted");
+    assert_eq!(summary["input"]["trials_both_sides"], total);
+    assert_eq!(
+        summary["input"]["reference_runs"],
+        reference_runs.len() as u64
+    );
+    let types = summary["classification"]["types"].as_array().unwrap();
+    assert!(
+        types.iter().all(|t| t[0] != "unknown"),
+        "every host was classified: {types:?}"
+    );
     let successes: u32 = expected.values().map(|c| c.1).sum();
     assert_eq!(summary["headline"]["successes"], successes);
     let mut reported: BTreeMap<(String, String), (u32, u32)> = BTreeMap::new();

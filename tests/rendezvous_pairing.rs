@@ -188,3 +188,75 @@ async fn a_reference_peer_serves_waiting_volunteers_one_pairing_at_a_time() {
     ));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_volunteers_verdict_reaches_its_peer_and_a_verdictless_client_still_pairs() {
+    let server = start(fast_config(plan(1, "[\"simultaneous\"]", 0, 1))).await;
+    let verdict = unmeasured_verdict();
+    let mut a = Client::connect_from(
+        Some(ip(2)),
+        server.addr,
+        volunteer(None).with_verdict(&verdict),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let mut b = Client::connect_from(Some(ip(3)), server.addr, volunteer(None), WAIT)
+        .await
+        .unwrap();
+    let (pa, pb) = tokio::join!(pair(&mut a), pair(&mut b));
+    let (pa, pb) = (pa.unwrap(), pb.unwrap());
+    assert_eq!(pb.peer_verdict, Some(verdict));
+    assert_eq!(pa.peer_verdict, None, "b sent no verdict");
+    server.stop().await;
+}
+
+/// A coordinator from before `hello.verdict`: it refuses the unknown field,
+/// as it refuses every unknown client field, and welcomes a hello without it.
+#[tokio::test]
+async fn against_an_older_coordinator_the_client_says_hello_again_without_its_verdict() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let old_coordinator = tokio::spawn(async move {
+        let mut hellos = Vec::new();
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            BufReader::new(read).read_line(&mut line).await.unwrap();
+            let answer = if line.contains("\"verdict\"") {
+                r#"{"v":1,"type":"error","code":"bad_request","message":"bad message: unknown field `verdict`, expected one of `client_version`, `os`, `mode`, `pair_code`, `max_wait_ms`, `consent`"}"#
+            } else {
+                r#"{"v":1,"type":"welcome","session":"0123456789abcdef"}"#
+            };
+            write
+                .write_all(format!("{answer}\n").as_bytes())
+                .await
+                .unwrap();
+            hellos.push(line);
+            if !answer.contains("error") {
+                return (hellos, write);
+            }
+        }
+        panic!("the client did not retry without its verdict")
+    });
+    let verdict = unmeasured_verdict();
+    let client = Client::connect(addr, volunteer(None).with_verdict(&verdict), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(client.session(), "0123456789abcdef");
+    let (hellos, _keep_open) = old_coordinator.await.unwrap();
+    assert!(hellos[0].contains("\"verdict\""));
+    assert!(!hellos[1].contains("\"verdict\""));
+}
+
+/// The verdict of a classification that measured nothing: every finding unknown, with reasons.
+fn unmeasured_verdict() -> punchscope::analysis::classify::Verdict {
+    punchscope::analysis::classify::verdict(&punchscope::analysis::classify::Observations {
+        mapping: Vec::new(),
+        allocation: Vec::new(),
+        filtering: None,
+        hairpin: None,
+    })
+}

@@ -1,4 +1,11 @@
 //! Probe plans: what a pairing measures (TOML under probes/), handed out by the coordinator.
+//!
+//! One type, two readings. A plan *file* is typed by a person, so
+//! [`Plan::from_toml`] refuses a key it does not know and names its line (a
+//! typo must not silently fall back to a default). A plan that another
+//! punchscope wrote (inside the coordinator's `paired` message, inside every
+//! result) is read with plain serde, which ignores unknown keys, so a newer
+//! coordinator or result can add plan fields without breaking older readers.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -10,8 +17,10 @@ use crate::trial::Strategy;
 pub const PLAN_VERSION: u32 = 1;
 
 /// What a pairing runs. Researchers change campaigns by changing plans, not probes.
+///
+/// Deserializing ignores unknown fields (see the module documentation);
+/// plan files go through [`Plan::from_toml`], which does not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Plan {
     /// Must be [`PLAN_VERSION`].
     pub version: u32,
@@ -97,6 +106,12 @@ mod defaults {
 pub enum PlanError {
     #[error("plan is not valid TOML for this version: {0}")]
     Parse(String),
+    #[error("plan line {line}: unknown key `{key}`; check its spelling (known keys: {known})")]
+    UnknownKey {
+        key: String,
+        line: usize,
+        known: String,
+    },
     #[error("plan version {found} is not supported (this punchscope reads version {PLAN_VERSION}); upgrade punchscope or rewrite the plan")]
     Version { found: u32 },
     #[error("plan field `{field}`: {problem}")]
@@ -110,11 +125,23 @@ pub enum PlanError {
 pub const MAX_TRIALS: u32 = 1000;
 
 impl Plan {
-    /// Parses and validates a plan file's text.
+    /// Parses and validates a plan file's text. Strict: a key [`Plan`] does
+    /// not have is refused with its line.
     pub fn from_toml(text: &str) -> Result<Plan, PlanError> {
+        refuse_unknown_keys(text)?;
         let plan: Plan = toml::from_str(text).map_err(|e| PlanError::Parse(e.to_string()))?;
         plan.validate()?;
         Ok(plan)
+    }
+
+    /// The keys a plan has, as serialized: the JSON Schema of [`Plan`] is the one list.
+    pub fn keys() -> Vec<String> {
+        let schema = schemars::schema_for!(Plan);
+        schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Checks the values: every plan, however it arrived, goes through here.
@@ -174,6 +201,27 @@ impl Plan {
     }
 }
 
+/// Refuses the first top-level key of a plan file that [`Plan`] does not
+/// have, naming its line. Every plan field is a top-level value (no nested
+/// tables), so the top level is the whole of the check.
+fn refuse_unknown_keys(text: &str) -> Result<(), PlanError> {
+    let table: std::collections::BTreeMap<toml::Spanned<String>, serde::de::IgnoredAny> =
+        toml::from_str(text).map_err(|e| PlanError::Parse(e.to_string()))?;
+    let known = Plan::keys();
+    let unknown = table
+        .keys()
+        .filter(|key| !known.iter().any(|k| k == key.get_ref()))
+        .min_by_key(|key| key.span().start);
+    match unknown {
+        None => Ok(()),
+        Some(key) => Err(PlanError::UnknownKey {
+            key: key.get_ref().clone(),
+            line: text[..key.span().start].matches('\n').count() + 1,
+            known: known.join(", "),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +254,48 @@ mod tests {
         assert!(matches!(e, PlanError::Parse(_)), "{e}");
         let e = Plan::from_toml("version = 1\nname = \"t\"\nsurprise = 1\n").unwrap_err();
         assert!(e.to_string().contains("surprise"), "{e}");
+    }
+
+    #[test]
+    fn a_plan_file_with_an_unknown_key_is_refused_with_its_line() {
+        let text = "# a typo on line 4\nversion = 1\nname = \"t\"\nmax_atempts = 3\ntrials = 2\n";
+        let e = Plan::from_toml(text).unwrap_err();
+        match &e {
+            PlanError::UnknownKey { key, line, known } => {
+                assert_eq!((key.as_str(), *line), ("max_atempts", 4));
+                assert!(known.contains("max_attempts"), "{known}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(
+            e.to_string()
+                .starts_with("plan line 4: unknown key `max_atempts`"),
+            "{e}"
+        );
+        let e = Plan::from_toml("version = 1\nname = \"t\"\n\n[extra]\nx = 1\n").unwrap_err();
+        assert!(matches!(e, PlanError::UnknownKey { line: 4, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_plan_another_punchscope_wrote_may_carry_fields_this_one_does_not_know() {
+        let mut value =
+            serde_json::to_value(Plan::from_toml("version = 1\nname = \"t\"\n").unwrap()).unwrap();
+        value["pacing"] = serde_json::json!({ "mode": "burst" });
+        let plan: Plan = serde_json::from_value(value).unwrap();
+        plan.validate().unwrap();
+        assert_eq!(plan.name, "t");
+    }
+
+    #[test]
+    fn every_field_is_a_known_key() {
+        let keys = Plan::keys();
+        assert_eq!(keys.len(), 14, "{keys:?}");
+        let default = include_str!("../../probes/default.toml");
+        for key in &keys {
+            assert!(
+                default.contains(&format!("\n{key} = ")),
+                "default.toml sets {key}"
+            );
+        }
     }
 }

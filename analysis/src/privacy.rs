@@ -36,6 +36,9 @@ address's network part and a keyed fingerprint of it (HMAC-SHA256 with a secret
 key only the collector has), so that runs from the same network can be grouped
 without storing who you are. The full address is never written to disk or logs.
 
+To punch holes, your peer for the trials learns your public address and port
+for each trial, and your NAT type, through the coordinator.
+
 No name, e-mail, wallet, node identity or location is collected. Results are
 kept for the research campaign and published only as aggregate statistics and
 as anonymised datasets with the prefixes above. Ask the campaign operator to

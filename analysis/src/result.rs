@@ -47,6 +47,10 @@ pub struct RunResult {
     pub run_id: Uuid,
     /// The punchscope version that produced the result, e.g. "0.1.0".
     pub tool_version: String,
+    /// Who ran the probe: a volunteer, or a researcher's reference peer (which
+    /// uploads one result per pairing). Results from before this field are volunteers'.
+    #[serde(default)]
+    pub mode: RunMode,
     /// When the run started (RFC 3339, UTC).
     pub started_at: DateTime<Utc>,
     /// When the run ended (RFC 3339, UTC).
@@ -56,6 +60,17 @@ pub struct RunResult {
     pub classification: SanitizedClassification,
     /// One entry per peer this host was paired with.
     pub pairings: Vec<Pairing>,
+}
+
+/// Who ran a probe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    /// A volunteer's `punchscope probe`: one run, one pairing.
+    #[default]
+    Volunteer,
+    /// A researcher's reference peer (`punchscope probe --serve-peer`): one result per pairing.
+    Reference,
 }
 
 /// Facts about the volunteer's machine, nothing identifying.
@@ -278,7 +293,8 @@ pub enum ResultError {
 pub const MAX_LABEL_CHARS: usize = 64;
 
 impl RunResult {
-    /// A new result with a fresh run id, already sanitized.
+    /// A new volunteer's result with a fresh run id, already sanitized (a
+    /// reference peer sets [`RunResult::mode`] afterwards).
     pub fn new(
         tool_version: &str,
         started_at: DateTime<Utc>,
@@ -291,6 +307,7 @@ impl RunResult {
             schema_version: SCHEMA_VERSION,
             run_id: Uuid::new_v4(),
             tool_version: tool_version.to_string(),
+            mode: RunMode::Volunteer,
             started_at,
             ended_at,
             client,
@@ -610,6 +627,37 @@ mod tests {
             RunResult::from_json("{\"schema_version\": 1,"),
             Err(ResultError::Json(_))
         ));
+    }
+
+    #[test]
+    fn a_result_without_mode_is_a_volunteers_and_a_reference_result_says_so() {
+        let mut value = serde_json::to_value(result()).unwrap();
+        assert_eq!(value["mode"], "volunteer");
+        value.as_object_mut().unwrap().remove("mode");
+        assert_eq!(
+            RunResult::from_value(value.clone()).unwrap().mode,
+            RunMode::Volunteer
+        );
+        value["mode"] = "reference".into();
+        assert_eq!(
+            RunResult::from_value(value).unwrap().mode,
+            RunMode::Reference
+        );
+    }
+
+    #[test]
+    fn fields_a_newer_punchscope_adds_are_ignored_everywhere() {
+        let r = result();
+        let mut value = serde_json::to_value(&r).unwrap();
+        value["uploader_hint"] = "new top-level field".into();
+        value["client"]["cpu_count"] = 8.into();
+        value["classification"]["verdict"]["mapping_confidence"] = 0.9.into();
+        value["pairings"][0]["relay_used"] = false.into();
+        value["pairings"][0]["plan"]["pacing_ms"] = 25.into();
+        value["pairings"][0]["trials"][0]["ecn"] = "off".into();
+        value["pairings"][0]["trials"][0]["handshake"]["cipher"] = "x".into();
+        let back = RunResult::from_value(value).unwrap();
+        assert_eq!(back, r, "the known fields read as written");
     }
 
     /// Fails when the Rust types and the committed JSON Schema drift apart.

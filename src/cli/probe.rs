@@ -11,9 +11,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use punchscope::analysis::classify::{Classification, Observations};
 use punchscope::analysis::handshake::Transport;
 use punchscope::analysis::privacy::PRIVACY_NOTICE;
-use punchscope::analysis::result::{ClientInfo, Pairing, PairingEnded, RunResult};
+use punchscope::analysis::result::{ClientInfo, Pairing, PairingEnded, RunMode, RunResult};
 use punchscope::analysis::trial::TrialOutcome;
 use punchscope::classify::{self, ClassifyConfig};
 use punchscope::probe::{self, PairingEnd, PairingOptions, PairingRecord, Progress};
@@ -29,7 +30,8 @@ pub struct ProbeArgs {
     /// The coordinator, HOST:PORT.
     #[arg(long)]
     server: String,
-    /// Echo servers for NAT classification, HOST:PORT (give two IPs for a full verdict).
+    /// Echo servers for NAT classification, HOST:PORT (give two IPs for a full
+    /// verdict). Required for a volunteer; a reference peer classifies too when given them.
     #[arg(long = "echo", required_unless_present = "serve_peer")]
     echo: Vec<String>,
     /// Collector to upload the result to, e.g. http://collector.example:8080 (else it stays in the spool).
@@ -93,6 +95,37 @@ fn ask_consent(yes: bool, quiet: bool) -> anyhow::Result<()> {
     }
 }
 
+/// A stop signal shared by every step of a run: Ctrl-C or SIGTERM (a lab
+/// campaign ends reference peers with SIGTERM and expects their last result
+/// uploaded). It stays set once it fired, so a signal arriving between two
+/// pairings is not lost.
+fn stop_signal() -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+        let _ = tx.send(true);
+    });
+    move || {
+        let mut rx = rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        })
+    }
+}
+
 async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
     tokio::net::lookup_host(server)
         .await
@@ -131,7 +164,7 @@ async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
 
     let server = resolve(&args.server).await?;
     let max_wait = Duration::from_secs(args.max_wait_secs);
-    let mut hello = Hello::volunteer(max_wait);
+    let mut hello = Hello::volunteer(max_wait).with_verdict(&classification.verdict);
     if let Some(code) = &args.pair_code {
         hello = hello.with_pair_code(code.clone());
     }
@@ -155,14 +188,17 @@ async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
             trial + 2
         )),
     };
-    let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    let stop = stop_signal();
     let mut no_peer_after = None;
-    let record = match probe::run_pairing(&options, progress, stop).await {
+    let mut interrupted_waiting = false;
+    let record = match probe::run_pairing(&options, progress, stop()).await {
         Ok(record) => Some(record),
         Err(RendezvousError::NoPeer { waited, .. }) => {
             no_peer_after = Some(waited);
+            None
+        }
+        Err(RendezvousError::Interrupted) => {
+            interrupted_waiting = true;
             None
         }
         Err(e) => {
@@ -172,21 +208,7 @@ async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
     };
     bar.finish_and_clear();
 
-    let pairings: Vec<Pairing> = record
-        .iter()
-        .map(|r| Pairing {
-            peer_verdict: None,
-            role: r.role,
-            plan: r.plan.clone(),
-            trials: r.trials.clone(),
-            ended: match r.end {
-                PairingEnd::Done => PairingEnded::Done,
-                PairingEnd::PeerGone { .. } => PairingEnded::PeerGone,
-                PairingEnd::CoordinatorLost { .. } => PairingEnded::CoordinatorLost,
-                PairingEnd::Interrupted => PairingEnded::Interrupted,
-            },
-        })
-        .collect();
+    let pairings: Vec<Pairing> = record.iter().map(pairing_of).collect();
     let result = RunResult::new(
         env!("CARGO_PKG_VERSION"),
         started_at,
@@ -195,11 +217,39 @@ async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
         &classification,
         pairings,
     );
+    let (saved, uploaded) = spool_and_upload(&result, args).await?;
+
+    if args.json {
+        println!("{}", result.to_json());
+    } else {
+        println!("Your NAT: {}", classification.verdict.summary());
+        if let Some(waited) = no_peer_after {
+            println!(
+                "No peer was available after {:.0} s; your NAT classification is saved all the same.",
+                waited.as_secs_f64()
+            );
+        }
+        summarize(record.as_ref(), &saved, &uploaded);
+    }
+    Ok(match record.map(|r| r.end) {
+        None if interrupted_waiting => ExitCode::from(EXIT_INTERRUPTED),
+        None => ExitCode::from(EXIT_NO_PEER),
+        Some(PairingEnd::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
+        Some(_) => ExitCode::SUCCESS,
+    })
+}
+
+/// Writes the result to the spool, then uploads what is pending when a
+/// collector was given; returns the spooled file and what became of the upload.
+async fn spool_and_upload(
+    result: &RunResult,
+    args: &ProbeArgs,
+) -> anyhow::Result<(std::path::PathBuf, String)> {
     let spool_dir = args.spool.clone().unwrap_or_else(upload::default_spool_dir);
     let spool = Spool::open(&spool_dir)
         .with_context(|| format!("cannot use the spool {}", spool_dir.display()))?;
     let saved = spool
-        .store(&result)
+        .store(result)
         .context("cannot write the result to the spool")?;
     let uploaded = match &args.collector {
         None => "not uploaded (no --collector); `punchscope upload --collector URL` sends it later"
@@ -222,23 +272,22 @@ async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    if args.json {
-        println!("{}", result.to_json());
-    } else {
-        println!("Your NAT: {}", classification.verdict.summary());
-        if let Some(waited) = no_peer_after {
-            println!(
-                "No peer was available after {:.0} s; your NAT classification is saved all the same.",
-                waited.as_secs_f64()
-            );
-        }
-        summarize(record.as_ref(), &saved, &uploaded);
+    Ok((saved, uploaded))
+}
+
+fn pairing_of(r: &PairingRecord) -> Pairing {
+    Pairing {
+        peer_verdict: r.peer_verdict.clone(),
+        role: r.role,
+        plan: r.plan.clone(),
+        trials: r.trials.clone(),
+        ended: match r.end {
+            PairingEnd::Done => PairingEnded::Done,
+            PairingEnd::PeerGone { .. } => PairingEnded::PeerGone,
+            PairingEnd::CoordinatorLost { .. } => PairingEnded::CoordinatorLost,
+            PairingEnd::Interrupted => PairingEnded::Interrupted,
+        },
     }
-    Ok(match record.map(|r| r.end) {
-        None => ExitCode::from(EXIT_NO_PEER),
-        Some(PairingEnd::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
-        Some(_) => ExitCode::SUCCESS,
-    })
 }
 
 fn summarize(record: Option<&PairingRecord>, saved: &std::path::Path, uploaded: &str) {
@@ -283,20 +332,70 @@ fn summarize(record: Option<&PairingRecord>, saved: &std::path::Path, uploaded: 
     println!("Result: {} ({uploaded})", saved.display());
 }
 
+/// A reference peer's result of one pairing.
+fn reference_result(
+    started_at: chrono::DateTime<chrono::Utc>,
+    classification: &Classification,
+    record: &PairingRecord,
+) -> RunResult {
+    let mut result = RunResult::new(
+        env!("CARGO_PKG_VERSION"),
+        started_at,
+        chrono::Utc::now(),
+        ClientInfo::this_machine(None),
+        classification,
+        vec![pairing_of(record)],
+    );
+    result.mode = RunMode::Reference;
+    result
+}
+
 async fn serve_peer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
+    let mut hello = Hello::reference();
+    let mut started_at = chrono::Utc::now();
+    // Without echo servers the reference's results say its NAT is unknown.
+    let mut classification = Classification::new(
+        Vec::new(),
+        Observations {
+            mapping: Vec::new(),
+            allocation: Vec::new(),
+            filtering: None,
+            hairpin: None,
+        },
+    );
+    if !args.echo.is_empty() {
+        classification = classify::classify(&ClassifyConfig {
+            servers: args.echo.clone(),
+            ..ClassifyConfig::default()
+        })
+        .await
+        .context("could not classify the reference peer's NAT")?;
+        if !args.quiet {
+            eprintln!("reference peer: NAT {}", classification.verdict.summary());
+        }
+        hello = hello.with_verdict(&classification.verdict);
+    }
     let options = PairingOptions {
         server: resolve(&args.server).await?,
-        hello: Hello::reference(),
+        hello,
         read_timeout: Duration::from_secs(30),
         max_wait: Duration::from_secs(args.max_wait_secs),
     };
+    let stop = stop_signal();
     loop {
-        let stop = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        match probe::run_pairing(&options, |_| {}, stop).await {
-            Ok(record) if record.end == PairingEnd::Interrupted => return Ok(ExitCode::SUCCESS),
+        match probe::run_pairing(&options, |_| {}, stop()).await {
             Ok(record) => {
+                // Every pairing is a result of its own, so the reference's side
+                // of each trial is in the data as the volunteer's is.
+                let result = reference_result(started_at, &classification, &record);
+                let (_, uploaded) = spool_and_upload(&result, args).await?;
+                if !args.quiet {
+                    eprintln!("reference peer: result {} {uploaded}", result.run_id);
+                }
+                if record.end == PairingEnd::Interrupted {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                started_at = chrono::Utc::now();
                 if args.json {
                     println!("{}", serde_json::to_string(&record)?);
                 } else if !args.quiet {
@@ -312,11 +411,12 @@ async fn serve_peer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             Err(RendezvousError::NoPeer { .. }) => {}
+            Err(RendezvousError::Interrupted) => return Ok(ExitCode::SUCCESS),
             Err(e) => {
                 eprintln!("reference peer: {e}; retrying in 5 s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                    () = stop() => return Ok(ExitCode::SUCCESS),
                 }
             }
         }

@@ -187,8 +187,28 @@ fn run_servers_and_probes(
     let mut volunteers = Children(Vec::new());
     let hosts = lab.scenario().hosts.clone();
     for host in hosts.iter().filter(|h| h.role == HostRole::Reference) {
-        let args = ["probe", "--serve-peer", "--server", COORDINATOR, "--quiet"];
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // Reference peers classify too, so their volunteers' reports know
+        // both sides' NAT types.
+        let args = [
+            "probe",
+            "--serve-peer",
+            "--server",
+            COORDINATOR,
+            "--echo",
+            ECHO[0],
+            "--echo",
+            ECHO[2],
+            "--quiet",
+        ];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // ... and upload their side of every pairing, as volunteers do.
+        let spool = options.out.join("spool").join(&host.name);
+        args.extend([
+            "--collector".into(),
+            format!("http://{COLLECTOR}"),
+            "--spool".into(),
+            spool.display().to_string(),
+        ]);
         references.0.push(spawn(
             options,
             &lab.host_netns(&host.name)?,

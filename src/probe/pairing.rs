@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::Plan;
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
@@ -45,6 +46,8 @@ pub struct PairingRecord {
     pub role: Role,
     pub plan: Plan,
     pub peer_mode: Mode,
+    /// The peer's NAT verdict as the coordinator relayed it, if the peer sent one.
+    pub peer_verdict: Option<Verdict>,
     pub trials: Vec<TrialRecord>,
     #[serde(flatten)]
     pub end: PairingEnd,
@@ -68,21 +71,31 @@ struct Pending {
 }
 
 /// Waits for a peer and runs the plan. `Err` only when no pairing happened
-/// (no coordinator, no peer): once paired, whatever happens is in the record.
+/// (no coordinator, no peer, stopped while waiting): once paired, whatever
+/// happens is in the record.
 pub async fn run_pairing(
     options: &PairingOptions,
     mut progress: impl FnMut(Progress),
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<PairingRecord, RendezvousError> {
     tokio::pin!(stop);
-    let mut client =
-        Client::connect(options.server, options.hello.clone(), options.read_timeout).await?;
-    let pairing = client
-        .wait_for_pairing(
-            |waited| progress(Progress::Waiting { waited }),
-            options.max_wait,
-        )
-        .await?;
+    let find_peer = async {
+        let mut client =
+            Client::connect(options.server, options.hello.clone(), options.read_timeout).await?;
+        let pairing = client
+            .wait_for_pairing(
+                |waited| progress(Progress::Waiting { waited }),
+                options.max_wait,
+            )
+            .await?;
+        Ok::<_, RendezvousError>((client, pairing))
+    };
+    // A stop while waiting for a peer ends the wait (dropping the connection
+    // tells the coordinator); once paired, it ends the pairing with a record.
+    let (mut client, pairing) = tokio::select! {
+        found = find_peer => found?,
+        () = &mut stop => return Err(RendezvousError::Interrupted),
+    };
     progress(Progress::Paired {
         role: pairing.role,
         trials: pairing.plan.trials,
@@ -91,6 +104,7 @@ pub async fn run_pairing(
         role: pairing.role,
         plan: pairing.plan.clone(),
         peer_mode: pairing.peer_mode,
+        peer_verdict: pairing.peer_verdict.clone(),
         trials: Vec::new(),
         end: PairingEnd::Done,
     };

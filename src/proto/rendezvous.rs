@@ -9,6 +9,10 @@
 //! send (unknown fields are refused: no client message can carry an address)
 //! and clients are lenient with what the coordinator sends (unknown fields
 //! are ignored, so fields can be added within version 1).
+//!
+//! Optional client fields added within version 1 (so far `hello.verdict`)
+//! are refused by a coordinator that predates them; the client library
+//! then says hello again without them (see `rendezvous::Client::connect`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,8 +21,10 @@ use super::ndjson;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::Plan;
+use punchscope_analysis::privacy;
 use punchscope_analysis::trial::{Strategy, TrialOutcome};
 
 pub mod coordinator;
@@ -36,6 +42,9 @@ pub const MAX_LINE: usize = 8192;
 pub const DEFAULT_PORT: u16 = 8340;
 /// Longest pair code, client version or OS string.
 pub const MAX_SHORT_TEXT: usize = 64;
+/// Largest NAT verdict a client may send in `hello`, in bytes of JSON. A
+/// verdict with every finding unknown and its reasons is about 700 bytes.
+pub const MAX_VERDICT_BYTES: usize = 2048;
 
 /// Whether a client is a volunteer or a researcher-run reference peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -46,7 +55,7 @@ pub enum Mode {
 }
 
 /// The first line of a control connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
     /// The client's software version, e.g. "punchscope 0.1.0" (1 to 64 printable characters).
@@ -63,6 +72,11 @@ pub struct Hello {
     pub max_wait_ms: Option<u64>,
     /// Must be `true`: the volunteer agrees to exchange public endpoints with a peer.
     pub consent: bool,
+    /// This client's NAT classification verdict (no addresses: free text is
+    /// redacted to prefixes), relayed to its peer in `paired`. Optional: added
+    /// within version 1, so older clients do not send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Box<Verdict>>,
 }
 
 /// What one side says about a finished trial.
@@ -95,9 +109,12 @@ pub enum ClientMessage {
 }
 
 /// The paired peer, as far as a client needs to know it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerInfo {
     pub mode: Mode,
+    /// The peer's NAT verdict, when the peer sent one in its `hello`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Box<Verdict>>,
 }
 
 /// What the coordinator sends.
@@ -321,6 +338,9 @@ fn validate_client(msg: &ClientMessage) -> Result<(), ProtoError> {
                     ));
                 }
             }
+            if let Some(verdict) = &h.verdict {
+                validate_verdict(verdict)?;
+            }
             if !h.consent {
                 return Err(ProtoError::ConsentRequired);
             }
@@ -339,6 +359,25 @@ fn validate_client(msg: &ClientMessage) -> Result<(), ProtoError> {
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// A verdict is relayed to another client as it was received, so it is held
+/// to what a result may hold: bounded in size, and no full IP address in its
+/// free text (the client redacts to prefixes before sending).
+fn validate_verdict(verdict: &Verdict) -> Result<(), ProtoError> {
+    let value = serde_json::to_value(verdict).expect("a verdict serializes");
+    let size = value.to_string().len();
+    if size > MAX_VERDICT_BYTES {
+        return Err(ProtoError::BadRequest(format!(
+            "verdict is {size} bytes of JSON, at most {MAX_VERDICT_BYTES} are accepted"
+        )));
+    }
+    if let Some(path) = privacy::find_raw_ip_in_json(&value) {
+        return Err(ProtoError::BadRequest(format!(
+            "verdict field `{path}` holds a full IP address: send network prefixes only"
+        )));
     }
     Ok(())
 }

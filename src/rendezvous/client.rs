@@ -12,11 +12,13 @@ use tokio::task::JoinHandle;
 
 use super::lines::read_message;
 use super::RendezvousError;
+use crate::analysis::classify::Verdict;
 use crate::analysis::handshake::Role;
 use crate::analysis::plan::Plan;
+use crate::analysis::privacy;
 use crate::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use crate::proto::rendezvous::{
-    self as proto, ClientMessage, Hello, Mode, ServerMessage, TrialResult,
+    self as proto, ClientMessage, ErrorCode, Hello, Mode, ServerMessage, TrialResult,
 };
 
 impl Hello {
@@ -30,6 +32,7 @@ impl Hello {
             pair_code: None,
             max_wait_ms: Some(proto::millis(max_wait)),
             consent: true,
+            verdict: None,
         }
     }
 
@@ -47,6 +50,18 @@ impl Hello {
         self.pair_code = Some(code.into());
         self
     }
+
+    /// Tells the coordinator our NAT verdict, for our peer. Any address left
+    /// in its free text is cut to its prefix first, as in a result.
+    pub fn with_verdict(mut self, verdict: &Verdict) -> Hello {
+        let mut value = serde_json::to_value(verdict).expect("a verdict serializes");
+        privacy::redact_json(&mut value);
+        // Only strings changed, none of them typed fields, so it still reads.
+        self.verdict = Some(Box::new(
+            serde_json::from_value(value).unwrap_or_else(|_| verdict.clone()),
+        ));
+        self
+    }
 }
 
 /// What `wait_for_pairing` found.
@@ -56,6 +71,8 @@ pub struct Pairing {
     /// Validated.
     pub plan: Plan,
     pub peer_mode: Mode,
+    /// The peer's NAT verdict, when it sent one (older clients do not).
+    pub peer_verdict: Option<Verdict>,
 }
 
 /// One step of a pairing, in the order the coordinator sends them.
@@ -142,7 +159,35 @@ impl Client {
 
     /// As [`Client::connect`], from a chosen local IP (tests give each
     /// client its own loopback address, as different public IPs).
+    ///
+    /// A coordinator older than `hello.verdict` refuses the field
+    /// (`bad_request` naming it, as it refuses every unknown client field);
+    /// then this says hello once more without the verdict, so a newer client
+    /// still runs with an older coordinator (its peer just hears no verdict).
     pub async fn connect_from(
+        local_ip: Option<IpAddr>,
+        server: SocketAddr,
+        hello: Hello,
+        read_timeout: Duration,
+    ) -> Result<Client, RendezvousError> {
+        let without_verdict = hello.verdict.is_some().then(|| Hello {
+            verdict: None,
+            ..hello.clone()
+        });
+        match Self::connect_once(local_ip, server, hello, read_timeout).await {
+            Err(RendezvousError::Server {
+                code: ErrorCode::BadRequest,
+                message,
+                ..
+            }) if without_verdict.is_some() && message.contains("verdict") => {
+                let hello = without_verdict.expect("checked");
+                Self::connect_once(local_ip, server, hello, read_timeout).await
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_once(
         local_ip: Option<IpAddr>,
         server: SocketAddr,
         hello: Hello,
@@ -239,6 +284,7 @@ impl Client {
                         role,
                         plan,
                         peer_mode: peer.mode,
+                        peer_verdict: peer.verdict.map(|v| *v),
                     });
                 }
                 other => return Err(unexpected(&other)),

@@ -23,6 +23,8 @@ pub enum RendezvousError {
     Timeout(Duration, &'static str),
     #[error("no peer was found within {waited:?}; try again later, or agree on a pair code with another volunteer")]
     NoPeer { waited: Duration },
+    #[error("stopped before a peer was found; nothing was measured with a peer")]
+    Interrupted,
     #[error("the coordinator refused: {message} ({code:?})")]
     Server {
         code: ErrorCode,

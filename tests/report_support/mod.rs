@@ -10,8 +10,8 @@ use punchscope::analysis::handshake::{
 use punchscope::analysis::nat::{Filtering, Mapping};
 use punchscope::analysis::plan::Plan;
 use punchscope::analysis::result::{
-    ClientInfo, MaskedEndpoint, Pairing, RunResult, SanitizedClassification, SanitizedFiltering,
-    SanitizedObservations, SanitizedProbe, SCHEMA_VERSION,
+    ClientInfo, MaskedEndpoint, Pairing, RunMode, RunResult, SanitizedClassification,
+    SanitizedFiltering, SanitizedObservations, SanitizedProbe, SCHEMA_VERSION,
 };
 use punchscope::analysis::trial::{Attempt, AttemptResult, Completion, TrialOutcome, TrialRecord};
 use uuid::Uuid;
@@ -201,6 +201,7 @@ pub fn run(
         schema_version: SCHEMA_VERSION,
         run_id: Uuid::new_v4(),
         tool_version: "0.1.0".into(),
+        mode: RunMode::Volunteer,
         started_at: started,
         ended_at: started + chrono::Duration::seconds(95),
         client: ClientInfo {

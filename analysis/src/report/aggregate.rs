@@ -3,6 +3,9 @@
 //! Counting rule (also in docs/report.md):
 //! - A run (by `run_id`) is read once; a second copy is ignored and counted
 //!   in `duplicate_runs`.
+//! - A reference peer's run (`mode: reference`, one per pairing) adds its
+//!   side of each trial like any run, but not its NAT to the per-run
+//!   classification tallies, which describe the volunteers.
 //! - A trial record with a `trial_id` is joined with the other side's record
 //!   of the same `trial_id` (the coordinator's per-trial nonce). The pair
 //!   counts as one trial, a success only if both sides say `connected`.
@@ -32,7 +35,7 @@ use super::input::Skipped;
 use crate::classify::{Finding, Verdict};
 use crate::handshake::{Role, Transport};
 use crate::nat::{Filtering, Mapping};
-use crate::result::RunResult;
+use crate::result::{RunMode, RunResult};
 use crate::trial::{Strategy, TrialOutcome, TrialRecord};
 
 /// A side's NAT type: mapping and filtering, each when known exactly.
@@ -158,6 +161,10 @@ pub struct InputCounts {
     pub runs: u64,
     /// Copies of an already read run (same run id), ignored.
     pub duplicate_runs: u64,
+    /// Of the distinct runs: reference peers' (their trials count, their NAT
+    /// is not in the per-run classification tallies).
+    #[serde(default)]
+    pub reference_runs: u64,
     pub pairings: u64,
     /// Trial records read (each side's record counts here once).
     pub trial_records: u64,
@@ -226,15 +233,6 @@ impl Aggregator {
         self.counts.runs += 1;
         let verdict = &run.classification.verdict;
         let own = NatType::of(verdict);
-        *self
-            .mapping_runs
-            .entry(finding_label(&verdict.mapping))
-            .or_default() += 1;
-        *self
-            .filtering_runs
-            .entry(finding_label(&verdict.filtering))
-            .or_default() += 1;
-        *self.type_runs.entry(own).or_default() += 1;
         for pairing in &run.pairings {
             self.counts.pairings += 1;
             let peer_hint = pairing
@@ -245,6 +243,21 @@ impl Aggregator {
                 self.add_record(record, own, peer_hint);
             }
         }
+        // The NAT population is the volunteers': a reference peer uploads one
+        // result per pairing, and would be counted once per volunteer it served.
+        if run.mode == RunMode::Reference {
+            self.counts.reference_runs += 1;
+            return;
+        }
+        *self
+            .mapping_runs
+            .entry(finding_label(&verdict.mapping))
+            .or_default() += 1;
+        *self
+            .filtering_runs
+            .entry(finding_label(&verdict.filtering))
+            .or_default() += 1;
+        *self.type_runs.entry(own).or_default() += 1;
     }
 
     fn add_record(&mut self, record: &TrialRecord, own: NatType, peer_hint: NatType) {

@@ -124,6 +124,10 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     let c = &summary.input;
     for (label, v) in [
         ("runs (distinct run ids)", c.runs),
+        (
+            "… of them reference peers' (one per pairing)",
+            c.reference_runs,
+        ),
         ("duplicate runs ignored", c.duplicate_runs),
         ("pairings", c.pairings),
         ("trial records (both sides' records)", c.trial_records),
@@ -367,7 +371,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     h.push_str("<section id=classification>\n<h2>NAT classification of the runs</h2>\n");
     let _ = writeln!(
         h,
-        "<p class=note>One count per run (a volunteer's probe run), from its classification verdict; {} runs.</p>",
+        "<p class=note>One count per volunteer's run (reference peers' runs are not counted here), from its classification verdict; {} runs.</p>",
         cl.runs
     );
     h.push_str("<div style=\"display:flex; gap:24px; flex-wrap:wrap; align-items:flex-start\">");

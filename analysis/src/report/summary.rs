@@ -276,7 +276,7 @@ impl Summary {
             time_to_connect,
             attempts,
             classification: ClassificationSummary {
-                runs: agg.counts.runs,
+                runs: agg.counts.runs - agg.counts.reference_runs,
                 mapping: agg.mapping_runs.clone(),
                 filtering: agg.filtering_runs.clone(),
                 types: agg

@@ -12,8 +12,8 @@ use crate::handshake::{BitcoinNetwork, HandshakeRecord, Role, Transport};
 use crate::nat::{Filtering, Mapping};
 use crate::plan::Plan;
 use crate::result::{
-    ClientInfo, CollectedResult, MaskedEndpoint, Pairing, RunResult, SanitizedClassification,
-    SanitizedObservations, SCHEMA_VERSION,
+    ClientInfo, CollectedResult, MaskedEndpoint, Pairing, RunMode, RunResult,
+    SanitizedClassification, SanitizedObservations, SCHEMA_VERSION,
 };
 use crate::trial::{Attempt, AttemptResult, TrialOutcome, TrialRecord};
 
@@ -102,6 +102,7 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
         schema_version: SCHEMA_VERSION,
         run_id: Uuid::new_v4(),
         tool_version: "0.1.0".into(),
+        mode: RunMode::Volunteer,
         started_at: started,
         ended_at: started,
         client: ClientInfo {
@@ -475,4 +476,61 @@ fn the_fast_parse_accepts_and_rejects_exactly_what_from_json_does() {
     // Prefixes, times and versions are not addresses.
     assert!(text.contains("198.51.100.0/24") && text.contains("10:00:00"));
     assert!(parse_document(&value.to_string()).is_ok());
+}
+
+#[test]
+fn a_reference_peers_results_join_each_volunteers_trials_once_and_stay_out_of_the_population() {
+    // One reference peer (public, eim/eif) served two volunteers: it uploaded
+    // one result per pairing, as the volunteers did.
+    let reference = |peer: Verdict, ids: [&'static str; 2]| {
+        let mut r = run(
+            Role::Responder,
+            eim_eif(),
+            Some(peer),
+            vec![t(0, Some(ids[0]), Connected), t(1, Some(ids[1]), Refused)],
+        );
+        r.mode = RunMode::Reference;
+        r
+    };
+    let first = run(
+        Role::Initiator,
+        eim_apdf(),
+        None,
+        vec![t(0, Some("r1t0"), Connected), t(1, Some("r1t1"), Refused)],
+    );
+    let second = run(
+        Role::Initiator,
+        verdict(Some(Apdm), Some(Apdf)),
+        Some(eim_eif()),
+        vec![t(0, Some("r2t0"), Connected), t(1, Some("r2t1"), Refused)],
+    );
+    let runs = [
+        first,
+        reference(eim_apdf(), ["r1t0", "r1t1"]),
+        second,
+        reference(verdict(Some(Apdm), Some(Apdf)), ["r2t0", "r2t1"]),
+    ];
+    let (s, trials) = summary_of(&runs);
+    assert_eq!(s.input.runs, 4);
+    assert_eq!(s.input.reference_runs, 2);
+    assert_eq!(s.input.trials_counted, 4, "each trial once");
+    assert_eq!(s.input.trials_both_sides, 4, "both sides of each joined");
+    assert!(trials.iter().all(|t| t.sides == 2));
+    assert!(
+        trials
+            .iter()
+            .all(|t| !t.initiator_nat.is_unknown() && !t.responder_nat.is_unknown()),
+        "the first volunteer heard no verdict, but the reference uploaded its own classification"
+    );
+    assert_eq!(
+        s.classification.runs, 2,
+        "the population is the volunteers'"
+    );
+    let types: Vec<&str> = s
+        .classification
+        .types
+        .iter()
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(types, ["eim/apdf", "apdm/apdf"]);
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::RngCore;
 
+use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::{Plan, PlanError};
 use punchscope_analysis::trial::Strategy;
@@ -120,6 +121,8 @@ type PairId = u64;
 struct Conn {
     addr: SocketAddr,
     state: ConnState,
+    /// The NAT verdict of the hello, relayed to the peer in `paired`.
+    verdict: Option<Box<Verdict>>,
 }
 
 #[derive(Debug)]
@@ -269,6 +272,7 @@ impl Coordinator {
             Conn {
                 addr,
                 state: ConnState::New,
+                verdict: None,
             },
         );
         self.set_timer(now + self.config.hello_timeout, Timer::Hello(conn));
@@ -367,6 +371,7 @@ impl Coordinator {
         }
         let session = self.random_hex(8);
         self.send(conn, ServerMessage::Welcome { session });
+        self.conns.get_mut(&conn).expect("known").verdict = hello.verdict;
         match self.pools.take_partner(hello.mode, &hello.pair_code, ip) {
             Some((partner, partner_mode)) => {
                 // The volunteer that came first is the initiator.
@@ -401,15 +406,19 @@ impl Coordinator {
     fn start_pair(&mut self, now: Instant, first: (ConnId, Mode), second: (ConnId, Mode)) {
         self.seq += 1;
         let id = self.seq;
-        for (conn, role, peer) in [
-            (first.0, Role::Initiator, second.1),
-            (second.0, Role::Responder, first.1),
+        for (conn, role, (peer, peer_mode)) in [
+            (first.0, Role::Initiator, second),
+            (second.0, Role::Responder, first),
         ] {
             self.conns.get_mut(&conn).expect("known").state = ConnState::Paired { pair: id };
+            let verdict = self.conns[&peer].verdict.clone();
             let msg = ServerMessage::Paired {
                 role,
                 plan: self.config.plan.clone(),
-                peer: PeerInfo { mode: peer },
+                peer: PeerInfo {
+                    mode: peer_mode,
+                    verdict,
+                },
             };
             self.send(conn, msg);
         }

@@ -28,6 +28,7 @@ fn hello(code: Option<&str>) -> ClientMessage {
         pair_code: code.map(str::to_string),
         max_wait_ms: None,
         consent: true,
+        verdict: None,
     })
 }
 
@@ -99,6 +100,7 @@ fn messages_round_trip_and_start_with_the_version() {
             plan,
             peer: PeerInfo {
                 mode: Mode::Reference,
+                verdict: None,
             },
         },
         ServerMessage::Go {
@@ -137,6 +139,34 @@ fn messages_round_trip_and_start_with_the_version() {
         decode_client(r#"{"v":1,"type":"bye"}"#).unwrap(),
         ClientMessage::Bye
     );
+}
+
+#[test]
+fn a_paired_message_from_a_newer_coordinator_is_read_with_its_unknown_fields_ignored() {
+    let plan = plan(2, "[\"low_ttl\"]", 0, 1);
+    let mut value = serde_json::json!({
+        "v": 1,
+        "type": "paired",
+        "role": "initiator",
+        "plan": serde_json::to_value(&plan).unwrap(),
+        "peer": { "mode": "volunteer", "region": "eu" },
+        "relay": "none",
+    });
+    value["plan"]["pacing_ms"] = 25.into();
+    value["plan"]["future_table"] = serde_json::json!({ "x": [1, 2] });
+    let line = serde_json::to_string(&value).unwrap();
+    match decode_server(&line).unwrap() {
+        ServerMessage::Paired {
+            role,
+            plan: read,
+            peer,
+        } => {
+            assert_eq!(role, Role::Initiator);
+            assert_eq!(read, plan);
+            assert_eq!(peer.mode, Mode::Volunteer);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[test]
@@ -556,4 +586,79 @@ fn a_reference_serves_one_volunteer_at_a_time() {
     );
     assert_eq!(paired_role(&h.take(3)), None, "the reference is busy");
     assert_eq!(h.core.stats().waiting, 1);
+}
+
+/// A verdict as a probe behind an EIM/APDF NAT would send it.
+fn eim_apdf_verdict() -> punchscope_analysis::classify::Verdict {
+    use punchscope_analysis::classify::{AllocationPattern, Finding, Verdict};
+    use punchscope_analysis::nat::{Filtering, Mapping};
+    Verdict {
+        no_nat: false,
+        mapping: Finding::Known {
+            value: Mapping::Eim,
+        },
+        filtering: Finding::Known {
+            value: Filtering::Apdf,
+        },
+        port_preserved: Some(true),
+        allocation: Finding::Known {
+            value: AllocationPattern::Preserving,
+        },
+        hairpin: None,
+        missing: vec!["hairpinning was not tested".into()],
+    }
+}
+
+fn hello_with_verdict(verdict: punchscope_analysis::classify::Verdict) -> ClientMessage {
+    let mut msg = hello(None);
+    if let ClientMessage::Hello(h) = &mut msg {
+        h.verdict = Some(Box::new(verdict));
+    }
+    msg
+}
+
+fn peer_of(msgs: &[ServerMessage]) -> Option<PeerInfo> {
+    msgs.iter().find_map(|m| match m {
+        ServerMessage::Paired { peer, .. } => Some(peer.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn each_side_hears_the_verdict_its_peer_sent_and_nothing_when_it_sent_none() {
+    let mut h = Harness::new(config(plan(1, "[\"simultaneous\"]", 0, 1)));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello_with_verdict(eim_apdf_verdict()));
+    h.connect(2, "127.0.0.3:1000");
+    // An older client: its hello has no verdict field at all.
+    h.say(2, &hello(None));
+    let to_second = peer_of(&h.take(2)).expect("paired");
+    assert_eq!(to_second.verdict, Some(Box::new(eim_apdf_verdict())));
+    let to_first = peer_of(&h.take(1)).expect("paired");
+    assert_eq!(to_first.verdict, None);
+    let line = encode_server(&ServerMessage::Paired {
+        role: Role::Initiator,
+        plan: plan(1, "[\"simultaneous\"]", 0, 1),
+        peer: to_first,
+    });
+    assert!(
+        !std::str::from_utf8(&line).unwrap().contains("verdict"),
+        "an absent verdict is not written, so older clients see the old message"
+    );
+}
+
+#[test]
+fn a_verdict_that_is_too_big_or_holds_an_address_is_refused() {
+    let mut leaky = eim_apdf_verdict();
+    leaky.missing = vec!["the echo server 198.51.100.11 did not answer".into()];
+    let mut huge = eim_apdf_verdict();
+    huge.missing = vec!["x".repeat(MAX_VERDICT_BYTES)];
+    for verdict in [leaky, huge] {
+        let line = encode_client(&hello_with_verdict(verdict));
+        let e = decode_client(frame(&line).unwrap()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadRequest, "{e}");
+        assert!(e.to_string().contains("verdict"), "{e}");
+    }
+    let line = encode_client(&hello_with_verdict(eim_apdf_verdict()));
+    assert!(decode_client(frame(&line).unwrap()).is_ok());
 }
