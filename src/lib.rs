@@ -5,6 +5,8 @@
 //! - [`lab`] (Linux only): NATs of every RFC 4787 kind built from network
 //!   namespaces and a user-space NAT emulator, so the whole pipeline runs and
 //!   is tested on one machine. Its emulator core ([`lab::nat`]) is sans-io.
+//! - [`net`]: small network helpers shared by clients and servers: the
+//!   bounded line connection our newline-delimited protocols run over.
 //! - [`proto`]: sans-io wire codecs (echo/reflector messages, rendezvous
 //!   messages and the coordinator's state machine).
 //! - [`server`]: the servers (`punchscope serve ...`), each taking bound listeners and a shutdown signal.
@@ -31,6 +33,7 @@ pub mod btc;
 pub mod classify;
 pub mod collector;
 pub mod lab;
+pub mod net;
 pub mod probe;
 pub mod proto;
 pub mod punch;

@@ -6,8 +6,7 @@
 //! are primed first, then both sides run the real trial code from the same
 //! instant (plus any injected skew on the responder).
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use punchscope_analysis::handshake::Role;
@@ -15,6 +14,7 @@ use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use serde::Serialize;
 
 use super::instance::{Lab, LabError};
+use crate::net::line::LineConnection;
 use crate::proto::echo::{self, ServerMessage};
 use crate::punch::{self, HandshakeSpec, TrialSpec};
 
@@ -68,21 +68,34 @@ impl PairTrial {
     }
 }
 
-/// Asks the echo server which public endpoint it sees for `local`.
-pub fn observe(local: SocketAddr, echo_server: SocketAddr) -> std::io::Result<SocketAddr> {
-    let socket = punch::socket::bound(local)?;
-    socket.set_nonblocking(false)?;
-    socket.connect_timeout(&echo_server.into(), Duration::from_secs(5))?;
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    match echo::decode_server(line.trim_end()) {
-        Ok(ServerMessage::Observed { observed, .. }) => Ok(observed),
+/// Asks the echo server which public endpoint it sees for `local`; the
+/// connect and the answer each get five seconds.
+pub async fn observe(local: SocketAddr, echo_server: SocketAddr) -> std::io::Result<SocketAddr> {
+    const WAIT: Duration = Duration::from_secs(5);
+    let socket = punch::socket::into_tokio(punch::socket::bound(local)?)?;
+    let stream = tokio::time::timeout(WAIT, socket.connect(echo_server))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let mut conn = LineConnection::new(stream, echo::MAX_LINE);
+    let line = conn
+        .read_line_before(tokio::time::Instant::now() + WAIT)
+        .await
+        .map_err(std::io::Error::other)?;
+    match line.as_deref().map(echo::decode_server) {
+        Some(Ok(ServerMessage::Observed { observed, .. })) => Ok(observed),
         other => Err(std::io::Error::other(format!(
             "echo server answered {other:?}"
         ))),
     }
+}
+
+/// Runs `work` to completion on a runtime of its own, in the calling thread
+/// (inside a lab host's namespace).
+fn block_on<T>(work: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 fn any_port(port: u16) -> SocketAddr {
@@ -93,18 +106,15 @@ fn any_port(port: u16) -> SocketAddr {
 pub fn run_pair(lab: &Lab, t: &PairTrial) -> Result<(TrialRecord, TrialRecord), LabError> {
     let (a_port, b_port) = t.ports;
     let a_public = lab
-        .run_in(&t.initiator, || observe(any_port(a_port), t.echo))?
+        .run_in(&t.initiator, || block_on(observe(any_port(a_port), t.echo)))?
         .map_err(LabError::Traffic)?;
     let b_public = lab
-        .run_in(&t.responder, || observe(any_port(b_port), t.echo))?
+        .run_in(&t.responder, || block_on(observe(any_port(b_port), t.echo)))?
         .map_err(LabError::Traffic)?;
     if t.strategy == Strategy::LowTtl {
         let prime = |host: &str, port: u16, peer: SocketAddr| {
             lab.run_in(host, move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(punch::prime_low_ttl(any_port(port), peer, t.low_ttl))
+                block_on(punch::prime_low_ttl(any_port(port), peer, t.low_ttl))
             })
         };
         prime(&t.initiator, a_port, b_public)?.map_err(LabError::Traffic)?;
@@ -132,19 +142,16 @@ pub fn run_pair(lab: &Lab, t: &PairTrial) -> Result<(TrialRecord, TrialRecord), 
     let b_spec = spec(Role::Responder, b_port, b_public, a_public, t.skew);
     let go_at = Instant::now() + Duration::from_millis(20);
     let run = |host: &str, spec: TrialSpec| {
-        lab.run_in(host, move || -> std::io::Result<TrialRecord> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let go_at = tokio::time::Instant::from_std(go_at);
-            Ok(runtime.block_on(async {
-                match &t.handshake {
+        lab.run_in(host, move || {
+            block_on(async {
+                let go_at = tokio::time::Instant::from_std(go_at);
+                Ok(match &t.handshake {
                     Some(handshake) => {
                         punch::run_trial_with_handshake(&spec, handshake, go_at).await
                     }
                     None => punch::run_trial(&spec, go_at).await.0,
-                }
-            }))
+                })
+            })
         })
     };
     let (a, b) = std::thread::scope(|s| {

@@ -15,15 +15,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::net::line::{LineConnection, LineConnectionError};
 use crate::proto::echo::{
     self as proto, DialBackRequest, DialKind, DialOutcome, ErrorCode, PlannedDial, ProtoError,
     ServerMessage, MAX_LINE,
 };
+use crate::proto::ndjson::LineError;
 
 /// Tunables of the echo server. `Default` suits a public deployment.
 #[derive(Debug, Clone)]
@@ -231,30 +233,35 @@ async fn serve_connection(stream: TcpStream, observed: SocketAddr, shared: &Shar
         return;
     };
     let config = &shared.config;
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut conn = LineConnection::new(stream, MAX_LINE);
     let hello = ServerMessage::Observed {
         observed,
         reached: shared.endpoints.public_of(reached),
         endpoints: shared.endpoints.public.clone(),
         request_timeout_ms: millis(config.request_timeout),
     };
-    if write
-        .write_all(&proto::encode_server(&hello))
+    if conn
+        .write_line(&proto::encode_server(&hello))
         .await
         .is_err()
     {
         return;
     }
     let sent = Instant::now();
-    let reply = match tokio::time::timeout(config.request_timeout, read_line(&mut reader)).await {
-        Err(_) => Some(error_line(
+    let deadline = tokio::time::Instant::now() + config.request_timeout;
+    let reply = match conn.read_line_before(deadline).await {
+        Err(LineConnectionError::Timeout) => Some(error_line(
             ErrorCode::RequestTimeout,
             "no request within the deadline: close right after the observed line if you need nothing else",
         )),
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => Some(e.to_message()),
-        Ok(Ok(Some(line))) => match proto::decode_request(&line) {
+        Ok(None) => return,
+        Err(LineConnectionError::Line(e)) => Some(ProtoError::from(e).to_message()),
+        // The line the client is told is the one it always was; the socket is
+        // most likely gone anyway.
+        Err(LineConnectionError::Io(e)) => Some(
+            ProtoError::from(LineError::Malformed(format!("read failed: {e}"))).to_message(),
+        ),
+        Ok(Some(line)) => match proto::decode_request(&line) {
             Err(e) => Some(e.to_message()),
             Ok(req) => match shared.limiter.check(observed.ip(), Instant::now()) {
                 Err(wait) => Some(ServerMessage::Error {
@@ -270,17 +277,17 @@ async fn serve_connection(stream: TcpStream, observed: SocketAddr, shared: &Shar
                 Ok(()) => {
                     let dial_timeout = dial_timeout(config, sent.elapsed());
                     let dialed =
-                        dial_back(&mut write, shared, reached, observed, req, dial_timeout).await;
-                    finish(reader, write, dialed).await;
+                        dial_back(&mut conn, shared, reached, observed, req, dial_timeout).await;
+                    finish(conn, dialed).await;
                     return;
                 }
             },
         },
     };
     if let Some(reply) = reply {
-        let _ = write.write_all(&proto::encode_server(&reply)).await;
+        let _ = conn.write_line(&proto::encode_server(&reply)).await;
     }
-    finish(reader, write, Vec::new()).await;
+    finish(conn, Vec::new()).await;
 }
 
 fn error_line(code: ErrorCode, message: &str) -> ServerMessage {
@@ -302,27 +309,10 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes; `None` on a clean EOF.
-async fn read_line<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-) -> Result<Option<String>, ProtoError> {
-    let mut line = Vec::with_capacity(128);
-    let limit = u64::try_from(MAX_LINE).expect("MAX_LINE fits in u64");
-    let n = (&mut *reader)
-        .take(limit)
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| ProtoError::Malformed(format!("read failed: {e}")))?;
-    if n == 0 {
-        return Ok(None);
-    }
-    proto::frame(&line).map(|text| Some(text.to_string()))
-}
-
 /// Makes the requested dials in parallel, reporting each result as it comes.
 /// Returns the connected dial-back streams, to be closed politely.
 async fn dial_back(
-    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    conn: &mut LineConnection<TcpStream>,
     shared: &Shared,
     reached: SocketAddr,
     observed: SocketAddr,
@@ -345,8 +335,8 @@ async fn dial_back(
             })
             .collect(),
     };
-    if write
-        .write_all(&proto::encode_server(&accepted))
+    if conn
+        .write_line(&proto::encode_server(&accepted))
         .await
         .is_err()
     {
@@ -383,8 +373,8 @@ async fn dial_back(
             elapsed_ms: millis(elapsed),
             detail,
         };
-        if write
-            .write_all(&proto::encode_server(&result))
+        if conn
+            .write_line(&proto::encode_server(&result))
             .await
             .is_err()
         {
@@ -432,18 +422,11 @@ async fn dial(
 /// the server's endpoints stay free for the next dial-back to the same
 /// client; unread input is drained so the close is a FIN, not a RST that
 /// could destroy an error line the client has not read yet.
-async fn finish(
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    mut write: tokio::net::tcp::OwnedWriteHalf,
-    dial_backs: Vec<TcpStream>,
-) {
+async fn finish(mut conn: LineConnection<TcpStream>, dial_backs: Vec<TcpStream>) {
     const LINGER: Duration = Duration::from_secs(2);
     const DRAIN_LIMIT: u64 = 64 * 1024;
-    let _ = write.shutdown().await;
-    let control = async move {
-        let mut sink = tokio::io::sink();
-        let _ = tokio::io::copy(&mut reader.take(DRAIN_LIMIT), &mut sink).await;
-    };
+    let _ = conn.shutdown().await;
+    let control = async move { conn.drain(DRAIN_LIMIT).await };
     let dial_backs = async move {
         let mut waits = JoinSet::new();
         for mut stream in dial_backs {

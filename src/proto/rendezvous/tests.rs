@@ -110,10 +110,10 @@ fn messages_round_trip_and_start_with_the_version() {
             injected_skew_ms: 0,
         },
         ServerMessage::PeerGone { trial: None },
-        ProtoError::UnsupportedVersion {
+        ProtoError::Line(LineError::UnsupportedVersion {
             got: 9,
             supported: vec![1],
-        }
+        })
         .to_message(),
     ];
     for msg in msgs {
@@ -175,8 +175,11 @@ fn bad_client_lines_get_the_right_code() {
     for (line, code) in cases {
         assert_eq!(decode_client(line).unwrap_err().code(), code, "{line}");
     }
-    assert_eq!(frame(&[b'x'; MAX_LINE]), Err(ProtoError::LineTooLong));
-    assert_eq!(frame(b"{}"), Err(ProtoError::Unterminated));
+    assert_eq!(
+        frame(&[b'x'; MAX_LINE]),
+        Err(ProtoError::Line(LineError::LineTooLong { max: MAX_LINE }))
+    );
+    assert_eq!(frame(b"{}"), Err(ProtoError::Line(LineError::Unterminated)));
     assert_eq!(frame(b"{}\r\n"), Ok("{}"));
 }
 
