@@ -8,10 +8,9 @@
 //! bounds concurrent connections; excess ones get a `busy` line and are
 //! closed at once. The wire format lives in [`crate::proto::echo`].
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::net::line::{LineConnection, LineConnectionError};
+use crate::net::source_limit::{SourceKey, TokenBuckets};
 use crate::proto::echo::{
     self as proto, DialBackRequest, DialKind, DialOutcome, ErrorCode, PlannedDial, ProtoError,
     ServerMessage, MAX_LINE,
@@ -131,7 +131,11 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let shared = Arc::new(Shared {
         endpoints: Endpoints { local, public },
-        limiter: RateLimiter::new(config.dial_back_burst, config.dial_back_refill),
+        dial_back_budget: Mutex::new(TokenBuckets::new(
+            config.dial_back_burst.max(1),
+            config.dial_back_refill,
+            MAX_TRACKED_SOURCES,
+        )),
         config,
         permits,
     });
@@ -156,9 +160,13 @@ pub async fn run(
 struct Shared {
     config: EchoConfig,
     endpoints: Endpoints,
-    limiter: RateLimiter,
+    /// Dial-back requests per source (IPv4 address or IPv6 /64).
+    dial_back_budget: Mutex<TokenBuckets>,
     permits: Arc<Semaphore>,
 }
+
+/// Above this many tracked sources, full dial-back buckets are forgotten.
+const MAX_TRACKED_SOURCES: usize = 10_000;
 
 /// The listeners' own addresses and what to announce for each.
 struct Endpoints {
@@ -263,7 +271,7 @@ async fn serve_connection(stream: TcpStream, observed: SocketAddr, shared: &Shar
         ),
         Ok(Some(line)) => match proto::decode_request(&line) {
             Err(e) => Some(e.to_message()),
-            Ok(req) => match shared.limiter.check(observed.ip(), Instant::now()) {
+            Ok(req) => match shared.take_dial_back(observed) {
                 Err(wait) => Some(ServerMessage::Error {
                     code: ErrorCode::RateLimited,
                     message: format!(
@@ -441,89 +449,20 @@ async fn finish(mut conn: LineConnection<TcpStream>, dial_backs: Vec<TcpStream>)
     let _ = tokio::time::timeout(LINGER, async { tokio::join!(control, dial_backs) }).await;
 }
 
-/// A token bucket per source IP (IPv6 grouped by /64, what one host usually holds).
-struct RateLimiter {
-    burst: f64,
-    refill: Duration,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-}
-
-/// Above this many tracked sources, full buckets are forgotten.
-const MAX_TRACKED_SOURCES: usize = 10_000;
-
-impl RateLimiter {
-    fn new(burst: u32, refill: Duration) -> Self {
-        RateLimiter {
-            burst: f64::from(burst.max(1)),
-            refill: refill.max(Duration::from_millis(1)),
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one token for `ip`, or says how long until one is available.
-    fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let key = match ip {
-            IpAddr::V6(v6) => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::from(o)
-            }
-            v4 => v4,
-        };
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let refill = self.refill.as_secs_f64();
-        let level = |(tokens, at): (f64, Instant), now: Instant| {
-            (tokens + now.saturating_duration_since(at).as_secs_f64() / refill).min(self.burst)
-        };
-        if buckets.len() >= MAX_TRACKED_SOURCES {
-            buckets.retain(|_, b| level(*b, now) < self.burst);
-        }
-        let entry = buckets.entry(key).or_insert((self.burst, now));
-        let tokens = level(*entry, now);
-        if tokens >= 1.0 {
-            *entry = (tokens - 1.0, now);
-            Ok(())
-        } else {
-            *entry = (tokens, now);
-            Err(Duration::from_secs_f64((1.0 - tokens) * refill))
-        }
+impl Shared {
+    /// Takes one dial-back token for the client's source, or says how long until one is free.
+    fn take_dial_back(&self, observed: SocketAddr) -> Result<(), Duration> {
+        let mut budget = self
+            .dial_back_budget
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        budget.take(SourceKey::of(observed.ip()), Instant::now(), 1)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limiter_allows_a_burst_then_refills() {
-        let limiter = RateLimiter::new(2, Duration::from_secs(10));
-        let t0 = Instant::now();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(limiter.check(a, t0).is_ok());
-        assert!(limiter.check(a, t0).is_ok());
-        let wait = limiter.check(a, t0).unwrap_err();
-        assert_eq!(wait, Duration::from_secs(10));
-        assert!(
-            limiter.check(b, t0).is_ok(),
-            "other sources are not affected"
-        );
-        assert!(limiter.check(a, t0 + Duration::from_secs(10)).is_ok());
-        assert!(limiter.check(a, t0 + Duration::from_secs(10)).is_err());
-    }
-
-    #[test]
-    fn rate_limiter_groups_ipv6_by_64() {
-        let limiter = RateLimiter::new(1, Duration::from_secs(60));
-        let t0 = Instant::now();
-        assert!(limiter.check("2001:db8::1".parse().unwrap(), t0).is_ok());
-        assert!(limiter
-            .check("2001:db8::ffff".parse().unwrap(), t0)
-            .is_err());
-        assert!(limiter
-            .check("2001:db8:0:1::1".parse().unwrap(), t0)
-            .is_ok());
-    }
 
     #[test]
     fn dial_sources_pick_the_other_port_and_the_other_ip() {

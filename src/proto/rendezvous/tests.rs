@@ -560,3 +560,24 @@ fn a_reference_serves_one_volunteer_at_a_time() {
     assert_eq!(paired_role(&h.take(3)), None, "the reference is busy");
     assert_eq!(h.core.stats().waiting, 1);
 }
+
+#[test]
+fn ipv4_clients_of_a_dual_stack_listener_are_limited_one_by_one() {
+    let mut h = Harness::new(CoordinatorConfig {
+        max_connections_per_ip: 1,
+        ..config(plan(1, "[\"simultaneous\"]", 0, 1))
+    });
+    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d: each is
+    // its own source, not all of them one IPv6 /64.
+    h.connect(1, "[::ffff:192.0.2.1]:1");
+    h.connect(2, "[::ffff:192.0.2.2]:1");
+    assert!(h.take(1).is_empty() && h.take(2).is_empty());
+    h.connect(3, "192.0.2.1:2");
+    assert!(matches!(
+        &h.take(3)[..],
+        [ServerMessage::Error {
+            code: ErrorCode::TooManyConnections,
+            ..
+        }]
+    ));
+}
