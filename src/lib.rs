@@ -6,7 +6,9 @@
 //!   namespaces and a user-space NAT emulator, so the whole pipeline runs and
 //!   is tested on one machine. Its emulator core ([`lab::nat`]) is sans-io.
 //! - [`net`]: small network helpers shared by clients and servers: the
-//!   bounded line connection our newline-delimited protocols run over.
+//!   bounded line connection our newline-delimited protocols run over, the
+//!   sans-io per-source limits of both servers, and sockets bound the way
+//!   hole punching needs them (used by trials, classification and the lab).
 //! - [`proto`]: sans-io wire codecs (echo/reflector messages, rendezvous
 //!   messages and the coordinator's state machine).
 //! - [`server`]: the servers (`punchscope serve ...`), each taking bound listeners and a shutdown signal.

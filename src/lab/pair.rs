@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::instance::{Lab, LabError};
 use crate::net::line::LineConnection;
+use crate::net::socket;
 use crate::proto::echo::{self, ServerMessage};
 use crate::punch::{self, HandshakeSpec, TrialSpec};
 
@@ -72,7 +73,7 @@ impl PairTrial {
 /// connect and the answer each get five seconds.
 pub async fn observe(local: SocketAddr, echo_server: SocketAddr) -> std::io::Result<SocketAddr> {
     const WAIT: Duration = Duration::from_secs(5);
-    let socket = punch::socket::into_tokio(punch::socket::bound(local)?)?;
+    let socket = socket::into_tokio(socket::bound(local)?)?;
     let stream = tokio::time::timeout(WAIT, socket.connect(echo_server))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;

@@ -120,7 +120,7 @@ pub async fn run_pairing(
                 token,
                 strategy,
             } => {
-                let bound = punch::socket::bound(any_port(options.server, 0));
+                let bound = crate::net::socket::bound(any_port(options.server, 0));
                 let result = match bound {
                     Ok(socket) => {
                         let local_port = socket

@@ -3,12 +3,13 @@
 //! over the punched socket. Outcomes are data ([`TrialRecord`]); nothing here
 //! returns `Err` for what the network did.
 //!
-//! Layout: [`socket`] (binding ports the way punching needs, reading errno),
-//! [`nonce`] (proving the connection reached the paired peer), this file (the
-//! strategies and the record).
+//! Layout: [`attempt`] (one connect from the trial port, errno read as a
+//! result), [`nonce`] (proving the connection reached the paired peer), this
+//! file (the strategies and the record). Ports are bound by
+//! [`crate::net::socket`], shared with classification and the lab.
 
+pub mod attempt;
 pub mod nonce;
-pub mod socket;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::btc::{self, Accept, HandshakeConfig};
+use crate::net::socket;
 
 /// Everything one side needs to run one trial.
 #[derive(Debug, Clone)]
@@ -178,7 +180,7 @@ async fn connect_with_retries(
             tokio::time::sleep(spec.retry_gap + Duration::from_millis(jitter_ms)).await;
         }
         let started = Instant::now();
-        let result = socket::connect_from(spec.local, spec.peer, spec.attempt_timeout).await;
+        let result = attempt::connect_from(spec.local, spec.peer, spec.attempt_timeout).await;
         let result = match result {
             Ok(stream) => match stream.peer_addr() {
                 // A socket can look connected after EADDRNOTAVAIL when a listener
@@ -187,10 +189,10 @@ async fn connect_with_retries(
                 Ok(addr) => Err(AttemptResult::Error {
                     detail: format!("connected to {addr}, not the peer"),
                 }),
-                Err(e) => Err(socket::attempt_result(&e)),
+                Err(e) => Err(attempt::result_of(&e)),
             },
-            Err(socket::ConnectError::Timeout) => Err(AttemptResult::Timeout),
-            Err(socket::ConnectError::Io(e)) => Err(socket::attempt_result(&e)),
+            Err(attempt::ConnectError::Timeout) => Err(AttemptResult::Timeout),
+            Err(attempt::ConnectError::Io(e)) => Err(attempt::result_of(&e)),
         };
         let connected = result.is_ok();
         record.attempts.push(Attempt {
