@@ -10,6 +10,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use punchscope_analysis::handshake::Role;
+use punchscope_analysis::plan::Plan;
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use serde::Serialize;
 
@@ -25,24 +26,21 @@ pub struct PairTrial {
     pub initiator: String,
     pub responder: String,
     pub trial: u32,
-    pub strategy: Strategy,
+    /// Strategy (`plan.strategy_of(trial)`), attempt timing, low TTL, and the
+    /// responder's extra start delay (`injected_skew_ms`).
+    pub plan: Plan,
     /// Local port of each side (initiator, responder).
     pub ports: (u16, u16),
     /// Echo server endpoint (in the internet namespace) that reports observed endpoints.
     pub echo: SocketAddr,
-    /// Extra start delay of the responder.
-    pub skew: Duration,
-    pub attempt_timeout: Duration,
-    pub max_attempts: u32,
-    pub retry_gap: Duration,
-    pub retry_jitter: Duration,
-    pub low_ttl: u8,
     /// Run this Bitcoin handshake over the punched socket.
     pub handshake: Option<HandshakeSpec>,
 }
 
 impl PairTrial {
-    /// A trial with the default plan's timing.
+    /// A `strategy` trial under the default plan, with quicker attempts:
+    /// lab links answer within milliseconds, so shorter waits only make
+    /// failing trials end sooner.
     pub fn new(
         initiator: &str,
         responder: &str,
@@ -51,21 +49,25 @@ impl PairTrial {
         ports: (u16, u16),
         echo: SocketAddr,
     ) -> Self {
+        let mut plan = punch::default_plan("lab pair");
+        plan.strategies = vec![strategy];
+        plan.attempt_timeout_ms = 1500;
+        plan.max_attempts = 3;
+        plan.retry_gap_ms = 100;
+        plan.retry_jitter_ms = 300;
         Self {
             initiator: initiator.to_string(),
             responder: responder.to_string(),
             trial,
-            strategy,
+            plan,
             ports,
             echo,
-            skew: Duration::ZERO,
-            attempt_timeout: Duration::from_millis(1500),
-            max_attempts: 3,
-            retry_gap: Duration::from_millis(100),
-            retry_jitter: Duration::from_millis(300),
-            low_ttl: 2,
             handshake: None,
         }
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.plan.strategy_of(self.trial)
     }
 }
 
@@ -112,10 +114,10 @@ pub fn run_pair(lab: &Lab, t: &PairTrial) -> Result<(TrialRecord, TrialRecord), 
     let b_public = lab
         .run_in(&t.responder, || block_on(observe(any_port(b_port), t.echo)))?
         .map_err(LabError::Traffic)?;
-    if t.strategy == Strategy::LowTtl {
+    if t.strategy() == Strategy::LowTtl {
         let prime = |host: &str, port: u16, peer: SocketAddr| {
             lab.run_in(host, move || {
-                block_on(punch::prime_low_ttl(any_port(port), peer, t.low_ttl))
+                block_on(punch::prime_low_ttl(any_port(port), peer, t.plan.low_ttl))
             })
         };
         prime(&t.initiator, a_port, b_public)?.map_err(LabError::Traffic)?;
@@ -124,23 +126,12 @@ pub fn run_pair(lab: &Lab, t: &PairTrial) -> Result<(TrialRecord, TrialRecord), 
         std::thread::sleep(Duration::from_millis(50));
     }
     let nonce = format!("{:032x}", rand::random::<u128>());
-    let spec = |role, port: u16, public: SocketAddr, peer: SocketAddr, skew| TrialSpec {
-        trial: t.trial,
-        strategy: t.strategy,
-        role,
-        local: any_port(port),
-        peer,
+    let spec = |role, port: u16, public: SocketAddr, peer: SocketAddr| TrialSpec {
         public_port: Some(public.port()),
-        nonce: nonce.clone(),
-        start_delay: Duration::ZERO,
-        injected_skew: skew,
-        attempt_timeout: t.attempt_timeout,
-        max_attempts: t.max_attempts,
-        retry_gap: t.retry_gap,
-        retry_jitter: t.retry_jitter,
+        ..TrialSpec::from_plan(&t.plan, t.trial, role, any_port(port), peer, nonce.clone())
     };
-    let a_spec = spec(Role::Initiator, a_port, a_public, b_public, Duration::ZERO);
-    let b_spec = spec(Role::Responder, b_port, b_public, a_public, t.skew);
+    let a_spec = spec(Role::Initiator, a_port, a_public, b_public);
+    let b_spec = spec(Role::Responder, b_port, b_public, a_public);
     let go_at = Instant::now() + Duration::from_millis(20);
     let run = |host: &str, spec: TrialSpec| {
         lab.run_in(host, move || {
@@ -211,11 +202,11 @@ pub fn skew_sweep(
                     echo,
                 );
                 port = port.wrapping_add(2).max(30000);
-                t.skew = skew;
-                t.max_attempts = max_attempts;
-                t.attempt_timeout = Duration::from_millis(1500);
-                t.retry_gap = Duration::from_millis(200);
-                t.retry_jitter = Duration::from_millis(1000);
+                t.plan.injected_skew_ms = u32::try_from(skew.as_millis()).unwrap_or(u32::MAX);
+                t.plan.max_attempts = max_attempts;
+                t.plan.attempt_timeout_ms = 1500;
+                t.plan.retry_gap_ms = 200;
+                t.plan.retry_jitter_ms = 1000;
                 let (a, b) = run_pair(lab, &t)?;
                 if a.outcome == TrialOutcome::Connected && b.outcome == TrialOutcome::Connected {
                     successes += 1;
