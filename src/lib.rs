@@ -5,6 +5,10 @@
 //! - [`lab`] (Linux only): NATs of every RFC 4787 kind built from network
 //!   namespaces and a user-space NAT emulator, so the whole pipeline runs and
 //!   is tested on one machine. Its emulator core ([`lab::nat`]) is sans-io.
+//! - [`net`]: small network helpers shared by clients and servers: the
+//!   bounded line connection our newline-delimited protocols run over, the
+//!   sans-io per-source limits of both servers, and sockets bound the way
+//!   hole punching needs them (used by trials, classification and the lab).
 //! - [`proto`]: sans-io wire codecs (echo/reflector messages, rendezvous
 //!   messages and the coordinator's state machine).
 //! - [`server`]: the servers (`punchscope serve ...`), each taking bound listeners and a shutdown signal.
@@ -33,6 +37,7 @@ pub mod classify;
 pub mod collector;
 #[cfg(all(feature = "lab", target_os = "linux"))]
 pub mod lab;
+pub mod net;
 pub mod probe;
 pub mod proto;
 pub mod punch;

@@ -156,9 +156,9 @@ fn low_ttl_priming_survives_a_start_skew_that_breaks_rst_nats() {
     let _echo = EchoService::start(&lab, &[echo()]).unwrap();
     let skewed = |strategy, ports| {
         let mut t = PairTrial::new("alice", "bob", 0, strategy, ports, echo());
-        t.skew = Duration::from_millis(150);
-        t.max_attempts = 1;
-        t.attempt_timeout = Duration::from_millis(2000);
+        t.plan.injected_skew_ms = 150;
+        t.plan.max_attempts = 1;
+        t.plan.attempt_timeout_ms = 2000;
         run_pair(&lab, &t).unwrap()
     };
     // Without priming, alice's SYN reaches bob's NAT before bob opened it: RST.

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use punchscope_analysis::classify::{DialKind, DialObservation, DialOutcome, HairpinObservation};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::probe::{self, ProbeFailure};
 use super::socket;
+use crate::net::line::LineConnection;
 use crate::proto::echo::{self, DialBackRequest, ServerMessage};
 
 /// Most connections the filtering listener accepts in one run.
@@ -62,17 +63,15 @@ pub fn spawn_listener(listener: TcpListener) -> (TaskGuard, Arrivals) {
             };
             let (dial_tx, hairpin_tx) = (dial_tx.clone(), hairpin_tx.clone());
             readers.spawn(async move {
-                let mut conn = BufReader::new(stream);
-                let line =
-                    tokio::time::timeout(Duration::from_secs(2), first_line(&mut conn)).await;
-                match line {
-                    Ok(Some(arrival @ Arrival::DialBack { .. })) => {
+                let mut conn = LineConnection::new(stream, echo::MAX_LINE);
+                match first_line(&mut conn).await {
+                    Some(arrival @ Arrival::DialBack { .. }) => {
                         let _ = dial_tx.send(arrival).await;
                     }
-                    Ok(Some(arrival @ Arrival::Hairpin { .. })) => {
+                    Some(arrival @ Arrival::Hairpin { .. }) => {
                         let _ = hairpin_tx.send(arrival).await;
                     }
-                    _ => {}
+                    None => {}
                 }
             });
         }
@@ -87,13 +86,9 @@ pub fn spawn_listener(listener: TcpListener) -> (TaskGuard, Arrivals) {
     )
 }
 
-async fn first_line(conn: &mut BufReader<TcpStream>) -> Option<Arrival> {
-    use tokio::io::AsyncBufReadExt;
-    let mut line = String::new();
-    tokio::io::AsyncReadExt::take(&mut *conn, echo::MAX_LINE as u64)
-        .read_line(&mut line)
-        .await
-        .ok()?;
+async fn first_line(conn: &mut LineConnection<TcpStream>) -> Option<Arrival> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let line = conn.read_line_before(deadline).await.ok()??;
     let line = line.trim_end();
     if let Some(token) = line.strip_prefix(HAIRPIN_PREFIX) {
         return Some(Arrival::Hairpin {
@@ -109,30 +104,30 @@ async fn first_line(conn: &mut BufReader<TcpStream>) -> Option<Arrival> {
 /// Asks for both dial-backs on `control` and records what the server did and
 /// what reached our listener. `Err` carries the server's refusal.
 pub async fn dial_back(
-    control: BufReader<TcpStream>,
+    control: LineConnection<TcpStream>,
     arrivals: &mut mpsc::Receiver<Arrival>,
     token: &str,
     rtt: Duration,
     reply_timeout: Duration,
 ) -> Result<Vec<DialObservation>, String> {
-    let (mut read, mut write) = split(control);
+    let (mut read, mut write) = control.into_split();
     let request = DialBackRequest {
         token: token.to_string(),
         kinds: vec![DialKind::OtherPort, DialKind::OtherIp],
     };
     write
-        .write_all(&echo::encode_request(&request))
+        .write_line(&echo::encode_request(&request))
         .await
         .map_err(|e| format!("cannot send the dial-back request: {e}"))?;
-    let first = tokio::time::timeout(reply_timeout, probe::read_message(&mut read)).await;
+    let first = probe::read_message_before(&mut read, Instant::now() + reply_timeout).await;
     let (planned, server_timeout) = match first {
-        Err(_) => return Err("no answer to the dial-back request".into()),
-        Ok(Err(e)) => return Err(format!("dial-back request failed: {e}")),
-        Ok(Ok(ServerMessage::DialBackAccepted {
+        Err(ProbeFailure::Timeout) => return Err("no answer to the dial-back request".into()),
+        Err(e) => return Err(format!("dial-back request failed: {e}")),
+        Ok(ServerMessage::DialBackAccepted {
             dials, timeout_ms, ..
-        })) => (dials, Duration::from_millis(timeout_ms)),
-        Ok(Ok(ServerMessage::Error { message, .. })) => return Err(message),
-        Ok(Ok(other)) => return Err(format!("unexpected answer {other:?}")),
+        }) => (dials, Duration::from_millis(timeout_ms)),
+        Ok(ServerMessage::Error { message, .. }) => return Err(message),
+        Ok(other) => return Err(format!("unexpected answer {other:?}")),
     };
     let mut dials: Vec<DialObservation> = planned
         .iter()
@@ -143,8 +138,8 @@ pub async fn dial_back(
             received: false,
         })
         .collect();
-    // The control connection is read in its own task: a line read is not
-    // cancel-safe, and it races against arrivals below.
+    // The control connection is read in its own task, so the loop below
+    // races two channels: the server's reports and our listener's arrivals.
     let (results_tx, mut results) = mpsc::channel(8);
     let reader = TaskGuard(tokio::spawn(async move {
         while let Ok(msg) = probe::read_message(&mut read).await {
@@ -208,17 +203,6 @@ pub async fn dial_back(
     drop(reader);
     let _ = write.shutdown().await;
     Ok(dials)
-}
-
-fn split(
-    control: BufReader<TcpStream>,
-) -> (
-    BufReader<tokio::net::tcp::OwnedReadHalf>,
-    tokio::net::tcp::OwnedWriteHalf,
-) {
-    // Nothing is buffered yet beyond the observed line, which was consumed.
-    let (read, write) = control.into_inner().into_split();
-    (BufReader::new(read), write)
 }
 
 /// Connects from a fresh port to our own public endpoint and checks that our

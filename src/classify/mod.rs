@@ -32,6 +32,7 @@ pub use error::ClassifyError;
 use probe::{Answered, Hello, ProbeFailure};
 
 use crate::proto::echo::{ProtoError, DEFAULT_PORT};
+use crate::proto::ndjson::LineError;
 
 /// What to probe and how patiently.
 #[derive(Debug, Clone)]
@@ -217,7 +218,7 @@ fn fatal(server: SocketAddr, failure: &ProbeFailure) -> Result<(), ClassifyError
         {
             Err(ClassifyError::NoIpv4Route { server })
         }
-        ProbeFailure::Protocol(e @ ProtoError::UnsupportedVersion { .. }) => {
+        ProbeFailure::Protocol(e @ ProtoError::Line(LineError::UnsupportedVersion { .. })) => {
             Err(ClassifyError::ServerVersion {
                 server,
                 message: e.to_string(),

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use punchscope_analysis::classify::Probe;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::net::line::{LineConnection, LineConnectionError};
 use crate::proto::echo::{self, ProtoError, ServerMessage, MAX_LINE};
 
 /// What the server announced on a probe connection.
@@ -42,7 +42,7 @@ impl std::fmt::Display for ProbeFailure {
 pub struct Answered {
     pub probe: Probe,
     pub hello: Hello,
-    pub conn: BufReader<TcpStream>,
+    pub conn: LineConnection<TcpStream>,
 }
 
 /// Connects `socket` to `server` and reads the observed line, all within `timeout`.
@@ -73,19 +73,18 @@ pub async fn run(
     };
     let rtt_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let local = stream.local_addr().unwrap_or(fallback_local);
-    let mut conn = BufReader::new(stream);
-    let hello = match tokio::time::timeout_at(deadline, read_message(&mut conn)).await {
-        Err(_) => Err(ProbeFailure::Timeout),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(ServerMessage::Observed {
+    let mut conn = LineConnection::new(stream, MAX_LINE);
+    let hello = match read_message_before(&mut conn, deadline).await {
+        Err(e) => Err(e),
+        Ok(ServerMessage::Observed {
             observed,
             endpoints,
             ..
-        })) => Ok(Hello {
+        }) => Ok(Hello {
             observed,
             endpoints,
         }),
-        Ok(Ok(other)) => Err(ProbeFailure::Protocol(ProtoError::Malformed(format!(
+        Ok(other) => Err(ProbeFailure::Protocol(ProtoError::Malformed(format!(
             "expected an observed line first, got {other:?}"
         )))),
     };
@@ -105,19 +104,29 @@ pub async fn run(
     }
 }
 
+/// Reads one server line, waiting until `deadline`.
+pub async fn read_message_before<S: tokio::io::AsyncRead + Unpin>(
+    conn: &mut LineConnection<S>,
+    deadline: tokio::time::Instant,
+) -> Result<ServerMessage, ProbeFailure> {
+    message(conn.read_line_before(deadline).await)
+}
+
 /// Reads one server line. The caller bounds the wait.
 pub async fn read_message<S: tokio::io::AsyncRead + Unpin>(
-    conn: &mut BufReader<S>,
+    conn: &mut LineConnection<S>,
 ) -> Result<ServerMessage, ProbeFailure> {
-    let mut line = Vec::with_capacity(256);
-    let n = (&mut *conn)
-        .take(MAX_LINE as u64)
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(ProbeFailure::Connect)?;
-    if n == 0 {
-        return Err(ProbeFailure::Closed);
+    message(conn.read_line().await)
+}
+
+fn message(
+    line: Result<Option<String>, LineConnectionError>,
+) -> Result<ServerMessage, ProbeFailure> {
+    match line {
+        Ok(Some(line)) => echo::decode_server(&line).map_err(ProbeFailure::Protocol),
+        Ok(None) => Err(ProbeFailure::Closed),
+        Err(LineConnectionError::Line(e)) => Err(ProbeFailure::Protocol(e.into())),
+        Err(LineConnectionError::Timeout) => Err(ProbeFailure::Timeout),
+        Err(LineConnectionError::Io(e)) => Err(ProbeFailure::Connect(e)),
     }
-    let text = echo::frame(&line).map_err(ProbeFailure::Protocol)?;
-    echo::decode_server(text).map_err(ProbeFailure::Protocol)
 }

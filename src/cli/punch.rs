@@ -2,10 +2,9 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use punchscope::analysis::handshake::{BitcoinNetwork, Role, Transport};
+use punchscope::analysis::handshake::{Role, Transport};
 use punchscope::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use punchscope::punch::{self, HandshakeSpec, TrialSpec};
 
@@ -27,7 +26,7 @@ pub struct PunchArgs {
     attempts: u32,
     /// Milliseconds one attempt may wait.
     #[arg(long, default_value_t = 3000)]
-    attempt_timeout_ms: u64,
+    attempt_timeout_ms: u32,
     /// After connecting, run a Bitcoin handshake: one side `initiator`, the other `responder`.
     #[arg(long, value_enum)]
     handshake_role: Option<RoleArg>,
@@ -63,27 +62,23 @@ pub fn run(args: PunchArgs) -> anyhow::Result<ExitCode> {
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, args.bind).into()
     };
-    let spec = TrialSpec {
-        trial: 0,
-        strategy: match args.strategy {
-            StrategyArg::Simultaneous => Strategy::Simultaneous,
-            StrategyArg::ConnectListen => Strategy::ConnectListen,
-        },
-        role: match args.handshake_role {
-            Some(RoleArg::Responder) => Role::Responder,
-            _ => Role::Initiator,
-        },
-        local,
-        peer: args.peer,
-        public_port: None,
-        nonce: args.nonce,
-        start_delay: Duration::ZERO,
-        injected_skew: Duration::ZERO,
-        attempt_timeout: Duration::from_millis(args.attempt_timeout_ms),
-        max_attempts: args.attempts.max(1),
-        retry_gap: Duration::from_millis(200),
-        retry_jitter: Duration::from_millis(1000),
+    // Everything the flags do not say is the plan's default.
+    let mut plan = punch::default_plan("manual punch");
+    plan.strategies = vec![match args.strategy {
+        StrategyArg::Simultaneous => Strategy::Simultaneous,
+        StrategyArg::ConnectListen => Strategy::ConnectListen,
+    }];
+    plan.transports = vec![match args.transport {
+        TransportArg::V1 => Transport::V1,
+        TransportArg::V2 => Transport::V2,
+    }];
+    plan.max_attempts = args.attempts.max(1);
+    plan.attempt_timeout_ms = args.attempt_timeout_ms;
+    let role = match args.handshake_role {
+        Some(RoleArg::Responder) => Role::Responder,
+        _ => Role::Initiator,
     };
+    let spec = TrialSpec::from_plan(&plan, 0, role, local, args.peer, args.nonce);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -92,14 +87,7 @@ pub fn run(args: PunchArgs) -> anyhow::Result<ExitCode> {
         match args.handshake_role {
             None => punch::run_trial(&spec, go_at).await.0,
             Some(_) => {
-                let handshake = HandshakeSpec {
-                    transport: match args.transport {
-                        TransportArg::V1 => Transport::V1,
-                        TransportArg::V2 => Transport::V2,
-                    },
-                    network: BitcoinNetwork::Mainnet,
-                    step_timeout: Duration::from_secs(10),
-                };
+                let handshake = HandshakeSpec::from_plan(&plan, 0);
                 punch::run_trial_with_handshake(&spec, &handshake, go_at).await
             }
         }

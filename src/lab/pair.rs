@@ -6,15 +6,17 @@
 //! are primed first, then both sides run the real trial code from the same
 //! instant (plus any injected skew on the responder).
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use punchscope_analysis::handshake::Role;
+use punchscope_analysis::plan::Plan;
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use serde::Serialize;
 
 use super::instance::{Lab, LabError};
+use crate::net::line::LineConnection;
+use crate::net::socket;
 use crate::proto::echo::{self, ServerMessage};
 use crate::punch::{self, HandshakeSpec, TrialSpec};
 
@@ -24,24 +26,21 @@ pub struct PairTrial {
     pub initiator: String,
     pub responder: String,
     pub trial: u32,
-    pub strategy: Strategy,
+    /// Strategy (`plan.strategy_of(trial)`), attempt timing, low TTL, and the
+    /// responder's extra start delay (`injected_skew_ms`).
+    pub plan: Plan,
     /// Local port of each side (initiator, responder).
     pub ports: (u16, u16),
     /// Echo server endpoint (in the internet namespace) that reports observed endpoints.
     pub echo: SocketAddr,
-    /// Extra start delay of the responder.
-    pub skew: Duration,
-    pub attempt_timeout: Duration,
-    pub max_attempts: u32,
-    pub retry_gap: Duration,
-    pub retry_jitter: Duration,
-    pub low_ttl: u8,
     /// Run this Bitcoin handshake over the punched socket.
     pub handshake: Option<HandshakeSpec>,
 }
 
 impl PairTrial {
-    /// A trial with the default plan's timing.
+    /// A `strategy` trial under the default plan, with quicker attempts:
+    /// lab links answer within milliseconds, so shorter waits only make
+    /// failing trials end sooner.
     pub fn new(
         initiator: &str,
         responder: &str,
@@ -50,39 +49,56 @@ impl PairTrial {
         ports: (u16, u16),
         echo: SocketAddr,
     ) -> Self {
+        let mut plan = punch::default_plan("lab pair");
+        plan.strategies = vec![strategy];
+        plan.attempt_timeout_ms = 1500;
+        plan.max_attempts = 3;
+        plan.retry_gap_ms = 100;
+        plan.retry_jitter_ms = 300;
         Self {
             initiator: initiator.to_string(),
             responder: responder.to_string(),
             trial,
-            strategy,
+            plan,
             ports,
             echo,
-            skew: Duration::ZERO,
-            attempt_timeout: Duration::from_millis(1500),
-            max_attempts: 3,
-            retry_gap: Duration::from_millis(100),
-            retry_jitter: Duration::from_millis(300),
-            low_ttl: 2,
             handshake: None,
         }
     }
+
+    pub fn strategy(&self) -> Strategy {
+        self.plan.strategy_of(self.trial)
+    }
 }
 
-/// Asks the echo server which public endpoint it sees for `local`.
-pub fn observe(local: SocketAddr, echo_server: SocketAddr) -> std::io::Result<SocketAddr> {
-    let socket = punch::socket::bound(local)?;
-    socket.set_nonblocking(false)?;
-    socket.connect_timeout(&echo_server.into(), Duration::from_secs(5))?;
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    match echo::decode_server(line.trim_end()) {
-        Ok(ServerMessage::Observed { observed, .. }) => Ok(observed),
+/// Asks the echo server which public endpoint it sees for `local`; the
+/// connect and the answer each get five seconds.
+pub async fn observe(local: SocketAddr, echo_server: SocketAddr) -> std::io::Result<SocketAddr> {
+    const WAIT: Duration = Duration::from_secs(5);
+    let socket = socket::into_tokio(socket::bound(local)?)?;
+    let stream = tokio::time::timeout(WAIT, socket.connect(echo_server))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let mut conn = LineConnection::new(stream, echo::MAX_LINE);
+    let line = conn
+        .read_line_before(tokio::time::Instant::now() + WAIT)
+        .await
+        .map_err(std::io::Error::other)?;
+    match line.as_deref().map(echo::decode_server) {
+        Some(Ok(ServerMessage::Observed { observed, .. })) => Ok(observed),
         other => Err(std::io::Error::other(format!(
             "echo server answered {other:?}"
         ))),
     }
+}
+
+/// Runs `work` to completion on a runtime of its own, in the calling thread
+/// (inside a lab host's namespace).
+fn block_on<T>(work: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 fn any_port(port: u16) -> SocketAddr {
@@ -93,18 +109,15 @@ fn any_port(port: u16) -> SocketAddr {
 pub fn run_pair(lab: &Lab, t: &PairTrial) -> Result<(TrialRecord, TrialRecord), LabError> {
     let (a_port, b_port) = t.ports;
     let a_public = lab
-        .run_in(&t.initiator, || observe(any_port(a_port), t.echo))?
+        .run_in(&t.initiator, || block_on(observe(any_port(a_port), t.echo)))?
         .map_err(LabError::Traffic)?;
     let b_public = lab
-        .run_in(&t.responder, || observe(any_port(b_port), t.echo))?
+        .run_in(&t.responder, || block_on(observe(any_port(b_port), t.echo)))?
         .map_err(LabError::Traffic)?;
-    if t.strategy == Strategy::LowTtl {
+    if t.strategy() == Strategy::LowTtl {
         let prime = |host: &str, port: u16, peer: SocketAddr| {
             lab.run_in(host, move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(punch::prime_low_ttl(any_port(port), peer, t.low_ttl))
+                block_on(punch::prime_low_ttl(any_port(port), peer, t.plan.low_ttl))
             })
         };
         prime(&t.initiator, a_port, b_public)?.map_err(LabError::Traffic)?;
@@ -113,38 +126,24 @@ pub fn run_pair(lab: &Lab, t: &PairTrial) -> Result<(TrialRecord, TrialRecord), 
         std::thread::sleep(Duration::from_millis(50));
     }
     let nonce = format!("{:032x}", rand::random::<u128>());
-    let spec = |role, port: u16, public: SocketAddr, peer: SocketAddr, skew| TrialSpec {
-        trial: t.trial,
-        strategy: t.strategy,
-        role,
-        local: any_port(port),
-        peer,
+    let spec = |role, port: u16, public: SocketAddr, peer: SocketAddr| TrialSpec {
         public_port: Some(public.port()),
-        nonce: nonce.clone(),
-        start_delay: Duration::ZERO,
-        injected_skew: skew,
-        attempt_timeout: t.attempt_timeout,
-        max_attempts: t.max_attempts,
-        retry_gap: t.retry_gap,
-        retry_jitter: t.retry_jitter,
+        ..TrialSpec::from_plan(&t.plan, t.trial, role, any_port(port), peer, nonce.clone())
     };
-    let a_spec = spec(Role::Initiator, a_port, a_public, b_public, Duration::ZERO);
-    let b_spec = spec(Role::Responder, b_port, b_public, a_public, t.skew);
+    let a_spec = spec(Role::Initiator, a_port, a_public, b_public);
+    let b_spec = spec(Role::Responder, b_port, b_public, a_public);
     let go_at = Instant::now() + Duration::from_millis(20);
     let run = |host: &str, spec: TrialSpec| {
-        lab.run_in(host, move || -> std::io::Result<TrialRecord> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let go_at = tokio::time::Instant::from_std(go_at);
-            Ok(runtime.block_on(async {
-                match &t.handshake {
+        lab.run_in(host, move || {
+            block_on(async {
+                let go_at = tokio::time::Instant::from_std(go_at);
+                Ok(match &t.handshake {
                     Some(handshake) => {
                         punch::run_trial_with_handshake(&spec, handshake, go_at).await
                     }
                     None => punch::run_trial(&spec, go_at).await.0,
-                }
-            }))
+                })
+            })
         })
     };
     let (a, b) = std::thread::scope(|s| {
@@ -203,11 +202,11 @@ pub fn skew_sweep(
                     echo,
                 );
                 port = port.wrapping_add(2).max(30000);
-                t.skew = skew;
-                t.max_attempts = max_attempts;
-                t.attempt_timeout = Duration::from_millis(1500);
-                t.retry_gap = Duration::from_millis(200);
-                t.retry_jitter = Duration::from_millis(1000);
+                t.plan.injected_skew_ms = u32::try_from(skew.as_millis()).unwrap_or(u32::MAX);
+                t.plan.max_attempts = max_attempts;
+                t.plan.attempt_timeout_ms = 1500;
+                t.plan.retry_gap_ms = 200;
+                t.plan.retry_jitter_ms = 1000;
                 let (a, b) = run_pair(lab, &t)?;
                 if a.outcome == TrialOutcome::Connected && b.outcome == TrialOutcome::Connected {
                     successes += 1;

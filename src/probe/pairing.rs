@@ -134,7 +134,7 @@ pub async fn run_pairing(
                 token,
                 strategy,
             } => {
-                let bound = punch::socket::bound(any_port(options.server, 0));
+                let bound = crate::net::socket::bound(any_port(options.server, 0));
                 let result = match bound {
                     Ok(socket) => {
                         let local_port = socket
@@ -212,26 +212,16 @@ pub async fn run_pairing(
                     record.trials.push(trial_record);
                     continue;
                 };
+                let local = any_port(peer, p.local_port);
+                // What `go` says wins over what the plan implies.
                 let spec = TrialSpec {
-                    trial,
                     strategy,
-                    role: pairing.role,
-                    local: any_port(peer, p.local_port),
-                    peer,
                     public_port: Some(p.public_port),
-                    nonce,
                     start_delay: delay.saturating_sub(injected_skew),
                     injected_skew,
-                    attempt_timeout: Duration::from_millis(plan.attempt_timeout_ms.into()),
-                    max_attempts: plan.max_attempts,
-                    retry_gap: Duration::from_millis(plan.retry_gap_ms.into()),
-                    retry_jitter: Duration::from_millis(plan.retry_jitter_ms.into()),
+                    ..TrialSpec::from_plan(&plan, trial, pairing.role, local, peer, nonce)
                 };
-                let handshake = HandshakeSpec {
-                    transport: plan.transport_of(trial),
-                    network: plan.network,
-                    step_timeout: Duration::from_millis(plan.handshake_step_ms.into()),
-                };
+                let handshake = HandshakeSpec::from_plan(&plan, trial);
                 let finished = tokio::select! {
                     record = punch::run_trial_with_handshake(&spec, &handshake, go_at) => Some(record),
                     () = &mut stop => None,

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use super::ndjson;
+use super::ndjson::{self, LineError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -125,18 +125,12 @@ pub enum ErrorCode {
 /// Why a line could not be accepted. The `Display` text is what the peer is told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
-    #[error("line longer than {MAX_LINE} bytes: send shorter lines")]
-    LineTooLong,
-    #[error("line ended without a newline: terminate every message with \\n")]
-    Unterminated,
+    /// The line itself: framing, JSON, version.
+    #[error(transparent)]
+    Line(#[from] LineError),
+    /// A framed, versioned JSON object that is not a well-formed message.
     #[error("not a JSON object: {0}")]
     Malformed(String),
-    #[error("missing or non-integer field `v`: every message carries the protocol version")]
-    MissingVersion,
-    #[error(
-        "protocol version {got} is not spoken here (supported: {supported:?}): upgrade punchscope"
-    )]
-    UnsupportedVersion { got: u64, supported: Vec<u32> },
     #[error("unknown message type {0:?}: expected \"dial_back_request\"")]
     UnknownType(String),
     #[error("field `{0}` is not allowed: the server only ever dials the endpoint it observed for this connection")]
@@ -149,11 +143,12 @@ impl ProtoError {
     /// The error code to put in the `error` line for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ProtoError::LineTooLong => ErrorCode::LineTooLong,
-            ProtoError::Unterminated | ProtoError::Malformed(_) | ProtoError::MissingVersion => {
-                ErrorCode::Malformed
-            }
-            ProtoError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            ProtoError::Line(LineError::LineTooLong { .. }) => ErrorCode::LineTooLong,
+            ProtoError::Line(LineError::UnsupportedVersion { .. }) => ErrorCode::UnsupportedVersion,
+            ProtoError::Line(
+                LineError::Unterminated | LineError::Malformed(_) | LineError::MissingVersion,
+            )
+            | ProtoError::Malformed(_) => ErrorCode::Malformed,
             ProtoError::UnknownType(_) => ErrorCode::UnknownType,
             ProtoError::TargetNotAllowed(_) => ErrorCode::TargetNotAllowed,
             ProtoError::BadRequest(_) => ErrorCode::BadRequest,
@@ -163,7 +158,9 @@ impl ProtoError {
     /// The `error` line that tells the peer about this failure.
     pub fn to_message(&self) -> ServerMessage {
         let supported_versions = match self {
-            ProtoError::UnsupportedVersion { supported, .. } => Some(supported.clone()),
+            ProtoError::Line(LineError::UnsupportedVersion { supported, .. }) => {
+                Some(supported.clone())
+            }
             _ => None,
         };
         ServerMessage::Error {
@@ -209,8 +206,6 @@ pub fn frame(raw: &[u8]) -> Result<&str, ProtoError> {
 fn versioned_object(line: &str) -> Result<Map<String, Value>, ProtoError> {
     Ok(ndjson::versioned_object(line, SUPPORTED_VERSIONS)?)
 }
-
-ndjson::from_line_error!(ProtoError);
 
 /// Decodes and validates a client's request line (server side).
 pub fn decode_request(line: &str) -> Result<DialBackRequest, ProtoError> {
@@ -310,10 +305,10 @@ mod tests {
                 elapsed_ms: 1000,
                 detail: None,
             },
-            ProtoError::UnsupportedVersion {
+            ProtoError::Line(LineError::UnsupportedVersion {
                 got: 7,
                 supported: vec![1],
-            }
+            })
             .to_message(),
         ];
         for msg in msgs {
@@ -426,13 +421,19 @@ mod tests {
     #[test]
     fn framing_limits() {
         assert_eq!(frame(b"{}\r\n"), Ok("{}"));
-        assert_eq!(frame(b"{}"), Err(ProtoError::Unterminated));
+        assert_eq!(frame(b"{}"), Err(ProtoError::Line(LineError::Unterminated)));
         let full = vec![b'x'; MAX_LINE];
-        assert_eq!(frame(&full), Err(ProtoError::LineTooLong));
+        assert_eq!(
+            frame(&full),
+            Err(ProtoError::Line(LineError::LineTooLong { max: MAX_LINE }))
+        );
         let mut exact = vec![b' '; MAX_LINE - 1];
         exact.push(b'\n');
         assert!(frame(&exact).is_ok());
-        assert!(matches!(frame(b"\xff\n"), Err(ProtoError::Malformed(_))));
+        assert!(matches!(
+            frame(b"\xff\n"),
+            Err(ProtoError::Line(LineError::Malformed(_)))
+        ));
     }
 
     #[test]

@@ -4,13 +4,21 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// A line that fails framing or the version check, before any message-specific parsing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A line that fails framing or the version check, before any message-specific
+/// parsing. The `Display` text is what the peer is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LineError {
-    LineTooLong,
+    #[error("line longer than {max} bytes: send shorter lines")]
+    LineTooLong { max: usize },
+    #[error("line ended without a newline: terminate every message with \\n")]
     Unterminated,
+    #[error("not a JSON object: {0}")]
     Malformed(String),
+    #[error("missing or non-integer field `v`: every message carries the protocol version")]
     MissingVersion,
+    #[error(
+        "protocol version {got} is not spoken here (supported: {supported:?}): upgrade punchscope"
+    )]
     UnsupportedVersion { got: u64, supported: Vec<u32> },
 }
 
@@ -33,16 +41,29 @@ pub fn encode<T: Serialize>(version: u32, body: &T, max_line: usize) -> Vec<u8> 
     line
 }
 
+/// How many of `buffered` bytes make the next line, newline included, once
+/// it is complete (`None`: read more). A reader calls this after every read;
+/// `max_line` bytes without a newline are an error, so a reader never
+/// buffers more than one line's worth plus one read.
+pub fn next_line_len(buffered: &[u8], max_line: usize) -> Result<Option<usize>, LineError> {
+    let window = &buffered[..buffered.len().min(max_line)];
+    match window.iter().position(|b| *b == b'\n') {
+        Some(newline) => Ok(Some(newline + 1)),
+        None if buffered.len() >= max_line => Err(LineError::LineTooLong { max: max_line }),
+        None => Ok(None),
+    }
+}
+
 /// Checks the framing of raw bytes read up to and including a newline (at
 /// most `max_line` of them) and returns the text without the newline.
 pub fn frame(raw: &[u8], max_line: usize) -> Result<&str, LineError> {
     let body = match raw.strip_suffix(b"\n") {
         Some(body) => body,
-        None if raw.len() >= max_line => return Err(LineError::LineTooLong),
+        None if raw.len() >= max_line => return Err(LineError::LineTooLong { max: max_line }),
         None => return Err(LineError::Unterminated),
     };
     if raw.len() > max_line {
-        return Err(LineError::LineTooLong);
+        return Err(LineError::LineTooLong { max: max_line });
     }
     let body = body.strip_suffix(b"\r").unwrap_or(body);
     std::str::from_utf8(body).map_err(|e| LineError::Malformed(format!("not UTF-8: {e}")))
@@ -68,23 +89,34 @@ pub fn versioned_object(line: &str, supported: &[u32]) -> Result<Map<String, Val
     Ok(obj)
 }
 
-/// Implements `From<LineError>` for a protocol's error enum with the same five variants.
-macro_rules! from_line_error {
-    ($error:ty) => {
-        impl From<$crate::proto::ndjson::LineError> for $error {
-            fn from(e: $crate::proto::ndjson::LineError) -> Self {
-                use $crate::proto::ndjson::LineError;
-                match e {
-                    LineError::LineTooLong => Self::LineTooLong,
-                    LineError::Unterminated => Self::Unterminated,
-                    LineError::Malformed(m) => Self::Malformed(m),
-                    LineError::MissingVersion => Self::MissingVersion,
-                    LineError::UnsupportedVersion { got, supported } => {
-                        Self::UnsupportedVersion { got, supported }
-                    }
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_line_len_finds_the_first_newline_within_the_limit() {
+        assert_eq!(next_line_len(b"", 8), Ok(None));
+        assert_eq!(next_line_len(b"{}", 8), Ok(None));
+        assert_eq!(next_line_len(b"{}\n{}\n", 8), Ok(Some(3)));
+        assert_eq!(next_line_len(b"1234567\n", 8), Ok(Some(8)));
+        assert_eq!(
+            next_line_len(b"12345678\n", 8),
+            Err(LineError::LineTooLong { max: 8 })
+        );
+        assert_eq!(
+            next_line_len(b"12345678", 8),
+            Err(LineError::LineTooLong { max: 8 })
+        );
+    }
+
+    #[test]
+    fn frame_and_next_line_len_agree_on_the_limit() {
+        for len in 1..=10 {
+            let mut raw = vec![b'x'; len - 1];
+            raw.push(b'\n');
+            let framed = frame(&raw, 8).is_ok();
+            let found = next_line_len(&raw, 8) == Ok(Some(len));
+            assert_eq!(framed, found, "a {len}-byte line");
         }
-    };
+    }
 }
-pub(crate) use from_line_error;

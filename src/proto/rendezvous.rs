@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::ndjson;
+use super::ndjson::{self, LineError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -214,18 +214,12 @@ pub enum ErrorCode {
 /// Why a line could not be accepted. The `Display` text is what the peer is told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
-    #[error("line longer than {MAX_LINE} bytes: send shorter lines")]
-    LineTooLong,
-    #[error("line ended without a newline: terminate every message with \\n")]
-    Unterminated,
+    /// The line itself: framing, JSON, version.
+    #[error(transparent)]
+    Line(#[from] LineError),
+    /// A framed, versioned JSON object that is not a well-formed message.
     #[error("not a JSON object: {0}")]
     Malformed(String),
-    #[error("missing or non-integer field `v`: every message carries the protocol version")]
-    MissingVersion,
-    #[error(
-        "protocol version {got} is not spoken here (supported: {supported:?}): upgrade punchscope"
-    )]
-    UnsupportedVersion { got: u64, supported: Vec<u32> },
     #[error("unknown message type {0:?}")]
     UnknownType(String),
     #[error("bad message: {0}")]
@@ -238,11 +232,12 @@ impl ProtoError {
     /// The error code to put in the `error` line for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ProtoError::LineTooLong => ErrorCode::LineTooLong,
-            ProtoError::Unterminated | ProtoError::Malformed(_) | ProtoError::MissingVersion => {
-                ErrorCode::Malformed
-            }
-            ProtoError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            ProtoError::Line(LineError::LineTooLong { .. }) => ErrorCode::LineTooLong,
+            ProtoError::Line(LineError::UnsupportedVersion { .. }) => ErrorCode::UnsupportedVersion,
+            ProtoError::Line(
+                LineError::Unterminated | LineError::Malformed(_) | LineError::MissingVersion,
+            )
+            | ProtoError::Malformed(_) => ErrorCode::Malformed,
             ProtoError::UnknownType(_) => ErrorCode::UnknownType,
             ProtoError::BadRequest(_) => ErrorCode::BadRequest,
             ProtoError::ConsentRequired => ErrorCode::ConsentRequired,
@@ -252,7 +247,9 @@ impl ProtoError {
     /// The `error` line that tells the peer about this failure.
     pub fn to_message(&self) -> ServerMessage {
         let supported_versions = match self {
-            ProtoError::UnsupportedVersion { supported, .. } => Some(supported.clone()),
+            ProtoError::Line(LineError::UnsupportedVersion { supported, .. }) => {
+                Some(supported.clone())
+            }
             _ => None,
         };
         ServerMessage::Error {
@@ -298,8 +295,6 @@ pub fn frame(raw: &[u8]) -> Result<&str, ProtoError> {
 fn versioned_object(line: &str) -> Result<Map<String, Value>, ProtoError> {
     Ok(ndjson::versioned_object(line, SUPPORTED_VERSIONS)?)
 }
-
-ndjson::from_line_error!(ProtoError);
 
 const CLIENT_TYPES: &[&str] = &["hello", "pong", "primed", "result", "bye", "register"];
 

@@ -3,17 +3,19 @@
 //! over the punched socket. Outcomes are data ([`TrialRecord`]); nothing here
 //! returns `Err` for what the network did.
 //!
-//! Layout: [`socket`] (binding ports the way punching needs, reading errno),
-//! [`nonce`] (proving the connection reached the paired peer), this file (the
-//! strategies and the record).
+//! Layout: [`attempt`] (one connect from the trial port, errno read as a
+//! result), [`nonce`] (proving the connection reached the paired peer), this
+//! file (the strategies and the record). Ports are bound by
+//! [`crate::net::socket`], shared with classification and the lab.
 
+pub mod attempt;
 pub mod nonce;
-pub mod socket;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use punchscope_analysis::handshake::{BitcoinNetwork, Role, Transport};
+use punchscope_analysis::plan::{Plan, PLAN_VERSION};
 use punchscope_analysis::trial::{
     Attempt, AttemptResult, Completion, Strategy, TrialOutcome, TrialRecord,
 };
@@ -22,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::btc::{self, Accept, HandshakeConfig};
+use crate::net::socket;
 
 /// Everything one side needs to run one trial.
 #[derive(Debug, Clone)]
@@ -53,6 +56,65 @@ pub struct HandshakeSpec {
     pub transport: Transport,
     pub network: BitcoinNetwork,
     pub step_timeout: Duration,
+}
+
+impl TrialSpec {
+    /// One side of trial `trial` under `plan`: the plan's strategy for it and
+    /// its attempt timing; the responder starts the plan's injected skew late,
+    /// as the coordinator has it. No start delay and no public port are
+    /// known here: a coordinated caller sets them from `go` and registration.
+    pub fn from_plan(
+        plan: &Plan,
+        trial: u32,
+        role: Role,
+        local: SocketAddr,
+        peer: SocketAddr,
+        nonce: String,
+    ) -> TrialSpec {
+        let injected_skew = match role {
+            Role::Initiator => Duration::ZERO,
+            Role::Responder => millis(plan.injected_skew_ms),
+        };
+        TrialSpec {
+            trial,
+            strategy: plan.strategy_of(trial),
+            role,
+            local,
+            peer,
+            public_port: None,
+            nonce,
+            start_delay: Duration::ZERO,
+            injected_skew,
+            attempt_timeout: millis(plan.attempt_timeout_ms),
+            max_attempts: plan.max_attempts,
+            retry_gap: millis(plan.retry_gap_ms),
+            retry_jitter: millis(plan.retry_jitter_ms),
+        }
+    }
+}
+
+impl HandshakeSpec {
+    /// The handshake of trial `trial` under `plan`: its transport, network and step deadline.
+    pub fn from_plan(plan: &Plan, trial: u32) -> HandshakeSpec {
+        HandshakeSpec {
+            transport: plan.transport_of(trial),
+            network: plan.network,
+            step_timeout: millis(plan.handshake_step_ms),
+        }
+    }
+}
+
+/// A plan of nothing but the defaults of `analysis::plan`, for trials no
+/// coordinator planned (a manual punch, the lab's own pairs): callers
+/// override what they choose, and every other value is the plan's.
+pub fn default_plan(name: &str) -> Plan {
+    debug_assert!(!name.contains(['"', '\\', '\n']), "a plain name");
+    let text = format!("version = {PLAN_VERSION}\nname = \"{name}\"\n");
+    Plan::from_toml(&text).expect("the plan's defaults are a valid plan")
+}
+
+fn millis(ms: u32) -> Duration {
+    Duration::from_millis(u64::from(ms))
 }
 
 /// How long the nonce exchange may take after connecting.
@@ -178,7 +240,7 @@ async fn connect_with_retries(
             tokio::time::sleep(spec.retry_gap + Duration::from_millis(jitter_ms)).await;
         }
         let started = Instant::now();
-        let result = socket::connect_from(spec.local, spec.peer, spec.attempt_timeout).await;
+        let result = attempt::connect_from(spec.local, spec.peer, spec.attempt_timeout).await;
         let result = match result {
             Ok(stream) => match stream.peer_addr() {
                 // A socket can look connected after EADDRNOTAVAIL when a listener
@@ -187,10 +249,10 @@ async fn connect_with_retries(
                 Ok(addr) => Err(AttemptResult::Error {
                     detail: format!("connected to {addr}, not the peer"),
                 }),
-                Err(e) => Err(socket::attempt_result(&e)),
+                Err(e) => Err(attempt::result_of(&e)),
             },
-            Err(socket::ConnectError::Timeout) => Err(AttemptResult::Timeout),
-            Err(socket::ConnectError::Io(e)) => Err(socket::attempt_result(&e)),
+            Err(attempt::ConnectError::Timeout) => Err(AttemptResult::Timeout),
+            Err(attempt::ConnectError::Io(e)) => Err(attempt::result_of(&e)),
         };
         let connected = result.is_ok();
         record.attempts.push(Attempt {
@@ -260,4 +322,43 @@ fn local_error(mut record: TrialRecord, error: String) -> (TrialRecord, Option<T
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_take_the_plan_and_the_responder_takes_the_skew() {
+        let mut plan = default_plan("t");
+        plan.strategies = vec![Strategy::Simultaneous, Strategy::LowTtl];
+        plan.transports = vec![Transport::V1, Transport::V2];
+        plan.network = BitcoinNetwork::Regtest;
+        plan.injected_skew_ms = 150;
+        plan.attempt_timeout_ms = 1234;
+        plan.max_attempts = 7;
+        plan.retry_gap_ms = 11;
+        plan.retry_jitter_ms = 22;
+        plan.handshake_step_ms = 3456;
+        let (local, peer) = (
+            "0.0.0.0:4000".parse().unwrap(),
+            "192.0.2.1:5000".parse().unwrap(),
+        );
+        let initiator = TrialSpec::from_plan(&plan, 1, Role::Initiator, local, peer, "n".into());
+        assert_eq!(initiator.strategy, Strategy::LowTtl);
+        assert_eq!(initiator.attempt_timeout, Duration::from_millis(1234));
+        assert_eq!(initiator.max_attempts, 7);
+        assert_eq!(initiator.retry_gap, Duration::from_millis(11));
+        assert_eq!(initiator.retry_jitter, Duration::from_millis(22));
+        assert_eq!(initiator.injected_skew, Duration::ZERO);
+        assert_eq!(initiator.start_delay, Duration::ZERO);
+        assert_eq!((initiator.local, initiator.peer), (local, peer));
+        let responder = TrialSpec::from_plan(&plan, 2, Role::Responder, local, peer, "n".into());
+        assert_eq!(responder.strategy, Strategy::Simultaneous);
+        assert_eq!(responder.injected_skew, Duration::from_millis(150));
+        let handshake = HandshakeSpec::from_plan(&plan, 1);
+        assert_eq!(handshake.transport, Transport::V2);
+        assert_eq!(handshake.network, BitcoinNetwork::Regtest);
+        assert_eq!(handshake.step_timeout, Duration::from_millis(3456));
+    }
 }

@@ -4,7 +4,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Mutex};
@@ -17,8 +16,9 @@ use crate::analysis::handshake::Role;
 use crate::analysis::plan::Plan;
 use crate::analysis::privacy;
 use crate::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
+use crate::net::line::{LineConnection, LineConnectionError};
 use crate::proto::rendezvous::{
-    self as proto, ClientMessage, ErrorCode, Hello, Mode, ServerMessage, TrialResult,
+    self as proto, ClientMessage, ErrorCode, Hello, Mode, ServerMessage, TrialResult, MAX_LINE,
 };
 
 impl Hello {
@@ -133,7 +133,7 @@ pub struct Client {
     server: SocketAddr,
     session: String,
     read_timeout: Duration,
-    writer: Arc<Mutex<OwnedWriteHalf>>,
+    writer: Arc<Mutex<LineConnection<OwnedWriteHalf>>>,
     inbox: Inbox,
     reader: JoinHandle<()>,
     plan: Option<Plan>,
@@ -218,7 +218,7 @@ impl Client {
         hello: Hello,
         read_timeout: Duration,
     ) -> Result<Client, RendezvousError> {
-        let (read, write) = stream.into_split();
+        let (read, write) = LineConnection::new(stream, MAX_LINE).into_split();
         let writer = Arc::new(Mutex::new(write));
         let (tx, inbox) = mpsc::channel(16);
         let reader = tokio::spawn(read_loop(read, writer.clone(), tx));
@@ -363,9 +363,14 @@ impl Client {
     async fn send(&self, msg: &ClientMessage) -> Result<(), RendezvousError> {
         let line = proto::encode_client(msg);
         let mut writer = self.writer.lock().await;
-        match tokio::time::timeout(self.read_timeout, writer.write_all(&line)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(RendezvousError::Timeout(self.read_timeout, "sending")),
+        let deadline = tokio::time::Instant::now() + self.read_timeout;
+        match writer.write_line_before(&line, deadline).await {
+            Ok(()) => Ok(()),
+            Err(LineConnectionError::Timeout) => {
+                Err(RendezvousError::Timeout(self.read_timeout, "sending"))
+            }
+            Err(LineConnectionError::Io(e)) => Err(RendezvousError::Io(e)),
+            Err(LineConnectionError::Line(e)) => Err(RendezvousError::Protocol(e.to_string())),
         }
     }
 
@@ -388,17 +393,16 @@ fn unexpected(msg: &ServerMessage) -> RendezvousError {
 
 /// Answers pings at once and forwards everything else; ends after the first error or EOF.
 async fn read_loop(
-    read: OwnedReadHalf,
-    writer: Arc<Mutex<OwnedWriteHalf>>,
+    mut reader: LineConnection<OwnedReadHalf>,
+    writer: Arc<Mutex<LineConnection<OwnedWriteHalf>>>,
     inbox: mpsc::Sender<Result<ServerMessage, RendezvousError>>,
 ) {
-    let mut reader = BufReader::new(read);
     loop {
         match read_message(&mut reader).await {
             Ok(ServerMessage::Ping { id }) => {
                 let line = proto::encode_client(&ClientMessage::Pong { id });
                 let mut writer = writer.lock().await;
-                if writer.write_all(&line).await.is_err() {
+                if writer.write_line(&line).await.is_err() {
                     let _ = inbox.send(Err(RendezvousError::Closed)).await;
                     return;
                 }

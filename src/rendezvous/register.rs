@@ -3,12 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
 
 use super::lines::read_message;
 use super::RendezvousError;
-use crate::proto::rendezvous::{self as proto, ClientMessage, ServerMessage};
+use crate::net::line::LineConnection;
+use crate::proto::rendezvous::{self as proto, ClientMessage, ServerMessage, MAX_LINE};
 
 /// Connects from `socket` (already bound to the trial's local port, with
 /// SO_REUSEADDR and SO_REUSEPORT set before binding) to the coordinator,
@@ -32,13 +32,12 @@ pub async fn register_port(
             .connect(server)
             .await
             .map_err(|cause| RendezvousError::Connect { server, cause })?;
-        let (read, mut write) = stream.into_split();
+        let mut conn = LineConnection::new(stream, MAX_LINE);
         let register = ClientMessage::Register {
             token: token.to_string(),
         };
-        write.write_all(&proto::encode_client(&register)).await?;
-        let mut reader = BufReader::new(read);
-        let observed = match read_message(&mut reader).await? {
+        conn.write_line(&proto::encode_client(&register)).await?;
+        let observed = match read_message(&mut conn).await? {
             ServerMessage::Registered { observed } => observed,
             other => {
                 return Err(RendezvousError::Protocol(format!(
@@ -47,8 +46,8 @@ pub async fn register_port(
             }
         };
         // Wait for the coordinator's FIN so that we close second.
-        let mut rest = [0u8; 256];
-        while reader.read(&mut rest).await? > 0 {}
+        conn.drain(u64::try_from(MAX_LINE).expect("MAX_LINE fits in u64"))
+            .await;
         Ok(observed)
     };
     tokio::time::timeout(timeout, exchange)

@@ -8,22 +8,24 @@
 //! bounds concurrent connections; excess ones get a `busy` line and are
 //! closed at once. The wire format lives in [`crate::proto::echo`].
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::net::line::{LineConnection, LineConnectionError};
+use crate::net::source_limit::{SourceKey, TokenBuckets};
 use crate::proto::echo::{
     self as proto, DialBackRequest, DialKind, DialOutcome, ErrorCode, PlannedDial, ProtoError,
     ServerMessage, MAX_LINE,
 };
+use crate::proto::ndjson::LineError;
 
 /// Tunables of the echo server. `Default` suits a public deployment.
 #[derive(Debug, Clone)]
@@ -129,7 +131,11 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let shared = Arc::new(Shared {
         endpoints: Endpoints { local, public },
-        limiter: RateLimiter::new(config.dial_back_burst, config.dial_back_refill),
+        dial_back_budget: Mutex::new(TokenBuckets::new(
+            config.dial_back_burst.max(1),
+            config.dial_back_refill,
+            MAX_TRACKED_SOURCES,
+        )),
         config,
         permits,
     });
@@ -154,9 +160,13 @@ pub async fn run(
 struct Shared {
     config: EchoConfig,
     endpoints: Endpoints,
-    limiter: RateLimiter,
+    /// Dial-back requests per source (IPv4 address or IPv6 /64).
+    dial_back_budget: Mutex<TokenBuckets>,
     permits: Arc<Semaphore>,
 }
+
+/// Above this many tracked sources, full dial-back buckets are forgotten.
+const MAX_TRACKED_SOURCES: usize = 10_000;
 
 /// The listeners' own addresses and what to announce for each.
 struct Endpoints {
@@ -231,32 +241,37 @@ async fn serve_connection(stream: TcpStream, observed: SocketAddr, shared: &Shar
         return;
     };
     let config = &shared.config;
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut conn = LineConnection::new(stream, MAX_LINE);
     let hello = ServerMessage::Observed {
         observed,
         reached: shared.endpoints.public_of(reached),
         endpoints: shared.endpoints.public.clone(),
         request_timeout_ms: millis(config.request_timeout),
     };
-    if write
-        .write_all(&proto::encode_server(&hello))
+    if conn
+        .write_line(&proto::encode_server(&hello))
         .await
         .is_err()
     {
         return;
     }
     let sent = Instant::now();
-    let reply = match tokio::time::timeout(config.request_timeout, read_line(&mut reader)).await {
-        Err(_) => Some(error_line(
+    let deadline = tokio::time::Instant::now() + config.request_timeout;
+    let reply = match conn.read_line_before(deadline).await {
+        Err(LineConnectionError::Timeout) => Some(error_line(
             ErrorCode::RequestTimeout,
             "no request within the deadline: close right after the observed line if you need nothing else",
         )),
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => Some(e.to_message()),
-        Ok(Ok(Some(line))) => match proto::decode_request(&line) {
+        Ok(None) => return,
+        Err(LineConnectionError::Line(e)) => Some(ProtoError::from(e).to_message()),
+        // The line the client is told is the one it always was; the socket is
+        // most likely gone anyway.
+        Err(LineConnectionError::Io(e)) => Some(
+            ProtoError::from(LineError::Malformed(format!("read failed: {e}"))).to_message(),
+        ),
+        Ok(Some(line)) => match proto::decode_request(&line) {
             Err(e) => Some(e.to_message()),
-            Ok(req) => match shared.limiter.check(observed.ip(), Instant::now()) {
+            Ok(req) => match shared.take_dial_back(observed) {
                 Err(wait) => Some(ServerMessage::Error {
                     code: ErrorCode::RateLimited,
                     message: format!(
@@ -270,17 +285,17 @@ async fn serve_connection(stream: TcpStream, observed: SocketAddr, shared: &Shar
                 Ok(()) => {
                     let dial_timeout = dial_timeout(config, sent.elapsed());
                     let dialed =
-                        dial_back(&mut write, shared, reached, observed, req, dial_timeout).await;
-                    finish(reader, write, dialed).await;
+                        dial_back(&mut conn, shared, reached, observed, req, dial_timeout).await;
+                    finish(conn, dialed).await;
                     return;
                 }
             },
         },
     };
     if let Some(reply) = reply {
-        let _ = write.write_all(&proto::encode_server(&reply)).await;
+        let _ = conn.write_line(&proto::encode_server(&reply)).await;
     }
-    finish(reader, write, Vec::new()).await;
+    finish(conn, Vec::new()).await;
 }
 
 fn error_line(code: ErrorCode, message: &str) -> ServerMessage {
@@ -302,27 +317,10 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes; `None` on a clean EOF.
-async fn read_line<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-) -> Result<Option<String>, ProtoError> {
-    let mut line = Vec::with_capacity(128);
-    let limit = u64::try_from(MAX_LINE).expect("MAX_LINE fits in u64");
-    let n = (&mut *reader)
-        .take(limit)
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| ProtoError::Malformed(format!("read failed: {e}")))?;
-    if n == 0 {
-        return Ok(None);
-    }
-    proto::frame(&line).map(|text| Some(text.to_string()))
-}
-
 /// Makes the requested dials in parallel, reporting each result as it comes.
 /// Returns the connected dial-back streams, to be closed politely.
 async fn dial_back(
-    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    conn: &mut LineConnection<TcpStream>,
     shared: &Shared,
     reached: SocketAddr,
     observed: SocketAddr,
@@ -345,8 +343,8 @@ async fn dial_back(
             })
             .collect(),
     };
-    if write
-        .write_all(&proto::encode_server(&accepted))
+    if conn
+        .write_line(&proto::encode_server(&accepted))
         .await
         .is_err()
     {
@@ -383,8 +381,8 @@ async fn dial_back(
             elapsed_ms: millis(elapsed),
             detail,
         };
-        if write
-            .write_all(&proto::encode_server(&result))
+        if conn
+            .write_line(&proto::encode_server(&result))
             .await
             .is_err()
         {
@@ -432,18 +430,11 @@ async fn dial(
 /// the server's endpoints stay free for the next dial-back to the same
 /// client; unread input is drained so the close is a FIN, not a RST that
 /// could destroy an error line the client has not read yet.
-async fn finish(
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    mut write: tokio::net::tcp::OwnedWriteHalf,
-    dial_backs: Vec<TcpStream>,
-) {
+async fn finish(mut conn: LineConnection<TcpStream>, dial_backs: Vec<TcpStream>) {
     const LINGER: Duration = Duration::from_secs(2);
     const DRAIN_LIMIT: u64 = 64 * 1024;
-    let _ = write.shutdown().await;
-    let control = async move {
-        let mut sink = tokio::io::sink();
-        let _ = tokio::io::copy(&mut reader.take(DRAIN_LIMIT), &mut sink).await;
-    };
+    let _ = conn.shutdown().await;
+    let control = async move { conn.drain(DRAIN_LIMIT).await };
     let dial_backs = async move {
         let mut waits = JoinSet::new();
         for mut stream in dial_backs {
@@ -458,89 +449,20 @@ async fn finish(
     let _ = tokio::time::timeout(LINGER, async { tokio::join!(control, dial_backs) }).await;
 }
 
-/// A token bucket per source IP (IPv6 grouped by /64, what one host usually holds).
-struct RateLimiter {
-    burst: f64,
-    refill: Duration,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-}
-
-/// Above this many tracked sources, full buckets are forgotten.
-const MAX_TRACKED_SOURCES: usize = 10_000;
-
-impl RateLimiter {
-    fn new(burst: u32, refill: Duration) -> Self {
-        RateLimiter {
-            burst: f64::from(burst.max(1)),
-            refill: refill.max(Duration::from_millis(1)),
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one token for `ip`, or says how long until one is available.
-    fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let key = match ip {
-            IpAddr::V6(v6) => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::from(o)
-            }
-            v4 => v4,
-        };
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let refill = self.refill.as_secs_f64();
-        let level = |(tokens, at): (f64, Instant), now: Instant| {
-            (tokens + now.saturating_duration_since(at).as_secs_f64() / refill).min(self.burst)
-        };
-        if buckets.len() >= MAX_TRACKED_SOURCES {
-            buckets.retain(|_, b| level(*b, now) < self.burst);
-        }
-        let entry = buckets.entry(key).or_insert((self.burst, now));
-        let tokens = level(*entry, now);
-        if tokens >= 1.0 {
-            *entry = (tokens - 1.0, now);
-            Ok(())
-        } else {
-            *entry = (tokens, now);
-            Err(Duration::from_secs_f64((1.0 - tokens) * refill))
-        }
+impl Shared {
+    /// Takes one dial-back token for the client's source, or says how long until one is free.
+    fn take_dial_back(&self, observed: SocketAddr) -> Result<(), Duration> {
+        let mut budget = self
+            .dial_back_budget
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        budget.take(SourceKey::of(observed.ip()), Instant::now(), 1)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limiter_allows_a_burst_then_refills() {
-        let limiter = RateLimiter::new(2, Duration::from_secs(10));
-        let t0 = Instant::now();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(limiter.check(a, t0).is_ok());
-        assert!(limiter.check(a, t0).is_ok());
-        let wait = limiter.check(a, t0).unwrap_err();
-        assert_eq!(wait, Duration::from_secs(10));
-        assert!(
-            limiter.check(b, t0).is_ok(),
-            "other sources are not affected"
-        );
-        assert!(limiter.check(a, t0 + Duration::from_secs(10)).is_ok());
-        assert!(limiter.check(a, t0 + Duration::from_secs(10)).is_err());
-    }
-
-    #[test]
-    fn rate_limiter_groups_ipv6_by_64() {
-        let limiter = RateLimiter::new(1, Duration::from_secs(60));
-        let t0 = Instant::now();
-        assert!(limiter.check("2001:db8::1".parse().unwrap(), t0).is_ok());
-        assert!(limiter
-            .check("2001:db8::ffff".parse().unwrap(), t0)
-            .is_err());
-        assert!(limiter
-            .check("2001:db8:0:1::1".parse().unwrap(), t0)
-            .is_ok());
-    }
 
     #[test]
     fn dial_sources_pick_the_other_port_and_the_other_ip() {

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::analysis::plan::PlanError;
+use crate::net::line::{LineConnection, LineConnectionError};
 use crate::proto::rendezvous::coordinator::{Action, ConnId, Coordinator, CoordinatorConfig};
 use crate::proto::rendezvous::{self as proto, ErrorCode, ProtoError, ServerMessage, MAX_LINE};
 
@@ -231,12 +231,13 @@ async fn connection(
     {
         return;
     }
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = LineConnection::new(stream, MAX_LINE).into_split();
     let mut reader = tokio::spawn(read_lines(read, conn, events.clone()));
     while let Some(line) = lines.recv().await {
-        match tokio::time::timeout(config.write_timeout, write.write_all(&line)).await {
-            Ok(Ok(())) => {}
-            _ => {
+        let deadline = tokio::time::Instant::now() + config.write_timeout;
+        match write.write_line_before(&line, deadline).await {
+            Ok(()) => {}
+            Err(_) => {
                 let _ = events.send(Event::Closed { conn }).await;
                 break;
             }
@@ -250,30 +251,27 @@ async fn connection(
 
 /// Forwards lines as events until EOF or an unframeable line; after a bad
 /// line it only drains (bounded), so the error line can reach the client.
-async fn read_lines(read: OwnedReadHalf, conn: ConnId, events: mpsc::Sender<Event>) {
+async fn read_lines(
+    mut read: LineConnection<OwnedReadHalf>,
+    conn: ConnId,
+    events: mpsc::Sender<Event>,
+) {
     const DRAIN_LIMIT: u64 = 64 * 1024;
-    let mut reader = BufReader::with_capacity(1024, read);
-    let mut buf = Vec::new();
-    let limit = u64::try_from(MAX_LINE).expect("MAX_LINE fits in u64");
     loop {
-        buf.clear();
-        let n = (&mut reader).take(limit).read_until(b'\n', &mut buf).await;
-        let line = match n {
-            Ok(0) | Err(_) => {
+        let line = match read.read_line().await {
+            Ok(Some(line)) => Ok(line),
+            Err(LineConnectionError::Line(e)) => Err(ProtoError::from(e)),
+            Ok(None) | Err(LineConnectionError::Io(_) | LineConnectionError::Timeout) => {
                 let _ = events.send(Event::Closed { conn }).await;
                 return;
             }
-            Ok(_) => proto::frame(&buf).map(str::to_string),
         };
         let bad = line.is_err();
-        if buf.capacity() > 4096 {
-            buf = Vec::new();
-        }
         if events.send(Event::Line { conn, line }).await.is_err() {
             return;
         }
         if bad {
-            let _ = tokio::io::copy(&mut reader.take(DRAIN_LIMIT), &mut tokio::io::sink()).await;
+            read.drain(DRAIN_LIMIT).await;
             return;
         }
     }

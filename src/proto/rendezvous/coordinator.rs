@@ -31,6 +31,7 @@ use super::{
     decode_client, error_message, millis, result_deadline, start_delays, ClientMessage, ErrorCode,
     Hello, Mode, PeerInfo, ProtoError, ServerMessage, TrialResult,
 };
+use crate::net::source_limit::{ConnectionCounts, SourceKey, TokenBuckets};
 
 /// A connection, numbered by the driver (unique for the coordinator's life).
 pub type ConnId = u64;
@@ -65,7 +66,7 @@ pub struct CoordinatorConfig {
     pub register_timeout: Duration,
     /// From `prime` until both sides said `primed`.
     pub primed_timeout: Duration,
-    /// Connections (control and registration) at once per source IP (IPv6: per /64).
+    /// Connections (control and registration) at once per source ([`SourceKey`]: IPv4 address or IPv6 /64).
     pub max_connections_per_ip: u32,
     /// Trials a volunteer IP may run in a burst (a pairing needs the plan's count).
     pub trials_per_ip_burst: u32,
@@ -196,8 +197,9 @@ pub struct Coordinator {
     /// One-time registration tokens of running trials.
     tokens: HashMap<String, (PairId, usize)>,
     pools: Pools,
-    per_ip: HashMap<IpAddr, u32>,
-    trial_budget: HashMap<IpAddr, (f64, Instant)>,
+    connections_per_source: ConnectionCounts,
+    /// Trials per volunteer source; reference peers run trials unmetered.
+    trial_budget: TokenBuckets,
     timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
     actions: VecDeque<Action>,
     seq: u64,
@@ -214,14 +216,18 @@ impl Coordinator {
     pub fn new(config: CoordinatorConfig, rng: StdRng) -> Result<Self, PlanError> {
         config.plan.validate()?;
         Ok(Coordinator {
+            connections_per_source: ConnectionCounts::new(config.max_connections_per_ip),
+            trial_budget: TokenBuckets::new(
+                config.trials_per_ip_burst,
+                config.trials_per_ip_refill,
+                MAX_TRACKED_BUDGETS,
+            ),
             config,
             rng,
             conns: HashMap::new(),
             pairs: HashMap::new(),
             tokens: HashMap::new(),
             pools: Pools::default(),
-            per_ip: HashMap::new(),
-            trial_budget: HashMap::new(),
             timers: BinaryHeap::new(),
             actions: VecDeque::new(),
             seq: 0,
@@ -254,9 +260,10 @@ impl Coordinator {
 
     /// A connection was accepted from `addr` (the observed source endpoint).
     pub fn connected(&mut self, now: Instant, conn: ConnId, addr: SocketAddr) {
-        let key = ip_key(addr.ip());
-        let count = self.per_ip.entry(key).or_insert(0);
-        if *count >= self.config.max_connections_per_ip {
+        if !self
+            .connections_per_source
+            .try_open(SourceKey::of(addr.ip()))
+        {
             let message = format!(
                 "too many connections from {}: at most {} at once",
                 addr.ip(),
@@ -266,7 +273,6 @@ impl Coordinator {
             self.actions.push_back(Action::Close { conn });
             return;
         }
-        *count += 1;
         self.conns.insert(
             conn,
             Conn {
@@ -344,11 +350,15 @@ impl Coordinator {
 
     fn hello(&mut self, now: Instant, conn: ConnId, hello: Hello) {
         let ip = self.conns[&conn].addr.ip();
+        let source = SourceKey::of(ip);
         if hello.mode == Mode::Reference {
             let allowed = match &self.config.references {
                 ReferencePolicy::Nobody => false,
                 ReferencePolicy::Anyone => true,
-                ReferencePolicy::From(ips) => ips.contains(&ip),
+                // A dual-stack listener reports IPv4 hosts as ::ffff:a.b.c.d.
+                ReferencePolicy::From(ips) => ips
+                    .iter()
+                    .any(|allowed| allowed.to_canonical() == ip.to_canonical()),
             };
             if !allowed {
                 let msg = error_message(
@@ -357,7 +367,10 @@ impl Coordinator {
                 );
                 return self.fail(conn, msg);
             }
-        } else if let Err(wait) = self.check_budget(now, ip, self.config.plan.trials) {
+        } else if let Err(wait) = self
+            .trial_budget
+            .check(source, now, self.config.plan.trials)
+        {
             let msg = ServerMessage::Error {
                 code: ErrorCode::RateLimited,
                 message: format!(
@@ -372,7 +385,10 @@ impl Coordinator {
         let session = self.random_hex(8);
         self.send(conn, ServerMessage::Welcome { session });
         self.conns.get_mut(&conn).expect("known").verdict = hello.verdict;
-        match self.pools.take_partner(hello.mode, &hello.pair_code, ip) {
+        match self
+            .pools
+            .take_partner(hello.mode, &hello.pair_code, source)
+        {
             Some((partner, partner_mode)) => {
                 // The volunteer that came first is the initiator.
                 let (first, second) = if partner_mode == Mode::Volunteer {
@@ -386,7 +402,7 @@ impl Coordinator {
                 self.seq += 1;
                 let seq = self.seq;
                 self.pools
-                    .insert(hello.mode, hello.pair_code.clone(), seq, conn, ip);
+                    .insert(hello.mode, hello.pair_code.clone(), seq, conn, source);
                 self.conns.get_mut(&conn).expect("known").state = ConnState::Waiting {
                     mode: hello.mode,
                     code: hello.pair_code,
@@ -444,7 +460,7 @@ impl Coordinator {
         for side in 0..2 {
             if modes[side] == Mode::Volunteer {
                 let ip = self.conns[&conns[side]].addr.ip();
-                if let Err(wait) = self.check_budget(now, ip, 1) {
+                if let Err(wait) = self.trial_budget.check(SourceKey::of(ip), now, 1) {
                     let msg = ServerMessage::Error {
                         code: ErrorCode::RateLimited,
                         message: format!("too many trials from {ip} recently"),
@@ -458,7 +474,7 @@ impl Coordinator {
         for side in 0..2 {
             if modes[side] == Mode::Volunteer {
                 let ip = self.conns[&conns[side]].addr.ip();
-                self.spend_budget(now, ip);
+                self.trial_budget.spend(SourceKey::of(ip), now, 1);
             }
         }
         let strategy = self.config.plan.strategy_of(trial);
@@ -555,7 +571,8 @@ impl Coordinator {
         let observed = self.conns[&conn].addr;
         let pair = &self.pairs[&id];
         let control_ip = self.conns[&pair.conns[side]].addr.ip();
-        if self.config.require_same_ip && ip_key(control_ip) != ip_key(observed.ip()) {
+        if self.config.require_same_ip && SourceKey::of(control_ip) != SourceKey::of(observed.ip())
+        {
             let msg = error_message(
                 ErrorCode::IpMismatch,
                 format!(
@@ -861,13 +878,8 @@ impl Coordinator {
         {
             self.pools.remove(*mode, code, *seq);
         }
-        let key = ip_key(c.addr.ip());
-        if let Some(count) = self.per_ip.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_ip.remove(&key);
-            }
-        }
+        self.connections_per_source
+            .close(SourceKey::of(c.addr.ip()));
         self.actions.push_back(Action::Close { conn });
     }
 
@@ -880,50 +892,6 @@ impl Coordinator {
         let mut buf = vec![0u8; bytes];
         self.rng.fill_bytes(&mut buf);
         buf.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn budget_level(&self, now: Instant, key: IpAddr) -> f64 {
-        let burst = f64::from(self.config.trials_per_ip_burst);
-        let refill = self.config.trials_per_ip_refill.as_secs_f64().max(1e-3);
-        self.trial_budget.get(&key).map_or(burst, |(tokens, at)| {
-            (tokens + now.saturating_duration_since(*at).as_secs_f64() / refill).min(burst)
-        })
-    }
-
-    /// Ok when `ip` may run `trials` more trials; else how long until it may.
-    fn check_budget(&self, now: Instant, ip: IpAddr, trials: u32) -> Result<(), Duration> {
-        let level = self.budget_level(now, ip_key(ip));
-        let need = f64::from(trials);
-        if level >= need {
-            return Ok(());
-        }
-        let refill = self.config.trials_per_ip_refill.as_secs_f64();
-        Err(Duration::from_secs_f64((need - level) * refill))
-    }
-
-    fn spend_budget(&mut self, now: Instant, ip: IpAddr) {
-        let key = ip_key(ip);
-        let level = self.budget_level(now, key);
-        if self.trial_budget.len() >= MAX_TRACKED_BUDGETS {
-            let burst = f64::from(self.config.trials_per_ip_burst);
-            let refill = self.config.trials_per_ip_refill.as_secs_f64().max(1e-3);
-            self.trial_budget.retain(|_, (tokens, at)| {
-                *tokens + now.saturating_duration_since(*at).as_secs_f64() / refill < burst
-            });
-        }
-        self.trial_budget.insert(key, ((level - 1.0).max(0.0), now));
-    }
-}
-
-/// IPv6 hosts usually hold a whole /64: limits count per /64.
-fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => {
-            let mut o = v6.octets();
-            o[8..].fill(0);
-            IpAddr::from(o)
-        }
-        v4 => v4,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Who waits for a peer, by pair code, in arrival order; and who pairs with whom.
 //!
 //! Two clients pair when their pair codes are equal (or both absent), their
-//! control connections come from different IPs, and at least one of them is
+//! control connections come from different sources (IPv4 addresses or IPv6
+//! /64s, as [`SourceKey`] says), and at least one of them is
 //! a volunteer. Waiting volunteers are preferred over reference peers, so
 //! volunteer-volunteer pairs (the interesting ones) form whenever possible.
 //!
@@ -10,22 +11,22 @@
 //! skips at most one IP's worth of connections, not the whole queue.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 
 use super::coordinator::ConnId;
 use super::Mode;
+use crate::net::source_limit::SourceKey;
 
 #[derive(Debug, Default)]
 pub(super) struct Pools {
-    volunteers: HashMap<Option<String>, BTreeMap<u64, (ConnId, IpAddr)>>,
-    references: HashMap<Option<String>, BTreeMap<u64, (ConnId, IpAddr)>>,
+    volunteers: HashMap<Option<String>, BTreeMap<u64, (ConnId, SourceKey)>>,
+    references: HashMap<Option<String>, BTreeMap<u64, (ConnId, SourceKey)>>,
 }
 
 impl Pools {
     fn pool(
         &mut self,
         mode: Mode,
-    ) -> &mut HashMap<Option<String>, BTreeMap<u64, (ConnId, IpAddr)>> {
+    ) -> &mut HashMap<Option<String>, BTreeMap<u64, (ConnId, SourceKey)>> {
         match mode {
             Mode::Volunteer => &mut self.volunteers,
             Mode::Reference => &mut self.references,
@@ -39,12 +40,12 @@ impl Pools {
         code: Option<String>,
         seq: u64,
         conn: ConnId,
-        ip: IpAddr,
+        source: SourceKey,
     ) {
         self.pool(mode)
             .entry(code)
             .or_default()
-            .insert(seq, (conn, ip));
+            .insert(seq, (conn, source));
     }
 
     /// Removes a waiting client (it left or timed out).
@@ -63,7 +64,7 @@ impl Pools {
         &mut self,
         mode: Mode,
         code: &Option<String>,
-        ip: IpAddr,
+        source: SourceKey,
     ) -> Option<(ConnId, Mode)> {
         let order: &[Mode] = match mode {
             Mode::Volunteer => &[Mode::Volunteer, Mode::Reference],
@@ -76,7 +77,7 @@ impl Pools {
             };
             let found = queue
                 .iter()
-                .find(|(_, (_, their_ip))| *their_ip != ip)
+                .find(|(_, (_, theirs))| *theirs != source)
                 .map(|(seq, (conn, _))| (*seq, *conn));
             if let Some((seq, conn)) = found {
                 queue.remove(&seq);
@@ -100,8 +101,8 @@ impl Pools {
 mod tests {
     use super::*;
 
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::from([127, 0, 0, last])
+    fn ip(last: u8) -> SourceKey {
+        SourceKey::of(std::net::IpAddr::from([127, 0, 0, last]))
     }
 
     #[test]

@@ -112,10 +112,10 @@ fn messages_round_trip_and_start_with_the_version() {
             injected_skew_ms: 0,
         },
         ServerMessage::PeerGone { trial: None },
-        ProtoError::UnsupportedVersion {
+        ProtoError::Line(LineError::UnsupportedVersion {
             got: 9,
             supported: vec![1],
-        }
+        })
         .to_message(),
     ];
     for msg in msgs {
@@ -205,8 +205,11 @@ fn bad_client_lines_get_the_right_code() {
     for (line, code) in cases {
         assert_eq!(decode_client(line).unwrap_err().code(), code, "{line}");
     }
-    assert_eq!(frame(&[b'x'; MAX_LINE]), Err(ProtoError::LineTooLong));
-    assert_eq!(frame(b"{}"), Err(ProtoError::Unterminated));
+    assert_eq!(
+        frame(&[b'x'; MAX_LINE]),
+        Err(ProtoError::Line(LineError::LineTooLong { max: MAX_LINE }))
+    );
+    assert_eq!(frame(b"{}"), Err(ProtoError::Line(LineError::Unterminated)));
     assert_eq!(frame(b"{}\r\n"), Ok("{}"));
 }
 
@@ -661,4 +664,25 @@ fn a_verdict_that_is_too_big_or_holds_an_address_is_refused() {
     }
     let line = encode_client(&hello_with_verdict(eim_apdf_verdict()));
     assert!(decode_client(frame(&line).unwrap()).is_ok());
+}
+
+#[test]
+fn ipv4_clients_of_a_dual_stack_listener_are_limited_one_by_one() {
+    let mut h = Harness::new(CoordinatorConfig {
+        max_connections_per_ip: 1,
+        ..config(plan(1, "[\"simultaneous\"]", 0, 1))
+    });
+    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d: each is
+    // its own source, not all of them one IPv6 /64.
+    h.connect(1, "[::ffff:192.0.2.1]:1");
+    h.connect(2, "[::ffff:192.0.2.2]:1");
+    assert!(h.take(1).is_empty() && h.take(2).is_empty());
+    h.connect(3, "192.0.2.1:2");
+    assert!(matches!(
+        &h.take(3)[..],
+        [ServerMessage::Error {
+            code: ErrorCode::TooManyConnections,
+            ..
+        }]
+    ));
 }

@@ -1,0 +1,8 @@
+//! Small network helpers shared by the clients and servers: the bounded line
+//! connection our newline-delimited protocols run over, the sans-io
+//! per-source limits of both servers, and sockets bound the way hole
+//! punching needs them.
+
+pub mod line;
+pub mod socket;
+pub mod source_limit;
