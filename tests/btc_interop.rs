@@ -1,8 +1,10 @@
 //! Interop with Bitcoin Core's Python P2P test framework (from the PyPI package `warnet`), v1 and v2, both roles.
 //!
-//! Needs `python3` with the framework installed:
-//! `python3 -m pip install -r .ci/python-requirements.txt`. Without it these
-//! tests fail (they never skip), saying how to install it.
+//! Needs `python3` with pip. On first use the tests install the pinned
+//! framework (`.ci/python-requirements.txt`, without its dependencies: only
+//! its data files are used) into a cache under `target/`, so
+//! `cargo test` needs no set-up step; later runs reuse the cache. When it
+//! cannot be installed, these tests fail (they never skip), saying why.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,9 +21,60 @@ use tokio::process::{Child, ChildStdout, Command};
 const PYTHON_TIMEOUT_SECS: u64 = 20;
 const OVERALL: Duration = Duration::from_secs(60);
 
-const INSTALL_HINT: &str = "Bitcoin Core's Python test framework is needed: \
-    `python3 -m pip install -r .ci/python-requirements.txt` (it ships inside \
-    the PyPI package warnet)";
+const INSTALL_HINT: &str = "Bitcoin Core's Python test framework is needed: the \
+    tests install it into target/tmp on first use with `python3 -m pip install \
+    --no-deps --target DIR -r .ci/python-requirements.txt`; if that cannot run \
+    here, set PUNCHSCOPE_TEST_FRAMEWORK to a directory holding `test_framework`";
+
+/// The directory holding the pinned framework package, installed on first
+/// use. One test binary runs these tests, so a process-wide lock is enough
+/// to keep two tests from installing at once; the final rename makes a
+/// half-finished install invisible.
+fn framework_dir() -> PathBuf {
+    static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let requirements = root.join(".ci/python-requirements.txt");
+            let pins = std::fs::read_to_string(&requirements).expect("the requirements file");
+            let pin: String = pins
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("-")
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_");
+            let dir =
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("interop-python-{pin}"));
+            if dir
+                .join("resources/scenarios/test_framework/p2p.py")
+                .is_file()
+            {
+                return dir;
+            }
+            let staging = dir.with_extension(format!("partial{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&staging);
+            let output = std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--no-deps"])
+                .args(["--disable-pip-version-check", "--no-input", "--target"])
+                .arg(&staging)
+                .arg("-r")
+                .arg(&requirements)
+                .env("PIP_ROOT_USER_ACTION", "ignore")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|err| panic!("cannot run python3 -m pip ({err}). {INSTALL_HINT}"));
+            assert!(
+                output.status.success(),
+                "installing the framework failed ({}): {}. {INSTALL_HINT}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&staging, &dir).expect("moving the installed framework into place");
+            dir
+        })
+        .clone()
+}
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -54,6 +107,7 @@ impl Python {
             .args(args)
             .args(["--timeout", &timeout])
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONPATH", framework_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
