@@ -373,11 +373,7 @@ async fn fake_side(server: SocketAddr, ip: IpAddr, code: String) -> Result<u32, 
     for _ in 0..10_000 {
         match client.next().await? {
             Step::Trial { token, .. } => {
-                let socket =
-                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-                socket.set_reuse_address(true)?;
-                socket.set_reuse_port(true)?;
-                socket.bind(&SocketAddr::new(ip, 0).into())?;
+                let socket = crate::net::socket::bound(SocketAddr::new(ip, 0))?;
                 register_port(socket, server, &token, WAIT).await?;
             }
             Step::Prime { trial, .. } => client.primed(trial).await?,
