@@ -9,7 +9,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::ServiceFlags;
 
-use crate::analysis::handshake::{FailureReason, PeerVersion};
+use punchscope_analysis::handshake::{FailureReason, PeerVersion};
 
 /// The protocol version we announce: 70016 is the current one (wtxidrelay,
 /// BIP339). `bitcoin::p2p::PROTOCOL_VERSION` is still 70001, so we set it.

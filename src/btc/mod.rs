@@ -19,7 +19,7 @@ use bitcoin::Network;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use crate::analysis::handshake::{
+use punchscope_analysis::handshake::{
     BitcoinNetwork, FailureReason, HandshakeRecord, Phase, Role, Transport,
 };
 

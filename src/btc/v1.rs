@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::conn::Conn;
 use super::message::{hex, parse_command};
 use super::Stop;
-use crate::analysis::handshake::FailureReason;
+use punchscope_analysis::handshake::FailureReason;
 
 /// Bytes in a v1 message header.
 pub const HEADER_LEN: usize = 24;

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::Conn;
 use super::{HandshakeError, Stop};
-use crate::analysis::handshake::FailureReason;
+use punchscope_analysis::handshake::FailureReason;
 
 /// Bytes of an ElligatorSwift-encoded public key.
 const KEY_LEN: usize = 64;

@@ -23,10 +23,10 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::analysis::plan::PlanError;
 use crate::net::line::{LineConnection, LineConnectionError};
 use crate::proto::rendezvous::coordinator::{Action, ConnId, Coordinator, CoordinatorConfig};
 use crate::proto::rendezvous::{self as proto, ErrorCode, ProtoError, ServerMessage, MAX_LINE};
+use punchscope_analysis::plan::PlanError;
 
 /// Tunables of the coordinator server. `Default` suits a public deployment.
 #[derive(Debug, Clone)]
