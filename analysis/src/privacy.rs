@@ -90,16 +90,66 @@ pub struct FoundIp {
 }
 
 /// The first IP address literal in `text` that is not an allowed prefix.
+/// Offsets refer to `text` after [`normalize`] when it held look-alike
+/// characters (full-width digits, dots or colons).
 pub fn find_raw_ip(text: &str) -> Option<FoundIp> {
-    scan(text).into_iter().find(|f| !f.is_prefix)
+    let text = normalize(text);
+    // Scanned in pieces cut where no literal can continue, so that the first
+    // raw address ends the work (an upload full of them costs no more than
+    // its first piece).
+    let mut offset = 0;
+    for piece in pieces(&text, 4096) {
+        if let Some(mut found) = scan(piece).into_iter().find(|f| !f.is_prefix) {
+            found.start += offset;
+            found.end += offset;
+            return Some(found);
+        }
+        offset += piece.len();
+    }
+    None
+}
+
+/// `text` cut into consecutive pieces of about `size` bytes, each cut at a
+/// byte that no address literal, prefix suffix or token it touches can
+/// contain (white space, quotes, commas, brackets of other kinds...).
+fn pieces(text: &str, size: usize) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= bytes.len() {
+            return None;
+        }
+        let start = at;
+        let mut cut = (start + size).min(bytes.len());
+        while cut < bytes.len()
+            && (bytes[cut].is_ascii_alphanumeric()
+                || matches!(
+                    bytes[cut],
+                    b'.' | b':' | b'/' | b'%' | b'-' | b'_' | b'[' | b']'
+                )
+                || !bytes[cut].is_ascii())
+        {
+            cut += 1;
+        }
+        // The cut byte itself is a separator: it goes with this piece.
+        at = (cut + 1).min(bytes.len());
+        Some(&text[start..at])
+    })
+}
+
+/// Every IP address literal in `text`, prefixes included, in order.
+pub fn all_ips(text: &str) -> Vec<FoundIp> {
+    scan(&normalize(text))
 }
 
 /// Replaces every IP address literal in `text` that is not already an
-/// allowed prefix by its prefix. Idempotent.
+/// allowed prefix by its prefix. Idempotent. Look-alike characters around
+/// an address (full-width digits, dots, colons) come out as ASCII.
 pub fn redact_text(text: &str) -> String {
-    let found: Vec<FoundIp> = scan(text).into_iter().filter(|f| !f.is_prefix).collect();
+    let text = normalize(text);
+    let found: Vec<FoundIp> = scan(&text).into_iter().filter(|f| !f.is_prefix).collect();
     if found.is_empty() {
-        return text.to_string();
+        return text.into_owned();
     }
     let mut out = String::with_capacity(text.len() + 8);
     let mut at = 0;
@@ -110,6 +160,29 @@ pub fn redact_text(text: &str) -> String {
     }
     out.push_str(&text[at..]);
     out
+}
+
+/// `text` with the characters that render like address syntax mapped to
+/// ASCII: full-width digits and letters a-f/x, full-width and ideographic
+/// full stops, full-width colons. Borrowed when there are none (the usual
+/// case), so the scan stays one pass over plain text.
+pub fn normalize(text: &str) -> std::borrow::Cow<'_, str> {
+    fn ascii(c: char) -> Option<char> {
+        match c {
+            // FULLWIDTH DIGIT ZERO..NINE, LATIN LETTERS, COLON, FULL STOP.
+            '\u{FF10}'..='\u{FF19}' | '\u{FF21}'..='\u{FF3A}' | '\u{FF41}'..='\u{FF5A}' => {
+                char::from_u32(c as u32 - 0xFEE0)
+            }
+            '\u{FF1A}' => Some(':'),
+            // FULLWIDTH FULL STOP, IDEOGRAPHIC FULL STOP, HALFWIDTH IDEOGRAPHIC FULL STOP.
+            '\u{FF0E}' | '\u{3002}' | '\u{FF61}' => Some('.'),
+            _ => None,
+        }
+    }
+    if text.is_ascii() || !text.chars().any(|c| ascii(c).is_some()) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.chars().map(|c| ascii(c).unwrap_or(c)).collect())
 }
 
 /// Applies [`redact_text`] to every string (and object key) in a JSON value.
@@ -174,25 +247,119 @@ pub fn find_raw_ip_in_json(value: &serde_json::Value) -> Option<String> {
     walk(value, &mut path).then(|| if path.is_empty() { ".".into() } else { path })
 }
 
-/// Every IPv4 and IPv6 literal in `text`, in order, without overlaps.
+/// Every IPv4 and IPv6 literal in `text`, in order, without overlaps. Linear
+/// in the length of `text`: each pass walks maximal runs of bytes once, and
+/// overlaps between passes are resolved by merging sorted lists (an upload
+/// of a million short address-like tokens must not cost a million squared).
 fn scan(text: &str) -> Vec<FoundIp> {
     let bytes = text.as_bytes();
-    let mut found = Vec::new();
     // IPv6 first: its runs can contain an embedded IPv4 literal (::ffff:1.2.3.4).
-    let v6_runs = runs(bytes, |b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-    for (start, end) in v6_runs {
-        if let Some(f) = v6_in_run(text, start, end) {
-            found.push(f);
-        }
-    }
-    for (start, end) in runs(bytes, |b| b.is_ascii_digit() || b == b'.') {
-        if found.iter().any(|f| start < f.end && f.start < end) {
-            continue;
-        }
-        found.extend(v4_in_run(text, start, end));
-    }
-    found.sort_by_key(|f| f.start);
+    let v6: Vec<FoundIp> = runs(bytes, |b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        .into_iter()
+        .filter_map(|(start, end)| v6_in_run(text, start, end))
+        .collect();
+    let mut found = without_overlaps(
+        v6,
+        runs(bytes, |b| b.is_ascii_digit() || b == b'.')
+            .into_iter()
+            .flat_map(|(start, end)| v4_in_run(text, start, end)),
+    );
+    // Other spellings of an IPv4 address that inet_aton() and browsers
+    // accept: one 32-bit number (decimal or 0x-hex), and dotted quads with
+    // 0x-hex parts. Tokens glued to letters, digits, `-`, `_`, `.` or `:`
+    // are parts of something else (a UUID, a hash, a version).
+    found = without_overlaps(
+        found,
+        runs(bytes, |b| b.is_ascii_alphanumeric() || b == b'.')
+            .into_iter()
+            .filter(|&(start, end)| standalone(bytes, start, end))
+            .filter_map(|(start, end)| compact_v4(text, start, end)),
+    );
     found
+}
+
+/// Merges `extra` (sorted by start) into `found` (sorted by start), dropping
+/// each extra literal that overlaps one already found.
+fn without_overlaps(found: Vec<FoundIp>, extra: impl Iterator<Item = FoundIp>) -> Vec<FoundIp> {
+    let mut merged = Vec::with_capacity(found.len());
+    let mut kept = found.into_iter().peekable();
+    for candidate in extra {
+        while let Some(f) = kept.next_if(|f| f.end <= candidate.start) {
+            merged.push(f);
+        }
+        let overlaps = kept
+            .peek()
+            .is_some_and(|f| f.start < candidate.end && candidate.start < f.end)
+            || merged
+                .last()
+                .is_some_and(|f| f.start < candidate.end && candidate.start < f.end);
+        if !overlaps {
+            merged.push(candidate);
+        }
+    }
+    merged.extend(kept);
+    merged.sort_by_key(|f| f.start);
+    merged
+}
+
+/// Whether the run `start..end` stands alone: not glued to a word, a number
+/// or address punctuation on either side (a `:port` after it is fine).
+fn standalone(bytes: &[u8], start: usize, end: usize) -> bool {
+    let glue = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    !(start > 0 && (glue(bytes[start - 1]) || bytes[start - 1] == b':'))
+        && !(end < bytes.len() && glue(bytes[end]))
+}
+
+/// One number part of an inet_aton() address: decimal, or `0x` hex.
+fn aton_part(part: &str) -> Option<u64> {
+    if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+        if hex.is_empty() || hex.len() > 8 {
+            return None;
+        }
+        return u64::from_str_radix(hex, 16).ok();
+    }
+    if part.is_empty() || part.len() > 10 || !part.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    part.parse().ok()
+}
+
+/// `3405803783`, `0xcb007107` or `0xcb.0x0.0x71.0x7` as a raw address.
+/// A lone number counts only from 2^24 up (smaller ones are counts and
+/// codes, and the address they spell, 0.x.y.z, is nobody's); two- and
+/// three-part decimal forms (`203.7405447`) are not flagged, since they are
+/// indistinguishable from decimals and version numbers; with a `0x` part they are.
+fn compact_v4(text: &str, start: usize, end: usize) -> Option<FoundIp> {
+    let token = &text[start..end];
+    // Quick refusals without allocating: a lone decimal needs 8 to 10 digits,
+    // anything else a `0x`.
+    let has_hex = token.contains("0x") || token.contains("0X");
+    let lone_decimal = (8..=10).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_digit());
+    if !has_hex && !lone_decimal {
+        return None;
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    let hex_part = parts
+        .iter()
+        .any(|p| p.starts_with("0x") || p.starts_with("0X"));
+    let values: Vec<u64> = parts.iter().map(|p| aton_part(p)).collect::<Option<_>>()?;
+    let ip = match values[..] {
+        [a] if a <= u64::from(u32::MAX) && a >= 1 << 24 => a as u32,
+        [a, b] if hex_part && a <= 255 && b < 1 << 24 => (a << 24 | b) as u32,
+        [a, b, c] if hex_part && a <= 255 && b <= 255 && c < 1 << 16 => {
+            (a << 24 | b << 16 | c) as u32
+        }
+        [a, b, c, d] if hex_part && [a, b, c, d].iter().all(|v| *v <= 255) => {
+            (a << 24 | b << 16 | c << 8 | d) as u32
+        }
+        _ => return None,
+    };
+    Some(FoundIp {
+        start,
+        end,
+        ip: IpAddr::V4(Ipv4Addr::from(ip)),
+        is_prefix: false,
+    })
 }
 
 /// Maximal runs of bytes satisfying `keep`, as byte ranges.
@@ -228,6 +395,10 @@ fn prefix_suffix(text: &str, end: usize) -> Option<(u8, usize)> {
 /// parts of one to three digits, each at most 255 (leading zeros included).
 fn v4_in_run(text: &str, start: usize, end: usize) -> Vec<FoundIp> {
     let run = &text[start..end];
+    // Most runs are plain numbers: no allocation for them.
+    if run.bytes().filter(|b| *b == b'.').count() < 3 {
+        return Vec::new();
+    }
     // (offset in run, part)
     let mut parts = Vec::new();
     let mut offset = 0;
@@ -285,11 +456,8 @@ fn v6_in_run(text: &str, start: usize, end: usize) -> Option<FoundIp> {
         return None;
     }
     let trimmed = run.trim_end_matches('.');
-    let mut candidates = vec![run, trimmed];
-    if let Some(cut) = trimmed.rfind(':') {
-        candidates.push(&trimmed[..cut]);
-    }
-    for candidate in candidates {
+    let without_port = trimmed.rfind(':').map_or(trimmed, |cut| &trimmed[..cut]);
+    for candidate in [run, trimmed, without_port] {
         let Ok(ip) = candidate.parse::<Ipv6Addr>() else {
             continue;
         };
@@ -355,6 +523,16 @@ mod tests {
             "203.0.113.0/25",
             "203.0.113.5/24",
             "2001:db8:1:2::/64",
+            "3405803783",
+            "dial 3405803783:8333",
+            "0xcb007107",
+            "0XCB007107",
+            "0xcb.0x0.0x71.0x7",
+            "0xcb.0.113.7",
+            "203．0．113．7",
+            "２０３.０.１１３.７",
+            "203。0。113。7",
+            "2001：db8：1：2：：1",
         ];
         for text in raw {
             assert!(find_raw_ip(text).is_some(), "missed an address in {text:?}");
@@ -376,6 +554,16 @@ mod tests {
             "::",
             "d::",
             "",
+            "3b241101-e2bb-4255-8caf-4136c566a962",
+            "20000000-abcd-4255-8caf-413600000000",
+            "session 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "took 16777215 ms",
+            "elapsed 0.123456 s",
+            "v1.2.3456",
+            "0x1f is not an address",
+            "0x",
+            "99999999999",
+            "203．0．113．0/24",
         ];
         for text in clean {
             assert_eq!(find_raw_ip(text), None, "false alarm in {text:?}");
@@ -392,5 +580,41 @@ mod tests {
         );
         assert_eq!(find_raw_ip(&once), None);
         assert_eq!(redact_text(&once), once);
+        assert_eq!(
+            redact_text("dial 0xcb007107 now"),
+            "dial 203.0.113.0/24 now"
+        );
+        assert_eq!(
+            redact_text("dial 3405803783 now"),
+            "dial 203.0.113.0/24 now"
+        );
+        assert_eq!(redact_text("at 203．0．113．7"), "at 203.0.113.0/24");
+    }
+
+    #[test]
+    fn a_long_text_is_checked_piece_by_piece_with_the_same_answer() {
+        let clean = "203.0.113.0/24, 2001:db8:1::/48 ".repeat(2000);
+        assert_eq!(find_raw_ip(&clean), None);
+        let dirty = format!("{clean}then 198.51.100.7 and {clean}");
+        let found = find_raw_ip(&dirty).expect("found");
+        assert_eq!(&dirty[found.start..found.end], "198.51.100.7");
+        let glued = format!("{}3405803783", "x".repeat(5000));
+        assert_eq!(
+            find_raw_ip(&glued),
+            None,
+            "glued to a word, across a piece boundary"
+        );
+        let pieces: String = pieces(&dirty, 64).collect();
+        assert_eq!(pieces, dirty);
+    }
+
+    #[test]
+    fn many_address_like_tokens_scan_in_linear_time() {
+        // Each token is found; the old scan compared every hit with every
+        // earlier one. Counted work, not time: the number of hits equals the
+        // number of tokens, and a doubled input finds exactly double.
+        let tokens = |n: usize| "1::1 1.2.3.4 ".repeat(n);
+        assert_eq!(scan(&tokens(20_000)).len(), 40_000);
+        assert_eq!(scan(&tokens(40_000)).len(), 80_000);
     }
 }
