@@ -76,9 +76,10 @@ async fn v1_initiator_and_responder_complete() {
         // Nothing else is on the wire, so one side's output is the other's input.
         assert_eq!(init.bytes_sent, resp.bytes_received);
         assert_eq!(resp.bytes_sent, init.bytes_received);
-        // version (24 + 86 + user agent) + verack (24) + ping (32) + pong (32).
+        // version (24 + 86 + user agent) + wtxidrelay (24) + sendaddrv2 (24)
+        // + verack (24) + ping (32) + pong (32).
         let version_len = 24 + 86 + message::user_agent().len() as u64;
-        assert_eq!(init.bytes_sent, version_len + 24 + 32 + 32);
+        assert_eq!(init.bytes_sent, version_len + 24 + 24 + 24 + 32 + 32);
     }
 }
 
@@ -454,7 +455,9 @@ async fn tolerates_what_a_real_node_sends_around_the_handshake() {
             out.extend(v1::encode_message(magic, m));
         }
         theirs.write_all(&out).await.unwrap();
-        // Read our version, verack, pong(5) and ping; answer the ping.
+        // Read our version, wtxidrelay, sendaddrv2, verack, pong(5) and ping;
+        // answer the ping, and ping once more in the same moment, as a node
+        // may: that ping must be answered too, and then we close cleanly.
         let mut got = Vec::new();
         for _ in 0..10 {
             let mut header = [0u8; 24];
@@ -465,10 +468,9 @@ async fn tolerates_what_a_real_node_sends_around_the_handshake() {
             match header.command.as_str() {
                 "ping" => {
                     let nonce = u64::from_le_bytes(payload.try_into().unwrap());
-                    theirs
-                        .write_all(&v1::encode_message(magic, NetworkMessage::Pong(nonce)))
-                        .await
-                        .unwrap();
+                    let mut answer = v1::encode_message(magic, NetworkMessage::Pong(nonce));
+                    answer.extend(v1::encode_message(magic, NetworkMessage::Ping(77)));
+                    theirs.write_all(&answer).await.unwrap();
                     got.push("ping".to_string());
                 }
                 "pong" => {
@@ -477,19 +479,28 @@ async fn tolerates_what_a_real_node_sends_around_the_handshake() {
                 }
                 other => got.push(other.to_string()),
             }
-            if got.len() == 4 {
+            if got.len() == 7 {
                 break;
             }
         }
-        got
+        // Then our side closes: end of stream, nothing more.
+        let mut rest = Vec::new();
+        theirs.read_to_end(&mut rest).await.unwrap();
+        (got, rest.len())
     };
-    let (record, got) = tokio::join!(btc::initiate(ours, Transport::V1, &CONFIG), fake);
+    let (record, (got, after_close)) =
+        tokio::join!(btc::initiate(ours, Transport::V1, &CONFIG), fake);
     let record = record.unwrap();
     assert!(record.success, "{record:?}");
-    assert_eq!(got[..2], ["version", "verack"]);
-    let mut rest = got[2..].to_vec();
-    rest.sort();
-    assert_eq!(rest, ["ping", "pong 5"]);
+    assert_eq!(got[..4], ["version", "wtxidrelay", "sendaddrv2", "verack"]);
+    let mut middle = got[4..6].to_vec();
+    middle.sort();
+    assert_eq!(middle, ["ping", "pong 5"]);
+    assert_eq!(
+        got[6], "pong 77",
+        "the peer's late ping is answered before we close"
+    );
+    assert_eq!(after_close, 0);
     let peer = record.peer.unwrap();
     assert_eq!(peer.user_agent, "/Satoshi:28.1.0/");
     assert_eq!(peer.services, 1 | 8);
@@ -615,5 +626,8 @@ async fn v2_skips_decoys_and_unknown_short_ids_from_another_implementation() {
     let record = record.unwrap();
     assert!(record.success, "{record:?}");
     assert_eq!(record.peer.unwrap().user_agent, "/bip324-crate-peer/");
-    assert_eq!(seen, ["version", "verack", "ping"]);
+    assert_eq!(
+        seen,
+        ["version", "wtxidrelay", "sendaddrv2", "verack", "ping"]
+    );
 }

@@ -82,6 +82,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     pub(crate) async fn shutdown(&mut self, within: std::time::Duration) {
         let _ = tokio::time::timeout(within, self.io.shutdown()).await;
     }
+
+    /// Reads and drops bytes until the peer closes, at most `within`, so
+    /// that our close finds an empty receive buffer (no RST). Counted as
+    /// received.
+    pub(crate) async fn drain_until_closed(&mut self, within: std::time::Duration) {
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            while let Ok(n) = self.io.read(&mut sink).await {
+                if n == 0 {
+                    return;
+                }
+                self.received += n as u64;
+            }
+        };
+        let _ = tokio::time::timeout(within, drain).await;
+    }
 }
 
 /// A reset or broken pipe is the peer going away, not a local I/O problem.

@@ -15,6 +15,10 @@ use punchscope_analysis::handshake::{FailureReason, PeerVersion};
 /// BIP339). `bitcoin::p2p::PROTOCOL_VERSION` is still 70001, so we set it.
 pub const OUR_PROTOCOL_VERSION: u32 = 70016;
 
+/// From this protocol version on, Bitcoin Core sends `wtxidrelay` (BIP339)
+/// and `sendaddrv2` (BIP155) between `version` and `verack`.
+pub const WTXID_RELAY_VERSION: u32 = 70016;
+
 /// BIP14 user agent, e.g. `/punchscope:0.1.0/`.
 pub fn user_agent() -> String {
     format!("/punchscope:{}/", env!("CARGO_PKG_VERSION"))

@@ -34,6 +34,13 @@ use message::Incoming;
 /// Bitcoin Core's MAX_PROTOCOL_MESSAGE_LENGTH: the largest payload accepted.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4_000_000;
 
+/// How long a successful handshake's close waits for the peer's FIN at most.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// How long, after the handshake, a peer's own ping is still answered
+/// before we close: a node pings right after verack.
+const PONG_WINDOW: Duration = Duration::from_millis(100);
+
 /// Messages we read and skip within one phase before giving up, so that a
 /// peer flooding tiny messages cannot keep a phase busy until its deadline.
 const MAX_MESSAGES_PER_PHASE: usize = 1000;
@@ -286,6 +293,17 @@ where
         let theirs = within(phase, deadline, work).await?;
         self.record.peer = Some(message::peer_version(&theirs));
         self.record.durations.version_ms = Some(ms(started));
+        // What Bitcoin Core sends between version and verack, only to peers
+        // whose version calls for it: wtxidrelay (BIP339) and sendaddrv2
+        // (BIP155). Sent after their version is known, before our verack.
+        if theirs.version >= message::WTXID_RELAY_VERSION {
+            let deadline = self.deadline();
+            let feature_messages = async {
+                self.send(NetworkMessage::WtxidRelay).await?;
+                self.send(NetworkMessage::SendAddrV2).await
+            };
+            within(Phase::Verack, deadline, feature_messages).await?;
+        }
         Ok(())
     }
 
@@ -377,13 +395,40 @@ where
                 });
             }
         }
-        // Count what we sent so far; shutting down sends no payload bytes.
-        self.record.bytes_sent = self.conn.sent;
-        self.record.bytes_received = self.conn.received;
-        if !self.record.success {
+        if self.record.success {
+            self.close_politely().await;
+        } else {
             self.conn.shutdown(self.config.step_timeout).await;
         }
+        // The polite close may answer a ping: counted too.
+        self.record.bytes_sent = self.conn.sent;
+        self.record.bytes_received = self.conn.received;
         Ok(self.record)
+    }
+
+    /// Ends a successful handshake without a reset: a peer that pinged us
+    /// in the same moment as our own ping gets its pong, then we send FIN
+    /// and read (and drop) whatever it still sends until it closes too.
+    /// Closing with unread bytes in the receive buffer would make the kernel
+    /// answer with RST, which the peer sees as the connection failing.
+    async fn close_politely(&mut self) {
+        let linger = self.config.step_timeout.min(CLOSE_LINGER);
+        let answer_pings = async {
+            for _ in 0..MAX_MESSAGES_PER_PHASE {
+                match self.recv().await {
+                    Ok(Incoming::Ping(n)) => {
+                        if self.send(NetworkMessage::Pong(n)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(PONG_WINDOW.min(linger), answer_pings).await;
+        self.conn.shutdown(linger).await;
+        self.conn.drain_until_closed(linger).await;
     }
 }
 
