@@ -7,10 +7,14 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use common::*;
+use punchscope::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
+use punchscope::lab::nat::{Direction, NatEvent};
+use punchscope::lab::pair::{run_pair, PairTrial};
+use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
 
 const S1P1: &str = "198.51.100.10:3478";
@@ -145,4 +149,124 @@ nat = "icmp"
         took < Duration::from_millis(300),
         "icmp answers at once: {took:?}"
     );
+}
+
+/// Trials between alice and bob, each behind her own kernel `masquerade` at
+/// `delay_ms` one way; returns, per strategy, how many of `trials` connected
+/// on both sides, with the records of the others.
+fn masquerade_pair_trials(
+    lab: &Lab,
+    (alice, bob): (&str, &str),
+    base_port: u16,
+    trials: u32,
+) -> Vec<(Strategy, u32, Vec<(TrialRecord, TrialRecord)>)> {
+    let echo: SocketAddr = S1P1.parse().unwrap();
+    let mut port = base_port;
+    Strategy::ALL
+        .iter()
+        .map(|&strategy| {
+            let mut connected = 0;
+            let mut failures = Vec::new();
+            for n in 0..trials {
+                let t = PairTrial::new(alice, bob, n, strategy, (port, port + 1), echo);
+                port += 2;
+                let (a, b) = run_pair(lab, &t).unwrap();
+                for record in [&a, &b] {
+                    // Never recorded connected without the nonce, nor wrong_peer when connected.
+                    assert_eq!(
+                        record.outcome == TrialOutcome::Connected,
+                        record.nonce_verified,
+                        "{record:#?}"
+                    );
+                }
+                if a.outcome == TrialOutcome::Connected && b.outcome == TrialOutcome::Connected {
+                    connected += 1;
+                } else {
+                    failures.push((a, b));
+                }
+            }
+            (strategy, connected, failures)
+        })
+        .collect()
+}
+
+#[test]
+fn every_strategy_punches_between_masquerade_routers_at_0_5_and_50_ms() {
+    const TRIALS: u32 = 20;
+    let mut toml = String::new();
+    for delay in [0, 5, 50] {
+        for side in ["a", "b"] {
+            toml.push_str(&format!(
+                "[[nat]]\nname = \"{side}{delay}\"\nbackend = \"kernel\"\ndelay_ms = {delay}\n\
+                 [[host]]\nname = \"{side}_{delay}\"\nnat = \"{side}{delay}\"\n"
+            ));
+        }
+    }
+    let lab = start_lab("kpun", &toml);
+    let _echo = EchoService::start(&lab, &[S1P1.parse().unwrap()]).unwrap();
+    // The three delays run side by side: each pair has its own routers.
+    let results = std::thread::scope(|s| {
+        let runs: Vec<_> = [0u16, 5, 50]
+            .into_iter()
+            .map(|delay| {
+                let lab = &lab;
+                s.spawn(move || {
+                    let (a, b) = (format!("a_{delay}"), format!("b_{delay}"));
+                    let base = 20000 + delay * 200;
+                    (delay, masquerade_pair_trials(lab, (&a, &b), base, TRIALS))
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut table = String::new();
+    for (delay, per_strategy) in &results {
+        for (strategy, connected, _) in per_strategy {
+            table.push_str(&format!(
+                "{delay} ms {}: {connected}/{TRIALS}\n",
+                strategy.as_str()
+            ));
+        }
+    }
+    eprintln!("{table}");
+    // A documented Linux behaviour (docs/methodology.md): when the peer's
+    // SYN reaches a primed masquerade before our own full-TTL SYN, conntrack
+    // has the priming SYN's sequence numbers, finds our next segment out of
+    // window, marks it invalid, and masquerade lets it out untranslated. At
+    // 0 ms one way, the sides' start jitter decides that race now and then.
+    let leaked = lab.events().iter().any(|e| {
+        (e.router == "a0" || e.router == "b0")
+            && matches!(&e.event, NatEvent::TcpControl { direction: Direction::Outbound, src, .. }
+                if src.ip().octets()[..2] == [192, 168])
+    });
+    for (delay, per_strategy) in results {
+        for (strategy, connected, failures) in per_strategy {
+            if delay == 0 && strategy == Strategy::LowTtl {
+                assert!(connected >= TRIALS / 2, "{table}");
+                assert_eq!(
+                    leaked,
+                    connected < TRIALS,
+                    "a failure has the invalid-flow shape:\n{table}"
+                );
+                for (a, b) in &failures {
+                    for record in [a, b] {
+                        assert!(
+                            matches!(record.outcome, TrialOutcome::Timeout),
+                            "an unconnected low_ttl trial is a timeout, never wrong_peer or a local error: {record:#?}"
+                        );
+                    }
+                }
+                continue;
+            }
+            assert_eq!(
+                connected,
+                TRIALS,
+                "{delay} ms {}:\n{table}first failure: {:#?}",
+                strategy.as_str(),
+                failures.first()
+            );
+        }
+    }
 }

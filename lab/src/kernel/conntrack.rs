@@ -64,9 +64,12 @@ pub fn parse_line(line: &str) -> Option<ConntrackEvent> {
     for word in words {
         match word.split_once('=') {
             Some(pair) => values.push(pair),
+            // States are upper case words, `SYN_SENT2` included.
             None if proto == Protocol::Tcp
-                && word.chars().all(|c| c.is_ascii_uppercase() || c == '_')
-                && !word.is_empty() =>
+                && word.starts_with(|c: char| c.is_ascii_uppercase())
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') =>
             {
                 state.get_or_insert_with(|| word.to_string());
             }
