@@ -151,6 +151,9 @@ nat = "icmp"
     );
 }
 
+/// One strategy's trials: how many connected on both sides, and the records of the others.
+type StrategyRun = (Strategy, u32, Vec<(TrialRecord, TrialRecord)>);
+
 /// Trials between alice and bob, each behind her own kernel `masquerade` at
 /// `delay_ms` one way; returns, per strategy, how many of `trials` connected
 /// on both sides, with the records of the others.
@@ -159,7 +162,7 @@ fn masquerade_pair_trials(
     (alice, bob): (&str, &str),
     base_port: u16,
     trials: u32,
-) -> Vec<(Strategy, u32, Vec<(TrialRecord, TrialRecord)>)> {
+) -> Vec<StrategyRun> {
     let echo: SocketAddr = S1P1.parse().unwrap();
     let mut port = base_port;
     Strategy::ALL
