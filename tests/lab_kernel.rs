@@ -273,3 +273,110 @@ fn every_strategy_punches_between_masquerade_routers_at_0_5_and_50_ms() {
         }
     }
 }
+
+/// The real `classify --json` in `host`, against the lab's echo servers.
+fn classify_in(lab: &Lab, host: &str) -> std::process::Child {
+    punchscope::lab::netns::command_in(
+        &lab.host_netns(host).unwrap(),
+        env!("CARGO_BIN_EXE_punchscope"),
+    )
+    .unwrap()
+    .args(["classify", "--json", "--server", S1P1, "--server", S2P1])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+#[test]
+fn classification_behind_kernel_routers_agrees_with_their_emulator_twins() {
+    use punchscope::analysis::classify::{Classification, Finding};
+    use punchscope::analysis::nat::{Filtering, Mapping};
+    const ROUNDS: usize = 5;
+    // (kind keys, true mapping); each kind once per backend, with a different answer each.
+    let kinds = [
+        (
+            "mapping = \"eim\"\nallocation = \"preserve\"\nunsolicited = \"drop\"",
+            Mapping::Eim,
+        ),
+        (
+            "mapping = \"apdm\"\nallocation = \"random\"\nunsolicited = \"rst\"",
+            Mapping::Apdm,
+        ),
+        (
+            "mapping = \"adm\"\nallocation = \"random\"\nunsolicited = \"icmp\"",
+            Mapping::Adm,
+        ),
+    ];
+    let mut toml = String::new();
+    for (i, (keys, _)) in kinds.iter().enumerate() {
+        for backend in ["kernel", "emulator"] {
+            toml.push_str(&format!(
+                "[[nat]]\nname = \"{backend}{i}\"\nbackend = \"{backend}\"\n{keys}\n\
+                 [[host]]\nname = \"h_{backend}{i}\"\nnat = \"{backend}{i}\"\n"
+            ));
+        }
+    }
+    let lab = start_lab("kcls", &toml);
+    let servers: Vec<SocketAddr> = [S1P1, S1P2, S2P1, "198.51.100.11:3479"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let _echo = EchoService::start(&lab, &servers).unwrap();
+    let verdict_of = |child: std::process::Child, host: &str| {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{host}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let result: Classification = serde_json::from_slice(&output.stdout).unwrap();
+        result.verdict
+    };
+    let mut compared = 0;
+    for round in 0..ROUNDS {
+        for (i, (_, mapping)) in kinds.iter().enumerate() {
+            let kernel_host = format!("h_kernel{i}");
+            let emulator_host = format!("h_emulator{i}");
+            let kernel = classify_in(&lab, &kernel_host);
+            let emulator = classify_in(&lab, &emulator_host);
+            let k = verdict_of(kernel, &kernel_host);
+            let e = verdict_of(emulator, &emulator_host);
+            let what = format!("round {round} kind {i}");
+            assert_eq!(
+                k.mapping,
+                Finding::Known { value: *mapping },
+                "{what}: kernel {k:?}"
+            );
+            assert_eq!(
+                k.filtering,
+                Finding::Known {
+                    value: Filtering::Apdf
+                },
+                "{what}: kernel {k:?}"
+            );
+            // The same verdict, field by field, behind either backend.
+            assert_eq!(
+                (
+                    &k.mapping,
+                    &k.filtering,
+                    &k.allocation,
+                    k.port_preserved,
+                    k.hairpin,
+                    k.no_nat
+                ),
+                (
+                    &e.mapping,
+                    &e.filtering,
+                    &e.allocation,
+                    e.port_preserved,
+                    e.hairpin,
+                    e.no_nat
+                ),
+                "{what}: kernel {k:?}\nemulator {e:?}"
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, ROUNDS * kinds.len());
+}
