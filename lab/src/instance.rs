@@ -12,10 +12,12 @@ use tokio::sync::watch;
 
 use super::driver::{run_router, RouterIo};
 use super::events::{EventLog, LabEvent};
+use super::kernel::conntrack::{ConntrackError, ConntrackWatch};
+use super::kernel::{self, KernelNat};
 use super::lock::{LabLock, LockError};
-use super::nat::{Nat, Translation};
+use super::nat::{Nat, NatConfig, Translation};
 use super::netns::{self, NetnsError};
-use super::scenario::{check_name, Scenario, ScenarioError};
+use super::scenario::{check_name, Backend, HostSpec, RouterSpec, Scenario, ScenarioError};
 use super::tun::{Tun, TunError};
 
 /// The name of the core namespace within a lab.
@@ -36,6 +38,8 @@ pub enum LabError {
     Netns(#[from] NetnsError),
     #[error(transparent)]
     Tun(#[from] TunError),
+    #[error(transparent)]
+    Conntrack(#[from] ConntrackError),
     #[error("cannot write the event log {path}: {source}")]
     EventLog {
         path: PathBuf,
@@ -64,6 +68,8 @@ pub struct Lab {
     scenario: Scenario,
     namespaces: Vec<String>,
     routers: Option<RouterThread>,
+    /// One `conntrack -E` per kernel router, ended before its namespace goes.
+    conntrack: Vec<ConntrackWatch>,
     events: Arc<EventLog>,
     _lock: LabLock,
 }
@@ -91,6 +97,11 @@ pub struct InternetInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct RouterInfo {
     pub name: String,
+    /// `emulator` or `kernel` (a real Linux NAT).
+    pub backend: Backend,
+    /// A kernel router's NAT statement (`masquerade`, `masquerade fully-random`, `snat hashed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_nat: Option<String>,
     pub public_ip: Ipv4Addr,
     /// `none` for a plain router, else the mapping behaviour.
     pub mapping: String,
@@ -154,6 +165,7 @@ impl Lab {
             scenario,
             namespaces: Vec::new(),
             routers: None,
+            conntrack: Vec::new(),
             _lock: lock,
         };
         // From here on, an early return drops `lab`, which tears down what exists.
@@ -173,6 +185,12 @@ impl Lab {
     /// The namespace of the internet core (servers live here).
     pub fn internet_netns(&self) -> String {
         format!("{}-{INTERNET}", self.name)
+    }
+
+    /// The namespace of a kernel router (`-` cannot occur in host names, so
+    /// this never names a host's namespace).
+    pub fn router_netns(&self, router: &str) -> String {
+        format!("{}-nat-{router}", self.name)
     }
 
     /// The namespace of a host.
@@ -211,7 +229,7 @@ impl Lab {
             .map(|r| {
                 let c = &r.config;
                 let (mapping, filtering, allocation) = match c.translation {
-                    Translation::None => ("none".to_string(), None, None),
+                    Translation::None | Translation::Link => ("none".to_string(), None, None),
                     Translation::Nat {
                         mapping,
                         filtering,
@@ -224,6 +242,8 @@ impl Lab {
                 };
                 RouterInfo {
                     name: r.name.clone(),
+                    backend: r.backend(),
+                    kernel_nat: r.kernel.map(|k| k.to_string()),
                     public_ip: c.public_ip,
                     mapping,
                     filtering,
@@ -293,14 +313,14 @@ impl Lab {
             let wan_device = format!("wan{index}");
             let wan = Tun::create_in(&internet, &wan_device)?;
             internet_config.push(format!("link set {wan_device} up"));
-            let mut lans = Vec::new();
-            for host in self
+            let hosts: Vec<HostSpec> = self
                 .scenario
                 .hosts
-                .clone()
                 .iter()
                 .filter(|h| h.router == index)
-            {
+                .cloned()
+                .collect();
+            for host in &hosts {
                 let ns = format!("{}-{}", self.name, host.name);
                 self.add_namespace(ns.clone())?;
                 netns::set_sysctls(
@@ -311,20 +331,6 @@ impl Lab {
                         ("ipv4/ip_forward", "0"),
                     ],
                 )?;
-                let device = Tun::create_in(&ns, HOST_DEVICE)?;
-                netns::ip_batch(
-                    &ns,
-                    &[
-                        "link set lo up".to_string(),
-                        format!(
-                            "addr add {}/{} dev {HOST_DEVICE}",
-                            host.address, host.prefix_len
-                        ),
-                        format!("link set {HOST_DEVICE} up"),
-                        format!("route add default dev {HOST_DEVICE}"),
-                    ],
-                )?;
-                lans.push((host.address, device));
                 if router.config.translation == Translation::None {
                     internet_config
                         .push(format!("route add {}/32 dev {wan_device}", host.public_ip));
@@ -336,15 +342,117 @@ impl Lab {
                     router.config.public_ip
                 ));
             }
-            routers.push(RouterIo {
-                name: router.name.clone(),
-                nat: Nat::new(router.config),
-                wan,
-                lans,
+            routers.push(match router.kernel {
+                None => self.build_emulated_router(router, &hosts, wan)?,
+                Some(kind) => self.build_kernel_router(router, kind, &hosts, wan)?,
             });
         }
         netns::ip_batch(&internet, &internet_config)?;
         Ok(routers)
+    }
+
+    /// An emulator router: each host's only device is a TUN device the router drives.
+    fn build_emulated_router(
+        &mut self,
+        router: RouterSpec,
+        hosts: &[HostSpec],
+        wan: Tun,
+    ) -> Result<RouterIo, LabError> {
+        let mut lans = Vec::new();
+        for host in hosts {
+            let ns = format!("{}-{}", self.name, host.name);
+            let device = Tun::create_in(&ns, HOST_DEVICE)?;
+            netns::ip_batch(
+                &ns,
+                &[
+                    "link set lo up".to_string(),
+                    format!(
+                        "addr add {}/{} dev {HOST_DEVICE}",
+                        host.address, host.prefix_len
+                    ),
+                    format!("link set {HOST_DEVICE} up"),
+                    format!("route add default dev {HOST_DEVICE}"),
+                ],
+            )?;
+            lans.push((host.address, device));
+        }
+        Ok(RouterIo {
+            name: router.name,
+            nat: Nat::new(router.config),
+            wan,
+            lans,
+        })
+    }
+
+    /// A kernel router (see [`kernel`]): its namespace, a bridge with a veth
+    /// link per host, the rule set, a conntrack watch, and the emulator as a
+    /// bare link between its `wan0` and the internet.
+    fn build_kernel_router(
+        &mut self,
+        router: RouterSpec,
+        kind: KernelNat,
+        hosts: &[HostSpec],
+        wan: Tun,
+    ) -> Result<RouterIo, LabError> {
+        let config = &router.config;
+        let ns = self.router_netns(&router.name);
+        self.add_namespace(ns.clone())?;
+        let sysctls = KernelNat::sysctls(config);
+        let sysctls: Vec<(&str, &str)> = sysctls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        netns::set_sysctls(&ns, &sysctls)?;
+        let router_wan = Tun::create_in(&ns, kernel::WAN_DEVICE)?;
+        let (lan, wan_device) = (kernel::LAN_DEVICE, kernel::WAN_DEVICE);
+        let mut commands = vec![
+            "link set lo up".to_string(),
+            format!("link add {lan} type bridge"),
+            format!("addr add {}/24 dev {lan}", config.gateway_ip),
+            format!("link set {lan} up"),
+        ];
+        for (k, host) in hosts.iter().enumerate() {
+            let host_ns = format!("{}-{}", self.name, host.name);
+            commands.push(format!(
+                "link add h{k} type veth peer name {HOST_DEVICE} netns {host_ns}"
+            ));
+            commands.push(format!("link set h{k} master {lan}"));
+            commands.push(format!("link set h{k} up"));
+        }
+        commands.push(format!("addr add {}/32 dev {wan_device}", config.public_ip));
+        commands.push(format!("link set {wan_device} up"));
+        commands.push(format!("route add default dev {wan_device}"));
+        netns::ip_batch(&ns, &commands)?;
+        for host in hosts {
+            netns::ip_batch(
+                &format!("{}-{}", self.name, host.name),
+                &[
+                    "link set lo up".to_string(),
+                    format!(
+                        "addr add {}/{} dev {HOST_DEVICE}",
+                        host.address, host.prefix_len
+                    ),
+                    format!("link set {HOST_DEVICE} up"),
+                    format!("route add default via {}", config.gateway_ip),
+                ],
+            )?;
+        }
+        netns::run_with_input(&ns, "nft", &["-f", "-"], &kind.ruleset(config))?;
+        self.conntrack.push(ConntrackWatch::start(
+            &ns,
+            &router.name,
+            self.events.clone(),
+        )?);
+        let link = NatConfig {
+            translation: Translation::Link,
+            uplink: config.uplink,
+            downlink: config.downlink,
+            seed: config.seed,
+            ..NatConfig::router(config.public_ip)
+        };
+        Ok(RouterIo {
+            name: router.name,
+            nat: Nat::new(link),
+            wan,
+            lans: vec![(config.public_ip, router_wan)],
+        })
     }
 
     fn start_routers(&mut self, routers: Vec<RouterIo>) -> Result<(), LabError> {
@@ -378,6 +486,7 @@ impl Lab {
             let _ = routers.shutdown.send(true);
             let _ = routers.thread.join();
         }
+        self.conntrack.clear();
         let mut first_error = None;
         while let Some(ns) = self.namespaces.pop() {
             if let Err(e) = netns::delete(&ns) {

@@ -7,6 +7,7 @@
 //! that device and a TUN device in the internet namespace.
 //!
 //! Layout:
+//! - [`kernel`]: real Linux NATs (nftables, conntrack) as lab routers.
 //! - [`nat`]: the emulator core, sans-io (packets and time in, packets and
 //!   events out).
 //! - [`scenario`]: TOML scenario files (strict: unknown keys are errors with
@@ -30,6 +31,7 @@ pub mod bench;
 pub mod driver;
 pub mod events;
 pub mod instance;
+pub mod kernel;
 pub mod lock;
 pub mod nat;
 pub mod netns;

@@ -18,7 +18,7 @@ pub const NETNS_DIR: &str = "/run/netns";
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error(
-        "`{command}` failed: {detail} (the lab needs root and iproute2: apt-get install iproute2)"
+        "`{command}` failed: {detail} (the lab needs root, iproute2, and for kernel routers nftables and conntrack: apt-get install iproute2 nftables conntrack)"
     )]
     Command { command: String, detail: String },
     #[error("cannot enter network namespace {name}: {source}")]
@@ -102,6 +102,44 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 /// Runs `ip` commands (one per line, without the leading `ip`) inside a namespace.
 pub fn ip_batch(name: &str, commands: &[String]) -> Result<(), NetnsError> {
     ip(&["-n", name, "-batch", "-"], Some(&commands.join("\n")))
+}
+
+/// Runs `program ARGS` inside a namespace with `input` on its standard input
+/// (e.g. `nft -f -`); its standard error is the error's detail.
+pub fn run_with_input(
+    name: &str,
+    program: &str,
+    args: &[&str],
+    input: &str,
+) -> Result<(), NetnsError> {
+    let label = format!("{program} {} (in {name})", args.join(" "));
+    let failed = |detail: String| NetnsError::Command {
+        command: label.clone(),
+        detail,
+    };
+    let mut child = command_in(name, program)?
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .map_err(|e| failed(e.to_string()))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(failed(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ))
+    }
 }
 
 /// Moves the calling thread into the namespace.

@@ -12,6 +12,7 @@ use punchscope_analysis::nat::{Allocation, Filtering, Mapping, UnsolicitedAnswer
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::kernel::KernelNat;
 use super::nat::{LinkShape, NatConfig, Timeouts, Translation};
 
 /// The default server addresses in the internet namespace.
@@ -45,7 +46,40 @@ pub struct Scenario {
 #[derive(Debug, Clone)]
 pub struct RouterSpec {
     pub name: String,
+    /// What the router does; for a kernel router, what its rule set expresses.
     pub config: NatConfig,
+    /// `Some` for `backend = "kernel"`: the Linux NAT that plays this router.
+    pub kernel: Option<KernelNat>,
+}
+
+impl RouterSpec {
+    pub fn backend(&self) -> Backend {
+        if self.kernel.is_some() {
+            Backend::Kernel
+        } else {
+            Backend::Emulator
+        }
+    }
+}
+
+/// Which machinery plays a router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// punchscope's own NAT emulator (`nat`), every RFC 4787 kind.
+    #[default]
+    Emulator,
+    /// A real Linux NAT: nftables and conntrack in a router namespace (`kernel`).
+    Kernel,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Emulator => "emulator",
+            Backend::Kernel => "kernel",
+        })
+    }
 }
 
 /// One host namespace.
@@ -185,6 +219,7 @@ impl TryFrom<u16> for Step {
 struct NatSection {
     name: Spanned<String>,
     public_ip: Option<Spanned<Ipv4Addr>>,
+    backend: Option<Spanned<Backend>>,
     #[serde(default = "defaults::mapping")]
     mapping: MappingSetting,
     #[serde(default = "defaults::filtering")]
@@ -420,8 +455,19 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             downlink: link,
             seed: file.lab.seed.wrapping_add(i as u64),
         };
+        let kernel = match &nat.backend {
+            Some(backend) if *backend.get_ref() == Backend::Kernel => Some(
+                KernelNat::for_config(&config)
+                    .map_err(|m| at(backend.span(), format!("NAT `{name}`: {m}")))?,
+            ),
+            _ => None,
+        };
         router_by_name.insert(name.clone(), routers.len());
-        routers.push(RouterSpec { name, config });
+        routers.push(RouterSpec {
+            name,
+            config,
+            kernel,
+        });
     }
 
     let mut hosts: Vec<HostSpec> = Vec::new();
@@ -446,6 +492,7 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             routers.push(RouterSpec {
                 name: format!("{name}_router"),
                 config,
+                kernel: None,
             });
             routers.len() - 1
         } else {
@@ -475,7 +522,7 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
                     routers[router].config.public_ip,
                 )
             }
-            Translation::None => {
+            Translation::None | Translation::Link => {
                 if *index > 1 {
                     return Err(at(host.nat.span(), format!("router `{nat_name}` does not translate: only one host can sit behind it")));
                 }
@@ -656,5 +703,25 @@ nat = "none"
             s.host("a").unwrap().public_ip,
             s.host("b").unwrap().public_ip
         );
+    }
+
+    #[test]
+    fn kernel_routers_take_what_linux_expresses_and_refuse_the_rest_naming_the_key() {
+        let s = Scenario::parse(
+            "[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nmapping = \"apdm\"\nallocation = \"random\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.routers[0].backend(), Backend::Kernel);
+        assert_eq!(s.routers[0].kernel, Some(KernelNat::MasqueradeFullyRandom));
+        let e = error_of("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nfiltering = \"eif\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n");
+        assert!(
+            e.contains("line 3") && e.contains("filtering = \"eif\""),
+            "{e}"
+        );
+        let e = error_of("[[nat]]\nname = \"k\"\nbackend = \"linux\"\n");
+        assert!(e.contains("line 3") && e.contains("linux"), "{e}");
+        let s = Scenario::parse("[[nat]]\nname = \"n\"\n[[host]]\nname = \"h\"\nnat = \"n\"\n")
+            .unwrap();
+        assert_eq!(s.routers[0].backend(), Backend::Emulator, "the default");
     }
 }

@@ -182,10 +182,23 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
             (record, Some(stream))
         }
         Err(e) => {
-            record.outcome = TrialOutcome::WrongPeer;
-            record.error = Some(e.to_string());
+            record.outcome = outcome_of_nonce_failure(&e);
+            record.error = Some(format!("{completion:?} socket: {e}"));
             (record, None)
         }
+    }
+}
+
+/// What a failed nonce exchange says. Only a nonce line that is not ours
+/// proves another host answered (`wrong_peer`). A socket that reported
+/// connected but carried no nonce (silence, close, reset) never reached the
+/// peer end to end, e.g. because a NAT dropped or mistranslated the other
+/// half of the handshake: the trial did not connect, and is not `wrong_peer`.
+fn outcome_of_nonce_failure(error: &nonce::NonceError) -> TrialOutcome {
+    use nonce::NonceError;
+    match error {
+        NonceError::Mismatch | NonceError::Garbage => TrialOutcome::WrongPeer,
+        NonceError::Timeout(_) | NonceError::Closed | NonceError::Io(_) => TrialOutcome::Timeout,
     }
 }
 
@@ -266,8 +279,8 @@ async fn connect_with_retries(
         if connected {
             return result.ok();
         }
-        let taken_by_listener = matches!(&result, Err(AttemptResult::Error { detail }) if detail.contains("EADDRNOTAVAIL"));
-        if uses_listener(spec.strategy) && taken_by_listener {
+        let taken = matches!(&result, Err(r) if taken_by_listener(r));
+        if uses_listener(spec.strategy) && taken {
             // The 4-tuple belongs to a connection our listener accepted: give it the win.
             tokio::time::sleep(spec.attempt_timeout).await;
             return None;
@@ -299,7 +312,18 @@ async fn accept_from_peer(
     }
 }
 
+/// An attempt that found its 4-tuple already held by a connection our own
+/// listener took (EADDRNOTAVAIL): the peer's SYN came first. Not a local
+/// failure: the race belongs to the listener.
+fn taken_by_listener(result: &AttemptResult) -> bool {
+    matches!(result, AttemptResult::Error { detail } if detail.contains("EADDRNOTAVAIL"))
+}
+
 fn outcome_of_attempts(attempts: &[Attempt]) -> TrialOutcome {
+    if attempts.iter().any(|a| taken_by_listener(&a.result)) {
+        // Our listener held the peer's connection and never completed it.
+        return TrialOutcome::Timeout;
+    }
     match attempts.last().map(|a| &a.result) {
         Some(AttemptResult::Refused) => TrialOutcome::Refused,
         Some(AttemptResult::Unreachable) => TrialOutcome::Unreachable,
@@ -327,6 +351,50 @@ fn ms(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_foreign_nonce_is_the_wrong_peer() {
+        use nonce::NonceError;
+        assert_eq!(
+            outcome_of_nonce_failure(&NonceError::Mismatch),
+            TrialOutcome::WrongPeer
+        );
+        assert_eq!(
+            outcome_of_nonce_failure(&NonceError::Garbage),
+            TrialOutcome::WrongPeer
+        );
+        for silent in [
+            NonceError::Timeout(Duration::from_secs(5)),
+            NonceError::Closed,
+            NonceError::Io(std::io::ErrorKind::ConnectionReset.into()),
+        ] {
+            assert_eq!(
+                outcome_of_nonce_failure(&silent),
+                TrialOutcome::Timeout,
+                "{silent}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tuple_taken_by_our_listener_is_not_a_local_error() {
+        let attempt = |result| Attempt {
+            started_ms: 0.0,
+            duration_ms: 0.1,
+            result,
+        };
+        let taken = attempt(AttemptResult::Error {
+            detail: "EADDRNOTAVAIL: Cannot assign requested address (os error 99)".into(),
+        });
+        assert_eq!(outcome_of_attempts(&[taken]), TrialOutcome::Timeout);
+        let bind_failed = attempt(AttemptResult::Error {
+            detail: "Address already in use".into(),
+        });
+        assert_eq!(
+            outcome_of_attempts(&[bind_failed]),
+            TrialOutcome::LocalError
+        );
+    }
 
     #[test]
     fn specs_take_the_plan_and_the_responder_takes_the_skew() {

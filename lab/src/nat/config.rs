@@ -10,6 +10,10 @@ use punchscope_analysis::nat::{Allocation, Filtering, Mapping, UnsolicitedAnswer
 pub enum Translation {
     /// A plain router: hosts behind it have public addresses.
     None,
+    /// A bare link in series with a router that lives elsewhere (a kernel
+    /// router's WAN): packets pass unchanged, TTL included, with only the
+    /// link's delay, jitter and loss. It is a wire, not a hop.
+    Link,
     /// A NAT with the given RFC 4787 behaviours.
     Nat {
         mapping: Mapping,

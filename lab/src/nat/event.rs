@@ -111,4 +111,28 @@ pub enum NatEvent {
         direction: Direction,
         reason: DropReason,
     },
+    /// A kernel router's conntrack entry changed (from `conntrack -E`; never
+    /// emitted by the emulator).
+    Conntrack(crate::kernel::conntrack::ConntrackEvent),
+}
+
+impl NatEvent {
+    /// A new mapping as (internal, external) endpoints, whichever backend
+    /// reported it: the emulator's `mapping_created`, or a kernel router's
+    /// new conntrack entry whose reply goes to another endpoint than the
+    /// originator's (a translated flow).
+    pub fn new_mapping(&self) -> Option<(SocketAddrV4, SocketAddrV4)> {
+        match self {
+            NatEvent::MappingCreated {
+                internal, external, ..
+            } => Some((*internal, *external)),
+            NatEvent::Conntrack(c)
+                if c.change == crate::kernel::conntrack::ConntrackChange::New
+                    && c.internal != c.external =>
+            {
+                Some((c.internal, c.external))
+            }
+            _ => None,
+        }
+    }
 }

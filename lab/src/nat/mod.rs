@@ -89,7 +89,7 @@ pub struct Nat {
 impl Nat {
     pub fn new(config: NatConfig) -> Self {
         let table = match config.translation {
-            Translation::None => None,
+            Translation::None | Translation::Link => None,
             Translation::Nat {
                 mapping,
                 filtering,
@@ -154,6 +154,9 @@ impl Nat {
             }
         };
         self.sweep_if_due(now);
+        if self.config.translation == Translation::Link {
+            return self.send_up(packet[..summary.total_len].to_vec(), now);
+        }
         if summary.ttl <= 1 {
             return self.ttl_exceeded(Direction::Outbound, packet, &summary, now);
         }
@@ -247,6 +250,9 @@ impl Nat {
                 return self.drop(Direction::Inbound, DropReason::Malformed(malformed), now)
             }
         };
+        if self.config.translation == Translation::Link {
+            return self.deliver(packet[..summary.total_len].to_vec(), summary.dst, now);
+        }
         if self.table.is_some() && summary.dst != self.config.public_ip {
             return self.drop(Direction::Inbound, DropReason::NotOurs, now);
         }

@@ -785,3 +785,30 @@ fn control_segments_are_logged_when_they_leave() {
         .collect();
     assert_eq!(kinds.len(), 2, "mapping created + tcp control");
 }
+
+#[test]
+fn a_link_passes_packets_unchanged_ttl_included_after_its_delay() {
+    let mut config = NatConfig::router(PUBLIC);
+    config.translation = Translation::Link;
+    config.uplink.delay = Duration::from_millis(5);
+    config.downlink.delay = Duration::from_millis(5);
+    let mut h = Harness::new(config);
+    let router_side = SocketAddrV4::new(PUBLIC, 40000);
+    let peer = ep([203, 0, 113, 3], 5000);
+
+    // A TTL 1 SYN is no business of a wire: it passes, TTL untouched.
+    let syn = build::tcp(router_side, peer, TcpFlags::SYN, 1, b"");
+    assert!(h.send_lan(syn.clone()).is_empty(), "held for the delay");
+    let out = h.advance(Duration::from_millis(5));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].port, Port::Wan);
+    assert_eq!(out[0].packet, syn, "byte for byte");
+
+    let reply = build::tcp(peer, router_side, TcpFlags::SYN | TcpFlags::ACK, 60, b"");
+    assert!(h.send_wan(reply.clone()).is_empty());
+    let out = h.advance(Duration::from_millis(5));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].port, Port::Lan(PUBLIC));
+    assert_eq!(out[0].packet, reply);
+    assert!(h.nat.mappings().is_empty(), "a link keeps no state");
+}

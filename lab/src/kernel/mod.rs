@@ -1,0 +1,307 @@
+//! Real Linux NATs as lab routers: what a scenario NAT with `backend = "kernel"` becomes.
+//!
+//! A kernel router is a namespace `NAME-nat-ROUTER` holding a bridge `lan`
+//! (the hosts' veth links, gateway 192.168.N.1) and a TUN device `wan0` with
+//! the public address. nftables translates and filters, conntrack keeps the
+//! state, and the lab's emulator sits in series on `wan0` as a bare link
+//! ([`crate::nat::Translation::Link`]) for delay, jitter and loss, since
+//! sch_netem is not available here.
+//!
+//! This file is sans-io: which rule set and sysctls a NAT configuration
+//! needs, and the refusal of what Linux cannot express, naming the key.
+//! [`conntrack`] reads `conntrack -E` into the lab's event log.
+
+pub mod conntrack;
+
+use std::fmt;
+
+use punchscope_analysis::nat::{Allocation, Filtering, Mapping, UnsolicitedAnswer};
+use serde::Serialize;
+
+use crate::nat::{NatConfig, Translation};
+
+/// The bridge of a kernel router's LAN side.
+pub const LAN_DEVICE: &str = "lan";
+/// A kernel router's WAN device (a TUN device the lab's link emulator drives).
+pub const WAN_DEVICE: &str = "wan0";
+/// The nftables table every kernel router's rules live in.
+pub const TABLE: &str = "punchscope_nat";
+
+/// How a kernel router translates: the three NAT kinds Linux really offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelNat {
+    /// `masquerade`: keeps the source port when free, one external port per
+    /// internal endpoint whatever the destination (EIM, port-preserving).
+    Masquerade,
+    /// `masquerade fully-random`: a random external port per connection (APDM, random).
+    MasqueradeFullyRandom,
+    /// `snat` to the one port a hash of (source address, source port,
+    /// destination address) picks: the same port for one destination
+    /// address whatever its port (ADM, hash-random).
+    SnatHashed,
+}
+
+impl fmt::Display for KernelNat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Masquerade => "masquerade",
+            Self::MasqueradeFullyRandom => "masquerade fully-random",
+            Self::SnatHashed => "snat hashed",
+        })
+    }
+}
+
+impl KernelNat {
+    /// The kernel NAT that does what `config` says, or why Linux cannot, naming the key.
+    pub fn for_config(config: &NatConfig) -> Result<KernelNat, String> {
+        let refuse = |key: &str, why: &str| Err(format!("backend = \"kernel\": {key} {why}"));
+        let Translation::Nat {
+            mapping,
+            filtering,
+            allocation,
+        } = config.translation
+        else {
+            return refuse(
+                "mapping = \"none\"",
+                "is a plain router; the kernel backend is for NATs (use the emulator)",
+            );
+        };
+        if filtering != Filtering::Apdf {
+            return refuse(
+                &format!("filtering = \"{filtering}\""),
+                "cannot be expressed: conntrack admits inbound packets only on a connection's own 5-tuple (filtering = \"apdf\")",
+            );
+        }
+        if config.hairpin {
+            return refuse(
+                "hairpin = true",
+                "is not offered: a Linux NAT hairpins only with DNAT rules per port",
+            );
+        }
+        if !config.rst_closes {
+            return refuse(
+                "rst_closes = false",
+                "cannot be expressed: conntrack always closes a flow on a RST",
+            );
+        }
+        match (mapping, allocation) {
+            (Mapping::Eim, Allocation::Preserve) => Ok(KernelNat::Masquerade),
+            (Mapping::Apdm, Allocation::Random) => Ok(KernelNat::MasqueradeFullyRandom),
+            (Mapping::Adm, Allocation::Random) => Ok(KernelNat::SnatHashed),
+            (Mapping::Eim, other) => refuse(
+                &format!("allocation = \"{other}\""),
+                "with mapping = \"eim\" cannot be expressed: masquerade preserves ports (allocation = \"preserve\")",
+            ),
+            (Mapping::Apdm, other) => refuse(
+                &format!("allocation = \"{other}\""),
+                "with mapping = \"apdm\" cannot be expressed: only masquerade fully-random maps per destination endpoint (allocation = \"random\")",
+            ),
+            (Mapping::Adm, other) => refuse(
+                &format!("allocation = \"{other}\""),
+                "with mapping = \"adm\" cannot be expressed: the hashed snat picks its port at random (allocation = \"random\")",
+            ),
+        }
+    }
+
+    /// The nftables rule set (for `nft -f -`) of a kernel router with this
+    /// translation, public address and answer to unsolicited SYNs.
+    pub fn ruleset(&self, config: &NatConfig) -> String {
+        let public = config.public_ip;
+        let translate = match self {
+            KernelNat::Masquerade => "masquerade".to_string(),
+            KernelNat::MasqueradeFullyRandom => "masquerade fully-random".to_string(),
+            // Ports 1024-65535, as the emulator's allocations.
+            KernelNat::SnatHashed => [
+                format!("meta l4proto tcp snat ip to {public} : jhash ip saddr . tcp sport . ip daddr mod 64512 offset 1024"),
+                format!("oifname \"{WAN_DEVICE}\" meta l4proto udp snat ip to {public} : jhash ip saddr . udp sport . ip daddr mod 64512 offset 1024"),
+                format!("oifname \"{WAN_DEVICE}\" masquerade"),
+            ]
+            .join("\n\t\t"),
+        };
+        let (syn_answer, udp_answer) = match config.unsolicited {
+            UnsolicitedAnswer::Drop => ("drop", "drop"),
+            UnsolicitedAnswer::Rst => ("reject with tcp reset", "drop"),
+            UnsolicitedAnswer::Icmp => (
+                "reject with icmp type port-unreachable",
+                "reject with icmp type port-unreachable",
+            ),
+        };
+        format!(
+            "table ip {TABLE} {{
+\tchain postrouting {{
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname \"{WAN_DEVICE}\" {translate}
+\t}}
+\tchain input {{
+\t\ttype filter hook input priority filter; policy accept;
+\t\t# The router runs no service: what reaches it from the WAN was refused by conntrack.
+\t\tiifname \"{WAN_DEVICE}\" tcp flags & (fin|syn|rst|ack) == syn {syn_answer}
+\t\tiifname \"{WAN_DEVICE}\" meta l4proto udp {udp_answer}
+\t\t# Anything else (a stray ACK, a FIN) would get a RST from the router's own stack: drop it, as the emulator does.
+\t\tiifname \"{WAN_DEVICE}\" meta l4proto != icmp drop
+\t\t# No hairpinning.
+\t\tiifname \"{LAN_DEVICE}\" ip daddr {public} drop
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tct state established,related accept
+\t\tiifname \"{LAN_DEVICE}\" oifname \"{WAN_DEVICE}\" accept
+\t}}
+}}
+"
+        )
+    }
+
+    /// The sysctls (under /proc/sys/net) of the router namespace: forwarding,
+    /// conntrack's TCP loose pick-up and the scenario's timeouts.
+    pub fn sysctls(config: &NatConfig) -> Vec<(&'static str, String)> {
+        let t = &config.timeouts;
+        let mut settings: Vec<(&'static str, String)> = vec![
+            ("ipv6/conf/all/disable_ipv6", "1".into()),
+            ("ipv6/conf/default/disable_ipv6", "1".into()),
+            ("ipv4/ip_forward", "1".into()),
+            ("ipv4/conf/all/rp_filter", "0".into()),
+            ("ipv4/conf/default/rp_filter", "0".into()),
+            ("ipv4/conf/all/send_redirects", "0".into()),
+            ("ipv4/conf/default/send_redirects", "0".into()),
+            (
+                "netfilter/nf_conntrack_tcp_loose",
+                u8::from(config.tcp_loose).to_string(),
+            ),
+        ];
+        let established = t.tcp_established.as_secs().to_string();
+        let transitory = t.tcp_transitory.as_secs().to_string();
+        let udp = t.udp.as_secs().to_string();
+        settings.push((
+            "netfilter/nf_conntrack_tcp_timeout_established",
+            established,
+        ));
+        settings.push((
+            "netfilter/nf_conntrack_tcp_timeout_syn_sent",
+            transitory.clone(),
+        ));
+        settings.push(("netfilter/nf_conntrack_tcp_timeout_syn_recv", transitory));
+        settings.push(("netfilter/nf_conntrack_udp_timeout", udp.clone()));
+        settings.push(("netfilter/nf_conntrack_udp_timeout_stream", udp));
+        settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+    fn config(mapping: Mapping, filtering: Filtering, allocation: Allocation) -> NatConfig {
+        NatConfig::nat(mapping, filtering, allocation, PUBLIC)
+    }
+
+    #[test]
+    fn each_expressible_kind_has_its_nat_statement() {
+        let cases = [
+            (
+                Mapping::Eim,
+                Allocation::Preserve,
+                KernelNat::Masquerade,
+                "oifname \"wan0\" masquerade\n",
+            ),
+            (
+                Mapping::Apdm,
+                Allocation::Random,
+                KernelNat::MasqueradeFullyRandom,
+                "masquerade fully-random",
+            ),
+            (
+                Mapping::Adm,
+                Allocation::Random,
+                KernelNat::SnatHashed,
+                "snat ip to 203.0.113.2 : jhash ip saddr . tcp sport . ip daddr",
+            ),
+        ];
+        for (mapping, allocation, kind, statement) in cases {
+            let c = config(mapping, Filtering::Apdf, allocation);
+            assert_eq!(KernelNat::for_config(&c), Ok(kind));
+            let rules = kind.ruleset(&c);
+            assert!(rules.contains(statement), "{kind}: {rules}");
+        }
+    }
+
+    #[test]
+    fn the_unsolicited_answer_becomes_the_input_rule() {
+        let mut c = config(Mapping::Eim, Filtering::Apdf, Allocation::Preserve);
+        for (answer, rule) in [
+            (UnsolicitedAnswer::Drop, "== syn drop"),
+            (UnsolicitedAnswer::Rst, "== syn reject with tcp reset"),
+            (
+                UnsolicitedAnswer::Icmp,
+                "== syn reject with icmp type port-unreachable",
+            ),
+        ] {
+            c.unsolicited = answer;
+            let rules = KernelNat::Masquerade.ruleset(&c);
+            assert!(rules.contains(rule), "{answer}: {rules}");
+        }
+    }
+
+    #[test]
+    fn what_linux_cannot_express_is_refused_naming_the_key() {
+        let refused = |c: NatConfig, key: &str| {
+            let e = KernelNat::for_config(&c).unwrap_err();
+            assert!(e.contains(key), "{e}");
+        };
+        refused(
+            config(Mapping::Eim, Filtering::Eif, Allocation::Preserve),
+            "filtering = \"eif\"",
+        );
+        refused(
+            config(Mapping::Eim, Filtering::Adf, Allocation::Preserve),
+            "filtering = \"adf\"",
+        );
+        refused(
+            config(Mapping::Eim, Filtering::Apdf, Allocation::Sequential),
+            "allocation = \"sequential\"",
+        );
+        refused(
+            config(Mapping::Eim, Filtering::Apdf, Allocation::Random),
+            "allocation = \"random\"",
+        );
+        refused(
+            config(Mapping::Apdm, Filtering::Apdf, Allocation::Preserve),
+            "allocation = \"preserve\"",
+        );
+        refused(NatConfig::router(PUBLIC), "mapping = \"none\"");
+        let mut c = config(Mapping::Eim, Filtering::Apdf, Allocation::Preserve);
+        c.hairpin = true;
+        refused(c.clone(), "hairpin");
+        c.hairpin = false;
+        c.rst_closes = false;
+        refused(c, "rst_closes");
+    }
+
+    #[test]
+    fn sysctls_carry_tcp_loose_and_the_timeouts() {
+        let mut c = config(Mapping::Eim, Filtering::Apdf, Allocation::Preserve);
+        c.tcp_loose = true;
+        let settings = KernelNat::sysctls(&c);
+        let get = |key: &str| {
+            settings
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("netfilter/nf_conntrack_tcp_loose"), Some("1"));
+        assert_eq!(
+            get("netfilter/nf_conntrack_tcp_timeout_established"),
+            Some("7440")
+        );
+        assert_eq!(
+            get("netfilter/nf_conntrack_tcp_timeout_syn_sent"),
+            Some("240")
+        );
+        assert_eq!(get("ipv4/ip_forward"), Some("1"));
+    }
+}
