@@ -1,0 +1,141 @@
+//! A regtest `bitcoind` for interop tests, built from Bitcoin Core's source
+//! once per machine by `.ci/bitcoind` (the first run takes several minutes;
+//! later runs reuse the cache). The node runs in a fresh data directory on
+//! loopback ports and is ended by its PID when dropped.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The directory holding `bitcoind` and `bitcoin-cli`, building them on first use.
+pub fn bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/bitcoind");
+        let output = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            output.status.success(),
+            "building bitcoind with {} failed ({}): it needs cmake, a C++ compiler, \
+             libboost-dev, libevent-dev and pkg-config (.ci/run installs them)",
+            script.display(),
+            output.status
+        );
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// A free loopback port (bound and released: a tiny race, fine for tests).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One running regtest node.
+pub struct Bitcoind {
+    child: Child,
+    pub datadir: tempfile::TempDir,
+    pub p2p: SocketAddr,
+    rpc_port: u16,
+}
+
+impl Bitcoind {
+    /// Starts a node listening on loopback with v2 transport on, and waits
+    /// (at most 60 s) until its RPC answers.
+    pub fn start() -> Bitcoind {
+        let bin = bin_dir();
+        let datadir = tempfile::tempdir().expect("a data directory");
+        let p2p_port = free_port();
+        let rpc_port = free_port();
+        let mut conf = std::fs::File::create(datadir.path().join("bitcoin.conf")).unwrap();
+        write!(
+            conf,
+            "regtest=1\nserver=1\nprinttoconsole=0\n\
+             [regtest]\nlisten=1\nbind=127.0.0.1:{p2p_port}\nrpcbind=127.0.0.1\n\
+             rpcport={rpc_port}\nrpcallowip=127.0.0.1\nv2transport=1\ndebug=net\n\
+             dnsseed=0\nfixedseeds=0\ndiscover=0\nlistenonion=0\nnatpmp=0\n"
+        )
+        .unwrap();
+        drop(conf);
+        let child = Command::new(bin.join("bitcoind"))
+            .arg(format!("-datadir={}", datadir.path().display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting bitcoind");
+        let node = Bitcoind {
+            child,
+            datadir,
+            p2p: SocketAddr::from(([127, 0, 0, 1], p2p_port)),
+            rpc_port,
+        };
+        let ready = node.cli(&["-rpcwait", "-rpcwaittimeout=60", "getnetworkinfo"]);
+        assert!(ready.contains("\"version\""), "bitcoind did not start: {ready}");
+        node
+    }
+
+    /// Runs `bitcoin-cli ARGS` against this node and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(bin_dir().join("bitcoin-cli"))
+            .arg(format!("-datadir={}", self.datadir.path().display()))
+            .arg(format!("-rpcport={}", self.rpc_port))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running bitcoin-cli");
+        assert!(
+            output.status.success(),
+            "bitcoin-cli {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// The node's debug log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.datadir.path().join("regtest/debug.log")).unwrap_or_default()
+    }
+
+    /// Waits (at most `limit`) until the debug log has a line containing
+    /// `needle`, and returns that line.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return Some(line.to_string());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn datadir(&self) -> &Path {
+        self.datadir.path()
+    }
+}
+
+impl Drop for Bitcoind {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
