@@ -5,12 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
-use punchscope_analysis::plan::Plan;
+use punchscope_analysis::result::{Pairing, PairingEnded};
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
-use serde::Serialize;
 
+use super::Progress;
 use crate::proto::rendezvous::Mode;
 use crate::punch::{self, HandshakeSpec, TrialSpec};
 use crate::rendezvous::{register_port, Client, Hello, RendezvousError, Step, TrialReport};
@@ -26,39 +25,16 @@ pub struct PairingOptions {
     pub max_wait: Duration,
 }
 
-/// How a pairing ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "ended", rename_all = "snake_case")]
-pub enum PairingEnd {
-    /// Every trial of the plan ran.
-    Done,
-    /// The peer left before the plan was through.
-    PeerGone { trial: Option<u32> },
-    /// The coordinator went away or broke the protocol mid-pairing.
-    CoordinatorLost { error: String },
-    /// We were asked to stop (Ctrl-C); the trials run so far are kept.
-    Interrupted,
-}
-
-/// Everything one pairing produced, from our side.
-#[derive(Debug, Clone, Serialize)]
-pub struct PairingRecord {
-    pub role: Role,
-    pub plan: Plan,
-    pub peer_mode: Mode,
-    /// The peer's NAT verdict as the coordinator relayed it, if the peer sent one.
-    pub peer_verdict: Option<Verdict>,
-    pub trials: Vec<TrialRecord>,
-    #[serde(flatten)]
-    pub end: PairingEnd,
-}
-
-/// What the caller is told while a pairing runs (for progress bars).
+/// One pairing as recorded, with what the caller needs beyond the record.
 #[derive(Debug, Clone)]
-pub enum Progress {
-    Waiting { waited: Duration },
-    Paired { role: Role, trials: u32 },
-    TrialDone { trial: u32, outcome: TrialOutcome },
+pub struct PairingRun {
+    /// The record that goes into the result.
+    pub pairing: Pairing,
+    /// Whether the peer was a volunteer or a reference peer.
+    pub peer_mode: Mode,
+    /// Why the coordinator was lost, when `pairing.ended` says it was (the
+    /// record keeps only the fact: error texts may hold addresses).
+    pub coordinator_error: Option<String>,
 }
 
 /// A trial registered with the coordinator and not yet run.
@@ -77,7 +53,7 @@ pub async fn run_pairing(
     options: &PairingOptions,
     mut progress: impl FnMut(Progress),
     stop: impl std::future::Future<Output = ()>,
-) -> Result<PairingRecord, RendezvousError> {
+) -> Result<PairingRun, RendezvousError> {
     tokio::pin!(stop);
     let find_peer = async {
         let mut client =
@@ -99,22 +75,27 @@ pub async fn run_pairing(
     progress(Progress::Paired {
         role: pairing.role,
         trials: pairing.plan.trials,
-    });
-    let mut record = PairingRecord {
-        role: pairing.role,
-        plan: pairing.plan.clone(),
         peer_mode: pairing.peer_mode,
-        peer_verdict: pairing.peer_verdict.clone(),
-        trials: Vec::new(),
-        end: PairingEnd::Done,
+    });
+    let mut run = PairingRun {
+        pairing: Pairing {
+            peer_verdict: pairing.peer_verdict.clone(),
+            role: pairing.role,
+            plan: pairing.plan.clone(),
+            trials: Vec::new(),
+            ended: PairingEnded::Done,
+        },
+        peer_mode: pairing.peer_mode,
+        coordinator_error: None,
     };
+    let record = &mut run.pairing;
     let plan = pairing.plan;
     let mut pending: Option<Pending> = None;
     loop {
         let next = tokio::select! {
             next = client.next() => next,
             () = &mut stop => {
-                record.end = PairingEnd::Interrupted;
+                record.ended = PairingEnded::Interrupted;
                 let _ = client.bye().await;
                 break;
             }
@@ -122,9 +103,8 @@ pub async fn run_pairing(
         let step = match next {
             Ok(step) => step,
             Err(e) => {
-                record.end = PairingEnd::CoordinatorLost {
-                    error: e.to_string(),
-                };
+                record.ended = PairingEnded::CoordinatorLost;
+                run.coordinator_error = Some(e.to_string());
                 break;
             }
         };
@@ -183,9 +163,8 @@ pub async fn run_pairing(
                     }
                 }
                 if let Err(e) = client.primed(trial).await {
-                    record.end = PairingEnd::CoordinatorLost {
-                        error: e.to_string(),
-                    };
+                    record.ended = PairingEnded::CoordinatorLost;
+                    run.coordinator_error = Some(e.to_string());
                     break;
                 }
             }
@@ -228,7 +207,7 @@ pub async fn run_pairing(
                 };
                 let Some(mut trial_record) = finished else {
                     // Interrupted mid-trial: that trial has no outcome to report.
-                    record.end = PairingEnd::Interrupted;
+                    record.ended = PairingEnded::Interrupted;
                     let _ = client.bye().await;
                     break;
                 };
@@ -244,9 +223,8 @@ pub async fn run_pairing(
                     .await;
                 record.trials.push(trial_record);
                 if let Err(e) = report {
-                    record.end = PairingEnd::CoordinatorLost {
-                        error: e.to_string(),
-                    };
+                    record.ended = PairingEnded::CoordinatorLost;
+                    run.coordinator_error = Some(e.to_string());
                     break;
                 }
             }
@@ -255,7 +233,7 @@ pub async fn run_pairing(
                     t.peer_outcome = Some(outcome);
                 }
             }
-            Step::PeerGone { trial } => {
+            Step::PeerGone { .. } => {
                 if let Some(p) = pending.take() {
                     record.trials.push(unrun(
                         p.trial,
@@ -265,7 +243,7 @@ pub async fn run_pairing(
                         None,
                     ));
                 }
-                record.end = PairingEnd::PeerGone { trial };
+                record.ended = PairingEnded::PeerGone;
                 break;
             }
             Step::Done { .. } => {
@@ -274,7 +252,7 @@ pub async fn run_pairing(
             }
         }
     }
-    Ok(record)
+    Ok(run)
 }
 
 /// The record of a trial that never got to punching.
