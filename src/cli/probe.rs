@@ -14,6 +14,7 @@ use punchscope::analysis::handshake::Transport;
 use punchscope::analysis::privacy::PRIVACY_NOTICE;
 use punchscope::analysis::result::PairingEnded;
 use punchscope::analysis::trial::TrialOutcome;
+use punchscope::net::address::AddressPolicy;
 use punchscope::probe::{
     self, Progress, ReferenceOptions, ReferenceProgress, RunEnding, RunOptions, RunOutcome, Stop,
     UploadStatus,
@@ -75,6 +76,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             collector: args.collector.clone(),
             spool,
             max_wait: Duration::from_secs(args.max_wait_secs),
+            addresses: AddressPolicy::Public,
         };
         return runtime.block_on(serve_peer(options, &args));
     }
@@ -87,6 +89,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         label: args.label.clone(),
         pair_code: args.pair_code.clone(),
         max_wait: Duration::from_secs(args.max_wait_secs),
+        addresses: AddressPolicy::Public,
     };
     let quiet = args.quiet || args.json;
     let outcome = runtime.block_on(async {
@@ -255,13 +258,19 @@ fn summarize(outcome: &RunOutcome) {
             PairingEnded::PeerGone => {
                 println!("The peer left before the end; the trials so far are kept.")
             }
-            PairingEnded::CoordinatorLost => println!(
-                "The coordinator was lost ({}); the trials so far are kept.",
-                outcome
-                    .coordinator_error
-                    .as_deref()
-                    .unwrap_or("no reason given")
-            ),
+            PairingEnded::CoordinatorLost => match &pairing.coordinator_violation {
+                Some(violation) => println!(
+                    "The coordinator asked for something this probe refuses ({}); the pairing ended there and the trials so far are kept.",
+                    violation.detail
+                ),
+                None => println!(
+                    "The coordinator was lost ({}); the trials so far are kept.",
+                    outcome
+                        .coordinator_error
+                        .as_deref()
+                        .unwrap_or("no reason given")
+                ),
+            },
             PairingEnded::Interrupted => println!("Stopped by you; the trials so far are kept."),
         }
     }

@@ -8,12 +8,14 @@
 //! [`RunOutcome`].
 //!
 //! Layout: [`pairing`] (one pairing driven end to end: register ports, prime,
-//! punch, shake hands, report; every trial becomes a record), `volunteer`
+//! punch, shake hands, report; every trial becomes a record), [`guard`]
+//! (what the probe accepts from its coordinator: sans-io), `volunteer`
 //! ([`run`]), `reference` ([`serve_peer`]), `delivery` (spool, then upload),
 //! `stop` (the stop signal every step listens to), `error` ([`ProbeError`]).
 
 mod delivery;
 mod error;
+pub mod guard;
 pub mod pairing;
 mod reference;
 mod stop;

@@ -6,10 +6,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use punchscope_analysis::handshake::Role;
-use punchscope_analysis::result::{Pairing, PairingEnded};
+use punchscope_analysis::result::{CoordinatorViolation, Pairing, PairingEnded};
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 
+use super::guard::CoordinatorGuard;
 use super::Progress;
+use crate::net::address::AddressPolicy;
 use crate::proto::rendezvous::Mode;
 use crate::punch::{self, HandshakeSpec, TrialSpec};
 use crate::rendezvous::{register_port, Client, Hello, RendezvousError, Step, TrialReport};
@@ -23,6 +25,10 @@ pub struct PairingOptions {
     pub read_timeout: Duration,
     /// How long to wait for a peer.
     pub max_wait: Duration,
+    /// Which peer endpoints the coordinator may send us to. Always
+    /// [`AddressPolicy::Public`] outside loopback tests: no flag and no
+    /// message can loosen it.
+    pub addresses: AddressPolicy,
 }
 
 /// One pairing as recorded, with what the caller needs beyond the record.
@@ -84,12 +90,20 @@ pub async fn run_pairing(
             plan: pairing.plan.clone(),
             trials: Vec::new(),
             ended: PairingEnded::Done,
+            coordinator_violation: None,
         },
         peer_mode: pairing.peer_mode,
         coordinator_error: None,
     };
     let record = &mut run.pairing;
     let plan = pairing.plan;
+    let mut guard = match CoordinatorGuard::new(&plan, options.addresses) {
+        Ok(guard) => guard,
+        Err(violation) => {
+            leave_for_violation(&mut client, record, violation).await;
+            return Ok(run);
+        }
+    };
     let mut pending: Option<Pending> = None;
     loop {
         let next = tokio::select! {
@@ -108,6 +122,11 @@ pub async fn run_pairing(
                 break;
             }
         };
+        // Nothing is sent for an instruction the guard refuses: the pairing ends here.
+        if let Err(violation) = check(&mut guard, &step) {
+            leave_for_violation(&mut client, record, violation).await;
+            break;
+        }
         match step {
             Step::Trial {
                 trial,
@@ -253,6 +272,38 @@ pub async fn run_pairing(
         }
     }
     Ok(run)
+}
+
+/// Holds one coordinator instruction to the plan and the probe's rules.
+fn check(guard: &mut CoordinatorGuard, step: &Step) -> Result<(), CoordinatorViolation> {
+    match step {
+        Step::Trial {
+            trial, strategy, ..
+        } => guard.trial(*trial, *strategy),
+        Step::Prime { trial, peer, ttl } => guard.prime(*trial, *peer, *ttl),
+        Step::Go {
+            trial,
+            peer,
+            delay,
+            injected_skew,
+            strategy,
+            ..
+        } => guard.go(*trial, *peer, *delay, *injected_skew, *strategy),
+        Step::PeerResult { trial, .. } => guard.peer_result(*trial),
+        Step::PeerGone { .. } | Step::Done { .. } => Ok(()),
+    }
+}
+
+/// Ends the pairing on a refused instruction: the record says what was
+/// refused, and the coordinator hears `bye` (it tells the peer `peer_gone`).
+async fn leave_for_violation(
+    client: &mut Client,
+    record: &mut Pairing,
+    violation: CoordinatorViolation,
+) {
+    record.ended = PairingEnded::CoordinatorLost;
+    record.coordinator_violation = Some(violation);
+    let _ = client.bye().await;
 }
 
 /// The record of a trial that never got to punching.

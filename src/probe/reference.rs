@@ -12,7 +12,8 @@ use super::delivery::{spool_and_upload, UploadStatus};
 use super::pairing::{run_pairing, PairingOptions};
 use super::volunteer::resolve;
 use super::{ProbeError, Stop};
-use crate::classify::{self, ClassifyConfig};
+use crate::classify::{self, ClassifyConfig, EchoTrust};
+use crate::net::address::AddressPolicy;
 use crate::rendezvous::{Hello, RendezvousError};
 
 /// Wait before pairing again after the coordinator failed.
@@ -29,6 +30,9 @@ pub struct ReferenceOptions {
     pub spool: PathBuf,
     /// Bound on each wait for the coordinator between pairings.
     pub max_wait: Duration,
+    /// Which endpoints servers may send us to: [`AddressPolicy::Public`]
+    /// except in loopback tests (no flag sets it).
+    pub addresses: AddressPolicy,
 }
 
 /// What a reference peer tells its caller as it goes.
@@ -72,6 +76,7 @@ pub async fn serve_peer(
     if !options.echo.is_empty() {
         classification = classify::classify(&ClassifyConfig {
             servers: options.echo.clone(),
+            trust: EchoTrust::GivenIps(options.addresses),
             ..ClassifyConfig::default()
         })
         .await?;
@@ -85,6 +90,7 @@ pub async fn serve_peer(
         hello,
         read_timeout: Duration::from_secs(30),
         max_wait: options.max_wait,
+        addresses: options.addresses,
     };
     let mut started_at = chrono::Utc::now();
     loop {

@@ -9,7 +9,8 @@ use punchscope_analysis::result::{ClientInfo, RunResult};
 use super::delivery::{spool_and_upload, UploadStatus};
 use super::pairing::{run_pairing, PairingOptions};
 use super::{ProbeError, Progress, Stop};
-use crate::classify::{self, ClassifyConfig};
+use crate::classify::{self, ClassifyConfig, EchoTrust};
+use crate::net::address::AddressPolicy;
 use crate::proto::rendezvous::Mode;
 use crate::rendezvous::{Hello, RendezvousError};
 
@@ -33,6 +34,9 @@ pub struct RunOptions {
     pub pair_code: Option<String>,
     /// How long to wait for a peer.
     pub max_wait: Duration,
+    /// Which endpoints servers may send us to: [`AddressPolicy::Public`]
+    /// except in loopback tests (no flag sets it).
+    pub addresses: AddressPolicy,
 }
 
 /// How a run ended, for the summary and the exit code.
@@ -74,6 +78,7 @@ pub async fn run(
     progress(Progress::Classifying);
     let classification = classify::classify(&ClassifyConfig {
         servers: options.echo.clone(),
+        trust: EchoTrust::GivenIps(options.addresses),
         ..ClassifyConfig::default()
     })
     .await?;
@@ -92,6 +97,7 @@ pub async fn run(
         hello,
         read_timeout: READ_TIMEOUT,
         max_wait: options.max_wait,
+        addresses: options.addresses,
     };
     let (run, ending) = match run_pairing(&pairing_options, &mut progress, stop.stopped()).await {
         Ok(run) => (Some(run), RunEnding::Paired),
