@@ -206,6 +206,8 @@ fn upload_words(upload: &UploadStatus) -> String {
         UploadStatus::Pending { reason } => format!(
             "not uploaded yet ({reason}); it stays in the spool: run `punchscope upload` later"
         ),
+        UploadStatus::BeingSentByAnother => "another punchscope sharing this spool is uploading it right now; if that upload fails it stays in the spool for `punchscope upload`".to_string(),
+        UploadStatus::SentByAnother => "uploaded by another punchscope sharing this spool: the collector has it".to_string(),
     }
 }
 

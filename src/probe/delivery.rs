@@ -19,6 +19,12 @@ pub enum UploadStatus {
     Rejected { reason: String },
     /// Still in the spool, for `punchscope upload` later.
     Pending { reason: String },
+    /// Another punchscope sharing the spool is sending it right now (if that
+    /// upload fails, the result stays in the spool).
+    BeingSentByAnother,
+    /// Another punchscope sharing the spool sent it: it left the spool, which
+    /// a result does only once the collector has it.
+    SentByAnother,
 }
 
 /// The spooled file and what became of its upload.
@@ -41,6 +47,7 @@ pub async fn spool_and_upload(
     };
     let spool = Spool::open(spool_dir).map_err(spool_error)?;
     let spooled = spool.store(result).map_err(spool_error)?;
+    let ours = spool.clone();
     let Some(collector) = collector else {
         return Ok(Delivery {
             spooled,
@@ -65,6 +72,8 @@ pub async fn spool_and_upload(
                 UploadStatus::Rejected {
                     reason: reason.clone(),
                 }
+            } else if report.taken_by_another.contains(&run_id) {
+                taken_by_another(&ours, &spooled, &run_id)
             } else {
                 UploadStatus::Pending {
                     reason: report
@@ -75,4 +84,50 @@ pub async fn spool_and_upload(
         }
     };
     Ok(Delivery { spooled, upload })
+}
+
+/// What became of a result another uploader took from the spool.
+fn taken_by_another(spool: &Spool, spooled: &Path, run_id: &str) -> UploadStatus {
+    if spooled.exists() {
+        UploadStatus::BeingSentByAnother
+    } else if let Some(reason) = spool.rejection_of(run_id) {
+        UploadStatus::Rejected { reason }
+    } else {
+        UploadStatus::SentByAnother
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_another_uploader_took_is_described_as_what_became_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = "8e3c0b52-3f7a-4c1e-9b7d-2a6f1e0c9d41";
+        let file = dir.path().join(format!("{id}.json"));
+        std::fs::write(&file, "{}").unwrap();
+        assert_eq!(
+            taken_by_another(&spool, &file, id),
+            UploadStatus::BeingSentByAnother
+        );
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(
+            taken_by_another(&spool, &file, id),
+            UploadStatus::SentByAnother
+        );
+        std::fs::write(spool.rejected_dir().join(format!("{id}.json")), "{}").unwrap();
+        std::fs::write(
+            spool.rejected_dir().join(format!("{id}.json.reason.txt")),
+            "HTTP 400: bad",
+        )
+        .unwrap();
+        assert_eq!(
+            taken_by_another(&spool, &file, id),
+            UploadStatus::Rejected {
+                reason: "HTTP 400: bad".into()
+            }
+        );
+    }
 }
