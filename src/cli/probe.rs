@@ -93,32 +93,47 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     };
     let quiet = args.quiet || args.json;
     let outcome = runtime.block_on(async {
-        let bar = spinner(quiet);
+        let display = Display::new(quiet);
+        display.line(format!(
+            "This run takes a few minutes: NAT classification (about 10 s), up to {} s waiting for a peer, then the trials (an estimate follows once paired).",
+            args.max_wait_secs
+        ));
         let mut total = 0u32;
         let render = |p: Progress| match p {
             Progress::Classifying => {
-                bar.set_message("classifying your NAT (mapping, filtering, port allocation)")
+                display.status("classifying your NAT (mapping, filtering, port allocation)")
             }
+            // The verdict stays on screen: it is the first result of the run.
             Progress::Classified { verdict } => {
-                bar.set_message(format!("your NAT: {}", verdict.summary()))
+                display.line(format!("Your NAT: {}", verdict.summary()))
             }
-            Progress::Connecting => bar.set_message("connecting to the coordinator"),
-            Progress::Waiting { waited } => {
-                bar.set_message(format!("waiting for a peer: {:.0} s", waited.as_secs_f64()))
-            }
-            Progress::Paired { role, trials, .. } => {
+            Progress::Connecting => display.status("connecting to the coordinator"),
+            Progress::Waiting { waited } => display.status(&format!(
+                "waiting for a peer: {:.0} s",
+                waited.as_secs_f64()
+            )),
+            Progress::Paired {
+                role,
+                trials,
+                peer_mode,
+                estimate,
+            } => {
                 total = trials;
-                bar.set_message(format!("paired (we are the {role}); trial 1 of {trials}"))
+                display.line(format!(
+                    "Paired with {} (we are the {role}): {trials} trials, at most about {} min.",
+                    peer_words(Some(peer_mode)),
+                    estimate.as_secs().div_ceil(60)
+                ))
             }
-            Progress::TrialDone { trial, outcome } => bar.set_message(format!(
-                "trial {} of {total}: last one {}",
-                trial + 2,
+            Progress::TrialDone { trial, outcome } => display.status(&format!(
+                "trial {} of {total}: {}",
+                trial + 1,
                 outcome_words(outcome)
             )),
-            Progress::Uploading => bar.set_message("saving and uploading the result"),
+            Progress::Uploading => display.status("saving and uploading the result"),
         };
         let outcome = probe::run(options, render, Stop::on_signals()).await;
-        bar.finish_and_clear();
+        display.finish();
         outcome
     })?;
     if args.json {
@@ -164,18 +179,58 @@ fn ask_consent(yes: bool, quiet: bool) -> anyhow::Result<()> {
     }
 }
 
-fn spinner(quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        None,
+/// Progress on stderr: a spinner on a terminal; plain lines otherwise, so a
+/// run under `nohup` or in CI shows what happens.
+enum Display {
+    Quiet,
+    Spinner(ProgressBar),
+    Lines,
+}
+
+impl Display {
+    fn new(quiet: bool) -> Display {
         if quiet {
-            ProgressDrawTarget::hidden()
+            Display::Quiet
+        } else if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+            bar.enable_steady_tick(Duration::from_millis(120));
+            Display::Spinner(bar)
         } else {
-            ProgressDrawTarget::stderr()
-        },
-    );
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
+            Display::Lines
+        }
+    }
+
+    /// A passing status: the spinner's message, or a line of its own.
+    fn status(&self, text: &str) {
+        match self {
+            Display::Quiet => {}
+            Display::Spinner(bar) => bar.set_message(text.to_string()),
+            Display::Lines => eprintln!("{text}"),
+        }
+    }
+
+    /// A line that stays.
+    fn line(&self, text: String) {
+        match self {
+            Display::Quiet => {}
+            Display::Spinner(bar) => bar.println(text),
+            Display::Lines => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Display::Spinner(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn peer_words(mode: Option<Mode>) -> &'static str {
+    match mode {
+        Some(Mode::Reference) => "a researchers' reference peer",
+        _ => "another volunteer",
+    }
 }
 
 /// A trial outcome in plain words.
@@ -231,10 +286,7 @@ fn summarize(outcome: &RunOutcome) {
             .iter()
             .filter(|t| t.outcome == TrialOutcome::Connected)
             .count();
-        let peer = match outcome.peer_mode {
-            Some(Mode::Reference) => "a researchers' reference peer",
-            _ => "another volunteer",
-        };
+        let peer = peer_words(outcome.peer_mode);
         println!(
             "{connected} of {} trials punched through, paired with {peer} (we were the {}).",
             pairing.trials.len(),

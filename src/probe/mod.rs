@@ -31,7 +31,7 @@ use crate::proto::rendezvous::Mode;
 
 pub use delivery::UploadStatus;
 pub use error::ProbeError;
-pub use pairing::{run_pairing, PairingOptions, PairingRun};
+pub use pairing::{run_pairing, trials_estimate, PairingOptions, PairingRun};
 pub use reference::{serve_peer, ReferenceOptions, ReferenceProgress};
 pub use stop::{Stop, StopHandle};
 pub use volunteer::{run, RunEnding, RunOptions, RunOutcome};
@@ -47,11 +47,12 @@ pub enum Progress {
     Connecting,
     /// Still waiting for a peer.
     Waiting { waited: Duration },
-    /// Paired: the plan's trials follow.
+    /// Paired: the plan's trials follow, taking at most about `estimate`.
     Paired {
         role: Role,
         trials: u32,
         peer_mode: Mode,
+        estimate: Duration,
     },
     /// One trial ended.
     TrialDone { trial: u32, outcome: TrialOutcome },

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use punchscope_analysis::handshake::Role;
+use punchscope_analysis::plan::Plan;
 use punchscope_analysis::result::{CoordinatorViolation, Pairing, PairingEnded};
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 
@@ -82,6 +83,7 @@ pub async fn run_pairing(
         role: pairing.role,
         trials: pairing.plan.trials,
         peer_mode: pairing.peer_mode,
+        estimate: trials_estimate(&pairing.plan),
     });
     let mut run = PairingRun {
         pairing: Pairing {
@@ -274,6 +276,16 @@ pub async fn run_pairing(
     Ok(run)
 }
 
+/// About how long a pairing's trials take at most: each trial's
+/// registration and RTT samples (about a second), then every attempt failing
+/// with its average retry gap. Trials that connect take far less.
+pub fn trials_estimate(plan: &Plan) -> Duration {
+    let ms = |v: u32| Duration::from_millis(u64::from(v));
+    let attempt =
+        ms(plan.attempt_timeout_ms) + ms(plan.retry_gap_ms) + ms(plan.retry_jitter_ms) / 2;
+    (Duration::from_secs(1) + attempt * plan.max_attempts) * plan.trials
+}
+
 /// Holds one coordinator instruction to the plan and the probe's rules.
 fn check(guard: &mut CoordinatorGuard, step: &Step) -> Result<(), CoordinatorViolation> {
     match step {
@@ -340,5 +352,17 @@ fn any_port(like: SocketAddr, port: u16) -> SocketAddr {
     match like {
         SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], port)),
         SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_plan_takes_at_most_about_five_minutes() {
+        let plan = crate::proto::rendezvous::coordinator::CoordinatorConfig::default().plan;
+        // 20 x (1 s + 4 x (3 s + 0.2 s + 0.5 s)) = 316 s.
+        assert_eq!(trials_estimate(&plan), Duration::from_secs(316));
     }
 }
