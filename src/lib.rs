@@ -18,7 +18,9 @@
 //! - [`btc`]: Bitcoin P2P handshakes (v1 and BIP324 v2) over any byte stream.
 //! - [`rendezvous`]: the volunteer's client of the coordinator (pairing, trial
 //!   steps, port registration).
-//! - [`probe`]: the volunteer's run; for now one pairing driven end to end.
+//! - [`probe`]: the volunteer's whole run as one call ([`probe::run`]:
+//!   classify, pair, record, spool, upload) and the reference peer's loop
+//!   ([`probe::serve_peer`]).
 //! - [`collector`]: storage of the results collector (the [`collector::ResultStore`]
 //!   trait, SQLite in WAL mode) and its privacy-preserving source grouping;
 //!   the HTTP side is [`server::collector`].

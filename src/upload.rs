@@ -10,6 +10,13 @@
 //! deleted. Network errors, 408, 429 and 5xx are retried with exponential
 //! backoff and jitter, a bounded number of times per invocation; when a file
 //! exhausts them, the invocation stops and leaves the rest pending.
+//!
+//! Several probes may share one spool (the default one). Each file is
+//! claimed before it is sent ([`Spool::claim`]: an exclusive lock on the
+//! file, released by the kernel if the process dies), so no result is sent
+//! twice at once, and an uploader says what really became of a file another
+//! one took: still being sent by it, or gone from the spool (stored, or
+//! moved to `rejected/`).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -120,9 +127,104 @@ impl Spool {
         Ok(target)
     }
 
+    /// Claims `file` for upload: `Ok(None)` when another process holds it or
+    /// it left the spool meanwhile. The claim ends when it is dropped.
+    pub fn claim(&self, file: &Path) -> Result<Option<Claim>, SpoolError> {
+        let handle = match File::open(file) {
+            Ok(handle) => handle,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(cause) => return Err(io_err(file)(cause)),
+        };
+        if !lock::try_exclusive(&handle).map_err(io_err(file))? {
+            return Ok(None);
+        }
+        // Another uploader may have finished with the file between our open
+        // and our lock: then the path is gone, or names another file.
+        if !lock::still_at(&handle, file) {
+            return Ok(None);
+        }
+        Ok(Some(Claim { file: handle }))
+    }
+
+    /// Whether `run_id`'s result is in `rejected/` (moved there by whichever uploader sent it).
+    pub fn rejection_of(&self, run_id: &str) -> Option<String> {
+        let dir = self.rejected_dir();
+        if !dir.join(format!("{run_id}.json")).exists() {
+            return None;
+        }
+        Some(
+            fs::read_to_string(dir.join(format!("{run_id}.json.reason.txt")))
+                .unwrap_or_else(|_| "no reason recorded".to_string()),
+        )
+    }
+
     fn remove(&self, file: &Path) -> Result<(), SpoolError> {
         fs::remove_file(file).map_err(io_err(file))?;
         sync_dir(&self.dir)
+    }
+}
+
+/// A spool file claimed for upload by this process; dropping it releases the claim.
+#[derive(Debug)]
+pub struct Claim {
+    file: File,
+}
+
+impl Claim {
+    /// The claimed result's text.
+    pub fn read(&mut self) -> io::Result<String> {
+        use std::io::Read;
+        let mut text = String::new();
+        self.file.read_to_string(&mut text)?;
+        Ok(text)
+    }
+}
+
+/// Exclusive advisory locks on spool files (flock: per open file, released
+/// when the file is closed or the process dies, so a crash leaves no claim).
+#[cfg(unix)]
+mod lock {
+    use std::fs::File;
+    use std::io;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    use std::path::Path;
+
+    pub fn try_exclusive(file: &File) -> io::Result<bool> {
+        // SAFETY: flock on a file descriptor we own, for the call's duration.
+        let done = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if done == 0 {
+            return Ok(true);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(false)
+        } else {
+            Err(error)
+        }
+    }
+
+    pub fn still_at(file: &File, path: &Path) -> bool {
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(ours), Ok(there)) => ours.ino() == there.ino() && ours.dev() == there.dev(),
+            _ => false,
+        }
+    }
+}
+
+/// Without flock, a claim only checks the file is still there.
+#[cfg(not(unix))]
+mod lock {
+    use std::fs::File;
+    use std::io;
+    use std::path::Path;
+
+    pub fn try_exclusive(_file: &File) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    pub fn still_at(_file: &File, path: &Path) -> bool {
+        path.exists()
     }
 }
 
@@ -202,6 +304,9 @@ pub struct UploadReport {
     pub rejected: Vec<(String, String)>,
     /// Still in the spool, for a later invocation.
     pub pending: Vec<String>,
+    /// Taken by another uploader on this spool while this one ran: being
+    /// sent by it, or already gone from the spool (stored, or in `rejected/`).
+    pub taken_by_another: Vec<String>,
     /// Why the invocation stopped early, if it did.
     pub stopped_because: Option<String>,
 }
@@ -223,17 +328,14 @@ pub fn upload_pending(
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let body = match fs::read_to_string(file) {
-            Ok(body) => body,
-            // Removed by a concurrent upload: nothing to do.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(cause) => {
-                return Err(SpoolError::Io {
-                    path: file.clone(),
-                    cause,
-                })
-            }
+        let Some(mut claim) = spool.claim(file)? else {
+            report.taken_by_another.push(run_id);
+            continue;
         };
+        let body = claim.read().map_err(|cause| SpoolError::Io {
+            path: file.clone(),
+            cause,
+        })?;
         let mut backoff = policy.initial_backoff;
         let mut attempt = 1;
         let outcome = loop {
@@ -265,6 +367,7 @@ pub fn upload_pending(
             }
             UploadAnswer::Retry(why) | UploadAnswer::Fatal(why) => {
                 report.stopped_because = Some(why);
+                drop(claim);
                 report.pending.extend(
                     files[index..]
                         .iter()

@@ -426,11 +426,11 @@ fn the_volunteers_summary_says_what_happened() {
             "{who}: {text}"
         );
         assert!(
-            text.contains("Bitcoin V1 handshakes over punched sockets: 2 of 2 succeeded"),
+            text.contains("Bitcoin v1 handshakes over punched sockets: 2 of 2 succeeded"),
             "{who}: {text}"
         );
         assert!(
-            text.contains("Bitcoin V2 handshakes over punched sockets: 2 of 2 succeeded"),
+            text.contains("Bitcoin v2 handshakes over punched sockets: 2 of 2 succeeded"),
             "{who}: {text}"
         );
         let result_line = lines

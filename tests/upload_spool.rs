@@ -138,3 +138,81 @@ fn the_spool_sanitizes_what_it_stores() {
     assert!(!text.contains("192.168.1.2"));
     assert!(text.contains("bind 192.168.1.0/24:50000 failed"));
 }
+
+#[test]
+fn a_result_another_uploader_holds_is_left_to_it_and_said_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let (first, second) = (sample_result(11, 2), sample_result(12, 2));
+    let first_path = spool.store(&first).unwrap();
+    spool.store(&second).unwrap();
+    let collector = TestCollector::start(&dir.path().join("results.db"), None);
+
+    // Another probe sharing the spool is in the middle of sending `first`.
+    let held = spool.claim(&first_path).unwrap().expect("free to claim");
+    let report = upload::upload_pending(&spool, &collector.url(), &quick()).unwrap();
+    assert_eq!(report.delivered, vec![second.run_id.to_string()]);
+    assert_eq!(report.taken_by_another, vec![first.run_id.to_string()]);
+    assert!(report.pending.is_empty(), "{report:?}");
+    assert!(
+        first_path.exists(),
+        "the other uploader's file is untouched"
+    );
+
+    // Its upload failed and it let go: the next upload sends it.
+    drop(held);
+    let report = upload::upload_pending(&spool, &collector.url(), &quick()).unwrap();
+    assert_eq!(report.delivered, vec![first.run_id.to_string()]);
+    assert!(report.taken_by_another.is_empty());
+    assert!(spool.pending().unwrap().is_empty());
+    assert!(
+        spool.claim(&first_path).unwrap().is_none(),
+        "a file that left cannot be claimed"
+    );
+}
+
+#[test]
+fn two_uploaders_on_one_spool_send_each_result_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let spool = Spool::open(&spool_dir).unwrap();
+    let results: Vec<_> = (0..40).map(|i| sample_result(100 + i, 2)).collect();
+    for r in &results {
+        spool.store(r).unwrap();
+    }
+    let db = dir.path().join("results.db");
+    let collector = TestCollector::start(&db, None);
+    let url = collector.url();
+    let uploaders: Vec<_> = (0..2)
+        .map(|_| {
+            let (spool_dir, url) = (spool_dir.clone(), url.clone());
+            std::thread::spawn(move || {
+                let spool = Spool::open(&spool_dir).unwrap();
+                upload::upload_pending(&spool, &url, &quick()).expect("no spool error")
+            })
+        })
+        .collect();
+    let reports: Vec<_> = uploaders.into_iter().map(|u| u.join().unwrap()).collect();
+    let mut delivered: Vec<String> = reports.iter().flat_map(|r| r.delivered.clone()).collect();
+    delivered.sort();
+    let mut expected: Vec<String> = results.iter().map(|r| r.run_id.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        delivered, expected,
+        "each result sent by exactly one uploader"
+    );
+    for report in &reports {
+        assert!(
+            report.already_stored.is_empty(),
+            "nothing sent twice: {report:?}"
+        );
+        assert!(report.pending.is_empty() && report.rejected.is_empty());
+        // Whatever one skipped, the other delivered.
+        let other = reports.iter().find(|r| !std::ptr::eq(*r, report)).unwrap();
+        for id in &report.taken_by_another {
+            assert!(other.delivered.contains(id), "{id} skipped by both");
+        }
+    }
+    assert!(spool.pending().unwrap().is_empty());
+    assert_eq!(db_run_ids(&db).len(), 40);
+}

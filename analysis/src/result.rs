@@ -110,6 +110,46 @@ pub struct Pairing {
     /// How the pairing ended; a pairing cut short keeps its trials.
     #[serde(default)]
     pub ended: PairingEnded,
+    /// What the probe refused from the coordinator, when it ended the pairing
+    /// for breaking its rules (`ended` is then `coordinator_lost`). Added
+    /// within schema version 1: absent in older results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_violation: Option<CoordinatorViolation>,
+}
+
+/// A coordinator instruction the probe refused, and the pairing ended on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CoordinatorViolation {
+    /// Which rule the instruction broke.
+    pub rule: ViolationRule,
+    /// The trial it concerned, when it concerned one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<u32>,
+    /// What was refused, in words (addresses cut to prefixes, as everywhere in a result).
+    pub detail: String,
+}
+
+/// The rules a probe holds its coordinator to (docs/protocol.md, "What a client refuses").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationRule {
+    /// The plan asks for more than the probe's hard caps (trials, attempts, timeouts).
+    PlanLimit,
+    /// A trial number out of order, repeated, or beyond the plan's trials.
+    TrialOrder,
+    /// A strategy other than the plan's for that trial.
+    Strategy,
+    /// A peer endpoint that is not a public address (loopback, private, port 0, ...).
+    PeerAddress,
+    /// A start delay or injected skew beyond the bound.
+    StartDelay,
+    /// A low-TTL prime with another TTL than the plan's, or for a trial that does not prime.
+    Ttl,
+    /// A step at the wrong moment (a `go` twice, a `prime` after `go`, ...).
+    Unexpected,
+    /// A rule a newer punchscope added.
+    #[serde(other)]
+    Other,
 }
 
 /// How a pairing ended.
@@ -121,7 +161,8 @@ pub enum PairingEnded {
     Done,
     /// The peer left before the plan was through.
     PeerGone,
-    /// The coordinator went away mid-pairing.
+    /// The coordinator went away mid-pairing, or broke the probe's rules and
+    /// was left (then `coordinator_violation` says what was refused).
     CoordinatorLost,
     /// The volunteer stopped the run (Ctrl-C).
     Interrupted,
@@ -544,6 +585,7 @@ mod tests {
                 plan,
                 trials: vec![trial()],
                 ended: PairingEnded::Done,
+                coordinator_violation: None,
             }],
         )
     }
@@ -658,6 +700,47 @@ mod tests {
         value["pairings"][0]["trials"][0]["handshake"]["cipher"] = "x".into();
         let back = RunResult::from_value(value).unwrap();
         assert_eq!(back, r, "the known fields read as written");
+    }
+
+    #[test]
+    fn a_coordinator_violation_is_kept_and_later_rules_read_as_other() {
+        let mut r = result();
+        r.pairings[0].ended = PairingEnded::CoordinatorLost;
+        r.pairings[0].coordinator_violation = Some(CoordinatorViolation {
+            rule: ViolationRule::PeerAddress,
+            trial: Some(3),
+            detail: "go: peer 10.1.2.3:22 is private, not a public address".into(),
+        });
+        r.sanitize();
+        let violation = r.pairings[0].coordinator_violation.as_ref().unwrap();
+        assert_eq!(
+            violation.detail,
+            "go: peer 10.1.2.0/24:22 is private, not a public address"
+        );
+        let mut value = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            value["pairings"][0]["coordinator_violation"]["rule"],
+            "peer_address"
+        );
+        assert_eq!(RunResult::from_value(value.clone()).unwrap(), r);
+        value["pairings"][0]["coordinator_violation"]["rule"] = "rule_of_2030".into();
+        let later = RunResult::from_value(value.clone()).unwrap();
+        assert_eq!(
+            later.pairings[0]
+                .coordinator_violation
+                .as_ref()
+                .unwrap()
+                .rule,
+            ViolationRule::Other
+        );
+        // Results from before the field read as having no violation.
+        value["pairings"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("coordinator_violation");
+        let older = RunResult::from_value(value).unwrap();
+        assert_eq!(older.pairings[0].coordinator_violation, None);
+        assert!(!result().to_json().contains("coordinator_violation"));
     }
 
     /// Fails when the Rust types and the committed JSON Schema drift apart.

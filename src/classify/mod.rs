@@ -15,6 +15,10 @@
 //! endpoint-independent whatever the NAT does.
 //!
 //! The decision is [`punchscope_analysis::classify::verdict`].
+//!
+//! What an echo server says is followed only as far as [`EchoTrust`]
+//! allows: the probe connects only to the IPs it was given, and tests
+//! hairpinning only towards a public endpoint.
 
 mod error;
 mod filtering;
@@ -29,8 +33,9 @@ use rand::distributions::{Alphanumeric, DistString};
 use tokio::task::JoinSet;
 
 pub use error::ClassifyError;
-use probe::{Answered, Hello, ProbeFailure};
+use probe::{Answered, ProbeFailure};
 
+use crate::net::address::AddressPolicy;
 use crate::proto::echo::{ProtoError, DEFAULT_PORT};
 use crate::proto::ndjson::LineError;
 
@@ -48,6 +53,23 @@ pub struct ClassifyConfig {
     pub allocation_probes: usize,
     /// Whether to test hairpinning.
     pub hairpin: bool,
+    /// How far the echo servers' own word is followed.
+    pub trust: EchoTrust,
+}
+
+/// Which endpoints besides `servers` the classifier connects to. An echo
+/// server announces its endpoints and tells us our public endpoint (the
+/// hairpin test's target); a hostile one could name anyone's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EchoTrust {
+    /// Every endpoint the primary announces, and the hairpin test to the
+    /// endpoint it observed: `punchscope classify`, where the user chose the server.
+    #[default]
+    Announcements,
+    /// Announced endpoints only on the given servers' IPs (their other
+    /// ports), and the hairpin test only to an endpoint the policy allows:
+    /// the probe, whose echo servers may come from a coordinator.
+    GivenIps(AddressPolicy),
 }
 
 impl Default for ClassifyConfig {
@@ -58,6 +80,7 @@ impl Default for ClassifyConfig {
             connect_timeout: Duration::from_secs(3),
             allocation_probes: 5,
             hairpin: true,
+            trust: EchoTrust::default(),
         }
     }
 }
@@ -106,7 +129,17 @@ pub async fn classify(config: &ClassifyConfig) -> Result<Classification, Classif
     let timeout = config.connect_timeout;
     let (primary, answered, listener_guard, mut arrivals) =
         open_filtering_port(&servers, timeout).await?;
-    let targets = mapping_targets(primary, &answered.hello, &servers);
+    let announced: Vec<SocketAddr> = match config.trust {
+        EchoTrust::Announcements => answered.hello.endpoints.clone(),
+        EchoTrust::GivenIps(_) => answered
+            .hello
+            .endpoints
+            .iter()
+            .filter(|e| servers.iter().any(|s| s.ip() == e.ip()))
+            .copied()
+            .collect(),
+    };
+    let targets = mapping_targets(primary, &announced, &servers);
     let rtt = Duration::from_secs_f64(answered.probe.rtt_ms.unwrap_or(100.0) / 1000.0);
     let token = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
     let filter_probe = answered.probe.clone();
@@ -121,8 +154,12 @@ pub async fn classify(config: &ClassifyConfig) -> Result<Classification, Classif
     );
     // The hairpin attempt runs alongside: it stays on the LAN, so its wait
     // overlaps the WAN round trips of the other tests.
+    let hairpin_allowed = match config.trust {
+        EchoTrust::Announcements => true,
+        EchoTrust::GivenIps(policy) => policy.check(filter_public).is_ok(),
+    };
     let hairpin = async {
-        if config.hairpin {
+        if config.hairpin && hairpin_allowed {
             let wait = (rtt * 4).clamp(Duration::from_millis(500), timeout);
             Some(filtering::hairpin(filter_public, &mut arrivals.hairpins, &token, wait).await)
         } else {
@@ -234,9 +271,12 @@ fn fatal(server: SocketAddr, failure: &ProbeFailure) -> Result<(), ClassifyError
 
 /// Primary, same IP other port, other IP (same port preferred): from the
 /// primary's announcement, else from the other `--server` addresses.
-fn mapping_targets(primary: SocketAddr, hello: &Hello, servers: &[SocketAddr]) -> Vec<SocketAddr> {
-    let known: Vec<SocketAddr> = hello
-        .endpoints
+fn mapping_targets(
+    primary: SocketAddr,
+    announced: &[SocketAddr],
+    servers: &[SocketAddr],
+) -> Vec<SocketAddr> {
+    let known: Vec<SocketAddr> = announced
         .iter()
         .chain(servers)
         .filter(|e| e.is_ipv4() == primary.is_ipv4())

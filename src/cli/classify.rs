@@ -37,6 +37,8 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         connect_timeout: Duration::from_millis(args.timeout_ms),
         allocation_probes: args.allocation_probes,
         hairpin: !args.no_hairpin,
+        // The user chose the server here, so its announcements are followed.
+        ..ClassifyConfig::default()
     };
     // One thread: the allocation probes' SYN order must be the order we stamp.
     let runtime = tokio::runtime::Builder::new_current_thread()

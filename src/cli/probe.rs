@@ -1,25 +1,26 @@
-//! `punchscope probe`: the volunteer's one command. Notice and consent, NAT
-//! classification, pairing through a coordinator, trials with Bitcoin
-//! handshakes, the result written to the spool and uploaded, then a summary.
+//! `punchscope probe`: the volunteer's one command. Parses the flags, asks for
+//! consent, renders progress, prints the summary and maps the outcome to an
+//! exit code; the run itself is [`punchscope::probe::run`].
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use punchscope::analysis::classify::{Classification, Observations};
 use punchscope::analysis::handshake::Transport;
 use punchscope::analysis::privacy::PRIVACY_NOTICE;
-use punchscope::analysis::result::{ClientInfo, Pairing, PairingEnded, RunMode, RunResult};
+use punchscope::analysis::result::PairingEnded;
 use punchscope::analysis::trial::TrialOutcome;
-use punchscope::classify::{self, ClassifyConfig};
-use punchscope::probe::{self, PairingEnd, PairingOptions, PairingRecord, Progress};
-use punchscope::rendezvous::{Hello, RendezvousError};
-use punchscope::upload::{self, Spool, UploadPolicy};
+use punchscope::net::address::AddressPolicy;
+use punchscope::probe::{
+    self, Progress, ReferenceOptions, ReferenceProgress, RunEnding, RunOptions, RunOutcome, Stop,
+    UploadStatus,
+};
+use punchscope::proto::rendezvous::Mode;
+use punchscope::upload;
 
 /// Exit codes beyond 0 (done) and 1 (the tool failed).
 const EXIT_NO_PEER: u8 = 3;
@@ -67,11 +68,94 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let spool = args.spool.clone().unwrap_or_else(upload::default_spool_dir);
     if args.serve_peer {
-        return runtime.block_on(serve_peer(&args));
+        let options = ReferenceOptions {
+            coordinator: args.server.clone(),
+            echo: args.echo.clone(),
+            collector: args.collector.clone(),
+            spool,
+            max_wait: Duration::from_secs(args.max_wait_secs),
+            addresses: AddressPolicy::Public,
+        };
+        return runtime.block_on(serve_peer(options, &args));
     }
     ask_consent(args.yes, args.quiet)?;
-    runtime.block_on(volunteer(&args))
+    let options = RunOptions {
+        coordinator: args.server.clone(),
+        echo: args.echo.clone(),
+        collector: args.collector.clone(),
+        spool,
+        label: args.label.clone(),
+        pair_code: args.pair_code.clone(),
+        max_wait: Duration::from_secs(args.max_wait_secs),
+        addresses: AddressPolicy::Public,
+    };
+    let quiet = args.quiet || args.json;
+    let outcome = runtime.block_on(async {
+        let display = Display::new(quiet);
+        display.line(format!(
+            "This run takes a few minutes: NAT classification (about 10 s), up to {} s waiting for a peer, then the trials (an estimate follows once paired).",
+            args.max_wait_secs
+        ));
+        let mut total = 0u32;
+        let render = |p: Progress| match p {
+            Progress::Classifying => {
+                display.status("classifying your NAT (mapping, filtering, port allocation)")
+            }
+            // The verdict stays on screen: it is the first result of the run.
+            Progress::Classified { verdict } => {
+                display.line(format!("Your NAT: {}", verdict.summary()))
+            }
+            Progress::Connecting => display.status("connecting to the coordinator"),
+            Progress::Waiting { waited } => display.status(&format!(
+                "waiting for a peer: {:.0} s",
+                waited.as_secs_f64()
+            )),
+            Progress::Paired {
+                role,
+                trials,
+                peer_mode,
+                estimate,
+            } => {
+                total = trials;
+                display.line(format!(
+                    "Paired with {} (we are the {role}): {trials} trials, at most about {} min.",
+                    peer_words(Some(peer_mode)),
+                    estimate.as_secs().div_ceil(60)
+                ))
+            }
+            Progress::TrialDone { trial, outcome } => display.status(&format!(
+                "trial {} of {total}: {}",
+                trial + 1,
+                outcome_words(outcome)
+            )),
+            Progress::Uploading => display.status("saving and uploading the result"),
+        };
+        let outcome = probe::run(options, render, Stop::on_signals()).await;
+        display.finish();
+        outcome
+    })?;
+    if args.json {
+        println!("{}", outcome.result.to_json());
+    } else {
+        summarize(&outcome);
+    }
+    Ok(exit_code(&outcome))
+}
+
+fn exit_code(outcome: &RunOutcome) -> ExitCode {
+    let interrupted = outcome
+        .result
+        .pairings
+        .iter()
+        .any(|p| p.ended == PairingEnded::Interrupted);
+    match outcome.ending {
+        RunEnding::NoPeer { .. } => ExitCode::from(EXIT_NO_PEER),
+        RunEnding::StoppedWaiting => ExitCode::from(EXIT_INTERRUPTED),
+        RunEnding::Paired if interrupted => ExitCode::from(EXIT_INTERRUPTED),
+        RunEnding::Paired => ExitCode::SUCCESS,
+    }
 }
 
 fn ask_consent(yes: bool, quiet: bool) -> anyhow::Result<()> {
@@ -95,216 +179,121 @@ fn ask_consent(yes: bool, quiet: bool) -> anyhow::Result<()> {
     }
 }
 
-/// A stop signal shared by every step of a run: Ctrl-C or SIGTERM (a lab
-/// campaign ends reference peers with SIGTERM and expects their last result
-/// uploaded). It stays set once it fired, so a signal arriving between two
-/// pairings is not lost.
-fn stop_signal() -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term = async {
-            match term.as_mut() {
-                Some(term) => {
-                    term.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = term => {}
-        }
-        let _ = tx.send(true);
-    });
-    move || {
-        let mut rx = rx.clone();
-        Box::pin(async move {
-            let _ = rx.wait_for(|stopped| *stopped).await;
-        })
-    }
+/// Progress on stderr: a spinner on a terminal; plain lines otherwise, so a
+/// run under `nohup` or in CI shows what happens.
+enum Display {
+    Quiet,
+    Spinner(ProgressBar),
+    Lines,
 }
 
-async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
-    tokio::net::lookup_host(server)
-        .await
-        .with_context(|| format!("cannot resolve `{server}` (expected HOST:PORT)"))?
-        .next()
-        .with_context(|| format!("`{server}` has no address"))
-}
-
-fn spinner(quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        None,
+impl Display {
+    fn new(quiet: bool) -> Display {
         if quiet {
-            ProgressDrawTarget::hidden()
+            Display::Quiet
+        } else if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+            bar.enable_steady_tick(Duration::from_millis(120));
+            Display::Spinner(bar)
         } else {
-            ProgressDrawTarget::stderr()
-        },
-    );
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
-}
-
-async fn volunteer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
-    let started_at = chrono::Utc::now();
-    let quiet = args.quiet || args.json;
-    let bar = spinner(quiet);
-
-    bar.set_message("classifying your NAT (mapping, filtering, port allocation)");
-    let classification = classify::classify(&ClassifyConfig {
-        servers: args.echo.clone(),
-        ..ClassifyConfig::default()
-    })
-    .await
-    .context("could not classify your NAT")?;
-    bar.set_message(format!("your NAT: {}", classification.verdict.summary()));
-
-    let server = resolve(&args.server).await?;
-    let max_wait = Duration::from_secs(args.max_wait_secs);
-    let mut hello = Hello::volunteer(max_wait).with_verdict(&classification.verdict);
-    if let Some(code) = &args.pair_code {
-        hello = hello.with_pair_code(code.clone());
+            Display::Lines
+        }
     }
-    let options = PairingOptions {
-        server,
-        hello,
-        read_timeout: Duration::from_secs(30),
-        max_wait,
-    };
-    let mut total = 0u32;
-    let progress = |p: Progress| match p {
-        Progress::Waiting { waited } => {
-            bar.set_message(format!("waiting for a peer: {:.0} s", waited.as_secs_f64()))
+
+    /// A passing status: the spinner's message, or a line of its own.
+    fn status(&self, text: &str) {
+        match self {
+            Display::Quiet => {}
+            Display::Spinner(bar) => bar.set_message(text.to_string()),
+            Display::Lines => eprintln!("{text}"),
         }
-        Progress::Paired { role, trials } => {
-            total = trials;
-            bar.set_message(format!("paired (we are the {role:?}); trial 1 of {trials}"))
+    }
+
+    /// A line that stays.
+    fn line(&self, text: String) {
+        match self {
+            Display::Quiet => {}
+            Display::Spinner(bar) => bar.println(text),
+            Display::Lines => eprintln!("{text}"),
         }
-        Progress::TrialDone { trial, outcome } => bar.set_message(format!(
-            "trial {} of {total}: last one {outcome:?}",
-            trial + 2
-        )),
-    };
-    let stop = stop_signal();
-    let mut no_peer_after = None;
-    let mut interrupted_waiting = false;
-    let record = match probe::run_pairing(&options, progress, stop()).await {
-        Ok(record) => Some(record),
-        Err(RendezvousError::NoPeer { waited, .. }) => {
-            no_peer_after = Some(waited);
-            None
-        }
-        Err(RendezvousError::Interrupted) => {
-            interrupted_waiting = true;
-            None
-        }
-        Err(e) => {
+    }
+
+    fn finish(&self) {
+        if let Display::Spinner(bar) = self {
             bar.finish_and_clear();
-            return Err(e).context("could not pair through the coordinator");
         }
-    };
-    bar.finish_and_clear();
+    }
+}
 
-    let pairings: Vec<Pairing> = record.iter().map(pairing_of).collect();
-    let result = RunResult::new(
-        env!("CARGO_PKG_VERSION"),
-        started_at,
-        chrono::Utc::now(),
-        ClientInfo::this_machine(args.label.clone()),
-        &classification,
-        pairings,
+fn peer_words(mode: Option<Mode>) -> &'static str {
+    match mode {
+        Some(Mode::Reference) => "a researchers' reference peer",
+        _ => "another volunteer",
+    }
+}
+
+/// A trial outcome in plain words.
+fn outcome_words(outcome: TrialOutcome) -> &'static str {
+    match outcome {
+        TrialOutcome::Connected => "connected",
+        TrialOutcome::Refused => "refused",
+        TrialOutcome::Timeout => "timed out",
+        TrialOutcome::Unreachable => "unreachable",
+        TrialOutcome::WrongPeer => "reached someone else",
+        TrialOutcome::PeerVanished => "the peer vanished",
+        TrialOutcome::LocalError => "failed on this machine",
+    }
+}
+
+fn upload_words(upload: &UploadStatus) -> String {
+    match upload {
+        UploadStatus::NoCollector => {
+            "not uploaded (no --collector); `punchscope upload --collector URL` sends it later"
+                .to_string()
+        }
+        UploadStatus::Stored => "uploaded: the collector has it".to_string(),
+        UploadStatus::Rejected { reason } => {
+            format!(
+                "the collector refused it ({reason}); it was moved to the spool's rejected/ folder"
+            )
+        }
+        UploadStatus::Pending { reason } => format!(
+            "not uploaded yet ({reason}); it stays in the spool: run `punchscope upload` later"
+        ),
+        UploadStatus::BeingSentByAnother => "another punchscope sharing this spool is uploading it right now; if that upload fails it stays in the spool for `punchscope upload`".to_string(),
+        UploadStatus::SentByAnother => "uploaded by another punchscope sharing this spool: the collector has it".to_string(),
+    }
+}
+
+fn summarize(outcome: &RunOutcome) {
+    println!(
+        "Your NAT: {}",
+        outcome.result.classification.verdict.summary()
     );
-    let (saved, uploaded) = spool_and_upload(&result, args).await?;
-
-    if args.json {
-        println!("{}", result.to_json());
-    } else {
-        println!("Your NAT: {}", classification.verdict.summary());
-        if let Some(waited) = no_peer_after {
-            println!(
-                "No peer was available after {:.0} s; your NAT classification is saved all the same.",
-                waited.as_secs_f64()
-            );
-        }
-        summarize(record.as_ref(), &saved, &uploaded);
+    if let RunEnding::NoPeer { waited } = outcome.ending {
+        println!(
+            "No peer was available after {:.0} s; your NAT classification is saved all the same.",
+            waited.as_secs_f64()
+        );
     }
-    Ok(match record.map(|r| r.end) {
-        None if interrupted_waiting => ExitCode::from(EXIT_INTERRUPTED),
-        None => ExitCode::from(EXIT_NO_PEER),
-        Some(PairingEnd::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
-        Some(_) => ExitCode::SUCCESS,
-    })
-}
-
-/// Writes the result to the spool, then uploads what is pending when a
-/// collector was given; returns the spooled file and what became of the upload.
-async fn spool_and_upload(
-    result: &RunResult,
-    args: &ProbeArgs,
-) -> anyhow::Result<(std::path::PathBuf, String)> {
-    let spool_dir = args.spool.clone().unwrap_or_else(upload::default_spool_dir);
-    let spool = Spool::open(&spool_dir)
-        .with_context(|| format!("cannot use the spool {}", spool_dir.display()))?;
-    let saved = spool
-        .store(result)
-        .context("cannot write the result to the spool")?;
-    let uploaded = match &args.collector {
-        None => "not uploaded (no --collector); `punchscope upload --collector URL` sends it later"
-            .to_string(),
-        Some(collector) => {
-            let (spool, collector) = (spool_dir.clone(), collector.clone());
-            let report = tokio::task::spawn_blocking(move || {
-                let spool = Spool::open(&spool)?;
-                upload::upload_pending(&spool, &collector, &UploadPolicy::default())
-            })
-            .await?;
-            match report {
-                Ok(r) if r.pending.is_empty() && r.rejected.is_empty() => "uploaded".to_string(),
-                Ok(r) => format!(
-                    "{} result(s) still waiting in the spool; run `punchscope upload` later",
-                    r.pending.len()
-                ),
-                Err(e) => format!("upload failed ({e}); the result stays in the spool"),
-            }
-        }
-    };
-
-    Ok((saved, uploaded))
-}
-
-fn pairing_of(r: &PairingRecord) -> Pairing {
-    Pairing {
-        peer_verdict: r.peer_verdict.clone(),
-        role: r.role,
-        plan: r.plan.clone(),
-        trials: r.trials.clone(),
-        ended: match r.end {
-            PairingEnd::Done => PairingEnded::Done,
-            PairingEnd::PeerGone { .. } => PairingEnded::PeerGone,
-            PairingEnd::CoordinatorLost { .. } => PairingEnded::CoordinatorLost,
-            PairingEnd::Interrupted => PairingEnded::Interrupted,
-        },
+    if outcome.ending == RunEnding::StoppedWaiting {
+        println!("Stopped by you while waiting for a peer; your NAT classification is saved.");
     }
-}
-
-fn summarize(record: Option<&PairingRecord>, saved: &std::path::Path, uploaded: &str) {
-    if let Some(record) = record {
-        let connected = record
+    for pairing in &outcome.result.pairings {
+        let connected = pairing
             .trials
             .iter()
             .filter(|t| t.outcome == TrialOutcome::Connected)
             .count();
+        let peer = peer_words(outcome.peer_mode);
         println!(
-            "{connected} of {} trials punched through, paired with a {:?} peer (we were the {:?}).",
-            record.trials.len(),
-            record.peer_mode,
-            record.role
+            "{connected} of {} trials punched through, paired with {peer} (we were the {}).",
+            pairing.trials.len(),
+            pairing.role
         );
         for transport in [Transport::V1, Transport::V2] {
-            let runs: Vec<_> = record
+            let runs: Vec<_> = pairing
                 .trials
                 .iter()
                 .filter_map(|t| t.handshake.as_ref())
@@ -313,112 +302,73 @@ fn summarize(record: Option<&PairingRecord>, saved: &std::path::Path, uploaded: 
             if !runs.is_empty() {
                 let ok = runs.iter().filter(|h| h.success).count();
                 println!(
-                    "Bitcoin {transport:?} handshakes over punched sockets: {ok} of {} succeeded",
+                    "Bitcoin {transport} handshakes over punched sockets: {ok} of {} succeeded",
                     runs.len()
                 );
             }
         }
-        match &record.end {
-            PairingEnd::Done => {}
-            PairingEnd::PeerGone { .. } => {
+        match pairing.ended {
+            PairingEnded::Done => {}
+            PairingEnded::PeerGone => {
                 println!("The peer left before the end; the trials so far are kept.")
             }
-            PairingEnd::CoordinatorLost { error } => {
-                println!("The coordinator was lost ({error}); the trials so far are kept.")
+            PairingEnded::CoordinatorLost => match &pairing.coordinator_violation {
+                Some(violation) => println!(
+                    "The coordinator asked for something this probe refuses ({}); the pairing ended there and the trials so far are kept.",
+                    violation.detail
+                ),
+                None => println!(
+                    "The coordinator was lost ({}); the trials so far are kept.",
+                    outcome
+                        .coordinator_error
+                        .as_deref()
+                        .unwrap_or("no reason given")
+                ),
+            },
+            PairingEnded::Interrupted => println!("Stopped by you; the trials so far are kept."),
+        }
+    }
+    println!(
+        "Result: {} ({})",
+        outcome.spooled.display(),
+        upload_words(&outcome.upload)
+    );
+}
+
+async fn serve_peer(options: ReferenceOptions, args: &ProbeArgs) -> anyhow::Result<ExitCode> {
+    let (quiet, json) = (args.quiet, args.json);
+    let report = |p: ReferenceProgress| match p {
+        ReferenceProgress::Classified { verdict } if !quiet => {
+            eprintln!("reference peer: NAT {}", verdict.summary())
+        }
+        ReferenceProgress::PairingDone {
+            result,
+            connected,
+            upload,
+        } => {
+            if !quiet {
+                eprintln!(
+                    "reference peer: result {} {}",
+                    result.run_id,
+                    upload_words(&upload)
+                );
             }
-            PairingEnd::Interrupted => println!("Stopped by you; the trials so far are kept."),
+            if json {
+                println!("{}", result.to_json());
+            } else if !quiet {
+                let trials = result
+                    .pairings
+                    .iter()
+                    .map(|p| p.trials.len())
+                    .sum::<usize>();
+                eprintln!("reference peer: pairing done, {connected} of {trials} trials connected");
+            }
         }
-    }
-    println!("Result: {} ({uploaded})", saved.display());
-}
-
-/// A reference peer's result of one pairing.
-fn reference_result(
-    started_at: chrono::DateTime<chrono::Utc>,
-    classification: &Classification,
-    record: &PairingRecord,
-) -> RunResult {
-    let mut result = RunResult::new(
-        env!("CARGO_PKG_VERSION"),
-        started_at,
-        chrono::Utc::now(),
-        ClientInfo::this_machine(None),
-        classification,
-        vec![pairing_of(record)],
-    );
-    result.mode = RunMode::Reference;
-    result
-}
-
-async fn serve_peer(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
-    let mut hello = Hello::reference();
-    let mut started_at = chrono::Utc::now();
-    // Without echo servers the reference's results say its NAT is unknown.
-    let mut classification = Classification::new(
-        Vec::new(),
-        Observations {
-            mapping: Vec::new(),
-            allocation: Vec::new(),
-            filtering: None,
-            hairpin: None,
-        },
-    );
-    if !args.echo.is_empty() {
-        classification = classify::classify(&ClassifyConfig {
-            servers: args.echo.clone(),
-            ..ClassifyConfig::default()
-        })
-        .await
-        .context("could not classify the reference peer's NAT")?;
-        if !args.quiet {
-            eprintln!("reference peer: NAT {}", classification.verdict.summary());
+        ReferenceProgress::Retrying { error, after } => {
+            eprintln!("reference peer: {error}; retrying in {} s", after.as_secs())
         }
-        hello = hello.with_verdict(&classification.verdict);
-    }
-    let options = PairingOptions {
-        server: resolve(&args.server).await?,
-        hello,
-        read_timeout: Duration::from_secs(30),
-        max_wait: Duration::from_secs(args.max_wait_secs),
+        ReferenceProgress::Classified { .. } => {}
     };
-    let stop = stop_signal();
-    loop {
-        match probe::run_pairing(&options, |_| {}, stop()).await {
-            Ok(record) => {
-                // Every pairing is a result of its own, so the reference's side
-                // of each trial is in the data as the volunteer's is.
-                let result = reference_result(started_at, &classification, &record);
-                let (_, uploaded) = spool_and_upload(&result, args).await?;
-                if !args.quiet {
-                    eprintln!("reference peer: result {} {uploaded}", result.run_id);
-                }
-                if record.end == PairingEnd::Interrupted {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                started_at = chrono::Utc::now();
-                if args.json {
-                    println!("{}", serde_json::to_string(&record)?);
-                } else if !args.quiet {
-                    let connected = record
-                        .trials
-                        .iter()
-                        .filter(|t| t.outcome == TrialOutcome::Connected)
-                        .count();
-                    eprintln!(
-                        "reference peer: pairing done, {connected} of {} trials connected",
-                        record.trials.len()
-                    );
-                }
-            }
-            Err(RendezvousError::NoPeer { .. }) => {}
-            Err(RendezvousError::Interrupted) => return Ok(ExitCode::SUCCESS),
-            Err(e) => {
-                eprintln!("reference peer: {e}; retrying in 5 s");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    () = stop() => return Ok(ExitCode::SUCCESS),
-                }
-            }
-        }
-    }
+    probe::serve_peer(options, report, Stop::on_signals()).await?;
+    Ok(ExitCode::SUCCESS)
 }

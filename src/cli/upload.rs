@@ -58,6 +58,9 @@ pub fn run(args: UploadArgs) -> anyhow::Result<ExitCode> {
     for (run_id, reason) in &report.rejected {
         println!("rejected        {run_id}: {reason}");
     }
+    for run_id in &report.taken_by_another {
+        println!("taken by another uploader of this spool  {run_id}");
+    }
     println!(
         "{} stored, {} already stored, {} rejected (kept in {}), {} still pending",
         report.delivered.len(),

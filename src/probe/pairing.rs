@@ -5,12 +5,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::Plan;
+use punchscope_analysis::result::{CoordinatorViolation, Pairing, PairingEnded};
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
-use serde::Serialize;
 
+use super::guard::CoordinatorGuard;
+use super::Progress;
+use crate::net::address::AddressPolicy;
 use crate::proto::rendezvous::Mode;
 use crate::punch::{self, HandshakeSpec, TrialSpec};
 use crate::rendezvous::{register_port, Client, Hello, RendezvousError, Step, TrialReport};
@@ -24,41 +26,22 @@ pub struct PairingOptions {
     pub read_timeout: Duration,
     /// How long to wait for a peer.
     pub max_wait: Duration,
+    /// Which peer endpoints the coordinator may send us to. Always
+    /// [`AddressPolicy::Public`] outside loopback tests: no flag and no
+    /// message can loosen it.
+    pub addresses: AddressPolicy,
 }
 
-/// How a pairing ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "ended", rename_all = "snake_case")]
-pub enum PairingEnd {
-    /// Every trial of the plan ran.
-    Done,
-    /// The peer left before the plan was through.
-    PeerGone { trial: Option<u32> },
-    /// The coordinator went away or broke the protocol mid-pairing.
-    CoordinatorLost { error: String },
-    /// We were asked to stop (Ctrl-C); the trials run so far are kept.
-    Interrupted,
-}
-
-/// Everything one pairing produced, from our side.
-#[derive(Debug, Clone, Serialize)]
-pub struct PairingRecord {
-    pub role: Role,
-    pub plan: Plan,
-    pub peer_mode: Mode,
-    /// The peer's NAT verdict as the coordinator relayed it, if the peer sent one.
-    pub peer_verdict: Option<Verdict>,
-    pub trials: Vec<TrialRecord>,
-    #[serde(flatten)]
-    pub end: PairingEnd,
-}
-
-/// What the caller is told while a pairing runs (for progress bars).
+/// One pairing as recorded, with what the caller needs beyond the record.
 #[derive(Debug, Clone)]
-pub enum Progress {
-    Waiting { waited: Duration },
-    Paired { role: Role, trials: u32 },
-    TrialDone { trial: u32, outcome: TrialOutcome },
+pub struct PairingRun {
+    /// The record that goes into the result.
+    pub pairing: Pairing,
+    /// Whether the peer was a volunteer or a reference peer.
+    pub peer_mode: Mode,
+    /// Why the coordinator was lost, when `pairing.ended` says it was (the
+    /// record keeps only the fact: error texts may hold addresses).
+    pub coordinator_error: Option<String>,
 }
 
 /// A trial registered with the coordinator and not yet run.
@@ -77,7 +60,7 @@ pub async fn run_pairing(
     options: &PairingOptions,
     mut progress: impl FnMut(Progress),
     stop: impl std::future::Future<Output = ()>,
-) -> Result<PairingRecord, RendezvousError> {
+) -> Result<PairingRun, RendezvousError> {
     tokio::pin!(stop);
     let find_peer = async {
         let mut client =
@@ -99,22 +82,36 @@ pub async fn run_pairing(
     progress(Progress::Paired {
         role: pairing.role,
         trials: pairing.plan.trials,
-    });
-    let mut record = PairingRecord {
-        role: pairing.role,
-        plan: pairing.plan.clone(),
         peer_mode: pairing.peer_mode,
-        peer_verdict: pairing.peer_verdict.clone(),
-        trials: Vec::new(),
-        end: PairingEnd::Done,
+        estimate: trials_estimate(&pairing.plan),
+    });
+    let mut run = PairingRun {
+        pairing: Pairing {
+            peer_verdict: pairing.peer_verdict.clone(),
+            role: pairing.role,
+            plan: pairing.plan.clone(),
+            trials: Vec::new(),
+            ended: PairingEnded::Done,
+            coordinator_violation: None,
+        },
+        peer_mode: pairing.peer_mode,
+        coordinator_error: None,
     };
+    let record = &mut run.pairing;
     let plan = pairing.plan;
+    let mut guard = match CoordinatorGuard::new(&plan, options.addresses) {
+        Ok(guard) => guard,
+        Err(violation) => {
+            leave_for_violation(&mut client, record, violation).await;
+            return Ok(run);
+        }
+    };
     let mut pending: Option<Pending> = None;
     loop {
         let next = tokio::select! {
             next = client.next() => next,
             () = &mut stop => {
-                record.end = PairingEnd::Interrupted;
+                record.ended = PairingEnded::Interrupted;
                 let _ = client.bye().await;
                 break;
             }
@@ -122,12 +119,16 @@ pub async fn run_pairing(
         let step = match next {
             Ok(step) => step,
             Err(e) => {
-                record.end = PairingEnd::CoordinatorLost {
-                    error: e.to_string(),
-                };
+                record.ended = PairingEnded::CoordinatorLost;
+                run.coordinator_error = Some(e.to_string());
                 break;
             }
         };
+        // Nothing is sent for an instruction the guard refuses: the pairing ends here.
+        if let Err(violation) = check(&mut guard, &step) {
+            leave_for_violation(&mut client, record, violation).await;
+            break;
+        }
         match step {
             Step::Trial {
                 trial,
@@ -183,9 +184,8 @@ pub async fn run_pairing(
                     }
                 }
                 if let Err(e) = client.primed(trial).await {
-                    record.end = PairingEnd::CoordinatorLost {
-                        error: e.to_string(),
-                    };
+                    record.ended = PairingEnded::CoordinatorLost;
+                    run.coordinator_error = Some(e.to_string());
                     break;
                 }
             }
@@ -228,7 +228,7 @@ pub async fn run_pairing(
                 };
                 let Some(mut trial_record) = finished else {
                     // Interrupted mid-trial: that trial has no outcome to report.
-                    record.end = PairingEnd::Interrupted;
+                    record.ended = PairingEnded::Interrupted;
                     let _ = client.bye().await;
                     break;
                 };
@@ -244,9 +244,8 @@ pub async fn run_pairing(
                     .await;
                 record.trials.push(trial_record);
                 if let Err(e) = report {
-                    record.end = PairingEnd::CoordinatorLost {
-                        error: e.to_string(),
-                    };
+                    record.ended = PairingEnded::CoordinatorLost;
+                    run.coordinator_error = Some(e.to_string());
                     break;
                 }
             }
@@ -255,7 +254,7 @@ pub async fn run_pairing(
                     t.peer_outcome = Some(outcome);
                 }
             }
-            Step::PeerGone { trial } => {
+            Step::PeerGone { .. } => {
                 if let Some(p) = pending.take() {
                     record.trials.push(unrun(
                         p.trial,
@@ -265,7 +264,7 @@ pub async fn run_pairing(
                         None,
                     ));
                 }
-                record.end = PairingEnd::PeerGone { trial };
+                record.ended = PairingEnded::PeerGone;
                 break;
             }
             Step::Done { .. } => {
@@ -274,7 +273,49 @@ pub async fn run_pairing(
             }
         }
     }
-    Ok(record)
+    Ok(run)
+}
+
+/// About how long a pairing's trials take at most: each trial's
+/// registration and RTT samples (about a second), then every attempt failing
+/// with its average retry gap. Trials that connect take far less.
+pub fn trials_estimate(plan: &Plan) -> Duration {
+    let ms = |v: u32| Duration::from_millis(u64::from(v));
+    let attempt =
+        ms(plan.attempt_timeout_ms) + ms(plan.retry_gap_ms) + ms(plan.retry_jitter_ms) / 2;
+    (Duration::from_secs(1) + attempt * plan.max_attempts) * plan.trials
+}
+
+/// Holds one coordinator instruction to the plan and the probe's rules.
+fn check(guard: &mut CoordinatorGuard, step: &Step) -> Result<(), CoordinatorViolation> {
+    match step {
+        Step::Trial {
+            trial, strategy, ..
+        } => guard.trial(*trial, *strategy),
+        Step::Prime { trial, peer, ttl } => guard.prime(*trial, *peer, *ttl),
+        Step::Go {
+            trial,
+            peer,
+            delay,
+            injected_skew,
+            strategy,
+            ..
+        } => guard.go(*trial, *peer, *delay, *injected_skew, *strategy),
+        Step::PeerResult { trial, .. } => guard.peer_result(*trial),
+        Step::PeerGone { .. } | Step::Done { .. } => Ok(()),
+    }
+}
+
+/// Ends the pairing on a refused instruction: the record says what was
+/// refused, and the coordinator hears `bye` (it tells the peer `peer_gone`).
+async fn leave_for_violation(
+    client: &mut Client,
+    record: &mut Pairing,
+    violation: CoordinatorViolation,
+) {
+    record.ended = PairingEnded::CoordinatorLost;
+    record.coordinator_violation = Some(violation);
+    let _ = client.bye().await;
 }
 
 /// The record of a trial that never got to punching.
@@ -311,5 +352,17 @@ fn any_port(like: SocketAddr, port: u16) -> SocketAddr {
     match like {
         SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], port)),
         SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_plan_takes_at_most_about_five_minutes() {
+        let plan = crate::proto::rendezvous::coordinator::CoordinatorConfig::default().plan;
+        // 20 x (1 s + 4 x (3 s + 0.2 s + 0.5 s)) = 316 s.
+        assert_eq!(trials_estimate(&plan), Duration::from_secs(316));
     }
 }

@@ -173,3 +173,114 @@ impl Raw {
         assert_eq!(self.recv().await, None, "closed after the error");
     }
 }
+
+/// A scripted coordinator on 127.0.0.1: answers `hello` with `welcome`, then
+/// sends its script line by line without waiting for the client, answers
+/// every `register` with the endpoint it saw, and records what clients send
+/// on control connections.
+pub struct ScriptedCoordinator {
+    pub addr: SocketAddr,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<ClientMessage>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ScriptedCoordinator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ScriptedCoordinator {
+    pub async fn start(script: Vec<ServerMessage>) -> ScriptedCoordinator {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, from)) = listener.accept().await else {
+                    return;
+                };
+                let (script, log) = (script.clone(), log.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut reader = BufReader::new(read);
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    match proto::decode_client(line.trim_end()) {
+                        Ok(ClientMessage::Register { .. }) => {
+                            let msg = ServerMessage::Registered { observed: from };
+                            let _ = write.write_all(&proto::encode_server(&msg)).await;
+                        }
+                        Ok(hello @ ClientMessage::Hello(_)) => {
+                            log.lock().unwrap().push(hello);
+                            let welcome = ServerMessage::Welcome {
+                                session: "0123456789abcdef".into(),
+                            };
+                            let _ = write.write_all(&proto::encode_server(&welcome)).await;
+                            for msg in &script {
+                                let _ = write.write_all(&proto::encode_server(msg)).await;
+                            }
+                            loop {
+                                line.clear();
+                                match reader.read_line(&mut line).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(_) => {
+                                        if let Ok(msg) = proto::decode_client(line.trim_end()) {
+                                            log.lock().unwrap().push(msg);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                });
+            }
+        });
+        ScriptedCoordinator {
+            addr,
+            received,
+            task,
+        }
+    }
+}
+
+/// A listener that counts the connections reaching it: the target a hostile
+/// server would have a probe connect to.
+pub struct CountingListener {
+    pub addr: SocketAddr,
+    pub count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for CountingListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CountingListener {
+    pub async fn start(ip: IpAddr) -> CountingListener {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = count.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        CountingListener { addr, count, task }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -216,6 +216,7 @@ pub fn run(
             plan,
             trials,
             ended: Default::default(),
+            coordinator_violation: None,
         }],
     }
 }

@@ -201,6 +201,7 @@ pub fn sample_result(seed: usize, trials: u32) -> RunResult {
             plan: plan.clone(),
             trials: (0..trials).map(|n| trial(n, &plan, n % 3 != 2)).collect(),
             ended: punchscope::analysis::result::PairingEnded::Done,
+            coordinator_violation: None,
         }],
     )
 }

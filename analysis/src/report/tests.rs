@@ -129,6 +129,7 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
             plan,
             trials: records,
             ended: Default::default(),
+            coordinator_violation: None,
         }],
     }
 }

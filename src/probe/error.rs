@@ -1,0 +1,27 @@
+//! What stops a probe run, each saying what the volunteer can do about it.
+//! Not finding a peer or being stopped are outcomes ([`super::RunEnding`]), not errors.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::classify::ClassifyError;
+use crate::rendezvous::RendezvousError;
+use crate::upload::SpoolError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "cannot resolve the coordinator `{target}`: {cause}; give HOST[:PORT] and check your DNS"
+    )]
+    Resolve { target: String, cause: io::Error },
+    #[error("the coordinator `{target}` has no address; check the name")]
+    NoAddress { target: String },
+    #[error("could not classify your NAT: {0}")]
+    Classify(#[from] ClassifyError),
+    #[error("could not pair through the coordinator: {0}")]
+    Coordinator(#[source] RendezvousError),
+    #[error("cannot keep the result in the spool {dir}: {cause}; check the folder's permissions and free space, or choose another --spool")]
+    Spool { dir: PathBuf, cause: SpoolError },
+    #[error("the upload stopped unexpectedly ({0}); the result is in the spool: run `punchscope upload` later")]
+    UploadTask(String),
+}

@@ -1,0 +1,444 @@
+//! What a probe accepts from its coordinator: every instruction checked
+//! against the plan and the probe's own hard caps before anything is sent.
+//! Sans-io: messages in, `Ok` or the violation to record out.
+//!
+//! A compromised or buggy coordinator must not turn volunteers into a port
+//! scanner or a SYN source. So, per pairing: the plan's limits stay under
+//! hard caps; trials come in order, each once, within the plan; each trial
+//! primes at most once and goes at most once, with the plan's strategy and
+//! TTL; every peer endpoint is a public address ([`AddressPolicy`]); start
+//! delays are bounded. Connects per pairing are then bounded by
+//! `trials x max_attempts` (plus one priming SYN per low-TTL trial), and
+//! every wait by the plan's (capped) timings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use punchscope_analysis::plan::Plan;
+use punchscope_analysis::result::{CoordinatorViolation, ViolationRule};
+use punchscope_analysis::trial::Strategy;
+
+use crate::net::address::AddressPolicy;
+use crate::proto::rendezvous::MAX_START_DELAY_MS;
+
+/// Most trials a probe runs in one pairing, whatever the plan says.
+pub const MAX_TRIALS: u32 = 200;
+/// Most connect attempts per trial.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Longest single connect attempt.
+pub const MAX_ATTEMPT_TIMEOUT_MS: u32 = 10_000;
+/// Longest wait for one step of the Bitcoin handshake.
+pub const MAX_HANDSHAKE_STEP_MS: u32 = 30_000;
+
+/// The trial being run, as far as the coordinator has taken it.
+#[derive(Debug, Clone)]
+struct Current {
+    trial: u32,
+    strategy: Strategy,
+    primed_peer: Option<SocketAddr>,
+    went: bool,
+}
+
+/// Checks one pairing's instructions, in the order they arrive.
+#[derive(Debug, Clone)]
+pub struct CoordinatorGuard {
+    plan: Plan,
+    addresses: AddressPolicy,
+    next_trial: u32,
+    current: Option<Current>,
+}
+
+fn violation(rule: ViolationRule, trial: Option<u32>, detail: String) -> CoordinatorViolation {
+    CoordinatorViolation {
+        rule,
+        trial,
+        detail,
+    }
+}
+
+impl CoordinatorGuard {
+    /// A guard for a pairing under `plan`, or the limit the plan breaks.
+    pub fn new(plan: &Plan, addresses: AddressPolicy) -> Result<Self, CoordinatorViolation> {
+        let limits = [
+            ("trials", plan.trials, MAX_TRIALS),
+            ("max_attempts", plan.max_attempts, MAX_ATTEMPTS),
+            (
+                "attempt_timeout_ms",
+                plan.attempt_timeout_ms,
+                MAX_ATTEMPT_TIMEOUT_MS,
+            ),
+            (
+                "handshake_step_ms",
+                plan.handshake_step_ms,
+                MAX_HANDSHAKE_STEP_MS,
+            ),
+        ];
+        for (name, value, cap) in limits {
+            if value > cap {
+                return Err(violation(
+                    ViolationRule::PlanLimit,
+                    None,
+                    format!("paired: plan {name} = {value} is above this probe's cap of {cap}"),
+                ));
+            }
+        }
+        Ok(CoordinatorGuard {
+            plan: plan.clone(),
+            addresses,
+            next_trial: 0,
+            current: None,
+        })
+    }
+
+    /// `trial`: the next trial in order, within the plan, with the plan's strategy.
+    pub fn trial(&mut self, trial: u32, strategy: Strategy) -> Result<(), CoordinatorViolation> {
+        if trial != self.next_trial {
+            return Err(violation(
+                ViolationRule::TrialOrder,
+                Some(trial),
+                format!(
+                    "trial {trial} announced when trial {} was next",
+                    self.next_trial
+                ),
+            ));
+        }
+        if trial >= self.plan.trials {
+            return Err(violation(
+                ViolationRule::TrialOrder,
+                Some(trial),
+                format!(
+                    "trial {trial} is beyond the plan's {} trials",
+                    self.plan.trials
+                ),
+            ));
+        }
+        let planned = self.plan.strategy_of(trial);
+        if strategy != planned {
+            return Err(violation(
+                ViolationRule::Strategy,
+                Some(trial),
+                format!("trial {trial} announced as {strategy:?}, the plan says {planned:?}"),
+            ));
+        }
+        self.next_trial += 1;
+        self.current = Some(Current {
+            trial,
+            strategy,
+            primed_peer: None,
+            went: false,
+        });
+        Ok(())
+    }
+
+    /// `prime`: once, for the current low-TTL trial, with the plan's TTL and a public peer.
+    pub fn prime(
+        &mut self,
+        trial: u32,
+        peer: SocketAddr,
+        ttl: u8,
+    ) -> Result<(), CoordinatorViolation> {
+        let (plan_ttl, addresses) = (self.plan.low_ttl, self.addresses);
+        let current = self.current_mut(trial, "prime")?;
+        if current.strategy != Strategy::LowTtl {
+            return Err(violation(
+                ViolationRule::Ttl,
+                Some(trial),
+                format!("prime for trial {trial}, a {:?} trial", current.strategy),
+            ));
+        }
+        if current.primed_peer.is_some() || current.went {
+            return Err(violation(
+                ViolationRule::Unexpected,
+                Some(trial),
+                format!("a second prime for trial {trial}"),
+            ));
+        }
+        if ttl != plan_ttl {
+            return Err(violation(
+                ViolationRule::Ttl,
+                Some(trial),
+                format!("prime with TTL {ttl}, the plan's is {plan_ttl}"),
+            ));
+        }
+        addresses.check(peer).map_err(|why| {
+            violation(
+                ViolationRule::PeerAddress,
+                Some(trial),
+                format!("prime: peer {why}"),
+            )
+        })?;
+        current.primed_peer = Some(peer);
+        Ok(())
+    }
+
+    /// `go`: once, for the current trial, to a public peer (the primed one
+    /// when primed), with the trial's strategy, a start delay of at most
+    /// the protocol's cap plus the plan's injected skew.
+    pub fn go(
+        &mut self,
+        trial: u32,
+        peer: SocketAddr,
+        delay: Duration,
+        injected_skew: Duration,
+        strategy: Strategy,
+    ) -> Result<(), CoordinatorViolation> {
+        let addresses = self.addresses;
+        let skew_cap = Duration::from_millis(u64::from(self.plan.injected_skew_ms));
+        let delay_cap = Duration::from_millis(MAX_START_DELAY_MS) + skew_cap;
+        let current = self.current_mut(trial, "go")?;
+        if current.went {
+            return Err(violation(
+                ViolationRule::Unexpected,
+                Some(trial),
+                format!("a second go for trial {trial}"),
+            ));
+        }
+        if strategy != current.strategy {
+            return Err(violation(
+                ViolationRule::Strategy,
+                Some(trial),
+                format!(
+                    "go for trial {trial} as {strategy:?}, announced as {:?}",
+                    current.strategy
+                ),
+            ));
+        }
+        if current.strategy == Strategy::LowTtl && current.primed_peer.is_none() {
+            return Err(violation(
+                ViolationRule::Unexpected,
+                Some(trial),
+                format!("go for low-TTL trial {trial} before its prime"),
+            ));
+        }
+        if current.primed_peer.is_some_and(|primed| primed != peer) {
+            return Err(violation(
+                ViolationRule::PeerAddress,
+                Some(trial),
+                format!("go for trial {trial} to {peer}, not to the primed peer"),
+            ));
+        }
+        addresses.check(peer).map_err(|why| {
+            violation(
+                ViolationRule::PeerAddress,
+                Some(trial),
+                format!("go: peer {why}"),
+            )
+        })?;
+        if injected_skew > skew_cap || delay > delay_cap || injected_skew > delay {
+            return Err(violation(
+                ViolationRule::StartDelay,
+                Some(trial),
+                format!(
+                    "go for trial {trial} with a start delay of {} ms (injected skew {} ms); at most {} ms (skew {} ms) are accepted",
+                    delay.as_millis(),
+                    injected_skew.as_millis(),
+                    delay_cap.as_millis(),
+                    skew_cap.as_millis()
+                ),
+            ));
+        }
+        current.went = true;
+        Ok(())
+    }
+
+    /// `peer_result`: only for a trial already announced.
+    pub fn peer_result(&self, trial: u32) -> Result<(), CoordinatorViolation> {
+        if trial >= self.next_trial {
+            return Err(violation(
+                ViolationRule::TrialOrder,
+                Some(trial),
+                format!("peer result for trial {trial}, which has not started"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn current_mut(
+        &mut self,
+        trial: u32,
+        step: &str,
+    ) -> Result<&mut Current, CoordinatorViolation> {
+        match self.current.as_mut() {
+            Some(current) if current.trial == trial => Ok(current),
+            _ => Err(violation(
+                ViolationRule::TrialOrder,
+                Some(trial),
+                format!("{step} for trial {trial}, which is not the running trial"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::punch::default_plan;
+
+    const PEER: &str = "203.0.113.7:40000";
+
+    fn plan() -> Plan {
+        let mut plan = default_plan("guard");
+        plan.trials = 3;
+        plan.strategies = vec![Strategy::Simultaneous, Strategy::LowTtl];
+        plan.low_ttl = 3;
+        plan.injected_skew_ms = 200;
+        plan
+    }
+
+    fn guard() -> CoordinatorGuard {
+        CoordinatorGuard::new(&plan(), AddressPolicy::Public).unwrap()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn peer() -> SocketAddr {
+        PEER.parse().unwrap()
+    }
+
+    fn rule(result: Result<(), CoordinatorViolation>) -> ViolationRule {
+        result.expect_err("refused").rule
+    }
+
+    #[test]
+    fn a_pairing_that_follows_the_plan_passes() {
+        let mut g = guard();
+        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.go(0, peer(), ms(40), ms(0), Strategy::Simultaneous)
+            .unwrap();
+        g.peer_result(0).unwrap();
+        g.trial(1, Strategy::LowTtl).unwrap();
+        g.prime(1, peer(), 3).unwrap();
+        g.go(1, peer(), ms(5_200), ms(200), Strategy::LowTtl)
+            .unwrap();
+        g.trial(2, Strategy::Simultaneous).unwrap();
+    }
+
+    #[test]
+    fn plans_above_the_hard_caps_are_refused() {
+        for (field, set) in [
+            ("trials", (|p: &mut Plan| p.trials = 1000) as fn(&mut Plan)),
+            ("max_attempts", |p| p.max_attempts = 20),
+            ("attempt_timeout_ms", |p| p.attempt_timeout_ms = 60_000),
+            ("handshake_step_ms", |p| p.handshake_step_ms = 120_000),
+        ] {
+            let mut p = plan();
+            set(&mut p);
+            let v = CoordinatorGuard::new(&p, AddressPolicy::Public).unwrap_err();
+            assert_eq!(v.rule, ViolationRule::PlanLimit);
+            assert!(v.detail.contains(field), "{}", v.detail);
+        }
+    }
+
+    #[test]
+    fn trials_come_in_order_once_and_within_the_plan() {
+        let mut g = guard();
+        assert_eq!(
+            rule(g.trial(1, Strategy::LowTtl)),
+            ViolationRule::TrialOrder
+        );
+        g.trial(0, Strategy::Simultaneous).unwrap();
+        assert_eq!(
+            rule(g.trial(0, Strategy::Simultaneous)),
+            ViolationRule::TrialOrder
+        );
+        g.trial(1, Strategy::LowTtl).unwrap();
+        g.trial(2, Strategy::Simultaneous).unwrap();
+        let beyond = g.trial(3, Strategy::LowTtl).unwrap_err();
+        assert_eq!(beyond.rule, ViolationRule::TrialOrder);
+        assert!(beyond.detail.contains("beyond the plan's 3 trials"));
+        assert_eq!(rule(g.peer_result(7)), ViolationRule::TrialOrder);
+        let mut g = guard();
+        assert_eq!(rule(g.trial(0, Strategy::LowTtl)), ViolationRule::Strategy);
+    }
+
+    #[test]
+    fn each_trial_goes_once_and_only_when_running() {
+        let mut g = guard();
+        let go = |g: &mut CoordinatorGuard, trial| {
+            g.go(trial, peer(), ms(10), ms(0), Strategy::Simultaneous)
+        };
+        assert_eq!(rule(go(&mut g, 0)), ViolationRule::TrialOrder);
+        g.trial(0, Strategy::Simultaneous).unwrap();
+        go(&mut g, 0).unwrap();
+        assert_eq!(rule(go(&mut g, 0)), ViolationRule::Unexpected);
+        g.trial(1, Strategy::LowTtl).unwrap();
+        assert_eq!(rule(go(&mut g, 0)), ViolationRule::TrialOrder);
+    }
+
+    #[test]
+    fn peers_must_be_public_addresses() {
+        for bad in [
+            "127.0.0.1:22",
+            "10.0.0.1:445",
+            "100.64.1.1:80",
+            "0.0.0.0:1",
+            "203.0.113.7:0",
+        ] {
+            let mut g = guard();
+            g.trial(0, Strategy::Simultaneous).unwrap();
+            let v = g
+                .go(
+                    0,
+                    bad.parse().unwrap(),
+                    ms(0),
+                    ms(0),
+                    Strategy::Simultaneous,
+                )
+                .unwrap_err();
+            assert_eq!(v.rule, ViolationRule::PeerAddress, "{bad}");
+        }
+        let mut g = CoordinatorGuard::new(&plan(), AddressPolicy::PublicOrLoopback).unwrap();
+        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.go(
+            0,
+            "127.0.0.1:9".parse().unwrap(),
+            ms(0),
+            ms(0),
+            Strategy::Simultaneous,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn primes_use_the_plans_ttl_once_and_go_follows_to_the_same_peer() {
+        let mut g = guard();
+        g.trial(0, Strategy::Simultaneous).unwrap();
+        assert_eq!(rule(g.prime(0, peer(), 3)), ViolationRule::Ttl);
+        g.go(0, peer(), ms(0), ms(0), Strategy::Simultaneous)
+            .unwrap();
+        g.trial(1, Strategy::LowTtl).unwrap();
+        assert_eq!(
+            rule(g.go(1, peer(), ms(0), ms(0), Strategy::LowTtl)),
+            ViolationRule::Unexpected
+        );
+        assert_eq!(rule(g.prime(1, peer(), 64)), ViolationRule::Ttl);
+        assert_eq!(
+            rule(g.prime(1, "192.168.0.1:80".parse().unwrap(), 3)),
+            ViolationRule::PeerAddress
+        );
+        g.prime(1, peer(), 3).unwrap();
+        assert_eq!(rule(g.prime(1, peer(), 3)), ViolationRule::Unexpected);
+        let elsewhere = "198.51.100.99:80".parse().unwrap();
+        assert_eq!(
+            rule(g.go(1, elsewhere, ms(0), ms(0), Strategy::LowTtl)),
+            ViolationRule::PeerAddress
+        );
+    }
+
+    #[test]
+    fn start_delays_are_bounded_by_the_cap_plus_the_plans_skew() {
+        let attempt = |delay: u64, skew: u64| {
+            let mut g = guard();
+            g.trial(0, Strategy::Simultaneous).unwrap();
+            g.go(0, peer(), ms(delay), ms(skew), Strategy::Simultaneous)
+        };
+        attempt(5_200, 200).unwrap();
+        attempt(5_000, 0).unwrap();
+        assert_eq!(rule(attempt(5_201, 200)), ViolationRule::StartDelay);
+        assert_eq!(rule(attempt(100, 201)), ViolationRule::StartDelay);
+        assert_eq!(rule(attempt(u64::MAX / 2, 0)), ViolationRule::StartDelay);
+        assert_eq!(rule(attempt(10, 50)), ViolationRule::StartDelay);
+    }
+}

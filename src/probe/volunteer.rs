@@ -1,0 +1,142 @@
+//! The volunteer's whole run: classify, pair, record, spool, upload.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use punchscope_analysis::result::{ClientInfo, RunResult};
+
+use super::delivery::{spool_and_upload, UploadStatus};
+use super::pairing::{run_pairing, PairingOptions};
+use super::{ProbeError, Progress, Stop};
+use crate::classify::{self, ClassifyConfig, EchoTrust};
+use crate::net::address::AddressPolicy;
+use crate::proto::rendezvous::Mode;
+use crate::rendezvous::{Hello, RendezvousError};
+
+/// Bound on every wait for a coordinator line outside trials.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a volunteer's run needs: validated, ready to go.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The coordinator, `HOST:PORT`.
+    pub coordinator: String,
+    /// Echo servers for NAT classification, `HOST[:PORT]`.
+    pub echo: Vec<String>,
+    /// Where to upload the result; `None` leaves it in the spool.
+    pub collector: Option<String>,
+    /// Where results wait until the collector has them.
+    pub spool: PathBuf,
+    /// The volunteer's label for the network, kept in the result.
+    pub label: Option<String>,
+    /// Pair only with a volunteer giving the same code.
+    pub pair_code: Option<String>,
+    /// How long to wait for a peer.
+    pub max_wait: Duration,
+    /// Which endpoints servers may send us to: [`AddressPolicy::Public`]
+    /// except in loopback tests (no flag sets it).
+    pub addresses: AddressPolicy,
+}
+
+/// How a run ended, for the summary and the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnding {
+    /// Paired; the result's pairing says how the pairing ended.
+    Paired,
+    /// No peer came within the wait; the classification is kept all the same.
+    NoPeer { waited: Duration },
+    /// Stopped while waiting for a peer.
+    StoppedWaiting,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The result as spooled and uploaded (sanitized).
+    pub result: RunResult,
+    pub ending: RunEnding,
+    /// The paired peer's mode, when paired.
+    pub peer_mode: Option<Mode>,
+    /// Why the coordinator was lost mid-pairing, if it was.
+    pub coordinator_error: Option<String>,
+    /// The spooled result file.
+    pub spooled: PathBuf,
+    pub upload: UploadStatus,
+}
+
+/// Runs a volunteer's probe: classification, one pairing, the result in the
+/// spool and uploaded. `Err` only when the tool could not do its job (no
+/// echo server answered, no coordinator, no spool); no peer and a stop are
+/// outcomes, and whatever was measured is kept.
+pub async fn run(
+    options: RunOptions,
+    mut progress: impl FnMut(Progress),
+    stop: Stop,
+) -> Result<RunOutcome, ProbeError> {
+    let started_at = chrono::Utc::now();
+    progress(Progress::Classifying);
+    let classification = classify::classify(&ClassifyConfig {
+        servers: options.echo.clone(),
+        trust: EchoTrust::GivenIps(options.addresses),
+        ..ClassifyConfig::default()
+    })
+    .await?;
+    progress(Progress::Classified {
+        verdict: Box::new(classification.verdict.clone()),
+    });
+
+    progress(Progress::Connecting);
+    let server = resolve(&options.coordinator).await?;
+    let mut hello = Hello::volunteer(options.max_wait).with_verdict(&classification.verdict);
+    if let Some(code) = &options.pair_code {
+        hello = hello.with_pair_code(code.clone());
+    }
+    let pairing_options = PairingOptions {
+        server,
+        hello,
+        read_timeout: READ_TIMEOUT,
+        max_wait: options.max_wait,
+        addresses: options.addresses,
+    };
+    let (run, ending) = match run_pairing(&pairing_options, &mut progress, stop.stopped()).await {
+        Ok(run) => (Some(run), RunEnding::Paired),
+        Err(RendezvousError::NoPeer { waited }) => (None, RunEnding::NoPeer { waited }),
+        Err(RendezvousError::Interrupted) => (None, RunEnding::StoppedWaiting),
+        Err(e) => return Err(ProbeError::Coordinator(e)),
+    };
+
+    let pairings = run.iter().map(|r| r.pairing.clone()).collect();
+    let result = RunResult::new(
+        env!("CARGO_PKG_VERSION"),
+        started_at,
+        chrono::Utc::now(),
+        ClientInfo::this_machine(options.label.clone()),
+        &classification,
+        pairings,
+    );
+    progress(Progress::Uploading);
+    let delivery = spool_and_upload(&result, &options.spool, options.collector.as_deref()).await?;
+    Ok(RunOutcome {
+        result,
+        ending,
+        peer_mode: run.as_ref().map(|r| r.peer_mode),
+        coordinator_error: run.and_then(|r| r.coordinator_error),
+        spooled: delivery.spooled,
+        upload: delivery.upload,
+    })
+}
+
+/// The coordinator's first address.
+pub(super) async fn resolve(target: &str) -> Result<SocketAddr, ProbeError> {
+    tokio::net::lookup_host(target)
+        .await
+        .map_err(|cause| ProbeError::Resolve {
+            target: target.to_string(),
+            cause,
+        })?
+        .next()
+        .ok_or_else(|| ProbeError::NoAddress {
+            target: target.to_string(),
+        })
+}
