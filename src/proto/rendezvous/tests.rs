@@ -609,6 +609,7 @@ fn eim_apdf_verdict() -> punchscope_analysis::classify::Verdict {
         },
         hairpin: None,
         missing: vec!["hairpinning was not tested".into()],
+        path: None,
     }
 }
 
