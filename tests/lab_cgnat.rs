@@ -11,6 +11,9 @@ use std::net::{SocketAddr, SocketAddrV4};
 use common::*;
 use punchscope::analysis::classify::{Classification, Finding, HopClass};
 use punchscope::analysis::nat::Mapping;
+use punchscope::analysis::trial::{Strategy, TrialOutcome};
+use punchscope::lab::nat::NatEvent;
+use punchscope::lab::pair::{run_pair, PairTrial};
 use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
 
@@ -130,4 +133,92 @@ fn classify_reports_the_chain_and_cgnat_behind_either_home_backend() {
             "{host}"
         );
     }
+}
+
+/// Two CGNAT chains: a home EIM router behind an RST-answering EIM CGN with
+/// 50 ms one way to the internet, on each side.
+const TWO_CHAINS: &str = r#"
+[[nat]]
+name = "cgn_a"
+unsolicited = "rst"
+delay_ms = 50
+[[nat]]
+name = "home_a"
+upstream = "cgn_a"
+[[nat]]
+name = "cgn_b"
+unsolicited = "rst"
+delay_ms = 50
+[[nat]]
+name = "home_b"
+upstream = "cgn_b"
+[[host]]
+name = "alice"
+nat = "home_a"
+[[host]]
+name = "bob"
+nat = "home_b"
+"#;
+
+#[test]
+fn low_ttl_primes_the_whole_chain_with_the_measured_ttl_and_not_with_a_fixed_2() {
+    const TRIALS: u32 = 5;
+    let lab = start_lab("chttl", TWO_CHAINS);
+    let servers: Vec<SocketAddr> = [S1P1, S1P2, S2P1, S2P2]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let _echo = EchoService::start(&lab, &servers).unwrap();
+    let measured = |host: &str| {
+        let path = classify_in(&lab, host).verdict.path.expect("path probed");
+        assert_eq!(path.cgnat, Some(true), "{host}: {path:?}");
+        path.prime_ttl.expect("a complete path")
+    };
+    let ttls = (measured("alice"), measured("bob"));
+    assert_eq!(ttls, (3, 3), "home NAT + CGN: the prime must pass two NATs");
+    let mut port = 31000;
+    let mut run = |prime_ttls: (u8, u8)| {
+        let mut connected = 0;
+        let mut outcomes = Vec::new();
+        for n in 0..TRIALS {
+            let mut t = PairTrial::new(
+                "alice",
+                "bob",
+                n,
+                Strategy::LowTtl,
+                (port, port + 1),
+                servers[0],
+            );
+            port += 2;
+            t.prime_ttls = Some(prime_ttls);
+            // The responder starts 150 ms late: beyond the 100 ms an early SYN
+            // needs to reach the peer's CGN. One attempt, so no retry hides it.
+            t.plan.injected_skew_ms = 150;
+            t.plan.max_attempts = 1;
+            let (a, b) = run_pair(&lab, &t).unwrap();
+            if a.outcome == TrialOutcome::Connected && b.outcome == TrialOutcome::Connected {
+                connected += 1;
+            }
+            outcomes.push((a.outcome, b.outcome));
+        }
+        (connected, outcomes)
+    };
+    let (with_measured, measured_outcomes) = run(ttls);
+    let (with_fixed, fixed_outcomes) = run((2, 2));
+    eprintln!(
+        "low_ttl across two CGNAT chains, 150 ms skew: measured TTL {ttls:?} {with_measured}/{TRIALS} {measured_outcomes:?}; fixed TTL 2 {with_fixed}/{TRIALS} {fixed_outcomes:?}"
+    );
+    assert_eq!(with_measured, TRIALS, "{measured_outcomes:?}");
+    assert_eq!(
+        with_fixed, 0,
+        "a TTL 2 prime dies at the home side's CGN and opens only the home NAT: {fixed_outcomes:?}"
+    );
+    // The fixed prime died inside the chain: the CGNs logged it as time exceeded.
+    let died_in_cgn = lab
+        .events()
+        .iter()
+        .filter(|e| e.router.starts_with("cgn_"))
+        .filter(|e| matches!(e.event, NatEvent::TtlExceeded { .. }))
+        .count();
+    assert!(died_in_cgn >= 2 * TRIALS as usize, "{died_in_cgn}");
 }

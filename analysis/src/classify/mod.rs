@@ -566,6 +566,16 @@ impl Verdict {
         )
     }
 
+    /// The TTL of a `low_ttl` priming SYN from this side: the measured
+    /// [`PathVerdict::prime_ttl`], or `fallback` (the plan's fixed `low_ttl`)
+    /// when the path was not measured or not completely.
+    pub fn prime_ttl_or(&self, fallback: u8) -> u8 {
+        self.path
+            .as_ref()
+            .and_then(|p| p.prime_ttl)
+            .unwrap_or(fallback)
+    }
+
     /// The NAT chain, when the path probe saw more than the home router.
     fn chain_words(&self) -> String {
         let Some(path) = &self.path else {
