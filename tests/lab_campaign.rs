@@ -17,13 +17,17 @@ use punchscope::lab::Scenario;
 const SCENARIO: &str = r#"
 [[nat]]
 name = "eim_apdf"
-filtering = "apdf"
+backend = "kernel"
+delay_ms = 10
+[[nat]]
+name = "carrier"
 delay_ms = 10
 [[nat]]
 name = "eim_rst"
+upstream = "carrier"
 filtering = "apdf"
 unsolicited = "rst"
-delay_ms = 15
+delay_ms = 5
 [[nat]]
 name = "eim_eif"
 filtering = "eif"
@@ -140,6 +144,13 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
         let label = r.result.client.network_label.as_deref().unwrap();
         assert!(scenario.routers.iter().any(|router| router.name == label));
         let v = &r.result.classification.verdict;
+        let behind_carrier = label == "eim_rst";
+        assert_eq!(
+            v.path.as_ref().and_then(|p| p.cgnat),
+            Some(behind_carrier),
+            "{label}: {:?}",
+            v.path
+        );
         let measured = nat_type(&v.mapping, &v.filtering);
         assert_eq!(
             measured, truth[label],
@@ -232,6 +243,22 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     assert!(html.matches("<svg").count() >= 4, "charts");
     assert!(html.contains("NAT-type pair"), "matrix");
+    assert!(html.contains("carrier-grade NAT"), "the CGNAT breakdown");
+    // Lab campaigns record which backend played each router, and the chain.
+    let campaign: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("campaign.json")).unwrap()).unwrap();
+    let router = |name: &str| {
+        campaign["routers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in campaign.json"))
+    };
+    assert_eq!(router("eim_apdf")["backend"], "kernel");
+    assert_eq!(router("eim_eif")["backend"], "emulator");
+    assert_eq!(router("eim_rst")["upstream"], "carrier");
     assert!(Path::new(&report.join("index.html")).exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::driver::{run_router, RouterIo};
+use super::driver::{run_router, RouterCore, RouterIo};
 use super::events::{EventLog, LabEvent};
 use super::kernel::conntrack::{ConntrackError, ConntrackWatch};
 use super::kernel::{self, KernelNat};
@@ -102,7 +102,11 @@ pub struct RouterInfo {
     /// A kernel router's NAT statement (`masquerade`, `masquerade fully-random`, `snat hashed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_nat: Option<String>,
+    /// The router's WAN address: public, or in 100.64.0.0/10 behind an upstream NAT.
     pub public_ip: Ipv4Addr,
+    /// The NAT this one sits behind (a carrier-grade NAT), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     /// `none` for a plain router, else the mapping behaviour.
     pub mapping: String,
     pub filtering: Option<String>,
@@ -245,6 +249,7 @@ impl Lab {
                     backend: r.backend(),
                     kernel_nat: r.kernel.map(|k| k.to_string()),
                     public_ip: c.public_ip,
+                    upstream: r.upstream.map(|u| self.scenario.routers[u].name.clone()),
                     mapping,
                     filtering,
                     allocation,
@@ -308,11 +313,11 @@ impl Lab {
             internet_config.push(format!("addr add {server}/32 dev lo"));
         }
 
-        let mut routers = Vec::new();
-        for (index, router) in self.scenario.routers.clone().into_iter().enumerate() {
-            let wan_device = format!("wan{index}");
-            let wan = Tun::create_in(&internet, &wan_device)?;
-            internet_config.push(format!("link set {wan_device} up"));
+        // Every router's hosts get their namespaces first, so that a core can
+        // be built whatever its place in a chain.
+        let all = self.scenario.routers.clone();
+        let mut cores: Vec<Option<RouterCore>> = Vec::new();
+        for (index, router) in all.iter().enumerate() {
             let hosts: Vec<HostSpec> = self
                 .scenario
                 .hosts
@@ -331,20 +336,43 @@ impl Lab {
                         ("ipv4/ip_forward", "0"),
                     ],
                 )?;
-                if router.config.translation == Translation::None {
+            }
+            cores.push(Some(match router.kernel {
+                None => self.build_emulated_router(router.clone(), &hosts)?,
+                Some(kind) => self.build_kernel_router(router.clone(), kind, &hosts)?,
+            }));
+        }
+        // The outermost routers get a WAN device in the internet namespace;
+        // those behind them run in their task, reached in memory.
+        let mut routers = Vec::new();
+        for (index, router) in all.iter().enumerate() {
+            if router.upstream.is_some() {
+                continue;
+            }
+            let wan_device = format!("wan{index}");
+            let wan = Tun::create_in(&internet, &wan_device)?;
+            internet_config.push(format!("link set {wan_device} up"));
+            if router.config.translation == Translation::None {
+                for host in self.scenario.hosts.iter().filter(|h| h.router == index) {
                     internet_config
                         .push(format!("route add {}/32 dev {wan_device}", host.public_ip));
                 }
-            }
-            if router.config.translation != Translation::None {
+            } else {
                 internet_config.push(format!(
                     "route add {}/32 dev {wan_device}",
                     router.config.public_ip
                 ));
             }
-            routers.push(match router.kernel {
-                None => self.build_emulated_router(router, &hosts, wan)?,
-                Some(kind) => self.build_kernel_router(router, kind, &hosts, wan)?,
+            let behind = all
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.upstream == Some(index))
+                .map(|(i, _)| cores[i].take().expect("each core once"))
+                .collect();
+            routers.push(RouterIo {
+                outer: cores[index].take().expect("each core once"),
+                wan,
+                behind,
             });
         }
         netns::ip_batch(&internet, &internet_config)?;
@@ -356,8 +384,7 @@ impl Lab {
         &mut self,
         router: RouterSpec,
         hosts: &[HostSpec],
-        wan: Tun,
-    ) -> Result<RouterIo, LabError> {
+    ) -> Result<RouterCore, LabError> {
         let mut lans = Vec::new();
         for host in hosts {
             let ns = format!("{}-{}", self.name, host.name);
@@ -376,10 +403,9 @@ impl Lab {
             )?;
             lans.push((host.address, device));
         }
-        Ok(RouterIo {
+        Ok(RouterCore {
             name: router.name,
             nat: Nat::new(router.config),
-            wan,
             lans,
         })
     }
@@ -392,8 +418,7 @@ impl Lab {
         router: RouterSpec,
         kind: KernelNat,
         hosts: &[HostSpec],
-        wan: Tun,
-    ) -> Result<RouterIo, LabError> {
+    ) -> Result<RouterCore, LabError> {
         let config = &router.config;
         let ns = self.router_netns(&router.name);
         self.add_namespace(ns.clone())?;
@@ -447,10 +472,9 @@ impl Lab {
             seed: config.seed,
             ..NatConfig::router(config.public_ip)
         };
-        Ok(RouterIo {
+        Ok(RouterCore {
             name: router.name,
             nat: Nat::new(link),
-            wan,
             lans: vec![(config.public_ip, router_wan)],
         })
     }

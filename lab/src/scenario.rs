@@ -50,6 +50,10 @@ pub struct RouterSpec {
     pub config: NatConfig,
     /// `Some` for `backend = "kernel"`: the Linux NAT that plays this router.
     pub kernel: Option<KernelNat>,
+    /// Index into [`Scenario::routers`] of the NAT this one sits behind
+    /// (`upstream = "cgn"`): its WAN address is then on that NAT's LAN, in
+    /// the shared address space 100.64.0.0/10, as under carrier-grade NAT.
+    pub upstream: Option<usize>,
 }
 
 impl RouterSpec {
@@ -220,6 +224,8 @@ struct NatSection {
     name: Spanned<String>,
     public_ip: Option<Spanned<Ipv4Addr>>,
     backend: Option<Spanned<Backend>>,
+    /// The NAT this one sits behind (a carrier-grade NAT).
+    upstream: Option<Spanned<String>>,
     #[serde(default = "defaults::mapping")]
     mapping: MappingSetting,
     #[serde(default = "defaults::filtering")]
@@ -396,6 +402,7 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             None => host_public.push(None),
         }
     }
+    let upstreams = resolve_upstreams(&file.nat, &at)?;
     let mut next_auto = 2u8;
     let mut auto_public = |used: &mut HashSet<Ipv4Addr>| -> Result<Ipv4Addr, String> {
         while next_auto < 255 {
@@ -421,9 +428,11 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
                 format!("NAT `{name}` is defined twice"),
             ));
         }
-        let public_ip = match nat_public[i] {
-            Some(ip) => ip,
-            None => auto_public(&mut used_public)?,
+        let public_ip = match (nat_public[i], upstreams[i]) {
+            (Some(ip), _) => ip,
+            // Given its address on the upstream's LAN below.
+            (None, Some(_)) => Ipv4Addr::UNSPECIFIED,
+            (None, None) => auto_public(&mut used_public)?,
         };
         let translation = match nat.mapping {
             MappingSetting::None => Translation::None,
@@ -467,11 +476,31 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             name,
             config,
             kernel,
+            upstream: upstreams[i],
         });
     }
 
-    let mut hosts: Vec<HostSpec> = Vec::new();
+    // A NAT behind another gets the next address of that NAT's LAN, which
+    // is in the shared address space (see `lan_address`), before its hosts.
     let mut lan_hosts: HashMap<usize, u8> = HashMap::new();
+    for i in 0..routers.len() {
+        let Some(upstream) = routers[i].upstream else {
+            continue;
+        };
+        let index = lan_hosts.entry(upstream).or_insert(0);
+        *index += 1;
+        let wan_ip = lan_address(upstream, true, *index).ok_or_else(|| {
+            at(
+                file.nat[i].name.span(),
+                "too many NATs or hosts for the address plan".into(),
+            )
+        })?;
+        routers[i].config.public_ip = wan_ip;
+        routers[upstream].config.gateway_ip = lan_address(upstream, true, 0).expect("in range");
+    }
+    let is_upstream: HashSet<usize> = routers.iter().filter_map(|r| r.upstream).collect();
+
+    let mut hosts: Vec<HostSpec> = Vec::new();
     for (i, host) in file.host.iter().enumerate() {
         let name = host.name.get_ref().clone();
         if hosts.iter().any(|h| h.name == name) {
@@ -493,6 +522,7 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
                 name: format!("{name}_router"),
                 config,
                 kernel: None,
+                upstream: None,
             });
             routers.len() - 1
         } else {
@@ -508,19 +538,18 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
         *index += 1;
         let (address, prefix_len, public_ip) = match routers[router].config.translation {
             Translation::Nat { .. } => {
-                if router >= 254 || *index >= 250 {
-                    return Err(at(
+                let shared = is_upstream.contains(&router);
+                let address = lan_address(router, shared, *index).ok_or_else(|| {
+                    at(
                         host.name.span(),
                         "too many NATs or hosts for the address plan".into(),
-                    ));
-                }
-                let lan = router as u8 + 1;
-                routers[router].config.gateway_ip = Ipv4Addr::new(192, 168, lan, 1);
-                (
-                    Ipv4Addr::new(192, 168, lan, 1 + *index),
-                    24,
-                    routers[router].config.public_ip,
-                )
+                    )
+                })?;
+                routers[router].config.gateway_ip =
+                    lan_address(router, shared, 0).expect("in range");
+                // What the internet sees: the outermost NAT's address.
+                let outermost = routers[router].upstream.unwrap_or(router);
+                (address, 24, routers[outermost].config.public_ip)
             }
             Translation::None | Translation::Link => {
                 if *index > 1 {
@@ -544,6 +573,7 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
     }
     // A router with no host serves no purpose and would get no interface: refuse it.
     for (i, router) in routers.iter().enumerate() {
+        // NATs behind it count: a carrier-grade NAT may serve only home routers.
         if !lan_hosts.contains_key(&i) {
             let span = file.nat.get(i).map(|n| n.name.span()).unwrap_or(0..0);
             return Err(at(
@@ -558,6 +588,78 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
         routers,
         hosts,
     })
+}
+
+/// The `index`-th address of router `router`'s LAN (0: the router itself):
+/// 192.168.N.x for a home LAN, 100.64.N.x (the shared address space of
+/// RFC 6598, which ISPs number their CGN customers from) for a NAT that
+/// other NATs sit behind. `None` when the plan runs out of numbers.
+fn lan_address(router: usize, shared: bool, index: u8) -> Option<Ipv4Addr> {
+    if router >= 254 || index >= 250 {
+        return None;
+    }
+    let lan = router as u8 + 1;
+    let host = 1 + index;
+    Some(if shared {
+        Ipv4Addr::new(100, 64, lan, host)
+    } else {
+        Ipv4Addr::new(192, 168, lan, host)
+    })
+}
+
+/// For each NAT, the index of the NAT it sits behind, refusing chains the
+/// lab cannot build, with the line of the `upstream` key.
+fn resolve_upstreams(
+    nats: &[NatSection],
+    at: &impl Fn(std::ops::Range<usize>, String) -> String,
+) -> Result<Vec<Option<usize>>, String> {
+    let index_of = |name: &str| nats.iter().position(|n| n.name.get_ref() == name);
+    let mut upstreams = Vec::new();
+    for nat in nats {
+        let Some(upstream) = &nat.upstream else {
+            upstreams.push(None);
+            continue;
+        };
+        let name = nat.name.get_ref();
+        let refuse = |message: String| Err(at(upstream.span(), format!("NAT `{name}`: {message}")));
+        let Some(u) = index_of(upstream.get_ref()) else {
+            return refuse(format!(
+                "upstream `{}` is not a NAT of this scenario (defined: {})",
+                upstream.get_ref(),
+                nats.iter()
+                    .map(|n| n.name.get_ref().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        let up = &nats[u];
+        if up.name.get_ref() == name {
+            return refuse("a NAT cannot be its own upstream".into());
+        }
+        if up.upstream.is_some() {
+            return refuse(format!(
+                "upstream `{}` has an upstream itself: chains of more than two NATs are not supported",
+                up.name.get_ref()
+            ));
+        }
+        if up.mapping == MappingSetting::None || nat.mapping == MappingSetting::None {
+            return refuse("a chain is a NAT behind a NAT: mapping = \"none\" cannot take part (a plain router gives its host a public address)".into());
+        }
+        if matches!(&up.backend, Some(b) if *b.get_ref() == Backend::Kernel) {
+            return refuse(format!(
+                "upstream `{}` has backend = \"kernel\", which is not supported as an upstream: a kernel router's LAN is a bridge of host veth links. Use the emulator for the carrier-grade NAT (a kernel home router behind it works)",
+                up.name.get_ref()
+            ));
+        }
+        if let Some(ip) = &nat.public_ip {
+            return Err(at(
+                ip.span(),
+                format!("NAT `{name}` sits behind `{}`: its WAN address comes from the shared space 100.64.0.0/10 of its upstream; remove public_ip", up.name.get_ref()),
+            ));
+        }
+        upstreams.push(Some(u));
+    }
+    Ok(upstreams)
 }
 
 fn nat_translation(mapping: Mapping, nat: &NatSection) -> Translation {
@@ -723,5 +825,83 @@ nat = "none"
         let s = Scenario::parse("[[nat]]\nname = \"n\"\n[[host]]\nname = \"h\"\nnat = \"n\"\n")
             .unwrap();
         assert_eq!(s.routers[0].backend(), Backend::Emulator, "the default");
+    }
+
+    const CHAIN: &str = r#"
+[[nat]]
+name = "cgn"
+mapping = "apdm"
+allocation = "random"
+[[nat]]
+name = "home"
+upstream = "cgn"
+[[nat]]
+name = "khome"
+upstream = "cgn"
+backend = "kernel"
+[[host]]
+name = "alice"
+nat = "home"
+[[host]]
+name = "carol"
+nat = "khome"
+[[host]]
+name = "phone"
+nat = "cgn"
+"#;
+
+    #[test]
+    fn a_nat_behind_a_cgn_gets_a_shared_address_and_its_hosts_the_cgns_public_one() {
+        let s = Scenario::parse(CHAIN).unwrap();
+        let cgn = &s.routers[0];
+        assert_eq!(cgn.upstream, None);
+        assert_eq!(cgn.config.public_ip, Ipv4Addr::new(203, 0, 113, 2));
+        assert_eq!(cgn.config.gateway_ip, Ipv4Addr::new(100, 64, 1, 1));
+        let (home, khome) = (&s.routers[1], &s.routers[2]);
+        assert_eq!(home.upstream, Some(0));
+        assert_eq!(home.config.public_ip, Ipv4Addr::new(100, 64, 1, 2));
+        assert_eq!(khome.config.public_ip, Ipv4Addr::new(100, 64, 1, 3));
+        assert_eq!(khome.backend(), Backend::Kernel);
+        let alice = s.host("alice").unwrap();
+        assert_eq!(alice.address, Ipv4Addr::new(192, 168, 2, 2));
+        assert_eq!(
+            alice.public_ip, cgn.config.public_ip,
+            "the internet sees the CGN"
+        );
+        assert_eq!(s.host("carol").unwrap().public_ip, cgn.config.public_ip);
+        let phone = s.host("phone").unwrap();
+        assert_eq!(
+            phone.address,
+            Ipv4Addr::new(100, 64, 1, 4),
+            "directly on the CGN's LAN"
+        );
+        assert_eq!(phone.public_ip, cgn.config.public_ip);
+    }
+
+    #[test]
+    fn chains_the_lab_cannot_build_are_refused_naming_the_line() {
+        let home_behind = |cgn_keys: &str, home_keys: &str| {
+            error_of(&format!(
+                "[[nat]]\nname = \"cgn\"\n{cgn_keys}\n[[nat]]\nname = \"home\"\nupstream = \"cgn\"\n{home_keys}\n[[host]]\nname = \"h\"\nnat = \"home\"\n"
+            ))
+        };
+        let e = home_behind("backend = \"kernel\"", "");
+        assert!(
+            e.contains("line 6") && e.contains("backend = \"kernel\""),
+            "{e}"
+        );
+        let e = home_behind("mapping = \"none\"", "");
+        assert!(
+            e.contains("line 6") && e.contains("mapping = \"none\""),
+            "{e}"
+        );
+        let e = home_behind("", "public_ip = \"203.0.113.9\"");
+        assert!(e.contains("line 7") && e.contains("100.64.0.0/10"), "{e}");
+        let e = home_behind("upstream = \"home\"", "");
+        assert!(e.contains("more than two NATs"), "{e}");
+        let e = error_of("[[nat]]\nname = \"home\"\nupstream = \"cgm\"\n[[host]]\nname = \"h\"\nnat = \"home\"\n");
+        assert!(e.contains("line 3") && e.contains("`cgm`"), "{e}");
+        let e = error_of("[[nat]]\nname = \"home\"\nupstream = \"home\"\n[[host]]\nname = \"h\"\nnat = \"home\"\n");
+        assert!(e.contains("its own upstream"), "{e}");
     }
 }

@@ -9,6 +9,8 @@
 //!    IP's other port and the other IP, in parallel; then allocation probes
 //!    from fresh ports to the primary endpoint, one after another.
 //! 3. Hairpin: connect from a fresh port to Lf's public endpoint.
+//! 4. Path: SYNs with TTL 1, 2, ... towards the primary endpoint; the
+//!    routers' time-exceeded answers show the NAT chain (`path`).
 //!
 //! Lf is not L: after the mapping probes L has talked to every server
 //! endpoint, so every dial-back would be solicited and filtering would look
@@ -22,6 +24,7 @@
 
 mod error;
 mod filtering;
+mod path;
 mod probe;
 mod socket;
 
@@ -55,6 +58,8 @@ pub struct ClassifyConfig {
     pub hairpin: bool,
     /// How far the echo servers' own word is followed.
     pub trust: EchoTrust,
+    /// Whether to probe the NAT chain with TTL-limited SYNs (see `path`).
+    pub path: bool,
 }
 
 /// Which endpoints besides `servers` the classifier connects to. An echo
@@ -81,6 +86,7 @@ impl Default for ClassifyConfig {
             allocation_probes: 5,
             hairpin: true,
             trust: EchoTrust::default(),
+            path: true,
         }
     }
 }
@@ -197,7 +203,14 @@ pub async fn classify(config: &ClassifyConfig) -> Result<Classification, Classif
         filtering,
         hairpin,
     };
-    Ok(Classification::new(answered.hello.endpoints, observations))
+    let classification = Classification::new(answered.hello.endpoints, observations);
+    if !config.path {
+        return Ok(classification);
+    }
+    // Last, once nothing else needs NAT ports: its SYNs open mappings too.
+    // A router answers within the path's round trip; silence costs the wait.
+    let wait = (rtt * 3).clamp(Duration::from_millis(300), timeout);
+    Ok(classification.with_path(path::probe(primary, wait).await))
 }
 
 fn unspecified(like: SocketAddr, port: u16) -> SocketAddr {

@@ -28,6 +28,9 @@ pub struct ClassifyArgs {
     /// Skip the hairpinning test.
     #[arg(long)]
     pub no_hairpin: bool,
+    /// Skip the path probe (TTL-limited SYNs that count the NATs in front of you).
+    #[arg(long)]
+    pub no_path: bool,
 }
 
 pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
@@ -37,6 +40,7 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         connect_timeout: Duration::from_millis(args.timeout_ms),
         allocation_probes: args.allocation_probes,
         hairpin: !args.no_hairpin,
+        path: !args.no_path,
         // The user chose the server here, so its announcements are followed.
         ..ClassifyConfig::default()
     };

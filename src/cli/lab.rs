@@ -95,6 +95,24 @@ fn campaign(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     print!("{}", outcome.headline);
+    // Lab campaigns only: which machinery played each volunteer's router
+    // (the results' network label is the router's name).
+    println!("Routers (network label: backend, behind):");
+    for router in outcome.routers.iter().filter(|r| r.mapping != "none") {
+        println!(
+            "  {}: {}{}{}",
+            router.name,
+            router.backend,
+            router
+                .kernel_nat
+                .as_deref()
+                .map_or(String::new(), |k| format!(" ({k})")),
+            router
+                .upstream
+                .as_deref()
+                .map_or(String::new(), |u| format!(", behind {u}"))
+        );
+    }
     println!("Report: {}", outcome.report_html.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::collector::CollectorClient;
 use crate::report::{self, ReportOptions, ReportRunError};
 
-use super::instance::{Lab, LabError, LabOptions};
+use super::instance::{HostInfo, Lab, LabError, LabOptions, RouterInfo};
 use super::netns;
 use super::scenario::{HostRole, Scenario};
 
@@ -55,6 +55,12 @@ pub struct CampaignOutcome {
     pub results: usize,
     /// The router event log of the lab (ground truth).
     pub events_jsonl: PathBuf,
+    /// Every router of the lab: its backend (`emulator` or `kernel`, a real
+    /// Linux NAT), behaviour and upstream (a carrier-grade NAT). A
+    /// volunteer's result carries its router's name as network label.
+    pub routers: Vec<RouterInfo>,
+    /// Every host and the router it sits behind.
+    pub hosts: Vec<HostInfo>,
     /// The report built from the export: its index.html.
     pub report_html: PathBuf,
     /// The report's headline table, as `punchscope report` prints it.
@@ -282,6 +288,7 @@ fn run_servers_and_probes(
         .iter()
         .filter(|h| h.role == HostRole::Volunteer)
         .count();
+    let info = lab.info();
     lab.shutdown()?;
     Ok(CampaignOutcome {
         volunteers,
@@ -290,6 +297,8 @@ fn run_servers_and_probes(
         results_jsonl,
         results,
         events_jsonl,
+        routers: info.routers,
+        hosts: info.hosts,
         report_html: PathBuf::new(),
         headline: String::new(),
         seconds: started.elapsed().as_secs_f64(),

@@ -35,6 +35,10 @@ pub struct PairTrial {
     pub echo: SocketAddr,
     /// Run this Bitcoin handshake over the punched socket.
     pub handshake: Option<HandshakeSpec>,
+    /// `low_ttl` priming TTL of each side (initiator, responder), as the
+    /// coordinator sends it from each side's measured path; `None`: the
+    /// plan's fixed `low_ttl` for both.
+    pub prime_ttls: Option<(u8, u8)>,
 }
 
 impl PairTrial {
@@ -63,6 +67,7 @@ impl PairTrial {
             ports,
             echo,
             handshake: None,
+            prime_ttls: None,
         }
     }
 
@@ -115,13 +120,14 @@ pub fn run_pair(lab: &Lab, t: &PairTrial) -> Result<(TrialRecord, TrialRecord), 
         .run_in(&t.responder, || block_on(observe(any_port(b_port), t.echo)))?
         .map_err(LabError::Traffic)?;
     if t.strategy() == Strategy::LowTtl {
-        let prime = |host: &str, port: u16, peer: SocketAddr| {
+        let prime = |host: &str, port: u16, peer: SocketAddr, ttl: u8| {
             lab.run_in(host, move || {
-                block_on(punch::prime_low_ttl(any_port(port), peer, t.plan.low_ttl))
+                block_on(punch::prime_low_ttl(any_port(port), peer, ttl))
             })
         };
-        prime(&t.initiator, a_port, b_public)?.map_err(LabError::Traffic)?;
-        prime(&t.responder, b_port, a_public)?.map_err(LabError::Traffic)?;
+        let (a_ttl, b_ttl) = t.prime_ttls.unwrap_or((t.plan.low_ttl, t.plan.low_ttl));
+        prime(&t.initiator, a_port, b_public, a_ttl)?.map_err(LabError::Traffic)?;
+        prime(&t.responder, b_port, a_public, b_ttl)?.map_err(LabError::Traffic)?;
         // What the coordinator waits for: both sides reported their priming SYN sent.
         std::thread::sleep(Duration::from_millis(50));
     }

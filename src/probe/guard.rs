@@ -44,6 +44,9 @@ struct Current {
 pub struct CoordinatorGuard {
     plan: Plan,
     addresses: AddressPolicy,
+    /// The TTL a prime may carry: the plan's, or the one our own path
+    /// measurement calls for (the coordinator relays it from our verdict).
+    prime_ttl: u8,
     next_trial: u32,
     current: Option<Current>,
 }
@@ -85,6 +88,7 @@ impl CoordinatorGuard {
         Ok(CoordinatorGuard {
             plan: plan.clone(),
             addresses,
+            prime_ttl: plan.low_ttl,
             next_trial: 0,
             current: None,
         })
@@ -130,14 +134,27 @@ impl CoordinatorGuard {
         Ok(())
     }
 
-    /// `prime`: once, for the current low-TTL trial, with the plan's TTL and a public peer.
+    /// Expects primes with the TTL our own classification measured (its
+    /// path's `prime_ttl`, which the coordinator sends back to us) instead
+    /// of the plan's fixed one. Our measurement, not the coordinator's word.
+    pub fn with_own_verdict(
+        mut self,
+        verdict: Option<&punchscope_analysis::classify::Verdict>,
+    ) -> Self {
+        if let Some(v) = verdict {
+            self.prime_ttl = v.prime_ttl_or(self.plan.low_ttl);
+        }
+        self
+    }
+
+    /// `prime`: once, for the current low-TTL trial, with the expected TTL and a public peer.
     pub fn prime(
         &mut self,
         trial: u32,
         peer: SocketAddr,
         ttl: u8,
     ) -> Result<(), CoordinatorViolation> {
-        let (plan_ttl, addresses) = (self.plan.low_ttl, self.addresses);
+        let (expected_ttl, addresses) = (self.prime_ttl, self.addresses);
         let current = self.current_mut(trial, "prime")?;
         if current.strategy != Strategy::LowTtl {
             return Err(violation(
@@ -153,11 +170,11 @@ impl CoordinatorGuard {
                 format!("a second prime for trial {trial}"),
             ));
         }
-        if ttl != plan_ttl {
+        if ttl != expected_ttl {
             return Err(violation(
                 ViolationRule::Ttl,
                 Some(trial),
-                format!("prime with TTL {ttl}, the plan's is {plan_ttl}"),
+                format!("prime with TTL {ttl}, expected {expected_ttl} (the plan's, or our measured path's)"),
             ));
         }
         addresses.check(peer).map_err(|why| {
@@ -399,6 +416,50 @@ mod tests {
             Strategy::Simultaneous,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_prime_may_carry_the_ttl_of_our_own_measured_path_and_no_other() {
+        use punchscope_analysis::classify::{Finding, PathVerdict, Verdict};
+        fn unknown<T>() -> Finding<T> {
+            Finding::Unknown {
+                reason: "not measured in this test".into(),
+            }
+        }
+        let verdict = Verdict {
+            no_nat: false,
+            mapping: unknown(),
+            filtering: unknown(),
+            port_preserved: None,
+            allocation: unknown(),
+            hairpin: None,
+            missing: Vec::new(),
+            path: Some(PathVerdict {
+                hops: Vec::new(),
+                nat_hops: Some(3),
+                cgnat: Some(true),
+                prime_ttl: Some(4),
+            }),
+        };
+        let mut g = guard().with_own_verdict(Some(&verdict));
+        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.go(0, peer(), ms(40), ms(0), Strategy::Simultaneous)
+            .unwrap();
+        g.trial(1, Strategy::LowTtl).unwrap();
+        assert_eq!(
+            rule(g.clone().prime(1, peer(), 3)),
+            ViolationRule::Ttl,
+            "the plan's TTL is not ours now"
+        );
+        assert_eq!(rule(g.clone().prime(1, peer(), 64)), ViolationRule::Ttl);
+        g.prime(1, peer(), 4).unwrap();
+        // Without a measured path, the plan's TTL stands.
+        let mut g = guard().with_own_verdict(None);
+        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.go(0, peer(), ms(40), ms(0), Strategy::Simultaneous)
+            .unwrap();
+        g.trial(1, Strategy::LowTtl).unwrap();
+        g.prime(1, peer(), 3).unwrap();
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub async fn run_pairing(
     let record = &mut run.pairing;
     let plan = pairing.plan;
     let mut guard = match CoordinatorGuard::new(&plan, options.addresses) {
-        Ok(guard) => guard,
+        Ok(guard) => guard.with_own_verdict(options.hello.verdict.as_deref()),
         Err(violation) => {
             leave_for_violation(&mut client, record, violation).await;
             return Ok(run);

@@ -36,6 +36,7 @@ pub fn verdict(mapping: Option<Mapping>, filtering: Option<Filtering>) -> Verdic
         },
         hairpin: Some(false),
         missing: vec![],
+        path: None,
     }
 }
 

@@ -17,6 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::nat::{Allocation, Filtering, Mapping};
 
+mod path;
+pub use path::{
+    path_verdict, HopAnswer, HopClass, HopObservation, PathObservation, PathVerdict, MAX_PATH_TTL,
+};
+
 /// Which server endpoint a dial-back comes from, relative to the endpoint the
 /// asking connection reached. Also used on the echo wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -206,6 +211,10 @@ pub struct Verdict {
     pub hairpin: Option<bool>,
     /// Measurements that could not be made, in words a volunteer can act on.
     pub missing: Vec<String>,
+    /// The NAT chain in front of the host (hop classes only, no address),
+    /// from the TTL-limited probe sequence; absent when it was not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathVerdict>,
 }
 
 /// A classification run as stored and printed with `--json`: what was
@@ -215,6 +224,9 @@ pub struct Classification {
     /// Every endpoint the primary echo server announced.
     pub server_endpoints: Vec<SocketAddr>,
     pub observations: Observations,
+    /// The TTL-limited probe sequence (see [`path_verdict`]), if it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathObservation>,
     pub verdict: Verdict,
 }
 
@@ -225,8 +237,16 @@ impl Classification {
         Classification {
             server_endpoints,
             observations,
+            path: None,
             verdict,
         }
+    }
+
+    /// Adds the path probe sequence and its reading to the verdict.
+    pub fn with_path(mut self, path: PathObservation) -> Self {
+        self.verdict.path = Some(path_verdict(&path));
+        self.path = Some(path);
+        self
     }
 }
 
@@ -267,6 +287,7 @@ pub fn verdict(obs: &Observations) -> Verdict {
         allocation,
         hairpin,
         missing,
+        path: None,
     }
 }
 
@@ -537,7 +558,37 @@ impl Verdict {
             }
         }
         parts.push(finding_words(&self.filtering, filtering_words, "filtering"));
-        format!("{}: {}", parts.join(", "), self.outlook())
+        format!(
+            "{}: {}{}",
+            parts.join(", "),
+            self.outlook(),
+            self.chain_words()
+        )
+    }
+
+    /// The TTL of a `low_ttl` priming SYN from this side: the measured
+    /// [`PathVerdict::prime_ttl`], or `fallback` (the plan's fixed `low_ttl`)
+    /// when the path was not measured or not completely.
+    pub fn prime_ttl_or(&self, fallback: u8) -> u8 {
+        self.path
+            .as_ref()
+            .and_then(|p| p.prime_ttl)
+            .unwrap_or(fallback)
+    }
+
+    /// The NAT chain, when the path probe saw more than the home router.
+    fn chain_words(&self) -> String {
+        let Some(path) = &self.path else {
+            return String::new();
+        };
+        match (path.cgnat, path.nat_hops) {
+            (Some(true), Some(n)) => {
+                format!(" (behind carrier-grade NAT: {n} NATs before the internet)")
+            }
+            (Some(true), None) => " (behind carrier-grade NAT)".to_string(),
+            (_, Some(n)) if n >= 2 => format!(" ({n} NATs before the internet)"),
+            _ => String::new(),
+        }
     }
 
     fn outlook(&self) -> &'static str {

@@ -110,6 +110,9 @@ struct Side {
     attempts: u32,
     /// The handshake's transport and success, if one was recorded.
     handshake: Option<(Option<Transport>, bool)>,
+    /// Whether this side's path probe saw carrier-grade NAT, and its peer's (from `peer_verdict`).
+    cgnat: Option<bool>,
+    peer_cgnat: Option<bool>,
 }
 
 /// A trial being assembled from one or two sides.
@@ -140,6 +143,9 @@ pub struct CountedTrial {
     pub handshake_transport: Option<Transport>,
     /// `None` when no side recorded a handshake.
     pub handshake_success: Option<bool>,
+    /// Whether either side was behind carrier-grade NAT (its path probe saw
+    /// a shared-space hop); `None` when that is not known for both sides.
+    pub cgnat: Option<bool>,
 }
 
 impl CountedTrial {
@@ -207,7 +213,15 @@ fn finding_label<T: Copy + fmt::Display>(finding: &Finding<T>) -> String {
     }
 }
 
-fn side_of(record: &TrialRecord, own: NatType, peer_hint: NatType) -> Side {
+fn cgnat_of(verdict: &Verdict) -> Option<bool> {
+    verdict.path.as_ref().and_then(|p| p.cgnat)
+}
+
+fn side_of(
+    record: &TrialRecord,
+    (own, peer_hint): (NatType, NatType),
+    (cgnat, peer_cgnat): (Option<bool>, Option<bool>),
+) -> Side {
     Side {
         role: record.role,
         outcome: record.outcome,
@@ -216,6 +230,8 @@ fn side_of(record: &TrialRecord, own: NatType, peer_hint: NatType) -> Side {
         go_ms: record.go_to_established_ms.filter(|v| v.is_finite()),
         attempts: u32::try_from(record.attempts.len()).unwrap_or(u32::MAX),
         handshake: record.handshake.as_ref().map(|h| (h.transport, h.success)),
+        cgnat,
+        peer_cgnat,
     }
 }
 
@@ -239,8 +255,12 @@ impl Aggregator {
                 .peer_verdict
                 .as_ref()
                 .map_or(NatType::UNKNOWN, NatType::of);
+            let cgnat = (
+                cgnat_of(verdict),
+                pairing.peer_verdict.as_ref().and_then(cgnat_of),
+            );
             for record in &pairing.trials {
-                self.add_record(record, own, peer_hint);
+                self.add_record(record, (own, peer_hint), cgnat);
             }
         }
         // The NAT population is the volunteers': a reference peer uploads one
@@ -260,9 +280,14 @@ impl Aggregator {
         *self.type_runs.entry(own).or_default() += 1;
     }
 
-    fn add_record(&mut self, record: &TrialRecord, own: NatType, peer_hint: NatType) {
+    fn add_record(
+        &mut self,
+        record: &TrialRecord,
+        nat: (NatType, NatType),
+        cgnat: (Option<bool>, Option<bool>),
+    ) {
         self.counts.trial_records += 1;
-        let side = side_of(record, own, peer_hint);
+        let side = side_of(record, nat, cgnat);
         let Some(id) = record.trial_id.as_deref().filter(|s| !s.is_empty()) else {
             self.trials.push(Pending {
                 id: None,
@@ -373,6 +398,16 @@ fn resolve(pending: Pending, counts: &mut InputCounts) -> CountedTrial {
         sides.iter().filter_map(|s| s.handshake).collect();
     let handshake_transport = handshakes.iter().find_map(|h| h.0);
     let handshake_success = (!handshakes.is_empty()).then(|| handshakes.iter().all(|h| h.1));
+    // Each side's own measurement, else what its peer was told of it.
+    let cgnat_of_side = |me: Option<Side>, other: Option<Side>| {
+        me.and_then(|s| s.cgnat)
+            .or_else(|| other.and_then(|o| o.peer_cgnat))
+    };
+    let cgnat = match (cgnat_of_side(init, resp), cgnat_of_side(resp, init)) {
+        (Some(true), _) | (_, Some(true)) => Some(true),
+        (Some(false), Some(false)) => Some(false),
+        _ => None,
+    };
     CountedTrial {
         trial_id: id,
         strategy,
@@ -385,6 +420,7 @@ fn resolve(pending: Pending, counts: &mut InputCounts) -> CountedTrial {
         attempts,
         handshake_transport,
         handshake_success,
+        cgnat,
     }
 }
 

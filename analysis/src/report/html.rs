@@ -297,6 +297,25 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
                 <code>low_ttl</code>: each side first opens its own NAT mapping with a SYN whose TTL dies before the peer's NAT, then connects and listens.</p>\n");
     h.push_str("</section>\n");
 
+    // Carrier-grade NAT: a table of its own, shown once any trial has a path measurement.
+    if summary.cgnat.iter().any(|row| row.group != "not_measured") {
+        h.push_str("<section id=cgnat>\n<h2>Success with and without carrier-grade NAT</h2>\n");
+        let _ = writeln!(h, "<table><tr><th>trials</th>{RATE_HEAD}</tr>");
+        for row in &summary.cgnat {
+            let label = match row.group.as_str() {
+                "behind_cgnat" => "a side behind carrier-grade NAT",
+                "no_cgnat" => "neither side behind carrier-grade NAT",
+                _ => "not measured (a side without the path probe)",
+            };
+            let _ = writeln!(
+                h,
+                "<tr><td>{label}</td>{}</tr>",
+                rate_cells(&row.proportion)
+            );
+        }
+        h.push_str("</table>\n<p class=note>Carrier-grade NAT: the side's TTL-limited probe met a router in the shared address space 100.64.0.0/10 before the public internet.</p>\n</section>\n");
+    }
+
     // Handshake.
     let hs = &summary.handshake;
     h.push_str("<section id=handshake>\n<h2>Bitcoin P2P handshake over a punched socket</h2>\n");

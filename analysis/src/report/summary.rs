@@ -39,6 +39,16 @@ pub struct StrategyRow {
     pub median_ms: Option<f64>,
 }
 
+/// Success with and without carrier-grade NAT on the path (either side).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CgnatRow {
+    /// `behind_cgnat` (at least one side), `no_cgnat` (both sides measured
+    /// without), or `not_measured` (a side without the path probe).
+    pub group: String,
+    #[serde(flatten)]
+    pub proportion: Proportion,
+}
+
 /// The Bitcoin handshake over punched sockets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HandshakeSummary {
@@ -121,6 +131,9 @@ pub struct Summary {
     pub nat_types: Vec<String>,
     pub nat_pairs: Vec<PairCell>,
     pub strategies: Vec<StrategyRow>,
+    /// Success by carrier-grade NAT; summaries from before it have none.
+    #[serde(default)]
+    pub cgnat: Vec<CgnatRow>,
     pub handshake: HandshakeSummary,
     pub time_to_connect: TimeSummary,
     pub attempts: AttemptsSummary,
@@ -133,6 +146,25 @@ fn outcome_name(o: TrialOutcome) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| format!("{o:?}"))
+}
+
+/// Success behind carrier-grade NAT, without it, and not measured; groups with no trial are left out.
+fn cgnat_rows(trials: &[CountedTrial]) -> Vec<CgnatRow> {
+    [
+        ("behind_cgnat", Some(true)),
+        ("no_cgnat", Some(false)),
+        ("not_measured", None),
+    ]
+    .into_iter()
+    .filter_map(|(group, cgnat)| {
+        let of_group = trials.iter().filter(|t| t.cgnat == cgnat);
+        let (ok, n) = of_group.fold((0, 0), |(ok, n), t| (ok + u64::from(t.success), n + 1));
+        (n > 0).then(|| CgnatRow {
+            group: group.to_string(),
+            proportion: Proportion::new(ok, n),
+        })
+    })
+    .collect()
 }
 
 fn cdf_points(sorted: &[f64]) -> Vec<(f64, f64)> {
@@ -272,6 +304,7 @@ impl Summary {
                 })
                 .collect(),
             strategies: strategy_rows,
+            cgnat: cgnat_rows(trials),
             handshake,
             time_to_connect,
             attempts,

@@ -36,6 +36,7 @@ fn verdict(m: Option<Mapping>, f: Option<Filtering>) -> Verdict {
         },
         hairpin: None,
         missing: vec![],
+        path: None,
     }
 }
 
@@ -534,4 +535,64 @@ fn a_reference_peers_results_join_each_volunteers_trials_once_and_stay_out_of_th
         .map(|(t, _)| t.as_str())
         .collect();
     assert_eq!(types, ["eim/apdf", "apdm/apdf"]);
+}
+
+#[test]
+fn success_splits_by_carrier_grade_nat_with_the_peer_verdict_filling_a_missing_side() {
+    use crate::classify::{path_verdict, HopAnswer, HopObservation, PathObservation};
+    let behind = |hops: &[&str]| {
+        let mut v = eim_apdf();
+        v.path = Some(path_verdict(&PathObservation {
+            hops: (1u8..)
+                .zip(hops)
+                .map(|(ttl, from)| HopObservation {
+                    ttl,
+                    answer: HopAnswer::TimeExceeded {
+                        from: from.parse().unwrap(),
+                    },
+                })
+                .collect(),
+            error: None,
+        }));
+        v
+    };
+    let cgn = behind(&["192.168.1.1", "100.64.0.1", "198.51.100.1"]);
+    let home = behind(&["192.168.1.1", "198.51.100.1"]);
+    // Joined: alice behind CGNAT, bob not. One success in two.
+    let alice = run(
+        Role::Initiator,
+        cgn.clone(),
+        Some(home.clone()),
+        vec![t(0, Some("c0"), Connected), t(1, Some("c1"), Timeout)],
+    );
+    let bob = run(
+        Role::Responder,
+        home.clone(),
+        Some(cgn),
+        vec![t(0, Some("c0"), Connected), t(1, Some("c1"), Timeout)],
+    );
+    // One side only, the peer told about: neither behind CGNAT, a success.
+    let carol = run(
+        Role::Initiator,
+        home.clone(),
+        Some(home),
+        vec![t(0, Some("h0"), Connected)],
+    );
+    // No path measurement anywhere.
+    let dave = run(
+        Role::Initiator,
+        eim_apdf(),
+        None,
+        vec![t(0, Some("n0"), Refused)],
+    );
+    let (s, _) = summary_of(&[alice, bob, carol, dave]);
+    let row = |group: &str| {
+        let r = s.cgnat.iter().find(|r| r.group == group).unwrap();
+        (r.proportion.successes, r.proportion.n)
+    };
+    assert_eq!(row("behind_cgnat"), (1, 2));
+    assert_eq!(row("no_cgnat"), (1, 1));
+    assert_eq!(row("not_measured"), (0, 1));
+    let html = super::html::render(&s).unwrap();
+    assert!(html.contains("Success with and without carrier-grade NAT"));
 }

@@ -607,11 +607,20 @@ impl Coordinator {
                 if pair.strategy == Strategy::LowTtl {
                     pair.phase = Phase::Priming;
                     let trial = pair.trial;
-                    let ttl = self.config.plan.low_ttl;
+                    let fixed = self.config.plan.low_ttl;
                     let conns = pair.conns;
                     let peers = [pair.sides[1].observed, pair.sides[0].observed];
                     for side in 0..2 {
                         let peer = peers[side].expect("both registered");
+                        // Each side's own chain decides: the prime must pass every
+                        // NAT of its side (measured by its classification's path
+                        // probe) and die before the peer's; the plan's fixed TTL
+                        // is for clients that sent no path.
+                        let ttl = self
+                            .conns
+                            .get(&conns[side])
+                            .and_then(|c| c.verdict.as_ref())
+                            .map_or(fixed, |v| v.prime_ttl_or(fixed));
                         self.send(conns[side], ServerMessage::Prime { trial, peer, ttl });
                     }
                     let at = now + self.config.primed_timeout;

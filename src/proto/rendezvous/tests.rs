@@ -609,6 +609,7 @@ fn eim_apdf_verdict() -> punchscope_analysis::classify::Verdict {
         },
         hairpin: None,
         missing: vec!["hairpinning was not tested".into()],
+        path: None,
     }
 }
 
@@ -685,4 +686,58 @@ fn ipv4_clients_of_a_dual_stack_listener_are_limited_one_by_one() {
             ..
         }]
     ));
+}
+
+#[test]
+fn each_side_primes_with_the_ttl_its_own_path_measured_else_the_plans() {
+    use punchscope_analysis::classify::{path_verdict, HopAnswer, HopObservation, PathObservation};
+    let mut behind_cgn = eim_apdf_verdict();
+    behind_cgn.path = Some(path_verdict(&PathObservation {
+        hops: ["192.168.1.1", "100.64.0.1", "198.51.100.1"]
+            .iter()
+            .zip(1u8..)
+            .map(|(from, ttl)| HopObservation {
+                ttl,
+                answer: HopAnswer::TimeExceeded {
+                    from: from.parse().unwrap(),
+                },
+            })
+            .collect(),
+        error: None,
+    }));
+    let mut h = Harness::new(config(plan(1, "[\"low_ttl\"]", 0, 1)));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello_with_verdict(behind_cgn));
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello_with_verdict(eim_apdf_verdict()));
+    let (mut log1, mut log2) = (Vec::new(), Vec::new());
+    answer_pings(&mut h, 1, Duration::from_millis(10), &mut log1);
+    answer_pings(&mut h, 2, Duration::from_millis(10), &mut log2);
+    let token = |log: &[ServerMessage]| {
+        log.iter()
+            .find_map(|m| match m {
+                ServerMessage::Trial { token, .. } => Some(token.clone()),
+                _ => None,
+            })
+            .expect("a trial message")
+    };
+    let (t1, t2) = (token(&log1), token(&log2));
+    h.connect(10, "127.0.0.2:2000");
+    h.say(10, &ClientMessage::Register { token: t1 });
+    h.connect(11, "127.0.0.3:3000");
+    h.say(11, &ClientMessage::Register { token: t2 });
+    let ttl = |msgs: Vec<ServerMessage>| {
+        msgs.iter()
+            .find_map(|m| match m {
+                ServerMessage::Prime { ttl, .. } => Some(*ttl),
+                _ => None,
+            })
+            .expect("a prime message")
+    };
+    assert_eq!(
+        ttl(h.take(1)),
+        3,
+        "home NAT + CGN measured: two NATs to pass"
+    );
+    assert_eq!(ttl(h.take(2)), 2, "no path measured: the plan's low_ttl");
 }

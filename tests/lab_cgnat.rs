@@ -1,0 +1,224 @@
+//! NAT chains: home routers (emulator and kernel) behind a carrier-grade NAT
+//! in the shared address space 100.64.0.0/10; what the internet sees, what
+//! `classify` reports of the chain, and `low_ttl` with a measured TTL.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
+
+mod common;
+
+use std::net::{SocketAddr, SocketAddrV4};
+
+use common::*;
+use punchscope::analysis::classify::{Classification, Finding, HopClass};
+use punchscope::analysis::nat::Mapping;
+use punchscope::analysis::trial::{Strategy, TrialOutcome};
+use punchscope::lab::nat::NatEvent;
+use punchscope::lab::pair::{run_pair, PairTrial};
+use punchscope::lab::services::EchoService;
+use punchscope::lab::Lab;
+
+const S1P1: &str = "198.51.100.10:3478";
+const S1P2: &str = "198.51.100.10:3479";
+const S2P1: &str = "198.51.100.11:3478";
+const S2P2: &str = "198.51.100.11:3479";
+
+fn local(lab: &Lab, host: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(lab.scenario().host(host).unwrap().address, port)
+}
+
+const CHAIN: &str = r#"
+[[nat]]
+name = "cgn"
+mapping = "eim"
+delay_ms = 2
+[[nat]]
+name = "home"
+upstream = "cgn"
+delay_ms = 1
+[[nat]]
+name = "khome"
+upstream = "cgn"
+backend = "kernel"
+[[host]]
+name = "alice"
+nat = "home"
+[[host]]
+name = "carol"
+nat = "khome"
+[[nat]]
+name = "solo"
+[[host]]
+name = "dave"
+nat = "solo"
+"#;
+
+#[test]
+fn home_routers_behind_a_cgn_reach_the_internet_as_the_cgn() {
+    let lab = start_lab("chmap", CHAIN);
+    let _servers = EchoServer::start(&lab, &[S1P1, S2P1]);
+    let cgn_public = lab.scenario().routers[0].config.public_ip;
+    for host in ["alice", "carol"] {
+        let from = local(&lab, host, 41000);
+        let seen = lab
+            .run_in(host, || [S1P1, S2P1].map(|s| observe(from, ep(s))))
+            .unwrap();
+        assert_eq!(*seen[0].ip(), cgn_public, "{host}: {seen:?}");
+        assert_eq!(seen[0], seen[1], "{host}: EIM at both NATs: {seen:?}");
+    }
+    // The CGN mapped the home routers' shared addresses, not the hosts'.
+    let internal: Vec<_> = lab
+        .events()
+        .iter()
+        .filter(|e| e.router == "cgn")
+        .filter_map(|e| e.event.new_mapping())
+        .map(|(internal, _)| *internal.ip())
+        .collect();
+    assert!(!internal.is_empty());
+    assert!(
+        internal.iter().all(|ip| ip.octets()[..2] == [100, 64]),
+        "{internal:?}"
+    );
+}
+
+/// The real `classify --json` in `host`, against the lab's echo servers.
+fn classify_in(lab: &Lab, host: &str) -> Classification {
+    let output = punchscope::lab::netns::command_in(
+        &lab.host_netns(host).unwrap(),
+        env!("CARGO_BIN_EXE_punchscope"),
+    )
+    .unwrap()
+    .args(["classify", "--json", "--server", S1P1, "--server", S2P1])
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{host}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn classify_reports_the_chain_and_cgnat_behind_either_home_backend() {
+    let lab = start_lab("chcls", CHAIN);
+    let servers: Vec<SocketAddr> = [S1P1, S1P2, S2P1, S2P2]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let _echo = EchoService::start(&lab, &servers).unwrap();
+    use HopClass::*;
+    // The servers live in the internet namespace itself: the first hop
+    // after the NATs is the destination (a public router on the internet).
+    for (host, hops, nat_hops, cgnat) in [
+        ("alice", vec![Private, Shared, Destination], 2, true),
+        ("carol", vec![Private, Shared, Destination], 2, true),
+        ("dave", vec![Private, Destination], 1, false),
+    ] {
+        let c = classify_in(&lab, host);
+        let path = c.verdict.path.clone().expect("the path probe ran");
+        assert_eq!(path.hops, hops, "{host}: {:?}", c.path);
+        assert_eq!(path.nat_hops, Some(nat_hops), "{host}");
+        assert_eq!(path.cgnat, Some(cgnat), "{host}");
+        assert_eq!(path.prime_ttl, Some(nat_hops + 1), "{host}");
+        assert_eq!(
+            c.verdict.mapping,
+            Finding::Known {
+                value: Mapping::Eim
+            },
+            "{host}: two EIM NATs in a row map as one"
+        );
+        assert_eq!(
+            c.verdict.summary().contains("carrier-grade"),
+            cgnat,
+            "{host}"
+        );
+    }
+}
+
+/// Two CGNAT chains: a home EIM router behind an RST-answering EIM CGN with
+/// 50 ms one way to the internet, on each side.
+const TWO_CHAINS: &str = r#"
+[[nat]]
+name = "cgn_a"
+unsolicited = "rst"
+delay_ms = 50
+[[nat]]
+name = "home_a"
+upstream = "cgn_a"
+[[nat]]
+name = "cgn_b"
+unsolicited = "rst"
+delay_ms = 50
+[[nat]]
+name = "home_b"
+upstream = "cgn_b"
+[[host]]
+name = "alice"
+nat = "home_a"
+[[host]]
+name = "bob"
+nat = "home_b"
+"#;
+
+#[test]
+fn low_ttl_primes_the_whole_chain_with_the_measured_ttl_and_not_with_a_fixed_2() {
+    const TRIALS: u32 = 5;
+    let lab = start_lab("chttl", TWO_CHAINS);
+    let servers: Vec<SocketAddr> = [S1P1, S1P2, S2P1, S2P2]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let _echo = EchoService::start(&lab, &servers).unwrap();
+    let measured = |host: &str| {
+        let path = classify_in(&lab, host).verdict.path.expect("path probed");
+        assert_eq!(path.cgnat, Some(true), "{host}: {path:?}");
+        path.prime_ttl.expect("a complete path")
+    };
+    let ttls = (measured("alice"), measured("bob"));
+    assert_eq!(ttls, (3, 3), "home NAT + CGN: the prime must pass two NATs");
+    let mut port = 31000;
+    let mut run = |prime_ttls: (u8, u8)| {
+        let mut connected = 0;
+        let mut outcomes = Vec::new();
+        for n in 0..TRIALS {
+            let mut t = PairTrial::new(
+                "alice",
+                "bob",
+                n,
+                Strategy::LowTtl,
+                (port, port + 1),
+                servers[0],
+            );
+            port += 2;
+            t.prime_ttls = Some(prime_ttls);
+            // The responder starts 150 ms late: beyond the 100 ms an early SYN
+            // needs to reach the peer's CGN. One attempt, so no retry hides it.
+            t.plan.injected_skew_ms = 150;
+            t.plan.max_attempts = 1;
+            let (a, b) = run_pair(&lab, &t).unwrap();
+            if a.outcome == TrialOutcome::Connected && b.outcome == TrialOutcome::Connected {
+                connected += 1;
+            }
+            outcomes.push((a.outcome, b.outcome));
+        }
+        (connected, outcomes)
+    };
+    let (with_measured, measured_outcomes) = run(ttls);
+    let (with_fixed, fixed_outcomes) = run((2, 2));
+    eprintln!(
+        "low_ttl across two CGNAT chains, 150 ms skew: measured TTL {ttls:?} {with_measured}/{TRIALS} {measured_outcomes:?}; fixed TTL 2 {with_fixed}/{TRIALS} {fixed_outcomes:?}"
+    );
+    assert_eq!(with_measured, TRIALS, "{measured_outcomes:?}");
+    assert_eq!(
+        with_fixed, 0,
+        "a TTL 2 prime dies at the home side's CGN and opens only the home NAT: {fixed_outcomes:?}"
+    );
+    // The fixed prime died inside the chain: the CGNs logged it as time exceeded.
+    let died_in_cgn = lab
+        .events()
+        .iter()
+        .filter(|e| e.router.starts_with("cgn_"))
+        .filter(|e| matches!(e.event, NatEvent::TtlExceeded { .. }))
+        .count();
+    assert!(died_in_cgn >= 2 * TRIALS as usize, "{died_in_cgn}");
+}
