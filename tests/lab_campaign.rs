@@ -3,16 +3,16 @@
 // The lab is Linux-only and behind the `lab` feature.
 #![cfg(all(feature = "lab", target_os = "linux"))]
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
 use punchscope::analysis::classify::Finding;
 use punchscope::analysis::result::{CollectedResult, RunMode};
 use punchscope::lab::Scenario;
+use support::lab::*;
 
 const SCENARIO: &str = r#"
 [[nat]]

@@ -4,11 +4,10 @@
 // The lab is Linux-only and behind the `lab` feature.
 #![cfg(all(feature = "lab", target_os = "linux"))]
 
-mod common;
+mod support;
 
 use std::net::{SocketAddr, SocketAddrV4};
 
-use common::*;
 use punchscope::analysis::classify::{Classification, Finding, HopClass};
 use punchscope::analysis::nat::Mapping;
 use punchscope::analysis::trial::{Strategy, TrialOutcome};
@@ -16,6 +15,7 @@ use punchscope::lab::nat::NatEvent;
 use punchscope::lab::pair::{run_pair, PairTrial};
 use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
+use support::lab::*;
 
 const S1P1: &str = "198.51.100.10:3478";
 const S1P2: &str = "198.51.100.10:3479";
@@ -55,7 +55,7 @@ nat = "solo"
 #[test]
 fn home_routers_behind_a_cgn_reach_the_internet_as_the_cgn() {
     let lab = start_lab("chmap", CHAIN);
-    let _servers = EchoServer::start(&lab, &[S1P1, S2P1]);
+    let _servers = EndpointReflector::start(&lab, &[S1P1, S2P1]);
     let cgn_public = lab.scenario().routers[0].config.public_ip;
     for host in ["alice", "carol"] {
         let from = local(&lab, host, 41000);

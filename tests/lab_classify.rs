@@ -4,16 +4,16 @@
 // The lab is Linux-only and behind the `lab` feature.
 #![cfg(all(feature = "lab", target_os = "linux"))]
 
-mod common;
+mod support;
 
 use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use punchscope::analysis::classify::{AllocationPattern, Classification, Finding};
 use punchscope::analysis::nat::{Allocation, Filtering, Mapping, UnsolicitedAnswer};
 use punchscope::lab::netns;
+use support::lab::*;
 
 const ROUNDS: usize = 5;
 const SERVERS: [&str; 4] = [

@@ -4,18 +4,18 @@
 // The lab is Linux-only and behind the `lab` feature.
 #![cfg(all(feature = "lab", target_os = "linux"))]
 
-mod common;
+mod support;
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use common::*;
 use punchscope::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use punchscope::lab::nat::{Direction, NatEvent};
 use punchscope::lab::pair::{run_pair, PairTrial};
 use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
+use support::lab::*;
 
 const S1P1: &str = "198.51.100.10:3478";
 const S1P2: &str = "198.51.100.10:3479";
@@ -55,7 +55,7 @@ name = "h_hash"
 nat = "hash"
 "#,
     );
-    let _servers = EchoServer::start(&lab, &[S1P1, S1P2, S2P1]);
+    let _servers = EndpointReflector::start(&lab, &[S1P1, S1P2, S2P1]);
     let three_ways = |host: &str| {
         let from = local(&lab, host, 40000);
         lab.run_in(host, || [S1P1, S1P2, S2P1].map(|s| observe(from, ep(s))))

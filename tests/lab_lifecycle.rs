@@ -3,7 +3,7 @@
 // The lab is Linux-only and behind the `lab` feature.
 #![cfg(all(feature = "lab", target_os = "linux"))]
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use punchscope::lab::{self, netns, Lab, LabError, LabOptions, Scenario};
+use support::lab::*;
 
 const ONE_HOST: &str = "[[nat]]\nname = \"home\"\n[[host]]\nname = \"alice\"\nnat = \"home\"\n";
 
@@ -97,8 +97,8 @@ fn a_running_lab_keeps_its_name() {
 fn two_labs_with_the_same_addresses_run_side_by_side() {
     let first = start_lab("sa", ONE_HOST);
     let second = start_lab("sb", ONE_HOST);
-    let _e1 = EchoServer::start(&first, &["198.51.100.10:3478"]);
-    let _e2 = EchoServer::start(&second, &["198.51.100.10:3478"]);
+    let _e1 = EndpointReflector::start(&first, &["198.51.100.10:3478"]);
+    let _e2 = EndpointReflector::start(&second, &["198.51.100.10:3478"]);
     let from = ep("192.168.1.2:45000");
     let seen_first = first
         .run_in("alice", || observe(from, ep("198.51.100.10:3478")))

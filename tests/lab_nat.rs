@@ -3,23 +3,23 @@
 // The lab is Linux-only and behind the `lab` feature.
 #![cfg(all(feature = "lab", target_os = "linux"))]
 
-mod common;
+mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::*;
 use punchscope::lab::nat::{NatEvent, RefusalCause};
 use punchscope::lab::Lab;
+use support::lab::*;
 
 const S1P1: &str = "198.51.100.10:3478";
 const S1P2: &str = "198.51.100.10:3479";
 const S2P1: &str = "198.51.100.11:3478";
 
-fn all_servers(lab: &Lab) -> EchoServer {
-    EchoServer::start(lab, &[S1P1, S1P2, S2P1, "198.51.100.11:3479"])
+fn all_servers(lab: &Lab) -> EndpointReflector {
+    EndpointReflector::start(lab, &[S1P1, S1P2, S2P1, "198.51.100.11:3479"])
 }
 
 fn local(lab: &Lab, host: &str, port: u16) -> SocketAddrV4 {
@@ -302,9 +302,8 @@ nat = "b"
     let send_with_ttl = |ttl: u32, port: u16| {
         let from = local(&lab, "alice", port);
         lab.run_in("alice", || {
-            let socket = reusable_socket();
+            let socket = support::sockets::bound(std::net::SocketAddr::V4(from)).unwrap();
             socket.set_ttl(ttl).unwrap();
-            socket.bind(&std::net::SocketAddr::V4(from).into()).unwrap();
             socket
                 .connect_timeout(
                     &std::net::SocketAddr::V4(bob_public).into(),

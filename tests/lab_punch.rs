@@ -5,18 +5,18 @@
 // The lab is Linux-only and behind the `lab` feature.
 #![cfg(all(feature = "lab", target_os = "linux"))]
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
 use punchscope::analysis::handshake::{BitcoinNetwork, Transport};
 use punchscope::analysis::trial::{Completion, Strategy, TrialOutcome, TrialRecord};
 use punchscope::lab::pair::{run_pair, PairTrial};
 use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
 use punchscope::punch::HandshakeSpec;
+use support::lab::*;
 
 fn echo() -> SocketAddr {
     "198.51.100.10:3478".parse().unwrap()

@@ -4,18 +4,18 @@
 // The lab is Linux-only and behind the `lab` feature.
 #![cfg(all(feature = "lab", target_os = "linux"))]
 
-mod common;
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use punchscope::analysis::handshake::{Role, Transport};
 use punchscope::analysis::result::{PairingEnded, RunResult};
 use punchscope::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use punchscope::lab::nat::{Direction, NatEvent};
 use punchscope::lab::services::EchoService;
 use punchscope::lab::{netns, Lab};
+use support::lab::*;
 
 const COORDINATOR: &str = "198.51.100.10:7000";
 

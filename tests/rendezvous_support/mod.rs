@@ -86,12 +86,9 @@ pub fn trial_socket(ip: IpAddr) -> socket2::Socket {
     trial_socket_on(SocketAddr::new(ip, 0)).unwrap()
 }
 
+/// A trial socket bound as the probe binds one (the library's own helper).
 pub fn trial_socket_on(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket)
+    punchscope::net::socket::bound(addr)
 }
 
 pub fn volunteer(code: Option<&str>) -> Hello {

@@ -1,7 +1,6 @@
-//! Helpers shared by the lab integration tests: unique lab names, a tiny echo
-//! listener in the internet namespace, and plain std sockets bound the way hole punching binds them.
-
-#![allow(dead_code)]
+//! Lab test support: unique lab names, root check, a plain-text endpoint
+//! reflector in the internet namespace, and blocking std sockets bound the
+//! way hole punching binds them.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -11,7 +10,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use punchscope::lab::{netns, Lab, LabOptions, Scenario};
-use socket2::{Domain, Protocol, Socket, Type};
 
 /// Lab tests need root (namespaces, TUN). They fail rather than skip, so CI can never pass without running them.
 pub fn require_root() {
@@ -57,13 +55,16 @@ pub fn ep(s: &str) -> SocketAddrV4 {
 }
 
 /// A listener on several endpoints in the internet namespace. Each connection
-/// gets one line, the peer endpoint it saw; then every byte it sends is echoed.
-pub struct EchoServer {
+/// gets one plain-text line, the peer endpoint it saw; then every byte it
+/// sends is echoed back. Not punchscope's echo protocol (that is
+/// `serve echo`, NDJSON): a bare reflector for tests that look at NAT
+/// behaviour with ordinary sockets.
+pub struct EndpointReflector {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl EchoServer {
+impl EndpointReflector {
     pub fn start(lab: &Lab, endpoints: &[&str]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -71,8 +72,7 @@ impl EchoServer {
             let addr: SocketAddr = endpoint.parse().unwrap();
             let listener = lab
                 .run_in("internet", || {
-                    let socket = reusable_socket();
-                    socket.bind(&addr.into()).expect("bind echo listener");
+                    let socket = super::sockets::bound(addr).expect("bind reflector listener");
                     socket.listen(128).expect("listen");
                     socket.set_nonblocking(true).unwrap();
                     TcpListener::from(socket)
@@ -114,7 +114,7 @@ fn serve(listener: TcpListener, stop: Arc<AtomicBool>) {
     }
 }
 
-impl Drop for EchoServer {
+impl Drop for EndpointReflector {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
@@ -123,22 +123,13 @@ impl Drop for EchoServer {
     }
 }
 
-/// A TCP socket with SO_REUSEADDR and SO_REUSEPORT, as hole punching binds them.
-pub fn reusable_socket() -> Socket {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    socket.set_reuse_address(true).unwrap();
-    socket.set_reuse_port(true).unwrap();
-    socket
-}
-
 /// Connects from `local` to `remote` with a timeout.
 pub fn connect_from(
     local: SocketAddrV4,
     remote: SocketAddrV4,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
-    let socket = reusable_socket();
-    socket.bind(&SocketAddr::V4(local).into())?;
+    let socket = super::sockets::bound(SocketAddr::V4(local))?;
     socket.connect_timeout(&SocketAddr::V4(remote).into(), timeout)?;
     let stream: TcpStream = socket.into();
     stream.set_nodelay(true)?;
@@ -161,8 +152,7 @@ pub fn observe(local: SocketAddrV4, server: SocketAddrV4) -> SocketAddrV4 {
 
 /// A listener on `local` that shares the port with outgoing sockets.
 pub fn listen_on(local: SocketAddrV4) -> TcpListener {
-    let socket = reusable_socket();
-    socket.bind(&SocketAddr::V4(local).into()).unwrap();
+    let socket = super::sockets::bound(SocketAddr::V4(local)).unwrap();
     socket.listen(16).unwrap();
     socket.into()
 }
