@@ -1,35 +1,35 @@
 //! punchscope: measures how well TCP hole punching works for Bitcoin nodes
 //! behind home NATs.
 //!
-//! Layout:
-//! - [`lab`] (Linux only): NATs of every RFC 4787 kind built from network
-//!   namespaces and a user-space NAT emulator, so the whole pipeline runs and
-//!   is tested on one machine. Its emulator core ([`lab::nat`]) is sans-io.
-//! - [`net`]: small network helpers shared by clients and servers: the
-//!   bounded line connection our newline-delimited protocols run over, the
-//!   sans-io per-source limits of both servers, and sockets bound the way
-//!   hole punching needs them (used by trials, classification and the lab).
-//! - [`proto`]: sans-io wire codecs (echo/reflector messages, rendezvous
-//!   messages and the coordinator's state machine).
-//! - [`server`]: the servers (`punchscope serve ...`), each taking bound listeners and a shutdown signal.
+//! Layout (docs/architecture.md has one line per module):
+//! - [`proto`]: sans-io wire codecs (line framing, echo messages) and the
+//!   coordinator's state machine ([`proto::rendezvous`]).
+//! - [`net`]: network helpers shared by clients and servers: the bounded
+//!   line connection, per-source limits, reuse-port sockets, and the address
+//!   policy of what a probe may contact.
+//! - [`server`]: the servers (`punchscope serve ...`), each taking bound
+//!   listeners, a config and a shutdown signal.
 //! - [`classify`]: TCP NAT classification against echo servers.
-//! - [`punch`]: one TCP hole-punching trial (strategies, retries, nonce proof),
-//!   and the Bitcoin handshake over the punched socket.
+//! - [`punch`]: one TCP hole-punching trial (strategies, retries, nonce
+//!   proof) and the Bitcoin handshake over the punched socket.
 //! - [`btc`]: Bitcoin P2P handshakes (v1 and BIP324 v2) over any byte stream.
-//! - [`rendezvous`]: the volunteer's client of the coordinator (pairing, trial
-//!   steps, port registration).
-//! - [`probe`]: the volunteer's whole run as one call ([`probe::run`]:
-//!   classify, pair, record, spool, upload) and the reference peer's loop
-//!   ([`probe::serve_peer`]).
-//! - [`collector`]: storage of the results collector (the [`collector::ResultStore`]
-//!   trait, SQLite in WAL mode) and its privacy-preserving source grouping;
-//!   the HTTP side is [`server::collector`].
-//! - [`upload`]: the probe's local spool of results and their loss-free
-//!   upload to a collector, with retries and backoff.
+//! - [`rendezvous`]: the volunteer's client of the coordinator.
+//! - [`probe`]: the volunteer's whole run as one call ([`probe::run`]) and
+//!   the reference peer's loop ([`probe::serve_peer`]); [`probe::guard`]
+//!   checks every coordinator instruction.
+//! - [`collector`]: result storage ([`collector::ResultStore`], SQLite),
+//!   source grouping, and [`collector::client`], the one HTTP client of a
+//!   collector; the server is [`server::collector`].
+//! - [`upload`]: the probe's spool and its loss-free upload.
+//! - [`report`]: the report's one library call ([`report::build`]).
+//! - [`mod@bench`]: `bench rendezvous`.
+//! - `lab` (feature `lab`, Linux): what punchscope runs inside the NAT lab
+//!   (crate `punchscope-lab`, re-exported there).
 //!
 //! The command line lives in the binary (`src/main.rs`, `src/cli/`), the only
-//! place that uses `anyhow`. NAT behaviour types and the results schema live
-//! in the `punchscope-analysis` crate, re-exported here as [`analysis`].
+//! place that uses `anyhow`. The data contract is the `punchscope-analysis`
+//! crate: this library names it `punchscope_analysis`, and re-exports it as
+//! [`analysis`] for everyone else.
 
 pub use punchscope_analysis as analysis;
 

@@ -6,7 +6,7 @@
 //!
 //! Layout: [`services`] (our servers inside a lab), [`pair`] (trials between
 //! two hosts coordinated by the lab; the skew experiment), [`campaign`]
-//! (`lab run`: a whole campaign with the real binaries), [`bench`] (the
+//! (`lab run`: a whole campaign with the real binaries), [`mod@bench`] (the
 //! classification-time part of `lab bench`).
 
 pub mod bench;

@@ -11,15 +11,15 @@ use tokio::task::JoinHandle;
 
 use super::lines::read_message;
 use super::RendezvousError;
-use crate::analysis::classify::Verdict;
-use crate::analysis::handshake::Role;
-use crate::analysis::plan::Plan;
-use crate::analysis::privacy;
-use crate::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use crate::net::line::{LineConnection, LineConnectionError};
 use crate::proto::rendezvous::{
     self as proto, ClientMessage, ErrorCode, Hello, Mode, ServerMessage, TrialResult, MAX_LINE,
 };
+use punchscope_analysis::classify::Verdict;
+use punchscope_analysis::handshake::Role;
+use punchscope_analysis::plan::Plan;
+use punchscope_analysis::privacy;
+use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 
 impl Hello {
     /// A volunteer's hello: this build's version and OS, and the volunteer's

@@ -4,8 +4,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::analysis::plan::PlanError;
 use crate::proto::rendezvous::ErrorCode;
+use punchscope_analysis::plan::PlanError;
 
 /// A client-side failure. `NoPeer` is an expected outcome of waiting, not a bug.
 #[derive(Debug, thiserror::Error)]
