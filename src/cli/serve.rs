@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use punchscope::analysis::plan::Plan;
+use punchscope::analysis::privacy::PRIVACY_NOTICE;
+use punchscope::net::address::AddressPolicy;
 use punchscope::proto::rendezvous::coordinator::ReferencePolicy;
+use punchscope::proto::rendezvous::CampaignInfo;
 use punchscope::server::echo::{self, EchoConfig};
 use punchscope::server::rendezvous::{self, RendezvousConfig};
 
@@ -53,6 +56,57 @@ pub struct RendezvousArgs {
     /// Trials one volunteer IP may run in a burst (one more every 3 s after that).
     #[arg(long, default_value_t = 200)]
     pub trials_per_ip_burst: u32,
+    #[command(flatten)]
+    pub campaign: CampaignArgs,
+}
+
+/// The campaign a coordinator hands out before consent (`probe --campaign`).
+#[derive(Debug, Args)]
+pub struct CampaignArgs {
+    /// The campaign's name; with it, volunteers need only `probe --campaign HOST`.
+    #[arg(long, value_name = "TEXT", requires_all = ["campaign_operator", "campaign_contact", "campaign_echo"])]
+    pub campaign_name: Option<String>,
+    /// Who runs the campaign.
+    #[arg(long, value_name = "TEXT", requires = "campaign_name")]
+    pub campaign_operator: Option<String>,
+    /// How volunteers reach the operator (e-mail, web page).
+    #[arg(long, value_name = "TEXT", requires = "campaign_name")]
+    pub campaign_contact: Option<String>,
+    /// An echo endpoint volunteers classify against, public IP:PORT (repeat: two IPs x two ports).
+    #[arg(long, value_name = "IP:PORT", requires = "campaign_name")]
+    pub campaign_echo: Vec<SocketAddr>,
+    /// The collector volunteers upload to, http(s)://...
+    #[arg(long, value_name = "URL", requires = "campaign_name")]
+    pub campaign_collector: Option<String>,
+    /// The privacy notice volunteers agree to (plain text); default: punchscope's own.
+    #[arg(long, value_name = "FILE", requires = "campaign_name")]
+    pub privacy_notice_file: Option<std::path::PathBuf>,
+}
+
+impl CampaignArgs {
+    /// The campaign, checked as a probe will check it; `None` without `--campaign-name`.
+    fn campaign(&self) -> anyhow::Result<Option<CampaignInfo>> {
+        let Some(name) = &self.campaign_name else {
+            return Ok(None);
+        };
+        let privacy_notice = match &self.privacy_notice_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the privacy notice {}", path.display()))?,
+            None => PRIVACY_NOTICE.to_string(),
+        };
+        let campaign = CampaignInfo {
+            name: name.clone(),
+            operator: self.campaign_operator.clone().unwrap_or_default(),
+            contact: self.campaign_contact.clone().unwrap_or_default(),
+            echo: self.campaign_echo.clone(),
+            collector: self.campaign_collector.clone(),
+            privacy_notice,
+        };
+        campaign
+            .check(AddressPolicy::Public)
+            .map_err(|why| anyhow::anyhow!("{why} (volunteers' probes would refuse it)"))?;
+        Ok(Some(campaign))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +150,7 @@ fn run_rendezvous(args: RendezvousArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot read the plan {}", path.display()))?;
         core.plan = Plan::from_toml(&text).with_context(|| format!("plan {}", path.display()))?;
     }
+    core.campaign = args.campaign.campaign()?;
     core.max_wait = Duration::from_secs(args.max_wait_secs);
     core.max_connections_per_ip = args.max_connections_per_ip;
     core.trials_per_ip_burst = args.trials_per_ip_burst;
