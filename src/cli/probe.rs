@@ -46,6 +46,9 @@ pub struct ProbeArgs {
     /// Collector to upload the result to, e.g. https://collector.example (else it stays in the spool).
     #[arg(long)]
     collector: Option<String>,
+    /// CA certificates (PEM) to trust besides the built-in roots, for a collector with its own CA.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Where results wait until the collector has them.
     #[arg(long)]
     spool: Option<PathBuf>,
@@ -108,6 +111,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             coordinator,
             echo: endpoints.echo,
             collector: endpoints.collector,
+            ca_file: args.ca_file.clone(),
             spool,
             max_wait: Duration::from_secs(args.max_wait_secs),
             addresses: AddressPolicy::Public,
@@ -127,6 +131,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         coordinator,
         echo: endpoints.echo,
         collector: endpoints.collector,
+        ca_file: args.ca_file.clone(),
         spool,
         label: args.label.clone(),
         pair_code: args.pair_code.clone(),
