@@ -347,7 +347,11 @@ pub fn upload_pending(
         // The collector's answer must name the run the body holds.
         let body_run_id = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v.get("run_id").and_then(|id| id.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("run_id")
+                    .and_then(|id| id.as_str())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| run_id.clone());
         let mut backoff = policy.initial_backoff;
         let mut attempt = 1;

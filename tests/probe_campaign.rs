@@ -26,7 +26,9 @@ fn campaign(echo: Vec<SocketAddr>) -> CampaignInfo {
     }
 }
 
-fn with_campaign(campaign: Option<CampaignInfo>) -> punchscope::server::rendezvous::RendezvousConfig {
+fn with_campaign(
+    campaign: Option<CampaignInfo>,
+) -> punchscope::server::rendezvous::RendezvousConfig {
     let mut config = fast_config(plan(1, "[\"simultaneous\"]", 0, 1));
     config.coordinator.campaign = campaign;
     config
@@ -82,7 +84,11 @@ async fn a_campaign_naming_a_non_public_echo_server_is_refused_before_anything_i
         !stderr.contains("Campaign:"),
         "no consent screen for a refused campaign: {stderr}"
     );
-    assert_eq!(target.connections(), 0, "nothing reached the named echo server");
+    assert_eq!(
+        target.connections(),
+        0,
+        "nothing reached the named echo server"
+    );
     server.stop().await;
 }
 

@@ -241,7 +241,11 @@ fn a_result_stays_in_the_spool_unless_the_collector_answers_its_documented_json(
         let server = CannedHttp::start(response);
         let report = upload::upload_pending(&spool, &server.url(), &quick()).unwrap();
         assert!(report.delivered.is_empty() && report.already_stored.is_empty());
-        assert_eq!(report.pending, vec![result.run_id.to_string()], "{response}");
+        assert_eq!(
+            report.pending,
+            vec![result.run_id.to_string()],
+            "{response}"
+        );
         assert!(report.stopped_because.is_some(), "{response}");
         assert_eq!(
             spool.pending().unwrap().len(),
@@ -256,7 +260,9 @@ fn a_result_stays_in_the_spool_unless_the_collector_answers_its_documented_json(
     );
     let report = upload::upload_pending(&spool, &server.url(), &quick()).unwrap();
     assert_eq!(report.rejected.len(), 1, "{report:?}");
-    assert!(report.rejected[0].1.contains("HTTP 409: stored with other content"));
+    assert!(report.rejected[0]
+        .1
+        .contains("HTTP 409: stored with other content"));
     assert!(spool.pending().unwrap().is_empty());
     assert_eq!(spool.rejected().unwrap().len(), 1);
 }

@@ -97,15 +97,13 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         None => (
-            args.server.clone().expect("clap requires --server or --campaign"),
+            args.server
+                .clone()
+                .expect("clap requires --server or --campaign"),
             None,
         ),
     };
-    let endpoints = campaign::endpoints(
-        campaign.as_ref(),
-        &args.echo,
-        args.collector.as_deref(),
-    );
+    let endpoints = campaign::endpoints(campaign.as_ref(), &args.echo, args.collector.as_deref());
     if args.serve_peer {
         let options = ReferenceOptions {
             coordinator,

@@ -11,8 +11,10 @@ use punchscope::analysis::privacy::PRIVACY_NOTICE;
 use punchscope::net::address::AddressPolicy;
 use punchscope::proto::rendezvous::coordinator::ReferencePolicy;
 use punchscope::proto::rendezvous::CampaignInfo;
+use punchscope::server::campaign;
 use punchscope::server::echo::{self, EchoConfig};
-use punchscope::server::rendezvous::{self, RendezvousConfig};
+use punchscope::server::metrics;
+use punchscope::server::rendezvous::{self, CoordinatorMetrics, RendezvousConfig};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -28,6 +30,18 @@ pub enum ServeCommand {
     Collector(super::collector::CollectorArgs),
     /// Rendezvous coordinator: pairs volunteers and coordinates punching trials (docs/rendezvous.md).
     Rendezvous(RendezvousArgs),
+    /// A whole campaign from one file: echo servers, coordinator, collector, /metrics (docs/deploy.md).
+    Campaign(CampaignServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CampaignServeArgs {
+    /// The campaign file (TOML; see docs/deploy.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: std::path::PathBuf,
+    /// Check the file (and the files it names) and exit without serving.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +70,9 @@ pub struct RendezvousArgs {
     /// Trials one volunteer IP may run in a burst (one more every 3 s after that).
     #[arg(long, default_value_t = 200)]
     pub trials_per_ip_burst: u32,
+    /// Serve /metrics (Prometheus text) and /healthz here, e.g. 127.0.0.1:9340.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub campaign: CampaignArgs,
 }
@@ -136,7 +153,48 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ServeCommand::Echo(args) => run_echo(args),
         ServeCommand::Rendezvous(args) => run_rendezvous(args),
         ServeCommand::Collector(args) => super::collector::run(args),
+        ServeCommand::Campaign(args) => run_campaign(args),
     }
+}
+
+fn run_campaign(args: CampaignServeArgs) -> anyhow::Result<ExitCode> {
+    let file = campaign::CampaignFile::load(&args.config)?;
+    if args.check {
+        file.plan()?;
+        println!(
+            "{}: campaign {:?} by {}: echo {}, coordinator {}, collector {} (public {})",
+            args.config.display(),
+            file.campaign.name,
+            file.campaign.operator,
+            file.echo.listen.len(),
+            file.coordinator.listen,
+            file.collector.listen,
+            file.collector.public_url
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("campaign: shutting down");
+        };
+        let started = |l: &campaign::Listening| {
+            let echo: Vec<String> = l.echo.iter().map(ToString::to_string).collect();
+            // Tests and operators read this line: everything below listens.
+            eprintln!(
+                "campaign {:?}: echo {}; coordinator {}; collector {}; metrics {}",
+                l.campaign,
+                echo.join(" "),
+                l.coordinator,
+                l.collector,
+                l.metrics
+                    .map_or_else(|| "off".to_string(), |m| format!("http://{m}/metrics"))
+            );
+        };
+        campaign::run(file, started, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn run_rendezvous(args: RendezvousArgs) -> anyhow::Result<ExitCode> {
@@ -168,11 +226,29 @@ fn run_rendezvous(args: RendezvousArgs) -> anyhow::Result<ExitCode> {
         let local = listener.local_addr().context("listener address")?;
         // Tools (the bench) read this line to find an ephemeral port.
         eprintln!("rendezvous: listening on {local} (open-file limit {fds})");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        if let Some(addr) = args.metrics_listen {
+            let counters = CoordinatorMetrics::new();
+            config.metrics = Some(counters.clone());
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for /metrics"))?;
+            eprintln!("rendezvous: metrics on http://{addr}/metrics");
+            let mut stopped = stopped.clone();
+            tokio::spawn(metrics::serve(
+                listener,
+                std::sync::Arc::new(move || counters.render()),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ));
+        }
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
             eprintln!("rendezvous: shutting down");
         };
         rendezvous::run(listener, config, shutdown).await?;
+        let _ = stop.send(true);
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -193,15 +193,12 @@ impl CollectorClient {
     /// Opens the JSONL export (one stored result per line) with the export token.
     pub fn export(&self, token: &str) -> Result<Box<dyn Read + Send + Sync>, ClientError> {
         let url = self.export_url();
-        let response = self
-            .http
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .map_err(|e| ClientError::Unreachable {
+        let response = self.http.get(&url).bearer_auth(token).send().map_err(|e| {
+            ClientError::Unreachable {
                 url: url.clone(),
                 cause: chain(&e),
-            })?;
+            }
+        })?;
         if response.status() == StatusCode::OK {
             return Ok(Box::new(response));
         }
@@ -330,8 +327,14 @@ mod tests {
             at(409, "{\"error\":\"run stored with other content\"}"),
             UploadAnswer::Rejected("HTTP 409: run stored with other content".into())
         );
-        assert!(matches!(at(400, "{\"error\":\"x\"}"), UploadAnswer::Rejected(_)));
-        assert!(matches!(at(503, "{\"error\":\"x\"}"), UploadAnswer::Retry(_)));
+        assert!(matches!(
+            at(400, "{\"error\":\"x\"}"),
+            UploadAnswer::Rejected(_)
+        ));
+        assert!(matches!(
+            at(503, "{\"error\":\"x\"}"),
+            UploadAnswer::Retry(_)
+        ));
         assert!(matches!(at(302, ""), UploadAnswer::Fatal(m) if m.contains("redirect")));
     }
 

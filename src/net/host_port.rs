@@ -29,11 +29,26 @@ mod tests {
 
     #[test]
     fn the_default_port_is_added_only_when_none_is_given() {
-        assert_eq!(with_default_port("198.51.100.10", 8340), "198.51.100.10:8340");
-        assert_eq!(with_default_port("198.51.100.10:7000", 8340), "198.51.100.10:7000");
+        assert_eq!(
+            with_default_port("198.51.100.10", 8340),
+            "198.51.100.10:8340"
+        );
+        assert_eq!(
+            with_default_port("198.51.100.10:7000", 8340),
+            "198.51.100.10:7000"
+        );
         assert_eq!(with_default_port("2001:db8::1", 8340), "[2001:db8::1]:8340");
-        assert_eq!(with_default_port("[2001:db8::1]:9", 8340), "[2001:db8::1]:9");
-        assert_eq!(with_default_port("coord.example", 8340), "coord.example:8340");
-        assert_eq!(with_default_port("coord.example:1", 8340), "coord.example:1");
+        assert_eq!(
+            with_default_port("[2001:db8::1]:9", 8340),
+            "[2001:db8::1]:9"
+        );
+        assert_eq!(
+            with_default_port("coord.example", 8340),
+            "coord.example:8340"
+        );
+        assert_eq!(
+            with_default_port("coord.example:1", 8340),
+            "coord.example:1"
+        );
     }
 }

@@ -61,11 +61,10 @@ pub async fn spool_and_upload(
         ca_file: ca_file.map(Path::to_path_buf),
         ..UploadPolicy::default()
     };
-    let report = tokio::task::spawn_blocking(move || {
-        upload::upload_pending(&spool, &collector, &policy)
-    })
-    .await
-    .map_err(|e| ProbeError::UploadTask(e.to_string()))?;
+    let report =
+        tokio::task::spawn_blocking(move || upload::upload_pending(&spool, &collector, &policy))
+            .await
+            .map_err(|e| ProbeError::UploadTask(e.to_string()))?;
     let run_id = result.run_id.to_string();
     let upload = match report {
         Err(e) => UploadStatus::Pending {

@@ -114,14 +114,13 @@ pub async fn serve_peer(
                     vec![run.pairing],
                 );
                 result.mode = RunMode::Reference;
-                let delivery =
-                    spool_and_upload(
-                        &result,
-                        &options.spool,
-                        options.collector.as_deref(),
-                        options.ca_file.as_deref(),
-                    )
-                    .await?;
+                let delivery = spool_and_upload(
+                    &result,
+                    &options.spool,
+                    options.collector.as_deref(),
+                    options.ca_file.as_deref(),
+                )
+                .await?;
                 progress(ReferenceProgress::PairingDone {
                     result: Box::new(result),
                     connected,

@@ -9,7 +9,9 @@ use tokio::net::TcpStream;
 use super::lines::read_message;
 use super::RendezvousError;
 use crate::net::line::LineConnection;
-use crate::proto::rendezvous::{self as proto, CampaignInfo, ClientMessage, ServerMessage, MAX_LINE};
+use crate::proto::rendezvous::{
+    self as proto, CampaignInfo, ClientMessage, ServerMessage, MAX_LINE,
+};
 
 /// Sends `campaign_request` and returns the coordinator's `campaign`,
 /// unchecked: the caller checks it ([`CampaignInfo::check`]) before using

@@ -81,7 +81,10 @@ impl Bitcoind {
             rpc_port,
         };
         let ready = node.cli(&["-rpcwait", "-rpcwaittimeout=60", "getnetworkinfo"]);
-        assert!(ready.contains("\"version\""), "bitcoind did not start: {ready}");
+        assert!(
+            ready.contains("\"version\""),
+            "bitcoind did not start: {ready}"
+        );
         node
     }
 

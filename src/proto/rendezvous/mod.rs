@@ -105,8 +105,7 @@ impl CampaignInfo {
                 ));
             }
         }
-        if self.privacy_notice.trim().is_empty() || self.privacy_notice.len() > MAX_PRIVACY_NOTICE
-        {
+        if self.privacy_notice.trim().is_empty() || self.privacy_notice.len() > MAX_PRIVACY_NOTICE {
             return Err(format!(
                 "campaign privacy_notice must be 1 to {MAX_PRIVACY_NOTICE} bytes"
             ));
@@ -155,10 +154,7 @@ pub fn check_collector_url(url: &str) -> Result<(), String> {
             "campaign collector URL is longer than {MAX_COLLECTOR_URL} bytes"
         ));
     }
-    if url
-        .chars()
-        .any(|c| c.is_whitespace() || is_unprintable(c))
-    {
+    if url.chars().any(|c| c.is_whitespace() || is_unprintable(c)) {
         return Err("campaign collector URL holds spaces or control characters".into());
     }
     let host = url
