@@ -19,22 +19,6 @@ use punchscope::lab::{netns, Lab};
 
 const COORDINATOR: &str = "198.51.100.10:7000";
 
-/// Kills the child by its own PID when dropped, even on panic.
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn punchscope_in(ns: &str) -> Command {
-    netns::command_in(ns, env!("CARGO_BIN_EXE_punchscope")).unwrap()
-}
-
 fn plan(lab_tag: &str, body: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("{}-{lab_tag}-plan.toml", std::process::id()));
     std::fs::write(&path, format!("version = 1\nname = \"{lab_tag}\"\n{body}")).unwrap();
