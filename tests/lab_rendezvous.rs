@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,7 +15,7 @@ use punchscope::analysis::result::{PairingEnded, RunResult};
 use punchscope::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use punchscope::lab::nat::{Direction, NatEvent};
 use punchscope::lab::services::EchoService;
-use punchscope::lab::{netns, Lab};
+use punchscope::lab::Lab;
 
 const COORDINATOR: &str = "198.51.100.10:7000";
 
