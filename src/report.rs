@@ -9,7 +9,7 @@ use std::time::Duration;
 use punchscope_analysis::report::input::{self, Skipped};
 use punchscope_analysis::report::{Aggregator, Report, ReportError, ReportFiles};
 
-use crate::collector::{ClientError, CollectorClient};
+use crate::collector::{ClientError, ClientOptions, CollectorClient};
 
 /// What to read and where to write.
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct ReportOptions {
     pub token_file: Option<PathBuf>,
     /// Bound on connecting to a collector and on each read of its export.
     pub timeout: Duration,
+    /// A PEM file of CA certificates trusted besides the built-in roots (HTTPS collectors).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A report written.
@@ -113,7 +115,13 @@ fn read_collector(
     if token.is_empty() {
         return Err(ReportRunError::EmptyToken(token_file.clone()));
     }
-    let client = CollectorClient::new(base, options.timeout)?;
+    let client = CollectorClient::with_options(
+        base,
+        &ClientOptions {
+            timeout: options.timeout,
+            ca_file: options.ca_file.clone(),
+        },
+    )?;
     let url = client.export_url();
     let export = client.export(token)?;
     input::read_jsonl(&url, export, aggregator)

@@ -5,8 +5,8 @@
 //! (temporary file, fsync, rename, fsync of the directory), sanitized and
 //! checked for raw IP addresses first. [`upload_pending`] then sends each
 //! pending file; a file leaves the spool only after the collector answered
-//! 2xx (201 stored, 200 already stored). A result the collector rejects (400,
-//! 413) is moved to `rejected/` next to a `.reason.txt` file saying why, never
+//! with its documented JSON naming the file's run id (201 stored, 200
+//! already stored). A result the collector rejects (400, 409, 413) is moved to `rejected/` next to a `.reason.txt` file saying why, never
 //! deleted. Network errors, 408, 429 and 5xx are retried with exponential
 //! backoff and jitter, a bounded number of times per invocation; when a file
 //! exhausts them, the invocation stops and leaves the rest pending.
@@ -27,7 +27,7 @@ use punchscope_analysis::privacy;
 use punchscope_analysis::result::RunResult;
 use rand::Rng;
 
-use crate::collector::{CollectorClient, UploadAnswer};
+use crate::collector::{ClientError, ClientOptions, CollectorClient, UploadAnswer};
 
 /// Where results wait for upload.
 #[derive(Debug, Clone)]
@@ -42,8 +42,8 @@ pub enum SpoolError {
     Io { path: PathBuf, cause: io::Error },
     #[error("refusing to spool run {run_id}: field `{path}` still holds a raw IP address after sanitizing")]
     RawIp { run_id: String, path: String },
-    #[error("invalid collector URL {0:?}: give http://HOST:PORT or https://HOST[:PORT]")]
-    BadUrl(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -280,6 +280,8 @@ pub struct UploadPolicy {
     pub max_backoff: Duration,
     /// Deadline of one HTTP request (connect, send, answer).
     pub request_timeout: Duration,
+    /// A PEM file of CA certificates trusted besides the built-in roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for UploadPolicy {
@@ -289,6 +291,7 @@ impl Default for UploadPolicy {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
             request_timeout: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 }
@@ -300,7 +303,7 @@ pub struct UploadReport {
     pub delivered: Vec<String>,
     /// The collector already had them (200): an earlier upload's answer was lost.
     pub already_stored: Vec<String>,
-    /// Rejected (400, 413) and moved to `rejected/`, with the collector's reason.
+    /// Rejected (400, 409, 413) and moved to `rejected/`, with the collector's reason.
     pub rejected: Vec<(String, String)>,
     /// Still in the spool, for a later invocation.
     pub pending: Vec<String>,
@@ -318,8 +321,13 @@ pub fn upload_pending(
     collector: &str,
     policy: &UploadPolicy,
 ) -> Result<UploadReport, SpoolError> {
-    let client = CollectorClient::new(collector, policy.request_timeout)
-        .map_err(|_| SpoolError::BadUrl(collector.to_string()))?;
+    let client = CollectorClient::with_options(
+        collector,
+        &ClientOptions {
+            timeout: policy.request_timeout,
+            ca_file: policy.ca_file.clone(),
+        },
+    )?;
     let mut report = UploadReport::default();
     let files = spool.pending()?;
     let mut rng = rand::thread_rng();
@@ -336,10 +344,19 @@ pub fn upload_pending(
             path: file.clone(),
             cause,
         })?;
+        // The collector's answer must name the run the body holds.
+        let body_run_id = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("run_id")
+                    .and_then(|id| id.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| run_id.clone());
         let mut backoff = policy.initial_backoff;
         let mut attempt = 1;
         let outcome = loop {
-            match client.upload(&body, policy.request_timeout) {
+            match client.upload(&body, &body_run_id, policy.request_timeout) {
                 UploadAnswer::Retry(_) if attempt < policy.max_attempts.max(1) => {
                     let jitter = backoff.mul_f64(rng.gen_range(0.0..0.5));
                     std::thread::sleep(backoff + jitter);

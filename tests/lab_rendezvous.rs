@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use punchscope::analysis::handshake::{Role, Transport};
@@ -14,26 +14,10 @@ use punchscope::analysis::result::{PairingEnded, RunResult};
 use punchscope::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use punchscope::lab::nat::{Direction, NatEvent};
 use punchscope::lab::services::EchoService;
-use punchscope::lab::{netns, Lab};
+use punchscope::lab::Lab;
 use support::lab::*;
 
 const COORDINATOR: &str = "198.51.100.10:7000";
-
-/// Kills the child by its own PID when dropped, even on panic.
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn punchscope_in(ns: &str) -> Command {
-    netns::command_in(ns, env!("CARGO_BIN_EXE_punchscope")).unwrap()
-}
 
 fn plan(lab_tag: &str, body: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("{}-{lab_tag}-plan.toml", std::process::id()));

@@ -272,6 +272,7 @@ async fn a_whole_run_keeps_its_result_with_the_violation_in_the_spool() {
         coordinator: coordinator.addr.to_string(),
         echo: vec![echo.primary().to_string()],
         collector: None,
+        ca_file: None,
         spool: spool.path().to_path_buf(),
         label: None,
         pair_code: None,

@@ -13,6 +13,7 @@ fn quick() -> UploadPolicy {
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
         request_timeout: Duration::from_secs(10),
+        ca_file: None,
     }
 }
 
@@ -215,4 +216,53 @@ fn two_uploaders_on_one_spool_send_each_result_exactly_once() {
     }
     assert!(spool.pending().unwrap().is_empty());
     assert_eq!(db_run_ids(&db).len(), 40);
+}
+
+#[test]
+fn a_result_stays_in_the_spool_unless_the_collector_answers_its_documented_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let result = sample_result(7, 2);
+    spool.store(&result).unwrap();
+    let other_run = "{\"status\":\"stored\",\"run_id\":\"8e3c0b52-3f7a-4c1e-9b7d-2a6f1e0c9d41\"}";
+    let not_a_collector: [&'static str; 4] = [
+        "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 20\r\nConnection: close\r\n\r\n<html>welcome</html>",
+        Box::leak(
+            format!(
+                "HTTP/1.1 201 Created\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{other_run}",
+                other_run.len()
+            )
+            .into_boxed_str(),
+        ),
+        "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/v1/results\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    ];
+    for response in not_a_collector {
+        let server = CannedHttp::start(response);
+        let report = upload::upload_pending(&spool, &server.url(), &quick()).unwrap();
+        assert!(report.delivered.is_empty() && report.already_stored.is_empty());
+        assert_eq!(
+            report.pending,
+            vec![result.run_id.to_string()],
+            "{response}"
+        );
+        assert!(report.stopped_because.is_some(), "{response}");
+        assert_eq!(
+            spool.pending().unwrap().len(),
+            1,
+            "still spooled after {response}"
+        );
+    }
+
+    // A 409 (this run id stored with other content) is a rejection with the collector's reason.
+    let server = CannedHttp::start(
+        "HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{\"error\":\"stored with other content xx\"}",
+    );
+    let report = upload::upload_pending(&spool, &server.url(), &quick()).unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert!(report.rejected[0]
+        .1
+        .contains("HTTP 409: stored with other content"));
+    assert!(spool.pending().unwrap().is_empty());
+    assert_eq!(spool.rejected().unwrap().len(), 1);
 }

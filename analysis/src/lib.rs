@@ -27,6 +27,8 @@
 //!   collector's export), joins both sides' records of a trial by `trial_id`,
 //!   and writes a self-contained HTML report (plotters SVG charts), a JSON
 //!   summary and CSVs, with Wilson 95% intervals on every rate.
+//! - [`toml_lines`]: line numbers for the errors of strict TOML files (plans,
+//!   lab scenarios, campaign configurations).
 
 pub mod classify;
 pub mod handshake;
@@ -35,4 +37,5 @@ pub mod plan;
 pub mod privacy;
 pub mod report;
 pub mod result;
+pub mod toml_lines;
 pub mod trial;

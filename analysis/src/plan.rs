@@ -216,7 +216,7 @@ fn refuse_unknown_keys(text: &str) -> Result<(), PlanError> {
         None => Ok(()),
         Some(key) => Err(PlanError::UnknownKey {
             key: key.get_ref().clone(),
-            line: text[..key.span().start].matches('\n').count() + 1,
+            line: crate::toml_lines::line_of(text, key.span().start),
             known: known.join(", "),
         }),
     }

@@ -330,7 +330,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 fn line_of(text: &str, span: &std::ops::Range<usize>) -> usize {
-    text[..span.start.min(text.len())].matches('\n').count() + 1
+    punchscope_analysis::toml_lines::line_of(text, span.start)
 }
 
 fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {

@@ -93,20 +93,10 @@ impl Default for ClassifyConfig {
 
 /// Resolves `HOST[:PORT]` (default port [`DEFAULT_PORT`]) to one IPv4 endpoint.
 pub async fn resolve_server(spec: &str) -> Result<SocketAddr, ClassifyError> {
-    if let Ok(addr) = spec.parse::<SocketAddr>() {
+    let with_port = crate::net::host_port::with_default_port(spec, DEFAULT_PORT);
+    if let Ok(addr) = with_port.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    if let Ok(ip) = spec.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
-    }
-    let with_port = if spec
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        spec.to_string()
-    } else {
-        format!("{spec}:{DEFAULT_PORT}")
-    };
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
         .await
         .map_err(|cause| ClassifyError::Resolve {

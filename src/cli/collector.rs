@@ -31,6 +31,12 @@ pub struct CollectorArgs {
     /// Requests handled at once; more wait.
     #[arg(long, default_value_t = 256)]
     pub max_concurrent_requests: usize,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Seconds a request may take, body included.
     #[arg(long, default_value_t = 30)]
     pub request_timeout_secs: u64,
@@ -55,6 +61,10 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         ..CollectorConfig::new(key.as_bytes(), token)
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(punchscope::server::tls::load_server_config(cert, key)?),
+        _ => None,
+    };
     let store = SqliteStore::open(&args.db)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -63,7 +73,8 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr().context("listener has no address")?;
         eprintln!(
-            "collector: listening on http://{local} (database {}, export {})",
+            "collector: listening on {}://{local} (database {}, export {})",
+            if tls.is_some() { "https" } else { "http" },
             args.db.display(),
             if export_enabled {
                 "enabled"
@@ -75,7 +86,10 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
             let _ = tokio::signal::ctrl_c().await;
             eprintln!("collector: shutting down");
         };
-        server::run(listener, config, Box::new(store), shutdown).await?;
+        match tls {
+            Some(tls) => server::run_tls(listener, tls, config, Box::new(store), shutdown).await?,
+            None => server::run(listener, config, Box::new(store), shutdown).await?,
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

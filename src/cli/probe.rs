@@ -15,29 +15,40 @@ use punchscope::analysis::privacy::PRIVACY_NOTICE;
 use punchscope::analysis::result::PairingEnded;
 use punchscope::analysis::trial::TrialOutcome;
 use punchscope::net::address::AddressPolicy;
+use punchscope::probe::campaign::{self, CampaignPreview, Endpoints};
 use punchscope::probe::{
     self, Progress, ReferenceOptions, ReferenceProgress, RunEnding, RunOptions, RunOutcome, Stop,
     UploadStatus,
 };
-use punchscope::proto::rendezvous::Mode;
+use punchscope::proto::rendezvous::{CampaignInfo, Mode};
 use punchscope::upload;
 
 /// Exit codes beyond 0 (done) and 1 (the tool failed).
 const EXIT_NO_PEER: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 4;
+/// Bound on asking the coordinator for its campaign.
+const PREVIEW_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// The coordinator, HOST:PORT.
-    #[arg(long)]
-    server: String,
+    /// The campaign to join: its coordinator, HOST[:PORT] (default port 8340).
+    /// The coordinator names the campaign, its operator, echo servers and
+    /// collector, shown before you agree; --echo and --collector override them.
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "server")]
+    campaign: Option<String>,
+    /// The coordinator, HOST:PORT, without asking it for a campaign (give --echo and --collector).
+    #[arg(long, required_unless_present = "campaign")]
+    server: Option<String>,
     /// Echo servers for NAT classification, HOST:PORT (give two IPs for a full
-    /// verdict). Required for a volunteer; a reference peer classifies too when given them.
-    #[arg(long = "echo", required_unless_present = "serve_peer")]
+    /// verdict). Needed without --campaign; a reference peer classifies too when given them.
+    #[arg(long = "echo", required_unless_present_any = ["serve_peer", "campaign"])]
     echo: Vec<String>,
-    /// Collector to upload the result to, e.g. http://collector.example:8080 (else it stays in the spool).
+    /// Collector to upload the result to, e.g. https://collector.example (else it stays in the spool).
     #[arg(long)]
     collector: Option<String>,
+    /// CA certificates (PEM) to trust besides the built-in roots, for a collector with its own CA.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Where results wait until the collector has them.
     #[arg(long)]
     spool: Option<PathBuf>,
@@ -69,22 +80,56 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let spool = args.spool.clone().unwrap_or_else(upload::default_spool_dir);
+    let (coordinator, campaign) = match &args.campaign {
+        Some(spec) => {
+            let coordinator = campaign::coordinator_of(spec);
+            let preview = runtime.block_on(campaign::preview(
+                &coordinator,
+                AddressPolicy::Public,
+                PREVIEW_TIMEOUT,
+            ))?;
+            match preview {
+                CampaignPreview::Offered(info) => (coordinator, Some(info)),
+                CampaignPreview::NotOffered { why } if args.echo.is_empty() => {
+                    return Err(probe::ProbeError::NoEchoServers { why }.into())
+                }
+                CampaignPreview::NotOffered { .. } => (coordinator, None),
+            }
+        }
+        None => (
+            args.server
+                .clone()
+                .expect("clap requires --server or --campaign"),
+            None,
+        ),
+    };
+    let endpoints = campaign::endpoints(campaign.as_ref(), &args.echo, args.collector.as_deref());
     if args.serve_peer {
         let options = ReferenceOptions {
-            coordinator: args.server.clone(),
-            echo: args.echo.clone(),
-            collector: args.collector.clone(),
+            coordinator,
+            echo: endpoints.echo,
+            collector: endpoints.collector,
+            ca_file: args.ca_file.clone(),
             spool,
             max_wait: Duration::from_secs(args.max_wait_secs),
             addresses: AddressPolicy::Public,
         };
         return runtime.block_on(serve_peer(options, &args));
     }
-    ask_consent(args.yes, args.quiet)?;
+    ask_consent(
+        &Consent {
+            campaign: campaign.as_ref(),
+            coordinator: &coordinator,
+            endpoints: &endpoints,
+        },
+        args.yes,
+        args.quiet,
+    )?;
     let options = RunOptions {
-        coordinator: args.server.clone(),
-        echo: args.echo.clone(),
-        collector: args.collector.clone(),
+        coordinator,
+        echo: endpoints.echo,
+        collector: endpoints.collector,
+        ca_file: args.ca_file.clone(),
         spool,
         label: args.label.clone(),
         pair_code: args.pair_code.clone(),
@@ -158,9 +203,48 @@ fn exit_code(outcome: &RunOutcome) -> ExitCode {
     }
 }
 
-fn ask_consent(yes: bool, quiet: bool) -> anyhow::Result<()> {
+/// What the volunteer agrees to: who runs the campaign, where results go, the notice.
+struct Consent<'a> {
+    campaign: Option<&'a CampaignInfo>,
+    coordinator: &'a str,
+    endpoints: &'a Endpoints,
+}
+
+impl Consent<'_> {
+    /// The consent screen. Every text from the coordinator passed
+    /// [`CampaignInfo::check`] (no control characters) before it gets here.
+    fn screen(&self) -> String {
+        let mut text = String::new();
+        if let Some(c) = self.campaign {
+            text.push_str(&format!(
+                "Campaign: {}\nRun by: {} ({})\n",
+                c.name, c.operator, c.contact
+            ));
+        }
+        let echo = self.endpoints.echo.join(", ");
+        text.push_str(&format!(
+            "Coordinator: {}\nNAT classification against: {echo}\n",
+            self.coordinator
+        ));
+        match &self.endpoints.collector {
+            Some(url) => text.push_str(&format!("Results go to: {url}\n")),
+            None => text.push_str(
+                "Results go to: nowhere yet (no collector): they stay in the spool on this machine\n",
+            ),
+        }
+        text.push('\n');
+        match self.campaign {
+            Some(c) => text.push_str(c.privacy_notice.trim_end()),
+            None => text.push_str(PRIVACY_NOTICE.trim_end()),
+        }
+        text.push('\n');
+        text
+    }
+}
+
+fn ask_consent(consent: &Consent, yes: bool, quiet: bool) -> anyhow::Result<()> {
     if !quiet || !yes {
-        eprintln!("{PRIVACY_NOTICE}");
+        eprintln!("{}", consent.screen());
     }
     if yes {
         return Ok(());

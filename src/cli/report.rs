@@ -11,7 +11,7 @@ use punchscope::report::{self, ReportOptions};
 pub struct ReportArgs {
     /// Result files (one RunResult JSON each), JSONL files (one RunResult or
     /// collector export line each), directories of those, or a collector URL
-    /// (http://HOST:PORT, read from GET /v1/results.jsonl).
+    /// (http(s)://HOST[:PORT], read from GET /v1/results.jsonl).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
     /// Directory to write index.html, summary.json, trials.csv and pairs.csv into.
@@ -20,6 +20,9 @@ pub struct ReportArgs {
     /// File holding the collector's export token (for a collector URL input).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) to trust besides the built-in roots, for an HTTPS collector with its own CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Seconds to wait to connect to a collector, and between reads of its export.
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
@@ -32,6 +35,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         out: args.out,
         token_file: args.token_file,
         timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        ca_file: args.ca_file,
     })?;
     let skipped = &outcome.skipped;
     if skipped.total > 0 {

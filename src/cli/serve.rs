@@ -7,9 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use punchscope::analysis::plan::Plan;
+use punchscope::analysis::privacy::PRIVACY_NOTICE;
+use punchscope::net::address::AddressPolicy;
 use punchscope::proto::rendezvous::coordinator::ReferencePolicy;
+use punchscope::proto::rendezvous::CampaignInfo;
+use punchscope::server::campaign;
 use punchscope::server::echo::{self, EchoConfig};
-use punchscope::server::rendezvous::{self, RendezvousConfig};
+use punchscope::server::metrics;
+use punchscope::server::rendezvous::{self, CoordinatorMetrics, RendezvousConfig};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -25,6 +30,18 @@ pub enum ServeCommand {
     Collector(super::collector::CollectorArgs),
     /// Rendezvous coordinator: pairs volunteers and coordinates punching trials (docs/rendezvous.md).
     Rendezvous(RendezvousArgs),
+    /// A whole campaign from one file: echo servers, coordinator, collector, /metrics (docs/deploy.md).
+    Campaign(CampaignServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CampaignServeArgs {
+    /// The campaign file (TOML; see docs/deploy.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: std::path::PathBuf,
+    /// Check the file (and the files it names) and exit without serving.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +70,60 @@ pub struct RendezvousArgs {
     /// Trials one volunteer IP may run in a burst (one more every 3 s after that).
     #[arg(long, default_value_t = 200)]
     pub trials_per_ip_burst: u32,
+    /// Serve /metrics (Prometheus text) and /healthz here, e.g. 127.0.0.1:9340.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub campaign: CampaignArgs,
+}
+
+/// The campaign a coordinator hands out before consent (`probe --campaign`).
+#[derive(Debug, Args)]
+pub struct CampaignArgs {
+    /// The campaign's name; with it, volunteers need only `probe --campaign HOST`.
+    #[arg(long, value_name = "TEXT", requires_all = ["campaign_operator", "campaign_contact", "campaign_echo"])]
+    pub campaign_name: Option<String>,
+    /// Who runs the campaign.
+    #[arg(long, value_name = "TEXT", requires = "campaign_name")]
+    pub campaign_operator: Option<String>,
+    /// How volunteers reach the operator (e-mail, web page).
+    #[arg(long, value_name = "TEXT", requires = "campaign_name")]
+    pub campaign_contact: Option<String>,
+    /// An echo endpoint volunteers classify against, public IP:PORT (repeat: two IPs x two ports).
+    #[arg(long, value_name = "IP:PORT", requires = "campaign_name")]
+    pub campaign_echo: Vec<SocketAddr>,
+    /// The collector volunteers upload to, http(s)://...
+    #[arg(long, value_name = "URL", requires = "campaign_name")]
+    pub campaign_collector: Option<String>,
+    /// The privacy notice volunteers agree to (plain text); default: punchscope's own.
+    #[arg(long, value_name = "FILE", requires = "campaign_name")]
+    pub privacy_notice_file: Option<std::path::PathBuf>,
+}
+
+impl CampaignArgs {
+    /// The campaign, checked as a probe will check it; `None` without `--campaign-name`.
+    fn campaign(&self) -> anyhow::Result<Option<CampaignInfo>> {
+        let Some(name) = &self.campaign_name else {
+            return Ok(None);
+        };
+        let privacy_notice = match &self.privacy_notice_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the privacy notice {}", path.display()))?,
+            None => PRIVACY_NOTICE.to_string(),
+        };
+        let campaign = CampaignInfo {
+            name: name.clone(),
+            operator: self.campaign_operator.clone().unwrap_or_default(),
+            contact: self.campaign_contact.clone().unwrap_or_default(),
+            echo: self.campaign_echo.clone(),
+            collector: self.campaign_collector.clone(),
+            privacy_notice,
+        };
+        campaign
+            .check(AddressPolicy::Public)
+            .map_err(|why| anyhow::anyhow!("{why} (volunteers' probes would refuse it)"))?;
+        Ok(Some(campaign))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -82,7 +153,48 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ServeCommand::Echo(args) => run_echo(args),
         ServeCommand::Rendezvous(args) => run_rendezvous(args),
         ServeCommand::Collector(args) => super::collector::run(args),
+        ServeCommand::Campaign(args) => run_campaign(args),
     }
+}
+
+fn run_campaign(args: CampaignServeArgs) -> anyhow::Result<ExitCode> {
+    let file = campaign::CampaignFile::load(&args.config)?;
+    if args.check {
+        file.plan()?;
+        println!(
+            "{}: campaign {:?} by {}: echo {}, coordinator {}, collector {} (public {})",
+            args.config.display(),
+            file.campaign.name,
+            file.campaign.operator,
+            file.echo.listen.len(),
+            file.coordinator.listen,
+            file.collector.listen,
+            file.collector.public_url
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("campaign: shutting down");
+        };
+        let started = |l: &campaign::Listening| {
+            let echo: Vec<String> = l.echo.iter().map(ToString::to_string).collect();
+            // Tests and operators read this line: everything below listens.
+            eprintln!(
+                "campaign {:?}: echo {}; coordinator {}; collector {}; metrics {}",
+                l.campaign,
+                echo.join(" "),
+                l.coordinator,
+                l.collector,
+                l.metrics
+                    .map_or_else(|| "off".to_string(), |m| format!("http://{m}/metrics"))
+            );
+        };
+        campaign::run(file, started, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn run_rendezvous(args: RendezvousArgs) -> anyhow::Result<ExitCode> {
@@ -96,6 +208,7 @@ fn run_rendezvous(args: RendezvousArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot read the plan {}", path.display()))?;
         core.plan = Plan::from_toml(&text).with_context(|| format!("plan {}", path.display()))?;
     }
+    core.campaign = args.campaign.campaign()?;
     core.max_wait = Duration::from_secs(args.max_wait_secs);
     core.max_connections_per_ip = args.max_connections_per_ip;
     core.trials_per_ip_burst = args.trials_per_ip_burst;
@@ -113,11 +226,29 @@ fn run_rendezvous(args: RendezvousArgs) -> anyhow::Result<ExitCode> {
         let local = listener.local_addr().context("listener address")?;
         // Tools (the bench) read this line to find an ephemeral port.
         eprintln!("rendezvous: listening on {local} (open-file limit {fds})");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        if let Some(addr) = args.metrics_listen {
+            let counters = CoordinatorMetrics::new();
+            config.metrics = Some(counters.clone());
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for /metrics"))?;
+            eprintln!("rendezvous: metrics on http://{addr}/metrics");
+            let mut stopped = stopped.clone();
+            tokio::spawn(metrics::serve(
+                listener,
+                std::sync::Arc::new(move || counters.render()),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ));
+        }
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
             eprintln!("rendezvous: shutting down");
         };
         rendezvous::run(listener, config, shutdown).await?;
+        let _ = stop.send(true);
         Ok(ExitCode::SUCCESS)
     })
 }

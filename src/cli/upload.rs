@@ -16,6 +16,9 @@ pub struct UploadArgs {
     /// The collector, e.g. https://collector.example.org or http://127.0.0.1:8080.
     #[arg(long, value_name = "URL")]
     pub collector: String,
+    /// CA certificates (PEM) to trust besides the built-in roots (a campaign's own CA).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Attempts per result before giving up for this invocation.
     #[arg(long, default_value_t = UploadPolicy::default().max_attempts)]
     pub max_attempts: u32,
@@ -36,6 +39,7 @@ pub fn run(args: UploadArgs) -> anyhow::Result<ExitCode> {
         max_attempts: args.max_attempts.max(1),
         initial_backoff: Duration::from_millis(args.initial_backoff_ms),
         request_timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        ca_file: args.ca_file,
         ..UploadPolicy::default()
     };
     let waiting = spool.pending()?.len();

@@ -17,7 +17,7 @@ use sha2::Sha256;
 pub mod client;
 pub mod sqlite;
 
-pub use client::{ClientError, CollectorClient, UploadAnswer};
+pub use client::{ClientError, ClientOptions, CollectorClient, UploadAnswer};
 
 pub use sqlite::SqliteStore;
 

@@ -118,6 +118,7 @@ pub fn run(
         out: options.out.join("report"),
         token_file: None,
         timeout: Duration::from_secs(30),
+        ca_file: None,
     })
     .map_err(|cause| CampaignError::Report {
         results: outcome.results_jsonl.clone(),

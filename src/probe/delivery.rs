@@ -35,11 +35,13 @@ pub struct Delivery {
 }
 
 /// Writes `result` to the spool at `spool_dir`, then uploads what is pending
-/// to `collector` (if any) and says what became of this result.
+/// to `collector` (if any, trusting `ca_file`'s CAs besides the built-in
+/// roots) and says what became of this result.
 pub async fn spool_and_upload(
     result: &RunResult,
     spool_dir: &Path,
     collector: Option<&str>,
+    ca_file: Option<&Path>,
 ) -> Result<Delivery, ProbeError> {
     let spool_error = |cause| ProbeError::Spool {
         dir: spool_dir.to_path_buf(),
@@ -55,11 +57,14 @@ pub async fn spool_and_upload(
         });
     };
     let collector = collector.to_string();
-    let report = tokio::task::spawn_blocking(move || {
-        upload::upload_pending(&spool, &collector, &UploadPolicy::default())
-    })
-    .await
-    .map_err(|e| ProbeError::UploadTask(e.to_string()))?;
+    let policy = UploadPolicy {
+        ca_file: ca_file.map(Path::to_path_buf),
+        ..UploadPolicy::default()
+    };
+    let report =
+        tokio::task::spawn_blocking(move || upload::upload_pending(&spool, &collector, &policy))
+            .await
+            .map_err(|e| ProbeError::UploadTask(e.to_string()))?;
     let run_id = result.run_id.to_string();
     let upload = match report {
         Err(e) => UploadStatus::Pending {

@@ -16,6 +16,10 @@ pub enum ProbeError {
     Resolve { target: String, cause: io::Error },
     #[error("the coordinator `{target}` has no address; check the name")]
     NoAddress { target: String },
+    #[error("the coordinator `{coordinator}` describes a campaign this probe refuses ({why}); nothing was measured")]
+    CampaignRefused { coordinator: String, why: String },
+    #[error("no echo server to classify with: {why}; give --echo HOST:PORT (twice, two IPs) and --collector URL")]
+    NoEchoServers { why: String },
     #[error("could not classify your NAT: {0}")]
     Classify(#[from] ClassifyError),
     #[error("could not pair through the coordinator: {0}")]

@@ -7,12 +7,14 @@
 //! The command line only parses, asks, renders [`Progress`] and prints the
 //! [`RunOutcome`].
 //!
-//! Layout: [`pairing`] (one pairing driven end to end: register ports, prime,
+//! Layout: [`campaign`] (the campaign preview before consent, checked as
+//! untrusted input, and its merge with explicit flags), [`pairing`] (one pairing driven end to end: register ports, prime,
 //! punch, shake hands, report; every trial becomes a record), [`guard`]
 //! (what the probe accepts from its coordinator: sans-io), `volunteer`
 //! ([`run`]), `reference` ([`serve_peer`]), `delivery` (spool, then upload),
 //! `stop` (the stop signal every step listens to), `error` ([`ProbeError`]).
 
+pub mod campaign;
 mod delivery;
 mod error;
 pub mod guard;
@@ -29,6 +31,7 @@ use punchscope_analysis::trial::TrialOutcome;
 
 use crate::proto::rendezvous::Mode;
 
+pub use campaign::{CampaignPreview, Endpoints};
 pub use delivery::UploadStatus;
 pub use error::ProbeError;
 pub use pairing::{run_pairing, trials_estimate, PairingOptions, PairingRun};

@@ -27,6 +27,8 @@ pub struct ReferenceOptions {
     /// Echo servers to classify against; none leaves the reference's NAT unknown.
     pub echo: Vec<String>,
     pub collector: Option<String>,
+    /// CA certificates (PEM) trusted besides the built-in roots for uploads.
+    pub ca_file: Option<PathBuf>,
     pub spool: PathBuf,
     /// Bound on each wait for the coordinator between pairings.
     pub max_wait: Duration,
@@ -112,8 +114,13 @@ pub async fn serve_peer(
                     vec![run.pairing],
                 );
                 result.mode = RunMode::Reference;
-                let delivery =
-                    spool_and_upload(&result, &options.spool, options.collector.as_deref()).await?;
+                let delivery = spool_and_upload(
+                    &result,
+                    &options.spool,
+                    options.collector.as_deref(),
+                    options.ca_file.as_deref(),
+                )
+                .await?;
                 progress(ReferenceProgress::PairingDone {
                     result: Box::new(result),
                     connected,

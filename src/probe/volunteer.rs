@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub echo: Vec<String>,
     /// Where to upload the result; `None` leaves it in the spool.
     pub collector: Option<String>,
+    /// CA certificates (PEM) trusted besides the built-in roots for the upload.
+    pub ca_file: Option<PathBuf>,
     /// Where results wait until the collector has them.
     pub spool: PathBuf,
     /// The volunteer's label for the network, kept in the result.
@@ -116,7 +118,13 @@ pub async fn run(
         pairings,
     );
     progress(Progress::Uploading);
-    let delivery = spool_and_upload(&result, &options.spool, options.collector.as_deref()).await?;
+    let delivery = spool_and_upload(
+        &result,
+        &options.spool,
+        options.collector.as_deref(),
+        options.ca_file.as_deref(),
+    )
+    .await?;
     Ok(RunOutcome {
         result,
         ending,

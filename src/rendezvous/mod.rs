@@ -19,18 +19,23 @@
 //! }
 //! ```
 //!
+//! Before consent, [`fetch_campaign`] asks which campaign the coordinator
+//! runs (its operator, echo servers, collector, privacy notice).
+//!
 //! Pings from the coordinator are answered by a background task at once,
 //! even while the caller is busy registering a port, so the RTTs the
 //! coordinator measures (and the start delays it derives) are not inflated
 //! by the caller's own work. The protocol is specified in
 //! `docs/protocol.md` ("Rendezvous protocol").
 
+mod campaign;
 mod client;
 mod error;
 mod lines;
 mod register;
 
 pub use crate::proto::rendezvous::{ErrorCode, Hello, Mode};
+pub use campaign::fetch_campaign;
 pub use client::{Client, Pairing, Step, TrialReport};
 pub use error::RendezvousError;
 pub use register::register_port;

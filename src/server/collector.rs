@@ -9,6 +9,10 @@
 //! - `GET /v1/results.jsonl`: every stored result, one [`CollectedResult`]
 //!   per line, behind `Authorization: Bearer <export token>`.
 //! - `GET /healthz`: 200 `ok`.
+//! - `GET /metrics`: [`CollectorMetrics`] in the Prometheus text format.
+//!
+//! [`run`] serves plain HTTP; [`run_tls`] serves HTTPS itself (rustls, see
+//! [`super::tls`]).
 //!
 //! Privacy: the uploader's address is read from the connection, turned into
 //! its prefix and a keyed hash ([`SourceTagger`]), and then dropped: it is
@@ -18,10 +22,12 @@
 //! once and commits them together (group commit), so one fsync serves many
 //! concurrent uploads. Bodies, concurrency and request time are bounded.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -57,6 +63,92 @@ pub struct CollectorConfig {
     pub export_token: Option<String>,
     /// Groups uploaders without identifying them.
     pub tagger: SourceTagger,
+    /// Counters of `/metrics`, shared with whoever else wants to read them.
+    pub metrics: Arc<CollectorMetrics>,
+}
+
+/// What the collector counts for `/metrics`: every answer to an upload, by
+/// what it meant. Rejections are keyed by reason (`invalid` 400, `conflict`
+/// 409, `too_large` 413, `rate_limited` 429, `unavailable` 503, else
+/// `http_<code>`), so limits added later are counted without touching this.
+#[derive(Debug, Default)]
+pub struct CollectorMetrics {
+    stored: AtomicU64,
+    already_stored: AtomicU64,
+    refused: Mutex<BTreeMap<String, u64>>,
+}
+
+impl CollectorMetrics {
+    /// Counts one answer to `POST /v1/results`.
+    pub fn count_upload(&self, status: StatusCode) {
+        match status.as_u16() {
+            201 => {
+                self.stored.fetch_add(1, Ordering::Relaxed);
+            }
+            200 => {
+                self.already_stored.fetch_add(1, Ordering::Relaxed);
+            }
+            code => {
+                let reason = match code {
+                    400 => "invalid".to_string(),
+                    408 => "timeout".to_string(),
+                    409 => "conflict".to_string(),
+                    413 => "too_large".to_string(),
+                    429 => "rate_limited".to_string(),
+                    503 => "unavailable".to_string(),
+                    other => format!("http_{other}"),
+                };
+                *self
+                    .refused
+                    .lock()
+                    .expect("metrics lock")
+                    .entry(reason)
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// Results stored since the collector started.
+    pub fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    /// The counters in the Prometheus text format.
+    pub fn render(&self) -> String {
+        use super::metrics::{MetricKind, MetricsText};
+        let refused = self.refused.lock().expect("metrics lock").clone();
+        let rows: Vec<([(&str, &str); 1], u64)> = refused
+            .iter()
+            .map(|(reason, n)| ([("reason", reason.as_str())], *n))
+            .collect();
+        let rate_limited = refused.get("rate_limited").copied().unwrap_or(0);
+        MetricsText::new()
+            .single(
+                "punchscope_collector_results_stored_total",
+                MetricKind::Counter,
+                "Results stored (201).",
+                self.stored(),
+            )
+            .single(
+                "punchscope_collector_results_already_stored_total",
+                MetricKind::Counter,
+                "Uploads of a run already stored (200).",
+                self.already_stored.load(Ordering::Relaxed),
+            )
+            .family(
+                "punchscope_collector_uploads_refused_total",
+                MetricKind::Counter,
+                "Uploads refused, by reason.",
+                &rows.iter().map(|(l, n)| (&l[..], *n)).collect::<Vec<_>>(),
+            )
+            .single(
+                "punchscope_collector_rate_limited_total",
+                MetricKind::Counter,
+                "Uploads refused by a rate limit (429).",
+                rate_limited,
+            )
+            .finish()
+    }
 }
 
 impl CollectorConfig {
@@ -71,6 +163,7 @@ impl CollectorConfig {
             export_page: 500,
             export_token,
             tagger: SourceTagger::new(key),
+            metrics: Arc::default(),
         }
     }
 }
@@ -92,22 +185,49 @@ pub async fn run(
     store: Box<dyn ResultStore>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CollectorError> {
-    let (tx, rx) = mpsc::channel(config.queue_len.max(1));
-    let max_batch = config.max_batch.max(1);
-    let writer = std::thread::Builder::new()
-        .name("collector-store".into())
-        .spawn(move || store_thread(store, rx, max_batch))
-        .map_err(CollectorError::Thread)?;
-    let app = router(config, tx);
+    let (app, writer) = start(config, store)?;
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;
-    // Every sender lived in the router, now dropped: the thread drains and ends.
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    finish(writer).await;
     served.map_err(CollectorError::Serve)
+}
+
+/// As [`run`], over TLS: the collector terminates HTTPS itself with `tls`
+/// (see [`super::tls::load_server_config`]).
+pub async fn run_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    config: CollectorConfig,
+    store: Box<dyn ResultStore>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CollectorError> {
+    let (app, writer) = start(config, store)?;
+    let served = super::tls::serve(listener, tls, app, shutdown).await;
+    finish(writer).await;
+    served.map_err(CollectorError::Serve)
+}
+
+/// The storage thread and the router that feeds it.
+fn start(
+    config: CollectorConfig,
+    store: Box<dyn ResultStore>,
+) -> Result<(Router, std::thread::JoinHandle<()>), CollectorError> {
+    let (tx, rx) = mpsc::channel(config.queue_len.max(1));
+    let max_batch = config.max_batch.max(1);
+    let writer = std::thread::Builder::new()
+        .name("collector-store".into())
+        .spawn(move || store_thread(store, rx, max_batch))
+        .map_err(CollectorError::Thread)?;
+    Ok((router(config, tx), writer))
+}
+
+/// Every sender lived in the router, now dropped: the thread drains and ends.
+async fn finish(writer: std::thread::JoinHandle<()>) {
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
 }
 
 struct AppState {
@@ -130,19 +250,35 @@ fn router(config: CollectorConfig, store: mpsc::Sender<StoreRequest>) -> Router 
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ));
+    let metrics = config.metrics.clone();
+    let count_uploads = axum::middleware::map_response(move |response: Response| {
+        let metrics = metrics.clone();
+        async move {
+            metrics.count_upload(response.status());
+            response
+        }
+    });
+    let metrics = config.metrics.clone();
     let state = Arc::new(AppState {
         config,
         store,
         token_digest,
     });
     Router::new()
-        .route("/v1/results", post(post_result))
+        .route("/v1/results", post(post_result).layer(count_uploads))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { super::metrics::response(metrics.render()) }
+            }),
+        )
         .route("/v1/results.jsonl", get(export))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint: use POST /v1/results, GET /v1/results.jsonl or GET /healthz",
+                "no such endpoint: use POST /v1/results, GET /v1/results.jsonl, GET /healthz or GET /metrics",
             )
         })
         .layer(limits)

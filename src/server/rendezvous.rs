@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -24,8 +24,11 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::net::line::{LineConnection, LineConnectionError};
-use crate::proto::rendezvous::coordinator::{Action, ConnId, Coordinator, CoordinatorConfig};
+use crate::proto::rendezvous::coordinator::{
+    Action, ConnId, Coordinator, CoordinatorConfig, Stats,
+};
 use crate::proto::rendezvous::{self as proto, ErrorCode, ProtoError, ServerMessage, MAX_LINE};
+use crate::server::metrics::{MetricKind, MetricsText};
 use punchscope_analysis::plan::PlanError;
 
 /// Tunables of the coordinator server. `Default` suits a public deployment.
@@ -41,6 +44,142 @@ pub struct RendezvousConfig {
     pub write_timeout: Duration,
     /// After shutdown is signalled, how long connections may take to close.
     pub shutdown_grace: Duration,
+    /// Where the driver publishes the core's counters (about once a second)
+    /// for `/metrics`; `None`: nowhere.
+    pub metrics: Option<CoordinatorMetrics>,
+}
+
+/// The coordinator's counters as last published by its driver.
+#[derive(Debug, Clone, Default)]
+pub struct CoordinatorMetrics(Arc<Mutex<Stats>>);
+
+impl CoordinatorMetrics {
+    pub fn new() -> CoordinatorMetrics {
+        CoordinatorMetrics::default()
+    }
+
+    pub fn snapshot(&self) -> Stats {
+        self.0.lock().expect("metrics lock").clone()
+    }
+
+    fn publish(&self, stats: Stats) {
+        *self.0.lock().expect("metrics lock") = stats;
+    }
+
+    /// The counters in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let s = self.snapshot();
+        let mut outcomes: Vec<(String, u64)> = s
+            .trial_outcomes
+            .iter()
+            .map(|(outcome, n)| (enum_name(outcome), *n))
+            .collect();
+        outcomes.sort();
+        let mut errors: Vec<(String, u64)> = s
+            .errors
+            .iter()
+            .map(|(code, n)| (enum_name(code), *n))
+            .collect();
+        errors.sort();
+        let limited: u64 = [
+            ErrorCode::RateLimited,
+            ErrorCode::TooManyConnections,
+            ErrorCode::Busy,
+        ]
+        .iter()
+        .filter_map(|code| s.errors.get(code))
+        .sum();
+        let outcome_rows: Vec<([(&str, &str); 1], u64)> = outcomes
+            .iter()
+            .map(|(v, n)| ([("outcome", v.as_str())], *n))
+            .collect();
+        let error_rows: Vec<([(&str, &str); 1], u64)> = errors
+            .iter()
+            .map(|(v, n)| ([("code", v.as_str())], *n))
+            .collect();
+        MetricsText::new()
+            .single(
+                "punchscope_coordinator_connections",
+                MetricKind::Gauge,
+                "Open connections.",
+                s.connections as u64,
+            )
+            .single(
+                "punchscope_coordinator_waiting_volunteers",
+                MetricKind::Gauge,
+                "Volunteers waiting for a peer.",
+                s.waiting_volunteers as u64,
+            )
+            .single(
+                "punchscope_coordinator_waiting",
+                MetricKind::Gauge,
+                "Clients waiting for a peer, reference peers included.",
+                s.waiting as u64,
+            )
+            .single(
+                "punchscope_coordinator_pairs",
+                MetricKind::Gauge,
+                "Pairings running now.",
+                s.pairs as u64,
+            )
+            .single(
+                "punchscope_coordinator_pairings_started_total",
+                MetricKind::Counter,
+                "Pairings started.",
+                s.pairings_started,
+            )
+            .single(
+                "punchscope_coordinator_pairings_completed_total",
+                MetricKind::Counter,
+                "Pairings that ran every trial of the plan.",
+                s.pairings_completed,
+            )
+            .single(
+                "punchscope_coordinator_trials_completed_total",
+                MetricKind::Counter,
+                "Trials both sides reported.",
+                s.trials_completed,
+            )
+            .family(
+                "punchscope_coordinator_trial_outcomes_total",
+                MetricKind::Counter,
+                "Each side's reported outcome of completed trials.",
+                &outcome_rows
+                    .iter()
+                    .map(|(l, n)| (&l[..], *n))
+                    .collect::<Vec<_>>(),
+            )
+            .family(
+                "punchscope_coordinator_errors_total",
+                MetricKind::Counter,
+                "Error lines sent to clients, by code.",
+                &error_rows
+                    .iter()
+                    .map(|(l, n)| (&l[..], *n))
+                    .collect::<Vec<_>>(),
+            )
+            .single(
+                "punchscope_coordinator_rate_limited_total",
+                MetricKind::Counter,
+                "Clients refused by a limit (rate_limited, too_many_connections, busy).",
+                limited,
+            )
+            .single(
+                "punchscope_coordinator_campaign_previews_total",
+                MetricKind::Counter,
+                "Campaign previews answered.",
+                s.campaign_previews,
+            )
+            .finish()
+    }
+}
+
+/// A unit enum's wire name (`rate_limited`, `peer_vanished`).
+fn enum_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "other".to_string())
 }
 
 impl Default for RendezvousConfig {
@@ -51,6 +190,7 @@ impl Default for RendezvousConfig {
             outbox_lines: 64,
             write_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(3),
+            metrics: None,
         }
     }
 }
@@ -114,6 +254,8 @@ pub async fn run(
     ));
     let mut outboxes: HashMap<ConnId, mpsc::Sender<Arc<[u8]>>> = HashMap::new();
     tokio::pin!(shutdown);
+    // Counters are published on a tick, not per event: a snapshot walks every connection.
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
     loop {
         let deadline = core.poll_timeout();
         tokio::select! {
@@ -132,6 +274,11 @@ pub async fn run(
                 }
             }
             _ = sleep_until(deadline), if deadline.is_some() => core.handle_timeout(Instant::now()),
+            _ = publish.tick(), if config.metrics.is_some() => {
+                if let Some(metrics) = &config.metrics {
+                    metrics.publish(core.stats());
+                }
+            }
         }
         apply(&mut core, &mut outboxes);
     }

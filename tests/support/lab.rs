@@ -156,3 +156,20 @@ pub fn listen_on(local: SocketAddrV4) -> TcpListener {
     socket.listen(16).unwrap();
     socket.into()
 }
+
+/// Kills the child by its own PID when dropped, even on panic.
+pub struct ChildGuard(pub Option<std::process::Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `punchscope` binary under test, to run inside namespace `ns`.
+pub fn punchscope_in(ns: &str) -> std::process::Command {
+    netns::command_in(ns, env!("CARGO_BIN_EXE_punchscope")).unwrap()
+}

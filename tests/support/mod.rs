@@ -9,3 +9,4 @@ pub mod bitcoind;
 #[cfg(all(feature = "lab", target_os = "linux"))]
 pub mod lab;
 pub mod sockets;
+pub mod tls;

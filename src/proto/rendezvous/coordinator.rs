@@ -24,12 +24,12 @@ use rand::RngCore;
 use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::{Plan, PlanError};
-use punchscope_analysis::trial::Strategy;
+use punchscope_analysis::trial::{Strategy, TrialOutcome};
 
 use super::pairing::Pools;
 use super::{
-    decode_client, error_message, millis, result_deadline, start_delays, ClientMessage, ErrorCode,
-    Hello, Mode, PeerInfo, ProtoError, ServerMessage, TrialResult,
+    decode_client, error_message, millis, result_deadline, start_delays, CampaignInfo,
+    ClientMessage, ErrorCode, Hello, Mode, PeerInfo, ProtoError, ServerMessage, TrialResult,
 };
 use crate::net::source_limit::{ConnectionCounts, SourceKey, TokenBuckets};
 
@@ -75,6 +75,10 @@ pub struct CoordinatorConfig {
     pub references: ReferencePolicy,
     /// Refuse a registration whose IP differs from the control connection's.
     pub require_same_ip: bool,
+    /// The campaign handed out on `campaign_request` (before consent); `None`
+    /// answers `no_campaign`. Checked with [`CampaignInfo::check`] by whoever
+    /// builds the configuration.
+    pub campaign: Option<CampaignInfo>,
 }
 
 impl Default for CoordinatorConfig {
@@ -93,6 +97,7 @@ impl Default for CoordinatorConfig {
             trials_per_ip_refill: Duration::from_secs(3),
             references: ReferencePolicy::Nobody,
             require_same_ip: true,
+            campaign: None,
         }
     }
 }
@@ -106,14 +111,25 @@ pub enum Action {
     Close { conn: ConnId },
 }
 
-/// Counters for logs and benchmarks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters for logs, benchmarks and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub connections: usize,
+    /// Clients waiting for a peer (volunteers and reference peers).
     pub waiting: usize,
+    /// Volunteers among them.
+    pub waiting_volunteers: usize,
     pub pairs: usize,
+    pub pairings_started: u64,
     pub pairings_completed: u64,
     pub trials_completed: u64,
+    /// Each side's reported outcome of each completed trial.
+    pub trial_outcomes: HashMap<TrialOutcome, u64>,
+    /// Every `error` sent, by code (`rate_limited` and `too_many_connections`
+    /// are the rate-limit hits).
+    pub errors: HashMap<ErrorCode, u64>,
+    /// `campaign` answers given (campaign previews).
+    pub campaign_previews: u64,
 }
 
 type PairId = u64;
@@ -240,11 +256,25 @@ impl Coordinator {
     }
 
     pub fn stats(&self) -> Stats {
+        let waiting_volunteers = self
+            .conns
+            .values()
+            .filter(|c| {
+                matches!(
+                    c.state,
+                    ConnState::Waiting {
+                        mode: Mode::Volunteer,
+                        ..
+                    }
+                )
+            })
+            .count();
         Stats {
             connections: self.conns.len(),
             waiting: self.pools.len(),
+            waiting_volunteers,
             pairs: self.pairs.len(),
-            ..self.stats
+            ..self.stats.clone()
         }
     }
 
@@ -336,6 +366,7 @@ impl Coordinator {
         match (state, msg) {
             (ConnState::New, ClientMessage::Hello(hello)) => self.hello(now, conn, hello),
             (ConnState::New, ClientMessage::Register { token }) => self.register(now, conn, &token),
+            (ConnState::New, ClientMessage::CampaignRequest) => self.campaign_request(conn),
             (_, ClientMessage::Bye) => self.leave(conn),
             (ConnState::Paired { pair }, msg) => {
                 let pair = *pair;
@@ -345,6 +376,25 @@ impl Coordinator {
                 let message = format!("{} is not expected {}", kind(&msg), state_name(state));
                 self.fail(conn, error_message(ErrorCode::Unexpected, message));
             }
+        }
+    }
+
+    /// A preview: the campaign, before any consent, then close. Nothing is
+    /// remembered of the connection and no trial budget is spent.
+    fn campaign_request(&mut self, conn: ConnId) {
+        match self.config.campaign.clone() {
+            Some(campaign) => {
+                self.stats.campaign_previews += 1;
+                self.send(conn, ServerMessage::Campaign { campaign });
+                self.close(conn);
+            }
+            None => self.fail(
+                conn,
+                error_message(
+                    ErrorCode::NoCampaign,
+                    "this coordinator's operator described no campaign: ask them for the echo servers and the collector",
+                ),
+            ),
         }
     }
 
@@ -420,6 +470,7 @@ impl Coordinator {
     }
 
     fn start_pair(&mut self, now: Instant, first: (ConnId, Mode), second: (ConnId, Mode)) {
+        self.stats.pairings_started += 1;
         self.seq += 1;
         let id = self.seq;
         for (conn, role, (peer, peer_mode)) in [
@@ -674,6 +725,9 @@ impl Coordinator {
             pair.sides[0].result.as_ref().expect("reported").outcome,
             pair.sides[1].result.as_ref().expect("reported").outcome,
         ];
+        for outcome in outcomes {
+            *self.stats.trial_outcomes.entry(outcome).or_default() += 1;
+        }
         let (conns, trial) = (pair.conns, pair.trial);
         pair.trial += 1;
         let next = pair.trial;
@@ -873,6 +927,9 @@ impl Coordinator {
     }
 
     fn send(&mut self, conn: ConnId, msg: ServerMessage) {
+        if let ServerMessage::Error { code, .. } = &msg {
+            *self.stats.errors.entry(*code).or_default() += 1;
+        }
         self.actions.push_back(Action::Send { conn, msg });
     }
 
@@ -912,6 +969,7 @@ fn kind(msg: &ClientMessage) -> &'static str {
         ClientMessage::Result(_) => "result",
         ClientMessage::Bye => "bye",
         ClientMessage::Register { .. } => "register",
+        ClientMessage::CampaignRequest => "campaign_request",
     }
 }
 

@@ -13,6 +13,9 @@
 //! Optional client fields added within version 1 (so far `hello.verdict`)
 //! are refused by a coordinator that predates them; the client library
 //! then says hello again without them (see `rendezvous::Client::connect`).
+//! Client messages added within version 1 (so far `campaign_request`) are
+//! answered `unknown_type` by such a coordinator, and the client goes on
+//! without what it asked for.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +29,8 @@ use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::Plan;
 use punchscope_analysis::privacy;
 use punchscope_analysis::trial::{Strategy, TrialOutcome};
+
+use crate::net::address::AddressPolicy;
 
 pub mod coordinator;
 mod pairing;
@@ -45,6 +50,133 @@ pub const MAX_SHORT_TEXT: usize = 64;
 /// Largest NAT verdict a client may send in `hello`, in bytes of JSON. A
 /// verdict with every finding unknown and its reasons is about 700 bytes.
 pub const MAX_VERDICT_BYTES: usize = 2048;
+
+/// Longest campaign name.
+pub const MAX_CAMPAIGN_NAME: usize = 100;
+/// Longest operator or contact text of a campaign.
+pub const MAX_CAMPAIGN_TEXT: usize = 200;
+/// Longest collector URL of a campaign.
+pub const MAX_COLLECTOR_URL: usize = 300;
+/// Largest privacy notice a campaign may hand out, in bytes.
+pub const MAX_PRIVACY_NOTICE: usize = 6000;
+/// Most echo endpoints a campaign may name (two IPs x two ports).
+pub const MAX_CAMPAIGN_ECHO: usize = 4;
+
+/// What a coordinator tells a volunteer about its campaign before consent
+/// (`campaign`, answering `campaign_request`): who runs it, which echo
+/// servers classify, where results go, and the privacy notice. A client
+/// treats all of it as untrusted input: [`CampaignInfo::check`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignInfo {
+    /// The campaign's name, e.g. "punchscope pilot 2026".
+    pub name: String,
+    /// Who runs it (a person or an organisation).
+    pub operator: String,
+    /// How to reach the operator (e-mail address, web page).
+    pub contact: String,
+    /// Echo servers for NAT classification: two IPs x two ports at most.
+    pub echo: Vec<SocketAddr>,
+    /// Where results are uploaded (`http://` or `https://`); absent: results stay with the volunteer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<String>,
+    /// The privacy notice the volunteer consents to (plain text, lines separated by `\n`).
+    pub privacy_notice: String,
+}
+
+impl CampaignInfo {
+    /// Whether this campaign may be shown and used: short printable texts
+    /// (a notice may hold newlines and tabs, nothing else below U+0020, so
+    /// it cannot drive the volunteer's terminal), one to four echo
+    /// endpoints that `addresses` allows (the same rule as peers), and an
+    /// `http(s)://` collector URL. Both the coordinator (when configured)
+    /// and the client (when told) check it.
+    pub fn check(&self, addresses: AddressPolicy) -> Result<(), String> {
+        for (field, text, max) in [
+            ("name", &self.name, MAX_CAMPAIGN_NAME),
+            ("operator", &self.operator, MAX_CAMPAIGN_TEXT),
+            ("contact", &self.contact, MAX_CAMPAIGN_TEXT),
+        ] {
+            if text.trim().is_empty() || text.chars().count() > max {
+                return Err(format!("campaign {field} must be 1 to {max} characters"));
+            }
+            if let Some(c) = text.chars().find(|c| is_unprintable(*c)) {
+                return Err(format!(
+                    "campaign {field} holds the control character {c:?}: one line of printable text only"
+                ));
+            }
+        }
+        if self.privacy_notice.trim().is_empty() || self.privacy_notice.len() > MAX_PRIVACY_NOTICE {
+            return Err(format!(
+                "campaign privacy_notice must be 1 to {MAX_PRIVACY_NOTICE} bytes"
+            ));
+        }
+        if let Some(c) = self
+            .privacy_notice
+            .chars()
+            .find(|c| *c != '\n' && *c != '\t' && is_unprintable(*c))
+        {
+            return Err(format!(
+                "campaign privacy_notice holds the control character {c:?}: plain text only"
+            ));
+        }
+        if self.echo.is_empty() || self.echo.len() > MAX_CAMPAIGN_ECHO {
+            return Err(format!(
+                "campaign echo must list 1 to {MAX_CAMPAIGN_ECHO} endpoints"
+            ));
+        }
+        for endpoint in &self.echo {
+            addresses
+                .check(*endpoint)
+                .map_err(|why| format!("campaign echo endpoint refused: {why}"))?;
+        }
+        if let Some(url) = &self.collector {
+            check_collector_url(url)?;
+        }
+        let answer = ServerMessage::Campaign {
+            campaign: self.clone(),
+        };
+        let line = serde_json::to_string(&answer).expect("a campaign serializes");
+        // Room for the envelope's `"v":1,` and the newline.
+        if line.len() + 8 > MAX_LINE {
+            return Err(format!(
+                "the campaign does not fit in one {MAX_LINE}-byte line: shorten the privacy notice"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A collector URL a campaign may name: `http://` or `https://` with a
+/// host, printable, no spaces, bounded in length. Only ever used to upload.
+pub fn check_collector_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_COLLECTOR_URL {
+        return Err(format!(
+            "campaign collector URL is longer than {MAX_COLLECTOR_URL} bytes"
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || is_unprintable(c)) {
+        return Err("campaign collector URL holds spaces or control characters".into());
+    }
+    let host = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
+    match host {
+        Some(host) if !host.is_empty() && !host.contains('@') => Ok(()),
+        Some(_) => Err(format!(
+            "campaign collector URL {url:?} has no host (or carries credentials)"
+        )),
+        None => Err(format!(
+            "campaign collector URL {url:?} is not http:// or https://"
+        )),
+    }
+}
+
+/// Control characters (C0, DEL, C1) and the bidirectional overrides that
+/// can make text read differently from what it is.
+fn is_unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
 
 /// Whether a client is a volunteer or a researcher-run reference peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,6 +238,10 @@ pub enum ClientMessage {
     Bye,
     /// First and only line of a registration connection.
     Register { token: String },
+    /// First and only line of a preview connection: what campaign does this
+    /// coordinator run? Answered with `campaign` (or an `error`), then closed.
+    /// Added within version 1.
+    CampaignRequest,
 }
 
 /// The paired peer, as far as a client needs to know it.
@@ -123,6 +259,8 @@ pub struct PeerInfo {
 pub enum ServerMessage {
     /// Answer to `hello`.
     Welcome { session: String },
+    /// Answer to `campaign_request`; the coordinator closes after this.
+    Campaign { campaign: CampaignInfo },
     /// Heartbeat while no peer is found.
     Waiting { waited_ms: u64 },
     /// A peer was found; trials follow.
@@ -206,6 +344,8 @@ pub enum ErrorCode {
     /// A client could not keep up with what the coordinator sends.
     TooSlow,
     ShuttingDown,
+    /// `campaign_request` to a coordinator whose operator described no campaign.
+    NoCampaign,
     /// Any code a newer coordinator may add.
     #[serde(other)]
     Other,
@@ -296,7 +436,15 @@ fn versioned_object(line: &str) -> Result<Map<String, Value>, ProtoError> {
     Ok(ndjson::versioned_object(line, SUPPORTED_VERSIONS)?)
 }
 
-const CLIENT_TYPES: &[&str] = &["hello", "pong", "primed", "result", "bye", "register"];
+const CLIENT_TYPES: &[&str] = &[
+    "hello",
+    "pong",
+    "primed",
+    "result",
+    "bye",
+    "register",
+    "campaign_request",
+];
 
 /// Decodes and validates a client line (coordinator side).
 pub fn decode_client(line: &str) -> Result<ClientMessage, ProtoError> {

@@ -741,3 +741,166 @@ fn each_side_primes_with_the_ttl_its_own_path_measured_else_the_plans() {
     );
     assert_eq!(ttl(h.take(2)), 2, "no path measured: the plan's low_ttl");
 }
+
+fn campaign() -> CampaignInfo {
+    CampaignInfo {
+        name: "pilot".into(),
+        operator: "Example Lab".into(),
+        contact: "ops@example.org".into(),
+        echo: vec![sa("198.51.100.10:3478"), sa("198.51.100.11:3478")],
+        collector: Some("https://198.51.100.10:8443".into()),
+        privacy_notice: "What we keep\n\nPorts and timings.".into(),
+    }
+}
+
+#[test]
+fn a_campaign_preview_is_answered_before_consent_and_closed_without_pairing() {
+    let mut h = Harness::new(CoordinatorConfig {
+        campaign: Some(campaign()),
+        ..config(plan(1, "[\"simultaneous\"]", 0, 1))
+    });
+    h.connect(1, "203.0.113.5:4000");
+    h.say(1, &ClientMessage::CampaignRequest);
+    assert_eq!(
+        h.take(1),
+        vec![ServerMessage::Campaign {
+            campaign: campaign()
+        }]
+    );
+    assert!(h.closed.contains(&1), "a preview is closed at once");
+    let stats = h.core.stats();
+    assert_eq!((stats.connections, stats.waiting), (0, 0));
+    assert_eq!(stats.campaign_previews, 1);
+    // The line round-trips as a client decodes it.
+    let line = encode_server(&ServerMessage::Campaign {
+        campaign: campaign(),
+    });
+    let text = frame(&line).unwrap();
+    assert!(text.starts_with("{\"v\":1,\"type\":\"campaign\""), "{text}");
+    assert_eq!(
+        decode_server(text).unwrap(),
+        ServerMessage::Campaign {
+            campaign: campaign()
+        }
+    );
+}
+
+#[test]
+fn a_preview_without_a_campaign_is_refused_with_no_campaign_and_counted() {
+    let mut h = Harness::new(config(plan(1, "[\"simultaneous\"]", 0, 1)));
+    h.connect(1, "203.0.113.5:4000");
+    h.say(1, &ClientMessage::CampaignRequest);
+    match h.take(1).as_slice() {
+        [ServerMessage::Error { code, .. }] => assert_eq!(*code, ErrorCode::NoCampaign),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.closed.contains(&1));
+    assert_eq!(h.core.stats().errors[&ErrorCode::NoCampaign], 1);
+    // A preview is a first line only.
+    h.connect(2, "203.0.113.6:4000");
+    h.say(2, &hello(None));
+    h.say(2, &ClientMessage::CampaignRequest);
+    assert!(matches!(
+        h.take(2).last(),
+        Some(ServerMessage::Error {
+            code: ErrorCode::Unexpected,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn campaign_info_that_could_misdirect_or_mislead_a_volunteer_is_refused() {
+    use crate::net::address::AddressPolicy;
+    assert_eq!(campaign().check(AddressPolicy::Public), Ok(()));
+    let cases: Vec<(CampaignInfo, &str)> = vec![
+        (
+            CampaignInfo {
+                echo: vec![sa("192.168.1.1:3478")],
+                ..campaign()
+            },
+            "private",
+        ),
+        (
+            CampaignInfo {
+                echo: vec![sa("127.0.0.1:3478")],
+                ..campaign()
+            },
+            "loopback",
+        ),
+        (
+            CampaignInfo {
+                echo: vec![sa("198.51.100.10:0")],
+                ..campaign()
+            },
+            "port 0",
+        ),
+        (
+            CampaignInfo {
+                echo: vec![],
+                ..campaign()
+            },
+            "1 to 4",
+        ),
+        (
+            CampaignInfo {
+                echo: vec![sa("198.51.100.10:1"); 5],
+                ..campaign()
+            },
+            "1 to 4",
+        ),
+        (
+            CampaignInfo {
+                collector: Some("file:///etc/passwd".into()),
+                ..campaign()
+            },
+            "not http",
+        ),
+        (
+            CampaignInfo {
+                collector: Some("https://user:pw@example.org".into()),
+                ..campaign()
+            },
+            "credentials",
+        ),
+        (
+            CampaignInfo {
+                collector: Some("https://example.org/a b".into()),
+                ..campaign()
+            },
+            "spaces",
+        ),
+        (
+            CampaignInfo {
+                name: "pilot\u{1b}[2J".into(),
+                ..campaign()
+            },
+            "control character",
+        ),
+        (
+            CampaignInfo {
+                operator: "\u{202e}evil".into(),
+                ..campaign()
+            },
+            "control character",
+        ),
+        (
+            CampaignInfo {
+                privacy_notice: "ok\r\nfake prompt".into(),
+                ..campaign()
+            },
+            "control character",
+        ),
+        (
+            CampaignInfo {
+                privacy_notice: "x".repeat(MAX_PRIVACY_NOTICE + 1),
+                ..campaign()
+            },
+            "bytes",
+        ),
+    ];
+    for (info, expected) in cases {
+        let e = info.check(AddressPolicy::Public).unwrap_err();
+        assert!(e.contains(expected), "{e} (expected {expected:?})");
+    }
+}

@@ -1,0 +1,112 @@
+//! The collector serving HTTPS itself (rustls) on loopback: the upload
+//! client trusts a test CA given as a file, uploads through the spool,
+//! reads the export, and `/metrics` counts what was stored and refused;
+//! without the CA the client refuses the certificate and nothing leaves the spool.
+
+mod results_support;
+mod support;
+
+use std::time::Duration;
+
+use punchscope::collector::{ClientOptions, CollectorClient, SqliteStore};
+use punchscope::server::collector::{self, CollectorConfig};
+use punchscope::server::tls::load_server_config;
+use punchscope::upload::{self, Spool, UploadPolicy};
+use results_support::sample_result;
+use support::tls::make_test_ca;
+
+#[test]
+fn uploads_and_the_export_go_over_https_with_a_test_ca_and_metrics_count_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_test_ca(dir.path(), &["127.0.0.1"]);
+    let tls = load_server_config(&ca.cert_pem, &ca.key_pem).unwrap();
+    let config = CollectorConfig::new(b"grouping key for the test, 32by", Some("tok-en".into()));
+    let metrics = config.metrics.clone();
+    let db = dir.path().join("results.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let store = SqliteStore::open(&db).unwrap();
+    let server = runtime.spawn(collector::run_tls(
+        listener,
+        tls,
+        config,
+        Box::new(store),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let results: Vec<_> = (0..3).map(|i| sample_result(i, 2)).collect();
+    for r in &results {
+        spool.store(r).unwrap();
+    }
+    let quick = UploadPolicy {
+        max_attempts: 1,
+        request_timeout: Duration::from_secs(10),
+        ..UploadPolicy::default()
+    };
+    // Without the test CA the certificate is not trusted: nothing leaves the spool.
+    let report = upload::upload_pending(&spool, &url, &quick).unwrap();
+    assert!(report.delivered.is_empty(), "{report:?}");
+    let why = report.stopped_because.unwrap();
+    assert!(why.to_lowercase().contains("certificate"), "{why}");
+    assert_eq!(spool.pending().unwrap().len(), 3);
+
+    let trusted = UploadPolicy {
+        ca_file: Some(ca.ca_pem.clone()),
+        ..quick
+    };
+    let report = upload::upload_pending(&spool, &url, &trusted).unwrap();
+    assert_eq!(report.delivered.len(), 3, "{report:?}");
+    assert!(spool.pending().unwrap().is_empty());
+    assert_eq!(metrics.stored(), 3);
+
+    let client = CollectorClient::with_options(
+        &url,
+        &ClientOptions {
+            timeout: Duration::from_secs(10),
+            ca_file: Some(ca.ca_pem.clone()),
+        },
+    )
+    .unwrap();
+    let mut export = String::new();
+    std::io::Read::read_to_string(&mut client.export("tok-en").unwrap(), &mut export).unwrap();
+    assert_eq!(export.lines().count(), 3);
+    let refused = client.upload("{\"not\":\"a result\"}", "x", Duration::from_secs(5));
+    assert!(
+        matches!(refused, punchscope::collector::UploadAnswer::Rejected(_)),
+        "{refused:?}"
+    );
+
+    let http = reqwest::blocking::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&ca.ca_pem).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        text.contains("punchscope_collector_results_stored_total 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("punchscope_collector_uploads_refused_total{reason=\"invalid\"} 1\n"),
+        "{text}"
+    );
+    let _ = stop.send(());
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await })
+        .expect("the collector stops")
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,276 @@
+//! A whole field rehearsal in the lab: `serve campaign` from a campaign file
+//! in the internet namespace (collector over HTTPS with a test CA made here),
+//! volunteers behind several emulated NATs running `punchscope probe
+//! --campaign 198.51.100.10 --yes` with only the CA file added, their results
+//! stored, `/metrics` counting them, and `punchscope report https://...`
+//! building the report from the collector.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::lab::*;
+use support::tls::make_test_ca;
+
+const SCENARIO: &str = r#"
+[[nat]]
+name = "eim_apdf"
+filtering = "apdf"
+delay_ms = 10
+[[nat]]
+name = "eim_eif"
+filtering = "eif"
+delay_ms = 5
+[[nat]]
+name = "eim_adf"
+filtering = "adf"
+delay_ms = 5
+[[nat]]
+name = "eim_rst"
+filtering = "apdf"
+unsolicited = "rst"
+delay_ms = 15
+[[host]]
+name = "v1"
+nat = "eim_apdf"
+[[host]]
+name = "v2"
+nat = "eim_eif"
+[[host]]
+name = "v3"
+nat = "eim_adf"
+[[host]]
+name = "v4"
+nat = "eim_rst"
+"#;
+
+const PLAN: &str = "version = 1\nname = \"field-rehearsal\"\ntrials = 2\nstrategies = [\"simultaneous\", \"connect_listen\"]\n\
+network = \"regtest\"\nattempt_timeout_ms = 800\nmax_attempts = 2\nretry_gap_ms = 50\nretry_jitter_ms = 100\n";
+
+const CAMPAIGN: &str = r#"
+[campaign]
+name = "lab field rehearsal"
+operator = "punchscope tests"
+contact = "tests@example.org"
+
+[echo]
+addresses = ["198.51.100.10", "198.51.100.11"]
+ports = [3478, 3479]
+
+[coordinator]
+listen = "198.51.100.10:8340"
+plan = "plan.toml"
+metrics_listen = "198.51.100.10:9340"
+
+[collector]
+listen = "198.51.100.10:8443"
+public_url = "https://198.51.100.10:8443"
+database = "results.db"
+export_token_file = "export.token"
+tls_cert = "cert.pem"
+tls_key = "key.pem"
+"#;
+
+const COLLECTOR: &str = "https://198.51.100.10:8443";
+const VOLUNTEERS: [&str; 4] = ["v1", "v2", "v3", "v4"];
+
+/// GET `url` inside the lab's internet namespace, trusting the test CA.
+fn get_in_internet(lab: &punchscope::lab::Lab, url: &str, ca: &std::path::Path) -> String {
+    let ca = std::fs::read(ca).unwrap();
+    let url = url.to_string();
+    lab.run_in("internet", move || {
+        let client = reqwest::blocking::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        client.get(&url).send().unwrap().text().unwrap()
+    })
+    .unwrap()
+}
+
+/// Polls `url` until its text has every one of `wanted`, or gives up after 10 s.
+fn metrics_with(
+    lab: &punchscope::lab::Lab,
+    url: &str,
+    ca: &std::path::Path,
+    wanted: &[&str],
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = get_in_internet(lab, url, ca);
+        if wanted.iter().all(|w| text.contains(w)) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_field_rehearsal_runs_from_one_campaign_file_and_one_volunteer_flag() {
+    let lab = start_lab("fld", SCENARIO);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_test_ca(dir.path(), &["198.51.100.10"]);
+    std::fs::write(dir.path().join("campaign.toml"), CAMPAIGN).unwrap();
+    std::fs::write(dir.path().join("plan.toml"), PLAN).unwrap();
+    std::fs::write(
+        dir.path().join("export.token"),
+        "field-rehearsal-export-token\n",
+    )
+    .unwrap();
+
+    let log = std::fs::File::create(dir.path().join("campaign.err")).unwrap();
+    let _campaign = ChildGuard(Some(
+        punchscope_in(&lab.internet_netns())
+            .args(["serve", "campaign", "--config"])
+            .arg(dir.path().join("campaign.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for endpoint in [
+        "198.51.100.10:8340",
+        "198.51.100.10:8443",
+        "198.51.100.11:3479",
+    ] {
+        while !lab
+            .run_in("internet", || {
+                std::net::TcpStream::connect(endpoint).is_ok()
+            })
+            .unwrap()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "serve campaign did not listen on {endpoint}: {}",
+                std::fs::read_to_string(dir.path().join("campaign.err")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // Each volunteer: one flag and consent, plus the test CA (its own state
+    // folder, as a separate machine has).
+    let mut probes = Vec::new();
+    for host in VOLUNTEERS {
+        let state = dir.path().join(format!("state-{host}"));
+        let child = punchscope_in(&lab.host_netns(host).unwrap())
+            .args(["probe", "--campaign", "198.51.100.10", "--yes", "--ca-file"])
+            .arg(&ca.ca_pem)
+            .env("XDG_STATE_HOME", &state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        probes.push((host, ChildGuard(Some(child))));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (host, mut guard) in probes {
+        while guard.0.as_mut().unwrap().try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "probe in {host} did not finish");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let output = guard.0.take().unwrap().wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert!(output.status.success(), "{host}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains("Campaign: lab field rehearsal")
+                && stderr.contains("Run by: punchscope tests (tests@example.org)")
+                && stderr.contains(&format!("Results go to: {COLLECTOR}")),
+            "{host}'s consent screen names the campaign: {stderr}"
+        );
+        let consent = stderr.find("Results go to").unwrap();
+        let classifying = stderr.find("classifying").unwrap_or(usize::MAX);
+        assert!(
+            consent < classifying,
+            "consent comes before any measurement"
+        );
+        assert!(
+            stdout.contains("uploaded: the collector has it"),
+            "{host}: {stdout}"
+        );
+        let spool = dir.path().join(format!("state-{host}/punchscope/spool"));
+        let left = std::fs::read_dir(&spool)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count();
+        assert_eq!(left, 0, "{host}'s result left its spool");
+    }
+
+    // The operator's view.
+    let collector = metrics_with(
+        &lab,
+        &format!("{COLLECTOR}/metrics"),
+        &ca.ca_pem,
+        &["punchscope_collector_results_stored_total 4\n"],
+    );
+    assert!(
+        collector.contains("punchscope_collector_results_stored_total 4\n"),
+        "{collector}"
+    );
+    let coordinator = metrics_with(
+        &lab,
+        "http://198.51.100.10:9340/metrics",
+        &ca.ca_pem,
+        &["punchscope_coordinator_pairings_completed_total 2\n"],
+    );
+    for line in [
+        "punchscope_coordinator_pairings_completed_total 2\n",
+        "punchscope_coordinator_trials_completed_total 4\n",
+        "punchscope_coordinator_campaign_previews_total 4\n",
+        "punchscope_coordinator_waiting_volunteers 0\n",
+    ] {
+        assert!(coordinator.contains(line), "{line}in {coordinator}");
+    }
+    let outcomes: u64 = coordinator
+        .lines()
+        .filter(|l| l.starts_with("punchscope_coordinator_trial_outcomes_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(outcomes, 8, "both sides of 4 trials: {coordinator}");
+    assert_eq!(
+        get_in_internet(&lab, &format!("{COLLECTOR}/healthz"), &ca.ca_pem),
+        "ok\n"
+    );
+
+    // The researcher's view: the report straight from the collector, over HTTPS.
+    let out = dir.path().join("report");
+    let report = punchscope_in(&lab.internet_netns())
+        .args(["report", COLLECTOR, "--token-file"])
+        .arg(dir.path().join("export.token"))
+        .arg("--ca-file")
+        .arg(&ca.ca_pem)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["headline"]["n"], 4,
+        "2 pairings x 2 trials, each once"
+    );
+    assert_eq!(summary["input"]["trials_both_sides"], 4);
+    assert!(out.join("index.html").exists());
+    drop(lab);
+}
