@@ -22,9 +22,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
 use tokio::sync::{watch, Semaphore};
 
+use crate::net::socket::raise_fd_limit;
 use crate::proto::rendezvous::{self as proto, ClientMessage, Hello, ServerMessage};
 use crate::rendezvous::{register_port, Client, RendezvousError, Step, TrialReport};
-use crate::server::rendezvous::raise_fd_limit;
 
 /// What the rendezvous benchmark does.
 #[derive(Debug, Clone)]

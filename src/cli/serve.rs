@@ -106,7 +106,8 @@ fn run_rendezvous(args: RendezvousArgs) -> anyhow::Result<ExitCode> {
     } else {
         ReferencePolicy::From(args.reference_ips.clone())
     };
-    let fds = rendezvous::raise_fd_limit().context("cannot raise the open-file limit")?;
+    let fds =
+        punchscope::net::socket::raise_fd_limit().context("cannot raise the open-file limit")?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = rendezvous::bind_listener(args.listen)?;
