@@ -16,15 +16,19 @@ use std::time::{Duration, Instant};
 /// address (`::ffff:a.b.c.d`, what a dual-stack listener reports for IPv4
 /// clients) counts as its IPv4 address, not as one prefix shared by every
 /// IPv4 client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourceKey {
     ip: IpAddr,
-    /// Bits of an IPv6 address kept; unused for IPv4.
+    /// Bits of an IPv6 address kept; 0 for IPv4.
     v6_prefix: u8,
 }
 
 /// The IPv6 prefix one host usually holds, what [`SourceKey::of`] counts by.
 pub const HOST_V6_PREFIX: u8 = 64;
+
+/// The IPv6 prefix one site (a home, an office) may hold: aggregate caps
+/// count by it, so a site cannot multiply its share by using many /64s.
+pub const SITE_V6_PREFIX: u8 = 48;
 
 impl SourceKey {
     /// The key of `ip`: its IPv4 address, or its IPv6 /64.
@@ -47,8 +51,17 @@ impl SourceKey {
                     v6_prefix,
                 }
             }
-            v4 => SourceKey { ip: v4, v6_prefix },
+            // One IPv4 key whatever prefix was asked, so keys compare equal.
+            v4 => SourceKey {
+                ip: v4,
+                v6_prefix: 0,
+            },
         }
+    }
+
+    /// This key's wider IPv6 prefix of `v6_prefix` bits (an IPv4 key stays as it is).
+    pub fn widened(self, v6_prefix: u8) -> SourceKey {
+        SourceKey::within(self.ip, v6_prefix.min(self.v6_prefix))
     }
 }
 
@@ -214,6 +227,11 @@ mod tests {
         assert_eq!(within("192.0.2.1", 48).to_string(), "192.0.2.1");
         assert_ne!(within("192.0.2.1", 48), within("192.0.2.2", 48));
         assert_eq!(key("2001:db8::1"), within("2001:db8::9", HOST_V6_PREFIX));
+        assert_eq!(
+            key("2001:db8:0:7::1").widened(SITE_V6_PREFIX),
+            within("2001:db8::1", 48)
+        );
+        assert_eq!(key("192.0.2.1").widened(SITE_V6_PREFIX), key("192.0.2.1"));
     }
 
     #[test]

@@ -350,21 +350,9 @@ fn router(state: Arc<AppState>) -> Router {
 
 /// A JSON error answer, its message cut to [`MAX_ERROR_MESSAGE_BYTES`].
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({ "error": bounded_message(message.into()) });
+    let message = crate::proto::ndjson::bounded_text(message.into(), MAX_ERROR_MESSAGE_BYTES);
+    let body = serde_json::json!({ "error": message });
     (status, Json(body)).into_response()
-}
-
-fn bounded_message(mut message: String) -> String {
-    const CUT: &str = "...";
-    if message.len() > MAX_ERROR_MESSAGE_BYTES {
-        let mut end = MAX_ERROR_MESSAGE_BYTES - CUT.len();
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str(CUT);
-    }
-    message
 }
 
 /// 429 (or 503) with a `Retry-After` header.
