@@ -55,7 +55,7 @@ pub struct CollectorArgs {
 pub fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
     let key_file = match &args.key_file {
         Some(path) => path.clone(),
-        None => collector::default_key_path()?,
+        None => collector::default_key_path(),
     };
     if !args.allow_key_beside_db {
         collector::check_key_apart(&args.db, &key_file)?;

@@ -175,13 +175,16 @@ pub enum SecretError {
 /// Where the grouping key lives unless told otherwise: the user's
 /// configuration directory (`$XDG_CONFIG_HOME/punchscope/collector.key`,
 /// else `~/.config/punchscope/collector.key`), apart from any database.
-pub fn default_key_path() -> Result<PathBuf, SecretError> {
+/// A service without a home directory uses `/var/lib/punchscope/collector.key`.
+pub fn default_key_path() -> PathBuf {
     let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty());
     let config = non_empty("XDG_CONFIG_HOME")
         .map(PathBuf::from)
-        .or_else(|| non_empty("HOME").map(|home| PathBuf::from(home).join(".config")))
-        .ok_or(SecretError::NoKeyHome)?;
-    Ok(config.join("punchscope").join("collector.key"))
+        .or_else(|| non_empty("HOME").map(|home| PathBuf::from(home).join(".config")));
+    match config {
+        Some(config) => config.join("punchscope").join("collector.key"),
+        None => PathBuf::from("/var/lib/punchscope/collector.key"),
+    }
 }
 
 /// Refuses a key file inside the database's directory (or below it): a
