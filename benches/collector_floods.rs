@@ -117,8 +117,16 @@ fn main() {
     println!("a legitimate client on 127.0.0.1 during {PHASE:?} of each flood (in-process collector, 2 cores shared with the flood):");
     report("no flood", measure(&collector, &mut seed));
 
-    let slowloris = hold(&collector, 1, 1000, b"POST /v1/results HTTP/1.1\r\nHost: c\r\nContent-Le");
-    report("1,000 slowloris (partial headers, 50 sources)", measure(&collector, &mut seed));
+    let slowloris = hold(
+        &collector,
+        1,
+        1000,
+        b"POST /v1/results HTTP/1.1\r\nHost: c\r\nContent-Le",
+    );
+    report(
+        "1,000 slowloris (partial headers, 50 sources)",
+        measure(&collector, &mut seed),
+    );
     drop(slowloris);
 
     let slow_bodies = hold(
@@ -127,7 +135,10 @@ fn main() {
         1000,
         b"POST /v1/results HTTP/1.1\r\nHost: c\r\nContent-Length: 100000\r\n\r\n{",
     );
-    report("1,000 slow bodies (headers + 1 byte, 50 sources)", measure(&collector, &mut seed));
+    report(
+        "1,000 slow bodies (headers + 1 byte, 50 sources)",
+        measure(&collector, &mut seed),
+    );
     drop(slow_bodies);
 
     let stop = flood(4, move |t, n| {
@@ -135,7 +146,10 @@ fn main() {
         let stream = connect_from(source, addr);
         drop(stream);
     });
-    report("connection churn (4 threads, 1,000 sources)", measure(&collector, &mut seed));
+    report(
+        "connection churn (4 threads, 1,000 sources)",
+        measure(&collector, &mut seed),
+    );
     stop();
 
     let mut value = serde_json::to_value(sample_result(1, 1)).unwrap();
@@ -146,6 +160,9 @@ fn main() {
         let source = loopback(4, t, (n % 250 + 1) as u8);
         let _ = post_from(source, addr, adversarial.as_bytes());
     });
-    report("adversarial 2 MiB uploads (4 at a time)", measure(&collector, &mut seed));
+    report(
+        "adversarial 2 MiB uploads (4 at a time)",
+        measure(&collector, &mut seed),
+    );
     stop();
 }

@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Err(e) = rendezvous::decode_client(line) {
         let answer = rendezvous::encode_server(&e.to_message());
-        assert!(answer.len() <= rendezvous::MAX_LINE, "{} bytes", answer.len());
+        assert!(
+            answer.len() <= rendezvous::MAX_LINE,
+            "{} bytes",
+            answer.len()
+        );
     }
     let _ = rendezvous::decode_server(line);
 });
