@@ -22,9 +22,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
 use tokio::sync::{watch, Semaphore};
 
+use crate::net::socket::raise_fd_limit;
 use crate::proto::rendezvous::{self as proto, ClientMessage, Hello, ServerMessage};
 use crate::rendezvous::{register_port, Client, RendezvousError, Step, TrialReport};
-use crate::server::rendezvous::raise_fd_limit;
 
 /// What the rendezvous benchmark does.
 #[derive(Debug, Clone)]
@@ -134,6 +134,10 @@ impl Coordinator {
             .arg("--plan")
             .arg(plan)
             .args(["--max-connections", "30000", "--max-connections-per-ip"])
+            .arg((PER_IP * 2).to_string())
+            .arg("--max-connections-per-site")
+            .arg((PER_IP * 2).to_string())
+            .args(["--max-waiting", "30000", "--max-waiting-per-site"])
             .arg((PER_IP * 2).to_string())
             .args(["--trials-per-ip-burst", "100000", "--max-wait-secs", "600"])
             .stdin(Stdio::null())

@@ -23,12 +23,14 @@ fn duplicate_uploads_are_stored_once() {
         assert_eq!(status, 200, "{text}");
         assert!(text.contains("already_stored"), "{text}");
     }
-    // The same run id with other content is still a duplicate: the first copy stays.
+    // The same run id with other content is a conflict: the first copy stays.
     let mut changed = result.clone();
     changed.tool_version = "9.9.9".into();
-    assert_eq!(
-        post(&agent, &collector.url(), changed.to_json().as_bytes()).0,
-        200
+    let (status, text) = post(&agent, &collector.url(), changed.to_json().as_bytes());
+    assert_eq!(status, 409, "{text}");
+    assert!(
+        error_message(&text).contains("already stored with other content"),
+        "{text}"
     );
     let ids = db_run_ids(&collector.db);
     assert_eq!(ids, vec![result.run_id.to_string()]);

@@ -110,3 +110,76 @@ fn uploads_and_the_export_go_over_https_with_a_test_ca_and_metrics_count_them() 
         .unwrap()
         .unwrap();
 }
+
+/// The TLS listener goes through the same caps as plain HTTP: a source that
+/// opens connections and never finishes a handshake is held to its
+/// per-source cap (further connections are closed at once and counted),
+/// while another source's HTTPS requests are served.
+#[test]
+fn over_tls_a_source_that_never_handshakes_is_held_to_its_connection_cap() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_test_ca(dir.path(), &["127.0.0.1"]);
+    let tls = load_server_config(&ca.cert_pem, &ca.key_pem).unwrap();
+    let mut config = CollectorConfig::new(b"grouping key for the test, 32by", None);
+    config.admission.connections_per_source = 2;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let store = SqliteStore::open(&dir.path().join("results.db")).unwrap();
+    let server = runtime.spawn(collector::run_tls(
+        listener,
+        tls,
+        config,
+        Box::new(store),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let silent = results_support::loopback(0, 0, 7);
+    let held: Vec<_> = (0..2)
+        .map(|_| results_support::connect_from(silent, addr))
+        .collect();
+    let mut third = results_support::connect_from(silent, addr);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = third.read(&mut byte);
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the third connection is closed at once, not held: {read:?}"
+    );
+
+    let http = reqwest::blocking::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&ca.ca_pem).unwrap()).unwrap(),
+        )
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let text = http
+        .get(format!("https://{addr}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        text.contains("punchscope_collector_connections_refused_total{reason=\"per_source\"} 1\n"),
+        "{text}"
+    );
+    drop(held);
+    let _ = stop.send(());
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), server).await })
+        .expect("the collector stops")
+        .unwrap()
+        .unwrap();
+}

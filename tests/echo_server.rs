@@ -358,6 +358,9 @@ async fn rate_limits_dial_back_requests_per_source_ip() {
 async fn excess_connections_are_told_busy_and_capacity_returns() {
     let config = EchoConfig {
         max_connections: 4,
+        // Every client here is 127.0.0.1: the per-source caps stay out of the way.
+        max_connections_per_source: u32::MAX,
+        max_connections_per_site: u32::MAX,
         request_timeout: Duration::from_secs(3),
         ..fast_config()
     };
@@ -399,6 +402,9 @@ async fn excess_connections_are_told_busy_and_capacity_returns() {
 async fn a_thousand_concurrent_clients_are_answered_or_turned_away() {
     let config = EchoConfig {
         max_connections: 64,
+        // Every client here is 127.0.0.1: the per-source caps stay out of the way.
+        max_connections_per_source: u32::MAX,
+        max_connections_per_site: u32::MAX,
         ..fast_config()
     };
     let server = start(config).await;
@@ -445,6 +451,76 @@ async fn a_thousand_concurrent_clients_are_answered_or_turned_away() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         after = connect(server.primary()).await;
     }
+    server.stop().await.unwrap();
+}
+
+/// A connection to `to` from the loopback address `from`.
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> BufReader<TcpStream> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    BufReader::new(
+        tokio::time::timeout(WAIT, socket.connect(to))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn one_source_cannot_take_every_place() {
+    let config = EchoConfig {
+        max_connections: 64,
+        max_connections_per_source: 3,
+        request_timeout: Duration::from_secs(3),
+        ..fast_config()
+    };
+    let server = start(config).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = connect_from([127, 9, 0, 1], server.primary()).await;
+        assert!(matches!(
+            next_message(&mut conn).await,
+            Some(ServerMessage::Observed { .. })
+        ));
+        held.push(conn);
+    }
+    let mut flood = connect_from([127, 9, 0, 1], server.primary()).await;
+    let (code, message) = error_code(next_message(&mut flood).await);
+    assert_eq!(code, ErrorCode::TooManyConnections);
+    assert!(message.contains("127.9.0.1"), "{message}");
+    assert!(closes(&mut flood).await);
+    let mut other = connect_from([127, 9, 0, 2], server.primary()).await;
+    assert!(
+        matches!(
+            next_message(&mut other).await,
+            Some(ServerMessage::Observed { .. })
+        ),
+        "another source is still served"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn error_lines_stay_within_the_line_limit_whatever_the_client_sent() {
+    let server = start(fast_config()).await;
+    let mut conn = connect(server.primary()).await;
+    assert!(matches!(
+        next_message(&mut conn).await,
+        Some(ServerMessage::Observed { .. })
+    ));
+    // An unknown type as long as a line allows: the error quotes it.
+    let long = "x".repeat(echo::MAX_LINE - 40);
+    let request = format!("{{\"v\":1,\"type\":\"{long}\"}}\n");
+    assert!(request.len() <= echo::MAX_LINE);
+    conn.get_mut().write_all(request.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, conn.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(line.len() <= echo::MAX_LINE, "{} bytes", line.len());
+    let (code, _) = error_code(echo::decode_server(line.trim_end()).ok());
+    assert_ne!(code, ErrorCode::Other);
     server.stop().await.unwrap();
 }
 

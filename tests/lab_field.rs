@@ -69,6 +69,9 @@ metrics_listen = "198.51.100.10:9340"
 listen = "198.51.100.10:8443"
 public_url = "https://198.51.100.10:8443"
 database = "results.db"
+# A throwaway lab campaign: the key may sit beside the database.
+key_file = "collector.key"
+allow_key_beside_database = true
 export_token_file = "export.token"
 tls_cert = "cert.pem"
 tls_key = "key.pem"

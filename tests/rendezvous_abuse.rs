@@ -159,3 +159,57 @@ async fn the_client_library_reports_refusals_and_a_coordinator_going_away() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_volunteer_is_still_paired_while_a_waiting_flood_is_held() {
+    let mut config = fast_config(plan(4, "[\"simultaneous\", \"low_ttl\"]", 0, 2));
+    config.coordinator.max_waiting = 60;
+    config.coordinator.max_waiting_per_site = 8;
+    config.coordinator.max_wait = Duration::from_secs(60);
+    let server = start(config).await;
+    // The flood: 20 sources (127.60.0.x) each try to hold 8 waiting places
+    // with codes nobody else uses; 60 places in all.
+    let mut flood = Vec::new();
+    for source in 0..20u8 {
+        for n in 0..8u8 {
+            let mut raw = Raw::connect(
+                std::net::IpAddr::from([127, 60, 0, source + 1]),
+                server.addr,
+            )
+            .await;
+            let code = format!("flood-{source}-{n}");
+            raw.send(&ClientMessage::Hello(volunteer(Some(&code))))
+                .await;
+            flood.push(raw);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut welcomed = 0;
+    let mut busy = 0;
+    for raw in &mut flood {
+        match raw.recv().await {
+            Some(ServerMessage::Welcome { .. }) => welcomed += 1,
+            other => panic!("{other:?}"),
+        }
+        match tokio::time::timeout(Duration::from_millis(20), raw.recv_skipping_heartbeats()).await
+        {
+            Ok(Some(ServerMessage::Error {
+                code: ErrorCode::Busy,
+                ..
+            })) => busy += 1,
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(welcomed, 160);
+    assert_eq!(busy, 100, "60 of 160 keep a place");
+
+    // While the flood holds every place, a pair of volunteers still pairs
+    // and runs its whole plan.
+    let done = tokio::time::timeout(Duration::from_secs(20), good_pair(server.addr))
+        .await
+        .expect("the good pair finished while the flood was held");
+    assert_eq!(done, [4, 4]);
+    drop(flood);
+    server.stop().await;
+}

@@ -5,96 +5,14 @@ mod results_support;
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use punchscope::upload::Spool;
+use results_support::process::{free_port, start_collector, Guard};
 use results_support::*;
 
 const RESULTS: usize = 300;
-
-/// A child process that is killed and reaped however the test ends.
-struct Guard(Option<Child>);
-
-impl Guard {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("child running")
-    }
-
-    /// SIGKILL by PID, then reap.
-    fn sigkill(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let pid = libc::pid_t::try_from(child.id()).unwrap();
-            // SAFETY: kill has no memory preconditions; the PID is our unreaped child.
-            let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-            assert_eq!(rc, 0, "kill failed");
-            child.wait().unwrap();
-        }
-    }
-
-    /// Waits for the child to exit by itself, at most `limit`.
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child().try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "child did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn start_collector(port: u16, db: &Path) -> Guard {
-    let child = Command::new(env!("CARGO_BIN_EXE_punchscope"))
-        .args(["serve", "collector", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--db")
-        .arg(db)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut guard = Guard(Some(child));
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(2))
-        .build();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = agent
-            .get(&format!("http://127.0.0.1:{port}/healthz"))
-            .call()
-        {
-            if r.status() == 200 {
-                return guard;
-            }
-        }
-        assert!(
-            guard.child().try_wait().unwrap().is_none(),
-            "collector exited at start"
-        );
-        assert!(Instant::now() < deadline, "collector did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn start_upload(spool: &Path, port: u16) -> Guard {
     let child = Command::new(env!("CARGO_BIN_EXE_punchscope"))
@@ -155,8 +73,10 @@ fn a_collector_killed_mid_stream_loses_nothing() {
         .collect();
     assert_eq!(all.len(), RESULTS);
 
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("collector.key");
     let port = free_port();
-    let mut collector = start_collector(port, &db);
+    let mut collector = start_collector(port, &db, &key);
     let mut uploader = start_upload(&spool_dir, port);
 
     // Kill the collector once a good part, not all, has been delivered.
@@ -214,7 +134,7 @@ fn a_collector_killed_mid_stream_loses_nothing() {
     assert!(stored_set.intersection(&pending).count() <= 1);
 
     // Restart on the same database and deliver the rest.
-    let _collector = start_collector(port, &db);
+    let _collector = start_collector(port, &db, &key);
     let mut again = start_upload(&spool_dir, port);
     let status = again.wait(Duration::from_secs(120));
     let printed = output(&mut again);

@@ -145,7 +145,34 @@ pub fn all_ips(text: &str) -> Vec<FoundIp> {
 /// Replaces every IP address literal in `text` that is not already an
 /// allowed prefix by its prefix. Idempotent. Look-alike characters around
 /// an address (full-width digits, dots, colons) come out as ASCII.
+///
+/// A replacement can join the text around it into a new literal (fuzzing
+/// found `::1.1.3.13.774.4`, whose first pass leaves `::1.1.3.0/24...`,
+/// an IPv6 literal with host bits), so passes repeat until none is left;
+/// each pass only shortens or keeps literals, and a last resort removes
+/// what is still left.
 pub fn redact_text(text: &str) -> String {
+    const MAX_PASSES: usize = 4;
+    let mut out = redact_once(text);
+    for _ in 1..MAX_PASSES {
+        if find_raw_ip(&out).is_none() {
+            return out;
+        }
+        out = redact_once(&out);
+    }
+    if find_raw_ip(&out).is_some() {
+        out = scan(&out).into_iter().rev().filter(|f| !f.is_prefix).fold(
+            out.clone(),
+            |mut text, f| {
+                text.replace_range(f.start..f.end, "(address)");
+                text
+            },
+        );
+    }
+    out
+}
+
+fn redact_once(text: &str) -> String {
     let text = normalize(text);
     let found: Vec<FoundIp> = scan(&text).into_iter().filter(|f| !f.is_prefix).collect();
     if found.is_empty() {
@@ -616,5 +643,14 @@ mod tests {
         let tokens = |n: usize| "1::1 1.2.3.4 ".repeat(n);
         assert_eq!(scan(&tokens(20_000)).len(), 40_000);
         assert_eq!(scan(&tokens(40_000)).len(), 80_000);
+    }
+
+    #[test]
+    fn redaction_leaves_no_raw_address_even_when_a_prefix_joins_its_neighbours() {
+        // Found by the privacy_scan fuzz target.
+        let text = "::1.1.3.13.774.4";
+        let redacted = redact_text(text);
+        assert!(find_raw_ip(&redacted).is_none(), "{redacted}");
+        assert_eq!(redact_text(&redacted), redacted, "idempotent");
     }
 }

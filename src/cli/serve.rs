@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use punchscope::analysis::plan::Plan;
 use punchscope::analysis::privacy::PRIVACY_NOTICE;
 use punchscope::net::address::AddressPolicy;
-use punchscope::proto::rendezvous::coordinator::ReferencePolicy;
+use punchscope::proto::rendezvous::coordinator::{CoordinatorConfig, ReferencePolicy};
 use punchscope::proto::rendezvous::CampaignInfo;
 use punchscope::server::campaign;
 use punchscope::server::echo::{self, EchoConfig};
@@ -64,9 +64,18 @@ pub struct RendezvousArgs {
     /// Connections served at once; more are told `busy` and closed.
     #[arg(long, default_value_t = RendezvousConfig::default().max_connections)]
     pub max_connections: usize,
-    /// Connections at once per source IP.
+    /// Connections at once per source IP (IPv6: per /64).
     #[arg(long, default_value_t = 16)]
     pub max_connections_per_ip: u32,
+    /// Connections at once per site (IPv4 address, IPv6 /48).
+    #[arg(long, default_value_t = CoordinatorConfig::default().max_connections_per_site)]
+    pub max_connections_per_site: u32,
+    /// Volunteers waiting for a peer at once; when full, the site holding the most gives way.
+    #[arg(long, default_value_t = CoordinatorConfig::default().max_waiting)]
+    pub max_waiting: usize,
+    /// Volunteers waiting at once per site (IPv4 address, IPv6 /48).
+    #[arg(long, default_value_t = CoordinatorConfig::default().max_waiting_per_site)]
+    pub max_waiting_per_site: u32,
     /// Trials one volunteer IP may run in a burst (one more every 3 s after that).
     #[arg(long, default_value_t = 200)]
     pub trials_per_ip_burst: u32,
@@ -211,6 +220,9 @@ fn run_rendezvous(args: RendezvousArgs) -> anyhow::Result<ExitCode> {
     core.campaign = args.campaign.campaign()?;
     core.max_wait = Duration::from_secs(args.max_wait_secs);
     core.max_connections_per_ip = args.max_connections_per_ip;
+    core.max_connections_per_site = args.max_connections_per_site;
+    core.max_waiting = args.max_waiting;
+    core.max_waiting_per_site = args.max_waiting_per_site;
     core.trials_per_ip_burst = args.trials_per_ip_burst;
     core.references = if args.any_reference {
         ReferencePolicy::Anyone
@@ -219,7 +231,8 @@ fn run_rendezvous(args: RendezvousArgs) -> anyhow::Result<ExitCode> {
     } else {
         ReferencePolicy::From(args.reference_ips.clone())
     };
-    let fds = rendezvous::raise_fd_limit().context("cannot raise the open-file limit")?;
+    let fds =
+        punchscope::net::socket::raise_fd_limit().context("cannot raise the open-file limit")?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = rendezvous::bind_listener(args.listen)?;

@@ -41,8 +41,11 @@ pub struct NewResult {
 pub enum Inserted {
     /// Stored now.
     New,
-    /// A result with this run id was already stored; nothing changed.
+    /// The same result (byte for byte, as re-serialized) was already
+    /// stored; nothing changed.
     Duplicate,
+    /// Another result with this run id is stored; nothing changed.
+    Conflict,
 }
 
 /// One stored result, as exported.
@@ -61,10 +64,44 @@ pub enum StoreError {
         path: PathBuf,
         cause: rusqlite::Error,
     },
+    #[error("cannot create the results database {path}: {cause}")]
+    Create {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("results database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The disk (or the database's quota) is full: nothing was stored.
+    #[error("the results database is full: {0}")]
+    DiskFull(String),
+    /// A batch commit failed; each upload of the batch gets this copy.
+    #[error("{0}")]
+    Batch(String),
     #[error("the storage thread has stopped")]
     Stopped,
+}
+
+impl StoreError {
+    /// Whether storing failed for lack of space (answered 507, not 503).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull(_) => true,
+            StoreError::Sqlite(e) | StoreError::Open { cause: e, .. } => {
+                e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            StoreError::Create { cause, .. } => cause.raw_os_error() == Some(libc::ENOSPC),
+            StoreError::Batch(_) | StoreError::Stopped => false,
+        }
+    }
+
+    /// A copy for each upload of a failed batch, keeping whether the disk was full.
+    pub fn for_each_upload(&self) -> StoreError {
+        if self.is_disk_full() {
+            StoreError::DiskFull(self.to_string())
+        } else {
+            StoreError::Batch(self.to_string())
+        }
+    }
 }
 
 /// Where results are kept. Calls are synchronous and may block: the server
@@ -72,7 +109,9 @@ pub enum StoreError {
 pub trait ResultStore: Send + 'static {
     /// Stores each result whose run id is not stored yet, all in one durable
     /// commit: when this returns `Ok`, every `New` result survives a crash or
-    /// power loss. One entry per input, in order.
+    /// power loss. A run id already stored is `Duplicate` when its body is
+    /// the same and `Conflict` when it differs (earlier entries of the same
+    /// batch count as stored). One entry per input, in order.
     fn insert_if_absent(&mut self, batch: &[NewResult]) -> Result<Vec<Inserted>, StoreError>;
 
     /// Up to `limit` stored results with `seq > after`, in storage order.
@@ -125,6 +164,80 @@ pub enum SecretError {
     },
     #[error("{path} holds {len} characters; a secret needs at least 16 (e.g. `openssl rand -hex 32 > {path}`)")]
     TooShort { path: PathBuf, len: usize },
+    #[error("the grouping key {key} is inside the database's directory {db_dir}: one copy of that directory (a backup) would hold both the key and the prefixes, enough to recover addresses; keep the key elsewhere (--key-file) or pass --allow-key-beside-db")]
+    KeyBesideDatabase { key: PathBuf, db_dir: PathBuf },
+    #[error(
+        "no place for the grouping key: neither XDG_CONFIG_HOME nor HOME is set; pass --key-file"
+    )]
+    NoKeyHome,
+}
+
+/// Where the grouping key lives unless told otherwise: the user's
+/// configuration directory (`$XDG_CONFIG_HOME/punchscope/collector.key`,
+/// else `~/.config/punchscope/collector.key`), apart from any database.
+/// A service without a home directory uses `/var/lib/punchscope/collector.key`.
+pub fn default_key_path() -> PathBuf {
+    let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    let config = non_empty("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|home| PathBuf::from(home).join(".config")));
+    match config {
+        Some(config) => config.join("punchscope").join("collector.key"),
+        None => PathBuf::from("/var/lib/punchscope/collector.key"),
+    }
+}
+
+/// Refuses a key file inside the database's directory (or below it): a
+/// copy of that directory would carry the key with the data it protects.
+pub fn check_key_apart(db: &Path, key: &Path) -> Result<(), SecretError> {
+    let dir_of = |path: &Path| {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        resolved(&parent)
+    };
+    let db_dir = dir_of(db);
+    if dir_of(key).starts_with(&db_dir) {
+        return Err(SecretError::KeyBesideDatabase {
+            key: key.to_path_buf(),
+            db_dir,
+        });
+    }
+    Ok(())
+}
+
+/// `path` made absolute, with symbolic links resolved as far as it exists.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Whether a file can be read by anyone but its owner (mode bits 077).
+pub fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
 }
 
 /// Reads a secret (a key or a token) from a file: its text without the
@@ -145,11 +258,21 @@ pub fn read_secret(path: &Path) -> Result<String, SecretError> {
 }
 
 /// Reads the grouping key, creating a random one (64 hex characters, mode
-/// 0600) when the file does not exist yet. The same key must be kept for a
-/// whole campaign, or groups split.
+/// 0600, in a directory created 0700 if missing) when the file does not
+/// exist yet. The same key must be kept for a whole campaign, or groups split.
 pub fn load_or_create_key(path: &Path) -> Result<String, SecretError> {
     if path.exists() {
         return read_secret(path);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|cause| SecretError::Create {
+            path: dir.to_path_buf(),
+            cause,
+        })?;
     }
     let key: [u8; 32] = rand::random();
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
@@ -191,11 +314,32 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_key_file_is_created_once() {
+    fn a_key_inside_the_database_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("collector.key");
+        let data = dir.path().join("data");
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        let db = data.join("results.db");
+        assert!(matches!(
+            check_key_apart(&db, &data.join("results.db.key")),
+            Err(SecretError::KeyBesideDatabase { .. })
+        ));
+        assert!(
+            check_key_apart(&db, &data.join("sub/new-dir/k")).is_err(),
+            "below it too, even where nothing exists yet"
+        );
+        assert!(check_key_apart(&db, &secrets.join("collector.key")).is_ok());
+        assert!(check_key_apart(&data.join("sub/r.db"), &data.join("k")).is_ok());
+    }
+
+    #[test]
+    fn a_missing_key_file_is_created_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/collector.key");
         let first = load_or_create_key(&path).unwrap();
         assert_eq!(first.len(), 64);
+        assert!(!readable_by_others(&path));
+        assert!(!readable_by_others(path.parent().unwrap()));
         assert_eq!(load_or_create_key(&path).unwrap(), first);
         std::fs::write(dir.path().join("short"), "abc\n").unwrap();
         assert!(matches!(

@@ -33,8 +33,14 @@ CREATE INDEX IF NOT EXISTS results_source_group ON results(source_group);
 ";
 
 impl SqliteStore {
-    /// Opens (or creates) the database at `path` in WAL mode with full sync.
+    /// Opens (or creates, mode 0600) the database at `path` in WAL mode with
+    /// full sync. SQLite gives its WAL and shared-memory files the database
+    /// file's mode, so they are private too.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        create_private(path).map_err(|cause| StoreError::Create {
+            path: path.to_path_buf(),
+            cause,
+        })?;
         let open = || -> rusqlite::Result<Connection> {
             let conn = Connection::open(path)?;
             let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -75,6 +81,19 @@ impl SqliteStore {
     }
 }
 
+/// Creates an empty file readable by its owner only, unless it exists.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl ResultStore for SqliteStore {
     fn insert_if_absent(&mut self, batch: &[NewResult]) -> Result<Vec<Inserted>, StoreError> {
         let tx = self.conn.transaction()?;
@@ -84,6 +103,8 @@ impl ResultStore for SqliteStore {
                 "INSERT INTO results (run_id, schema_version, received_at, source_net, source_group, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(run_id) DO NOTHING",
             )?;
+            let mut stored_body =
+                tx.prepare_cached("SELECT body FROM results WHERE run_id = ?1")?;
             for r in batch {
                 let changed = insert.execute(params![
                     r.run_id,
@@ -93,11 +114,17 @@ impl ResultStore for SqliteStore {
                     r.source_group,
                     r.body
                 ])?;
-                outcomes.push(if changed == 1 {
+                let outcome = if changed == 1 {
                     Inserted::New
                 } else {
-                    Inserted::Duplicate
-                });
+                    let body: String = stored_body.query_row([&r.run_id], |row| row.get(0))?;
+                    if body == r.body {
+                        Inserted::Duplicate
+                    } else {
+                        Inserted::Conflict
+                    }
+                };
+                outcomes.push(outcome);
             }
         }
         tx.commit()?;
@@ -148,12 +175,27 @@ mod tests {
         let path = dir.path().join("results.db");
         let mut store = SqliteStore::open(&path).unwrap();
         let got = store
-            .insert_if_absent(&[row("a", "{}"), row("b", "{\"x\":1}"), row("a", "other")])
+            .insert_if_absent(&[
+                row("a", "{}"),
+                row("b", "{\"x\":1}"),
+                row("a", "other"),
+                row("a", "{}"),
+            ])
             .unwrap();
-        assert_eq!(got, [Inserted::New, Inserted::New, Inserted::Duplicate]);
         assert_eq!(
-            store.insert_if_absent(&[row("b", "y")]).unwrap(),
-            [Inserted::Duplicate]
+            got,
+            [
+                Inserted::New,
+                Inserted::New,
+                Inserted::Conflict,
+                Inserted::Duplicate
+            ]
+        );
+        assert_eq!(
+            store
+                .insert_if_absent(&[row("b", "y"), row("b", "{\"x\":1}")])
+                .unwrap(),
+            [Inserted::Conflict, Inserted::Duplicate]
         );
         assert_eq!(store.count().unwrap(), 2);
         assert_eq!(store.get("a").unwrap().as_deref(), Some("{}"));
@@ -176,5 +218,14 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
+        #[cfg(unix)]
+        for file in ["results.db", "results.db-wal"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file} is private");
+        }
     }
 }

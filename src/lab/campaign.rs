@@ -182,6 +182,11 @@ fn run_servers_and_probes(
         db.display().to_string(),
         "--export-token-file".to_string(),
         token_file.display().to_string(),
+        // Lab data holds only lab addresses: the key may sit beside the
+        // database in the run's folder (and not in the user's home).
+        "--key-file".to_string(),
+        options.out.join("collector.key").display().to_string(),
+        "--allow-key-beside-db".to_string(),
     ];
     servers
         .0

@@ -10,31 +10,66 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-/// What limits count by: an IPv4 address, or an IPv6 /64 (what one host
-/// usually holds). An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a
-/// dual-stack listener reports for IPv4 clients) counts as its IPv4 address,
-/// not as one /64 shared by every IPv4 client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SourceKey(IpAddr);
+/// What limits count by: an IPv4 address, or an IPv6 prefix (by default a
+/// /64, what one host usually holds; wider prefixes such as a /56 or a /48
+/// group a whole home or site, which holds many /64s). An IPv4-mapped IPv6
+/// address (`::ffff:a.b.c.d`, what a dual-stack listener reports for IPv4
+/// clients) counts as its IPv4 address, not as one prefix shared by every
+/// IPv4 client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceKey {
+    ip: IpAddr,
+    /// Bits of an IPv6 address kept; 0 for IPv4.
+    v6_prefix: u8,
+}
+
+/// The IPv6 prefix one host usually holds, what [`SourceKey::of`] counts by.
+pub const HOST_V6_PREFIX: u8 = 64;
+
+/// The IPv6 prefix one site (a home, an office) may hold: aggregate caps
+/// count by it, so a site cannot multiply its share by using many /64s.
+pub const SITE_V6_PREFIX: u8 = 48;
 
 impl SourceKey {
+    /// The key of `ip`: its IPv4 address, or its IPv6 /64.
     pub fn of(ip: IpAddr) -> SourceKey {
+        SourceKey::within(ip, HOST_V6_PREFIX)
+    }
+
+    /// The key of `ip`: its IPv4 address, or its IPv6 prefix of
+    /// `v6_prefix` bits (at most 128).
+    pub fn within(ip: IpAddr, v6_prefix: u8) -> SourceKey {
+        let v6_prefix = v6_prefix.min(128);
         match ip.to_canonical() {
             IpAddr::V6(v6) => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                SourceKey(IpAddr::V6(Ipv6Addr::from(octets)))
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(v6_prefix))
+                    .unwrap_or(0);
+                let kept = u128::from(v6) & mask;
+                SourceKey {
+                    ip: IpAddr::V6(Ipv6Addr::from(kept)),
+                    v6_prefix,
+                }
             }
-            v4 => SourceKey(v4),
+            // One IPv4 key whatever prefix was asked, so keys compare equal.
+            v4 => SourceKey {
+                ip: v4,
+                v6_prefix: 0,
+            },
         }
+    }
+
+    /// This key's wider IPv6 prefix of `v6_prefix` bits (an IPv4 key stays as it is).
+    pub fn widened(self, v6_prefix: u8) -> SourceKey {
+        SourceKey::within(self.ip, v6_prefix.min(self.v6_prefix))
     }
 }
 
 impl fmt::Display for SourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
+        match self.ip {
             IpAddr::V4(v4) => write!(f, "{v4}"),
-            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+            IpAddr::V6(v6) => write!(f, "{v6}/{}", self.v6_prefix),
         }
     }
 }
@@ -177,6 +212,26 @@ mod tests {
         assert_eq!(key("2001:db8::1"), key("2001:db8::ffff:1"));
         assert_ne!(key("2001:db8::1"), key("2001:db8:0:1::1"));
         assert_eq!(key("2001:db8::7").to_string(), "2001:db8::/64");
+    }
+
+    #[test]
+    fn wider_ipv6_prefixes_group_more_and_leave_ipv4_alone() {
+        let within = |ip: &str, bits| SourceKey::within(ip.parse().unwrap(), bits);
+        assert_eq!(within("2001:db8:0:ff::1", 56), within("2001:db8::2", 56));
+        assert_ne!(within("2001:db8:0:100::1", 56), within("2001:db8::2", 56));
+        assert_eq!(within("2001:db8:0:ff::1", 56).to_string(), "2001:db8::/56");
+        assert_eq!(within("2001:db8:0:ffff::1", 48), within("2001:db8::1", 48));
+        assert_eq!(within("2001:db8::1", 0).to_string(), "::/0");
+        assert_eq!(within("2001:db8::1", 200).to_string(), "2001:db8::1/128");
+        assert_eq!(within("192.0.2.1", 48), within("::ffff:192.0.2.1", 48));
+        assert_eq!(within("192.0.2.1", 48).to_string(), "192.0.2.1");
+        assert_ne!(within("192.0.2.1", 48), within("192.0.2.2", 48));
+        assert_eq!(key("2001:db8::1"), within("2001:db8::9", HOST_V6_PREFIX));
+        assert_eq!(
+            key("2001:db8:0:7::1").widened(SITE_V6_PREFIX),
+            within("2001:db8::1", 48)
+        );
+        assert_eq!(key("192.0.2.1").widened(SITE_V6_PREFIX), key("192.0.2.1"));
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub enum ErrorCode {
     BadRequest,
     RateLimited,
     Busy,
+    /// The client's source (IPv4 address, IPv6 /64) or site (IPv6 /48) holds too many connections.
+    TooManyConnections,
     RequestTimeout,
     /// Any code a newer server may add.
     #[serde(other)]
@@ -178,7 +180,16 @@ fn encode<T: Serialize>(body: &T) -> Vec<u8> {
 
 /// One server message as a line, newline included.
 pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
-    encode(msg)
+    match msg {
+        ServerMessage::Error { message, .. } if message.len() > ndjson::MAX_ERROR_TEXT => {
+            let mut bounded = msg.clone();
+            if let ServerMessage::Error { message, .. } = &mut bounded {
+                *message = ndjson::bounded_text(std::mem::take(message), ndjson::MAX_ERROR_TEXT);
+            }
+            encode(&bounded)
+        }
+        _ => encode(msg),
+    }
 }
 
 /// A dial-back request as a line, newline included.

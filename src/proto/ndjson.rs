@@ -22,6 +22,26 @@ pub enum LineError {
     UnsupportedVersion { got: u64, supported: Vec<u32> },
 }
 
+/// Longest error text a server sends on a line: error texts can quote what
+/// the peer sent (an unknown type, a bad value), and the answer must stay
+/// within the line limit whatever the peer sent.
+pub const MAX_ERROR_TEXT: usize = 256;
+
+/// `text` cut to at most `max` bytes (at a character boundary, `...` marking
+/// the cut). Every server bounds the error texts it sends with this.
+pub fn bounded_text(mut text: String, max: usize) -> String {
+    const CUT: &str = "...";
+    if text.len() > max {
+        let mut end = max.saturating_sub(CUT.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(CUT);
+    }
+    text
+}
+
 #[derive(Serialize)]
 struct Envelope<'a, T> {
     v: u32,
@@ -118,5 +138,13 @@ mod tests {
             let found = next_line_len(&raw, 8) == Ok(Some(len));
             assert_eq!(framed, found, "a {len}-byte line");
         }
+    }
+
+    #[test]
+    fn bounded_text_cuts_long_texts_at_a_character_boundary() {
+        assert_eq!(bounded_text("short".into(), 10), "short");
+        assert_eq!(bounded_text("0123456789abc".into(), 10), "0123456...");
+        let cut = bounded_text("ééééééé".into(), 10);
+        assert!(cut.len() <= 10 && cut.ends_with("..."), "{cut}");
     }
 }

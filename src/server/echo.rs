@@ -6,7 +6,9 @@
 //! server's own listening endpoints (hence SO_REUSEPORT on the listeners),
 //! with a short connect timeout and a per-source-IP rate limit. A semaphore
 //! bounds concurrent connections; excess ones get a `busy` line and are
-//! closed at once. The wire format lives in [`crate::proto::echo`].
+//! closed at once. Connections are also capped per source (IPv4 address,
+//! IPv6 /64) and per site (IPv6 /48), so a few sources cannot take every
+//! place. The wire format lives in [`crate::proto::echo`].
 
 use std::future::Future;
 use std::io;
@@ -20,7 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::net::line::{LineConnection, LineConnectionError};
-use crate::net::source_limit::{SourceKey, TokenBuckets};
+use crate::net::source_limit::{ConnectionCounts, SourceKey, TokenBuckets, SITE_V6_PREFIX};
 use crate::proto::echo::{
     self as proto, DialBackRequest, DialKind, DialOutcome, ErrorCode, PlannedDial, ProtoError,
     ServerMessage, MAX_LINE,
@@ -32,6 +34,11 @@ use crate::proto::ndjson::LineError;
 pub struct EchoConfig {
     /// Connections served at once; more are told `busy` and closed.
     pub max_connections: usize,
+    /// Connections at once per source (IPv4 address, IPv6 /64); more are
+    /// told `too_many_connections` and closed.
+    pub max_connections_per_source: u32,
+    /// Connections at once per site (IPv4 address, IPv6 /48).
+    pub max_connections_per_site: u32,
     /// How long to wait for the optional request line after `observed`.
     pub request_timeout: Duration,
     /// Shortest dial-back connect timeout; longer when the client is far away.
@@ -53,6 +60,10 @@ impl Default for EchoConfig {
     fn default() -> Self {
         EchoConfig {
             max_connections: 1024,
+            // A classification opens about ten connections at once, and
+            // homes behind one carrier-grade NAT address share its cap.
+            max_connections_per_source: 32,
+            max_connections_per_site: 128,
             request_timeout: Duration::from_secs(2),
             dial_timeout_min: Duration::from_secs(1),
             dial_timeout_max: Duration::from_secs(3),
@@ -136,6 +147,10 @@ pub async fn run(
             config.dial_back_refill,
             MAX_TRACKED_SOURCES,
         )),
+        open_per_source: Mutex::new(OpenPerSource {
+            sources: ConnectionCounts::new(config.max_connections_per_source),
+            sites: ConnectionCounts::new(config.max_connections_per_site),
+        }),
         config,
         permits,
     });
@@ -162,7 +177,28 @@ struct Shared {
     endpoints: Endpoints,
     /// Dial-back requests per source (IPv4 address or IPv6 /64).
     dial_back_budget: Mutex<TokenBuckets>,
+    open_per_source: Mutex<OpenPerSource>,
     permits: Arc<Semaphore>,
+}
+
+/// Connections open per source and per site.
+struct OpenPerSource {
+    sources: ConnectionCounts,
+    sites: ConnectionCounts,
+}
+
+/// A connection's place in the per-source counts, given back when dropped.
+struct SourcePlace {
+    shared: Arc<Shared>,
+    source: SourceKey,
+}
+
+impl Drop for SourcePlace {
+    fn drop(&mut self) {
+        let mut open = self.shared.open_per_source();
+        open.sources.close(self.source);
+        open.sites.close(self.source.widened(SITE_V6_PREFIX));
+    }
 }
 
 /// Above this many tracked sources, full dial-back buckets are forgotten.
@@ -224,6 +260,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Re
             let _ = stream.try_write(&proto::encode_server(&busy));
             continue;
         };
+        let place = match Shared::take_source_place(&shared, peer) {
+            Ok(place) => place,
+            Err(message) => {
+                let refusal = ServerMessage::Error {
+                    code: ErrorCode::TooManyConnections,
+                    message,
+                    supported_versions: None,
+                    retry_after_ms: Some(5000),
+                };
+                let _ = stream.try_write(&proto::encode_server(&refusal));
+                continue;
+            }
+        };
         let shared = shared.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
@@ -231,6 +280,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Re
                 _ = serve_connection(stream, peer, &shared) => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
+            drop(place);
             drop(permit);
         });
     }
@@ -450,6 +500,37 @@ async fn finish(mut conn: LineConnection<TcpStream>, dial_backs: Vec<TcpStream>)
 }
 
 impl Shared {
+    fn open_per_source(&self) -> std::sync::MutexGuard<'_, OpenPerSource> {
+        self.open_per_source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a connection from `peer` against its source's and site's caps,
+    /// or says which cap is reached.
+    fn take_source_place(shared: &Arc<Shared>, peer: SocketAddr) -> Result<SourcePlace, String> {
+        let source = SourceKey::of(peer.ip());
+        let site = source.widened(SITE_V6_PREFIX);
+        let mut open = shared.open_per_source();
+        if !open.sources.try_open(source) {
+            return Err(format!(
+                "too many connections from {source}: at most {} at once, retry in a few seconds",
+                shared.config.max_connections_per_source
+            ));
+        }
+        if !open.sites.try_open(site) {
+            open.sources.close(source);
+            return Err(format!(
+                "too many connections from your network {site}: at most {} at once, retry in a few seconds",
+                shared.config.max_connections_per_site
+            ));
+        }
+        Ok(SourcePlace {
+            shared: shared.clone(),
+            source,
+        })
+    }
+
     /// Takes one dial-back token for the client's source, or says how long until one is free.
     fn take_dial_back(&self, observed: SocketAddr) -> Result<(), Duration> {
         let mut budget = self

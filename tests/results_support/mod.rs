@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -380,4 +382,66 @@ impl CannedHttp {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// A blocking TCP connection to `to` from the loopback address `from`, so
+/// one test plays many sources (127.0.0.0/8 is all ours).
+pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(5))
+        .unwrap();
+    socket.into()
+}
+
+/// One HTTP/1.1 exchange over a fresh connection from `from`: (status,
+/// headers, body). `request` is sent as given; the answer is read to EOF.
+pub fn raw_exchange(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    request: &[u8],
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = connect_from(from, to);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    parse_answer(&answer)
+}
+
+/// (status, headers, body) of an HTTP answer; status 0 when there is none.
+pub fn parse_answer(answer: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// POSTs `body` to /v1/results from `from` over a fresh connection: (status, headers, body).
+pub fn post_from(from: std::net::IpAddr, to: SocketAddr, body: &[u8]) -> (u16, String, String) {
+    let mut request = format!(
+        "POST /v1/results HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    raw_exchange(from, to, &request)
+}
+
+/// The loopback address 127.`a`.`b`.`c`: one source per address.
+pub fn loopback(a: u8, b: u8, c: u8) -> std::net::IpAddr {
+    std::net::IpAddr::from([127, a, b, c])
 }

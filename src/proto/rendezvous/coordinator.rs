@@ -26,7 +26,7 @@ use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::{Plan, PlanError};
 use punchscope_analysis::trial::{Strategy, TrialOutcome};
 
-use super::pairing::Pools;
+use super::pairing::{site_of, Pools};
 use super::{
     decode_client, error_message, millis, result_deadline, start_delays, CampaignInfo,
     ClientMessage, ErrorCode, Hello, Mode, PeerInfo, ProtoError, ServerMessage, TrialResult,
@@ -68,6 +68,16 @@ pub struct CoordinatorConfig {
     pub primed_timeout: Duration,
     /// Connections (control and registration) at once per source ([`SourceKey`]: IPv4 address or IPv6 /64).
     pub max_connections_per_ip: u32,
+    /// Connections at once per site (IPv4 address, IPv6 /48: a home holds
+    /// many /64s, so the /64 cap alone would not bound it).
+    pub max_connections_per_site: u32,
+    /// Volunteers waiting for a peer at once, over all sources. When full, a
+    /// newcomer takes the place of the longest waiter of the site holding
+    /// the most places (if that is more than the newcomer's site would
+    /// hold), else is told `busy`.
+    pub max_waiting: usize,
+    /// Volunteers waiting at once per site (IPv4 address, IPv6 /48).
+    pub max_waiting_per_site: u32,
     /// Trials a volunteer IP may run in a burst (a pairing needs the plan's count).
     pub trials_per_ip_burst: u32,
     /// One more trial is allowed per IP per this interval.
@@ -93,6 +103,9 @@ impl Default for CoordinatorConfig {
             register_timeout: Duration::from_secs(15),
             primed_timeout: Duration::from_secs(5),
             max_connections_per_ip: 16,
+            max_connections_per_site: 64,
+            max_waiting: 16_000,
+            max_waiting_per_site: 8,
             trials_per_ip_burst: 200,
             trials_per_ip_refill: Duration::from_secs(3),
             references: ReferencePolicy::Nobody,
@@ -214,6 +227,8 @@ pub struct Coordinator {
     tokens: HashMap<String, (PairId, usize)>,
     pools: Pools,
     connections_per_source: ConnectionCounts,
+    /// Connections per site (IPv4 address, IPv6 /48).
+    connections_per_site: ConnectionCounts,
     /// Trials per volunteer source; reference peers run trials unmetered.
     trial_budget: TokenBuckets,
     timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
@@ -233,6 +248,7 @@ impl Coordinator {
         config.plan.validate()?;
         Ok(Coordinator {
             connections_per_source: ConnectionCounts::new(config.max_connections_per_ip),
+            connections_per_site: ConnectionCounts::new(config.max_connections_per_site),
             trial_budget: TokenBuckets::new(
                 config.trials_per_ip_burst,
                 config.trials_per_ip_refill,
@@ -290,15 +306,24 @@ impl Coordinator {
 
     /// A connection was accepted from `addr` (the observed source endpoint).
     pub fn connected(&mut self, now: Instant, conn: ConnId, addr: SocketAddr) {
-        if !self
-            .connections_per_source
-            .try_open(SourceKey::of(addr.ip()))
-        {
-            let message = format!(
+        let source = SourceKey::of(addr.ip());
+        let refused = if !self.connections_per_source.try_open(source) {
+            Some(format!(
                 "too many connections from {}: at most {} at once",
                 addr.ip(),
                 self.config.max_connections_per_ip
-            );
+            ))
+        } else if !self.connections_per_site.try_open(site_of(source)) {
+            self.connections_per_source.close(source);
+            Some(format!(
+                "too many connections from your network {}: at most {} at once",
+                site_of(source),
+                self.config.max_connections_per_site
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refused {
             self.send(conn, error_message(ErrorCode::TooManyConnections, message));
             self.actions.push_back(Action::Close { conn });
             return;
@@ -449,6 +474,9 @@ impl Coordinator {
                 self.start_pair(now, first, second);
             }
             None => {
+                if hello.mode == Mode::Volunteer && !self.make_room_to_wait(conn, source) {
+                    return;
+                }
                 self.seq += 1;
                 let seq = self.seq;
                 self.pools
@@ -465,6 +493,45 @@ impl Coordinator {
                     let wait = asked.map_or(self.config.max_wait, |a| a.min(self.config.max_wait));
                     self.set_timer(now + wait, Timer::MaxWait(conn, now));
                 }
+            }
+        }
+    }
+
+    /// Whether volunteer `conn` from `source` may wait for a peer. Its site
+    /// may hold `max_waiting_per_site` places; when every place is taken,
+    /// the site holding the most gives up its longest waiter, so a flood
+    /// from many sources costs the flooders their places first. Tells the
+    /// one turned away (`busy`) and closes it.
+    fn make_room_to_wait(&mut self, conn: ConnId, source: SourceKey) -> bool {
+        let site = site_of(source);
+        let ours = self.pools.waiting_from(site);
+        let per_site = usize::try_from(self.config.max_waiting_per_site).unwrap_or(usize::MAX);
+        let busy = |message: String| ServerMessage::Error {
+            code: ErrorCode::Busy,
+            message,
+            supported_versions: None,
+            retry_after_ms: Some(60_000),
+        };
+        if ours >= per_site {
+            let message = format!(
+                "{ours} volunteers from your network {site} are already waiting for a peer (at most {per_site}): retry in a minute"
+            );
+            self.fail(conn, busy(message));
+            return false;
+        }
+        if self.pools.len() < self.config.max_waiting {
+            return true;
+        }
+        match self.pools.busiest_site() {
+            Some((_, count, victim)) if count > ours + 1 => {
+                let message = "the coordinator is full and your network holds the most waiting places: retry in a minute".to_string();
+                self.fail(victim, busy(message));
+                true
+            }
+            _ => {
+                let message = "the coordinator is full: retry in a minute".to_string();
+                self.fail(conn, busy(message));
+                false
             }
         }
     }
@@ -944,8 +1011,9 @@ impl Coordinator {
         {
             self.pools.remove(*mode, code, *seq);
         }
-        self.connections_per_source
-            .close(SourceKey::of(c.addr.ip()));
+        let source = SourceKey::of(c.addr.ip());
+        self.connections_per_source.close(source);
+        self.connections_per_site.close(site_of(source));
         self.actions.push_back(Action::Close { conn });
     }
 

@@ -417,7 +417,16 @@ fn encode<T: Serialize>(body: &T) -> Vec<u8> {
 
 /// One coordinator message as a line, newline included.
 pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
-    encode(msg)
+    match msg {
+        ServerMessage::Error { message, .. } if message.len() > ndjson::MAX_ERROR_TEXT => {
+            let mut bounded = msg.clone();
+            if let ServerMessage::Error { message, .. } = &mut bounded {
+                *message = ndjson::bounded_text(std::mem::take(message), ndjson::MAX_ERROR_TEXT);
+            }
+            encode(&bounded)
+        }
+        _ => encode(msg),
+    }
 }
 
 /// One client message as a line, newline included.

@@ -9,8 +9,12 @@
 //! Because any two compatible clients pair at once, the waiting clients of
 //! one code all share an IP or are references; a scan for a partner thus
 //! skips at most one IP's worth of connections, not the whole queue.
+//!
+//! Waiting volunteers are also counted per site (IPv4 address, IPv6 /48),
+//! so that a full coordinator can turn away the site that holds the most
+//! waiting slots: a flood degrades service for the flooders first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::coordinator::ConnId;
 use super::Mode;
@@ -20,6 +24,15 @@ use crate::net::source_limit::SourceKey;
 pub(super) struct Pools {
     volunteers: HashMap<Option<String>, BTreeMap<u64, (ConnId, SourceKey)>>,
     references: HashMap<Option<String>, BTreeMap<u64, (ConnId, SourceKey)>>,
+    /// Waiting volunteers per site, by arrival.
+    sites: HashMap<SourceKey, BTreeMap<u64, ConnId>>,
+    /// (waiting volunteers, site), to find the busiest site at once.
+    site_sizes: BTreeSet<(usize, SourceKey)>,
+}
+
+/// The site a source belongs to: its IPv4 address or IPv6 /48.
+pub(super) fn site_of(source: SourceKey) -> SourceKey {
+    source.widened(crate::net::source_limit::SITE_V6_PREFIX)
 }
 
 impl Pools {
@@ -46,17 +59,54 @@ impl Pools {
             .entry(code)
             .or_default()
             .insert(seq, (conn, source));
+        if mode == Mode::Volunteer {
+            let site = site_of(source);
+            let waiting = self.sites.entry(site).or_default();
+            self.site_sizes.remove(&(waiting.len(), site));
+            waiting.insert(seq, conn);
+            self.site_sizes.insert((waiting.len(), site));
+        }
     }
 
     /// Removes a waiting client (it left or timed out).
     pub(super) fn remove(&mut self, mode: Mode, code: &Option<String>, seq: u64) {
         let pool = self.pool(mode);
+        let mut source = None;
         if let Some(queue) = pool.get_mut(code) {
-            queue.remove(&seq);
+            source = queue.remove(&seq).map(|(_, source)| source);
             if queue.is_empty() {
                 pool.remove(code);
             }
         }
+        if let (Mode::Volunteer, Some(source)) = (mode, source) {
+            self.leave_site(site_of(source), seq);
+        }
+    }
+
+    fn leave_site(&mut self, site: SourceKey, seq: u64) {
+        let Some(waiting) = self.sites.get_mut(&site) else {
+            return;
+        };
+        self.site_sizes.remove(&(waiting.len(), site));
+        waiting.remove(&seq);
+        if waiting.is_empty() {
+            self.sites.remove(&site);
+        } else {
+            self.site_sizes.insert((waiting.len(), site));
+        }
+    }
+
+    /// Volunteers waiting from `site`.
+    pub(super) fn waiting_from(&self, site: SourceKey) -> usize {
+        self.sites.get(&site).map_or(0, BTreeMap::len)
+    }
+
+    /// The site with the most waiting volunteers, with how many, and the
+    /// connection of its longest-waiting one.
+    pub(super) fn busiest_site(&self) -> Option<(SourceKey, usize, ConnId)> {
+        let (count, site) = *self.site_sizes.last()?;
+        let (_, conn) = self.sites.get(&site)?.first_key_value()?;
+        Some((site, count, *conn))
     }
 
     /// Takes the longest-waiting compatible partner for a newcomer, if any.
@@ -80,10 +130,7 @@ impl Pools {
                 .find(|(_, (_, theirs))| *theirs != source)
                 .map(|(seq, (conn, _))| (*seq, *conn));
             if let Some((seq, conn)) = found {
-                queue.remove(&seq);
-                if queue.is_empty() {
-                    pool.remove(code);
-                }
+                self.remove(candidate, code, seq);
                 return Some((conn, candidate));
             }
         }
@@ -139,6 +186,51 @@ mod tests {
         );
         assert_eq!(pools.take_partner(Mode::Volunteer, &code, ip(3)), None);
         assert_eq!(pools.len(), 0);
+    }
+
+    #[test]
+    fn waiting_volunteers_are_counted_per_site() {
+        let v6 = |s: &str| SourceKey::of(s.parse().unwrap());
+        let mut pools = Pools::default();
+        pools.insert(
+            Mode::Volunteer,
+            Some("a".into()),
+            1,
+            10,
+            v6("2001:db8:0:1::1"),
+        );
+        pools.insert(
+            Mode::Volunteer,
+            Some("b".into()),
+            2,
+            11,
+            v6("2001:db8:0:2::1"),
+        );
+        pools.insert(
+            Mode::Volunteer,
+            Some("c".into()),
+            3,
+            12,
+            v6("2001:db8:0:3::1"),
+        );
+        pools.insert(Mode::Volunteer, None, 4, 20, ip(2));
+        pools.insert(Mode::Reference, None, 5, 30, ip(9));
+        let site = site_of(v6("2001:db8::"));
+        assert_eq!(pools.waiting_from(site), 3, "three /64s of one /48");
+        assert_eq!(pools.waiting_from(ip(2)), 1);
+        assert_eq!(pools.waiting_from(ip(9)), 0, "references are not counted");
+        assert_eq!(pools.busiest_site(), Some((site, 3, 10)));
+        pools.remove(Mode::Volunteer, &Some("a".into()), 1);
+        assert_eq!(pools.busiest_site(), Some((site, 2, 11)));
+        assert_eq!(
+            pools.take_partner(Mode::Volunteer, &Some("b".into()), ip(3)),
+            Some((11, Mode::Volunteer))
+        );
+        pools.remove(Mode::Volunteer, &Some("c".into()), 3);
+        assert_eq!(pools.busiest_site(), Some((ip(2), 1, 20)));
+        pools.remove(Mode::Volunteer, &None, 4);
+        assert_eq!(pools.busiest_site(), None);
+        assert!(pools.sites.is_empty() && pools.site_sizes.is_empty());
     }
 
     #[test]

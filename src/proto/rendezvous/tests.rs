@@ -904,3 +904,98 @@ fn campaign_info_that_could_misdirect_or_mislead_a_volunteer_is_refused() {
         assert!(e.contains(expected), "{e} (expected {expected:?})");
     }
 }
+
+#[test]
+fn an_ipv6_site_is_capped_across_its_64s() {
+    let mut h = Harness::new(CoordinatorConfig {
+        max_connections_per_ip: 2,
+        max_connections_per_site: 3,
+        ..config(plan(1, "[\"simultaneous\"]", 0, 1))
+    });
+    // Three /64s of one /48: the per-/64 cap alone would allow six.
+    h.connect(1, "[2001:db8:0:1::1]:1");
+    h.connect(2, "[2001:db8:0:1::1]:2");
+    h.connect(3, "[2001:db8:0:2::1]:1");
+    h.connect(4, "[2001:db8:0:3::1]:1");
+    assert!(h.take(3).is_empty());
+    match &h.take(4)[..] {
+        [ServerMessage::Error { code, message, .. }] => {
+            assert_eq!(*code, ErrorCode::TooManyConnections);
+            assert!(message.contains("2001:db8::/48"), "{message}");
+        }
+        other => panic!("expected one error, got {other:?}"),
+    }
+    h.core.closed(h.now, 1);
+    h.drain();
+    h.connect(5, "[2001:db8:0:3::1]:1");
+    assert!(h.take(5).is_empty(), "a place was given back");
+    h.connect(6, "[2001:db8:1::1]:1");
+    assert!(h.take(6).is_empty(), "another /48 is another site");
+}
+
+#[test]
+fn a_waiting_flood_gives_up_its_places_and_a_volunteer_is_still_paired() {
+    let mut h = Harness::new(CoordinatorConfig {
+        max_connections_per_ip: 16,
+        max_connections_per_site: 64,
+        max_waiting: 40,
+        max_waiting_per_site: 8,
+        ..config(plan(1, "[\"simultaneous\"]", 0, 1))
+    });
+    // The flood: eight sites (IPv6 /48s, 8 /64s each) fill every waiting
+    // place, each with its own pair code so nobody pairs.
+    let mut conn = 0;
+    let mut flood = Vec::new();
+    for site in 0..8 {
+        for host in 0..8 {
+            conn += 1;
+            h.connect(conn, &format!("[2001:db8:{site}:{host}::1]:1000"));
+            h.say(conn, &hello(Some(&format!("flood-{conn}"))));
+            flood.push(conn);
+        }
+    }
+    let busy = |msgs: &[ServerMessage]| {
+        msgs.iter().any(|m| {
+            matches!(
+                m,
+                ServerMessage::Error {
+                    code: ErrorCode::Busy,
+                    ..
+                }
+            )
+        })
+    };
+    let refused: Vec<ConnId> = flood
+        .iter()
+        .copied()
+        .filter(|c| busy(&h.take(*c)))
+        .collect();
+    assert_eq!(h.core.stats().waiting, 40, "every place is taken");
+    assert_eq!(refused.len(), 24, "64 tried, 40 places");
+    // Latecomer sites took places from the busiest: the places end up shared.
+    for site in flood.chunks(8) {
+        let waiting = site.iter().filter(|c| !refused.contains(c)).count();
+        assert_eq!(waiting, 5, "each of 8 sites holds 40 / 8 places");
+    }
+
+    // Two volunteers from fresh sites still wait and pair: each takes the
+    // place of a flooding site's longest waiter.
+    h.connect(1001, "203.0.113.7:5000");
+    h.say(1001, &hello(Some("friends")));
+    assert_eq!(h.core.stats().waiting, 40);
+    h.connect(1002, "198.51.100.9:5000");
+    h.say(1002, &hello(Some("friends")));
+    for volunteer in [1001, 1002] {
+        let got = h.take(volunteer);
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, ServerMessage::Paired { .. })),
+            "{volunteer} paired: {got:?}"
+        );
+    }
+    let evicted = flood.iter().filter(|c| busy(&h.take(**c))).count();
+    assert_eq!(
+        evicted, 1,
+        "one flooder gave up its place to the first volunteer"
+    );
+}

@@ -77,6 +77,9 @@ struct CoordinatorSection {
     max_wait_secs: Option<Spanned<u64>>,
     max_connections: Option<Spanned<usize>>,
     max_connections_per_ip: Option<Spanned<u32>>,
+    max_connections_per_site: Option<Spanned<u32>>,
+    max_waiting: Option<Spanned<usize>>,
+    max_waiting_per_site: Option<Spanned<u32>>,
     trials_per_ip_burst: Option<Spanned<u32>>,
     #[serde(default)]
     reference_ips: Vec<IpAddr>,
@@ -90,11 +93,15 @@ struct CollectorSection {
     public_url: Spanned<String>,
     database: PathBuf,
     key_file: Option<PathBuf>,
+    /// Lets the key sit in the database's directory (throwaway set-ups only).
+    #[serde(default)]
+    allow_key_beside_database: bool,
     export_token_file: Option<PathBuf>,
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<PathBuf>,
     max_body_bytes: Option<Spanned<usize>>,
-    max_concurrent_requests: Option<Spanned<usize>>,
+    max_connections: Option<Spanned<usize>>,
+    max_connections_per_source: Option<Spanned<u32>>,
     request_timeout_secs: Option<Spanned<u64>>,
 }
 
@@ -119,6 +126,9 @@ pub struct CoordinatorSettings {
     pub max_wait: Option<Duration>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<u32>,
+    pub max_connections_per_site: Option<u32>,
+    pub max_waiting: Option<usize>,
+    pub max_waiting_per_site: Option<u32>,
     pub trials_per_ip_burst: Option<u32>,
     pub reference_ips: Vec<IpAddr>,
 }
@@ -129,13 +139,16 @@ pub struct CollectorSettings {
     pub listen: SocketAddr,
     pub public_url: String,
     pub database: PathBuf,
-    /// Default: the database path with `.key` appended.
+    /// Default: [`crate::collector::default_key_path`], apart from the database.
     pub key_file: PathBuf,
+    /// The key may sit in the database's directory (refused otherwise).
+    pub allow_key_beside_database: bool,
     pub export_token_file: Option<PathBuf>,
     /// Certificate chain and key (PEM) when the collector serves TLS itself.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_body_bytes: Option<usize>,
-    pub max_concurrent_requests: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_source: Option<u32>,
     pub request_timeout: Option<Duration>,
 }
 
@@ -266,6 +279,17 @@ impl CampaignFile {
                 "coordinator max_connections_per_ip",
                 &co.max_connections_per_ip,
             )?,
+            max_connections_per_site: positive(
+                text,
+                "coordinator max_connections_per_site",
+                &co.max_connections_per_site,
+            )?,
+            max_waiting: positive(text, "coordinator max_waiting", &co.max_waiting)?,
+            max_waiting_per_site: positive(
+                text,
+                "coordinator max_waiting_per_site",
+                &co.max_waiting_per_site,
+            )?,
             trials_per_ip_burst: positive(
                 text,
                 "coordinator trials_per_ip_burst",
@@ -301,23 +325,25 @@ impl CampaignFile {
             }
         };
         let database = path(&c.database);
-        let key_file = c.key_file.as_deref().map(path).unwrap_or_else(|| {
-            let mut key = database.clone().into_os_string();
-            key.push(".key");
-            PathBuf::from(key)
-        });
+        let key_file = c
+            .key_file
+            .as_deref()
+            .map(path)
+            .unwrap_or_else(crate::collector::default_key_path);
         let collector = CollectorSettings {
             listen: *c.listen.get_ref(),
             public_url: c.public_url.get_ref().clone(),
             database,
             key_file,
+            allow_key_beside_database: c.allow_key_beside_database,
             export_token_file: c.export_token_file.as_deref().map(path),
             tls,
             max_body_bytes: positive(text, "collector max_body_bytes", &c.max_body_bytes)?,
-            max_concurrent_requests: positive(
+            max_connections: positive(text, "collector max_connections", &c.max_connections)?,
+            max_connections_per_source: positive(
                 text,
-                "collector max_concurrent_requests",
-                &c.max_concurrent_requests,
+                "collector max_connections_per_source",
+                &c.max_connections_per_source,
             )?,
             request_timeout: positive(
                 text,
@@ -446,7 +472,10 @@ tls_key = "tls/key.pem"
             Some("https://198.51.100.10")
         );
         assert_eq!(file.collector.database, Path::new("/etc/ps/results.db"));
-        assert_eq!(file.collector.key_file, Path::new("/etc/ps/results.db.key"));
+        assert_eq!(
+            file.collector.key_file,
+            crate::collector::default_key_path()
+        );
         assert_eq!(
             file.collector.tls,
             Some(("/etc/ps/tls/cert.pem".into(), "/etc/ps/tls/key.pem".into()))

@@ -85,6 +85,11 @@ pub async fn run(
     core.max_connections_per_ip = c
         .max_connections_per_ip
         .unwrap_or(core.max_connections_per_ip);
+    core.max_connections_per_site = c
+        .max_connections_per_site
+        .unwrap_or(core.max_connections_per_site);
+    core.max_waiting = c.max_waiting.unwrap_or(core.max_waiting);
+    core.max_waiting_per_site = c.max_waiting_per_site.unwrap_or(core.max_waiting_per_site);
     core.trials_per_ip_burst = c.trials_per_ip_burst.unwrap_or(core.trials_per_ip_burst);
     core.references = if c.reference_ips.is_empty() {
         ReferencePolicy::Nobody
@@ -115,6 +120,9 @@ pub async fn run(
     };
 
     let k = &file.collector;
+    if !k.allow_key_beside_database {
+        collector::check_key_apart(&k.database, &k.key_file)?;
+    }
     let key = collector::load_or_create_key(&k.key_file)?;
     let token = k
         .export_token_file
@@ -123,9 +131,12 @@ pub async fn run(
         .transpose()?;
     let mut collector_config = CollectorConfig::new(key.as_bytes(), token);
     collector_config.max_body_bytes = k.max_body_bytes.unwrap_or(collector_config.max_body_bytes);
-    collector_config.max_concurrent_requests = k
-        .max_concurrent_requests
-        .unwrap_or(collector_config.max_concurrent_requests);
+    collector_config.max_connections = k
+        .max_connections
+        .unwrap_or(collector_config.max_connections);
+    if let Some(per_source) = k.max_connections_per_source {
+        collector_config.admission.connections_per_source = per_source;
+    }
     collector_config.request_timeout = k
         .request_timeout
         .unwrap_or(collector_config.request_timeout);
@@ -147,7 +158,7 @@ pub async fn run(
         Some(addr) => Some(bind("metrics", addr).await?),
         None => None,
     };
-    let _ = rendezvous::raise_fd_limit();
+    let _ = crate::net::socket::raise_fd_limit();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
