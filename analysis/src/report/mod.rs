@@ -20,6 +20,7 @@
 
 pub mod aggregate;
 pub mod charts;
+pub mod cluster;
 pub mod html;
 pub mod input;
 pub mod reference;
