@@ -95,13 +95,10 @@ impl Proportion {
         self
     }
 
-    /// The interval to quote: over networks when computed, else over
-    /// pairings, else the per-trial Wilson interval; with its name.
+    /// The interval to quote: clustered by pairing when computed, else the
+    /// per-trial Wilson interval; with its name.
     pub fn quoted(&self) -> Option<(f64, f64, &'static str)> {
         match self.clustered {
-            Some(Clustered {
-                networks: Some(c), ..
-            }) => Some((c.low, c.high, "networks")),
             Some(Clustered { pairings: c, .. }) => Some((c.low, c.high, "pairings")),
             None => Some((self.low?, self.high?, "per trial")),
         }
