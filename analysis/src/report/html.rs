@@ -81,6 +81,9 @@ fn quoted_bar(label: &str, p: &Proportion) -> Option<RateBar> {
     Some(bar)
 }
 
+/// Group rows shown in the page; summary.json has every listed group.
+const MAX_PAGE_GROUP_ROWS: usize = 50;
+
 /// A table of group rows (networks, labels, clients).
 fn group_rows(h: &mut String, title: &str, table: &GroupTable, short_keys: bool) {
     let _ = writeln!(
@@ -88,7 +91,7 @@ fn group_rows(h: &mut String, title: &str, table: &GroupTable, short_keys: bool)
         "<table><tr><th>{}</th><th>runs</th><th>pairings</th>{RATE_HEAD}</tr>",
         esc(title)
     );
-    for row in &table.rows {
+    for row in table.rows.iter().take(MAX_PAGE_GROUP_ROWS) {
         let key = if short_keys {
             format!(
                 "<code title=\"{}\">{}…</code>",
@@ -107,6 +110,13 @@ fn group_rows(h: &mut String, title: &str, table: &GroupTable, short_keys: bool)
         );
     }
     h.push_str("</table>\n");
+    if table.rows.len() > MAX_PAGE_GROUP_ROWS {
+        let _ = writeln!(
+            h,
+            "<p class=note>The {MAX_PAGE_GROUP_ROWS} with the most trials are shown; all {} are in <code>summary.json</code>.</p>",
+            table.rows.len()
+        );
+    }
     let _ = writeln!(
         h,
         "<p class=note>{} listed of {} with any trial; groups with fewer than {} trials are not listed (their {} trial memberships are in every total above). \
