@@ -22,6 +22,8 @@
 //! - [`collector`]: storage of the results collector (the [`collector::ResultStore`]
 //!   trait, SQLite in WAL mode) and its privacy-preserving source grouping;
 //!   the HTTP side is [`server::collector`].
+//! - [`report`] and [`dataset`]: the library calls of `punchscope report`
+//!   and `punchscope dataset publish` (inputs from files or a collector).
 //! - [`upload`]: the probe's local spool of results and their loss-free
 //!   upload to a collector, with retries and backoff.
 //!
@@ -35,6 +37,7 @@ pub mod bench;
 pub mod btc;
 pub mod classify;
 pub mod collector;
+pub mod dataset;
 #[cfg(all(feature = "lab", target_os = "linux"))]
 pub mod lab;
 pub mod net;

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use punchscope_analysis::report::input::{self, Skipped};
-use punchscope_analysis::report::{Aggregator, Report, ReportError, ReportFiles};
+use punchscope_analysis::report::input::{self, DocumentSink, Skipped};
+use punchscope_analysis::report::{Aggregator, Report, ReportConfig, ReportError, ReportFiles};
 
 use crate::collector::{ClientError, CollectorClient};
 
@@ -65,22 +65,37 @@ pub fn is_collector_url(input: &str) -> bool {
 
 /// Reads every input and writes the report into `options.out`.
 pub fn build(options: &ReportOptions) -> Result<ReportOutcome, ReportRunError> {
-    let mut aggregator = Aggregator::new();
+    build_with(options, &ReportConfig::default())
+}
+
+/// Reads every input (paths, releases, collector URLs) into `sink`.
+pub fn read_inputs(
+    options: &ReportOptions,
+    sink: &mut impl DocumentSink,
+) -> Result<(), ReportRunError> {
     for source in &options.inputs {
         if is_collector_url(source) {
-            read_collector(source, options, &mut aggregator)?;
+            read_collector(source, options, sink)?;
         } else {
-            input::read_path(Path::new(source), &mut aggregator).map_err(|cause| {
-                ReportRunError::Read {
-                    source_name: source.clone(),
-                    cause,
-                }
+            input::read_path(Path::new(source), sink).map_err(|cause| ReportRunError::Read {
+                source_name: source.clone(),
+                cause,
             })?;
         }
     }
+    Ok(())
+}
+
+/// [`build`] with a bootstrap and listing threshold of one's own.
+pub fn build_with(
+    options: &ReportOptions,
+    config: &ReportConfig,
+) -> Result<ReportOutcome, ReportRunError> {
+    let mut aggregator = Aggregator::new();
+    read_inputs(options, &mut aggregator)?;
     let skipped = aggregator.skipped.clone();
     let labels: Vec<String> = options.inputs.iter().map(|i| input_label(i)).collect();
-    let report = Report::new(aggregator.finish(), &labels);
+    let report = Report::with_config(aggregator.finish(), &labels, config);
     let files = report
         .write(&options.out)
         .map_err(|cause| ReportRunError::Write {
@@ -94,11 +109,11 @@ pub fn build(options: &ReportOptions) -> Result<ReportOutcome, ReportRunError> {
     })
 }
 
-/// Streams the collector's export into the aggregator, line by line.
+/// Streams the collector's export into the sink, line by line.
 fn read_collector(
     base: &str,
     options: &ReportOptions,
-    aggregator: &mut Aggregator,
+    sink: &mut impl DocumentSink,
 ) -> Result<(), ReportRunError> {
     let Some(token_file) = &options.token_file else {
         return Err(ReportRunError::NeedToken {
@@ -116,15 +131,14 @@ fn read_collector(
     let client = CollectorClient::new(base, options.timeout)?;
     let url = client.export_url();
     let export = client.export(token)?;
-    input::read_jsonl(&url, export, aggregator)
-        .map_err(|cause| ReportRunError::Export { url, cause })
+    input::read_jsonl(&url, export, sink).map_err(|cause| ReportRunError::Export { url, cause })
 }
 
 /// How an input is named in the report: as given when relative or a URL; an
 /// absolute path relative to the working directory when it lies below it,
 /// else by its file name, so that a report does not record the layout of
 /// the machine that made it.
-fn input_label(input: &str) -> String {
+pub fn input_label(input: &str) -> String {
     let path = Path::new(input);
     if is_collector_url(input) || !path.is_absolute() {
         return input.to_string();
