@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use punchscope_analysis::report::input::{self, DocumentSink, Skipped};
-use punchscope_analysis::report::{Aggregator, Report, ReportConfig, ReportError, ReportFiles};
+use punchscope_analysis::report::{
+    compare, Aggregator, Report, ReportConfig, ReportError, ReportFiles,
+};
 
 use crate::collector::{ClientError, CollectorClient};
 
@@ -56,6 +58,8 @@ pub enum ReportRunError {
     },
     #[error("writing the report into {dir}: {cause}")]
     Write { dir: PathBuf, cause: ReportError },
+    #[error("--compare takes exactly two inputs (A and B), not {0}")]
+    CompareTwo(usize),
 }
 
 /// Whether an input names a collector rather than a path.
@@ -106,6 +110,71 @@ pub fn build_with(
         report,
         files,
         skipped,
+    })
+}
+
+/// Two reports side by side, written.
+#[derive(Debug)]
+pub struct ComparisonOutcome {
+    pub a: Report,
+    pub b: Report,
+    pub comparison: compare::Comparison,
+    /// `index.html` and `comparison.json` in the output directory.
+    pub index_html: PathBuf,
+    pub comparison_json: PathBuf,
+}
+
+/// `report --compare A B`: each of the two inputs (a release, a file, a
+/// directory or a collector) is reported on its own into `out/a` and
+/// `out/b`, and `out/index.html` and `out/comparison.json` hold both side by side.
+pub fn build_comparison(
+    options: &ReportOptions,
+    config: &ReportConfig,
+) -> Result<ComparisonOutcome, ReportRunError> {
+    let [a, b] = options.inputs.as_slice() else {
+        return Err(ReportRunError::CompareTwo(options.inputs.len()));
+    };
+    let side = |input: &String, dir: &str| {
+        build_with(
+            &ReportOptions {
+                inputs: vec![input.clone()],
+                out: options.out.join(dir),
+                ..options.clone()
+            },
+            config,
+        )
+    };
+    let a_out = side(a, "a")?;
+    let b_out = side(b, "b")?;
+    let comparison = compare::compare(
+        &input_label(a),
+        &a_out.report.summary,
+        &input_label(b),
+        &b_out.report.summary,
+    );
+    let write_err = |cause: std::io::Error, path: &Path| ReportRunError::Write {
+        dir: options.out.clone(),
+        cause: ReportError::Io {
+            path: path.to_path_buf(),
+            cause,
+        },
+    };
+    let index_html = options.out.join("index.html");
+    let comparison_json = options.out.join("comparison.json");
+    let page = compare::render(&comparison).map_err(|cause| ReportRunError::Write {
+        dir: options.out.clone(),
+        cause,
+    })?;
+    std::fs::write(&index_html, page).map_err(|e| write_err(e, &index_html))?;
+    let mut json = serde_json::to_string_pretty(&comparison).expect("a comparison serializes");
+    json.push('\n');
+    std::fs::write(&comparison_json, json).map_err(|e| write_err(e, &comparison_json))?;
+    Ok(ComparisonOutcome {
+        a: a_out.report,
+        b: b_out.report,
+        comparison,
+        index_html,
+        comparison_json,
     })
 }
 

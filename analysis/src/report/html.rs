@@ -144,7 +144,7 @@ fn chart_or_note(svg: Option<String>, note: &str) -> String {
     }
 }
 
-const CSS: &str = "
+pub(crate) const CSS: &str = "
 body { font-family: -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif; max-width: 1100px; margin: 24px auto; padding: 0 16px; color: #1a1a1a; line-height: 1.45; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 2em; }

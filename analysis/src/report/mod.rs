@@ -22,6 +22,7 @@ pub mod aggregate;
 pub mod breakdown;
 pub mod charts;
 pub mod cluster;
+pub mod compare;
 pub mod html;
 pub mod input;
 pub mod reference;
