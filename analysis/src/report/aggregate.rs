@@ -329,9 +329,10 @@ impl Aggregator {
         }
         self.counts.runs += 1;
         let run_index = u32::try_from(self.runs.len()).expect("fewer than 4 billion runs");
+        // Hex is case-insensitive: "AA" and "aa" are one group.
         let network = source_group
             .filter(|g| !g.is_empty())
-            .map(|g| self.network_of(g));
+            .map(|g| self.network_of(&g.to_ascii_lowercase()));
         let info = RunInfo {
             run_id: run.run_id,
             mode: run.mode,
