@@ -144,8 +144,11 @@ impl RowSums {
     }
 
     /// The row's rate with its per-trial Wilson interval and its clustered
-    /// intervals: over pairings, and over networks unless `with_networks` is
-    /// false (a row that is one network). `row` names the row for its seed.
+    /// intervals: over pairings, and over networks when `with_networks`.
+    /// The network bootstrap costs about as much as the rest of a large
+    /// report, so it is computed for the rows a result is quoted from
+    /// (headline, strategies, handshakes, pairings' shares), not for every
+    /// breakdown. `row` names the row for its seed.
     pub fn proportion(
         &self,
         row: &str,

@@ -374,7 +374,7 @@ impl Summary {
         let attempts = AttemptsSummary {
             successes,
             histogram: attempts_hist.into_iter().collect(),
-            first_attempt: first_attempt.proportion("first attempt", boot, true),
+            first_attempt: first_attempt.proportion("first attempt", boot, false),
             mean: (successes > 0).then(|| attempt_sum as f64 / successes as f64),
         };
 
@@ -422,7 +422,7 @@ impl Summary {
             min,
             "label",
             boot,
-            true,
+            false,
         );
         let clients = group_table(
             &groups.clients,
@@ -431,7 +431,7 @@ impl Summary {
             min,
             "client",
             boot,
-            true,
+            false,
         );
 
         let uncertainty = UncertaintySummary {
@@ -458,7 +458,7 @@ impl Summary {
                 .map(|((a, b), sums)| PairCell {
                     nat_a: a.to_string(),
                     nat_b: b.to_string(),
-                    proportion: sums.proportion(&format!("nat pair {a} {b}"), boot, true),
+                    proportion: sums.proportion(&format!("nat pair {a} {b}"), boot, false),
                 })
                 .collect(),
             strategies: strategy_rows,
@@ -722,8 +722,8 @@ impl PairingTally {
             let name = strategy.as_str();
             strategies.push(StrategyPairings {
                 strategy: name.to_string(),
-                at_least_once: once.proportion(&format!("pairings {name} once"), boot, true),
-                every_time: every.proportion(&format!("pairings {name} every"), boot, true),
+                at_least_once: once.proportion(&format!("pairings {name} once"), boot, false),
+                every_time: every.proportion(&format!("pairings {name} every"), boot, false),
             });
         }
         let mut comparisons = Vec::new();

@@ -556,7 +556,10 @@ fn pairings_and_networks_are_the_clusters_and_small_groups_are_not_listed() {
         Role::Initiator,
         eim_apdf(),
         Some(eim_eif()),
-        ids.iter().enumerate().map(|(i, id)| t(i as u32, Some(id), Connected)).collect(),
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| t(i as u32, Some(id), Connected))
+            .collect(),
     );
     let bob = run(
         Role::Responder,
@@ -594,19 +597,34 @@ fn pairings_and_networks_are_the_clusters_and_small_groups_are_not_listed() {
     let report = Report::with_config(aggregated, &[], &config);
     let s = &report.summary;
     assert_eq!((s.uncertainty.pairings, s.uncertainty.networks), (3, 3));
-    assert_eq!((s.uncertainty.keyed_networks, s.uncertainty.runs_without_group), (2, 1));
+    assert_eq!(
+        (
+            s.uncertainty.keyed_networks,
+            s.uncertainty.runs_without_group
+        ),
+        (2, 1)
+    );
     // Network aa: alice's 4 trials and carol's 2 = 6 (listed, 4/6); bb: 4 (below 5).
     let rows = &s.networks.table.rows;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].key, "aa");
     assert_eq!((rows[0].runs, rows[0].pairings), (2, 2));
     assert_eq!((rows[0].proportion.successes, rows[0].proportion.n), (4, 6));
-    assert_eq!((s.networks.table.groups, s.networks.table.trials_unlisted), (2, 4));
+    assert_eq!(
+        (s.networks.table.groups, s.networks.table.trials_unlisted),
+        (2, 4)
+    );
     assert_eq!(s.networks.rate_histogram[6], ("60-70%".to_string(), 1));
     // Pairings: alice-bob connected at least once but not every time; carol's
     // once; dave's never.
     let v = &s.pairing_view;
-    assert_eq!((v.connected_at_least_once.successes, v.connected_at_least_once.n), (2, 3));
+    assert_eq!(
+        (
+            v.connected_at_least_once.successes,
+            v.connected_at_least_once.n
+        ),
+        (2, 3)
+    );
     assert_eq!(v.connected_every_time.successes, 0);
     // The headline's clusters: 3 pairings, 3 networks.
     let c = s.headline.clustered.unwrap();
