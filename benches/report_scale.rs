@@ -3,7 +3,9 @@
 //! Run with `cargo bench --bench report_scale`. Prints the input size, the
 //! time, trial records per second and the report process's peak RSS (from
 //! getrusage of the reaped child, so only punchscope is measured). `REPORT_BENCH_PAIRS`
-//! changes the number of pairings (default 25,000, two runs each).
+//! changes the number of pairings (default 25,000, two runs each), and
+//! `REPORT_BENCH_RESAMPLES` the bootstrap's resamples (default 1000), so
+//! that the bootstrap's share of the time can be told apart.
 
 #[path = "../tests/report_support/mod.rs"]
 mod report_support;
@@ -12,10 +14,10 @@ use std::io::BufWriter;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// Runs the command and returns (exit status ok, elapsed seconds, peak RSS in KiB, stdout).
+/// Runs the command and returns (exit status ok, elapsed seconds, peak RSS in KiB, stdout, CPU seconds).
 /// The RSS is getrusage(RUSAGE_CHILDREN)'s: the largest child this process reaped,
 /// and punchscope is the only one.
-fn run_measured(cmd: &mut Command) -> (bool, f64, i64, String) {
+fn run_measured(cmd: &mut Command) -> (bool, f64, i64, String, f64) {
     let started = Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -32,7 +34,9 @@ fn run_measured(cmd: &mut Command) -> (bool, f64, i64, String) {
     // SAFETY: usage is a valid out-pointer for the duration of the call.
     let r = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     assert_eq!(r, 0, "getrusage failed");
-    (status.success(), elapsed, usage.ru_maxrss, text)
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+    (status.success(), elapsed, usage.ru_maxrss, text, cpu)
 }
 
 fn main() {
@@ -57,17 +61,20 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     let out = dir.path().join("report");
-    let (ok, secs, rss_kib, stdout) = run_measured(
+    let resamples = std::env::var("REPORT_BENCH_RESAMPLES").unwrap_or_else(|_| "1000".into());
+    let (ok, secs, rss_kib, stdout, cpu) = run_measured(
         Command::new(env!("CARGO_BIN_EXE_punchscope"))
             .arg("report")
             .arg(&jsonl)
             .arg("--out")
-            .arg(&out),
+            .arg(&out)
+            .arg("--bootstrap-resamples")
+            .arg(&resamples),
     );
     assert!(ok, "punchscope report failed");
     print!("{stdout}");
     println!(
-        "report: {secs:.2} s, {:.0} trial records/s, {:.0} MB/s of JSONL, peak RSS {:.0} MiB",
+        "report ({resamples} bootstrap resamples): {secs:.2} s ({cpu:.2} s of CPU), {:.0} trial records/s, {:.0} MB/s of JSONL, peak RSS {:.0} MiB",
         records as f64 / secs,
         bytes as f64 / 1e6 / secs,
         rss_kib as f64 / 1024.0

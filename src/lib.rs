@@ -21,7 +21,8 @@
 //!   source grouping, and [`collector::client`], the one HTTP client of a
 //!   collector; the server is [`server::collector`].
 //! - [`upload`]: the probe's spool and its loss-free upload.
-//! - [`report`]: the report's one library call ([`report::build`]).
+//! - [`report`] and [`dataset`]: the library calls of `punchscope report`
+//!   and `punchscope dataset publish` (inputs from files or a collector).
 //! - [`mod@bench`]: `bench rendezvous`.
 //! - `lab` (feature `lab`, Linux): what punchscope runs inside the NAT lab
 //!   (crate `punchscope-lab`, re-exported there).
@@ -37,6 +38,7 @@ pub mod bench;
 pub mod btc;
 pub mod classify;
 pub mod collector;
+pub mod dataset;
 #[cfg(all(feature = "lab", target_os = "linux"))]
 pub mod lab;
 pub mod net;

@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use punchscope_analysis::report::input::{self, Skipped};
-use punchscope_analysis::report::{Aggregator, Report, ReportError, ReportFiles};
+use punchscope_analysis::report::input::{self, DocumentSink, Skipped};
+use punchscope_analysis::report::{
+    compare, Aggregator, Report, ReportConfig, ReportError, ReportFiles,
+};
 
 use crate::collector::{ClientError, ClientOptions, CollectorClient};
 
@@ -58,6 +60,8 @@ pub enum ReportRunError {
     },
     #[error("writing the report into {dir}: {cause}")]
     Write { dir: PathBuf, cause: ReportError },
+    #[error("--compare takes exactly two inputs (A and B), not {0}")]
+    CompareTwo(usize),
 }
 
 /// Whether an input names a collector rather than a path.
@@ -67,22 +71,37 @@ pub fn is_collector_url(input: &str) -> bool {
 
 /// Reads every input and writes the report into `options.out`.
 pub fn build(options: &ReportOptions) -> Result<ReportOutcome, ReportRunError> {
-    let mut aggregator = Aggregator::new();
+    build_with(options, &ReportConfig::default())
+}
+
+/// Reads every input (paths, releases, collector URLs) into `sink`.
+pub fn read_inputs(
+    options: &ReportOptions,
+    sink: &mut impl DocumentSink,
+) -> Result<(), ReportRunError> {
     for source in &options.inputs {
         if is_collector_url(source) {
-            read_collector(source, options, &mut aggregator)?;
+            read_collector(source, options, sink)?;
         } else {
-            input::read_path(Path::new(source), &mut aggregator).map_err(|cause| {
-                ReportRunError::Read {
-                    source_name: source.clone(),
-                    cause,
-                }
+            input::read_path(Path::new(source), sink).map_err(|cause| ReportRunError::Read {
+                source_name: source.clone(),
+                cause,
             })?;
         }
     }
+    Ok(())
+}
+
+/// [`build`] with a bootstrap and listing threshold of one's own.
+pub fn build_with(
+    options: &ReportOptions,
+    config: &ReportConfig,
+) -> Result<ReportOutcome, ReportRunError> {
+    let mut aggregator = Aggregator::new();
+    read_inputs(options, &mut aggregator)?;
     let skipped = aggregator.skipped.clone();
     let labels: Vec<String> = options.inputs.iter().map(|i| input_label(i)).collect();
-    let report = Report::new(aggregator.finish(), &labels);
+    let report = Report::with_config(aggregator.finish(), &labels, config);
     let files = report
         .write(&options.out)
         .map_err(|cause| ReportRunError::Write {
@@ -96,11 +115,76 @@ pub fn build(options: &ReportOptions) -> Result<ReportOutcome, ReportRunError> {
     })
 }
 
-/// Streams the collector's export into the aggregator, line by line.
+/// Two reports side by side, written.
+#[derive(Debug)]
+pub struct ComparisonOutcome {
+    pub a: Report,
+    pub b: Report,
+    pub comparison: compare::Comparison,
+    /// `index.html` and `comparison.json` in the output directory.
+    pub index_html: PathBuf,
+    pub comparison_json: PathBuf,
+}
+
+/// `report --compare A B`: each of the two inputs (a release, a file, a
+/// directory or a collector) is reported on its own into `out/a` and
+/// `out/b`, and `out/index.html` and `out/comparison.json` hold both side by side.
+pub fn build_comparison(
+    options: &ReportOptions,
+    config: &ReportConfig,
+) -> Result<ComparisonOutcome, ReportRunError> {
+    let [a, b] = options.inputs.as_slice() else {
+        return Err(ReportRunError::CompareTwo(options.inputs.len()));
+    };
+    let side = |input: &String, dir: &str| {
+        build_with(
+            &ReportOptions {
+                inputs: vec![input.clone()],
+                out: options.out.join(dir),
+                ..options.clone()
+            },
+            config,
+        )
+    };
+    let a_out = side(a, "a")?;
+    let b_out = side(b, "b")?;
+    let comparison = compare::compare(
+        &input_label(a),
+        &a_out.report.summary,
+        &input_label(b),
+        &b_out.report.summary,
+    );
+    let write_err = |cause: std::io::Error, path: &Path| ReportRunError::Write {
+        dir: options.out.clone(),
+        cause: ReportError::Io {
+            path: path.to_path_buf(),
+            cause,
+        },
+    };
+    let index_html = options.out.join("index.html");
+    let comparison_json = options.out.join("comparison.json");
+    let page = compare::render(&comparison).map_err(|cause| ReportRunError::Write {
+        dir: options.out.clone(),
+        cause,
+    })?;
+    std::fs::write(&index_html, page).map_err(|e| write_err(e, &index_html))?;
+    let mut json = serde_json::to_string_pretty(&comparison).expect("a comparison serializes");
+    json.push('\n');
+    std::fs::write(&comparison_json, json).map_err(|e| write_err(e, &comparison_json))?;
+    Ok(ComparisonOutcome {
+        a: a_out.report,
+        b: b_out.report,
+        comparison,
+        index_html,
+        comparison_json,
+    })
+}
+
+/// Streams the collector's export into the sink, line by line.
 fn read_collector(
     base: &str,
     options: &ReportOptions,
-    aggregator: &mut Aggregator,
+    sink: &mut impl DocumentSink,
 ) -> Result<(), ReportRunError> {
     let Some(token_file) = &options.token_file else {
         return Err(ReportRunError::NeedToken {
@@ -124,15 +208,14 @@ fn read_collector(
     )?;
     let url = client.export_url();
     let export = client.export(token)?;
-    input::read_jsonl(&url, export, aggregator)
-        .map_err(|cause| ReportRunError::Export { url, cause })
+    input::read_jsonl(&url, export, sink).map_err(|cause| ReportRunError::Export { url, cause })
 }
 
 /// How an input is named in the report: as given when relative or a URL; an
 /// absolute path relative to the working directory when it lies below it,
 /// else by its file name, so that a report does not record the layout of
 /// the machine that made it.
-fn input_label(input: &str) -> String {
+pub fn input_label(input: &str) -> String {
     let path = Path::new(input);
     if is_collector_url(input) || !path.is_absolute() {
         return input.to_string();

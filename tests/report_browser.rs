@@ -1,4 +1,4 @@
-//! The report page in a real browser: headless Chromium renders index.html (a synthetic campaign) to a screenshot with no console errors.
+//! The report page in a real browser: headless Chromium renders index.html (a synthetic campaign, as a collector export) to a screenshot with no console errors.
 //!
 //! Needs `/usr/bin/chromium` (Debian package `chromium`); the test fails,
 //! rather than skips, without it, so CI cannot pass without looking.
@@ -138,7 +138,16 @@ fn the_report_renders_in_headless_chromium_without_console_errors() {
     // The DOM as the browser parsed it: every chart is an SVG element there.
     let profile = tempfile::tempdir().unwrap();
     let (dom, _) = chromium(profile.path(), &["--dump-dom"], &url, limit);
-    assert_eq!(dom.matches("<svg").count(), 6, "six charts in the DOM");
-    assert!(dom.contains("id=\"nat-matrix\""), "the matrix section");
+    // Six charts, and the per-network histogram (the synthetic campaign is a collector export).
+    assert_eq!(dom.matches("<svg").count(), 7, "seven charts in the DOM");
+    for id in [
+        "nat-matrix",
+        "pairings",
+        "networks",
+        "groups",
+        "uncertainty",
+    ] {
+        assert!(dom.contains(&format!("id=\"{id}\"")), "the {id} section");
+    }
     assert!(dom.contains("class=\"matrix\""));
 }

@@ -146,7 +146,16 @@ fn write_inputs(dir: &Path, c: &Campaign) -> (String, String) {
     (runs_dir.display().to_string(), jsonl.display().to_string())
 }
 
-fn check_report(out: &Path, stdout: &str, skipped: u64) {
+/// Which network groups the input carried: from files, only bob's export
+/// line has one (6 trials, below the listing minimum of 10); through a
+/// collector on loopback every run was uploaded from 127.0.0.1, one group.
+#[derive(Clone, Copy, PartialEq)]
+enum Groups {
+    OnlyBobs,
+    AllFromLoopback,
+}
+
+fn check_report(out: &Path, stdout: &str, skipped: u64, groups: Groups) {
     for file in ["index.html", "summary.json", "trials.csv", "pairs.csv"] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
@@ -280,7 +289,18 @@ fn check_report(out: &Path, stdout: &str, skipped: u64) {
     assert!(page.contains("<table class=matrix>"));
     assert!(page.contains("66.7%"), "the eim/eif x eim/apdf cell (4/6)");
     assert!(page.contains("58.3%"), "the headline (7/12)");
-    assert_eq!(page.matches("<svg").count(), 6, "six charts");
+    // Six charts, and the per-network histogram when a network is listed.
+    let charts = if groups == Groups::AllFromLoopback {
+        7
+    } else {
+        6
+    };
+    assert_eq!(page.matches("<svg").count(), charts);
+    for id in ["pairings", "networks", "groups", "uncertainty"] {
+        assert!(page.contains(&format!("<section id={id}>")), "section {id}");
+    }
+    assert!(page.contains("Quote the interval clustered by pairing"));
+    check_clusters(&s, out, groups);
     assert!(!page.contains("NaN"));
     // Self-contained: nothing loads from anywhere (the SVG namespace URI is a name, not a fetch).
     for loader in ["<script", "<link", "src=", "href=", "@import", "url("] {
@@ -288,6 +308,118 @@ fn check_report(out: &Path, stdout: &str, skipped: u64) {
     }
     assert!(stdout.contains("58.3%"), "{stdout}");
     assert!(stdout.contains(&out.join("index.html").display().to_string()));
+}
+
+/// The clustered parts of the report, worked by hand: three pairings
+/// (alice-bob 4/6, carol 1/4, erin 2/2), their strategies, groups and networks.
+fn check_clusters(s: &Value, out: &Path, groups: Groups) {
+    let u = &s["uncertainty"];
+    assert_eq!(u["pairings"], 3);
+    assert_eq!(u["resamples"], 1000);
+    let h = &s["headline"];
+    let by_pairing = &h["clustered"]["pairings"];
+    assert_eq!(by_pairing["clusters"], 3);
+    assert_eq!(by_pairing["method"], "bootstrap");
+    // Never narrower than the per-trial interval.
+    assert!(by_pairing["low"].as_f64() <= h["low"].as_f64());
+    assert!(by_pairing["high"].as_f64() >= h["high"].as_f64());
+    match groups {
+        // alice, carol and erin have no group (each its own network), bob has one.
+        Groups::OnlyBobs => {
+            assert_eq!(
+                (u["networks"].as_u64(), u["keyed_networks"].as_u64()),
+                (Some(4), Some(1))
+            );
+            assert_eq!(u["runs_without_group"], 3);
+            let n = &s["networks"];
+            assert_eq!(
+                (n["groups"].as_u64(), n["trials_unlisted"].as_u64()),
+                (Some(1), Some(6))
+            );
+            assert!(n["rows"].as_array().unwrap().is_empty());
+        }
+        Groups::AllFromLoopback => {
+            assert_eq!(
+                (u["networks"].as_u64(), u["keyed_networks"].as_u64()),
+                (Some(1), Some(1))
+            );
+            let n = &s["networks"];
+            let rows = n["rows"].as_array().unwrap();
+            assert_eq!(rows.len(), 1);
+            assert_eq!(
+                (rows[0]["successes"].as_u64(), rows[0]["n"].as_u64()),
+                (Some(7), Some(12))
+            );
+            assert_eq!(
+                (rows[0]["runs"].as_u64(), rows[0]["pairings"].as_u64()),
+                (Some(4), Some(3))
+            );
+            assert_eq!(
+                rows[0]["key"].as_str().unwrap().len(),
+                64,
+                "the keyed hash, never an address"
+            );
+            // 58.3% is in the 50-60% decile.
+            assert_eq!(n["rate_histogram"][5], serde_json::json!(["50-60%", 1]));
+            // A row that is one network has no network interval.
+            assert!(rows[0]["clustered"]["networks"].is_null());
+        }
+    }
+    // Pairings: all three connected at least once, only erin's every time.
+    let v = &s["pairing_view"];
+    assert_eq!(v["pairings"], 3);
+    let once = &v["connected_at_least_once"];
+    assert_eq!(
+        (once["successes"].as_u64(), once["n"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let every = &v["connected_every_time"];
+    assert_eq!(
+        (every["successes"].as_u64(), every["n"].as_u64()),
+        (Some(1), Some(3))
+    );
+    // simultaneous vs connect_listen within the same pairings: a/b 2/2 vs 1/2,
+    // carol 1/2 vs 0/1, erin 1/1 vs 1/1 -> 4/5 - 2/4 = +0.3; A better in 2, tie 1;
+    // sign test 2 of 2: p = 0.5.
+    let c = &v["comparisons"][0];
+    assert_eq!(
+        (c["strategy_a"].as_str(), c["strategy_b"].as_str()),
+        (Some("simultaneous"), Some("connect_listen"))
+    );
+    assert_eq!(c["pairings"], 3);
+    assert!(close(&c["difference"], 0.3), "{c}");
+    assert_eq!(
+        (
+            c["a_better"].as_u64(),
+            c["b_better"].as_u64(),
+            c["ties"].as_u64()
+        ),
+        (Some(2), Some(0), Some(1))
+    );
+    assert!(close(&c["sign_test_p"], 0.5));
+    // Every volunteer is labelled home-fibre and runs linux/x86_64, punchscope 0.1.0: one row each, every trial.
+    for (table, key) in [
+        ("network_labels", "home-fibre"),
+        ("clients", "linux/x86_64, punchscope 0.1.0"),
+    ] {
+        let rows = s[table]["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{table}");
+        assert_eq!(rows[0]["key"], key);
+        assert_eq!(
+            (rows[0]["successes"].as_u64(), rows[0]["n"].as_u64()),
+            (Some(7), Some(12))
+        );
+        assert_eq!(rows[0]["pairings"], 3);
+    }
+    // trials.csv names each trial's pairing: alice's 6 with bob's, carol's 4, erin's 2.
+    let trials = csv_rows(&out.join("trials.csv"));
+    let mut per_pairing = std::collections::BTreeMap::<String, usize>::new();
+    for r in &trials {
+        *per_pairing.entry(r[11].to_string()).or_default() += 1;
+    }
+    let mut sizes: Vec<usize> = per_pairing.values().copied().collect();
+    sizes.sort();
+    assert_eq!(sizes, [2, 4, 6]);
 }
 
 #[test]
@@ -300,7 +432,7 @@ fn report_from_files_and_jsonl_matches_hand_computed_numbers() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    check_report(&out, &stdout, 3);
+    check_report(&out, &stdout, 3, Groups::OnlyBobs);
     assert!(
         stderr.contains("skipped 3 malformed input line(s)"),
         "{stderr}"
@@ -355,7 +487,7 @@ fn report_reads_a_collector_export_over_loopback() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    check_report(&out, &stdout, 0);
+    check_report(&out, &stdout, 0, Groups::AllFromLoopback);
 
     // A wrong token is an error that says what the collector answered.
     std::fs::write(&token, "wrong-token").unwrap();

@@ -26,7 +26,10 @@
 //! - [`report`]: `punchscope report`: streams results (files, JSONL, the
 //!   collector's export), joins both sides' records of a trial by `trial_id`,
 //!   and writes a self-contained HTML report (plotters SVG charts), a JSON
-//!   summary and CSVs, with Wilson 95% intervals on every rate.
+//!   summary and CSVs, with per-trial Wilson 95% intervals and cluster
+//!   bootstrap intervals (over pairings and networks) on every rate.
+//! - [`release`]: dataset releases: results as gzip JSONL, the report, the
+//!   schema, provenance and checksums, byte-identical for the same input.
 //! - [`toml_lines`]: line numbers for the errors of strict TOML files (plans,
 //!   lab scenarios, campaign configurations).
 
@@ -35,6 +38,7 @@ pub mod handshake;
 pub mod nat;
 pub mod plan;
 pub mod privacy;
+pub mod release;
 pub mod report;
 pub mod result;
 pub mod toml_lines;

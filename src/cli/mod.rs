@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod classify;
 mod collector;
+mod dataset;
 mod handshake;
 #[cfg(all(feature = "lab", target_os = "linux"))]
 mod lab;
@@ -45,6 +46,8 @@ pub enum Command {
     Upload(upload::UploadArgs),
     /// Aggregate results into a self-contained HTML report (success per NAT pair, strategy, v1/v2) with CSV and JSON.
     Report(report::ReportArgs),
+    /// Dataset releases (`dataset publish`): results, tables, schema, report, provenance and checksums, byte-identical for the same input.
+    Dataset(dataset::DatasetArgs),
 }
 
 /// Runs the chosen subcommand. Errors carry context for the user; `main` prints them.
@@ -60,5 +63,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         Command::Upload(args) => upload::run(args),
         Command::Report(args) => report::run(args),
+        Command::Dataset(args) => dataset::run(args),
     }
 }

@@ -266,9 +266,16 @@ fn synthetic_chance(
     }
 }
 
+/// Volunteers' network labels and systems a synthetic campaign draws from.
+const SYNTHETIC_LABELS: &[&str] = &["home-fibre", "home-cable", "home-dsl", "mobile"];
+const SYNTHETIC_SYSTEMS: &[&str] = &["linux", "macos", "windows"];
+
 /// Writes `pairs` pairings (two runs each, both sides of `trials` trials
-/// sharing trial ids) as JSONL, deterministically from `seed`. Returns the
-/// runs written. Synthetic numbers: for tests and benchmarks only.
+/// sharing trial ids) as collector export lines, deterministically from
+/// `seed`. Each run is uploaded from one of `pairs` networks (keyed groups),
+/// so a network takes part in two pairings on average, never both sides of
+/// one. Returns the runs written. Synthetic numbers: for tests and
+/// benchmarks only.
 pub fn write_synthetic_jsonl(
     out: &mut impl std::io::Write,
     pairs: usize,
@@ -319,8 +326,22 @@ pub fn write_synthetic_jsonl(
         let vb = verdict(b.0, b.1);
         let ra = run(Role::Initiator, va.clone(), Some(vb.clone()), &ids, &side_a);
         let rb = run(Role::Responder, vb, Some(va), &ids, &side_b);
-        for r in [ra, rb] {
-            out.write_all(r.to_json().as_bytes()).unwrap();
+        let network_a = rng.gen_range(0..pairs.max(2));
+        let network_b = (network_a + rng.gen_range(1..pairs.max(2))) % pairs.max(2);
+        for (mut r, network) in [(ra, network_a), (rb, network_b)] {
+            r.client.network_label =
+                Some(SYNTHETIC_LABELS[rng.gen_range(0..SYNTHETIC_LABELS.len())].to_string());
+            r.client.os = SYNTHETIC_SYSTEMS[rng.gen_range(0..SYNTHETIC_SYSTEMS.len())].to_string();
+            let line = punchscope::analysis::result::CollectedResult {
+                received_at: r.ended_at,
+                source_net: "203.0.113.0/24".into(),
+                source_group: format!(
+                    "{:064x}",
+                    (network as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ),
+                result: r,
+            };
+            serde_json::to_writer(&mut *out, &line).unwrap();
             out.write_all(b"\n").unwrap();
             runs += 1;
         }

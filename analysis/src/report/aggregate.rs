@@ -24,14 +24,22 @@
 //!   is the larger of the two sides' attempt counts.
 //! - The Bitcoin handshake of a joined trial succeeded only if every side
 //!   that recorded one says `success`.
+//!
+//! Clusters (for the clustered intervals of [`super::cluster`]): a trial
+//! belongs to one *pairing*, the union of the pairing entries whose records
+//! were joined (a volunteer's entry and its peer's, or a reference peer's
+//! per-pairing run); and to the *networks* of its volunteer sides, the
+//! collector's keyed `source_group` of each side's run (a run read without
+//! one stands for its own network).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::input::Skipped;
+use super::input::{Document, Skipped};
 use crate::classify::{Finding, Verdict};
 use crate::handshake::{Role, Transport};
 use crate::nat::{Filtering, Mapping};
@@ -113,6 +121,10 @@ struct Side {
     /// Whether this side's path probe saw carrier-grade NAT, and its peer's (from `peer_verdict`).
     cgnat: Option<bool>,
     peer_cgnat: Option<bool>,
+    /// The run this record came from (index into [`Aggregated::runs`]).
+    run: u32,
+    /// The pairing entry it came from (a node of the pairing union-find).
+    slot: u32,
 }
 
 /// A trial being assembled from one or two sides.
@@ -146,9 +158,20 @@ pub struct CountedTrial {
     /// Whether either side was behind carrier-grade NAT (its path probe saw
     /// a shared-space hop); `None` when that is not known for both sides.
     pub cgnat: Option<bool>,
+    /// The pairing this trial belongs to (index into [`Aggregated::pairing_ids`]).
+    pub pairing: u32,
+    /// The runs of the initiator's and responder's records, when in the input
+    /// (indices into [`Aggregated::runs`]).
+    pub initiator_run: Option<u32>,
+    pub responder_run: Option<u32>,
 }
 
 impl CountedTrial {
+    /// The runs of the sides whose records were read.
+    pub fn runs(&self) -> impl Iterator<Item = u32> {
+        self.initiator_run.into_iter().chain(self.responder_run)
+    }
+
     /// The unordered NAT pair (lower type first), the matrix cell of this trial.
     pub fn nat_pair(&self) -> (NatType, NatType) {
         let (a, b) = (self.initiator_nat, self.responder_nat);
@@ -188,12 +211,46 @@ pub struct InputCounts {
     pub sides_disagree: u64,
 }
 
+/// What the report keeps of one distinct run: who ran it, from which network, when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub run_id: Uuid,
+    pub mode: RunMode,
+    /// The collector's keyed network group of the upload (index into
+    /// [`Aggregated::networks`]); `None` when the run was read without it.
+    pub network: Option<u32>,
+    pub network_label: Option<Arc<str>>,
+    /// "linux/x86_64".
+    pub platform: Arc<str>,
+    pub tool_version: Arc<str>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    /// When the collector stored it, when read from an export.
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+impl RunInfo {
+    /// A volunteer's run (the population), not a reference peer's.
+    pub fn is_volunteer(&self) -> bool {
+        self.mode == RunMode::Volunteer
+    }
+}
+
 /// Collects runs and turns them into counted trials and run-level tallies.
 #[derive(Debug, Default)]
 pub struct Aggregator {
     pub skipped: Skipped,
     counts: InputCounts,
     runs_seen: HashSet<Uuid>,
+    runs: Vec<RunInfo>,
+    networks: Vec<Arc<str>>,
+    network_index: HashMap<Arc<str>, u32>,
+    /// Small strings repeated in every run (labels, platforms, versions), held once.
+    interned: HashSet<Arc<str>>,
+    /// Union-find over pairing entries: each entry's parent.
+    slot_parent: Vec<u32>,
+    /// Each pairing entry's name: (run index, position in the run's pairings).
+    slot_origin: Vec<(u32, u32)>,
     by_id: HashMap<Arc<str>, u32>,
     trials: Vec<Pending>,
     /// Runs per classification: mapping, filtering, and NAT type.
@@ -221,8 +278,11 @@ fn side_of(
     record: &TrialRecord,
     (own, peer_hint): (NatType, NatType),
     (cgnat, peer_cgnat): (Option<bool>, Option<bool>),
+    (run, slot): (u32, u32),
 ) -> Side {
     Side {
+        run,
+        slot,
         role: record.role,
         outcome: record.outcome,
         own,
@@ -240,17 +300,77 @@ impl Aggregator {
         Self::default()
     }
 
-    /// Adds one run (ignored if its run id was already read).
+    /// Adds one run read without the collector's envelope (ignored if its run id was already read).
     pub fn add_run(&mut self, run: &RunResult) {
+        self.add_run_from(run, None, None);
+    }
+
+    /// Adds one input document: a run, with its network group when it came from a collector export.
+    pub fn add_document(&mut self, document: &Document) {
+        self.add_run_from(
+            &document.run,
+            document.source_group.as_deref(),
+            document.received_at,
+        );
+    }
+
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(found) = self.interned.get(text) {
+            return found.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.interned.insert(shared.clone());
+        shared
+    }
+
+    fn network_of(&mut self, group: &str) -> u32 {
+        if let Some(&index) = self.network_index.get(group) {
+            return index;
+        }
+        let index = u32::try_from(self.networks.len()).expect("fewer than 4 billion networks");
+        let group: Arc<str> = Arc::from(group);
+        self.networks.push(group.clone());
+        self.network_index.insert(group, index);
+        index
+    }
+
+    fn add_run_from(
+        &mut self,
+        run: &RunResult,
+        source_group: Option<&str>,
+        received_at: Option<DateTime<Utc>>,
+    ) {
         if !self.runs_seen.insert(run.run_id) {
             self.counts.duplicate_runs += 1;
             return;
         }
         self.counts.runs += 1;
+        let run_index = u32::try_from(self.runs.len()).expect("fewer than 4 billion runs");
+        // Hex is case-insensitive: "AA" and "aa" are one group.
+        let network = source_group
+            .filter(|g| !g.is_empty())
+            .map(|g| self.network_of(&g.to_ascii_lowercase()));
+        let info = RunInfo {
+            run_id: run.run_id,
+            mode: run.mode,
+            network,
+            network_label: run.client.network_label.as_deref().map(|l| self.intern(l)),
+            platform: self.intern(&format!("{}/{}", run.client.os, run.client.arch)),
+            tool_version: self.intern(&run.tool_version),
+            started_at: run.started_at,
+            ended_at: run.ended_at,
+            received_at,
+        };
+        self.runs.push(info);
         let verdict = &run.classification.verdict;
         let own = NatType::of(verdict);
-        for pairing in &run.pairings {
+        for (position, pairing) in run.pairings.iter().enumerate() {
             self.counts.pairings += 1;
+            let slot =
+                u32::try_from(self.slot_parent.len()).expect("fewer than 4 billion pairings");
+            self.slot_parent.push(slot);
+            self.slot_origin
+                .push((run_index, u32::try_from(position).unwrap_or(u32::MAX)));
             let peer_hint = pairing
                 .peer_verdict
                 .as_ref()
@@ -260,7 +380,7 @@ impl Aggregator {
                 pairing.peer_verdict.as_ref().and_then(cgnat_of),
             );
             for record in &pairing.trials {
-                self.add_record(record, (own, peer_hint), cgnat);
+                self.add_record(record, (own, peer_hint), cgnat, (run_index, slot));
             }
         }
         // The NAT population is the volunteers': a reference peer uploads one
@@ -285,9 +405,10 @@ impl Aggregator {
         record: &TrialRecord,
         nat: (NatType, NatType),
         cgnat: (Option<bool>, Option<bool>),
+        origin: (u32, u32),
     ) {
         self.counts.trial_records += 1;
-        let side = side_of(record, nat, cgnat);
+        let side = side_of(record, nat, cgnat, origin);
         let Some(id) = record.trial_id.as_deref().filter(|s| !s.is_empty()) else {
             self.trials.push(Pending {
                 id: None,
@@ -300,7 +421,9 @@ impl Aggregator {
         if let Some(&index) = self.by_id.get(id) {
             let pending = &mut self.trials[index as usize];
             if pending.second.is_none() && pending.first.role != side.role {
+                let joined_slot = pending.first.slot;
                 pending.second = Some(side);
+                union(&mut self.slot_parent, joined_slot, side.slot);
             } else {
                 self.counts.duplicate_trial_records += 1;
             }
@@ -327,13 +450,39 @@ impl Aggregator {
             mapping_runs,
             filtering_runs,
             type_runs,
+            runs,
+            networks,
+            mut slot_parent,
+            slot_origin,
             ..
         } = self;
         drop(by_id);
+        // Pairings are numbered densely in order of their first trial; each
+        // is named by its smallest entry ("run id/position"), which does not
+        // depend on the order the inputs were read in.
+        let mut pairing_of_root: HashMap<u32, u32> = HashMap::new();
+        let mut pairing_ids: Vec<String> = Vec::new();
         let mut counted = Vec::with_capacity(trials.len());
         for pending in trials {
-            let trial = resolve(pending, &mut counts);
-            counted.push(trial);
+            let root = find(&mut slot_parent, pending.first.slot);
+            let next = u32::try_from(pairing_ids.len()).expect("fewer than 4 billion pairings");
+            let pairing = *pairing_of_root.entry(root).or_insert_with(|| {
+                pairing_ids.push(String::new());
+                next
+            });
+            counted.push(resolve(pending, pairing, &mut counts));
+        }
+        for (slot, origin) in slot_origin.iter().enumerate() {
+            let root = find(&mut slot_parent, slot as u32);
+            let Some(&pairing) = pairing_of_root.get(&root) else {
+                continue;
+            };
+            let (run, position) = *origin;
+            let name = format!("{}/{}", runs[run as usize].run_id, position);
+            let id = &mut pairing_ids[pairing as usize];
+            if id.is_empty() || name < *id {
+                *id = name;
+            }
         }
         counts.trials_counted = counted.len() as u64;
         Aggregated {
@@ -343,11 +492,34 @@ impl Aggregator {
             mapping_runs,
             filtering_runs,
             type_runs,
+            runs,
+            networks: networks.iter().map(|n| n.to_string()).collect(),
+            pairing_ids,
         }
     }
 }
 
-fn resolve(pending: Pending, counts: &mut InputCounts) -> CountedTrial {
+/// The root of a union-find node, halving paths on the way.
+fn find(parent: &mut [u32], mut node: u32) -> u32 {
+    while parent[node as usize] != node {
+        let grandparent = parent[parent[node as usize] as usize];
+        parent[node as usize] = grandparent;
+        node = grandparent;
+    }
+    node
+}
+
+/// Joins two nodes' sets; the smaller root becomes the root, so the result
+/// does not depend on the order of the calls.
+fn union(parent: &mut [u32], a: u32, b: u32) {
+    let (ra, rb) = (find(parent, a), find(parent, b));
+    if ra != rb {
+        let (low, high) = if ra < rb { (ra, rb) } else { (rb, ra) };
+        parent[high as usize] = low;
+    }
+}
+
+fn resolve(pending: Pending, pairing: u32, counts: &mut InputCounts) -> CountedTrial {
     let Pending {
         id,
         strategy,
@@ -421,6 +593,9 @@ fn resolve(pending: Pending, counts: &mut InputCounts) -> CountedTrial {
         handshake_transport,
         handshake_success,
         cgnat,
+        pairing,
+        initiator_run: init.map(|s| s.run),
+        responder_run: resp.map(|s| s.run),
     }
 }
 
@@ -436,4 +611,10 @@ pub struct Aggregated {
     pub filtering_runs: BTreeMap<String, u64>,
     /// Runs per NAT type.
     pub type_runs: BTreeMap<NatType, u64>,
+    /// Every distinct run, in the order read.
+    pub runs: Vec<RunInfo>,
+    /// The collector's keyed network groups (HMAC-SHA256 hex), in the order first seen.
+    pub networks: Vec<String>,
+    /// Each pairing's stable name: its smallest "run id/position" entry.
+    pub pairing_ids: Vec<String>,
 }

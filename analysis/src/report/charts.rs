@@ -228,14 +228,19 @@ pub fn count_bars(
             .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(chart_err)?;
-        chart
-            .draw_series(
-                Histogram::vertical(&chart)
-                    .style(BAR.filled())
-                    .margin(8)
-                    .data(counts.iter().enumerate().map(|(i, c)| (i, c.1 as f64))),
-            )
-            .map_err(chart_err)?;
+        // One series per bar: plotters' Histogram sums its data in a HashMap
+        // and draws in that map's order, which changes from run to run; a
+        // report must be the same bytes for the same input.
+        for (i, c) in counts.iter().enumerate() {
+            chart
+                .draw_series(
+                    Histogram::vertical(&chart)
+                        .style(BAR.filled())
+                        .margin(8)
+                        .data([(i, c.1 as f64)]),
+                )
+                .map_err(chart_err)?;
+        }
         root.present().map_err(chart_err)?;
     }
     Ok(Some(svg))

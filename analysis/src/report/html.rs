@@ -3,8 +3,9 @@
 use std::fmt::Write as _;
 
 use super::charts::{self, RateBar};
+use super::cluster::{ClusterInterval, IntervalMethod};
 use super::stats::{percent, percent_bare, Proportion};
-use super::summary::Summary;
+use super::summary::{GroupTable, Summary};
 use super::ReportError;
 
 /// Escapes text for HTML element content and attribute values.
@@ -27,24 +28,109 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("–".to_string(), |v| format!("{v:.0} ms"))
 }
 
+/// "12.3–45.6% (k=12)" for a clustered interval, "–" without one.
+fn cluster_cell(c: Option<&ClusterInterval>) -> String {
+    match c {
+        Some(c) => {
+            let fallback = if c.method == IntervalMethod::ClustersAsTrials {
+                "<sup title=\"every cluster had the same rate: Wilson interval over clusters\">†</sup>"
+            } else {
+                ""
+            };
+            format!(
+                "<td class=num>{}–{}%{fallback} <span class=note>(k={})</span></td>",
+                percent_bare(c.low),
+                percent_bare(c.high),
+                c.clusters
+            )
+        }
+        None => "<td class=num>–</td>".to_string(),
+    }
+}
+
 fn rate_cells(p: &Proportion) -> String {
+    let clustered = p.clustered.as_ref();
     match (p.rate, p.low, p.high) {
         (Some(r), Some(l), Some(h)) => format!(
-            "<td class=num>{}</td><td class=num>{}–{}%</td><td class=num>{}</td><td class=num>{}</td>",
+            "<td class=num>{}</td>{}{}<td class=num>{}–{}%</td><td class=num>{}</td><td class=num>{}</td>",
             percent(r),
+            cluster_cell(clustered.map(|c| &c.pairings)),
+            cluster_cell(clustered.and_then(|c| c.networks.as_ref())),
             percent_bare(l),
             percent_bare(h),
             p.successes,
             p.n
         ),
         _ => format!(
-            "<td class=num>no data</td><td class=num>–</td><td class=num>{}</td><td class=num>{}</td>",
+            "<td class=num>no data</td><td class=num>–</td><td class=num>–</td><td class=num>–</td><td class=num>{}</td><td class=num>{}</td>",
             p.successes, p.n
         ),
     }
 }
 
-const RATE_HEAD: &str = "<th>success</th><th>Wilson 95%</th><th>successes</th><th>trials</th>";
+const RATE_HEAD: &str = "<th>success</th><th>95% clustered by pairing <span class=note>(quote this)</span></th>\
+<th>95% clustered by network <span class=note>(conservative check)</span></th><th>per-trial Wilson 95%</th><th>successes</th><th>trials</th>";
+
+/// A bar whose whisker is the interval to quote.
+fn quoted_bar(label: &str, p: &Proportion) -> Option<RateBar> {
+    let mut bar = RateBar::from_proportion(label, p)?;
+    if let Some((low, high, _)) = p.quoted() {
+        bar.low = Some(low);
+        bar.high = Some(high);
+    }
+    Some(bar)
+}
+
+/// Group rows shown in the page; summary.json has every listed group.
+const MAX_PAGE_GROUP_ROWS: usize = 50;
+
+/// A table of group rows (networks, labels, clients).
+fn group_rows(h: &mut String, title: &str, table: &GroupTable, short_keys: bool) {
+    let _ = writeln!(
+        h,
+        "<table><tr><th>{}</th><th>runs</th><th>pairings</th>{RATE_HEAD}</tr>",
+        esc(title)
+    );
+    for row in table.rows.iter().take(MAX_PAGE_GROUP_ROWS) {
+        let key = if short_keys {
+            format!(
+                "<code title=\"{}\">{}…</code>",
+                esc(&row.key),
+                esc(&row.key.chars().take(12).collect::<String>())
+            )
+        } else {
+            esc(&row.key)
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td>{key}</td><td class=num>{}</td><td class=num>{}</td>{}</tr>",
+            row.runs,
+            row.pairings,
+            rate_cells(&row.proportion)
+        );
+    }
+    h.push_str("</table>\n");
+    if table.rows.len() > MAX_PAGE_GROUP_ROWS {
+        let _ = writeln!(
+            h,
+            "<p class=note>The {MAX_PAGE_GROUP_ROWS} with the most trials are shown; all {} are in <code>summary.json</code>.</p>",
+            table.rows.len()
+        );
+    }
+    let _ = writeln!(
+        h,
+        "<p class=note>{} listed of {} with any trial; groups with fewer than {} trials are not listed (their {} trial memberships are in every total above). \
+         A trial between two groups counts in both rows.</p>",
+        table.rows.len(),
+        table.groups,
+        table.min_trials,
+        table.trials_unlisted
+    );
+}
+
+fn signed_points(x: f64) -> String {
+    format!("{:+.1}", x * 100.0)
+}
 
 /// Background for a success rate: red (0%) through yellow to green (100%).
 fn heat(rate: f64) -> String {
@@ -58,7 +144,7 @@ fn chart_or_note(svg: Option<String>, note: &str) -> String {
     }
 }
 
-const CSS: &str = "
+pub(crate) const CSS: &str = "
 body { font-family: -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif; max-width: 1100px; margin: 24px auto; padding: 0 16px; color: #1a1a1a; line-height: 1.45; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 2em; }
@@ -102,14 +188,35 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     h.push_str("<section id=headline>\n<h2>Success rate</h2>\n");
     match (summary.headline.rate, summary.headline.low, summary.headline.high) {
         (Some(r), Some(l), Some(hi)) => {
+            let u = &summary.uncertainty;
+            let quoted = match summary.headline.quoted() {
+                Some((ql, qh, _)) => format!(
+                    "95% interval {}–{}% (clustered by pairing: {} pairings)",
+                    percent_bare(ql),
+                    percent_bare(qh),
+                    u.pairings
+                ),
+                None => String::new(),
+            };
             let _ = writeln!(
                 h,
-                "<p class=headline>{} <small>of trials connected ({} of {}) · Wilson 95% interval {}–{}%</small></p>",
+                "<p class=headline>{} <small>of trials connected ({} of {}) · {} · per-trial Wilson {}–{}%</small></p>",
                 percent(r),
                 summary.headline.successes,
                 summary.headline.n,
+                quoted,
                 percent_bare(l),
                 percent_bare(hi)
+            );
+            let _ = writeln!(
+                h,
+                "<table><tr><th></th>{RATE_HEAD}</tr><tr><td>all trials</td>{}</tr></table>",
+                rate_cells(&summary.headline)
+            );
+            let _ = writeln!(
+                h,
+                "<p class=note><strong>Which interval to quote:</strong> {} See <em>Uncertainty</em> below.</p>",
+                esc(&summary.uncertainty.advice)
             );
         }
         _ => h.push_str(
@@ -177,13 +284,13 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         h,
         "<tr><td><strong>this report</strong></td><td class=num>{}</td><td class=num>{}</td><td>punchscope trials, both sides connected</td><td>–</td></tr>",
         summary.headline.rate.map_or("no data".into(), percent),
-        match (summary.headline.low, summary.headline.high) {
-            (Some(l), Some(hi)) => format!("Wilson 95% {}–{}%", percent_bare(l), percent_bare(hi)),
+        match summary.headline.quoted() {
+            Some((l, hi, how)) => format!("95% {}–{}% (clustered: {how})", percent_bare(l), percent_bare(hi)),
             _ => "–".into(),
         }
     );
     let mut bars = Vec::new();
-    if let Some(b) = RateBar::from_proportion("this report", &summary.headline) {
+    if let Some(b) = quoted_bar("this report", &summary.headline) {
         bars.push(b);
     }
     for r in &summary.references {
@@ -217,7 +324,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         charts::rate_bars(&bars, "success rate")?,
         "no figures to draw",
     ));
-    h.push_str("<p class=note>Blue: this report, with its Wilson 95% interval. Grey: published figures, whiskers as listed in the table.</p>\n");
+    h.push_str("<p class=note>Blue: this report, with its clustered 95% interval. Grey: published figures, whiskers as listed in the table.</p>\n");
     h.push_str("</section>\n");
 
     // NAT pair matrix.
@@ -225,7 +332,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     h.push_str("<p class=note>Rows and columns: the NAT type of each side, mapping/filtering (RFC 4787: EIM, ADM, APDM; EIF, ADF, APDF), \
                 from each run's own classification (\"unknown\" where not known exactly). Pairs are unordered: a trial between A and B \
                 is in row A, column B with A before B in the order shown; the mirror half is left blank. \
-                Cell: success rate, Wilson 95% interval, successes/trials.</p>\n");
+                Cell: success rate, its 95% interval clustered by pairing, the per-trial Wilson 95% interval, successes/trials.</p>\n");
     if summary.nat_pairs.is_empty() {
         h.push_str("<p class=nodata>No trials: no NAT pairs to show.</p>\n");
     } else {
@@ -244,9 +351,17 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
                 match summary.pair(a, b).map(|c| &c.proportion) {
                     Some(p) => {
                         let rate = p.rate.unwrap_or(0.0);
+                        let clustered = match p.quoted() {
+                            Some((l, hi, "pairings")) => format!(
+                                "<span class=cell-n>clustered [{}–{}]</span>",
+                                percent_bare(l),
+                                percent_bare(hi)
+                            ),
+                            _ => String::new(),
+                        };
                         let _ = write!(
                             h,
-                            "<td style=\"background:{}\" title=\"{} × {}\"><span class=cell-rate>{}</span><span class=cell-n>[{}–{}] {}/{}</span></td>",
+                            "<td style=\"background:{}\" title=\"{} × {}\"><span class=cell-rate>{}</span>{clustered}<span class=cell-n>per trial [{}–{}] {}/{}</span></td>",
                             heat(rate),
                             esc(a),
                             esc(b),
@@ -284,7 +399,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
                 rate_cells(&s.proportion),
                 ms(s.median_ms)
             );
-            bars.extend(RateBar::from_proportion(&s.strategy, &s.proportion));
+            bars.extend(quoted_bar(&s.strategy, &s.proportion));
         }
         h.push_str("</table>\n");
         h.push_str(&chart_or_note(
@@ -294,7 +409,8 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     }
     h.push_str("<p class=note><code>simultaneous</code>: both sides connect() at the coordinated moment, with retries. \
                 <code>connect_listen</code>: the same, and each side also listens on its port. \
-                <code>low_ttl</code>: each side first opens its own NAT mapping with a SYN whose TTL dies before the peer's NAT, then connects and listens.</p>\n");
+                <code>low_ttl</code>: each side first opens its own NAT mapping with a SYN whose TTL dies before the peer's NAT, then connects and listens. \
+                Whiskers: the clustered 95% interval. To compare strategies, use the paired comparison under <em>Pairings</em>.</p>\n");
     h.push_str("</section>\n");
 
     // Carrier-grade NAT: a table of its own, shown once any trial has a path measurement.
@@ -315,6 +431,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         }
         h.push_str("</table>\n<p class=note>Carrier-grade NAT: the side's TTL-limited probe met a router in the shared address space 100.64.0.0/10 before the public internet.</p>\n</section>\n");
     }
+    pairings_section(&mut h, summary);
 
     // Handshake.
     let hs = &summary.handshake;
@@ -331,7 +448,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     h.push_str("</table>\n");
     let bars: Vec<RateBar> = [("v1", &hs.v1), ("v2 (BIP324)", &hs.v2)]
         .into_iter()
-        .filter_map(|(l, p)| RateBar::from_proportion(l, p))
+        .filter_map(|(l, p)| quoted_bar(l, p))
         .collect();
     h.push_str(&chart_or_note(
         charts::rate_bars(&bars, "handshake success given a punched socket")?,
@@ -385,6 +502,9 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     ));
     h.push_str("</section>\n");
 
+    networks_section(&mut h, summary)?;
+    groups_section(&mut h, summary);
+
     // Classification.
     let cl = &summary.classification;
     h.push_str("<section id=classification>\n<h2>NAT classification of the runs</h2>\n");
@@ -411,6 +531,8 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         "No runs in the input.",
     ));
     h.push_str("</section>\n");
+
+    uncertainty_section(&mut h, summary);
 
     // Method and skipped input.
     h.push_str("<section id=method>\n<h2>How this was counted</h2>\n");
@@ -447,7 +569,160 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         }
     }
     h.push_str("<p class=note>Every number on this page is in <code>summary.json</code>; one row per counted trial is in \
-                <code>trials.csv</code>, one row per NAT pair in <code>pairs.csv</code>.</p>\n");
+                <code>trials.csv</code>, one row per NAT pair in <code>pairs.csv</code>. \
+                <code>trials.csv</code> names each trial's pairing and networks, for analyses of one's own that respect the clustering.</p>\n");
     h.push_str("</section>\n</body>\n</html>\n");
     Ok(h)
+}
+
+/// Success counted per pairing, and strategies compared within pairings.
+fn pairings_section(h: &mut String, summary: &Summary) {
+    let v = &summary.pairing_view;
+    h.push_str("<section id=pairings>\n<h2>Pairings</h2>\n");
+    if v.pairings == 0 {
+        h.push_str("<p class=nodata>No pairings in the input.</p>\n</section>\n");
+        return;
+    }
+    let _ = writeln!(
+        h,
+        "<p class=note>The same data counted per pairing (two volunteers, or a volunteer and a reference peer, running a plan's trials together): {} pairings. \
+         A pairing that connected at least once shows that those two NATs can be punched through; one that connected every time shows it is reliable.</p>",
+        v.pairings
+    );
+    let _ = writeln!(
+        h,
+        "<table><tr><th>pairings that connected</th>{RATE_HEAD}</tr>"
+    );
+    let _ = writeln!(
+        h,
+        "<tr><td>at least once</td>{}</tr>",
+        rate_cells(&v.connected_at_least_once)
+    );
+    let _ = writeln!(
+        h,
+        "<tr><td>every time</td>{}</tr>",
+        rate_cells(&v.connected_every_time)
+    );
+    for s in &v.strategies {
+        let _ = writeln!(
+            h,
+            "<tr><td><code>{}</code> at least once</td>{}</tr><tr><td><code>{}</code> every time</td>{}</tr>",
+            esc(&s.strategy),
+            rate_cells(&s.at_least_once),
+            esc(&s.strategy),
+            rate_cells(&s.every_time)
+        );
+    }
+    h.push_str("</table>\n");
+    if v.comparisons.is_empty() {
+        h.push_str("<p class=note>No pairing ran two strategies: no paired comparison.</p>\n");
+    } else {
+        h.push_str("<h3>Strategies compared within the same pairings</h3>\n");
+        h.push_str("<p class=note>Each row uses only the pairings that ran both strategies, so both rates come from the same routers, paths and moments; \
+                    the difference is far more precise than a comparison of rates measured on different pairs. \
+                    Interval: 95% bootstrap over pairings (a pairing's trials of both strategies are drawn together). \
+                    Sign test: pairings where A did better against pairings where B did, ties left out.</p>\n");
+        h.push_str("<table><tr><th>A</th><th>B</th><th>pairings</th><th>A</th><th>B</th><th>A − B (points)</th><th>95% paired</th>\
+                    <th>A better / B better / tie</th><th>sign test p</th></tr>\n");
+        for c in &v.comparisons {
+            let d = &c.difference;
+            let interval = match (d.low, d.high) {
+                (Some(l), Some(hi)) => format!("{} to {}", signed_points(l), signed_points(hi)),
+                _ => "– (one pairing)".to_string(),
+            };
+            let _ = writeln!(
+                h,
+                "<tr><td><code>{}</code></td><td><code>{}</code></td><td class=num>{}</td><td class=num>{}</td><td class=num>{}</td>\
+                 <td class=num>{}</td><td class=num>{}</td><td class=num>{} / {} / {}</td><td class=num>{}</td></tr>",
+                esc(&c.strategy_a),
+                esc(&c.strategy_b),
+                d.pairings,
+                percent(d.rate_a),
+                percent(d.rate_b),
+                signed_points(d.difference),
+                interval,
+                d.a_better,
+                d.b_better,
+                d.ties,
+                d.sign_test_p.map_or("–".to_string(), |p| format!("{p:.3}"))
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    h.push_str("</section>\n");
+}
+
+/// Success per keyed network group, and the spread of the per-network rates.
+fn networks_section(h: &mut String, summary: &Summary) -> Result<(), ReportError> {
+    let n = &summary.networks;
+    h.push_str("<section id=networks>\n<h2>Per network</h2>\n");
+    h.push_str("<p class=note>One row per volunteer network: the collector's keyed group of the address a run was uploaded from \
+                (HMAC-SHA256 under the collector's secret key, so equal for runs from the same address and meaningless without the key; \
+                never an address). Reference peers are not listed. Only results read from a collector export carry a group.</p>\n");
+    if n.table.groups == 0 {
+        h.push_str("<p class=nodata>No network groups in the input: the results were not read from a collector export.</p>\n</section>\n");
+        return Ok(());
+    }
+    group_rows(h, "network (keyed group)", &n.table, true);
+    if n.table.rows.is_empty() {
+        h.push_str("<p class=nodata>No network has enough trials to be listed.</p>\n</section>\n");
+        return Ok(());
+    }
+    let _ = writeln!(
+        h,
+        "<p class=note>Distribution over the {} listed networks: median {}; {} never connected, {} always connected.</p>",
+        n.table.rows.len(),
+        n.median_rate.map_or("–".to_string(), percent),
+        n.never_connected,
+        n.always_connected
+    );
+    h.push_str(&chart_or_note(
+        charts::count_bars(
+            &n.rate_histogram,
+            "success rate of the network's trials",
+            "networks",
+        )?,
+        "no listed networks",
+    ));
+    h.push_str("</section>\n");
+    Ok(())
+}
+
+/// Success by the volunteer's own network label and by client version.
+fn groups_section(h: &mut String, summary: &Summary) {
+    h.push_str("<section id=groups>\n<h2>By network label and client</h2>\n");
+    h.push_str("<p class=note>The label a volunteer gave the network (e.g. <code>home-fibre</code>), and the client's OS, architecture and punchscope version, \
+                of the volunteer sides of each trial.</p>\n");
+    group_rows(h, "network label", &summary.network_labels, false);
+    group_rows(h, "client", &summary.clients, false);
+    h.push_str("</section>\n");
+}
+
+/// How the intervals were made and which one to quote.
+fn uncertainty_section(h: &mut String, summary: &Summary) {
+    let u = &summary.uncertainty;
+    h.push_str("<section id=uncertainty>\n<h2>Uncertainty: which interval to quote</h2>\n");
+    let _ = writeln!(h, "<p>{}</p>", esc(&u.advice));
+    let _ = writeln!(
+        h,
+        "<p class=note>Clusters in this input: {} pairings; {} networks ({} keyed network groups from the collector, {} volunteer runs without a group, each counted as its own network). \
+         Each interval is the 2.5th–97.5th percentile of {} resamples (seed {}), never narrower than the per-trial Wilson interval; \
+         † marks a row where every cluster had the same rate, so that the Wilson interval with the clusters as the trials is shown instead. \
+         The design effect (in <code>summary.json</code>) is how many times fewer independent trials the data is worth. \
+         The method, with a worked example, is in docs/report.md.</p>",
+        u.pairings, u.networks, u.keyed_networks, u.runs_without_group, u.resamples, u.seed
+    );
+    if let Some(c) = &summary.headline.clustered {
+        let deff = |c: &ClusterInterval| {
+            c.design_effect
+                .map_or("–".to_string(), |d| format!("{d:.2}"))
+        };
+        let _ = writeln!(
+            h,
+            "<p class=note>Headline design effect: {} by pairing, {} by network.</p>",
+            deff(&c.pairings),
+            c.networks.as_ref().map_or("–".to_string(), deff)
+        );
+    }
+    h.push_str("</section>\n");
 }

@@ -1,4 +1,4 @@
-//! Reading report inputs as a stream: result files, JSONL files (RunResult or CollectedResult per line), directories, any reader.
+//! Reading report inputs as a stream: result files, JSONL files (RunResult or CollectedResult per line, plain or gzip), directories and releases, any reader.
 //!
 //! Nothing holds more than one line of raw JSON at a time: a line is read
 //! into a reused buffer (at most [`MAX_LINE_BYTES`]; a longer line is
@@ -7,19 +7,89 @@
 //! [`Aggregator`]. A line that fails any of that is counted in
 //! [`Skipped`] with its source, line number and reason, and the report goes
 //! on: malformed input never aborts a report and is never counted as data.
+//!
+//! The readers hand [`Document`]s to any [`DocumentSink`]: the
+//! [`Aggregator`] of a report, or a release's collection of runs.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
+use flate2::read::GzDecoder;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::aggregate::Aggregator;
 use super::ReportError;
 use crate::privacy;
-use crate::result::{CollectedResult, RunResult, MAX_RESULT_BYTES, SCHEMA_VERSION};
+use crate::result::{RunResult, MAX_RESULT_BYTES, SCHEMA_VERSION};
+
+/// One input document: a run, with what a collector export line adds to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub run: RunResult,
+    /// The collector's keyed network group of the upload (lowercase hex),
+    /// when the line was an export line carrying one.
+    pub source_group: Option<String>,
+    /// When the collector stored it, when the line said.
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+impl Document {
+    /// A run read on its own, without a collector's envelope.
+    pub fn bare(run: RunResult) -> Self {
+        Document {
+            run,
+            source_group: None,
+            received_at: None,
+        }
+    }
+}
+
+/// Where the readers put what they read.
+pub trait DocumentSink {
+    /// A document that passed every check.
+    fn document(&mut self, document: Document);
+    /// A line (or file) that did not, and why.
+    fn skip(&mut self, source: &str, line: u64, reason: &str);
+}
+
+impl DocumentSink for Aggregator {
+    fn document(&mut self, document: Document) {
+        self.add_document(&document);
+    }
+
+    fn skip(&mut self, source: &str, line: u64, reason: &str) {
+        self.skipped.add(source, line, reason);
+    }
+}
+
+/// A collector export line (`CollectedResult`) or a release line, read
+/// leniently: only `result` is needed; `source_net` is ignored (a release
+/// leaves it out).
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    received_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    source_group: Option<String>,
+    result: RunResult,
+}
+
+/// Longest network group kept: an HMAC-SHA256 is 64 hex digits.
+const MAX_GROUP_CHARS: usize = 128;
+
+/// A network group as the report keeps it: hex digits only, lowercased;
+/// anything else is not a group this code knows how to read, and is dropped.
+fn clean_group(group: Option<String>) -> Option<String> {
+    group
+        .filter(|g| {
+            !g.is_empty() && g.len() <= MAX_GROUP_CHARS && g.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .map(|g| g.to_ascii_lowercase())
+}
 
 /// Longest input line read: a stored result ([`MAX_RESULT_BYTES`]) plus the
 /// collector's wrapper, with room to spare.
@@ -92,8 +162,13 @@ fn reason_kind(reason: &str) -> String {
 /// scanner of the checked path); anything else, and any failure, takes the
 /// checked path that names the offending field.
 pub fn parse_document(text: &str) -> Result<RunResult, String> {
-    if let Some(run) = parse_fast(text) {
-        return Ok(run);
+    parse_line(text).map(|document| document.run)
+}
+
+/// [`parse_document`], keeping the export line's network group and time.
+pub fn parse_line(text: &str) -> Result<Document, String> {
+    if let Some(document) = parse_fast(text) {
+        return Ok(document);
     }
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     parse_value(value)
@@ -126,37 +201,63 @@ fn raw_ip_in_strings(text: &str) -> bool {
     false
 }
 
-fn parse_fast(text: &str) -> Option<RunResult> {
+fn parse_fast(text: &str) -> Option<Document> {
     if text.contains('\\') || raw_ip_in_strings(text) {
         return None;
     }
     let looks_collected = !text.trim_start().starts_with("{\"schema_version\"");
     let collected = || {
-        serde_json::from_str::<CollectedResult>(text)
+        serde_json::from_str::<Envelope>(text)
             .ok()
-            .map(|c| c.result)
+            .map(|e| Document {
+                run: e.result,
+                source_group: clean_group(e.source_group),
+                received_at: e.received_at,
+            })
     };
-    let direct = || serde_json::from_str::<RunResult>(text).ok();
-    let run = if looks_collected {
+    let direct = || {
+        serde_json::from_str::<RunResult>(text)
+            .ok()
+            .map(Document::bare)
+    };
+    let document = if looks_collected {
         collected().or_else(direct)
     } else {
         direct().or_else(collected)
     }?;
-    (run.schema_version == SCHEMA_VERSION && run.validate().is_ok()).then_some(run)
+    let run = &document.run;
+    (run.schema_version == SCHEMA_VERSION && run.validate().is_ok()).then_some(document)
 }
 
-fn parse_value(mut value: Value) -> Result<RunResult, String> {
+fn parse_value(mut value: Value) -> Result<Document, String> {
     let is_collected = value
         .as_object()
         .is_some_and(|o| !o.contains_key("schema_version") && o.contains_key("result"));
     if is_collected {
+        let source_group = clean_group(
+            value
+                .get("source_group")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        );
+        let received_at = value
+            .get("received_at")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<DateTime<Utc>>().ok());
         let inner = value
             .get_mut("result")
             .map(Value::take)
             .unwrap_or(Value::Null);
-        return RunResult::from_value(inner).map_err(|e| format!("collected result: {e}"));
+        let run = RunResult::from_value(inner).map_err(|e| format!("collected result: {e}"))?;
+        return Ok(Document {
+            run,
+            source_group,
+            received_at,
+        });
     }
-    RunResult::from_value(value).map_err(|e| e.to_string())
+    RunResult::from_value(value)
+        .map(Document::bare)
+        .map_err(|e| e.to_string())
 }
 
 /// What one bounded line read found.
@@ -224,7 +325,7 @@ fn memchr_newline(bytes: &[u8]) -> Option<usize> {
 pub fn read_jsonl(
     source: &str,
     reader: impl Read,
-    aggregator: &mut Aggregator,
+    sink: &mut impl DocumentSink,
 ) -> Result<(), io::Error> {
     let mut reader = BufReader::with_capacity(1 << 16, reader);
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -234,7 +335,7 @@ pub fn read_jsonl(
         line += 1;
         match read {
             LineRead::Eof => return Ok(()),
-            LineRead::TooLong(len) => aggregator.skipped.add(
+            LineRead::TooLong(len) => sink.skip(
                 source,
                 line,
                 &format!(
@@ -247,10 +348,10 @@ pub fn read_jsonl(
                 }
                 let parsed = std::str::from_utf8(&buf)
                     .map_err(|e| format!("not valid JSON: not UTF-8 ({e})"))
-                    .and_then(parse_document);
+                    .and_then(parse_line);
                 match parsed {
-                    Ok(run) => aggregator.add_run(&run),
-                    Err(reason) => aggregator.skipped.add(source, line, &reason),
+                    Ok(document) => sink.document(document),
+                    Err(reason) => sink.skip(source, line, &reason),
                 }
             }
         }
@@ -258,14 +359,18 @@ pub fn read_jsonl(
 }
 
 /// Reads one file: a `.json` file holding one document (pretty-printed or
-/// not) is read whole; anything else, or a `.json` file with one document
-/// per line, is read as JSONL.
-pub fn read_file(path: &Path, aggregator: &mut Aggregator) -> Result<(), ReportError> {
+/// not) is read whole; a `.gz` file is gzip-compressed JSONL; anything else,
+/// or a `.json` file with one document per line, is read as JSONL.
+pub fn read_file(path: &Path, sink: &mut impl DocumentSink) -> Result<(), ReportError> {
     let source = path.display().to_string();
     let io = |e| ReportError::Io {
         path: path.to_path_buf(),
         cause: e,
     };
+    if path.extension().is_some_and(|e| e == "gz") {
+        let file = File::open(path).map_err(io)?;
+        return read_jsonl(&source, GzDecoder::new(BufReader::new(file)), sink).map_err(io);
+    }
     let is_json = path.extension().is_some_and(|e| e == "json");
     if is_json {
         let len = std::fs::metadata(path).map_err(io)?.len();
@@ -275,8 +380,8 @@ pub fn read_file(path: &Path, aggregator: &mut Aggregator) -> Result<(), ReportE
             // One document, possibly spread over several lines.
             if let Ok(value) = serde_json::from_str::<Value>(&text) {
                 match parse_value(value) {
-                    Ok(run) => aggregator.add_run(&run),
-                    Err(reason) => aggregator.skipped.add(&source, 1, &reason),
+                    Ok(document) => sink.document(document),
+                    Err(reason) => sink.skip(&source, 1, &reason),
                 }
                 return Ok(());
             }
@@ -284,12 +389,34 @@ pub fn read_file(path: &Path, aggregator: &mut Aggregator) -> Result<(), ReportE
         }
     }
     let file = File::open(path).map_err(io)?;
-    read_jsonl(&source, file, aggregator).map_err(io)
+    read_jsonl(&source, file, sink).map_err(io)
 }
 
-/// The files a path stands for: the file itself, or every `.json`, `.jsonl`
-/// and `.ndjson` file under a directory (at most [`MAX_DIR_DEPTH`] deep,
-/// hidden entries skipped), in name order.
+/// The file of a release directory that holds its results.
+pub const RELEASE_RESULTS: &str = "results.jsonl.gz";
+/// The checksum file that marks a directory as a release.
+pub const RELEASE_CHECKSUMS: &str = "SHA256SUMS";
+
+/// Whether a directory is a dataset release (`punchscope dataset publish`):
+/// its results are read, not its summary, schema or other JSON files.
+pub fn is_release(dir: &Path) -> bool {
+    dir.join(RELEASE_RESULTS).is_file() && dir.join(RELEASE_CHECKSUMS).is_file()
+}
+
+fn is_result_file(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    [".json", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}
+
+/// The files a path stands for: the file itself; a release's
+/// `results.jsonl.gz`; or every `.json`, `.jsonl`, `.ndjson` (and those
+/// gzipped) file under a directory (at most [`MAX_DIR_DEPTH`] deep, hidden
+/// entries skipped), in name order.
 pub fn input_files(path: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let meta = std::fs::metadata(path).map_err(|e| ReportError::Io {
         path: path.to_path_buf(),
@@ -297,6 +424,9 @@ pub fn input_files(path: &Path) -> Result<Vec<PathBuf>, ReportError> {
     })?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
+    }
+    if is_release(path) {
+        return Ok(vec![path.join(RELEASE_RESULTS)]);
     }
     let mut files = Vec::new();
     walk(path, 0, &mut files)?;
@@ -325,21 +455,17 @@ fn walk(dir: &Path, depth: usize, files: &mut Vec<PathBuf>) -> Result<(), Report
         let kind = entry.file_type().map_err(io)?;
         if kind.is_dir() {
             walk(&path, depth + 1, files)?;
-        } else if kind.is_file()
-            && path
-                .extension()
-                .is_some_and(|e| e == "json" || e == "jsonl" || e == "ndjson")
-        {
+        } else if kind.is_file() && is_result_file(&path) {
             files.push(path);
         }
     }
     Ok(())
 }
 
-/// Reads a file or a directory of result files.
-pub fn read_path(path: &Path, aggregator: &mut Aggregator) -> Result<(), ReportError> {
+/// Reads a file, a release, or a directory of result files.
+pub fn read_path(path: &Path, sink: &mut impl DocumentSink) -> Result<(), ReportError> {
     for file in input_files(path)? {
-        read_file(&file, aggregator)?;
+        read_file(&file, sink)?;
     }
     Ok(())
 }

@@ -19,7 +19,10 @@
 //! ```
 
 pub mod aggregate;
+pub mod breakdown;
 pub mod charts;
+pub mod cluster;
+pub mod compare;
 pub mod html;
 pub mod input;
 pub mod reference;
@@ -31,9 +34,10 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-pub use aggregate::{Aggregated, Aggregator, CountedTrial, NatType};
+pub use aggregate::{Aggregated, Aggregator, CountedTrial, NatType, RunInfo};
+pub use cluster::BootstrapConfig;
 pub use stats::{wilson, Proportion};
-pub use summary::Summary;
+pub use summary::{ReportConfig, Summary};
 
 use stats::{percent, percent_bare};
 
@@ -62,6 +66,10 @@ pub struct ReportFiles {
 pub struct Report {
     pub summary: Summary,
     pub trials: Vec<CountedTrial>,
+    /// The runs, networks and pairing names the trials point to.
+    pub runs: Vec<RunInfo>,
+    pub networks: Vec<String>,
+    pub pairing_ids: Vec<String>,
 }
 
 fn opt_f64(v: Option<f64>) -> String {
@@ -78,11 +86,27 @@ fn csv_err(path: &Path) -> impl Fn(csv::Error) -> ReportError + '_ {
 impl Report {
     /// Computes the summary of aggregated trials; `inputs` names the sources.
     pub fn new(aggregated: Aggregated, inputs: &[String]) -> Report {
-        let summary = Summary::compute(&aggregated, inputs);
+        Report::with_config(aggregated, inputs, &ReportConfig::default())
+    }
+
+    /// [`Report::new`] with a bootstrap and listing threshold of one's own.
+    pub fn with_config(aggregated: Aggregated, inputs: &[String], config: &ReportConfig) -> Report {
+        let summary = Summary::compute_with(&aggregated, inputs, config);
         Report {
             summary,
             trials: aggregated.trials,
+            runs: aggregated.runs,
+            networks: aggregated.networks,
+            pairing_ids: aggregated.pairing_ids,
         }
+    }
+
+    /// The keyed network group of a volunteer's run, if it had one.
+    fn volunteer_network(&self, run: Option<u32>) -> &str {
+        run.map(|r| &self.runs[r as usize])
+            .filter(|r| r.is_volunteer())
+            .and_then(|r| r.network)
+            .map_or("", |n| self.networks[n as usize].as_str())
     }
 
     /// Writes `index.html`, `summary.json`, `trials.csv` and `pairs.csv` into `dir` (created if needed).
@@ -118,6 +142,9 @@ impl Report {
             "attempts",
             "handshake_transport",
             "handshake_success",
+            "pairing_id",
+            "initiator_network",
+            "responder_network",
         ])
         .map_err(csv_err(path))?;
         for t in &self.trials {
@@ -136,6 +163,9 @@ impl Report {
                     .map_or(String::new(), |x| x.to_string()),
                 t.handshake_success
                     .map_or("", |s| if s { "true" } else { "false" }),
+                &self.pairing_ids[t.pairing as usize],
+                self.volunteer_network(t.initiator_run),
+                self.volunteer_network(t.responder_run),
             ])
             .map_err(csv_err(path))?;
         }
@@ -192,11 +222,18 @@ impl Report {
             return t;
         }
         let row = |t: &mut String, label: &str, p: &Proportion| {
+            let clustered = match p.quoted() {
+                Some((l, h, "pairings")) => {
+                    format!("[{:>5}, {:>5}]", percent_bare(l), percent_bare(h))
+                }
+                _ => "–".to_string(),
+            };
             let _ = match (p.rate, p.low, p.high) {
                 (Some(r), Some(l), Some(h)) => writeln!(
                     t,
-                    "  {label:<28} {:>6}  [{:>5}, {:>5}]  {:>8} / {:<8}",
+                    "  {label:<28} {:>6}  {:<14}  [{:>5}, {:>5}]  {:>8} / {:<8}",
                     percent(r),
+                    clustered,
                     percent_bare(l),
                     percent_bare(h),
                     p.successes,
@@ -205,10 +242,11 @@ impl Report {
                 _ => writeln!(t, "  {label:<28}  no data"),
             };
         };
+        let u = &s.uncertainty;
         let _ = writeln!(
             t,
-            "  {:<28} {:>6}  {:<14}  {:>8} / {:<8}",
-            "", "rate", "Wilson 95%", "success", "trials"
+            "  {:<28} {:>6}  {:<14}  {:<14}  {:>8} / {:<8}",
+            "", "rate", "clustered 95%", "per-trial 95%", "success", "trials"
         );
         row(&mut t, "all trials", &s.headline);
         for st in &s.strategies {
@@ -216,6 +254,17 @@ impl Report {
         }
         row(&mut t, "handshake v1 | punched", &s.handshake.v1);
         row(&mut t, "handshake v2 | punched", &s.handshake.v2);
+        let v = &s.pairing_view;
+        row(
+            &mut t,
+            "pairings connected once+",
+            &v.connected_at_least_once,
+        );
+        let _ = writeln!(
+            t,
+            "  clustered: bootstrap over {} pairings, {} resamples; quote it, not the per-trial interval (summary.json also has one over {} networks)",
+            u.pairings, u.resamples, u.networks
+        );
         t
     }
 }

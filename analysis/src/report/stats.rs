@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::Clustered;
+
 /// The 0.975 quantile of the standard normal distribution (two-sided 95%).
 pub const Z_95: f64 = 1.959_963_984_540_054;
 
@@ -36,6 +38,29 @@ pub fn wilson(successes: u64, n: u64, z: f64) -> Option<(f64, f64)> {
     Some((low, high))
 }
 
+/// The Wilson score interval of a rate observed over an effective number
+/// of independent trials (which need not be whole): used with the number of
+/// clusters when only the clusters can be taken as independent.
+pub fn wilson_effective(rate: f64, n_effective: f64, z: f64) -> (f64, f64) {
+    let p = rate.clamp(0.0, 1.0);
+    let n = n_effective.max(f64::MIN_POSITIVE);
+    let z2 = z * z;
+    let denom = 1.0 + z2 / n;
+    let center = (p + z2 / (2.0 * n)) / denom;
+    let half = z / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    let low = if p == 0.0 {
+        0.0
+    } else {
+        (center - half).max(0.0)
+    };
+    let high = if p == 1.0 {
+        1.0
+    } else {
+        (center + half).min(1.0)
+    };
+    (low, high)
+}
+
 /// Successes out of a count, with the rate and its Wilson 95% interval.
 /// `rate`, `low` and `high` are absent when `n` is 0, never NaN.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -45,6 +70,10 @@ pub struct Proportion {
     pub rate: Option<f64>,
     pub low: Option<f64>,
     pub high: Option<f64>,
+    /// The intervals that respect clustering (pairings, networks); absent
+    /// where none was computed (n = 0, or a count that is not a rate of trials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clustered: Option<Clustered>,
 }
 
 impl Proportion {
@@ -56,6 +85,22 @@ impl Proportion {
             rate: (n > 0).then(|| successes as f64 / n as f64),
             low: interval.map(|i| i.0),
             high: interval.map(|i| i.1),
+            clustered: None,
+        }
+    }
+
+    /// The same proportion with its clustered intervals.
+    pub fn with_clustered(mut self, clustered: Option<Clustered>) -> Self {
+        self.clustered = clustered;
+        self
+    }
+
+    /// The interval to quote: clustered by pairing when computed, else the
+    /// per-trial Wilson interval; with its name.
+    pub fn quoted(&self) -> Option<(f64, f64, &'static str)> {
+        match self.clustered {
+            Some(Clustered { pairings: c, .. }) => Some((c.low, c.high, "pairings")),
+            None => Some((self.low?, self.high?, "per trial")),
         }
     }
 

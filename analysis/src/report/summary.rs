@@ -5,11 +5,45 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::{Aggregated, CountedTrial, InputCounts, NatType};
+use super::breakdown::{NetworkNodes, RowSums};
+use super::cluster::{paired_difference, BootstrapConfig, PairedCluster, PairedDifference};
 use super::input::Skipped;
 use super::reference::{reference_figures, ReferenceFigure};
 use super::stats::{quantile_sorted, Proportion};
 use crate::handshake::Transport;
 use crate::trial::{Strategy, TrialOutcome};
+
+/// Trials a network, label or client version needs to be listed on its own, unless configured otherwise.
+pub const DEFAULT_MIN_GROUP_TRIALS: u64 = 10;
+
+/// What a report computes beyond the counts: the bootstrap and the listing threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportConfig {
+    pub bootstrap: BootstrapConfig,
+    /// Trials a group (network, label, client) needs to be listed.
+    pub min_group_trials: u64,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            bootstrap: BootstrapConfig::default(),
+            min_group_trials: DEFAULT_MIN_GROUP_TRIALS,
+        }
+    }
+}
+
+/// Which interval to quote, and why (shown in the page and in summary.json).
+pub const QUOTE_ADVICE: &str = "Quote the interval clustered by pairing. The trials of one pairing share two \
+routers, two paths and one moment, so they are not independent: the per-trial Wilson interval assumes they are \
+and is too narrow whenever they are alike (by the square root of the design effect). The pairing bootstrap \
+resamples whole pairings, so it accounts for that. The interval clustered by network also keeps together the \
+pairings of a volunteer network that took part in several; it is conservative (a pairing between two volunteers \
+is drawn only when both their networks are, which overstates the variance that is specific to a pairing), so \
+use it as a check, and quote it beside the pairing interval where networks recur across many pairings and the \
+two differ much. The per-trial Wilson interval is shown for comparison with earlier reports and with published \
+per-attempt figures. With fewer than about 20 clusters any bootstrap interval is approximate and tends to be too \
+narrow: say so when quoting it.";
 
 /// How trials are counted, in one paragraph (shown in the page and in summary.json).
 pub const COUNTING_RULE: &str = "One row per coordinator trial. Records of the same trial from both sides \
@@ -17,7 +51,9 @@ pub const COUNTING_RULE: &str = "One row per coordinator trial. Records of the s
 only if both sides say connected. A record whose other side is missing, or that has no trial_id, counts on \
 its own. A run read twice (same run_id) counts once. NAT types are each run's own classification verdict \
 (mapping/filtering, 'unknown' where not known exactly); a missing peer's type comes from the pairing's \
-peer_verdict. Intervals are Wilson score 95% intervals. Malformed input lines are skipped and listed, never counted.";
+peer_verdict. Intervals: the per-trial Wilson score 95% interval, and 95% cluster bootstrap intervals over pairings \
+and over volunteers' networks (the collector's keyed group; a run without one is its own network). Malformed input \
+lines are skipped and listed, never counted.";
 
 /// Success for one unordered pair of NAT types (a matrix cell).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +151,90 @@ pub struct ReferenceRow {
     pub high: Option<f64>,
 }
 
+/// How the clustered intervals were made, and which to quote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UncertaintySummary {
+    pub resamples: u32,
+    pub seed: u64,
+    /// Pairings with at least one counted trial (the clusters of the pairing bootstrap).
+    pub pairings: u64,
+    /// Volunteers' networks (the clusters of the network bootstrap).
+    pub networks: u64,
+    /// Of those: the collector's keyed network groups.
+    pub keyed_networks: u64,
+    /// Of those: volunteer runs read without a group, each its own network.
+    pub runs_without_group: u64,
+    /// Which interval to quote and why.
+    pub advice: String,
+}
+
+/// One strategy's pairings: connected at least once, every time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategyPairings {
+    pub strategy: String,
+    pub at_least_once: Proportion,
+    pub every_time: Proportion,
+}
+
+/// Two strategies compared within the pairings that ran both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategyComparison {
+    pub strategy_a: String,
+    pub strategy_b: String,
+    #[serde(flatten)]
+    pub difference: PairedDifference,
+}
+
+/// Success counted per pairing rather than per trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairingView {
+    pub pairings: u64,
+    /// Pairings with at least one successful trial.
+    pub connected_at_least_once: Proportion,
+    /// Pairings whose every trial succeeded.
+    pub connected_every_time: Proportion,
+    pub strategies: Vec<StrategyPairings>,
+    /// Each two strategies, compared within the same pairings.
+    pub comparisons: Vec<StrategyComparison>,
+}
+
+/// Success in one group of runs (a network, a label, a client version).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRow {
+    pub key: String,
+    /// Volunteer runs in the group.
+    pub runs: u64,
+    /// Pairings with a trial in the group.
+    pub pairings: u64,
+    #[serde(flatten)]
+    pub proportion: Proportion,
+}
+
+/// Groups with at least `min_trials` trials, listed by trials (most first), then key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupTable {
+    pub min_trials: u64,
+    /// Groups with any trial.
+    pub groups: u64,
+    pub rows: Vec<GroupRow>,
+    /// Trials of the groups too small to list (a trial between two groups counts in both).
+    pub trials_unlisted: u64,
+}
+
+/// Per-network results: one row per keyed network group, and how the rates spread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    #[serde(flatten)]
+    pub table: GroupTable,
+    /// Listed networks per success-rate decile: ("0-10%", networks), ..., ("90-100%", networks).
+    pub rate_histogram: Vec<(String, u64)>,
+    /// Median per-network rate over the listed networks (nearest rank).
+    pub median_rate: Option<f64>,
+    /// Listed networks whose every trial failed, and whose every trial connected.
+    pub never_connected: u64,
+    pub always_connected: u64,
+}
+
 /// Every number in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -139,6 +259,14 @@ pub struct Summary {
     pub attempts: AttemptsSummary,
     pub classification: ClassificationSummary,
     pub references: Vec<ReferenceRow>,
+    pub uncertainty: UncertaintySummary,
+    pub pairing_view: PairingView,
+    /// Per keyed network group (only runs read from a collector export have one).
+    pub networks: NetworkSummary,
+    /// Per volunteer's network label ("(none)" without one).
+    pub network_labels: GroupTable,
+    /// Per client: "os/arch, punchscope VERSION".
+    pub clients: GroupTable,
 }
 
 fn outcome_name(o: TrialOutcome) -> String {
@@ -190,37 +318,55 @@ fn sorted_times<'a>(trials: impl Iterator<Item = &'a CountedTrial>) -> Vec<f64> 
 }
 
 impl Summary {
-    /// Computes every figure from the aggregated trials.
+    /// Computes every figure from the aggregated trials, with the default configuration.
     pub fn compute(agg: &Aggregated, inputs: &[String]) -> Summary {
+        Summary::compute_with(agg, inputs, &ReportConfig::default())
+    }
+
+    /// Computes every figure from the aggregated trials.
+    pub fn compute_with(agg: &Aggregated, inputs: &[String], config: &ReportConfig) -> Summary {
+        let boot = &config.bootstrap;
         let trials = &agg.trials;
-        let total = trials.len() as u64;
         let successes = trials.iter().filter(|t| t.success).count() as u64;
+        let nodes = NetworkNodes::new(agg);
+        let groups = RunGroups::new(agg);
 
         let mut outcomes = BTreeMap::new();
-        let mut pairs: BTreeMap<(NatType, NatType), (u64, u64)> = BTreeMap::new();
-        let mut strategies: HashMap<Strategy, (u64, u64)> = HashMap::new();
-        let mut hs: HashMap<Transport, (u64, u64)> = HashMap::new();
+        let mut headline = RowSums::default();
+        let mut pairs: BTreeMap<(NatType, NatType), RowSums> = BTreeMap::new();
+        let mut strategies: HashMap<Strategy, RowSums> = HashMap::new();
+        let mut hs: HashMap<Transport, RowSums> = HashMap::new();
+        let mut first_attempt = RowSums::default();
         let mut without_handshake = 0;
         let mut transport_unknown = 0;
         let mut attempts_hist: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut by_network: Vec<RowSums> = vec![RowSums::default(); agg.networks.len()];
+        let mut by_label: Vec<RowSums> = vec![RowSums::default(); groups.labels.len()];
+        let mut by_client: Vec<RowSums> = vec![RowSums::default(); groups.clients.len()];
+        let mut pairings = PairingTally::new(agg.pairing_ids.len());
         for t in trials {
+            let at = nodes.of(t);
             *outcomes.entry(outcome_name(t.outcome)).or_insert(0u64) += 1;
-            let cell = pairs.entry(t.nat_pair()).or_default();
-            cell.0 += u64::from(t.success);
-            cell.1 += 1;
-            let s = strategies.entry(t.strategy).or_default();
-            s.0 += u64::from(t.success);
-            s.1 += 1;
+            headline.add(t.pairing, at, t.success);
+            pairs
+                .entry(t.nat_pair())
+                .or_default()
+                .add(t.pairing, at, t.success);
+            strategies
+                .entry(t.strategy)
+                .or_default()
+                .add(t.pairing, at, t.success);
+            pairings.add(t, at);
+            groups.each_network(t, |g| by_network[g].add(t.pairing, at, t.success));
+            groups.each_label(t, |g| by_label[g].add(t.pairing, at, t.success));
+            groups.each_client(t, |g| by_client[g].add(t.pairing, at, t.success));
             if t.success {
                 *attempts_hist.entry(t.attempts).or_default() += 1;
+                first_attempt.add(t.pairing, at, t.attempts == 1);
                 match (t.handshake_success, t.handshake_transport) {
                     (None, _) => without_handshake += 1,
                     (Some(_), None) => transport_unknown += 1,
-                    (Some(ok), Some(tr)) => {
-                        let h = hs.entry(tr).or_default();
-                        h.0 += u64::from(ok);
-                        h.1 += 1;
-                    }
+                    (Some(ok), Some(tr)) => hs.entry(tr).or_default().add(t.pairing, at, ok),
                 }
             }
         }
@@ -233,14 +379,14 @@ impl Summary {
         let mut cdf_by_strategy = BTreeMap::new();
         let mut strategy_rows = Vec::new();
         for strategy in Strategy::ALL {
-            let Some(&(ok, n)) = strategies.get(strategy) else {
+            let Some(sums) = strategies.get(strategy) else {
                 continue;
             };
             let st = sorted_times(trials.iter().filter(|t| t.strategy == *strategy));
             cdf_by_strategy.insert(strategy.as_str().to_string(), cdf_points(&st));
             strategy_rows.push(StrategyRow {
                 strategy: strategy.as_str().to_string(),
-                proportion: Proportion::new(ok, n),
+                proportion: sums.proportion(&format!("strategy {}", strategy.as_str()), boot, true),
                 median_ms: quantile_sorted(&st, 0.5),
             });
         }
@@ -256,22 +402,26 @@ impl Summary {
             cdf_by_strategy,
         };
 
-        let first = attempts_hist.get(&1).copied().unwrap_or(0);
         let attempt_sum: u64 = attempts_hist.iter().map(|(a, n)| u64::from(*a) * n).sum();
         let attempts = AttemptsSummary {
             successes,
             histogram: attempts_hist.into_iter().collect(),
-            first_attempt: Proportion::new(first, successes),
+            first_attempt: first_attempt.proportion("first attempt", boot, false),
             mean: (successes > 0).then(|| attempt_sum as f64 / successes as f64),
         };
 
-        let get = |t: Transport| hs.get(&t).copied().unwrap_or((0, 0));
+        let transport = |t: Transport| {
+            hs.get(&t).map_or_else(
+                || Proportion::new(0, 0),
+                |sums| sums.proportion(&format!("handshake {t}"), boot, true),
+            )
+        };
         let handshake = HandshakeSummary {
             connected_trials: successes,
             without_handshake,
             transport_unknown,
-            v1: Proportion::new(get(Transport::V1).0, get(Transport::V1).1),
-            v2: Proportion::new(get(Transport::V2).0, get(Transport::V2).1),
+            v1: transport(Transport::V1),
+            v2: transport(Transport::V2),
         };
 
         let references = reference_figures()
@@ -286,21 +436,61 @@ impl Summary {
             })
             .collect();
 
+        let min = config.min_group_trials;
+        let network_table = group_table(
+            &agg.networks,
+            &by_network,
+            &groups.network_runs,
+            min,
+            "network",
+            boot,
+            false,
+        );
+        let networks = network_summary(network_table);
+        let network_labels = group_table(
+            &groups.labels,
+            &by_label,
+            &groups.label_runs,
+            min,
+            "label",
+            boot,
+            false,
+        );
+        let clients = group_table(
+            &groups.clients,
+            &by_client,
+            &groups.client_runs,
+            min,
+            "client",
+            boot,
+            false,
+        );
+
+        let uncertainty = UncertaintySummary {
+            resamples: boot.resamples,
+            seed: boot.seed,
+            pairings: headline.pairings(),
+            networks: nodes.nodes,
+            keyed_networks: nodes.keyed,
+            runs_without_group: nodes.runs_without_group,
+            advice: QUOTE_ADVICE.to_string(),
+        };
+
         Summary {
             generator: format!("punchscope report {}", env!("CARGO_PKG_VERSION")),
             inputs: inputs.to_vec(),
             counting_rule: COUNTING_RULE.to_string(),
             input: agg.counts.clone(),
             skipped_lines: agg.skipped.clone(),
-            headline: Proportion::new(successes, total),
+            headline: headline.proportion("headline", boot, true),
             outcomes,
             nat_types: types.iter().map(NatType::to_string).collect(),
             nat_pairs: pairs
                 .iter()
-                .map(|((a, b), (ok, n))| PairCell {
+                .map(|((a, b), sums)| PairCell {
                     nat_a: a.to_string(),
                     nat_b: b.to_string(),
-                    proportion: Proportion::new(*ok, *n),
+                    proportion: sums.proportion(&format!("nat pair {a} {b}"), boot, false),
                 })
                 .collect(),
             strategies: strategy_rows,
@@ -319,6 +509,11 @@ impl Summary {
                     .collect(),
             },
             references,
+            uncertainty,
+            pairing_view: pairings.view(boot),
+            networks,
+            network_labels,
+            clients,
         }
     }
 
@@ -327,5 +522,268 @@ impl Summary {
         self.nat_pairs
             .iter()
             .find(|c| (c.nat_a == a && c.nat_b == b) || (c.nat_a == b && c.nat_b == a))
+    }
+}
+
+/// The groups each volunteer run belongs to: its network, label and client, numbered.
+struct RunGroups {
+    network_of_run: Vec<Option<u32>>,
+    label_of_run: Vec<Option<u32>>,
+    client_of_run: Vec<Option<u32>>,
+    labels: Vec<String>,
+    clients: Vec<String>,
+    network_runs: Vec<u64>,
+    label_runs: Vec<u64>,
+    client_runs: Vec<u64>,
+}
+
+/// The label row of runs without a label.
+const NO_LABEL: &str = "(none)";
+
+impl RunGroups {
+    fn new(agg: &Aggregated) -> Self {
+        // Labels and clients are numbered in sorted order, so rows come out sorted.
+        let mut labels = std::collections::BTreeSet::new();
+        let mut clients = std::collections::BTreeSet::new();
+        let label = |r: &super::aggregate::RunInfo| {
+            r.network_label.as_deref().unwrap_or(NO_LABEL).to_string()
+        };
+        let client = |r: &super::aggregate::RunInfo| {
+            format!("{}, punchscope {}", r.platform, r.tool_version)
+        };
+        for r in agg.runs.iter().filter(|r| r.is_volunteer()) {
+            labels.insert(label(r));
+            clients.insert(client(r));
+        }
+        let labels: Vec<String> = labels.into_iter().collect();
+        let clients: Vec<String> = clients.into_iter().collect();
+        let mut network_runs = vec![0u64; agg.networks.len()];
+        let mut label_runs = vec![0u64; labels.len()];
+        let mut client_runs = vec![0u64; clients.len()];
+        let mut network_of_run = Vec::with_capacity(agg.runs.len());
+        let mut label_of_run = Vec::with_capacity(agg.runs.len());
+        let mut client_of_run = Vec::with_capacity(agg.runs.len());
+        for r in &agg.runs {
+            if !r.is_volunteer() {
+                network_of_run.push(None);
+                label_of_run.push(None);
+                client_of_run.push(None);
+                continue;
+            }
+            let l = labels.binary_search(&label(r)).expect("a known label");
+            let c = clients.binary_search(&client(r)).expect("a known client");
+            label_runs[l] += 1;
+            client_runs[c] += 1;
+            if let Some(n) = r.network {
+                network_runs[n as usize] += 1;
+            }
+            network_of_run.push(r.network);
+            label_of_run.push(Some(l as u32));
+            client_of_run.push(Some(c as u32));
+        }
+        RunGroups {
+            network_of_run,
+            label_of_run,
+            client_of_run,
+            labels,
+            clients,
+            network_runs,
+            label_runs,
+            client_runs,
+        }
+    }
+
+    /// Calls `f` once for each distinct group of the trial's volunteer sides.
+    fn each(of_run: &[Option<u32>], t: &CountedTrial, mut f: impl FnMut(usize)) {
+        let group = |run: Option<u32>| run.and_then(|r| of_run[r as usize]);
+        let (a, b) = (group(t.initiator_run), group(t.responder_run));
+        if let Some(a) = a {
+            f(a as usize);
+        }
+        if let Some(b) = b.filter(|b| Some(*b) != a) {
+            f(b as usize);
+        }
+    }
+
+    fn each_network(&self, t: &CountedTrial, f: impl FnMut(usize)) {
+        Self::each(&self.network_of_run, t, f);
+    }
+
+    fn each_label(&self, t: &CountedTrial, f: impl FnMut(usize)) {
+        Self::each(&self.label_of_run, t, f);
+    }
+
+    fn each_client(&self, t: &CountedTrial, f: impl FnMut(usize)) {
+        Self::each(&self.client_of_run, t, f);
+    }
+}
+
+/// The rows of the groups with at least `min` trials, most trials first.
+fn group_table(
+    keys: &[String],
+    sums: &[RowSums],
+    runs: &[u64],
+    min: u64,
+    kind: &str,
+    boot: &BootstrapConfig,
+    with_networks: bool,
+) -> GroupTable {
+    let mut rows = Vec::new();
+    let mut groups = 0;
+    let mut trials_unlisted = 0;
+    for (i, row) in sums.iter().enumerate() {
+        if row.n() == 0 {
+            continue;
+        }
+        groups += 1;
+        if row.n() < min.max(1) {
+            trials_unlisted += row.n();
+            continue;
+        }
+        rows.push(GroupRow {
+            key: keys[i].clone(),
+            runs: runs[i],
+            pairings: row.pairings(),
+            proportion: row.proportion(&format!("{kind} {}", keys[i]), boot, with_networks),
+        });
+    }
+    rows.sort_by(|a, b| {
+        b.proportion
+            .n
+            .cmp(&a.proportion.n)
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    GroupTable {
+        min_trials: min,
+        groups,
+        rows,
+        trials_unlisted,
+    }
+}
+
+/// The per-network table with the spread of its rates.
+fn network_summary(table: GroupTable) -> NetworkSummary {
+    let mut rates: Vec<f64> = table
+        .rows
+        .iter()
+        .filter_map(|r| r.proportion.rate)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let mut histogram: Vec<(String, u64)> = (0..10)
+        .map(|d| (format!("{}-{}%", d * 10, d * 10 + 10), 0))
+        .collect();
+    for r in &rates {
+        // 100% goes into the last decile, with 90-99.9%.
+        let decile = ((r * 10.0).floor() as usize).min(9);
+        histogram[decile].1 += 1;
+    }
+    NetworkSummary {
+        never_connected: table
+            .rows
+            .iter()
+            .filter(|r| r.proportion.successes == 0)
+            .count() as u64,
+        always_connected: table
+            .rows
+            .iter()
+            .filter(|r| r.proportion.successes == r.proportion.n)
+            .count() as u64,
+        median_rate: quantile_sorted(&rates, 0.5),
+        rate_histogram: if rates.is_empty() {
+            Vec::new()
+        } else {
+            histogram
+        },
+        table,
+    }
+}
+
+/// Per pairing: its trials and successes, overall and per strategy, and its networks.
+struct PairingTally {
+    overall: Vec<(u64, u64)>,
+    by_strategy: Vec<[(u64, u64); Strategy::ALL.len()]>,
+    nodes: Vec<(Option<u32>, Option<u32>)>,
+}
+
+impl PairingTally {
+    fn new(pairings: usize) -> Self {
+        PairingTally {
+            overall: vec![(0, 0); pairings],
+            by_strategy: vec![[(0, 0); Strategy::ALL.len()]; pairings],
+            nodes: vec![(None, None); pairings],
+        }
+    }
+
+    fn add(&mut self, t: &CountedTrial, nodes: (Option<u32>, Option<u32>)) {
+        let p = t.pairing as usize;
+        self.overall[p].0 += u64::from(t.success);
+        self.overall[p].1 += 1;
+        if let Some(i) = Strategy::ALL.iter().position(|s| *s == t.strategy) {
+            self.by_strategy[p][i].0 += u64::from(t.success);
+            self.by_strategy[p][i].1 += 1;
+        }
+        // A pairing's networks: those of its trial seen from the most sides.
+        let known = |n: (Option<u32>, Option<u32>)| n.0.is_some() as u8 + n.1.is_some() as u8;
+        if known(nodes) > known(self.nodes[p]) {
+            self.nodes[p] = nodes;
+        }
+    }
+
+    fn view(&self, boot: &BootstrapConfig) -> PairingView {
+        let mut at_least_once = RowSums::default();
+        let mut every_time = RowSums::default();
+        for (p, &(s, n)) in self.overall.iter().enumerate() {
+            if n > 0 {
+                at_least_once.add(p as u32, self.nodes[p], s > 0);
+                every_time.add(p as u32, self.nodes[p], s == n);
+            }
+        }
+        let mut strategies = Vec::new();
+        for (i, strategy) in Strategy::ALL.iter().enumerate() {
+            let mut once = RowSums::default();
+            let mut every = RowSums::default();
+            for (p, counts) in self.by_strategy.iter().enumerate() {
+                let (s, n) = counts[i];
+                if n > 0 {
+                    once.add(p as u32, self.nodes[p], s > 0);
+                    every.add(p as u32, self.nodes[p], s == n);
+                }
+            }
+            if once.n() == 0 {
+                continue;
+            }
+            let name = strategy.as_str();
+            strategies.push(StrategyPairings {
+                strategy: name.to_string(),
+                at_least_once: once.proportion(&format!("pairings {name} once"), boot, false),
+                every_time: every.proportion(&format!("pairings {name} every"), boot, false),
+            });
+        }
+        let mut comparisons = Vec::new();
+        for (i, a) in Strategy::ALL.iter().enumerate() {
+            for (j, b) in Strategy::ALL.iter().enumerate().skip(i + 1) {
+                let clusters: Vec<PairedCluster> = self
+                    .by_strategy
+                    .iter()
+                    .filter(|c| c[i].1 > 0 && c[j].1 > 0)
+                    .map(|c| PairedCluster { a: c[i], b: c[j] })
+                    .collect();
+                let row = format!("paired {} {}", a.as_str(), b.as_str());
+                if let Some(difference) = paired_difference(&clusters, boot, &row) {
+                    comparisons.push(StrategyComparison {
+                        strategy_a: a.as_str().to_string(),
+                        strategy_b: b.as_str().to_string(),
+                        difference,
+                    });
+                }
+            }
+        }
+        PairingView {
+            pairings: at_least_once.n(),
+            connected_at_least_once: at_least_once.proportion("pairings once", boot, true),
+            connected_every_time: every_time.proportion("pairings every", boot, true),
+            strategies,
+            comparisons,
+        }
     }
 }

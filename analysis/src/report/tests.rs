@@ -596,3 +596,99 @@ fn success_splits_by_carrier_grade_nat_with_the_peer_verdict_filling_a_missing_s
     let html = super::html::render(&s).unwrap();
     assert!(html.contains("Success with and without carrier-grade NAT"));
 }
+
+/// A run as a collector export line would carry it: with a network group.
+fn from_network(run: RunResult, group: &str) -> super::input::Document {
+    super::input::Document {
+        run,
+        source_group: Some(group.to_string()),
+        received_at: None,
+    }
+}
+
+#[test]
+fn pairings_and_networks_are_the_clusters_and_small_groups_are_not_listed() {
+    use super::summary::ReportConfig;
+    // alice (network aa) and bob (network bb): one pairing of 4 joined
+    // trials. carol (network aa again, a second run from alice's address)
+    // with a peer not in the input: one pairing of 2. dave has no group: his
+    // run is its own network.
+    let ids = ["p0", "p1", "p2", "p3"];
+    let alice = run(
+        Role::Initiator,
+        eim_apdf(),
+        Some(eim_eif()),
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| t(i as u32, Some(id), Connected))
+            .collect(),
+    );
+    let bob = run(
+        Role::Responder,
+        eim_eif(),
+        Some(eim_apdf()),
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| t(i as u32, Some(id), if i == 3 { Refused } else { Connected }))
+            .collect(),
+    );
+    let carol = run(
+        Role::Initiator,
+        eim_apdf(),
+        None,
+        vec![t(0, Some("c0"), Connected), t(1, Some("c1"), Timeout)],
+    );
+    let dave = run(Role::Initiator, eim_eif(), None, vec![t(0, None, Refused)]);
+    let mut agg = Aggregator::new();
+    agg.add_document(&from_network(alice.clone(), "AA"));
+    agg.add_document(&from_network(bob.clone(), "bb"));
+    agg.add_document(&from_network(carol.clone(), "aa"));
+    agg.add_document(&super::input::Document::bare(dave));
+    let aggregated = agg.finish();
+    // Both sides' pairing entries are one pairing, named by the smaller entry.
+    assert_eq!(aggregated.pairing_ids.len(), 3);
+    let first = std::cmp::min(alice.run_id, bob.run_id);
+    assert_eq!(aggregated.pairing_ids[0], format!("{first}/0"));
+    assert!(aggregated.trials[..4].iter().all(|t| t.pairing == 0));
+    // Groups are lowercased: alice's and carol's runs share one network.
+    assert_eq!(aggregated.networks, ["aa", "bb"]);
+    let config = ReportConfig {
+        min_group_trials: 5,
+        ..ReportConfig::default()
+    };
+    let report = Report::with_config(aggregated, &[], &config);
+    let s = &report.summary;
+    assert_eq!((s.uncertainty.pairings, s.uncertainty.networks), (3, 3));
+    assert_eq!(
+        (
+            s.uncertainty.keyed_networks,
+            s.uncertainty.runs_without_group
+        ),
+        (2, 1)
+    );
+    // Network aa: alice's 4 trials and carol's 2 = 6 (listed, 4/6); bb: 4 (below 5).
+    let rows = &s.networks.table.rows;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].key, "aa");
+    assert_eq!((rows[0].runs, rows[0].pairings), (2, 2));
+    assert_eq!((rows[0].proportion.successes, rows[0].proportion.n), (4, 6));
+    assert_eq!(
+        (s.networks.table.groups, s.networks.table.trials_unlisted),
+        (2, 4)
+    );
+    assert_eq!(s.networks.rate_histogram[6], ("60-70%".to_string(), 1));
+    // Pairings: alice-bob connected at least once but not every time; carol's
+    // once; dave's never.
+    let v = &s.pairing_view;
+    assert_eq!(
+        (
+            v.connected_at_least_once.successes,
+            v.connected_at_least_once.n
+        ),
+        (2, 3)
+    );
+    assert_eq!(v.connected_every_time.successes, 0);
+    // The headline's clusters: 3 pairings, 3 networks.
+    let c = s.headline.clustered.unwrap();
+    assert_eq!((c.pairings.clusters, c.networks.unwrap().clusters), (3, 3));
+}

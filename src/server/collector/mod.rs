@@ -407,9 +407,7 @@ fn router(state: Arc<AppState>) -> Router {
     let limited = Router::new()
         .route(
             "/v1/results",
-            post(post_result)
-                .layer(timeout)
-                .layer(count_uploads),
+            post(post_result).layer(timeout).layer(count_uploads),
         )
         .route("/v1/results.jsonl", get(export).layer(timeout));
     // `/healthz` and `/metrics` stay outside the request limits: they must
