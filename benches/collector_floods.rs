@@ -7,8 +7,8 @@
 //! client (127.0.0.1) alternates `GET /healthz` and a realistic upload and
 //! reports p50, p99 and max of each; figures go in docs/reliability.md.
 
-#[path = "../tests/results_support/mod.rs"]
-mod results_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use punchscope::analysis::result::MAX_RESULT_BYTES;
-use results_support::*;
+use support::collector::*;
+use support::http::*;
+use support::results::*;
+use support::sockets::{connect_from, loopback};
 
 const PHASE: Duration = Duration::from_secs(5);
 

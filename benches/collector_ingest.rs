@@ -4,14 +4,16 @@
 //! and latency percentiles for one sequential client and for many concurrent
 //! ones (where group commit shares each fsync between uploads).
 
-#[path = "../tests/results_support/mod.rs"]
-mod results_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use results_support::*;
+use support::collector::*;
+use support::http::*;
+use support::results::*;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

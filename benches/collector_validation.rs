@@ -9,8 +9,8 @@
 //! collector bounds the total by validating at most `validation_workers`
 //! uploads at once.
 
-#[path = "../tests/results_support/mod.rs"]
-mod results_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,7 +47,7 @@ static ALLOCATOR: Counting = Counting;
 
 /// A result whose `tool_version` string is `token` repeated up to about 2 MiB of body.
 fn padded(token: &str) -> String {
-    let mut value = serde_json::to_value(results_support::sample_result(1, 1)).unwrap();
+    let mut value = serde_json::to_value(support::results::sample_result(1, 1)).unwrap();
     let room = MAX_RESULT_BYTES - value.to_string().len() - 64;
     value["tool_version"] = token.repeat(room / token.len()).into();
     value.to_string()
@@ -57,7 +57,7 @@ fn padded(token: &str) -> String {
 fn many_trials() -> String {
     let mut trials = 20;
     loop {
-        let body = results_support::sample_result(1, trials).to_json();
+        let body = support::results::sample_result(1, trials).to_json();
         if body.len() > MAX_RESULT_BYTES - 40_000 {
             return body;
         }
@@ -69,7 +69,7 @@ fn main() {
     let inputs: Vec<(&str, String)> = vec![
         (
             "realistic, 20 trials (17 KB)",
-            results_support::sample_result(1, 20).to_json(),
+            support::results::sample_result(1, 20).to_json(),
         ),
         ("realistic, grown by trials to 2 MiB", many_trials()),
         ("string of `1::1 `", padded("1::1 ")),

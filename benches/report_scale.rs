@@ -7,8 +7,8 @@
 //! `REPORT_BENCH_RESAMPLES` the bootstrap's resamples (default 1000), so
 //! that the bootstrap's share of the time can be told apart.
 
-#[path = "../tests/report_support/mod.rs"]
-mod report_support;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::io::BufWriter;
 use std::process::{Command, Stdio};
@@ -50,7 +50,7 @@ fn main() {
     let t = Instant::now();
     let runs = {
         let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&jsonl).unwrap());
-        report_support::write_synthetic_jsonl(&mut out, pairs, trials, 42)
+        support::synthetic::write_synthetic_jsonl(&mut out, pairs, trials, 42)
     };
     let bytes = std::fs::metadata(&jsonl).unwrap().len();
     let records = runs * trials;

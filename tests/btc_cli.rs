@@ -1,9 +1,12 @@
 //! `punchscope handshake` end to end on 127.0.0.1: records printed, exit codes 0 (success), 2 (measured failure), 1 (tool failure).
 
+mod support;
+
 use std::process::Stdio;
 use std::time::Duration;
 
 use punchscope::analysis::handshake::{FailureReason, HandshakeRecord, Role, Transport};
+use support::sockets::free_port;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
@@ -118,10 +121,7 @@ async fn listener_and_initiator_report_records_and_exit_codes() {
 
 #[tokio::test]
 async fn connection_refused_is_a_tool_failure() {
-    let port = {
-        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        socket.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let target = format!("127.0.0.1:{port}");
     let (code, out) = run(&["handshake", &target, "--timeout", "2"]).await;
     assert_eq!(code, 1, "{out}");

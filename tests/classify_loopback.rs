@@ -1,15 +1,16 @@
 //! The classifier against a loopback echo server: no NAT, so everything must read as open and preserved.
 
-mod echo_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use echo_support::*;
 use punchscope::analysis::classify::{AllocationPattern, Classification, DialOutcome, Finding};
 use punchscope::analysis::nat::{Filtering, Mapping};
 use punchscope::classify::{classify, ClassifyConfig, ClassifyError};
 use punchscope::server::echo::EchoConfig;
+use support::echo::*;
+use support::sockets::free_port;
 use tokio::io::AsyncWriteExt;
 
 fn config(servers: &[SocketAddr]) -> ClassifyConfig {
@@ -97,11 +98,7 @@ async fn loopback_is_no_nat_with_open_filtering_and_preserved_ports() {
 #[tokio::test]
 async fn the_requested_local_port_is_used_for_the_mapping_probes() {
     let server = start(fast_config()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut cfg = config(&[server.primary()]);
     cfg.local_port = Some(port);
     let result = run(&cfg).await.unwrap();
@@ -175,10 +172,7 @@ async fn an_unreachable_second_server_is_recorded_and_the_rest_classified() {
 
 #[tokio::test]
 async fn no_server_answering_is_an_error_naming_what_was_tried() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
     match run(&config(&[closed])).await {
         Err(e @ ClassifyError::ServerUnreachable { .. }) => {
             assert!(e.to_string().contains(&closed.to_string()), "{e}");

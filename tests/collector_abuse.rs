@@ -5,13 +5,16 @@
 //! by `cargo bench --bench collector_validation` and the load suite
 //! (docs/reliability.md), not asserted here.
 
-mod results_support;
+mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use results_support::*;
+use support::collector::*;
+use support::http::*;
+use support::results::*;
+use support::sockets::{connect_from, loopback};
 
 /// Whether the server still holds `stream` open: nothing to read, no EOF.
 fn held_open(stream: &mut TcpStream) -> bool {

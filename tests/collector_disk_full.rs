@@ -1,13 +1,16 @@
 //! A collector whose disk fills up (its database on a 1 MiB tmpfs): uploads are answered 507 with Retry-After, the spool keeps every result not stored, and the collector keeps serving. Needs root (mount), as CI runs it.
 
-mod results_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use punchscope::upload::{self, Spool, UploadPolicy};
-use results_support::*;
+use support::collector::*;
+use support::http::*;
+use support::results::*;
+use support::sockets::loopback;
 
 /// A small tmpfs mounted for the test, unmounted however the test ends.
 struct SmallTmpfs(PathBuf);

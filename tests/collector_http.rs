@@ -1,12 +1,14 @@
 //! The collector over loopback HTTP: idempotent uploads, every kind of bad input, the authenticated export round trip.
 
-mod results_support;
+mod support;
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
 use punchscope::analysis::result::{CollectedResult, RunResult};
-use results_support::*;
+use support::collector::*;
+use support::http::*;
+use support::results::*;
 
 #[test]
 fn duplicate_uploads_are_stored_once() {

@@ -1,10 +1,12 @@
 //! No raw IP address of any host reaches the collector's database or export, whatever the classification observed.
 
-mod results_support;
+mod support;
 
 use punchscope::analysis::privacy::find_raw_ip;
 use punchscope::upload::{self, Spool, UploadPolicy};
-use results_support::*;
+use support::collector::*;
+use support::http::*;
+use support::results::*;
 
 fn assert_clean(what: &str, text: &str) {
     if let Some(found) = find_raw_ip(text) {

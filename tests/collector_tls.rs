@@ -3,7 +3,6 @@
 //! reads the export, and `/metrics` counts what was stored and refused;
 //! without the CA the client refuses the certificate and nothing leaves the spool.
 
-mod results_support;
 mod support;
 
 use std::time::Duration;
@@ -12,7 +11,8 @@ use punchscope::collector::{ClientOptions, CollectorClient, SqliteStore};
 use punchscope::server::collector::{self, CollectorConfig};
 use punchscope::server::tls::load_server_config;
 use punchscope::upload::{self, Spool, UploadPolicy};
-use results_support::sample_result;
+use support::results::sample_result;
+use support::sockets::{connect_from, loopback};
 use support::tls::make_test_ca;
 
 #[test]
@@ -140,11 +140,9 @@ fn over_tls_a_source_that_never_handshakes_is_held_to_its_connection_cap() {
         },
     ));
 
-    let silent = results_support::loopback(0, 0, 7);
-    let held: Vec<_> = (0..2)
-        .map(|_| results_support::connect_from(silent, addr))
-        .collect();
-    let mut third = results_support::connect_from(silent, addr);
+    let silent = loopback(0, 0, 7);
+    let held: Vec<_> = (0..2).map(|_| connect_from(silent, addr)).collect();
+    let mut third = connect_from(silent, addr);
     third
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();

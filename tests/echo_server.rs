@@ -1,16 +1,18 @@
 //! Loopback tests of the echo server: observed endpoints, dial-backs, refusals and robustness.
 
-mod echo_support;
+mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use echo_support::*;
 use punchscope::proto::echo::{
     self, DialBackRequest, DialKind, DialOutcome, ErrorCode, ServerMessage,
 };
 use punchscope::server::echo::EchoConfig;
+use support::echo::*;
+use support::sockets::connect_from_async;
+use support::WAIT;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -456,14 +458,7 @@ async fn a_thousand_concurrent_clients_are_answered_or_turned_away() {
 
 /// A connection to `to` from the loopback address `from`.
 async fn connect_from(from: [u8; 4], to: SocketAddr) -> BufReader<TcpStream> {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from((from, 0))).unwrap();
-    BufReader::new(
-        tokio::time::timeout(WAIT, socket.connect(to))
-            .await
-            .unwrap()
-            .unwrap(),
-    )
+    BufReader::new(connect_from_async(from.into(), to).await)
 }
 
 #[tokio::test]

@@ -7,13 +7,13 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use punchscope::analysis::classify::{AllocationPattern, Classification, Finding};
 use punchscope::analysis::nat::{Allocation, Filtering, Mapping, UnsolicitedAnswer};
-use punchscope::lab::netns;
 use support::lab::*;
+use support::process::ChildGuard;
 
 const ROUNDS: usize = 5;
 const SERVERS: [&str; 4] = [
@@ -31,16 +31,6 @@ struct Truth {
     allocation: Allocation,
     step: u16,
     hairpin: bool,
-}
-
-/// Kills the child (by its PID, which we own) when the test ends, even on panic.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn scenario() -> (String, Vec<Truth>) {
@@ -77,10 +67,6 @@ fn scenario() -> (String, Vec<Truth>) {
     }
     toml.push_str("[[host]]\nname = \"public\"\nnat = \"none\"\n");
     (toml, truths)
-}
-
-fn punchscope_in(ns: &str) -> Command {
-    netns::command_in(ns, env!("CARGO_BIN_EXE_punchscope")).unwrap()
 }
 
 fn wait_until_listening(lab: &punchscope::lab::Lab) {
@@ -122,13 +108,13 @@ fn classify_finds_the_true_configuration_of_every_nat_every_time() {
     for s in SERVERS {
         server.args(["--listen", s]);
     }
-    let _server = ChildGuard(
+    let _server = ChildGuard(Some(
         server
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    );
+    ));
     wait_until_listening(&lab);
 
     let mut checked = 0;

@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::lab::*;
+use support::process::ChildGuard;
 use support::tls::make_test_ca;
 
 const SCENARIO: &str = r#"

@@ -16,6 +16,7 @@ use punchscope::lab::nat::{Direction, NatEvent};
 use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
 use support::lab::*;
+use support::process::ChildGuard;
 
 const COORDINATOR: &str = "198.51.100.10:7000";
 

@@ -3,7 +3,7 @@
 //! when the coordinator offers none. Loopback only: the happy path, with
 //! public (documentation) addresses, runs in the lab (tests/lab_field.rs).
 
-mod rendezvous_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -12,7 +12,8 @@ use std::time::Duration;
 use punchscope::net::address::AddressPolicy;
 use punchscope::probe::campaign::{preview, CampaignPreview};
 use punchscope::proto::rendezvous::{self as proto, CampaignInfo, ErrorCode, ServerMessage};
-use rendezvous_support::*;
+use support::rendezvous::*;
+use support::WAIT;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn campaign(echo: Vec<SocketAddr>) -> CampaignInfo {

@@ -3,8 +3,7 @@
 //! nothing reaches the target, the pairing ends promptly with the violation
 //! recorded, and the run's result is kept.
 
-mod echo_support;
-mod rendezvous_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use punchscope::probe::{self, PairingOptions, PairingRun, RunEnding, RunOptions,
 use punchscope::proto::echo;
 use punchscope::proto::rendezvous::{ClientMessage, Mode, PeerInfo, ServerMessage};
 use punchscope::punch::default_plan;
-use rendezvous_support::*;
+use support::rendezvous::*;
 use tokio::io::AsyncWriteExt;
 
 /// A violation must end the pairing well within this.
@@ -258,7 +257,7 @@ async fn a_plan_above_the_hard_caps_is_refused_before_any_trial() {
 
 #[tokio::test]
 async fn a_whole_run_keeps_its_result_with_the_violation_in_the_spool() {
-    let echo = echo_support::start(echo_support::fast_config()).await;
+    let echo = support::echo::start(support::echo::fast_config()).await;
     let target = CountingListener::start(ip(1)).await;
     let plan = fast_plan(3, &[Strategy::Simultaneous]);
     let coordinator = ScriptedCoordinator::start(vec![

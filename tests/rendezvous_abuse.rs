@@ -1,13 +1,15 @@
 //! Loopback tests of misbehaving clients: each is closed with an error line, and a pairing running beside them is not disturbed.
 
-mod rendezvous_support;
+mod support;
 
 use std::time::Duration;
 
 use punchscope::analysis::trial::TrialOutcome;
 use punchscope::proto::rendezvous::{ClientMessage, ErrorCode, ServerMessage, MAX_LINE};
 use punchscope::rendezvous::{register_port, Client, Hello, RendezvousError, Step, TrialReport};
-use rendezvous_support::*;
+use support::rendezvous::*;
+use support::sockets::trial_socket;
+use support::WAIT;
 
 /// Runs a whole pairing of two library clients on 127.0.0.2 and 127.0.0.3.
 async fn good_pair(server: std::net::SocketAddr) -> [u32; 2] {

@@ -1,13 +1,14 @@
 //! Loopback tests of pairing: volunteers across IPs, same-IP refusal, pair codes, reference peers, no_peer.
 
-mod rendezvous_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use punchscope::analysis::handshake::Role;
 use punchscope::proto::rendezvous::{ClientMessage, Mode, ServerMessage};
 use punchscope::rendezvous::{Client, Hello, Pairing, RendezvousError};
-use rendezvous_support::*;
+use support::rendezvous::*;
+use support::WAIT;
 
 async fn pair(client: &mut Client) -> Result<Pairing, RendezvousError> {
     client

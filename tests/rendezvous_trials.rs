@@ -1,6 +1,6 @@
 //! Loopback tests of whole pairings with fake trial runners: endpoints, nonces, delays, priming, relays, peers that vanish.
 
-mod rendezvous_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,7 +9,9 @@ use punchscope::analysis::handshake::Role;
 use punchscope::analysis::trial::{Strategy, TrialOutcome};
 use punchscope::proto::rendezvous::{ClientMessage, ErrorCode, ServerMessage, TrialResult};
 use punchscope::rendezvous::{register_port, Client, Step, TrialReport};
-use rendezvous_support::*;
+use support::rendezvous::*;
+use support::sockets::trial_socket;
+use support::WAIT;
 
 #[derive(Debug, Default)]
 struct SideLog {
@@ -50,7 +52,8 @@ async fn run_library_side(mut client: Client) -> SideLog {
                     .unwrap();
                 assert_eq!(observed, local, "no NAT on loopback: observed = local");
                 // The trial binds the same port again at once.
-                let again = trial_socket_on(local).expect("the registered port is reusable");
+                let again =
+                    punchscope::net::socket::bound(local).expect("the registered port is reusable");
                 again.listen(1).unwrap();
                 log.observed.push(observed);
             }

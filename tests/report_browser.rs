@@ -4,7 +4,7 @@
 //! rather than skips, without it, so CI cannot pass without looking.
 //! Set `PUNCHSCOPE_KEEP_SCREENSHOT=DIR` to keep the screenshot and report.
 
-mod report_support;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -78,7 +78,7 @@ fn the_report_renders_in_headless_chromium_without_console_errors() {
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("campaign.jsonl");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&jsonl).unwrap());
-    report_support::write_synthetic_jsonl(&mut file, 300, 20, 7);
+    support::synthetic::write_synthetic_jsonl(&mut file, 300, 20, 7);
     drop(file);
     let out = match std::env::var_os("PUNCHSCOPE_KEEP_SCREENSHOT") {
         Some(keep) => Path::new(&keep).to_path_buf(),

@@ -1,7 +1,6 @@
 //! `punchscope report` end to end: fixtures written as a result file, JSONL (with collector export lines and malformed lines) and a collector on loopback; the real binary; every output file checked against hand-computed numbers.
 
-mod report_support;
-mod results_support;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -10,8 +9,8 @@ use punchscope::analysis::handshake::Role;
 use punchscope::analysis::nat::{Filtering::*, Mapping::*};
 use punchscope::analysis::result::{CollectedResult, RunResult};
 use punchscope::analysis::trial::TrialOutcome::*;
-use report_support::*;
 use serde_json::Value;
+use support::results::*;
 
 /// The campaign of the tests, with the numbers worked out by hand below.
 ///
@@ -460,18 +459,18 @@ fn report_from_files_and_jsonl_matches_hand_computed_numbers() {
 fn report_reads_a_collector_export_over_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let c = campaign();
-    let collector = results_support::TestCollector::start(
+    let collector = support::collector::TestCollector::start(
         &dir.path().join("collector.db"),
-        Some(results_support::EXPORT_TOKEN),
+        Some(support::collector::EXPORT_TOKEN),
     );
-    let agent = results_support::agent();
+    let agent = support::http::agent();
     for run in [&c.alice, &c.bob, &c.carol, &c.erin] {
         let (status, body) =
-            results_support::post(&agent, &collector.url(), run.to_json().as_bytes());
+            support::http::post(&agent, &collector.url(), run.to_json().as_bytes());
         assert_eq!(status, 201, "{body}");
     }
     let token = dir.path().join("token");
-    std::fs::write(&token, format!("{}\n", results_support::EXPORT_TOKEN)).unwrap();
+    std::fs::write(&token, format!("{}\n", support::collector::EXPORT_TOKEN)).unwrap();
     let out = dir.path().join("report");
     let output = punchscope(&[
         "report",

@@ -1,6 +1,6 @@
 //! Fault test: the collector is SIGKILLed while a real `punchscope upload` streams results to it; nothing acknowledged is lost, nothing unacknowledged leaves the spool, and each run is stored exactly once in the end.
 
-mod results_support;
+mod support;
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -9,12 +9,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use punchscope::upload::Spool;
-use results_support::process::{free_port, start_collector, Guard};
-use results_support::*;
+use support::collector::{db_run_ids, start_collector};
+use support::process::ChildGuard;
+use support::results::sample_result;
+use support::sockets::free_port;
 
 const RESULTS: usize = 300;
 
-fn start_upload(spool: &Path, port: u16) -> Guard {
+fn start_upload(spool: &Path, port: u16) -> ChildGuard {
     let child = Command::new(env!("CARGO_BIN_EXE_punchscope"))
         .arg("upload")
         .arg("--spool")
@@ -34,10 +36,10 @@ fn start_upload(spool: &Path, port: u16) -> Guard {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Guard(Some(child))
+    ChildGuard(Some(child))
 }
 
-fn output(guard: &mut Guard) -> String {
+fn output(guard: &mut ChildGuard) -> String {
     let mut text = String::new();
     guard
         .child()

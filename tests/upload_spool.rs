@@ -1,11 +1,14 @@
 //! The upload spool against a loopback collector: acknowledged results leave, rejected ones move aside with a reason, nothing is lost while the collector is down.
 
-mod results_support;
+mod support;
 
 use std::time::Duration;
 
 use punchscope::upload::{self, Spool, UploadPolicy};
-use results_support::*;
+use support::collector::*;
+use support::http::*;
+use support::results::*;
+use support::sockets::free_port;
 
 fn quick() -> UploadPolicy {
     UploadPolicy {
@@ -40,9 +43,7 @@ fn results_wait_in_the_spool_until_the_collector_takes_them() {
     );
 
     // Collector down: a closed port on loopback.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let down = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let down = format!("http://127.0.0.1:{}", free_port());
     let report = upload::upload_pending(&spool, &down, &quick()).unwrap();
     assert!(report.delivered.is_empty());
     assert_eq!(report.pending.len(), 5, "{report:?}");

@@ -4,11 +4,13 @@
 //! loopback ports and is ended by its PID when dropped.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use super::sockets::free_port;
 
 /// The directory holding `bitcoind` and `bitcoin-cli`, building them on first use.
 pub fn bin_dir() -> PathBuf {
@@ -31,14 +33,6 @@ pub fn bin_dir() -> PathBuf {
         PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
     })
     .clone()
-}
-
-/// A free loopback port (bound and released: a tiny race, fine for tests).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// One running regtest node.

@@ -1,6 +1,6 @@
 //! Lab test support: unique lab names, root check, a plain-text endpoint
-//! reflector in the internet namespace, and blocking std sockets bound the
-//! way hole punching binds them.
+//! reflector in the internet namespace, blocking std sockets bound the way
+//! hole punching binds them, and the binary under test run in a namespace.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -155,18 +155,6 @@ pub fn listen_on(local: SocketAddrV4) -> TcpListener {
     let socket = super::sockets::bound(SocketAddr::V4(local)).unwrap();
     socket.listen(16).unwrap();
     socket.into()
-}
-
-/// Kills the child by its own PID when dropped, even on panic.
-pub struct ChildGuard(pub Option<std::process::Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// The `punchscope` binary under test, to run inside namespace `ns`.

@@ -1,7 +1,6 @@
-//! Loopback harness shared by the echo and classify tests: a server on 127.0.0.1 and 127.0.0.2, two ports each.
-
-// Each test crate uses a different subset of these helpers.
-#![allow(dead_code)]
+//! Loopback harness of the echo, classify and hostile-probe tests: the echo
+//! server on 127.0.0.1 and 127.0.0.2, two ports each, with short deadlines,
+//! and a reader of its lines.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,31 +9,26 @@ use punchscope::proto::echo::{self, ServerMessage, MAX_LINE};
 use punchscope::server::echo::{bind_listener, run, EchoConfig, EchoServerError};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-/// Every wait in these tests is bounded by this.
-pub const WAIT: Duration = Duration::from_secs(5);
+use super::server_task::ServerTask;
+use super::WAIT;
 
+/// An echo server running on the test's runtime.
 pub struct TestServer {
     /// 127.0.0.1:P1, 127.0.0.1:P2, 127.0.0.2:P1, 127.0.0.2:P2.
     pub endpoints: Vec<SocketAddr>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), EchoServerError>>,
+    task: ServerTask<EchoServerError>,
 }
 
 impl TestServer {
+    /// 127.0.0.1:P1, the endpoint a client is given first.
     pub fn primary(&self) -> SocketAddr {
         self.endpoints[0]
     }
 
     /// Signals shutdown and waits (bounded) for `run` to return.
-    pub async fn stop(mut self) -> Result<(), EchoServerError> {
-        let _ = self.stop.take().expect("stopped once").send(());
-        tokio::time::timeout(WAIT, &mut self.task)
-            .await
-            .expect("server stops within the wait")
-            .expect("server task did not panic")
+    pub async fn stop(self) -> Result<(), EchoServerError> {
+        self.task.stop().await
     }
 }
 
@@ -58,21 +52,16 @@ pub async fn four_listeners() -> Vec<TcpListener> {
     panic!("could not find two ports free on both 127.0.0.1 and 127.0.0.2");
 }
 
+/// A server on [`four_listeners`].
 pub async fn start(config: EchoConfig) -> TestServer {
     start_on(four_listeners().await, config)
 }
 
+/// A server on the given listeners (the first is [`TestServer::primary`]).
 pub fn start_on(listeners: Vec<TcpListener>, config: EchoConfig) -> TestServer {
     let endpoints = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(run(listeners, config, async {
-        let _ = rx.await;
-    }));
-    TestServer {
-        endpoints,
-        stop: Some(tx),
-        task,
-    }
+    let task = ServerTask::spawn(|shutdown| run(listeners, config, shutdown));
+    TestServer { endpoints, task }
 }
 
 /// Config with short deadlines so the tests run fast.

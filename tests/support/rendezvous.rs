@@ -1,7 +1,6 @@
-//! Loopback harness of the rendezvous tests: a coordinator on 127.0.0.1 with short deadlines, raw clients on other loopback IPs.
-
-// Each test crate uses a different subset of these helpers.
-#![allow(dead_code)]
+//! Loopback harness of the rendezvous and probe tests: a coordinator on
+//! 127.0.0.1 with short deadlines, raw clients on other loopback IPs, a
+//! scripted coordinator and a listener that counts who reaches it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -12,30 +11,26 @@ use punchscope::proto::rendezvous::{self as proto, ClientMessage, Hello, Mode, S
 use punchscope::server::rendezvous::{bind_listener, run, RendezvousConfig, RendezvousServerError};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpSocket;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Every wait in these tests is bounded by this.
-pub const WAIT: Duration = Duration::from_secs(5);
+use super::server_task::ServerTask;
+use super::sockets::{connect_from_async, loopback};
+use super::WAIT;
 
+/// A coordinator (`serve rendezvous`) running on the test's runtime.
 pub struct TestServer {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), RendezvousServerError>>,
+    task: ServerTask<RendezvousServerError>,
 }
 
 impl TestServer {
-    pub async fn stop(mut self) {
-        let _ = self.stop.take().expect("stopped once").send(());
-        tokio::time::timeout(WAIT, &mut self.task)
-            .await
-            .expect("server stops within the wait")
-            .expect("server task did not panic")
-            .expect("server ran");
+    /// Signals shutdown and waits (bounded) for `run` to return `Ok`.
+    pub async fn stop(self) {
+        self.task.stop().await.expect("server ran");
     }
 }
 
+/// A plan of `trials` trials of `strategies` (a TOML array), one short attempt each.
 pub fn plan(trials: u32, strategies: &str, skew: u32, samples: u32) -> Plan {
     Plan::from_toml(&format!(
         "version = 1\nname = \"test\"\ntrials = {trials}\nstrategies = {strategies}\ninjected_skew_ms = {skew}\nrtt_samples = {samples}\nattempt_timeout_ms = 500\nmax_attempts = 1\nhandshake_step_ms = 100\n"
@@ -62,35 +57,20 @@ pub fn fast_config(plan: Plan) -> RendezvousConfig {
     }
 }
 
+/// A coordinator on 127.0.0.1:0.
 pub async fn start(config: RendezvousConfig) -> TestServer {
     let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(run(listener, config, async {
-        let _ = rx.await;
-    }));
-    TestServer {
-        addr,
-        stop: Some(tx),
-        task,
-    }
+    let task = ServerTask::spawn(|shutdown| run(listener, config, shutdown));
+    TestServer { addr, task }
 }
 
 /// 127.0.0.`last`: a distinct "public IP" per client.
 pub fn ip(last: u8) -> IpAddr {
-    IpAddr::from([127, 0, 0, last])
+    loopback(0, 0, last)
 }
 
-/// A fresh trial socket as the probe makes it: SO_REUSEADDR + SO_REUSEPORT, bound to `ip`:0.
-pub fn trial_socket(ip: IpAddr) -> socket2::Socket {
-    trial_socket_on(SocketAddr::new(ip, 0)).unwrap()
-}
-
-/// A trial socket bound as the probe binds one (the library's own helper).
-pub fn trial_socket_on(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
-    punchscope::net::socket::bound(addr)
-}
-
+/// A volunteer's hello, with a pair code or without.
 pub fn volunteer(code: Option<&str>) -> Hello {
     let hello = Hello::volunteer(Duration::from_secs(3));
     match code {
@@ -99,6 +79,7 @@ pub fn volunteer(code: Option<&str>) -> Hello {
     }
 }
 
+/// A reference peer's hello.
 pub fn reference() -> Hello {
     Hello {
         mode: Mode::Reference,
@@ -114,13 +95,9 @@ pub struct Raw {
 }
 
 impl Raw {
+    /// Connects to the coordinator at `server` from `from`, on an ephemeral port.
     pub async fn connect(from: IpAddr, server: SocketAddr) -> Raw {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(from, 0)).unwrap();
-        let stream = tokio::time::timeout(WAIT, socket.connect(server))
-            .await
-            .unwrap()
-            .unwrap();
+        let stream = connect_from_async(from, server).await;
         let local = stream.local_addr().unwrap();
         let (read, writer) = stream.into_split();
         Raw {
