@@ -173,32 +173,31 @@ fn the_order_of_the_inputs_changes_no_data() {
     assert!(readme.contains("1 duplicate copies of a run"), "{readme}");
 }
 
-#[test]
-fn the_python_lines_of_datasets_readme_load_the_release() {
-    let python = support::python::python_with("pandas").expect(
-        "python3 with pandas is needed to check datasets/README.md's loading lines: \
-         apt-get install python3-pandas (.ci/run does) or python3 -m pip install pandas",
-    );
+/// The code of a marked block of datasets/README.md (`<!-- NAME:begin` ...
+/// `<!-- NAME:end -->`), fenced as `lang`.
+fn readme_block(name: &str, lang: &str) -> String {
     let readme = std::fs::read_to_string(root().join("datasets/README.md")).unwrap();
     let block = readme
-        .split("<!-- python-load:begin")
+        .split(&format!("<!-- {name}:begin"))
         .nth(1)
-        .and_then(|rest| rest.split("<!-- python-load:end -->").next())
-        .expect("the python-load block in datasets/README.md");
-    let code: String = block
+        .and_then(|rest| rest.split(&format!("<!-- {name}:end -->")).next())
+        .unwrap_or_else(|| panic!("the {name} block in datasets/README.md"));
+    block
         .lines()
-        .skip_while(|l| !l.starts_with("```python"))
+        .skip_while(|l| *l != format!("```{lang}"))
         .skip(1)
         .take_while(|l| !l.starts_with("```"))
         .map(|l| format!("{l}\n"))
-        .collect();
-    assert!(
-        code.contains("read_json") && code.contains("read_csv"),
-        "{code}"
-    );
-    let output = Command::new(python)
+        .collect()
+}
+
+/// Runs `program args... code` from the repository's root and checks that it
+/// printed runs, trials, successes and pairings as the release's summary.json says.
+fn check_loading_lines(program: &str, args: &[&str], code: &str) {
+    let output = Command::new(program)
         .current_dir(root())
-        .args(["-c", &code])
+        .args(args)
+        .arg(code)
         .output()
         .unwrap();
     assert!(
@@ -206,7 +205,6 @@ fn the_python_lines_of_datasets_readme_load_the_release() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // runs, trials, successes, pairings: as summary.json says.
     let summary: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root().join(RELEASE).join("summary.json")).unwrap(),
     )
@@ -220,6 +218,39 @@ fn the_python_lines_of_datasets_readme_load_the_release() {
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), expected);
     assert_eq!(expected, "12 42 34 7");
+}
+
+#[test]
+fn the_python_lines_of_datasets_readme_load_the_release() {
+    let python = support::python::python_with("pandas").expect(
+        "python3 with pandas is needed to check datasets/README.md's loading lines: \
+         apt-get install python3-pandas (.ci/run does) or python3 -m pip install pandas",
+    );
+    let code = readme_block("python-load", "python");
+    assert!(
+        code.contains("read_json") && code.contains("read_csv"),
+        "{code}"
+    );
+    check_loading_lines(python, &["-c"], &code);
+}
+
+#[test]
+fn the_r_lines_of_datasets_readme_load_the_release() {
+    let has_r = Command::new("Rscript")
+        .args(["-e", "library(jsonlite)"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        has_r,
+        "Rscript with jsonlite is needed to check datasets/README.md's R lines: \
+         apt-get install r-base-core r-cran-jsonlite (.ci/run does)"
+    );
+    let code = readme_block("r-load", "r");
+    assert!(
+        code.contains("stream_in") && code.contains("read.csv"),
+        "{code}"
+    );
+    check_loading_lines("Rscript", &["-e"], &code);
 }
 
 #[test]
