@@ -15,6 +15,22 @@ use support::results::sample_result;
 use support::sockets::{connect_from, loopback};
 use support::tls::make_test_ca;
 
+/// The collector's `/metrics` at `url`, trusting the test CA.
+fn metrics_text(ca: &support::tls::TestCa, url: &str) -> String {
+    reqwest::blocking::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&ca.ca_pem).unwrap()).unwrap(),
+        )
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .get(format!("{url}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
 #[test]
 fn uploads_and_the_export_go_over_https_with_a_test_ca_and_metrics_count_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,18 +99,7 @@ fn uploads_and_the_export_go_over_https_with_a_test_ca_and_metrics_count_them() 
         "{refused:?}"
     );
 
-    let http = reqwest::blocking::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&ca.ca_pem).unwrap()).unwrap(),
-        )
-        .build()
-        .unwrap();
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = metrics_text(&ca, &url);
     assert!(
         text.contains("punchscope_collector_results_stored_total 3\n"),
         "{text}"
@@ -156,19 +161,7 @@ fn over_tls_a_source_that_never_handshakes_is_held_to_its_connection_cap() {
         "the third connection is closed at once, not held: {read:?}"
     );
 
-    let http = reqwest::blocking::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&ca.ca_pem).unwrap()).unwrap(),
-        )
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let text = http
-        .get(format!("https://{addr}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = metrics_text(&ca, &format!("https://{addr}"));
     assert!(
         text.contains("punchscope_collector_connections_refused_total{reason=\"per_source\"} 1\n"),
         "{text}"

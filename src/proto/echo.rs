@@ -180,15 +180,21 @@ fn encode<T: Serialize>(body: &T) -> Vec<u8> {
 
 /// One server message as a line, newline included.
 pub fn encode_server(msg: &ServerMessage) -> Vec<u8> {
-    match msg {
-        ServerMessage::Error { message, .. } if message.len() > ndjson::MAX_ERROR_TEXT => {
-            let mut bounded = msg.clone();
-            if let ServerMessage::Error { message, .. } = &mut bounded {
-                *message = ndjson::bounded_text(std::mem::take(message), ndjson::MAX_ERROR_TEXT);
-            }
-            encode(&bounded)
+    ndjson::encode_server_line(VERSION, msg, MAX_LINE)
+}
+
+impl ndjson::ServerLine for ServerMessage {
+    fn error_text(&self) -> Option<&str> {
+        match self {
+            ServerMessage::Error { message, .. } => Some(message),
+            _ => None,
         }
-        _ => encode(msg),
+    }
+    fn error_text_mut(&mut self) -> Option<&mut String> {
+        match self {
+            ServerMessage::Error { message, .. } => Some(message),
+            _ => None,
+        }
     }
 }
 

@@ -42,6 +42,27 @@ pub fn bounded_text(mut text: String, max: usize) -> String {
     text
 }
 
+/// A server message that may carry an error text (which can quote the peer).
+pub trait ServerLine: Serialize + Clone {
+    /// The error text, if this message is an error.
+    fn error_text(&self) -> Option<&str>;
+    /// The same, to cut it.
+    fn error_text_mut(&mut self) -> Option<&mut String>;
+}
+
+/// A server message as a line, its error text (if any) first cut to
+/// [`MAX_ERROR_TEXT`]: every server of every line protocol answers this way.
+pub fn encode_server_line<T: ServerLine>(version: u32, msg: &T, max_line: usize) -> Vec<u8> {
+    if msg.error_text().is_some_and(|t| t.len() > MAX_ERROR_TEXT) {
+        let mut bounded = msg.clone();
+        if let Some(text) = bounded.error_text_mut() {
+            *text = bounded_text(std::mem::take(text), MAX_ERROR_TEXT);
+        }
+        return encode(version, &bounded, max_line);
+    }
+    encode(version, msg, max_line)
+}
+
 #[derive(Serialize)]
 struct Envelope<'a, T> {
     v: u32,
