@@ -1,4 +1,4 @@
-//! Ingest benchmark of the collector: realistic 20-trial results POSTed over loopback, durably committed (SQLite WAL, synchronous=FULL).
+//! Ingest benchmark of the collector: realistic 20-trial results POSTed over loopback, durably committed, into SQLite (WAL, synchronous=FULL) and into PostgreSQL (synchronous_commit=on, a local server on a Unix socket).
 //!
 //! Run with `cargo bench --bench collector_ingest`. Prints results per second
 //! and latency percentiles for one sequential client and for many concurrent
@@ -62,10 +62,16 @@ fn main() {
         .collect();
     let mean_size = bodies.iter().map(String::len).sum::<usize>() / bodies.len();
     println!(
-        "collector ingest: realistic results of 20 trials, {mean_size} bytes of JSON each, loopback, SQLite WAL synchronous=FULL"
+        "collector ingest: realistic results of 20 trials, {mean_size} bytes of JSON each, loopback"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start(&dir.path().join("bench.db"), None);
+    for store in every_store() {
+        println!("store: {}", store.name);
+        ingest_into(&store.location, &bodies, sequential_n);
+    }
+}
+
+fn ingest_into(db: &punchscope::collector::StoreLocation, bodies: &[String], sequential_n: usize) {
+    let collector = TestCollector::start(db, None);
     let url = collector.url();
     let (first, rest) = bodies.split_at(sequential_n);
     let runs = [(1usize, first.to_vec()), (32, rest.to_vec())];
@@ -81,7 +87,7 @@ fn main() {
             latencies.last().unwrap().as_secs_f64() * 1e3,
         );
     }
-    let stored = db_run_ids(&dir.path().join("bench.db")).len();
-    assert_eq!(stored, sequential_n + concurrent_n, "every result stored");
+    let stored = db_run_ids(db).len();
+    assert_eq!(stored, bodies.len(), "every result stored");
     println!("stored: {stored} rows");
 }

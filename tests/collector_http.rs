@@ -12,40 +12,41 @@ use support::results::*;
 
 #[test]
 fn duplicate_uploads_are_stored_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start(&dir.path().join("r.db"), Some(EXPORT_TOKEN));
-    let agent = agent();
-    let result = sample_result(1, 20);
-    let body = result.to_json();
-    let (status, text) = post(&agent, &collector.url(), body.as_bytes());
-    assert_eq!(status, 201, "{text}");
-    assert!(text.contains(&result.run_id.to_string()), "{text}");
-    for _ in 0..3 {
+    on_every_store(|db| {
+        let collector = TestCollector::start(db, Some(EXPORT_TOKEN));
+        let agent = agent();
+        let result = sample_result(1, 20);
+        let body = result.to_json();
         let (status, text) = post(&agent, &collector.url(), body.as_bytes());
-        assert_eq!(status, 200, "{text}");
-        assert!(text.contains("already_stored"), "{text}");
-    }
-    // The same run id with other content is a conflict: the first copy stays.
-    let mut changed = result.clone();
-    changed.tool_version = "9.9.9".into();
-    let (status, text) = post(&agent, &collector.url(), changed.to_json().as_bytes());
-    assert_eq!(status, 409, "{text}");
-    assert!(
-        error_message(&text).contains("already stored with other content"),
-        "{text}"
-    );
-    let ids = db_run_ids(&collector.db);
-    assert_eq!(ids, vec![result.run_id.to_string()]);
-    let (status, export) = get(
-        &agent,
-        &collector.url(),
-        "/v1/results.jsonl",
-        Some(EXPORT_TOKEN),
-    );
-    assert_eq!(status, 200);
-    assert_eq!(export.lines().count(), 1);
-    let line: CollectedResult = serde_json::from_str(export.lines().next().unwrap()).unwrap();
-    assert_eq!(line.result, result);
+        assert_eq!(status, 201, "{text}");
+        assert!(text.contains(&result.run_id.to_string()), "{text}");
+        for _ in 0..3 {
+            let (status, text) = post(&agent, &collector.url(), body.as_bytes());
+            assert_eq!(status, 200, "{text}");
+            assert!(text.contains("already_stored"), "{text}");
+        }
+        // The same run id with other content is a conflict: the first copy stays.
+        let mut changed = result.clone();
+        changed.tool_version = "9.9.9".into();
+        let (status, text) = post(&agent, &collector.url(), changed.to_json().as_bytes());
+        assert_eq!(status, 409, "{text}");
+        assert!(
+            error_message(&text).contains("already stored with other content"),
+            "{text}"
+        );
+        let ids = db_run_ids(&collector.db);
+        assert_eq!(ids, vec![result.run_id.to_string()]);
+        let (status, export) = get(
+            &agent,
+            &collector.url(),
+            "/v1/results.jsonl",
+            Some(EXPORT_TOKEN),
+        );
+        assert_eq!(status, 200);
+        assert_eq!(export.lines().count(), 1);
+        let line: CollectedResult = serde_json::from_str(export.lines().next().unwrap()).unwrap();
+        assert_eq!(line.result, result);
+    });
 }
 
 #[test]
@@ -154,71 +155,65 @@ fn garbage_on_the_socket_does_not_hurt_the_collector() {
 
 #[test]
 fn export_needs_the_token_and_returns_every_result_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start_with(&dir.path().join("r.db"), Some(EXPORT_TOKEN), |c| {
-        // Small pages, so the export crosses several of them.
-        c.export_page = 7;
+    on_every_store(|db| {
+        let collector = TestCollector::start_with(db, Some(EXPORT_TOKEN), |c| {
+            // Small pages, so the export crosses several of them.
+            c.export_page = 7;
+        });
+        let agent = agent();
+        let url = collector.url();
+        let results: Vec<RunResult> = (0..30).map(|i| sample_result(i, 20)).collect();
+        for r in &results {
+            assert_eq!(post(&agent, &url, r.to_json().as_bytes()).0, 201);
+        }
+
+        let (status, text) = get(&agent, &url, "/v1/results.jsonl", None);
+        assert_eq!(status, 401, "{text}");
+        let (status, text) = get(
+            &agent,
+            &url,
+            "/v1/results.jsonl",
+            Some("wrong-token-wrong-token"),
+        );
+        assert_eq!(status, 403, "{text}");
+
+        let (status, export) = get(&agent, &url, "/v1/results.jsonl", Some(EXPORT_TOKEN));
+        assert_eq!(status, 200);
+        let lines: Vec<&str> = export.lines().collect();
+        assert_eq!(lines.len(), results.len());
+        let stored_bodies: Vec<String> = db_rows(&collector.db, "body").concat();
+        for ((line, original), body) in lines.iter().zip(&results).zip(&stored_bodies) {
+            let collected: CollectedResult = serde_json::from_str(line).unwrap();
+            assert_eq!(
+                &collected.result, original,
+                "the export returns what was uploaded"
+            );
+            assert!(
+                line.ends_with(&format!("\"result\":{body}}}")),
+                "the stored body is exported byte for byte"
+            );
+            assert_eq!(collected.source_net, "127.0.0.0/24");
+            assert_eq!(collected.source_group.len(), 64);
+        }
+        let groups: std::collections::HashSet<_> = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<CollectedResult>(l)
+                    .unwrap()
+                    .source_group
+            })
+            .collect();
+        assert_eq!(groups.len(), 1, "one uploader, one group");
+
+        let disabled_dir = tempfile::tempdir().unwrap();
+        let disabled = TestCollector::start(&disabled_dir.path().join("r.db"), None);
+        let (status, text) = get(
+            &agent,
+            &disabled.url(),
+            "/v1/results.jsonl",
+            Some(EXPORT_TOKEN),
+        );
+        assert_eq!(status, 403);
+        assert!(error_message(&text).contains("disabled"), "{text}");
     });
-    let agent = agent();
-    let url = collector.url();
-    let results: Vec<RunResult> = (0..30).map(|i| sample_result(i, 20)).collect();
-    for r in &results {
-        assert_eq!(post(&agent, &url, r.to_json().as_bytes()).0, 201);
-    }
-
-    let (status, text) = get(&agent, &url, "/v1/results.jsonl", None);
-    assert_eq!(status, 401, "{text}");
-    let (status, text) = get(
-        &agent,
-        &url,
-        "/v1/results.jsonl",
-        Some("wrong-token-wrong-token"),
-    );
-    assert_eq!(status, 403, "{text}");
-
-    let (status, export) = get(&agent, &url, "/v1/results.jsonl", Some(EXPORT_TOKEN));
-    assert_eq!(status, 200);
-    let lines: Vec<&str> = export.lines().collect();
-    assert_eq!(lines.len(), results.len());
-    let stored_bodies: Vec<String> = {
-        let conn = rusqlite::Connection::open(&collector.db).unwrap();
-        let mut s = conn
-            .prepare("SELECT body FROM results ORDER BY seq")
-            .unwrap();
-        let rows = s.query_map([], |r| r.get::<_, String>(0)).unwrap();
-        rows.map(|r| r.unwrap()).collect()
-    };
-    for ((line, original), body) in lines.iter().zip(&results).zip(&stored_bodies) {
-        let collected: CollectedResult = serde_json::from_str(line).unwrap();
-        assert_eq!(
-            &collected.result, original,
-            "the export returns what was uploaded"
-        );
-        assert!(
-            line.ends_with(&format!("\"result\":{body}}}")),
-            "the stored body is exported byte for byte"
-        );
-        assert_eq!(collected.source_net, "127.0.0.0/24");
-        assert_eq!(collected.source_group.len(), 64);
-    }
-    let groups: std::collections::HashSet<_> = lines
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<CollectedResult>(l)
-                .unwrap()
-                .source_group
-        })
-        .collect();
-    assert_eq!(groups.len(), 1, "one uploader, one group");
-
-    let disabled_dir = tempfile::tempdir().unwrap();
-    let disabled = TestCollector::start(&disabled_dir.path().join("r.db"), None);
-    let (status, text) = get(
-        &agent,
-        &disabled.url(),
-        "/v1/results.jsonl",
-        Some(EXPORT_TOKEN),
-    );
-    assert_eq!(status, 403);
-    assert!(error_message(&text).contains("disabled"), "{text}");
 }

@@ -1,4 +1,4 @@
-//! `punchscope serve collector`: the results collector over HTTP, storing in SQLite, until Ctrl-C.
+//! `punchscope serve collector`: the results collector over HTTP(S), storing in SQLite or PostgreSQL, until Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use punchscope::collector::{self, SqliteStore};
+use punchscope::collector::{self, StoreLocation};
 use punchscope::server::collector::{self as server, CollectorConfig};
 
 #[derive(Debug, Args)]
@@ -15,9 +15,11 @@ pub struct CollectorArgs {
     /// Endpoint to listen on, e.g. 127.0.0.1:8080 (put TLS in front for a public deployment).
     #[arg(long, value_name = "IP:PORT")]
     pub listen: SocketAddr,
-    /// SQLite database file (created mode 0600 if missing; WAL mode).
-    #[arg(long, value_name = "PATH")]
-    pub db: PathBuf,
+    /// Where results are stored: a SQLite file (created mode 0600 if
+    /// missing; WAL mode), or a PostgreSQL database as a `postgresql://`
+    /// connection string (e.g. `postgresql:///punchscope?host=/run/postgresql`).
+    #[arg(long, alias = "database", value_name = "PATH|URL", value_parser = parse_location)]
+    pub db: StoreLocation,
     /// Secret key for grouping uploaders by a keyed hash; created (random, mode 0600) if missing.
     /// Default: $XDG_CONFIG_HOME/punchscope/collector.key (else ~/.config/...). Keep it for the
     /// whole campaign, and apart from the database.
@@ -58,16 +60,27 @@ pub struct CollectorArgs {
     pub storage_mib_per_source_per_day: u32,
 }
 
+fn parse_location(text: &str) -> Result<StoreLocation, String> {
+    if text.is_empty() {
+        return Err("give a SQLite file or a postgresql:// connection string".into());
+    }
+    Ok(StoreLocation::parse(text))
+}
+
 pub fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
     let key_file = match &args.key_file {
         Some(path) => path.clone(),
         None => collector::default_key_path(),
     };
-    if !args.allow_key_beside_db {
-        collector::check_key_apart(&args.db, &key_file)?;
+    if let (Some(db), false) = (args.db.sqlite_path(), args.allow_key_beside_db) {
+        collector::check_key_apart(db, &key_file)?;
     }
     let key = collector::load_or_create_key(&key_file)?;
-    for (what, path) in [("grouping key", &key_file), ("database", &args.db)] {
+    let files = [
+        Some(("grouping key", key_file.as_path())),
+        args.db.sqlite_path().map(|db| ("database", db)),
+    ];
+    for (what, path) in files.into_iter().flatten() {
         if collector::readable_by_others(path) {
             eprintln!(
                 "collector: warning: the {what} {} is readable by other users (chmod 600 it)",
@@ -97,7 +110,7 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
     config.admission.storage_burst_bytes = args
         .storage_mib_per_source_per_day
         .saturating_mul(1024 * 1024);
-    let store = SqliteStore::open(&args.db)?;
+    let store = args.db.open()?;
     punchscope::net::socket::raise_fd_limit().context("cannot raise the open-file limit")?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -108,7 +121,7 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "collector: listening on {}://{local} (database {}, key {}, export {})",
             if tls.is_some() { "https" } else { "http" },
-            args.db.display(),
+            args.db,
             key_file.display(),
             if export_enabled {
                 "enabled"
@@ -121,8 +134,8 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
             eprintln!("collector: shutting down");
         };
         match tls {
-            Some(tls) => server::run_tls(listener, tls, config, Box::new(store), shutdown).await?,
-            None => server::run(listener, config, Box::new(store), shutdown).await?,
+            Some(tls) => server::run_tls(listener, tls, config, store, shutdown).await?,
+            None => server::run(listener, config, store, shutdown).await?,
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -1,11 +1,13 @@
 //! The results collector's storage and its client: the [`ResultStore`] trait,
-//! its SQLite implementation, source grouping keys, and [`client`] (the HTTP
-//! client every uploader and reader of a collector uses).
+//! its SQLite ([`sqlite`], the embedded default) and PostgreSQL
+//! ([`postgresql`], for large campaigns) implementations, source grouping
+//! keys, and [`client`] (the HTTP client every uploader and reader of a
+//! collector uses).
 //!
 //! The HTTP side is [`crate::server::collector`]. Storage sits behind a small
-//! synchronous trait so that a server database can replace SQLite for large
-//! campaigns; the server runs every store call on one dedicated thread and
-//! answers an upload only after the store reported it durably committed.
+//! synchronous trait; the server runs every store call on one dedicated
+//! thread and answers an upload only after the store reported it durably
+//! committed.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -15,11 +17,89 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 pub mod client;
+pub mod postgresql;
 pub mod sqlite;
 
 pub use client::{ClientError, ClientOptions, CollectorClient, UploadAnswer};
 
+pub use postgresql::{is_postgres_url, PostgresStore};
 pub use sqlite::SqliteStore;
+
+/// Where results are stored: a SQLite file (the default) or a PostgreSQL
+/// database (`postgres://` or `postgresql://` connection strings).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    /// The connection string; it may hold a password, so it is never shown.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Reads a `--db` value or a campaign file's `database`.
+    pub fn parse(location: &str) -> StoreLocation {
+        if is_postgres_url(location) {
+            StoreLocation::Postgres(location.to_string())
+        } else {
+            StoreLocation::Sqlite(PathBuf::from(location))
+        }
+    }
+
+    /// Opens (creating if needed) the store.
+    pub fn open(&self) -> Result<Box<dyn ResultStore>, StoreError> {
+        Ok(match self {
+            StoreLocation::Sqlite(path) => Box::new(SqliteStore::open(path)?),
+            StoreLocation::Postgres(url) => Box::new(PostgresStore::open(url)?),
+        })
+    }
+
+    /// The SQLite file, if that is where results go.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            StoreLocation::Sqlite(path) => Some(path),
+            StoreLocation::Postgres(_) => None,
+        }
+    }
+}
+
+impl From<&Path> for StoreLocation {
+    fn from(path: &Path) -> StoreLocation {
+        StoreLocation::Sqlite(path.to_path_buf())
+    }
+}
+
+impl From<&StoreLocation> for StoreLocation {
+    fn from(location: &StoreLocation) -> StoreLocation {
+        location.clone()
+    }
+}
+
+impl From<&PathBuf> for StoreLocation {
+    fn from(path: &PathBuf) -> StoreLocation {
+        StoreLocation::Sqlite(path.clone())
+    }
+}
+
+impl From<PathBuf> for StoreLocation {
+    fn from(path: PathBuf) -> StoreLocation {
+        StoreLocation::Sqlite(path)
+    }
+}
+
+/// Shows a path, or `PostgreSQL` without the connection string.
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            StoreLocation::Postgres(_) => f.write_str("PostgreSQL (connection string not shown)"),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreLocation({self})")
+    }
+}
 
 /// One accepted result, ready to store. Holds no raw IP address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +151,12 @@ pub enum StoreError {
     },
     #[error("results database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The PostgreSQL server (named by host and database: the connection
+    /// string may hold a password) could not be reached or set up.
+    #[error("cannot use the PostgreSQL results database on {server}: {cause}")]
+    Postgres { server: String, cause: String },
+    #[error("PostgreSQL results database error: {0}")]
+    PostgresQuery(String),
     /// The disk (or the database's quota) is full: nothing was stored.
     #[error("the results database is full: {0}")]
     DiskFull(String),
@@ -90,7 +176,19 @@ impl StoreError {
                 e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
             }
             StoreError::Create { cause, .. } => cause.raw_os_error() == Some(libc::ENOSPC),
-            StoreError::Batch(_) | StoreError::Stopped => false,
+            StoreError::Postgres { .. }
+            | StoreError::PostgresQuery(_)
+            | StoreError::Batch(_)
+            | StoreError::Stopped => false,
+        }
+    }
+
+    /// A PostgreSQL error: `disk_full` (SQLSTATE 53100) as [`StoreError::DiskFull`].
+    pub fn from_postgres(cause: ::postgres::Error) -> StoreError {
+        if cause.code() == Some(&::postgres::error::SqlState::DISK_FULL) {
+            StoreError::DiskFull(cause.to_string())
+        } else {
+            StoreError::PostgresQuery(cause.to_string())
         }
     }
 

@@ -14,7 +14,8 @@
 //! - [`sockets`]: reuse-port sockets as trials bind them, connections from a
 //!   chosen loopback source, free ports; [`process`]: child processes that
 //!   are killed and reaped however a test ends.
-//! - [`tls`] (a test CA), [`bitcoind`] (a regtest node), [`python`] (an
+//! - [`postgres`] (a throwaway PostgreSQL server on a Unix socket),
+//!   [`tls`] (a test CA), [`bitcoind`] (a regtest node), [`python`] (an
 //!   interpreter with a given module), [`lab`] (lab tests: names, root, a
 //!   reflector, sockets; Linux with the `lab` feature only).
 
@@ -29,6 +30,7 @@ pub mod echo;
 pub mod http;
 #[cfg(all(feature = "lab", target_os = "linux"))]
 pub mod lab;
+pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod rendezvous;

@@ -15,6 +15,7 @@ use punchscope_analysis::toml_lines::at_line;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::collector::StoreLocation;
 use crate::net::address::AddressPolicy;
 use crate::proto::rendezvous::{check_collector_url, CampaignInfo};
 
@@ -91,7 +92,8 @@ struct CollectorSection {
     listen: Spanned<SocketAddr>,
     /// The URL volunteers upload to (behind a reverse proxy: the proxy's).
     public_url: Spanned<String>,
-    database: PathBuf,
+    /// A SQLite file, or a `postgresql://` connection string.
+    database: String,
     key_file: Option<PathBuf>,
     /// Lets the key sit in the database's directory (throwaway set-ups only).
     #[serde(default)]
@@ -138,7 +140,7 @@ pub struct CoordinatorSettings {
 pub struct CollectorSettings {
     pub listen: SocketAddr,
     pub public_url: String,
-    pub database: PathBuf,
+    pub database: StoreLocation,
     /// Default: [`crate::collector::default_key_path`], apart from the database.
     pub key_file: PathBuf,
     /// The key may sit in the database's directory (refused otherwise).
@@ -324,7 +326,10 @@ impl CampaignFile {
                 ))
             }
         };
-        let database = path(&c.database);
+        let database = match StoreLocation::parse(&c.database) {
+            StoreLocation::Sqlite(file) => StoreLocation::Sqlite(path(&file)),
+            postgres => postgres,
+        };
         let key_file = c
             .key_file
             .as_deref()
@@ -471,7 +476,10 @@ tls_key = "tls/key.pem"
             file.campaign.collector.as_deref(),
             Some("https://198.51.100.10")
         );
-        assert_eq!(file.collector.database, Path::new("/etc/ps/results.db"));
+        assert_eq!(
+            file.collector.database,
+            StoreLocation::Sqlite("/etc/ps/results.db".into())
+        );
         assert_eq!(
             file.collector.key_file,
             crate::collector::default_key_path()

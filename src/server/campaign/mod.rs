@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 pub use config::{CampaignConfigError, CampaignFile};
 
-use crate::collector::{self, SecretError, SqliteStore, StoreError};
+use crate::collector::{self, SecretError, StoreError};
 use crate::proto::rendezvous::coordinator::{Coordinator, ReferencePolicy};
 use crate::server::collector::{CollectorConfig, CollectorError};
 use crate::server::echo::{self, EchoConfig, EchoServerError};
@@ -120,8 +120,8 @@ pub async fn run(
     };
 
     let k = &file.collector;
-    if !k.allow_key_beside_database {
-        collector::check_key_apart(&k.database, &k.key_file)?;
+    if let (Some(db), false) = (k.database.sqlite_path(), k.allow_key_beside_database) {
+        collector::check_key_apart(db, &k.key_file)?;
     }
     let key = collector::load_or_create_key(&k.key_file)?;
     let token = k
@@ -144,7 +144,7 @@ pub async fn run(
         Some((cert, key)) => Some(tls::load_server_config(cert, key)?),
         None => None,
     };
-    let store = SqliteStore::open(&k.database)?;
+    let store = k.database.open()?;
 
     let echo_listeners = echo::bind_listeners(&e.listen)?;
     let coordinator_listener = rendezvous::bind_listener(c.listen)?;
@@ -196,19 +196,14 @@ pub async fn run(
                         collector_listener,
                         tls,
                         collector_config,
-                        Box::new(store),
+                        store,
                         stop,
                     )
                     .await
                 }
                 None => {
-                    crate::server::collector::run(
-                        collector_listener,
-                        collector_config,
-                        Box::new(store),
-                        stop,
-                    )
-                    .await
+                    crate::server::collector::run(collector_listener, collector_config, store, stop)
+                        .await
                 }
             };
             ("collector", served.map_err(Into::into))
