@@ -25,7 +25,7 @@ use super::{Inserted, NewResult, ResultStore, StoreError, StoredRow};
 
 /// Serializes insert batches (and migrations) across collectors: any fixed
 /// number of our own, chosen once ("punchsc" in ASCII).
-const ORDER_LOCK: i64 = 0x7075_6e63_6873_63;
+const ORDER_LOCK: i64 = 0x0070_756e_6368_7363;
 
 /// Schema versions, applied in order; an applied version is never edited,
 /// a change is a new entry.
