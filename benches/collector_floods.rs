@@ -111,7 +111,7 @@ fn flood(threads: u8, work: impl Fn(u8, u32) + Send + Sync + 'static) -> impl Fn
 fn main() {
     punchscope::net::socket::raise_fd_limit().expect("open-file limit");
     let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start_with(&dir.path().join("r.db"), None, |c| {
+    let collector = TestCollector::start_with(dir.path().join("r.db"), None, |c| {
         // The bench's own client uploads many results from 127.0.0.1.
         c.admission.uploads_burst = 100_000;
     });

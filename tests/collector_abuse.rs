@@ -37,7 +37,7 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool)
 fn healthz_answers_and_an_upload_is_stored_while_1000_slow_clients_are_held() {
     punchscope::net::socket::raise_fd_limit().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start_with(&dir.path().join("r.db"), None, |c| {
+    let collector = TestCollector::start_with(dir.path().join("r.db"), None, |c| {
         // Long enough that every slow client is still held when we look.
         c.header_timeout = Duration::from_secs(60);
         c.body_idle_timeout = Duration::from_secs(60);
@@ -83,7 +83,7 @@ fn healthz_answers_and_an_upload_is_stored_while_1000_slow_clients_are_held() {
 #[test]
 fn slow_headers_and_idle_bodies_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start_with(&dir.path().join("r.db"), None, |c| {
+    let collector = TestCollector::start_with(dir.path().join("r.db"), None, |c| {
         c.header_timeout = Duration::from_millis(300);
         c.body_idle_timeout = Duration::from_millis(300);
     });
@@ -113,7 +113,7 @@ fn slow_headers_and_idle_bodies_are_cut_off() {
 #[test]
 fn connections_over_the_caps_get_429_per_source_and_503_overall() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start_with(&dir.path().join("r.db"), None, |c| {
+    let collector = TestCollector::start_with(dir.path().join("r.db"), None, |c| {
         c.max_connections = 10;
         c.admission.connections_per_source = 4;
     });
@@ -164,7 +164,7 @@ fn connections_over_the_caps_get_429_per_source_and_503_overall() {
 fn uploads_over_the_rate_or_the_storage_quota_get_429_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let body_len = sample_result(0, 20).to_json().len();
-    let collector = TestCollector::start_with(&dir.path().join("r.db"), None, |c| {
+    let collector = TestCollector::start_with(dir.path().join("r.db"), None, |c| {
         c.admission.uploads_burst = 3;
         c.admission.upload_refill = Duration::from_secs(60);
         c.admission.storage_burst_bytes = u32::try_from(body_len * 5 / 2).unwrap();
@@ -208,7 +208,7 @@ fn uploads_over_the_rate_or_the_storage_quota_get_429_with_retry_after() {
 #[test]
 fn adversarial_2_mib_bodies_are_refused_while_healthz_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start(&dir.path().join("r.db"), None);
+    let collector = TestCollector::start(dir.path().join("r.db"), None);
     let addr = collector.addr;
     // The worst case for the old quadratic scan: address-like
     // tokens filling a string up to the size limit.
@@ -242,7 +242,7 @@ fn adversarial_2_mib_bodies_are_refused_while_healthz_answers() {
 #[test]
 fn error_answers_stay_short_and_the_bearer_scheme_is_case_insensitive() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start(&dir.path().join("r.db"), Some(EXPORT_TOKEN));
+    let collector = TestCollector::start(dir.path().join("r.db"), Some(EXPORT_TOKEN));
     let agent = agent();
     // A raw address under a key of 100 KB: the error names the field's path.
     let mut value = serde_json::to_value(sample_result(1, 2)).unwrap();

@@ -52,7 +52,7 @@ fn duplicate_uploads_are_stored_once() {
 #[test]
 fn bad_uploads_get_400_or_413_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start_with(&dir.path().join("r.db"), None, |c| {
+    let collector = TestCollector::start_with(dir.path().join("r.db"), None, |c| {
         c.max_body_bytes = 256 * 1024;
     });
     let agent = agent();
@@ -126,7 +126,7 @@ fn bad_uploads_get_400_or_413_with_a_message() {
 #[test]
 fn garbage_on_the_socket_does_not_hurt_the_collector() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = TestCollector::start(&dir.path().join("r.db"), None);
+    let collector = TestCollector::start(dir.path().join("r.db"), None);
     let garbage: [&[u8]; 4] = [
         b"\x00\x01\x02\xff\xfe garbage\r\n\r\n",
         b"POST /v1/results HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
@@ -206,7 +206,7 @@ fn export_needs_the_token_and_returns_every_result_unchanged() {
         assert_eq!(groups.len(), 1, "one uploader, one group");
 
         let disabled_dir = tempfile::tempdir().unwrap();
-        let disabled = TestCollector::start(&disabled_dir.path().join("r.db"), None);
+        let disabled = TestCollector::start(disabled_dir.path().join("r.db"), None);
         let (status, text) = get(
             &agent,
             &disabled.url(),

@@ -460,7 +460,7 @@ fn report_reads_a_collector_export_over_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let c = campaign();
     let collector = support::collector::TestCollector::start(
-        &dir.path().join("collector.db"),
+        dir.path().join("collector.db"),
         Some(support::collector::EXPORT_TOKEN),
     );
     let agent = support::http::agent();

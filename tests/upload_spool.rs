@@ -95,7 +95,7 @@ fn a_rejected_result_moves_to_rejected_with_its_reason() {
     )
     .unwrap();
 
-    let collector = TestCollector::start(&dir.path().join("results.db"), None);
+    let collector = TestCollector::start(dir.path().join("results.db"), None);
     let report = upload::upload_pending(&spool, &collector.url(), &quick()).unwrap();
     assert_eq!(report.delivered, vec![good.run_id.to_string()]);
     assert_eq!(report.rejected.len(), 2, "{report:?}");
@@ -148,7 +148,7 @@ fn a_result_another_uploader_holds_is_left_to_it_and_said_so() {
     let (first, second) = (sample_result(11, 2), sample_result(12, 2));
     let first_path = spool.store(&first).unwrap();
     spool.store(&second).unwrap();
-    let collector = TestCollector::start(&dir.path().join("results.db"), None);
+    let collector = TestCollector::start(dir.path().join("results.db"), None);
 
     // Another probe sharing the spool is in the middle of sending `first`.
     let held = spool.claim(&first_path).unwrap().expect("free to claim");
