@@ -3,6 +3,8 @@
 //! `disconnectnode`), and [`bridge`], which hands a punched socket to the
 //! node and asks the node how the handshake with the peer went.
 
+pub mod bridge;
 pub mod rpc;
 
+pub use bridge::{NodeBridge, NodeError, NodeOptions};
 pub use rpc::{NodePeer, NodeRpc, RpcAuth, RpcConfig, RpcError};

@@ -8,7 +8,7 @@ use super::input::{parse_document, read_jsonl};
 use super::summary::Summary;
 use super::Report;
 use crate::classify::{Finding, Verdict};
-use crate::handshake::{BitcoinNetwork, HandshakeRecord, Role, Transport};
+use crate::handshake::{BitcoinNetwork, HandshakeBy, HandshakeRecord, Role, Transport};
 use crate::nat::{Filtering, Mapping};
 use crate::plan::Plan;
 use crate::result::{
@@ -91,11 +91,13 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
             start_delay_ms: 10.0,
             injected_skew_ms: 0.0,
             peer_outcome: None,
+            handshake_by: HandshakeBy::Punchscope,
             handshake: x.handshake.map(|(tr, ok)| {
                 let mut h = HandshakeRecord::new(Some(tr), role, BitcoinNetwork::Mainnet);
                 h.success = ok;
                 h
             }),
+            node_bridge: None,
             error: None,
         })
         .collect();
