@@ -86,7 +86,7 @@ fn assert_peered(record: &NodeBridgeRecord, role: Role, transport: Transport) {
     assert_eq!(peer.connection_type, expected_type);
     assert_eq!(peer.session_id.is_some(), transport == Transport::V2);
     assert!(record.bytes_to_peer > 0 && record.bytes_from_peer > 0);
-    assert!(record.disconnected, "the node let the peer go when asked");
+    assert!(peer.ping_ms.is_some(), "the nodes pinged each other");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,6 +104,7 @@ async fn two_nodes_peer_through_the_bridge_on_v2_and_v1() {
             responder.peer.as_ref().unwrap().session_id
         );
         assert_eq!(initiator.bytes_to_peer, responder.bytes_from_peer);
+        assert!(initiator.disconnected || responder.disconnected);
         for node in [&node_a, &node_b] {
             assert!(!node.log().contains("Misbehaving"), "{}", node.log());
         }

@@ -292,14 +292,16 @@ pub struct NodeBridgeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<NodePeerView>,
     /// From the punched socket being handed over to the node listing the
-    /// handshake as complete, in milliseconds (at the RPC polling's resolution).
+    /// handshake as complete, in milliseconds (at the RPC polling's resolution,
+    /// 100 ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_ms: Option<f64>,
     /// Bytes relayed from our node to the peer, and from the peer to our node.
     pub bytes_to_peer: u64,
     pub bytes_from_peer: u64,
-    /// The node dropped the peer when asked (`disconnectnode`) at the end of
-    /// the trial; false when it had already dropped it or the call failed.
+    /// Our `disconnectnode` ended the connection at the end of the trial;
+    /// false when the peer had hung up first, the node had dropped it, or
+    /// the call failed.
     pub disconnected: bool,
 }
 

@@ -32,6 +32,13 @@ use super::rpc::{NodePeer, NodeRpc, RpcConfig, RpcError};
 /// How often the node's `getpeerinfo` is read while waiting.
 const POLL_EVERY: Duration = Duration::from_millis(100);
 
+/// After the handshake, how long to wait for the node's ping to be answered.
+const PONG_WAIT: Duration = Duration::from_secs(5);
+
+/// After the pong, how long the connection is held for the other side's
+/// bridge to see its node complete too (ten of its polls), unless it hangs up first.
+const HOLD_AFTER_PONG: Duration = Duration::from_secs(1);
+
 /// After `disconnectnode`, how long the splice may still drain before it is cut.
 const SPLICE_LINGER: Duration = Duration::from_secs(2);
 
@@ -98,8 +105,9 @@ struct Spliced {
 /// Hands `punched` to the node in the `assigned` role and records what the
 /// node says. `within` bounds the node's connection and handshake, counted
 /// from the hand-over (Bitcoin Core itself drops a peer without a handshake
-/// after 60 s, `-peertimeout`); the whole call ends within `within`, two RPC
-/// timeouts and two seconds.
+/// after 60 s, `-peertimeout`) and the wait for the node's ping; the whole
+/// call ends within `within`, three RPC timeouts (a call under way when the
+/// deadline passes, the pong's, `disconnectnode`) and three seconds.
 pub async fn run(
     punched: TcpStream,
     assigned: Role,
@@ -132,29 +140,73 @@ pub async fn run(
     let deadline = handed_over + within;
     let watched = watch_peer(&bridge.rpc, &spliced.node_sees, deadline).await;
     record.failure = watched.failure;
-    if let Some(peer) = &watched.last_seen {
-        record.peer = Some(view(peer));
+    let mut splice = spliced.splice;
+    let mut splice_ended = None;
+    let mut last_seen = watched.last_seen;
+    let mut gone = watched.dropped;
+    if let Some(peer) = &last_seen {
         record.success = peer.version_handshake_complete();
-        if record.success {
-            record.handshake_ms = Some(watched.at.duration_since(handed_over).as_secs_f64() * 1e3);
+    }
+    if record.success {
+        record.handshake_ms = Some(watched.at.duration_since(handed_over).as_secs_f64() * 1e3);
+        // Ending the connection now could cut the other side short: its
+        // bridge may not have seen its own node complete yet, and would
+        // record a drop. The node pings right after `verack` and the peer
+        // answers only once it has our `verack` too, so wait for the pong
+        // (the record gets the ping time), then hold the connection a
+        // moment for the other side's next look, unless it hangs up first.
+        let pong_by = deadline.min(Instant::now() + PONG_WAIT);
+        match await_pong(&bridge.rpc, &spliced.node_sees, pong_by).await {
+            Some(peer) => last_seen = Some(peer),
+            None => gone = true,
         }
-        // Still listed: the trial ends here, so the node lets the peer go.
-        if !watched.dropped {
+        splice_ended = tokio::time::timeout(HOLD_AFTER_PONG, &mut splice)
+            .await
+            .ok();
+    }
+    if let Some(peer) = &last_seen {
+        record.peer = Some(view(peer));
+        // Still there: the trial ends here, so the node lets the peer go.
+        if !gone && splice_ended.is_none() {
             record.disconnected = bridge.rpc.disconnect(peer.id).await.is_ok();
         }
     }
     // The node closes its side once disconnected; the peer's node closes
     // the other when its own bridge disconnects it. Cut what is left.
-    let mut splice = spliced.splice;
-    match tokio::time::timeout(SPLICE_LINGER, &mut splice).await {
-        Ok(Ok(Ok((to_peer, from_peer)))) => {
+    let splice_ended = match splice_ended {
+        Some(ended) => Some(ended),
+        None => tokio::time::timeout(SPLICE_LINGER, &mut splice).await.ok(),
+    };
+    match splice_ended {
+        Some(Ok(Ok((to_peer, from_peer)))) => {
             record.bytes_to_peer = to_peer;
             record.bytes_from_peer = from_peer;
         }
-        Ok(_) => {}
-        Err(_) => splice.abort(),
+        Some(_) => {}
+        None => splice.abort(),
     }
     record
+}
+
+/// Polls `getpeerinfo` until the node has a ping time for the peer at
+/// `node_sees` (returned), the peer is gone (`None`) or `deadline` passes
+/// (the last view). An RPC failure here changes nothing measured: the last view stands.
+async fn await_pong(rpc: &NodeRpc, node_sees: &str, deadline: Instant) -> Option<NodePeer> {
+    let mut last = None;
+    loop {
+        match rpc.peers().await {
+            Ok(peers) => match peers.into_iter().find(|p| p.addr == node_sees) {
+                Some(peer) if peer.pingtime.is_some() => return Some(peer),
+                Some(peer) => last = Some(peer),
+                None => return None,
+            },
+            Err(_) => return last,
+        }
+        if Instant::now() + POLL_EVERY > deadline {
+            return last;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }
 
 /// Responder: the punched socket spliced to the node's P2P port (an inbound peer).
