@@ -199,3 +199,58 @@ async fn a_node_that_is_not_there_is_an_outcome_and_a_wrong_cookie_stops_before_
     let e = NodeBridge::connect(&off_machine).await.unwrap_err();
     assert!(e.to_string().contains("loopback"), "{e}");
 }
+
+/// `punchscope probe` in bridge mode, to a coordinator and echo server that
+/// do not exist: only the checks that come before any measurement run.
+fn probe_with_node(node_args: &[&str]) -> std::process::Output {
+    let spool = tempfile::tempdir().unwrap();
+    let closed = format!("127.0.0.1:{}", support::sockets::free_port());
+    std::process::Command::new(env!("CARGO_BIN_EXE_punchscope"))
+        .args(["probe", "--server", &closed, "--echo", &closed])
+        .args(["--yes", "--quiet", "--spool"])
+        .arg(spool.path())
+        .args(node_args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_probe_command_stops_before_measuring_when_the_node_cannot_be_used() {
+    // --node needs --node-rpc (a usage error).
+    let output = probe_with_node(&["--node", "127.0.0.1:18444"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--node-rpc"));
+
+    // A node off this machine: refused before anything is sent anywhere.
+    let output = probe_with_node(&[
+        "--node",
+        "192.0.2.1:8333",
+        "--node-rpc",
+        "http://127.0.0.1:18443",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bridge mode") && stderr.contains("loopback"),
+        "{stderr}"
+    );
+
+    // A real node with a wrong password in the URL: named, never shown.
+    let node = start_node(true).await;
+    let url = node
+        .rpc_url()
+        .replacen("http://", "http://someone:sesame-wrong@", 1);
+    let p2p = node.p2p.to_string();
+    let output =
+        tokio::task::spawn_blocking(move || probe_with_node(&["--node", &p2p, "--node-rpc", &url]))
+            .await
+            .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refused the RPC credentials"), "{stderr}");
+    assert!(
+        !stderr.contains("sesame-wrong") && !stderr.contains("someone"),
+        "{stderr}"
+    );
+}
