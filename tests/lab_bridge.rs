@@ -210,3 +210,65 @@ fn two_initiators_fail_on_v2_as_bip324_predicts_and_the_record_says_so() {
     }
     let _ = std::fs::remove_file(plan);
 }
+
+#[test]
+fn a_reference_peer_hands_its_side_to_its_node_too() {
+    use std::io::BufRead;
+
+    let lab = start_lab("brr", &two_nats("delay_ms = 5", "delay_ms = 5"));
+    let plan = plan("brr", &plan_body());
+    let _coordinator = start_coordinator_with(&lab, &plan, &["--any-reference"]);
+    let _echo = start_echo(&lab);
+    let alice = node_in(&lab, "alice", true);
+    let bob = node_in(&lab, "bob", true);
+    let spools = tempfile::tempdir().unwrap();
+    let with_node = |command: &mut std::process::Command, node: &Bitcoind| {
+        command
+            .args(["--node", &node.p2p.to_string()])
+            .args(["--node-rpc", &node.rpc_url(), "--node-cookie"])
+            .arg(node.cookie())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+    };
+    let mut reference = probe_command_with_spool(&lab, "bob", &spools.path().join("bob"));
+    reference.arg("--serve-peer");
+    with_node(&mut reference, &bob);
+    let mut reference = ChildGuard(Some(reference.spawn().unwrap()));
+    // The reference prints one result line per pairing.
+    let stdout = reference.child().stdout.take().unwrap();
+    let (lines, line) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut volunteer = probe_command_with_spool(&lab, "alice", &spools.path().join("alice"));
+    with_node(&mut volunteer, &alice);
+    let mut volunteer = ChildGuard(Some(volunteer.spawn().unwrap()));
+    assert!(volunteer.wait(Duration::from_secs(120)).success());
+    let reference_line = line
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the reference's result for the pairing");
+    let pid = libc::pid_t::try_from(reference.child().id()).unwrap();
+    // SAFETY: signalling our own child by its PID, as Ctrl-C would.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    reference.wait(Duration::from_secs(20));
+
+    let result = RunResult::from_json(&reference_line).unwrap();
+    assert_eq!(
+        result.mode,
+        punchscope::analysis::result::RunMode::Reference
+    );
+    let pairing = &result.pairings[0];
+    for (trial, bridge) in bridged(&result) {
+        assert!(bridge.success, "trial {}: {bridge:#?}", trial.trial);
+        assert_eq!(bridge.role, pairing.role);
+        assert_eq!(bridge.peer.as_ref().unwrap().transport, Some(Transport::V2));
+    }
+    let _ = std::fs::remove_file(plan);
+}

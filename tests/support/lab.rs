@@ -223,9 +223,19 @@ pub fn probe_command_with_spool(
 
 /// `serve rendezvous` with `plan` in the internet namespace, once it accepts connections.
 pub fn start_coordinator(lab: &Lab, plan: &std::path::Path) -> super::process::ChildGuard {
+    start_coordinator_with(lab, plan, &[])
+}
+
+/// As [`start_coordinator`], with more arguments (`--any-reference`, ...).
+pub fn start_coordinator_with(
+    lab: &Lab,
+    plan: &std::path::Path,
+    extra: &[&str],
+) -> super::process::ChildGuard {
     let child = punchscope_in(&lab.internet_netns())
         .args(["serve", "rendezvous", "--listen", COORDINATOR, "--plan"])
         .arg(plan)
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
