@@ -135,8 +135,9 @@ pub struct TrialRecord {
     pub injected_skew_ms: f64,
     /// The peer's outcome for the same trial, as the coordinator relayed it.
     pub peer_outcome: Option<TrialOutcome>,
-    /// Which handshake this trial measured over the punched socket:
-    /// punchscope's own (`handshake`) or the volunteers' nodes' (`node_bridge`).
+    /// Which handshake this trial measures over a punched socket (every trial
+    /// of a bridge-mode pairing says `nodes`, connected or not): punchscope's
+    /// own (`handshake`) or the volunteers' nodes' (`node_bridge`).
     /// Added within schema version 1: absent in older results, which measured punchscope's own.
     #[serde(default)]
     pub handshake_by: HandshakeBy,

@@ -12,8 +12,10 @@
 //!   BIP324 key when it prefers v2).
 //!
 //! Then we poll the node's `getpeerinfo` (bounded) until it lists that
-//! connection with both `verack`s, record its view of the peer, and ask it
-//! to `disconnectnode` when the trial ends. The splice runs under a deadline.
+//! connection with both `verack`s, wait for its ping to be answered and
+//! hold the connection a moment (so the other side sees its node complete
+//! too), record the node's view of the peer, and ask it to `disconnectnode`
+//! when the trial ends. The splice runs under a deadline.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;

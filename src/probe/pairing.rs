@@ -285,6 +285,13 @@ pub async fn run_pairing(
             }
         }
     }
+    // In bridge mode every trial is the nodes' to measure, also those that
+    // never reached punching: the record says so plainly.
+    if options.node.is_some() {
+        for trial in &mut run.pairing.trials {
+            trial.handshake_by = HandshakeBy::Nodes;
+        }
+    }
     Ok(run)
 }
 
