@@ -141,7 +141,8 @@ fn assert_not_misbehaving(nodes: [&Bitcoind; 2]) {
 #[test]
 fn two_nodes_peer_through_punched_holes_on_v2_and_v1_in_the_coordinators_roles() {
     let lab = start_lab("brg", &two_nats("delay_ms = 10", "delay_ms = 20"));
-    let plan = plan("brg", &plan_body());
+    let files = tempfile::tempdir().unwrap();
+    let plan = plan_in(files.path(), "brg", &plan_body());
     let _coordinator = start_coordinator(&lab, &plan);
     let _echo = start_echo(&lab);
     for (v2, transport) in [(true, Transport::V2), (false, Transport::V1)] {
@@ -164,13 +165,13 @@ fn two_nodes_peer_through_punched_holes_on_v2_and_v1_in_the_coordinators_roles()
             }
         }
     }
-    let _ = std::fs::remove_file(plan);
 }
 
 #[test]
 fn two_initiators_fail_on_v2_as_bip324_predicts_and_the_record_says_so() {
     let lab = start_lab("bri", &two_nats("delay_ms = 5", "delay_ms = 5"));
-    let plan = plan("bri", &plan_body());
+    let files = tempfile::tempdir().unwrap();
+    let plan = plan_in(files.path(), "bri", &plan_body());
     let _coordinator = start_coordinator(&lab, &plan);
     let _echo = start_echo(&lab);
     let both_initiate = ["--node-force-role", "initiator"];
@@ -208,7 +209,6 @@ fn two_initiators_fail_on_v2_as_bip324_predicts_and_the_record_says_so() {
             assert_eq!(bridge.peer.as_ref().unwrap().transport, Some(Transport::V1));
         }
     }
-    let _ = std::fs::remove_file(plan);
 }
 
 #[test]
@@ -216,7 +216,8 @@ fn a_reference_peer_hands_its_side_to_its_node_too() {
     use std::io::BufRead;
 
     let lab = start_lab("brr", &two_nats("delay_ms = 5", "delay_ms = 5"));
-    let plan = plan("brr", &plan_body());
+    let files = tempfile::tempdir().unwrap();
+    let plan = plan_in(files.path(), "brr", &plan_body());
     let _coordinator = start_coordinator_with(&lab, &plan, &["--any-reference"]);
     let _echo = start_echo(&lab);
     let alice = node_in(&lab, "alice", true);
@@ -270,5 +271,4 @@ fn a_reference_peer_hands_its_side_to_its_node_too() {
         assert_eq!(bridge.role, pairing.role);
         assert_eq!(bridge.peer.as_ref().unwrap().transport, Some(Transport::V2));
     }
-    let _ = std::fs::remove_file(plan);
 }

@@ -169,7 +169,13 @@ pub const COORDINATOR: &str = "198.51.100.10:7000";
 
 /// A probe plan named `lab_tag` with `body`, written to the temp directory.
 pub fn plan(lab_tag: &str, body: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("{}-{lab_tag}-plan.toml", std::process::id()));
+    plan_in(&std::env::temp_dir(), lab_tag, body)
+}
+
+/// A probe plan named `lab_tag` with `body`, written to `dir` (a test's own
+/// temporary directory, removed however the test ends).
+pub fn plan_in(dir: &std::path::Path, lab_tag: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{}-{lab_tag}-plan.toml", std::process::id()));
     std::fs::write(&path, format!("version = 1\nname = \"{lab_tag}\"\n{body}")).unwrap();
     path
 }
