@@ -200,14 +200,15 @@ async fn a_node_that_is_not_there_is_an_outcome_and_a_wrong_cookie_stops_before_
     assert!(e.to_string().contains("loopback"), "{e}");
 }
 
-/// `punchscope probe` in bridge mode, to a coordinator and echo server that
-/// do not exist: only the checks that come before any measurement run.
+/// `punchscope probe` in bridge mode (consent given, its screen on stderr),
+/// to a coordinator and echo server that do not exist: only the checks that
+/// come before any measurement run.
 fn probe_with_node(node_args: &[&str]) -> std::process::Output {
     let spool = tempfile::tempdir().unwrap();
     let closed = format!("127.0.0.1:{}", support::sockets::free_port());
     std::process::Command::new(env!("CARGO_BIN_EXE_punchscope"))
         .args(["probe", "--server", &closed, "--echo", &closed])
-        .args(["--yes", "--quiet", "--spool"])
+        .args(["--yes", "--spool"])
         .arg(spool.path())
         .args(node_args)
         .stdin(std::process::Stdio::null())

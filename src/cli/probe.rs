@@ -146,6 +146,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             campaign: campaign.as_ref(),
             coordinator: &coordinator,
             endpoints: &endpoints,
+            node: args.node,
         },
         args.yes,
         args.quiet,
@@ -258,6 +259,8 @@ struct Consent<'a> {
     campaign: Option<&'a CampaignInfo>,
     coordinator: &'a str,
     endpoints: &'a Endpoints,
+    /// Bridge mode's node, when --node was given.
+    node: Option<SocketAddr>,
 }
 
 impl Consent<'_> {
@@ -276,6 +279,11 @@ impl Consent<'_> {
             "Coordinator: {}\nNAT classification against: {echo}\n",
             self.coordinator
         ));
+        if let Some(node) = self.node {
+            text.push_str(&format!(
+                "Bridge mode: each punched connection goes to your Bitcoin node at {node}, which peers with the other side's node for a second or two per trial (docs/privacy.md)\n"
+            ));
+        }
         match &self.endpoints.collector {
             Some(url) => text.push_str(&format!("Results go to: {url}\n")),
             None => text.push_str(
