@@ -248,10 +248,21 @@ fn a_reference_peer_hands_its_side_to_its_node_too() {
             }
         }
     });
-    let mut volunteer = probe_command_with_spool(&lab, "alice", &spools.path().join("alice"));
+    // The volunteer prints its human summary (no --json).
+    let json_args = probe_command_with_spool(&lab, "alice", &spools.path().join("alice"));
+    let mut volunteer = punchscope_in(&lab.host_netns("alice").unwrap());
+    volunteer.args(json_args.get_args().filter(|a| *a != "--json"));
     with_node(&mut volunteer, &alice);
     let mut volunteer = ChildGuard(Some(volunteer.spawn().unwrap()));
     assert!(volunteer.wait(Duration::from_secs(120)).success());
+    let summary = volunteer.0.take().unwrap().wait_with_output().unwrap();
+    let summary = String::from_utf8(summary.stdout).unwrap();
+    assert!(
+        summary.contains(&format!(
+            "Your node's handshakes over punched sockets: {TRIALS} of {TRIALS} completed (0 v1, {TRIALS} v2)"
+        )),
+        "{summary}"
+    );
     let reference_line = line
         .recv_timeout(Duration::from_secs(30))
         .expect("the reference's result for the pairing");
