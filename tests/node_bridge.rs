@@ -255,3 +255,25 @@ async fn the_probe_command_stops_before_measuring_when_the_node_cannot_be_used()
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_v2_initiator_meeting_a_v1_only_responder_is_recorded_as_dropped() {
+    // The v1-only node reads the BIP324 key as a v1 header with a wrong
+    // magic and hangs up; Core's retry with v1 opens a new connection,
+    // which no longer goes through the punched socket. Whether a node is
+    // seen with the peer before it drops it depends on the RPC's timing:
+    // dropped or never listed, the handshake did not happen.
+    let (node_a, node_b) = tokio::join!(start_node(true), start_node(false));
+    let (a, b) = tokio::join!(bridge_to(&node_a, None), bridge_to(&node_b, None));
+    let (initiator, responder) = bridge_pair(&a, &b, (Role::Initiator, Role::Responder)).await;
+    for record in [&initiator, &responder] {
+        assert!(!record.success, "{record:#?}");
+        assert!(
+            matches!(
+                record.failure,
+                Some(BridgeFailure::PeerDropped | BridgeFailure::PeerNotListed)
+            ),
+            "{record:#?}"
+        );
+    }
+}
