@@ -104,7 +104,7 @@ pub enum RpcError {
         method: String,
         timeout: Duration,
     },
-    #[error("the node refused the RPC credentials (HTTP {code}): check --node-cookie (the cookie changes when the node restarts) or the user and password")]
+    #[error("the node refused the RPC credentials (HTTP {code}): check --node-cookie (the cookie changes when the node restarts) or the user and password; HTTP 403 means the node's rpcallowip does not admit this address")]
     Unauthorized { code: u16 },
     #[error("the node's answer to `{method}` is larger than {max} bytes")]
     TooLarge { method: String, max: usize },
