@@ -13,6 +13,8 @@
 //! - [`punch`]: one TCP hole-punching trial (strategies, retries, nonce
 //!   proof) and the Bitcoin handshake over the punched socket.
 //! - [`btc`]: Bitcoin P2P handshakes (v1 and BIP324 v2) over any byte stream.
+//! - [`node`]: the volunteer's own Bitcoin node in bridge mode: its RPC
+//!   client and the splice of a punched socket to it.
 //! - [`rendezvous`]: the volunteer's client of the coordinator.
 //! - [`probe`]: the volunteer's whole run as one call ([`probe::run`]) and
 //!   the reference peer's loop ([`probe::serve_peer`]); [`probe::guard`]
@@ -42,6 +44,7 @@ pub mod dataset;
 #[cfg(all(feature = "lab", target_os = "linux"))]
 pub mod lab;
 pub mod net;
+pub mod node;
 pub mod probe;
 pub mod proto;
 pub mod punch;

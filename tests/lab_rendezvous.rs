@@ -6,85 +6,16 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use punchscope::analysis::handshake::{Role, Transport};
 use punchscope::analysis::result::{PairingEnded, RunResult};
 use punchscope::analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use punchscope::lab::nat::{Direction, NatEvent};
-use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
 use support::lab::*;
 use support::process::ChildGuard;
-
-const COORDINATOR: &str = "198.51.100.10:7000";
-
-fn plan(lab_tag: &str, body: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("{}-{lab_tag}-plan.toml", std::process::id()));
-    std::fs::write(&path, format!("version = 1\nname = \"{lab_tag}\"\n{body}")).unwrap();
-    path
-}
-
-/// The echo servers the probes classify against, on both lab server IPs and two ports.
-fn start_echo(lab: &Lab) -> EchoService {
-    let endpoints: Vec<std::net::SocketAddr> = [
-        "198.51.100.10:3478",
-        "198.51.100.10:3479",
-        "198.51.100.11:3478",
-        "198.51.100.11:3479",
-    ]
-    .iter()
-    .map(|e| e.parse().unwrap())
-    .collect();
-    EchoService::start(lab, &endpoints).unwrap()
-}
-
-/// A volunteer's `probe` run in the lab, with its own spool.
-fn probe_command(lab: &Lab, host: &str) -> Command {
-    let spool = std::env::temp_dir().join(format!("{}-{}-spool", lab.name(), host));
-    let mut command = punchscope_in(&lab.host_netns(host).unwrap());
-    command
-        .args(["probe", "--server", COORDINATOR])
-        .args([
-            "--echo",
-            "198.51.100.10:3478",
-            "--echo",
-            "198.51.100.11:3478",
-        ])
-        .args([
-            "--yes",
-            "--json",
-            "--quiet",
-            "--max-wait-secs",
-            "20",
-            "--spool",
-        ])
-        .arg(spool);
-    command
-}
-
-fn start_coordinator(lab: &Lab, plan: &std::path::Path) -> ChildGuard {
-    let child = punchscope_in(&lab.internet_netns())
-        .args(["serve", "rendezvous", "--listen", COORDINATOR, "--plan"])
-        .arg(plan)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = ChildGuard(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lab
-        .run_in("internet", || {
-            std::net::TcpStream::connect(COORDINATOR).is_ok()
-        })
-        .unwrap()
-    {
-        assert!(Instant::now() < deadline, "coordinator did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    guard
-}
 
 /// Runs `probe` in alice and bob at once; returns each side's trials, in trial order.
 fn probe_pair(lab: &Lab, within: Duration) -> (Vec<TrialRecord>, Vec<TrialRecord>, Vec<Role>) {
@@ -131,13 +62,6 @@ fn probe_pair(lab: &Lab, within: Duration) -> (Vec<TrialRecord>, Vec<TrialRecord
     };
     let roles = outputs.iter().map(|r| r.pairings[0].role).collect();
     (trials(&outputs[0]), trials(&outputs[1]), roles)
-}
-
-fn two_nats(a: &str, b: &str) -> String {
-    format!(
-        "[[nat]]\nname = \"a\"\n{a}\n[[nat]]\nname = \"b\"\n{b}\n\
-         [[host]]\nname = \"alice\"\nnat = \"a\"\n[[host]]\nname = \"bob\"\nnat = \"b\"\n"
-    )
 }
 
 fn connected(trials: &[TrialRecord]) -> usize {

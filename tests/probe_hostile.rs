@@ -76,6 +76,7 @@ async fn pair_with(script: Vec<ServerMessage>, addresses: AddressPolicy) -> (Pai
         read_timeout: Duration::from_secs(2),
         max_wait: Duration::from_secs(2),
         addresses,
+        node: None,
     };
     let started = Instant::now();
     let run = tokio::time::timeout(
@@ -277,6 +278,7 @@ async fn a_whole_run_keeps_its_result_with_the_violation_in_the_spool() {
         pair_code: None,
         max_wait: Duration::from_secs(2),
         addresses: AddressPolicy::Public,
+        node: None,
     };
     let outcome = tokio::time::timeout(
         Duration::from_secs(30),

@@ -250,6 +250,136 @@ impl HandshakeRecord {
     }
 }
 
+/// Which handshake a trial measured over its punched socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HandshakeBy {
+    /// punchscope's own v1 or BIP324 v2 handshake (the trial's `handshake`).
+    /// Results from before bridge mode measured this one.
+    #[default]
+    Punchscope,
+    /// The volunteers' own Bitcoin nodes, the punched socket spliced to each
+    /// (`punchscope probe --node`): the trial's `node_bridge`.
+    Nodes,
+}
+
+impl fmt::Display for HandshakeBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HandshakeBy::Punchscope => "punchscope",
+            HandshakeBy::Nodes => "nodes",
+        })
+    }
+}
+
+/// Bridge mode: the punched socket handed to the volunteer's own node, and
+/// what that node (asked over its RPC, `getpeerinfo`) said about the peer.
+/// The node speaks for itself: v1 or v2 is its own choice (`-v2transport`),
+/// not the plan's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeBridgeRecord {
+    /// The role our node played: `initiator` (it connected out, through us,
+    /// after `addnode ... onetry`, and sent the first bytes) or `responder`
+    /// (the socket was spliced to its P2P port: an inbound peer). Normally the
+    /// coordinator's role; an experiment may force another.
+    pub role: Role,
+    /// The node completed the version handshake with the peer: it sent and
+    /// received `verack` (its `getpeerinfo` counts both).
+    pub success: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<BridgeFailure>,
+    /// The node's view of the peer as last listed, when it listed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<NodePeerView>,
+    /// From the punched socket being handed over to the node listing the
+    /// handshake as complete, in milliseconds (at the RPC polling's resolution,
+    /// 100 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_ms: Option<f64>,
+    /// Bytes relayed from our node to the peer, and from the peer to our node.
+    pub bytes_to_peer: u64,
+    pub bytes_from_peer: u64,
+    /// Our `disconnectnode` ended the connection at the end of the trial;
+    /// false when the peer had hung up first, the node had dropped it, or
+    /// the call failed.
+    pub disconnected: bool,
+}
+
+/// One peer as the node's `getpeerinfo` listed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodePeerView {
+    /// `inbound` (responder) or `manual` (initiator, `addnode onetry`).
+    pub connection_type: String,
+    /// The transport the node speaks with the peer (`transport_protocol_type`);
+    /// absent while the node was still detecting it, or for a node before v26.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+    /// Both `verack`s went through.
+    pub version_handshake: bool,
+    /// The peer's user agent (`subver`), empty until its `version` came.
+    pub user_agent: String,
+    pub protocol_version: u32,
+    /// The peer's service bits.
+    pub services: u64,
+    /// v2: the BIP324 session id, the same on both nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The node's ping round trip to the peer, once a `pong` came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_ms: Option<f64>,
+}
+
+/// Why the nodes' handshake was not measured complete: an outcome, not an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BridgeFailure {
+    /// Responder: the node's P2P port did not take our connection.
+    NodeUnreachable { detail: String },
+    /// An RPC call to our node failed (`addnode`, `getpeerinfo`).
+    Rpc { call: String, detail: String },
+    /// Initiator: the node did not connect to our loopback port after `addnode onetry`.
+    NodeDidNotConnect,
+    /// The node never listed the bridged connection among its peers.
+    PeerNotListed,
+    /// The node listed the peer, then dropped it before the handshake
+    /// completed (a v1 node meeting a v2 key, a BIP324 failure).
+    PeerDropped,
+    /// The node still listed the peer without a complete handshake when we
+    /// stopped waiting (two BIP324 initiators wait for each other's terminator).
+    HandshakeIncomplete,
+    /// Our side could not set the bridge up (no loopback port to listen on).
+    LocalError { detail: String },
+    /// A kind a newer punchscope added.
+    #[serde(other)]
+    Other,
+}
+
+impl fmt::Display for BridgeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BridgeFailure::NodeUnreachable { detail } => {
+                write!(
+                    f,
+                    "the node's P2P port did not take the connection: {detail}"
+                )
+            }
+            BridgeFailure::Rpc { call, detail } => write!(f, "node RPC `{call}` failed: {detail}"),
+            BridgeFailure::NodeDidNotConnect => {
+                f.write_str("the node did not connect after addnode onetry")
+            }
+            BridgeFailure::PeerNotListed => f.write_str("the node never listed the peer"),
+            BridgeFailure::PeerDropped => {
+                f.write_str("the node dropped the peer before the handshake completed")
+            }
+            BridgeFailure::HandshakeIncomplete => {
+                f.write_str("the node's handshake with the peer did not complete in time")
+            }
+            BridgeFailure::LocalError { detail } => write!(f, "bridge not set up: {detail}"),
+            BridgeFailure::Other => f.write_str("a failure this version does not know"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +421,34 @@ mod tests {
         assert!(json["durations"].get("ping_ms").is_none());
         let back: HandshakeRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn bridge_records_round_trip_and_later_failures_read_as_other() {
+        let record = NodeBridgeRecord {
+            role: Role::Initiator,
+            success: false,
+            failure: Some(BridgeFailure::Rpc {
+                call: "addnode".into(),
+                detail: "refused".into(),
+            }),
+            peer: None,
+            handshake_ms: None,
+            bytes_to_peer: 0,
+            bytes_from_peer: 0,
+            disconnected: false,
+        };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["failure"]["kind"], "rpc");
+        assert!(json.get("peer").is_none());
+        assert_eq!(
+            serde_json::from_value::<NodeBridgeRecord>(json).unwrap(),
+            record
+        );
+        let later: BridgeFailure =
+            serde_json::from_str(r#"{"kind":"failure_of_2030","x":1}"#).unwrap();
+        assert_eq!(later, BridgeFailure::Other);
+        assert_eq!(serde_json::to_value(HandshakeBy::Nodes).unwrap(), "nodes");
     }
 
     #[test]

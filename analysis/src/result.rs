@@ -482,7 +482,7 @@ pub fn json_schema_text() -> String {
 mod tests {
     use super::*;
     use crate::classify::{self, DialObservation, FilteringObservation, Probe};
-    use crate::handshake::{BitcoinNetwork, HandshakeRecord, Transport};
+    use crate::handshake::{BitcoinNetwork, HandshakeBy, HandshakeRecord, Transport};
     use crate::trial::{Attempt, AttemptResult, Strategy, TrialOutcome};
 
     fn sa(s: &str) -> SocketAddr {
@@ -566,7 +566,9 @@ mod tests {
             start_delay_ms: 12.0,
             injected_skew_ms: 0.0,
             peer_outcome: Some(TrialOutcome::Connected),
+            handshake_by: HandshakeBy::Punchscope,
             handshake: Some(handshake),
+            node_bridge: None,
             error: None,
         }
     }

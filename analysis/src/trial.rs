@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::handshake::{HandshakeRecord, Role};
+use crate::handshake::{HandshakeBy, HandshakeRecord, NodeBridgeRecord, Role};
 
 /// How a trial tries to open the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -135,8 +135,18 @@ pub struct TrialRecord {
     pub injected_skew_ms: f64,
     /// The peer's outcome for the same trial, as the coordinator relayed it.
     pub peer_outcome: Option<TrialOutcome>,
-    /// The Bitcoin handshake over the punched socket, if the trial connected.
+    /// Which handshake this trial measures over a punched socket (every trial
+    /// of a bridge-mode pairing says `nodes`, connected or not): punchscope's
+    /// own (`handshake`) or the volunteers' nodes' (`node_bridge`).
+    /// Added within schema version 1: absent in older results, which measured punchscope's own.
+    #[serde(default)]
+    pub handshake_by: HandshakeBy,
+    /// punchscope's own Bitcoin handshake over the punched socket, if the trial connected.
     pub handshake: Option<HandshakeRecord>,
+    /// Bridge mode: the volunteer's node on the punched socket, if the trial
+    /// connected (`handshake` is then absent). Added within schema version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_bridge: Option<NodeBridgeRecord>,
     /// What went wrong locally, for `local_error`.
     pub error: Option<String>,
 }

@@ -3,6 +3,7 @@
 //! exit code; the run itself is [`punchscope::probe::run`].
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,11 +11,12 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use punchscope::analysis::handshake::Transport;
+use punchscope::analysis::handshake::{HandshakeBy, Role, Transport};
 use punchscope::analysis::privacy::PRIVACY_NOTICE;
 use punchscope::analysis::result::PairingEnded;
 use punchscope::analysis::trial::TrialOutcome;
 use punchscope::net::address::AddressPolicy;
+use punchscope::node::{NodeOptions, RpcAuth, RpcConfig};
 use punchscope::probe::campaign::{self, CampaignPreview, Endpoints};
 use punchscope::probe::{
     self, Progress, ReferenceOptions, ReferenceProgress, RunEnding, RunOptions, RunOutcome, Stop,
@@ -61,6 +63,28 @@ pub struct ProbeArgs {
     /// Run as a researcher's reference peer: pair with any waiting volunteer, again and again, until Ctrl-C.
     #[arg(long)]
     serve_peer: bool,
+    /// Bridge mode: hand every punched connection to your own Bitcoin node,
+    /// whose P2P port is at this address on this machine (e.g.
+    /// 127.0.0.1:8333), instead of punchscope's own handshake; the result
+    /// records what your node said about the peer. Needs --node-rpc.
+    #[arg(long, value_name = "127.0.0.1:PORT", requires = "node_rpc")]
+    node: Option<SocketAddr>,
+    /// Your node's JSON-RPC, http://127.0.0.1:PORT (used for addnode onetry,
+    /// getpeerinfo, disconnectnode). USER:PASSWORD@ may go in the URL;
+    /// --node-cookie is better. The credentials never leave this machine.
+    #[arg(long, value_name = "URL", requires = "node")]
+    node_rpc: Option<String>,
+    /// Your node's RPC cookie file, e.g. ~/.bitcoin/.cookie.
+    #[arg(long, value_name = "FILE", requires = "node")]
+    node_cookie: Option<PathBuf>,
+    /// Accept a --node-rpc URL that is not loopback: the credentials then
+    /// cross the network in clear text.
+    #[arg(long, requires = "node")]
+    node_rpc_allow_remote: bool,
+    /// Experiments only: the role your node plays whatever the coordinator
+    /// assigned (two initiators show what BIP324 does without roles).
+    #[arg(long, hide = true, value_name = "ROLE", value_parser = parse_role, requires = "node")]
+    node_force_role: Option<Role>,
     /// How long to wait for a peer.
     #[arg(long, default_value_t = 120)]
     max_wait_secs: u64,
@@ -113,6 +137,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             spool,
             max_wait: Duration::from_secs(args.max_wait_secs),
             addresses: AddressPolicy::Public,
+            node: node_options(&args),
         };
         return runtime.block_on(serve_peer(options, &args));
     }
@@ -121,6 +146,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             campaign: campaign.as_ref(),
             coordinator: &coordinator,
             endpoints: &endpoints,
+            node: args.node,
         },
         args.yes,
         args.quiet,
@@ -135,6 +161,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         pair_code: args.pair_code.clone(),
         max_wait: Duration::from_secs(args.max_wait_secs),
         addresses: AddressPolicy::Public,
+        node: node_options(&args),
     };
     let quiet = args.quiet || args.json;
     let outcome = runtime.block_on(async {
@@ -189,6 +216,30 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(&outcome))
 }
 
+/// Bridge mode's options, when --node was given (clap requires --node-rpc with it).
+fn node_options(args: &ProbeArgs) -> Option<NodeOptions> {
+    let p2p = args.node?;
+    let url = args
+        .node_rpc
+        .as_deref()
+        .expect("clap requires --node-rpc with --node");
+    let mut rpc = RpcConfig::new(url, args.node_cookie.clone().map(RpcAuth::CookieFile));
+    rpc.allow_remote = args.node_rpc_allow_remote;
+    Some(NodeOptions {
+        p2p,
+        rpc,
+        force_role: args.node_force_role,
+    })
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    match text {
+        "initiator" => Ok(Role::Initiator),
+        "responder" => Ok(Role::Responder),
+        _ => Err("initiator or responder".into()),
+    }
+}
+
 fn exit_code(outcome: &RunOutcome) -> ExitCode {
     let interrupted = outcome
         .result
@@ -208,6 +259,8 @@ struct Consent<'a> {
     campaign: Option<&'a CampaignInfo>,
     coordinator: &'a str,
     endpoints: &'a Endpoints,
+    /// Bridge mode's node, when --node was given.
+    node: Option<SocketAddr>,
 }
 
 impl Consent<'_> {
@@ -226,6 +279,11 @@ impl Consent<'_> {
             "Coordinator: {}\nNAT classification against: {echo}\n",
             self.coordinator
         ));
+        if let Some(node) = self.node {
+            text.push_str(&format!(
+                "Bridge mode: each punched connection goes to your Bitcoin node at {node}, which peers with the other side's node for a second or two per trial (docs/privacy.md)\n"
+            ));
+        }
         match &self.endpoints.collector {
             Some(url) => text.push_str(&format!("Results go to: {url}\n")),
             None => text.push_str(
@@ -390,6 +448,28 @@ fn summarize(outcome: &RunOutcome) {
                     runs.len()
                 );
             }
+        }
+        let bridged: Vec<_> = pairing
+            .trials
+            .iter()
+            .filter(|t| t.handshake_by == HandshakeBy::Nodes)
+            .filter_map(|t| t.node_bridge.as_ref())
+            .collect();
+        if !bridged.is_empty() {
+            let ok = bridged.iter().filter(|b| b.success).count();
+            let by_transport = |transport| {
+                bridged
+                    .iter()
+                    .filter(|b| b.success)
+                    .filter(|b| b.peer.as_ref().and_then(|p| p.transport) == Some(transport))
+                    .count()
+            };
+            println!(
+                "Your node's handshakes over punched sockets: {ok} of {} completed ({} v1, {} v2)",
+                bridged.len(),
+                by_transport(Transport::V1),
+                by_transport(Transport::V2)
+            );
         }
         match pairing.ended {
             PairingEnded::Done => {}

@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::classify::ClassifyError;
+use crate::node::NodeError;
 use crate::rendezvous::RendezvousError;
 use crate::upload::SpoolError;
 
@@ -20,6 +21,8 @@ pub enum ProbeError {
     CampaignRefused { coordinator: String, why: String },
     #[error("no echo server to classify with: {why}; give --echo HOST:PORT (twice, two IPs) and --collector URL")]
     NoEchoServers { why: String },
+    #[error("bridge mode cannot use your node: {0}")]
+    Node(#[from] NodeError),
     #[error("could not classify your NAT: {0}")]
     Classify(#[from] ClassifyError),
     #[error("could not pair through the coordinator: {0}")]

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use punchscope_analysis::handshake::Role;
+use punchscope_analysis::handshake::{HandshakeBy, Role};
 use punchscope_analysis::plan::Plan;
 use punchscope_analysis::result::{CoordinatorViolation, Pairing, PairingEnded};
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
@@ -13,6 +13,7 @@ use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 use super::guard::CoordinatorGuard;
 use super::Progress;
 use crate::net::address::AddressPolicy;
+use crate::node::NodeBridge;
 use crate::proto::rendezvous::Mode;
 use crate::punch::{self, HandshakeSpec, TrialSpec};
 use crate::rendezvous::{register_port, Client, Hello, RendezvousError, Step, TrialReport};
@@ -30,6 +31,9 @@ pub struct PairingOptions {
     /// [`AddressPolicy::Public`] outside loopback tests: no flag and no
     /// message can loosen it.
     pub addresses: AddressPolicy,
+    /// Bridge mode: every punched socket goes to this node instead of
+    /// punchscope's own handshake.
+    pub node: Option<NodeBridge>,
 }
 
 /// One pairing as recorded, with what the caller needs beyond the record.
@@ -222,8 +226,16 @@ pub async fn run_pairing(
                     ..TrialSpec::from_plan(&plan, trial, pairing.role, local, peer, nonce)
                 };
                 let handshake = HandshakeSpec::from_plan(&plan, trial);
+                let trial_run = async {
+                    match &options.node {
+                        Some(node) => {
+                            punch::run_trial_with_node(&spec, &handshake, node, go_at).await
+                        }
+                        None => punch::run_trial_with_handshake(&spec, &handshake, go_at).await,
+                    }
+                };
                 let finished = tokio::select! {
-                    record = punch::run_trial_with_handshake(&spec, &handshake, go_at) => Some(record),
+                    record = trial_run => Some(record),
                     () = &mut stop => None,
                 };
                 let Some(mut trial_record) = finished else {
@@ -271,6 +283,13 @@ pub async fn run_pairing(
                 let _ = client.bye().await;
                 break;
             }
+        }
+    }
+    // In bridge mode every trial is the nodes' to measure, also those that
+    // never reached punching: the record says so plainly.
+    if options.node.is_some() {
+        for trial in &mut run.pairing.trials {
+            trial.handshake_by = HandshakeBy::Nodes;
         }
     }
     Ok(run)
@@ -342,7 +361,9 @@ fn unrun(
         start_delay_ms: 0.0,
         injected_skew_ms: 0.0,
         peer_outcome: None,
+        handshake_by: HandshakeBy::Punchscope,
         handshake: None,
+        node_bridge: None,
         error,
     }
 }

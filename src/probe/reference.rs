@@ -14,6 +14,7 @@ use super::volunteer::resolve;
 use super::{ProbeError, Stop};
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
+use crate::node::{NodeBridge, NodeOptions};
 use crate::rendezvous::{Hello, RendezvousError};
 
 /// Wait before pairing again after the coordinator failed.
@@ -35,6 +36,8 @@ pub struct ReferenceOptions {
     /// Which endpoints servers may send us to: [`AddressPolicy::Public`]
     /// except in loopback tests (no flag sets it).
     pub addresses: AddressPolicy,
+    /// Bridge mode: hand every punched socket to this node (`--node`).
+    pub node: Option<NodeOptions>,
 }
 
 /// What a reference peer tells its caller as it goes.
@@ -64,6 +67,10 @@ pub async fn serve_peer(
     mut progress: impl FnMut(ReferenceProgress),
     stop: Stop,
 ) -> Result<(), ProbeError> {
+    let node = match &options.node {
+        Some(node) => Some(NodeBridge::connect(node).await?),
+        None => None,
+    };
     let mut hello = Hello::reference();
     // Without echo servers the reference's results say its NAT is unknown.
     let mut classification = Classification::new(
@@ -93,6 +100,7 @@ pub async fn serve_peer(
         read_timeout: Duration::from_secs(30),
         max_wait: options.max_wait,
         addresses: options.addresses,
+        node,
     };
     let mut started_at = chrono::Utc::now();
     loop {

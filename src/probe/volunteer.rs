@@ -11,6 +11,7 @@ use super::pairing::{run_pairing, PairingOptions};
 use super::{ProbeError, Progress, Stop};
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
+use crate::node::{NodeBridge, NodeOptions};
 use crate::proto::rendezvous::Mode;
 use crate::rendezvous::{Hello, RendezvousError};
 
@@ -39,6 +40,8 @@ pub struct RunOptions {
     /// Which endpoints servers may send us to: [`AddressPolicy::Public`]
     /// except in loopback tests (no flag sets it).
     pub addresses: AddressPolicy,
+    /// Bridge mode: hand every punched socket to this node (`--node`).
+    pub node: Option<NodeOptions>,
 }
 
 /// How a run ended, for the summary and the exit code.
@@ -77,6 +80,11 @@ pub async fn run(
     stop: Stop,
 ) -> Result<RunOutcome, ProbeError> {
     let started_at = chrono::Utc::now();
+    // A node that is down or refuses the credentials stops the run before it measures anything.
+    let node = match &options.node {
+        Some(node) => Some(NodeBridge::connect(node).await?),
+        None => None,
+    };
     progress(Progress::Classifying);
     let classification = classify::classify(&ClassifyConfig {
         servers: options.echo.clone(),
@@ -100,6 +108,7 @@ pub async fn run(
         read_timeout: READ_TIMEOUT,
         max_wait: options.max_wait,
         addresses: options.addresses,
+        node,
     };
     let (run, ending) = match run_pairing(&pairing_options, &mut progress, stop.stopped()).await {
         Ok(run) => (Some(run), RunEnding::Paired),

@@ -1,6 +1,7 @@
 //! One TCP hole-punching trial: coordinated connects from a known port to the
 //! peer's public endpoint, retries, the nonce proof, and the Bitcoin handshake
-//! over the punched socket. Outcomes are data ([`TrialRecord`]); nothing here
+//! over the punched socket, or the volunteer's own node on it (bridge mode,
+//! [`crate::node::bridge`]). Outcomes are data ([`TrialRecord`]); nothing here
 //! returns `Err` for what the network did.
 //!
 //! Layout: [`attempt`] (one connect from the trial port, errno read as a
@@ -14,7 +15,7 @@ pub mod nonce;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use punchscope_analysis::handshake::{BitcoinNetwork, Role, Transport};
+use punchscope_analysis::handshake::{BitcoinNetwork, HandshakeBy, Role, Transport};
 use punchscope_analysis::plan::{Plan, PLAN_VERSION};
 use punchscope_analysis::trial::{
     Attempt, AttemptResult, Completion, Strategy, TrialOutcome, TrialRecord,
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::btc::{self, Accept, HandshakeConfig};
 use crate::net::socket;
+use crate::node::bridge::{self, NodeBridge};
 
 /// Everything one side needs to run one trial.
 #[derive(Debug, Clone)]
@@ -139,7 +141,9 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
         start_delay_ms: ms(spec.start_delay),
         injected_skew_ms: ms(spec.injected_skew),
         peer_outcome: None,
+        handshake_by: HandshakeBy::Punchscope,
         handshake: None,
+        node_bridge: None,
         error: None,
     };
     // The listener exists before our first SYN. Under `connect_listen` it takes
@@ -226,6 +230,26 @@ pub async fn run_trial_with_handshake(
     match result {
         Ok(handshake) => record.handshake = Some(handshake),
         Err(e) => record.error = Some(format!("handshake tool failure: {e}")),
+    }
+    record
+}
+
+/// Runs the trial and, if it connected, hands the punched socket to the
+/// volunteer's own node (bridge mode) instead of running punchscope's
+/// handshake: the record's `node_bridge` says what the node made of the
+/// peer. `handshake.step_timeout` bounds the node's handshake (twice it, as
+/// the node also has to connect), within what the coordinator allows a trial.
+pub async fn run_trial_with_node(
+    spec: &TrialSpec,
+    handshake: &HandshakeSpec,
+    node: &NodeBridge,
+    go_at: Instant,
+) -> TrialRecord {
+    let (mut record, stream) = run_trial(spec, go_at).await;
+    record.handshake_by = HandshakeBy::Nodes;
+    if let Some(stream) = stream {
+        let within = handshake.step_timeout * 2;
+        record.node_bridge = Some(bridge::run(stream, spec.role, node, within).await);
     }
     record
 }

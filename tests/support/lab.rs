@@ -1,6 +1,8 @@
 //! Lab test support: unique lab names, root check, a plain-text endpoint
 //! reflector in the internet namespace, blocking std sockets bound the way
-//! hole punching binds them, and the binary under test run in a namespace.
+//! hole punching binds them, the binary under test run in a namespace, and
+//! the coordinated runs of it: a plan file, the echo servers, `serve
+//! rendezvous`, a volunteer's `probe`, a two-NAT scenario.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -160,4 +162,109 @@ pub fn listen_on(local: SocketAddrV4) -> TcpListener {
 /// The `punchscope` binary under test, to run inside namespace `ns`.
 pub fn punchscope_in(ns: &str) -> std::process::Command {
     netns::command_in(ns, env!("CARGO_BIN_EXE_punchscope")).unwrap()
+}
+
+/// The coordinator's endpoint in the internet namespace, for lab tests that run `serve rendezvous`.
+pub const COORDINATOR: &str = "198.51.100.10:7000";
+
+/// A probe plan named `lab_tag` with `body`, written to the temp directory.
+pub fn plan(lab_tag: &str, body: &str) -> std::path::PathBuf {
+    plan_in(&std::env::temp_dir(), lab_tag, body)
+}
+
+/// A probe plan named `lab_tag` with `body`, written to `dir` (a test's own
+/// temporary directory, removed however the test ends).
+pub fn plan_in(dir: &std::path::Path, lab_tag: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{}-{lab_tag}-plan.toml", std::process::id()));
+    std::fs::write(&path, format!("version = 1\nname = \"{lab_tag}\"\n{body}")).unwrap();
+    path
+}
+
+/// The echo servers the probes classify against, on both lab server IPs and two ports.
+pub fn start_echo(lab: &Lab) -> punchscope::lab::services::EchoService {
+    let endpoints: Vec<SocketAddr> = [
+        "198.51.100.10:3478",
+        "198.51.100.10:3479",
+        "198.51.100.11:3478",
+        "198.51.100.11:3479",
+    ]
+    .iter()
+    .map(|e| e.parse().unwrap())
+    .collect();
+    punchscope::lab::services::EchoService::start(lab, &endpoints).unwrap()
+}
+
+/// A volunteer's `probe` run in the lab, with its own spool in the temp directory.
+pub fn probe_command(lab: &Lab, host: &str) -> std::process::Command {
+    let spool = std::env::temp_dir().join(format!("{}-{}-spool", lab.name(), host));
+    probe_command_with_spool(lab, host, &spool)
+}
+
+/// A volunteer's `probe` run in the lab (JSON result on stdout), spooling into `spool`.
+pub fn probe_command_with_spool(
+    lab: &Lab,
+    host: &str,
+    spool: &std::path::Path,
+) -> std::process::Command {
+    let mut command = punchscope_in(&lab.host_netns(host).unwrap());
+    command
+        .args(["probe", "--server", COORDINATOR])
+        .args([
+            "--echo",
+            "198.51.100.10:3478",
+            "--echo",
+            "198.51.100.11:3478",
+        ])
+        .args([
+            "--yes",
+            "--json",
+            "--quiet",
+            "--max-wait-secs",
+            "20",
+            "--spool",
+        ])
+        .arg(spool);
+    command
+}
+
+/// `serve rendezvous` with `plan` in the internet namespace, once it accepts connections.
+pub fn start_coordinator(lab: &Lab, plan: &std::path::Path) -> super::process::ChildGuard {
+    start_coordinator_with(lab, plan, &[])
+}
+
+/// As [`start_coordinator`], with more arguments (`--any-reference`, ...).
+pub fn start_coordinator_with(
+    lab: &Lab,
+    plan: &std::path::Path,
+    extra: &[&str],
+) -> super::process::ChildGuard {
+    let child = punchscope_in(&lab.internet_netns())
+        .args(["serve", "rendezvous", "--listen", COORDINATOR, "--plan"])
+        .arg(plan)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = super::process::ChildGuard(Some(child));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !lab
+        .run_in("internet", || TcpStream::connect(COORDINATOR).is_ok())
+        .unwrap()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "coordinator did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    guard
+}
+
+/// A scenario of two NATs `a` and `b` (their TOML keys given), host alice behind a, bob behind b.
+pub fn two_nats(a: &str, b: &str) -> String {
+    format!(
+        "[[nat]]\nname = \"a\"\n{a}\n[[nat]]\nname = \"b\"\n{b}\n\
+         [[host]]\nname = \"alice\"\nnat = \"a\"\n[[host]]\nname = \"bob\"\nnat = \"b\"\n"
+    )
 }

@@ -19,7 +19,7 @@ use punchscope::analysis::classify::{
     FilteringObservation, Finding, HairpinObservation, Observations, Probe, Verdict,
 };
 use punchscope::analysis::handshake::{
-    BitcoinNetwork, HandshakeRecord, PeerVersion, Role, Transport,
+    BitcoinNetwork, HandshakeBy, HandshakeRecord, PeerVersion, Role, Transport,
 };
 use punchscope::analysis::nat::{Filtering, Mapping};
 use punchscope::analysis::plan::Plan;
@@ -203,7 +203,9 @@ fn unsanitized_trial(n: u32, plan: &Plan, connected: bool) -> TrialRecord {
         } else {
             TrialOutcome::Timeout
         }),
+        handshake_by: HandshakeBy::Punchscope,
         handshake,
+        node_bridge: None,
         error: None,
     }
 }
@@ -389,7 +391,9 @@ fn side_record(
         start_delay_ms: 12.5,
         injected_skew_ms: 0.0,
         peer_outcome: None,
+        handshake_by: HandshakeBy::Punchscope,
         handshake,
+        node_bridge: None,
         error: None,
     }
 }

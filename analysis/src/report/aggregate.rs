@@ -118,6 +118,9 @@ struct Side {
     attempts: u32,
     /// The handshake's transport and success, if one was recorded.
     handshake: Option<(Option<Transport>, bool)>,
+    /// Bridge mode: the node's handshake with the peer (its transport and
+    /// success), if the socket went to the volunteer's node.
+    node_handshake: Option<(Option<Transport>, bool)>,
     /// Whether this side's path probe saw carrier-grade NAT, and its peer's (from `peer_verdict`).
     cgnat: Option<bool>,
     peer_cgnat: Option<bool>,
@@ -155,6 +158,11 @@ pub struct CountedTrial {
     pub handshake_transport: Option<Transport>,
     /// `None` when no side recorded a handshake.
     pub handshake_success: Option<bool>,
+    /// Bridge mode: the transport the nodes spoke, when a node listed the peer.
+    pub node_handshake_transport: Option<Transport>,
+    /// Bridge mode: every side's node completed the version handshake;
+    /// `None` when no side handed the socket to its node.
+    pub node_handshake_success: Option<bool>,
     /// Whether either side was behind carrier-grade NAT (its path probe saw
     /// a shared-space hop); `None` when that is not known for both sides.
     pub cgnat: Option<bool>,
@@ -290,6 +298,10 @@ fn side_of(
         go_ms: record.go_to_established_ms.filter(|v| v.is_finite()),
         attempts: u32::try_from(record.attempts.len()).unwrap_or(u32::MAX),
         handshake: record.handshake.as_ref().map(|h| (h.transport, h.success)),
+        node_handshake: record
+            .node_bridge
+            .as_ref()
+            .map(|b| (b.peer.as_ref().and_then(|p| p.transport), b.success)),
         cgnat,
         peer_cgnat,
     }
@@ -570,6 +582,11 @@ fn resolve(pending: Pending, pairing: u32, counts: &mut InputCounts) -> CountedT
         sides.iter().filter_map(|s| s.handshake).collect();
     let handshake_transport = handshakes.iter().find_map(|h| h.0);
     let handshake_success = (!handshakes.is_empty()).then(|| handshakes.iter().all(|h| h.1));
+    let node_handshakes: Vec<(Option<Transport>, bool)> =
+        sides.iter().filter_map(|s| s.node_handshake).collect();
+    let node_handshake_transport = node_handshakes.iter().find_map(|h| h.0);
+    let node_handshake_success =
+        (!node_handshakes.is_empty()).then(|| node_handshakes.iter().all(|h| h.1));
     // Each side's own measurement, else what its peer was told of it.
     let cgnat_of_side = |me: Option<Side>, other: Option<Side>| {
         me.and_then(|s| s.cgnat)
@@ -592,6 +609,8 @@ fn resolve(pending: Pending, pairing: u32, counts: &mut InputCounts) -> CountedT
         attempts,
         handshake_transport,
         handshake_success,
+        node_handshake_transport,
+        node_handshake_success,
         cgnat,
         pairing,
         initiator_run: init.map(|s| s.run),

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::charts::{self, RateBar};
 use super::cluster::{ClusterInterval, IntervalMethod};
 use super::stats::{percent, percent_bare, Proportion};
-use super::summary::{GroupTable, Summary};
+use super::summary::{GroupTable, NodeHandshakeSummary, Summary};
 use super::ReportError;
 
 /// Escapes text for HTML element content and attribute values.
@@ -433,7 +433,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     }
     pairings_section(&mut h, summary);
 
-    // Handshake.
+    // Handshake: punchscope's own, then the nodes' (bridge mode) beside it.
     let hs = &summary.handshake;
     h.push_str("<section id=handshake>\n<h2>Bitcoin P2P handshake over a punched socket</h2>\n");
     let _ = writeln!(
@@ -455,6 +455,9 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         "No handshakes over punched sockets in the input.",
     ));
     h.push_str("</section>\n");
+    if let Some(nodes) = &summary.node_handshake {
+        node_handshake_section(&mut h, nodes)?;
+    }
 
     // Time to connect.
     let t = &summary.time_to_connect;
@@ -576,6 +579,33 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
 }
 
 /// Success counted per pairing, and strategies compared within pairings.
+/// Bridge mode: did the volunteers' own nodes complete their version
+/// handshake through the hole, by the transport they chose.
+fn node_handshake_section(h: &mut String, nodes: &NodeHandshakeSummary) -> Result<(), ReportError> {
+    h.push_str("<section id=node-handshake>\n<h2>Bitcoin nodes' own handshake through a punched socket (bridge mode)</h2>\n");
+    let _ = writeln!(
+        h,
+        "<p class=note>{} connected trials handed the socket to the volunteers' own Bitcoin nodes instead of punchscope's handshake: \
+         did both nodes complete version/verack (their <code>getpeerinfo</code>)? The nodes chose the transport themselves. \
+         {} bridged trials had no node listing the peer, so no transport.</p>",
+        nodes.bridged_trials, nodes.transport_unknown
+    );
+    let _ = writeln!(h, "<table><tr><th>transport</th>{RATE_HEAD}</tr>");
+    let _ = writeln!(h, "<tr><td>v1</td>{}</tr>", rate_cells(&nodes.v1));
+    let _ = writeln!(h, "<tr><td>v2 (BIP324)</td>{}</tr>", rate_cells(&nodes.v2));
+    h.push_str("</table>\n");
+    let bars: Vec<RateBar> = [("v1", &nodes.v1), ("v2 (BIP324)", &nodes.v2)]
+        .into_iter()
+        .filter_map(|(l, p)| quoted_bar(l, p))
+        .collect();
+    h.push_str(&chart_or_note(
+        charts::rate_bars(&bars, "nodes' handshake success given a punched socket")?,
+        "No node-to-node handshakes with a known transport in the input.",
+    ));
+    h.push_str("</section>\n");
+    Ok(())
+}
+
 fn pairings_section(h: &mut String, summary: &Summary) {
     let v = &summary.pairing_view;
     h.push_str("<section id=pairings>\n<h2>Pairings</h2>\n");

@@ -145,6 +145,8 @@ impl Report {
             "pairing_id",
             "initiator_network",
             "responder_network",
+            "node_handshake_transport",
+            "node_handshake_success",
         ])
         .map_err(csv_err(path))?;
         for t in &self.trials {
@@ -166,6 +168,10 @@ impl Report {
                 &self.pairing_ids[t.pairing as usize],
                 self.volunteer_network(t.initiator_run),
                 self.volunteer_network(t.responder_run),
+                &t.node_handshake_transport
+                    .map_or(String::new(), |x| x.to_string()),
+                t.node_handshake_success
+                    .map_or("", |s| if s { "true" } else { "false" }),
             ])
             .map_err(csv_err(path))?;
         }
@@ -254,6 +260,10 @@ impl Report {
         }
         row(&mut t, "handshake v1 | punched", &s.handshake.v1);
         row(&mut t, "handshake v2 | punched", &s.handshake.v2);
+        if let Some(nodes) = &s.node_handshake {
+            row(&mut t, "nodes' handshake v1 | bridged", &nodes.v1);
+            row(&mut t, "nodes' handshake v2 | bridged", &nodes.v2);
+        }
         let v = &s.pairing_view;
         row(
             &mut t,

@@ -90,13 +90,26 @@ pub struct CgnatRow {
 pub struct HandshakeSummary {
     /// Trials that connected (the denominator's population).
     pub connected_trials: u64,
-    /// Connected trials with no handshake record.
+    /// Connected trials with no handshake record (bridged trials are counted
+    /// in [`Summary::node_handshake`] instead).
     pub without_handshake: u64,
     /// Connected trials whose handshake failed before its transport was known.
     pub transport_unknown: u64,
     /// Handshake success given a punched socket, v1.
     pub v1: Proportion,
     /// Handshake success given a punched socket, BIP324 v2.
+    pub v2: Proportion,
+}
+
+/// Bridge mode: the volunteers' own nodes' handshake over punched sockets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeHandshakeSummary {
+    /// Connected trials whose socket went to the volunteers' nodes.
+    pub bridged_trials: u64,
+    /// Bridged trials where no node listed the peer, so the transport is unknown.
+    pub transport_unknown: u64,
+    /// Both nodes completed the version handshake, by the transport they spoke.
+    pub v1: Proportion,
     pub v2: Proportion,
 }
 
@@ -255,6 +268,9 @@ pub struct Summary {
     #[serde(default)]
     pub cgnat: Vec<CgnatRow>,
     pub handshake: HandshakeSummary,
+    /// Bridge mode's node-to-node handshakes; absent when no trial was bridged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_handshake: Option<NodeHandshakeSummary>,
     pub time_to_connect: TimeSummary,
     pub attempts: AttemptsSummary,
     pub classification: ClassificationSummary,
@@ -336,6 +352,8 @@ impl Summary {
         let mut pairs: BTreeMap<(NatType, NatType), RowSums> = BTreeMap::new();
         let mut strategies: HashMap<Strategy, RowSums> = HashMap::new();
         let mut hs: HashMap<Transport, RowSums> = HashMap::new();
+        let mut node_hs: HashMap<Transport, RowSums> = HashMap::new();
+        let (mut bridged, mut node_transport_unknown) = (0u64, 0u64);
         let mut first_attempt = RowSums::default();
         let mut without_handshake = 0;
         let mut transport_unknown = 0;
@@ -363,7 +381,15 @@ impl Summary {
             if t.success {
                 *attempts_hist.entry(t.attempts).or_default() += 1;
                 first_attempt.add(t.pairing, at, t.attempts == 1);
+                if let Some(ok) = t.node_handshake_success {
+                    bridged += 1;
+                    match t.node_handshake_transport {
+                        Some(tr) => node_hs.entry(tr).or_default().add(t.pairing, at, ok),
+                        None => node_transport_unknown += 1,
+                    }
+                }
                 match (t.handshake_success, t.handshake_transport) {
+                    (None, _) if t.node_handshake_success.is_some() => {}
                     (None, _) => without_handshake += 1,
                     (Some(_), None) => transport_unknown += 1,
                     (Some(ok), Some(tr)) => hs.entry(tr).or_default().add(t.pairing, at, ok),
@@ -416,6 +442,18 @@ impl Summary {
                 |sums| sums.proportion(&format!("handshake {t}"), boot, true),
             )
         };
+        let node_transport = |t: Transport| {
+            node_hs.get(&t).map_or_else(
+                || Proportion::new(0, 0),
+                |sums| sums.proportion(&format!("node handshake {t}"), boot, true),
+            )
+        };
+        let node_handshake = (bridged > 0).then(|| NodeHandshakeSummary {
+            bridged_trials: bridged,
+            transport_unknown: node_transport_unknown,
+            v1: node_transport(Transport::V1),
+            v2: node_transport(Transport::V2),
+        });
         let handshake = HandshakeSummary {
             connected_trials: successes,
             without_handshake,
@@ -496,6 +534,7 @@ impl Summary {
             strategies: strategy_rows,
             cgnat: cgnat_rows(trials),
             handshake,
+            node_handshake,
             time_to_connect,
             attempts,
             classification: ClassificationSummary {

@@ -8,7 +8,10 @@ use super::input::{parse_document, read_jsonl};
 use super::summary::Summary;
 use super::Report;
 use crate::classify::{Finding, Verdict};
-use crate::handshake::{BitcoinNetwork, HandshakeRecord, Role, Transport};
+use crate::handshake::{
+    BitcoinNetwork, BridgeFailure, HandshakeBy, HandshakeRecord, NodeBridgeRecord, NodePeerView,
+    Role, Transport,
+};
 use crate::nat::{Filtering, Mapping};
 use crate::plan::Plan;
 use crate::result::{
@@ -47,6 +50,8 @@ struct T {
     go_ms: Option<f64>,
     attempts: usize,
     handshake: Option<(Transport, bool)>,
+    /// Bridge mode: the node's transport (None: it never listed the peer) and success.
+    node: Option<(Option<Transport>, bool)>,
 }
 
 fn t(n: u32, id: Option<&'static str>, outcome: TrialOutcome) -> T {
@@ -57,6 +62,29 @@ fn t(n: u32, id: Option<&'static str>, outcome: TrialOutcome) -> T {
         go_ms: outcome.is_success().then_some(200.0 + f64::from(n)),
         attempts: 1,
         handshake: None,
+        node: None,
+    }
+}
+
+fn node_bridge(role: Role, transport: Option<Transport>, success: bool) -> NodeBridgeRecord {
+    NodeBridgeRecord {
+        role,
+        success,
+        failure: (!success).then_some(BridgeFailure::HandshakeIncomplete),
+        peer: transport.map(|transport| NodePeerView {
+            connection_type: "inbound".into(),
+            transport: Some(transport),
+            version_handshake: success,
+            user_agent: "/Satoshi:28.1.0/".into(),
+            protocol_version: 70016,
+            services: 1033,
+            session_id: None,
+            ping_ms: None,
+        }),
+        handshake_ms: success.then_some(150.0),
+        bytes_to_peer: 400,
+        bytes_from_peer: 400,
+        disconnected: true,
     }
 }
 
@@ -91,11 +119,19 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
             start_delay_ms: 10.0,
             injected_skew_ms: 0.0,
             peer_outcome: None,
+            handshake_by: if x.node.is_some() {
+                HandshakeBy::Nodes
+            } else {
+                HandshakeBy::Punchscope
+            },
             handshake: x.handshake.map(|(tr, ok)| {
                 let mut h = HandshakeRecord::new(Some(tr), role, BitcoinNetwork::Mainnet);
                 h.success = ok;
                 h
             }),
+            node_bridge: x
+                .node
+                .map(|(transport, ok)| node_bridge(role, transport, ok)),
             error: None,
         })
         .collect();
@@ -284,6 +320,78 @@ fn nat_types_join_by_trial_id_and_fall_back_to_peer_verdict() {
             "unknown"
         ]
     );
+}
+
+#[test]
+fn the_nodes_handshake_is_counted_beside_punchscopes_own_by_transport() {
+    // Trials 0-2 punchscope's own handshake (v1, v2, v1), 3-6 bridged to
+    // the nodes: 3 v2 both complete, 4 v2 the responder's node incomplete,
+    // 5 v1 both complete, 6 no node listed the peer; 7 did not connect.
+    const IDS: [&str; 8] = ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"];
+    let own = [Transport::V1, Transport::V2, Transport::V1];
+    let mut a_trials = Vec::new();
+    let mut b_trials = Vec::new();
+    for n in 0..8u32 {
+        let outcome = if n < 7 { Connected } else { Timeout };
+        let mut x = t(n, Some(IDS[n as usize]), outcome);
+        let mut y = t(n, Some(IDS[n as usize]), outcome);
+        match n {
+            0..=2 => {
+                x.handshake = Some((own[n as usize], true));
+                y.handshake = Some((own[n as usize], true));
+            }
+            3 | 4 => {
+                x.node = Some((Some(Transport::V2), true));
+                y.node = Some((Some(Transport::V2), n == 3));
+            }
+            5 => {
+                x.node = Some((Some(Transport::V1), true));
+                y.node = Some((Some(Transport::V1), true));
+            }
+            6 => {
+                x.node = Some((None, false));
+                y.node = Some((None, false));
+            }
+            _ => {}
+        }
+        a_trials.push(x);
+        b_trials.push(y);
+    }
+    let a = run(Role::Initiator, eim_apdf(), None, a_trials);
+    let b = run(Role::Responder, eim_apdf(), None, b_trials);
+    let (s, trials) = summary_of(&[a, b]);
+    assert_eq!((s.handshake.v1.successes, s.handshake.v1.n), (2, 2));
+    assert_eq!((s.handshake.v2.successes, s.handshake.v2.n), (1, 1));
+    assert_eq!(
+        s.handshake.without_handshake, 0,
+        "bridged trials are not missing one"
+    );
+    let nodes = s.node_handshake.as_ref().expect("bridged trials");
+    assert_eq!(nodes.bridged_trials, 4);
+    assert_eq!(nodes.transport_unknown, 1);
+    assert_eq!((nodes.v2.successes, nodes.v2.n), (1, 2));
+    assert_eq!((nodes.v1.successes, nodes.v1.n), (1, 1));
+    assert_eq!(trials[4].node_handshake_success, Some(false));
+    assert_eq!(trials[4].node_handshake_transport, Some(Transport::V2));
+    assert_eq!(trials[0].node_handshake_success, None);
+    let html = super::html::render(&s).unwrap();
+    assert!(html.contains("<section id=node-handshake>"));
+    assert!(html.contains("4 connected trials handed the socket"));
+
+    // Without bridged trials the summary has no such part, and its JSON no such field.
+    let plain = run(
+        Role::Initiator,
+        eim_apdf(),
+        None,
+        vec![t(0, None, Connected)],
+    );
+    let (s, _) = summary_of(&[plain]);
+    assert!(s.node_handshake.is_none());
+    assert!(serde_json::to_value(&s)
+        .unwrap()
+        .get("node_handshake")
+        .is_none());
+    assert!(!super::html::render(&s).unwrap().contains("node-handshake"));
 }
 
 #[test]
