@@ -14,6 +14,9 @@
 //!   proof) and the Bitcoin handshake over the punched socket.
 //! - [`btc`]: Bitcoin P2P handshakes (v1 and BIP324 v2) over any byte stream.
 //! - [`rendezvous`]: the volunteer's client of the coordinator.
+//! - [`portmap`]: asks the default gateway to open the node's port (PCP,
+//!   NAT-PMP; sans-io cores and a thin driver), records the answers and
+//!   deletes what was granted.
 //! - [`probe`]: the volunteer's whole run as one call ([`probe::run`]) and
 //!   the reference peer's loop ([`probe::serve_peer`]); [`probe::guard`]
 //!   checks every coordinator instruction.
@@ -42,6 +45,7 @@ pub mod dataset;
 #[cfg(all(feature = "lab", target_os = "linux"))]
 pub mod lab;
 pub mod net;
+pub mod portmap;
 pub mod probe;
 pub mod proto;
 pub mod punch;

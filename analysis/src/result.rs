@@ -27,6 +27,7 @@ use crate::classify::{
 };
 use crate::handshake::Role;
 use crate::plan::{Plan, PlanError};
+use crate::portmap::PortMappingReport;
 use crate::privacy;
 use crate::trial::TrialRecord;
 
@@ -60,6 +61,11 @@ pub struct RunResult {
     pub classification: SanitizedClassification,
     /// One entry per peer this host was paired with.
     pub pairings: Vec<Pairing>,
+    /// What the default gateway answered to port mapping requests (PCP,
+    /// NAT-PMP). Added within schema version 1: absent in older results and
+    /// in reference peers' results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_mapping: Option<PortMappingReport>,
 }
 
 /// Who ran a probe.
@@ -354,6 +360,7 @@ impl RunResult {
             client,
             classification: SanitizedClassification::from(classification),
             pairings,
+            port_mapping: None,
         };
         result.sanitize();
         result

@@ -219,6 +219,7 @@ pub fn run(
             ended: Default::default(),
             coordinator_violation: None,
         }],
+        port_mapping: None,
     }
 }
 

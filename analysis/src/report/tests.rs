@@ -132,6 +132,7 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
             ended: Default::default(),
             coordinator_violation: None,
         }],
+        port_mapping: None,
     }
 }
 

@@ -1,0 +1,201 @@
+//! Port mapping records: what the default gateway answered when the probe asked it to open a TCP port (PCP, NAT-PMP), and whether the mapping was removed again.
+//!
+//! A [`PortMappingReport`] is an optional part of a [`crate::result::RunResult`]
+//! (added within schema version 1: absent in older results and in reference
+//! peers' results). Like every part of a result it holds no raw address: the
+//! external address a router grants is kept as its /24 or /48 prefix
+//! ([`MaskedEndpoint`]) and its class ([`HopClass`]: a private or shared
+//! 100.64/10 external address means the router sits behind another NAT, and
+//! its mapping opens nothing on the internet).
+//!
+//! Every enum reads values a newer punchscope adds as `other`, so older
+//! readers keep working.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::classify::HopClass;
+use crate::result::MaskedEndpoint;
+
+/// Most malformed answers kept per attempt; more are counted, not kept.
+pub const MAX_ERRORS_KEPT: usize = 8;
+
+/// Everything the probe asked the gateway, or why it asked nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PortMappingReport {
+    /// Why no request was sent, when none was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<PortMappingSkipped>,
+    /// One entry per protocol and port asked, in the order asked.
+    #[serde(default)]
+    pub attempts: Vec<MappingAttempt>,
+}
+
+/// Why the probe did not ask the gateway for a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PortMappingSkipped {
+    /// The volunteer said no (`--no-portmap`).
+    Declined,
+    /// The host has no IPv4 default gateway (or the system does not tell).
+    NoGateway,
+    /// The run stopped (Ctrl-C) before port mapping began.
+    Stopped,
+    /// A reason a newer punchscope added.
+    #[serde(other)]
+    Other,
+}
+
+/// The protocol a mapping was asked with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MappingProtocol {
+    /// Port Control Protocol, RFC 6887 (version 2), opcode MAP.
+    Pcp,
+    /// NAT Port Mapping Protocol, RFC 6886 (version 0).
+    Natpmp,
+    /// A protocol a newer punchscope added.
+    #[serde(other)]
+    Other,
+}
+
+/// Whose port was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PortRole {
+    /// The volunteer's Bitcoin node port (8333 unless told otherwise).
+    Node,
+    /// A port the probe itself listened on during the request.
+    Probe,
+    /// A role a newer punchscope added.
+    #[serde(other)]
+    Other,
+}
+
+/// How the gateway answered a request, after every retransmission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayAnswer {
+    /// A well-formed answer came (its result code says what it meant).
+    Answered,
+    /// Nothing came within the retransmission schedule.
+    Timeout,
+    /// ICMP port unreachable: nothing listens on the protocol's port (what
+    /// Linux reports as "connection refused" on a UDP socket).
+    Refused,
+    /// ICMP host or network unreachable.
+    Unreachable,
+    /// Only answers that could not be used came (malformed, wrong nonce, ...;
+    /// `errors` lists them).
+    Malformed,
+    /// The run stopped (Ctrl-C) before an answer came.
+    Stopped,
+    /// A value a newer punchscope added.
+    #[serde(other)]
+    Other,
+}
+
+/// One request for one port with one protocol, and its deletion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MappingAttempt {
+    pub protocol: MappingProtocol,
+    pub port_role: PortRole,
+    /// The host's port the mapping was asked for.
+    pub internal_port: u16,
+    /// The lifetime asked for, in seconds.
+    pub requested_lifetime_s: u32,
+    pub answer: GatewayAnswer,
+    /// Requests sent, retransmissions included (deletion not counted).
+    pub requests_sent: u32,
+    /// From the first request to the answer, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// The answer's result code (0 is success), as the protocol numbers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_code: Option<u16>,
+    /// The result code's name in the RFC, lower case: `success`, `not_authorized`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The protocol version the gateway answered with, when it was not the
+    /// one asked (0 to a PCP request: the gateway speaks only NAT-PMP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<u8>,
+    /// The mapping, when one was granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted: Option<GrantedMapping>,
+    /// Renewals sent while the mapping was held (half its lifetime, or the
+    /// gateway's epoch said it lost its state).
+    #[serde(default)]
+    pub renewals: u32,
+    /// Times the gateway's epoch said it had lost its mappings (rebooted).
+    #[serde(default)]
+    pub lost_state: u32,
+    /// Answers that could not be used, in words (at most [`MAX_ERRORS_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Unusable answers in all, kept or not.
+    #[serde(default)]
+    pub error_count: u32,
+    /// The deletion of a granted mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<MappingRelease>,
+}
+
+/// What the gateway granted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GrantedMapping {
+    /// The lifetime granted, in seconds.
+    pub lifetime_s: u32,
+    /// The external endpoint: the address's prefix and the port.
+    /// NAT-PMP gives the address in a second answer: `None` when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<MaskedEndpoint>,
+    /// The external port granted.
+    pub external_port: u16,
+    /// The class of the external address: `private` or `shared` (100.64/10)
+    /// means another NAT sits between the router and the internet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_class: Option<HopClass>,
+}
+
+/// The deletion of a granted mapping, asked before the probe exits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MappingRelease {
+    pub answer: GatewayAnswer,
+    /// The deletion answer's result code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_code: Option<u16>,
+    /// The gateway confirmed the mapping is gone.
+    pub succeeded: bool,
+    pub requests_sent: u32,
+}
+
+impl PortMappingReport {
+    /// A report of nothing asked, and why.
+    pub fn skipped(why: PortMappingSkipped) -> Self {
+        PortMappingReport {
+            skipped: Some(why),
+            attempts: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_a_newer_punchscope_adds_read_as_other() {
+        let json = r#"{"skipped":"router_on_fire","attempts":[{"protocol":"upnp_igd3",
+            "port_role":"wallet","internal_port":8333,"requested_lifetime_s":120,
+            "answer":"teleported","requests_sent":1,"colour":"blue"}]}"#;
+        let report: PortMappingReport = serde_json::from_str(json).unwrap();
+        assert_eq!(report.skipped, Some(PortMappingSkipped::Other));
+        let attempt = &report.attempts[0];
+        assert_eq!(attempt.protocol, MappingProtocol::Other);
+        assert_eq!(attempt.port_role, PortRole::Other);
+        assert_eq!(attempt.answer, GatewayAnswer::Other);
+        assert_eq!((attempt.renewals, attempt.error_count), (0, 0));
+        assert!(attempt.granted.is_none() && attempt.release.is_none());
+    }
+}

@@ -1,0 +1,230 @@
+//! The thin tokio driver of port mapping sessions: one UDP socket per mapping, connected to the gateway's port, so only the gateway's datagrams arrive and ICMP errors are reported.
+//!
+//! [`measure`] asks each protocol in turn (PCP, then NAT-PMP, so one
+//! protocol's mapping never meets the other's), all ports of a protocol at
+//! once; holds what was granted for [`PortMapConfig::hold`]; and deletes it
+//! before going on. A stop (Ctrl-C) deletes at once and asks nothing more.
+//! Every wait is bounded by the sessions' schedules and an outer deadline.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use punchscope_analysis::portmap::{MappingAttempt, MappingProtocol, PortMappingReport, PortRole};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::session::{IcmpError, Session, SessionSpec};
+use super::{Schedule, DEFAULT_LIFETIME_S, SERVER_PORT};
+use crate::probe::Stop;
+
+/// Receive buffer: larger than any PCP message (1100 bytes), so that an
+/// oversized datagram is seen as such rather than cut to a valid length.
+const RECEIVE_BUFFER: usize = 2048;
+
+/// What to ask, of whom.
+#[derive(Debug, Clone)]
+pub struct PortMapConfig {
+    /// The gateway with its port ([`SERVER_PORT`]; tests give a loopback responder).
+    pub gateway: SocketAddr,
+    /// Asked in this order.
+    pub protocols: Vec<MappingProtocol>,
+    /// The ports to map, each with whose it is.
+    pub ports: Vec<(PortRole, u16)>,
+    pub lifetime_s: u32,
+    /// How long granted mappings are held before they are deleted.
+    pub hold: Duration,
+    pub pcp_schedule: Schedule,
+    pub natpmp_schedule: Schedule,
+}
+
+impl PortMapConfig {
+    /// PCP then NAT-PMP at `gateway`'s port 5351, RFC schedules (bounded), a short lifetime.
+    pub fn for_gateway(gateway: IpAddr, ports: Vec<(PortRole, u16)>) -> Self {
+        PortMapConfig {
+            gateway: SocketAddr::new(gateway, SERVER_PORT),
+            protocols: vec![MappingProtocol::Pcp, MappingProtocol::Natpmp],
+            ports,
+            lifetime_s: DEFAULT_LIFETIME_S,
+            hold: Duration::from_secs(1),
+            pcp_schedule: Schedule::pcp(),
+            natpmp_schedule: Schedule::natpmp(),
+        }
+    }
+
+    fn schedule(&self, protocol: MappingProtocol) -> Schedule {
+        match protocol {
+            MappingProtocol::Natpmp => self.natpmp_schedule,
+            _ => self.pcp_schedule,
+        }
+    }
+}
+
+/// Why port mapping could not run at all (a measurement outcome is never one).
+#[derive(Debug, thiserror::Error)]
+pub enum PortMapError {
+    #[error("cannot open a UDP socket towards the gateway {gateway}: {source}; check the host's network, or run with --no-portmap")]
+    Socket {
+        gateway: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// Asks, holds and deletes every mapping of `config`; the report says what
+/// the gateway did. `Err` only when no socket could be opened.
+pub async fn measure(
+    config: &PortMapConfig,
+    stop: &Stop,
+) -> Result<PortMappingReport, PortMapError> {
+    let mut report = PortMappingReport::default();
+    for &protocol in &config.protocols {
+        if stop.is_stopped() {
+            break;
+        }
+        report
+            .attempts
+            .extend(measure_protocol(config, protocol, stop).await?);
+    }
+    Ok(report)
+}
+
+async fn measure_protocol(
+    config: &PortMapConfig,
+    protocol: MappingProtocol,
+    stop: &Stop,
+) -> Result<Vec<MappingAttempt>, PortMapError> {
+    let schedule = config.schedule(protocol);
+    let (release_tx, release_rx) = watch::channel(false);
+    let (settled_tx, mut settled_rx) = mpsc::channel(config.ports.len().max(1));
+    let mut tasks = Vec::new();
+    for &(role, port) in &config.ports {
+        let socket = connected_socket(config.gateway).await?;
+        let client = socket
+            .local_addr()
+            .map_err(|source| PortMapError::Socket {
+                gateway: config.gateway,
+                source,
+            })?
+            .ip();
+        let spec = SessionSpec {
+            protocol,
+            port_role: role,
+            internal_port: port,
+            lifetime_s: config.lifetime_s,
+            client,
+            schedule,
+            seed: rand::random(),
+        };
+        // Creation, hold and deletion each end by their schedule; this only
+        // guards against a bug keeping a task alive.
+        let bound = schedule.max_wait * 4 + config.hold + Duration::from_secs(30);
+        tasks.push(tokio::spawn(run_session(
+            socket,
+            spec,
+            release_rx.clone(),
+            settled_tx.clone(),
+            bound,
+        )));
+    }
+    drop(settled_tx);
+    let all_settled = async {
+        for _ in 0..tasks.len() {
+            if settled_rx.recv().await.is_none() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = all_settled => {
+            tokio::select! {
+                () = tokio::time::sleep(config.hold) => {}
+                () = stop.stopped() => {}
+            }
+        }
+        () = stop.stopped() => {}
+    }
+    let _ = release_tx.send(true);
+    let mut records = Vec::new();
+    for task in tasks {
+        if let Ok(record) = task.await {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// A UDP socket of the gateway's family, connected to it.
+async fn connected_socket(gateway: SocketAddr) -> Result<UdpSocket, PortMapError> {
+    let any: IpAddr = match gateway {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let error = |source| PortMapError::Socket { gateway, source };
+    let socket = UdpSocket::bind(SocketAddr::new(any, 0))
+        .await
+        .map_err(error)?;
+    socket.connect(gateway).await.map_err(error)?;
+    Ok(socket)
+}
+
+/// The ICMP error an I/O error on a connected UDP socket stands for.
+fn icmp_of(error: &io::Error) -> IcmpError {
+    match error.raw_os_error() {
+        Some(libc::ECONNREFUSED) => IcmpError::PortUnreachable,
+        _ => IcmpError::Unreachable,
+    }
+}
+
+/// One session over its socket until it is finished: sends, receives,
+/// timers; says when it is settled; releases when told.
+async fn run_session(
+    socket: UdpSocket,
+    spec: SessionSpec,
+    mut release: watch::Receiver<bool>,
+    settled: mpsc::Sender<()>,
+    bound: Duration,
+) -> MappingAttempt {
+    let deadline = Instant::now() + bound;
+    let mut session = Session::new(spec, Instant::now().into_std());
+    let mut told_settled = false;
+    let mut released = false;
+    let mut buffer = vec![0u8; RECEIVE_BUFFER];
+    while !session.is_finished() && Instant::now() < deadline {
+        while let Some(datagram) = session.poll_transmit() {
+            if let Err(e) = socket.send(&datagram).await {
+                session.handle_icmp(icmp_of(&e), Instant::now().into_std());
+            }
+        }
+        if session.is_settled() && !told_settled {
+            told_settled = true;
+            let _ = settled.send(()).await;
+        }
+        if session.is_finished() {
+            break;
+        }
+        let wake = session
+            .poll_timeout()
+            .map_or(deadline, Instant::from_std)
+            .min(deadline);
+        tokio::select! {
+            received = socket.recv(&mut buffer) => {
+                let now = Instant::now().into_std();
+                match received {
+                    Ok(n) => session.handle_datagram(&buffer[..n], now),
+                    Err(e) => session.handle_icmp(icmp_of(&e), now),
+                }
+            }
+            () = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now().into_std()),
+            changed = release.wait_for(|r| *r), if !released => {
+                released = true;
+                let _ = changed;
+                session.release(Instant::now().into_std());
+            }
+        }
+    }
+    if !told_settled {
+        let _ = settled.send(()).await;
+    }
+    session.into_record()
+}
