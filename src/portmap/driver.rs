@@ -228,3 +228,188 @@ async fn run_session(
     }
     session.into_record()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use punchscope_analysis::portmap::GatewayAnswer;
+
+    use super::*;
+
+    /// A gateway on loopback that grants every PCP and NAT-PMP request and
+    /// keeps what it received.
+    struct FakeGateway {
+        addr: SocketAddr,
+        received: Arc<Mutex<Vec<Vec<u8>>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl FakeGateway {
+        async fn start(answers: bool) -> FakeGateway {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            let received = Arc::new(Mutex::new(Vec::new()));
+            let log = received.clone();
+            let task = tokio::spawn(async move {
+                let mut buffer = [0u8; 1200];
+                loop {
+                    let Ok((n, from)) = socket.recv_from(&mut buffer).await else {
+                        return;
+                    };
+                    let request = buffer[..n].to_vec();
+                    log.lock().unwrap().push(request.clone());
+                    if answers {
+                        let answer = grant(&request);
+                        let _ = socket.send_to(&answer, from).await;
+                    }
+                }
+            });
+            FakeGateway {
+                addr,
+                received,
+                task,
+            }
+        }
+
+        fn received(&self) -> Vec<Vec<u8>> {
+            self.received.lock().unwrap().clone()
+        }
+    }
+
+    impl Drop for FakeGateway {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// What a granting gateway answers: the port asked, the lifetime asked.
+    fn grant(request: &[u8]) -> Vec<u8> {
+        let external = Ipv4Addr::new(203, 0, 113, 7);
+        match request.first() {
+            Some(2) => {
+                let mut m = request.to_vec();
+                m[1] |= 0x80;
+                m[3] = 0;
+                m[8..12].copy_from_slice(&100u32.to_be_bytes());
+                m[12..24].fill(0);
+                m[42..44].copy_from_slice(&request[40..42]);
+                m[44..60].copy_from_slice(&external.to_ipv6_mapped().octets());
+                m
+            }
+            _ if request.get(1) == Some(&0) => {
+                let mut m = vec![0, 128, 0, 0, 0, 0, 0, 100];
+                m.extend(external.octets());
+                m
+            }
+            _ => {
+                let mut m = vec![0, 130, 0, 0, 0, 0, 0, 100];
+                m.extend(&request[4..6]);
+                m.extend(&request[6..8]);
+                m.extend(&request[8..12]);
+                m
+            }
+        }
+    }
+
+    fn config(gateway: SocketAddr) -> PortMapConfig {
+        let fast = |initial_ms: u64| Schedule {
+            initial: Duration::from_millis(initial_ms),
+            max_interval: Duration::from_secs(1),
+            jitter: 0.1,
+            max_wait: Duration::from_millis(initial_ms * 7),
+        };
+        PortMapConfig {
+            gateway,
+            protocols: vec![MappingProtocol::Pcp, MappingProtocol::Natpmp],
+            ports: vec![(PortRole::Node, 8333), (PortRole::Probe, 40123)],
+            lifetime_s: 120,
+            hold: Duration::from_millis(50),
+            pcp_schedule: fast(100),
+            natpmp_schedule: fast(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_grant_on_loopback_is_recorded_and_deleted() {
+        let gateway = FakeGateway::start(true).await;
+        let report = tokio::time::timeout(
+            Duration::from_secs(20),
+            measure(&config(gateway.addr), &Stop::new().1),
+        )
+        .await
+        .expect("bounded")
+        .unwrap();
+        assert_eq!(report.attempts.len(), 4);
+        for attempt in &report.attempts {
+            assert_eq!(attempt.answer, GatewayAnswer::Answered, "{attempt:?}");
+            let granted = attempt.granted.as_ref().unwrap();
+            assert_eq!(granted.external_port, attempt.internal_port);
+            assert_eq!(granted.external.as_ref().unwrap().net, "203.0.113.0/24");
+            assert!(attempt.release.as_ref().unwrap().succeeded, "{attempt:?}");
+        }
+        let received = gateway.received();
+        let pcp_deletes = received
+            .iter()
+            .filter(|m| m[0] == 2 && m[4..8] == [0, 0, 0, 0])
+            .count();
+        let natpmp_deletes = received
+            .iter()
+            .filter(|m| m[0] == 0 && m.len() == 12 && m[8..12] == [0, 0, 0, 0])
+            .count();
+        assert_eq!((pcp_deletes, natpmp_deletes), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn silence_and_a_closed_port_are_outcomes() {
+        let silent = FakeGateway::start(false).await;
+        let report = measure(&config(silent.addr), &Stop::new().1).await.unwrap();
+        assert!(report
+            .attempts
+            .iter()
+            .all(|a| a.answer == GatewayAnswer::Timeout && a.requests_sent >= 2));
+        assert!(silent.received().len() >= 8);
+
+        // A port nobody listens on: loopback answers ICMP port unreachable.
+        let closed = {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.local_addr().unwrap()
+        };
+        let report = measure(&config(closed), &Stop::new().1).await.unwrap();
+        assert_eq!(report.attempts.len(), 4);
+        assert!(
+            report
+                .attempts
+                .iter()
+                .all(|a| a.answer == GatewayAnswer::Refused),
+            "{:?}",
+            report.attempts
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_the_hold_deletes_at_once_and_asks_nothing_more() {
+        let gateway = FakeGateway::start(true).await;
+        let mut config = config(gateway.addr);
+        config.hold = Duration::from_secs(3600);
+        let (handle, stop) = Stop::new();
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            handle.stop();
+        });
+        let report = tokio::time::timeout(Duration::from_secs(10), measure(&config, &stop))
+            .await
+            .expect("the stop cuts the hour-long hold")
+            .unwrap();
+        stopper.await.unwrap();
+        assert_eq!(
+            report.attempts.len(),
+            2,
+            "NAT-PMP is not asked after the stop"
+        );
+        assert!(report
+            .attempts
+            .iter()
+            .all(|a| a.release.as_ref().is_some_and(|r| r.succeeded)));
+    }
+}
