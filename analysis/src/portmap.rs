@@ -178,11 +178,168 @@ impl PortMappingReport {
             attempts: Vec::new(),
         }
     }
+
+    /// One sentence for the volunteer: per protocol, what the gateway did
+    /// with the node's port (or the first port asked).
+    pub fn summary(&self) -> String {
+        match self.skipped {
+            Some(PortMappingSkipped::Declined) => return "not asked (--no-portmap)".into(),
+            Some(PortMappingSkipped::NoGateway) => return "no default gateway to ask".into(),
+            Some(PortMappingSkipped::Stopped) => return "not asked: stopped before".into(),
+            Some(PortMappingSkipped::Other) => return "not asked".into(),
+            None => {}
+        }
+        let mut parts = Vec::new();
+        let mut seen = Vec::new();
+        for attempt in &self.attempts {
+            if seen.contains(&attempt.protocol) {
+                continue;
+            }
+            seen.push(attempt.protocol);
+            let shown = self
+                .attempts
+                .iter()
+                .find(|a| a.protocol == attempt.protocol && a.port_role == PortRole::Node)
+                .unwrap_or(attempt);
+            parts.push(format!(
+                "{} {}",
+                protocol_words(shown.protocol),
+                shown.words()
+            ));
+        }
+        if parts.is_empty() {
+            return "nothing asked".into();
+        }
+        parts.join("; ")
+    }
+}
+
+fn protocol_words(protocol: MappingProtocol) -> &'static str {
+    match protocol {
+        MappingProtocol::Pcp => "PCP",
+        MappingProtocol::Natpmp => "NAT-PMP",
+        MappingProtocol::Other => "another protocol",
+    }
+}
+
+impl MappingAttempt {
+    /// What happened, in a few words: "granted port 8333 as 8333 for 120 s, then deleted".
+    pub fn words(&self) -> String {
+        let port = self.internal_port;
+        match (&self.granted, self.answer) {
+            (Some(g), _) => {
+                let behind = match g.external_class {
+                    Some(HopClass::Private) => {
+                        " (its external address is private: another NAT is in front)"
+                    }
+                    Some(HopClass::Shared) => {
+                        " (its external address is in 100.64/10: carrier-grade NAT in front)"
+                    }
+                    _ => "",
+                };
+                let deleted = match &self.release {
+                    Some(r) if r.succeeded => "then deleted",
+                    _ => "deletion not confirmed (it expires by itself)",
+                };
+                format!(
+                    "granted port {port} as {} for {} s{behind}, {deleted}",
+                    g.external_port, g.lifetime_s
+                )
+            }
+            (None, GatewayAnswer::Answered) => match (self.server_version, &self.result) {
+                (Some(0), _) => "not spoken (the gateway answered as NAT-PMP)".into(),
+                (_, Some(result)) => format!("refused port {port}: {result}"),
+                (_, None) => format!("answered for port {port} without a mapping"),
+            },
+            (None, GatewayAnswer::Timeout) => "no answer".into(),
+            (None, GatewayAnswer::Refused) => {
+                "refused: nothing listens on the gateway's port 5351".into()
+            }
+            (None, GatewayAnswer::Unreachable) => "gateway unreachable".into(),
+            (None, GatewayAnswer::Malformed) => "only malformed answers".into(),
+            (None, GatewayAnswer::Stopped) => "stopped before an answer".into(),
+            (None, GatewayAnswer::Other) => "an unknown outcome".into(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn attempt(protocol: MappingProtocol, role: PortRole, answer: GatewayAnswer) -> MappingAttempt {
+        MappingAttempt {
+            protocol,
+            port_role: role,
+            internal_port: if role == PortRole::Node { 8333 } else { 40000 },
+            requested_lifetime_s: 120,
+            answer,
+            requests_sent: 1,
+            rtt_ms: None,
+            result_code: None,
+            result: None,
+            server_version: None,
+            granted: None,
+            renewals: 0,
+            lost_state: 0,
+            errors: Vec::new(),
+            error_count: 0,
+            release: None,
+        }
+    }
+
+    #[test]
+    fn the_summary_says_per_protocol_what_happened_to_the_node_port() {
+        let mut granted = attempt(
+            MappingProtocol::Pcp,
+            PortRole::Node,
+            GatewayAnswer::Answered,
+        );
+        granted.granted = Some(GrantedMapping {
+            lifetime_s: 13,
+            external: None,
+            external_port: 8333,
+            external_class: Some(HopClass::Shared),
+        });
+        granted.release = Some(MappingRelease {
+            answer: GatewayAnswer::Answered,
+            result_code: Some(0),
+            succeeded: true,
+            requests_sent: 1,
+        });
+        let report = PortMappingReport {
+            skipped: None,
+            attempts: vec![
+                attempt(
+                    MappingProtocol::Pcp,
+                    PortRole::Probe,
+                    GatewayAnswer::Timeout,
+                ),
+                granted,
+                attempt(
+                    MappingProtocol::Natpmp,
+                    PortRole::Node,
+                    GatewayAnswer::Refused,
+                ),
+            ],
+        };
+        assert_eq!(
+            report.summary(),
+            "PCP granted port 8333 as 8333 for 13 s (its external address is in 100.64/10: carrier-grade NAT in front), then deleted; \
+             NAT-PMP refused: nothing listens on the gateway's port 5351"
+        );
+        assert_eq!(
+            PortMappingReport::skipped(PortMappingSkipped::Declined).summary(),
+            "not asked (--no-portmap)"
+        );
+        let mut refused = attempt(
+            MappingProtocol::Pcp,
+            PortRole::Node,
+            GatewayAnswer::Answered,
+        );
+        refused.result = Some("not_authorized".into());
+        assert_eq!(refused.words(), "refused port 8333: not_authorized");
+    }
 
     #[test]
     fn values_a_newer_punchscope_adds_read_as_other() {

@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::classify::ClassifyError;
+use crate::portmap::PortMapError;
 use crate::rendezvous::RendezvousError;
 use crate::upload::SpoolError;
 
@@ -22,6 +23,8 @@ pub enum ProbeError {
     NoEchoServers { why: String },
     #[error("could not classify your NAT: {0}")]
     Classify(#[from] ClassifyError),
+    #[error("could not ask the gateway for a port mapping: {0}")]
+    PortMap(#[from] PortMapError),
     #[error("could not pair through the coordinator: {0}")]
     Coordinator(#[source] RendezvousError),
     #[error("cannot keep the result in the spool {dir}: {cause}; check the folder's permissions and free space, or choose another --spool")]

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use punchscope_analysis::portmap::{PortMappingReport, PortMappingSkipped, PortRole};
 use punchscope_analysis::result::{ClientInfo, RunResult};
 
 use super::delivery::{spool_and_upload, UploadStatus};
@@ -11,6 +12,7 @@ use super::pairing::{run_pairing, PairingOptions};
 use super::{ProbeError, Progress, Stop};
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
+use crate::portmap::{self, gateway, PortMapConfig};
 use crate::proto::rendezvous::Mode;
 use crate::rendezvous::{Hello, RendezvousError};
 
@@ -39,6 +41,16 @@ pub struct RunOptions {
     /// Which endpoints servers may send us to: [`AddressPolicy::Public`]
     /// except in loopback tests (no flag sets it).
     pub addresses: AddressPolicy,
+    /// Ask the default gateway to map ports (PCP, NAT-PMP), hold them a
+    /// moment and delete them; `None` when the volunteer said no (`--no-portmap`).
+    pub port_mapping: Option<PortMapOptions>,
+}
+
+/// What to ask the gateway for.
+#[derive(Debug, Clone)]
+pub struct PortMapOptions {
+    /// The volunteer's Bitcoin node port (8333 by default).
+    pub node_port: u16,
 }
 
 /// How a run ended, for the summary and the exit code.
@@ -88,6 +100,18 @@ pub async fn run(
         verdict: Box::new(classification.verdict.clone()),
     });
 
+    let port_mapping = match &options.port_mapping {
+        None => PortMappingReport::skipped(PortMappingSkipped::Declined),
+        Some(asked) => {
+            progress(Progress::PortMapping);
+            let report = port_map(asked, &stop).await?;
+            progress(Progress::PortMapped {
+                report: Box::new(report.clone()),
+            });
+            report
+        }
+    };
+
     progress(Progress::Connecting);
     let server = resolve(&options.coordinator).await?;
     let mut hello = Hello::volunteer(options.max_wait).with_verdict(&classification.verdict);
@@ -109,7 +133,7 @@ pub async fn run(
     };
 
     let pairings = run.iter().map(|r| r.pairing.clone()).collect();
-    let result = RunResult::new(
+    let mut result = RunResult::new(
         env!("CARGO_PKG_VERSION"),
         started_at,
         chrono::Utc::now(),
@@ -117,6 +141,8 @@ pub async fn run(
         &classification,
         pairings,
     );
+    result.port_mapping = Some(port_mapping);
+    result.sanitize();
     progress(Progress::Uploading);
     let delivery = spool_and_upload(
         &result,
@@ -133,6 +159,31 @@ pub async fn run(
         spooled: delivery.spooled,
         upload: delivery.upload,
     })
+}
+
+/// Asks the default gateway to map the node's port and a port this probe
+/// listens on while it asks, then deletes both (see [`portmap::measure`]).
+async fn port_map(asked: &PortMapOptions, stop: &Stop) -> Result<PortMappingReport, ProbeError> {
+    if stop.is_stopped() {
+        return Ok(PortMappingReport::skipped(PortMappingSkipped::Stopped));
+    }
+    let Some(gateway) = gateway::default_gateway() else {
+        return Ok(PortMappingReport::skipped(PortMappingSkipped::NoGateway));
+    };
+    // A real port of ours, held while the gateway maps it.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.ok();
+    let mut ports = vec![(PortRole::Node, asked.node_port)];
+    if let Some(port) = listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port())
+    {
+        ports.push((PortRole::Probe, port));
+    }
+    let config = PortMapConfig::for_gateway(gateway.into(), ports);
+    let report = portmap::measure(&config, stop).await?;
+    drop(listener);
+    Ok(report)
 }
 
 /// The coordinator's first address.
