@@ -1,0 +1,267 @@
+//! Port mapping against real routers: kernel routers running Debian's
+//! miniupnpd (NAT-PMP, PCP) grant, refuse or stay silent, and the probe's
+//! client records each, deletes every mapping it got, also when stopped,
+//! and the router's own nftables state shows it.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
+
+mod support;
+
+use std::net::{IpAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use punchscope::analysis::classify::HopClass;
+use punchscope::analysis::portmap::{GatewayAnswer, MappingProtocol, PortMappingReport, PortRole};
+use punchscope::lab::kernel::portmap::{PortmapChange, PortmapProtocol, RouterMapping};
+use punchscope::lab::nat::NatEvent;
+use punchscope::lab::Lab;
+use punchscope::portmap::{measure, PortMapConfig};
+use punchscope::probe::Stop;
+use support::lab::*;
+
+const SCENARIO: &str = r#"
+[[nat]]
+name = "grants"
+backend = "kernel"
+portmap = ["natpmp", "pcp"]
+portmap_min_lifetime_s = 60
+[[nat]]
+name = "refuses"
+backend = "kernel"
+portmap = ["natpmp", "pcp"]
+portmap_refuse = true
+[[nat]]
+name = "silent"
+backend = "kernel"
+portmap_closed = "drop"
+[[nat]]
+name = "plain"
+backend = "kernel"
+[[host]]
+name = "alice"
+nat = "grants"
+[[host]]
+name = "bob"
+nat = "refuses"
+[[host]]
+name = "carol"
+nat = "silent"
+[[host]]
+name = "dave"
+nat = "plain"
+"#;
+
+const NODE_PORT: u16 = 8333;
+const PROBE_PORT: u16 = 40123;
+
+fn gateway_of(lab: &Lab, host: &str) -> IpAddr {
+    let scenario = lab.scenario();
+    scenario
+        .router_of(scenario.host(host).unwrap())
+        .config
+        .gateway_ip
+        .into()
+}
+
+/// Runs the probe's port mapping client inside `host`'s namespace, with
+/// the RFC schedules the probe uses, holding what it gets for `hold`.
+fn measure_from(lab: &Lab, host: &str, hold: Duration, stop: Stop) -> PortMappingReport {
+    let mut config = PortMapConfig::for_gateway(
+        gateway_of(lab, host),
+        vec![(PortRole::Node, NODE_PORT), (PortRole::Probe, PROBE_PORT)],
+    );
+    config.hold = hold;
+    lab.run_in(host, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), measure(&config, &stop))
+                .await
+                .expect("port mapping ends within its schedules")
+                .expect("sockets open")
+        })
+    })
+    .unwrap()
+}
+
+/// Every mapping the router's nftables state showed while `work` ran.
+fn watch_router<T: Send>(
+    lab: &Lab,
+    router: &str,
+    work: impl FnOnce() -> T + Send,
+) -> (T, Vec<RouterMapping>) {
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut seen: Vec<RouterMapping> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for mapping in lab
+                    .port_mappings(router)
+                    .expect("nft lists the router's table")
+                {
+                    if !seen.contains(&mapping) {
+                        seen.push(mapping);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        });
+        let out = work();
+        done.store(true, Ordering::Relaxed);
+        (out, watcher.join().unwrap())
+    })
+}
+
+#[test]
+fn a_router_with_port_mapping_grants_both_protocols_and_every_mapping_is_deleted() {
+    let lab = start_lab("pmgrant", SCENARIO);
+    let alice = lab.scenario().host("alice").unwrap().address;
+    let (report, seen) = watch_router(&lab, "grants", || {
+        measure_from(&lab, "alice", Duration::from_secs(1), Stop::new().1)
+    });
+    assert_eq!(report.skipped, None);
+    assert_eq!(report.attempts.len(), 4, "{report:#?}");
+    for protocol in [MappingProtocol::Pcp, MappingProtocol::Natpmp] {
+        for (role, port) in [(PortRole::Node, NODE_PORT), (PortRole::Probe, PROBE_PORT)] {
+            let attempt = report
+                .attempts
+                .iter()
+                .find(|a| a.protocol == protocol && a.port_role == role)
+                .unwrap_or_else(|| panic!("{protocol:?} {role:?} asked: {report:#?}"));
+            assert_eq!(attempt.answer, GatewayAnswer::Answered, "{attempt:#?}");
+            assert_eq!(attempt.result.as_deref(), Some("success"), "{attempt:#?}");
+            let granted = attempt.granted.as_ref().expect("granted");
+            assert_eq!(
+                granted.external_port, port,
+                "miniupnpd keeps the port asked"
+            );
+            assert!(granted.lifetime_s >= 60, "{granted:?}");
+            let external = granted.external.as_ref().expect("external address learned");
+            assert_eq!(external.net, "203.0.113.0/24");
+            assert_eq!(granted.external_class, Some(HopClass::Public));
+            assert!(
+                attempt.release.as_ref().is_some_and(|r| r.succeeded),
+                "deleted: {attempt:#?}"
+            );
+            assert!(attempt.errors.is_empty(), "{:?}", attempt.errors);
+        }
+    }
+    // The router's own state: both ports were mapped to alice, and nothing is left.
+    for port in [NODE_PORT, PROBE_PORT] {
+        assert!(
+            seen.contains(&RouterMapping {
+                external_port: port,
+                internal: SocketAddrV4::new(alice, port)
+            }),
+            "nftables showed {port} mapped to alice: {seen:?}"
+        );
+    }
+    assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+    // And its log: PCP mappings added and removed, NAT-PMP removed.
+    let portmap_events: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            NatEvent::PortMap(p) if e.router == "grants" => Some(p),
+            _ => None,
+        })
+        .collect();
+    for (protocol, change) in [
+        (PortmapProtocol::Pcp, PortmapChange::Added),
+        (PortmapProtocol::Pcp, PortmapChange::Removed),
+        (PortmapProtocol::Natpmp, PortmapChange::Requested),
+        (PortmapProtocol::Natpmp, PortmapChange::Removed),
+    ] {
+        assert!(
+            portmap_events.iter().any(|e| e.protocol == protocol
+                && e.change == change
+                && e.external_port == Some(NODE_PORT)),
+            "{protocol:?} {change:?} of {NODE_PORT} logged: {portmap_events:?}"
+        );
+    }
+}
+
+#[test]
+fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
+    let lab = start_lab("pmrefuse", SCENARIO);
+    let (refused, seen) = watch_router(&lab, "refuses", || {
+        measure_from(&lab, "bob", Duration::from_secs(1), Stop::new().1)
+    });
+    assert_eq!(refused.attempts.len(), 4);
+    for attempt in &refused.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Answered, "{attempt:#?}");
+        assert_eq!(attempt.result_code, Some(2), "{attempt:#?}");
+        assert_eq!(attempt.result.as_deref(), Some("not_authorized"));
+        assert!(attempt.granted.is_none() && attempt.release.is_none());
+    }
+    assert_eq!(seen, vec![], "nothing was ever mapped");
+
+    let started = Instant::now();
+    let silent = measure_from(&lab, "carol", Duration::from_secs(1), Stop::new().1);
+    for attempt in &silent.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Timeout, "{attempt:#?}");
+        assert!(attempt.requests_sent >= 2, "retransmitted: {attempt:#?}");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(12) && waited < Duration::from_secs(20),
+        "PCP's 9 s then NAT-PMP's 3.75 s: {waited:?}"
+    );
+
+    // A router that runs nothing on 5351 answers ICMP port unreachable.
+    let plain = measure_from(&lab, "dave", Duration::from_secs(1), Stop::new().1);
+    assert_eq!(plain.attempts.len(), 4);
+    for attempt in &plain.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Refused, "{attempt:#?}");
+    }
+}
+
+#[test]
+fn a_stop_while_holding_deletes_every_mapping_at_once() {
+    let lab = start_lab("pmstop", SCENARIO);
+    let (handle, stop) = Stop::new();
+    let started = Instant::now();
+    let (report, seen) = watch_router(&lab, "grants", || {
+        std::thread::scope(|scope| {
+            // What Ctrl-C does in the probe: fire the run's stop.
+            scope.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    if lab.port_mappings("grants").unwrap().len() == 2 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                handle.stop();
+            });
+            measure_from(&lab, "alice", Duration::from_secs(3600), stop)
+        })
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the hour-long hold was cut"
+    );
+    assert_eq!(seen.len(), 2, "both ports were mapped: {seen:?}");
+    assert_eq!(
+        report.attempts.len(),
+        2,
+        "NAT-PMP was not asked after the stop"
+    );
+    for attempt in &report.attempts {
+        assert_eq!(attempt.protocol, MappingProtocol::Pcp);
+        assert!(
+            attempt.release.as_ref().is_some_and(|r| r.succeeded),
+            "{attempt:#?}"
+        );
+    }
+    assert_eq!(
+        lab.port_mappings("grants").unwrap(),
+        vec![],
+        "the router holds nothing"
+    );
+}
