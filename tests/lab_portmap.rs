@@ -226,27 +226,27 @@ fn a_stop_while_holding_deletes_every_mapping_at_once() {
     let lab = start_lab("pmstop", SCENARIO);
     let (handle, stop) = Stop::new();
     let started = Instant::now();
-    let (report, seen) = watch_router(&lab, "grants", || {
-        std::thread::scope(|scope| {
-            // What Ctrl-C does in the probe: fire the run's stop.
-            scope.spawn(|| {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while Instant::now() < deadline {
-                    if lab.port_mappings("grants").unwrap().len() == 2 {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                handle.stop();
-            });
-            measure_from(&lab, "alice", Duration::from_secs(3600), stop)
-        })
+    let (report, held) = std::thread::scope(|scope| {
+        // What Ctrl-C does in the probe: fire the run's stop, here once the
+        // router holds both mappings.
+        let stopper = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut held = Vec::new();
+            while Instant::now() < deadline && held.len() < 2 {
+                std::thread::sleep(Duration::from_millis(20));
+                held = lab.port_mappings("grants").unwrap();
+            }
+            handle.stop();
+            held
+        });
+        let report = measure_from(&lab, "alice", Duration::from_secs(3600), stop);
+        (report, stopper.join().unwrap())
     });
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "the hour-long hold was cut"
     );
-    assert_eq!(seen.len(), 2, "both ports were mapped: {seen:?}");
+    assert_eq!(held.len(), 2, "both ports were mapped: {held:?}");
     assert_eq!(
         report.attempts.len(),
         2,

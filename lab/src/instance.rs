@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::driver::{run_router, RouterCore, RouterIo};
 use super::events::{EventLog, LabEvent};
 use super::kernel::conntrack::{ConntrackError, ConntrackWatch};
-use super::kernel::portmap::{self, MiniUpnpd, PortmapError, RouterMapping};
+use super::kernel::portmap::{self, MiniUpnpd, PortmapError, Refuser, RouterMapping};
 use super::kernel::{self, KernelNat};
 use super::lock::{LabLock, LockError};
 use super::nat::{Nat, NatConfig, Translation};
@@ -78,6 +78,8 @@ pub struct Lab {
     conntrack: Vec<ConntrackWatch>,
     /// One miniupnpd per kernel router with port mapping, ended first at teardown.
     miniupnpd: Vec<MiniUpnpd>,
+    /// The refusing responder of each router with `portmap_refuse`.
+    refusers: Vec<Refuser>,
     /// The STUN responder those miniupnpd check their address with.
     stun: Option<StunResponder>,
     events: Arc<EventLog>,
@@ -202,6 +204,7 @@ impl Lab {
             routers: None,
             conntrack: Vec::new(),
             miniupnpd: Vec::new(),
+            refusers: Vec::new(),
             stun: None,
             _lock: lock,
         };
@@ -575,6 +578,13 @@ impl Lab {
             .filter(|r| r.portmap.enabled)
             .cloned()
             .collect();
+        for router in routers.iter().filter(|r| r.portmap.refuse) {
+            self.refusers.push(Refuser::start(
+                &self.router_netns(&router.name),
+                router.config.gateway_ip,
+            )?);
+        }
+        let routers: Vec<RouterSpec> = routers.into_iter().filter(|r| !r.portmap.refuse).collect();
         if routers.is_empty() {
             return Ok(());
         }
@@ -601,6 +611,7 @@ impl Lab {
     fn teardown(&mut self) -> Result<(), LabError> {
         // The daemons first: they still hold their routers' namespaces.
         self.miniupnpd.clear();
+        self.refusers.clear();
         self.stun = None;
         if let Some(routers) = self.routers.take() {
             let _ = routers.shutdown.send(true);

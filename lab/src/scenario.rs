@@ -1021,4 +1021,56 @@ nat = "cgn"
         let e = error_of("[[nat]]\nname = \"home\"\nupstream = \"home\"\n[[host]]\nname = \"h\"\nnat = \"home\"\n");
         assert!(e.contains("its own upstream"), "{e}");
     }
+
+    #[test]
+    fn port_mapping_keys_are_read_and_what_the_lab_cannot_play_is_refused_with_the_line() {
+        let kernel = |keys: &str| {
+            format!("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\n{keys}\n[[host]]\nname = \"h\"\nnat = \"k\"\n")
+        };
+        let s = Scenario::parse(&kernel(
+            "portmap = [\"natpmp\", \"pcp\"]\nportmap_min_lifetime_s = 13\nportmap_max_lifetime_s = 600\nportmap_ports = [8000, 9000]",
+        ))
+        .unwrap();
+        let p = &s.routers[0].portmap;
+        assert!(p.enabled && !p.refuse);
+        assert_eq!(
+            (p.min_lifetime_s, p.max_lifetime_s, p.ports),
+            (13, 600, (8000, 9000))
+        );
+        let s = Scenario::parse(&kernel(
+            "portmap = [\"pcp\", \"natpmp\"]\nportmap_refuse = true",
+        ))
+        .unwrap();
+        assert!(s.routers[0].portmap.refuse);
+        let s = Scenario::parse(&kernel("portmap_closed = \"drop\"")).unwrap();
+        assert_eq!(s.routers[0].portmap.closed, ClosedAnswer::Drop);
+        assert!(!s.routers[0].portmap.enabled);
+        assert_eq!(
+            Scenario::parse(&kernel("")).unwrap().routers[0].portmap,
+            PortmapSpec::default()
+        );
+
+        for (keys, expected) in [
+            ("portmap = [\"pcp\"]", "one switch"),
+            ("portmap = [\"natpmp\", \"pcp\", \"upnp\"]", "UPnP IGD"),
+            ("portmap = [\"natpmp\", \"pcp\"]\nportmap_closed = \"drop\"", "portmap_closed"),
+            ("portmap_refuse = true", "portmap_refuse needs portmap"),
+            ("portmap = [\"natpmp\", \"pcp\"]\nportmap_ports = [9000, 8000]", "1 <= low <= high"),
+            ("portmap = [\"natpmp\", \"pcp\"]\nportmap_min_lifetime_s = 60\nportmap_max_lifetime_s = 30", "below"),
+        ] {
+            let e = error_of(&kernel(keys));
+            assert!(
+                (4..=6).any(|line| e.starts_with(&format!("line {line}:"))),
+                "{keys}: {e}"
+            );
+            assert!(e.contains(expected), "{keys}: {e}");
+        }
+        let e = error_of("[[nat]]\nname = \"e\"\nportmap = [\"natpmp\", \"pcp\"]\n[[host]]\nname = \"h\"\nnat = \"e\"\n");
+        assert!(
+            e.contains("line 3") && e.contains("backend = \"kernel\""),
+            "{e}"
+        );
+        let e = error_of(&kernel("portmap = [\"igd\"]"));
+        assert!(e.contains("line 4"), "{e}");
+    }
 }

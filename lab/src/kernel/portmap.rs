@@ -15,7 +15,7 @@
 //! own address from every port, so it maps. Behind a carrier-grade NAT the
 //! same check finds a restrictive NAT, and it refuses, as it would at home.
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,8 @@ pub struct PortmapSpec {
     pub max_lifetime_s: u32,
     /// Internal and external ports a host may map.
     pub ports: (u16, u16),
-    /// A deny-all permission rule: every request is refused (NOT_AUTHORIZED).
+    /// Every request is refused (NOT_AUTHORIZED), fast: the lab's [`Refuser`]
+    /// plays the router instead of miniupnpd.
     pub refuse: bool,
     /// Without port mapping: what port 5351 answers.
     pub closed: ClosedAnswer,
@@ -84,11 +85,6 @@ impl Default for PortmapSpec {
 /// learning its address from the STUN responder at `stun`.
 pub fn miniupnpd_config(spec: &PortmapSpec, lan_net: Ipv4Addr, stun: SocketAddrV4) -> String {
     let (low, high) = spec.ports;
-    let permission = if spec.refuse {
-        String::new()
-    } else {
-        format!("allow {low}-{high} {lan_net}/24 {low}-{high}\n")
-    };
     format!(
         "# Written by punchscope's lab for one kernel router; removed with it.
 ext_ifname={WAN_DEVICE}
@@ -107,7 +103,8 @@ upnp_nat_table_name={TABLE}
 upnp_forward_chain=miniupnpd
 upnp_nat_chain={DNAT_CHAIN}
 upnp_nat_postrouting_chain=postrouting_miniupnpd
-{permission}deny 0-65535 0.0.0.0/0 0-65535
+allow {low}-{high} {lan_net}/24 {low}-{high}
+deny 0-65535 0.0.0.0/0 0-65535
 ",
         stun.ip(),
         stun.port(),
@@ -344,6 +341,8 @@ impl MiniUpnpd {
         std::fs::create_dir_all(dir).map_err(files)?;
         let config_path = dir.join("miniupnpd.conf");
         std::fs::write(&config_path, config).map_err(files)?;
+        // Its whole log, beside its configuration, for whoever inspects a running lab.
+        let mut log = std::fs::File::create(dir.join("miniupnpd.log")).map_err(files)?;
         let mut command = netns::command_in(netns_name, "miniupnpd")?;
         command
             .arg("-f")
@@ -376,6 +375,7 @@ impl MiniUpnpd {
             let mut ready = Some(ready_tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
                 if line.contains("Listening for NAT-PMP/PCP traffic") {
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(Ok(()));
@@ -452,6 +452,115 @@ impl Drop for MiniUpnpd {
     }
 }
 
+/// How long a refusal says it holds (RFC 6887 section 7.4: NOT_AUTHORIZED is a long-lifetime error).
+const REFUSAL_LIFETIME_S: u32 = 1800;
+
+/// The answer of a gateway that refuses every port mapping: PCP
+/// NOT_AUTHORIZED (RFC 6887 section 7.4) or NAT-PMP result 2, "Not
+/// Authorized/Refused" (RFC 6886 section 3.5), each echoing what the
+/// request carried as the RFCs ask. `epoch_s` is the responder's uptime.
+/// `None` for what no gateway answers (too short, an answer itself).
+pub fn refusal(request: &[u8], epoch_s: u32) -> Option<Vec<u8>> {
+    const NOT_AUTHORIZED: u8 = 2;
+    let (&version, rest) = request.split_first()?;
+    let &opcode = rest.first()?;
+    if opcode & 0x80 != 0 {
+        return None;
+    }
+    match version {
+        0 => {
+            // NAT-PMP: the request's opcode + 128, result, epoch; a mapping
+            // answer also echoes the internal port, with no external port and no lifetime.
+            let mut m = vec![0, 128 + opcode, 0, NOT_AUTHORIZED];
+            m.extend(epoch_s.to_be_bytes());
+            match opcode {
+                0 => m.extend([0u8; 4]),
+                1 | 2 if request.len() >= 12 => {
+                    m.extend(&request[4..6]);
+                    m.extend([0u8; 6]);
+                }
+                _ => {}
+            }
+            Some(m)
+        }
+        _ if request.len() < 24 || request.len() > 1100 || request.len() % 4 != 0 => None,
+        _ => {
+            // PCP: the request echoed (opcode data included), answer bit set,
+            // result, lifetime of the error, epoch, reserved bytes zeroed;
+            // any other version is refused as UNSUPP_VERSION (result 1).
+            let mut m = request.to_vec();
+            m[0] = 2;
+            m[1] = opcode | 0x80;
+            m[2] = 0;
+            m[3] = if version == 2 { NOT_AUTHORIZED } else { 1 };
+            m[4..8].copy_from_slice(&REFUSAL_LIFETIME_S.to_be_bytes());
+            m[8..12].copy_from_slice(&epoch_s.to_be_bytes());
+            m[12..24].fill(0);
+            if opcode == 1 && m.len() >= 60 {
+                // MAP: no external port or address assigned.
+                m[42..60].fill(0);
+            }
+            Some(m)
+        }
+    }
+}
+
+/// The lab's refusing gateway: a socket on the router's LAN address, port
+/// 5351, answering every request with [`refusal`] until dropped. It plays
+/// `portmap_refuse` in place of miniupnpd, whose own refusal (a deny rule)
+/// answers only after walking every external port, about 60 s a request.
+pub struct Refuser {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Refuser {
+    pub fn start(netns_name: &str, gateway: Ipv4Addr) -> Result<Refuser, PortmapError> {
+        let addr = SocketAddrV4::new(gateway, SERVER_PORT);
+        let socket =
+            netns::run_in(netns_name, || std::net::UdpSocket::bind(addr))?.map_err(|source| {
+                PortmapError::Spawn {
+                    netns: netns_name.to_string(),
+                    source,
+                }
+            })?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(|source| PortmapError::Spawn {
+                netns: netns_name.to_string(),
+                source,
+            })?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut buffer = [0u8; 1101];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buffer) else {
+                    continue;
+                };
+                let epoch = u32::try_from(started.elapsed().as_secs()).unwrap_or(u32::MAX);
+                if let Some(answer) = refusal(&buffer[..n], epoch) {
+                    let _ = socket.send_to(&answer, from);
+                }
+            }
+        });
+        Ok(Refuser {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Refuser {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,12 +588,6 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }
-        let refusing = PortmapSpec {
-            refuse: true,
-            ..spec
-        };
-        let text = miniupnpd_config(&refusing, Ipv4Addr::new(192, 168, 3, 0), stun);
-        assert!(!text.contains("allow"), "{text}");
     }
 
     #[test]
@@ -540,6 +643,40 @@ mod tests {
             ]
         );
         assert!(parse_mappings("table inet punchscope_portmap {\n}\n").is_empty());
+    }
+
+    #[test]
+    fn the_refusal_echoes_each_request_as_the_rfcs_ask() {
+        let natpmp = [0, 2, 0, 0, 0x20, 0x8d, 0x20, 0x8d, 0, 0, 0, 120];
+        assert_eq!(
+            refusal(&natpmp, 7).unwrap(),
+            [0, 130, 0, 2, 0, 0, 0, 7, 0x20, 0x8d, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            refusal(&[0, 0], 7).unwrap(),
+            [0, 128, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0]
+        );
+        let mut pcp = vec![2, 1, 0, 0, 0, 0, 0, 120];
+        pcp.extend([0u8; 16]);
+        pcp.extend(*b"nonce-twelve");
+        pcp.extend([6, 0, 0, 0, 0x20, 0x8d, 0x20, 0x8d]);
+        pcp.extend([0xffu8; 16]);
+        let answer = refusal(&pcp, 9).unwrap();
+        assert_eq!(answer.len(), 60);
+        assert_eq!(&answer[..4], &[2, 0x81, 0, 2], "NOT_AUTHORIZED");
+        assert_eq!(&answer[8..12], &9u32.to_be_bytes());
+        assert_eq!(&answer[24..36], b"nonce-twelve");
+        assert_eq!(&answer[40..42], &[0x20, 0x8d], "internal port echoed");
+        assert!(answer[42..60].iter().all(|b| *b == 0), "nothing assigned");
+        let mut v1 = pcp.clone();
+        v1[0] = 1;
+        assert_eq!(refusal(&v1, 9).unwrap()[3], 1, "UNSUPP_VERSION");
+        assert_eq!(refusal(&answer, 9), None, "answers are not answered");
+        for len in 0..pcp.len() {
+            let _ = refusal(&pcp[..len], 9);
+        }
+        assert_eq!(refusal(&[], 9), None);
+        assert_eq!(refusal(&[2; 2000], 9), None);
     }
 
     #[test]
