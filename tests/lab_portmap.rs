@@ -8,13 +8,16 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddrV4};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use punchscope::analysis::classify::HopClass;
 use punchscope::analysis::portmap::{GatewayAnswer, MappingProtocol, PortMappingReport, PortRole};
+use punchscope::analysis::result::RunResult;
 use punchscope::lab::kernel::portmap::{PortmapChange, PortmapProtocol, RouterMapping};
 use punchscope::lab::nat::NatEvent;
+use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
 use punchscope::portmap::{measure, PortMapConfig};
 use punchscope::probe::Stop;
@@ -264,4 +267,108 @@ fn a_stop_while_holding_deletes_every_mapping_at_once() {
         vec![],
         "the router holds nothing"
     );
+}
+
+/// The volunteer's real `probe`, Ctrl-C'd while its router holds its PCP
+/// mappings: it deletes them before it exits, and its result (as the
+/// collector would accept it) says so.
+#[test]
+fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
+    let lab = start_lab("pmprobe", SCENARIO);
+    let endpoints: Vec<std::net::SocketAddr> = [
+        "198.51.100.10:3478",
+        "198.51.100.10:3479",
+        "198.51.100.11:3478",
+        "198.51.100.11:3479",
+    ]
+    .iter()
+    .map(|e| e.parse().unwrap())
+    .collect();
+    let _echo = EchoService::start(&lab, &endpoints).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let child = punchscope_in(&lab.host_netns("alice").unwrap())
+        // No coordinator runs: the stop comes before the probe would look for one.
+        .args(["probe", "--server", "198.51.100.10:7000"])
+        .args([
+            "--echo",
+            "198.51.100.10:3478",
+            "--echo",
+            "198.51.100.11:3478",
+        ])
+        .args([
+            "--yes",
+            "--json",
+            "--quiet",
+            "--node-port",
+            "8333",
+            "--spool",
+        ])
+        .arg(spool.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let pid = guard.0.as_ref().unwrap().id();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut held = Vec::new();
+    while Instant::now() < deadline && held.len() < 2 {
+        std::thread::sleep(Duration::from_millis(10));
+        held = lab.port_mappings("grants").unwrap();
+    }
+    assert_eq!(held.len(), 2, "the probe got both ports mapped: {held:?}");
+    assert!(held.iter().any(|m| m.external_port == NODE_PORT));
+    // Ctrl-C, to the process this test started.
+    // SAFETY: kill on our own child's PID, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }, 0);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while guard.0.as_mut().unwrap().try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the probe exits after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = guard.0.take().unwrap().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "interrupted: {stderr}");
+    assert_eq!(
+        lab.port_mappings("grants").unwrap(),
+        vec![],
+        "nothing left open"
+    );
+
+    let result = RunResult::from_json(std::str::from_utf8(&output.stdout).unwrap())
+        .expect("a result the collector accepts: no raw address");
+    let report = result.port_mapping.expect("port mapping recorded");
+    assert_eq!(report.attempts.len(), 2, "PCP only: {report:#?}");
+    let node = report
+        .attempts
+        .iter()
+        .find(|a| a.port_role == PortRole::Node)
+        .unwrap();
+    assert_eq!(node.internal_port, NODE_PORT);
+    assert_eq!(node.protocol, MappingProtocol::Pcp);
+    assert_eq!(
+        node.granted
+            .as_ref()
+            .unwrap()
+            .external
+            .as_ref()
+            .unwrap()
+            .net,
+        "203.0.113.0/24"
+    );
+    for attempt in &report.attempts {
+        assert!(
+            attempt.release.as_ref().is_some_and(|r| r.succeeded),
+            "{attempt:#?}"
+        );
+    }
+    let spooled: Vec<_> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(spooled.len(), 1, "the result is kept in the spool");
 }

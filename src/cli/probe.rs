@@ -389,7 +389,7 @@ fn summarize(outcome: &RunOutcome) {
         );
     }
     if outcome.ending == RunEnding::StoppedWaiting {
-        println!("Stopped by you while waiting for a peer; your NAT classification is saved.");
+        println!("Stopped by you before a peer was found; your NAT classification is saved.");
     }
     for pairing in &outcome.result.pairings {
         let connected = pairing

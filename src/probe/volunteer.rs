@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::portmap::{PortMappingReport, PortMappingSkipped, PortRole};
 use punchscope_analysis::result::{ClientInfo, RunResult};
 
 use super::delivery::{spool_and_upload, UploadStatus};
-use super::pairing::{run_pairing, PairingOptions};
+use super::pairing::{run_pairing, PairingOptions, PairingRun};
 use super::{ProbeError, Progress, Stop};
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
@@ -60,7 +61,7 @@ pub enum RunEnding {
     Paired,
     /// No peer came within the wait; the classification is kept all the same.
     NoPeer { waited: Duration },
-    /// Stopped while waiting for a peer.
+    /// Stopped before a peer was found (during port mapping, or while waiting).
     StoppedWaiting,
 }
 
@@ -112,24 +113,12 @@ pub async fn run(
         }
     };
 
-    progress(Progress::Connecting);
-    let server = resolve(&options.coordinator).await?;
-    let mut hello = Hello::volunteer(options.max_wait).with_verdict(&classification.verdict);
-    if let Some(code) = &options.pair_code {
-        hello = hello.with_pair_code(code.clone());
-    }
-    let pairing_options = PairingOptions {
-        server,
-        hello,
-        read_timeout: READ_TIMEOUT,
-        max_wait: options.max_wait,
-        addresses: options.addresses,
-    };
-    let (run, ending) = match run_pairing(&pairing_options, &mut progress, stop.stopped()).await {
-        Ok(run) => (Some(run), RunEnding::Paired),
-        Err(RendezvousError::NoPeer { waited }) => (None, RunEnding::NoPeer { waited }),
-        Err(RendezvousError::Interrupted) => (None, RunEnding::StoppedWaiting),
-        Err(e) => return Err(ProbeError::Coordinator(e)),
+    // A stop during port mapping (its mappings are deleted by then) ends the
+    // run here, with what was measured.
+    let (run, ending) = if stop.is_stopped() {
+        (None, RunEnding::StoppedWaiting)
+    } else {
+        pair(&options, &classification.verdict, &mut progress, &stop).await?
     };
 
     let pairings = run.iter().map(|r| r.pairing.clone()).collect();
@@ -159,6 +148,34 @@ pub async fn run(
         spooled: delivery.spooled,
         upload: delivery.upload,
     })
+}
+
+/// Connects to the coordinator and runs one pairing; no peer and a stop are endings.
+async fn pair(
+    options: &RunOptions,
+    verdict: &Verdict,
+    progress: &mut impl FnMut(Progress),
+    stop: &Stop,
+) -> Result<(Option<PairingRun>, RunEnding), ProbeError> {
+    progress(Progress::Connecting);
+    let server = resolve(&options.coordinator).await?;
+    let mut hello = Hello::volunteer(options.max_wait).with_verdict(verdict);
+    if let Some(code) = &options.pair_code {
+        hello = hello.with_pair_code(code.clone());
+    }
+    let pairing_options = PairingOptions {
+        server,
+        hello,
+        read_timeout: READ_TIMEOUT,
+        max_wait: options.max_wait,
+        addresses: options.addresses,
+    };
+    match run_pairing(&pairing_options, progress, stop.stopped()).await {
+        Ok(run) => Ok((Some(run), RunEnding::Paired)),
+        Err(RendezvousError::NoPeer { waited }) => Ok((None, RunEnding::NoPeer { waited })),
+        Err(RendezvousError::Interrupted) => Ok((None, RunEnding::StoppedWaiting)),
+        Err(e) => Err(ProbeError::Coordinator(e)),
+    }
 }
 
 /// Asks the default gateway to map the node's port and a port this probe
