@@ -431,6 +431,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         }
         h.push_str("</table>\n<p class=note>Carrier-grade NAT: the side's TTL-limited probe met a router in the shared address space 100.64.0.0/10 before the public internet.</p>\n</section>\n");
     }
+    portmap_section(&mut h, summary);
     pairings_section(&mut h, summary);
 
     // Handshake.
@@ -576,6 +577,70 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
 }
 
 /// Success counted per pairing, and strategies compared within pairings.
+/// A share with its per-run Wilson interval: "3 of 8 (37.5%, 13.7–69.4%)".
+fn share(p: &Proportion) -> String {
+    match (p.rate, p.low, p.high) {
+        (Some(r), Some(l), Some(h)) => format!(
+            "{} of {} ({}, {}–{}%)",
+            p.successes,
+            p.n,
+            percent(r),
+            percent_bare(l),
+            percent_bare(h)
+        ),
+        _ => "no data".to_string(),
+    }
+}
+
+fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = map.iter().map(|(k, n)| format!("{} {n}", esc(k))).collect();
+    if parts.is_empty() {
+        "–".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Port mapping (PCP, NAT-PMP): shown once any volunteer's run has a record.
+fn portmap_section(h: &mut String, summary: &Summary) {
+    let pm = &summary.port_mapping;
+    if pm.runs == 0 {
+        return;
+    }
+    h.push_str("<section id=portmap>\n<h2>Port mapping: does the router open the node's port by itself?</h2>\n");
+    let _ = writeln!(
+        h,
+        "<p class=note>{} volunteers' runs recorded port mapping; asked nothing: {}. Per protocol, of the runs that asked for the node's port, with per-run Wilson 95% intervals.</p>",
+        pm.runs,
+        counts(&pm.skipped)
+    );
+    h.push_str("<table><tr><th>protocol</th><th>router answered</th><th>granted</th><th>granted on a public address</th><th>granted behind another NAT</th><th>deletion confirmed</th><th>lifetime granted (min / median / max s)</th><th>answers</th><th>result codes</th></tr>\n");
+    for row in &pm.protocols {
+        let name = match row.protocol.as_str() {
+            "pcp" => "PCP".to_string(),
+            "natpmp" => "NAT-PMP".to_string(),
+            other => esc(other),
+        };
+        let lifetime = row.lifetime_s.map_or("–".to_string(), |l| {
+            format!("{:.0} / {:.0} / {:.0}", l.min, l.median, l.max)
+        });
+        let _ = writeln!(
+            h,
+            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{lifetime}</td><td>{}</td><td>{}</td></tr>",
+            share(&row.answered),
+            share(&row.granted),
+            share(&row.granted_public),
+            row.granted_behind_nat,
+            share(&row.deleted),
+            counts(&row.answers),
+            counts(&row.results)
+        );
+    }
+    h.push_str("</table>\n<p class=note><em>refused</em>: ICMP port unreachable, nothing listens on the router's port 5351. \
+                A mapping on a private or 100.64/10 external address sits behind another NAT (often carrier-grade) and opens nothing on the internet. \
+                Whether a granted mapping was reachable from outside is not measured yet.</p>\n</section>\n");
+}
+
 fn pairings_section(h: &mut String, summary: &Summary) {
     let v = &summary.pairing_view;
     h.push_str("<section id=pairings>\n<h2>Pairings</h2>\n");
