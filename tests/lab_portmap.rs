@@ -23,37 +23,9 @@ use punchscope::portmap::{measure, PortMapConfig};
 use punchscope::probe::Stop;
 use support::lab::*;
 
-const SCENARIO: &str = r#"
-[[nat]]
-name = "grants"
-backend = "kernel"
-portmap = ["natpmp", "pcp"]
-portmap_min_lifetime_s = 60
-[[nat]]
-name = "refuses"
-backend = "kernel"
-portmap = ["natpmp", "pcp"]
-portmap_refuse = true
-[[nat]]
-name = "silent"
-backend = "kernel"
-portmap_closed = "drop"
-[[nat]]
-name = "plain"
-backend = "kernel"
-[[host]]
-name = "alice"
-nat = "grants"
-[[host]]
-name = "bob"
-nat = "refuses"
-[[host]]
-name = "carol"
-nat = "silent"
-[[host]]
-name = "dave"
-nat = "plain"
-"#;
+/// The port mapping routers (grants, refuses, silent, plain) with one host
+/// each (alice, bob, carol, dave), as committed for `lab up`.
+const SCENARIO: &str = include_str!("../probes/lab/portmap.toml");
 
 const NODE_PORT: u16 = 8333;
 const PROBE_PORT: u16 = 40123;

@@ -1073,4 +1073,14 @@ nat = "cgn"
         let e = error_of(&kernel("portmap = [\"igd\"]"));
         assert!(e.contains("line 4"), "{e}");
     }
+
+    #[test]
+    fn the_committed_port_mapping_scenario_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../probes/lab/portmap.toml");
+        let s = Scenario::load(Path::new(path)).unwrap();
+        let enabled: Vec<bool> = s.routers.iter().map(|r| r.portmap.enabled).collect();
+        assert_eq!(enabled, [true, true, false, false]);
+        assert!(s.routers[1].portmap.refuse);
+        assert_eq!(s.routers[2].portmap.closed, ClosedAnswer::Drop);
+    }
 }
