@@ -248,6 +248,9 @@ impl MappingAttempt {
             }
             (None, GatewayAnswer::Answered) => match (self.server_version, &self.result) {
                 (Some(0), _) => "not spoken (the gateway answered as NAT-PMP)".into(),
+                (_, Some(result)) if result == "success" => {
+                    format!("answered success for port {port} but granted no lifetime")
+                }
                 (_, Some(result)) => format!("refused port {port}: {result}"),
                 (_, None) => format!("answered for port {port} without a mapping"),
             },

@@ -376,15 +376,23 @@ impl Session {
     }
 
     fn natpmp_datagram(&mut self, bytes: &[u8], now: Instant) -> Result<(), WireError> {
-        let Some(purpose) = self.exchange.as_ref().map(|e| e.purpose) else {
-            // NAT-PMP has no unsolicited answers to our socket.
-            return Err(WireError::NotAnAnswer);
-        };
+        let purpose = self.exchange.as_ref().map(|e| e.purpose);
         let opcode = match purpose {
-            Purpose::ExternalAddress => natpmp::OP_EXTERNAL_ADDRESS,
+            Some(Purpose::ExternalAddress) => natpmp::OP_EXTERNAL_ADDRESS,
             _ => natpmp::OP_MAP_TCP,
         };
-        let answer = natpmp::parse_answer(bytes, opcode)?;
+        let answer = match natpmp::parse_answer(bytes, opcode) {
+            Ok(answer) => answer,
+            // Each retransmission may be answered: a late copy of the other
+            // question's answer is no error.
+            Err(WireError::Opcode { .. })
+                if natpmp::parse_answer(bytes, natpmp::OP_MAP_TCP).is_ok()
+                    || natpmp::parse_answer(bytes, natpmp::OP_EXTERNAL_ADDRESS).is_ok() =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
         if let natpmp::Answer::Map {
             mapping: Some(body),
             ..
@@ -397,9 +405,16 @@ impl Session {
                 });
             }
         }
+        let Some(purpose) = purpose else {
+            // Nothing asked: a late copy of an earlier answer.
+            return Ok(());
+        };
+        if is_late_grant(purpose, &answer) {
+            return Ok(());
+        }
         let header = answer.header();
         let state_valid = self.epoch.observe(now, header.epoch_s);
-        let exchange = self.exchange.take().expect("checked above");
+        let exchange = self.exchange.take().expect("asked, so an exchange runs");
         match (purpose, answer) {
             (Purpose::Create | Purpose::Renew, natpmp::Answer::Map { mapping, .. }) => {
                 let granted = mapping
@@ -491,6 +506,14 @@ impl Session {
         let state_valid = self.epoch.observe(now, answer.epoch_s);
         let code = u16::from(answer.result_code);
         let name = pcp::result_name(answer.result_code);
+        let releasing = self
+            .exchange
+            .as_ref()
+            .is_some_and(|e| e.purpose == Purpose::Release);
+        if releasing && answer.result_code == 0 && answer.lifetime_s > 0 {
+            // A late copy of the creation's or a renewal's answer, not the deletion's.
+            return Ok(());
+        }
         match self.exchange.take() {
             Some(exchange) if exchange.purpose == Purpose::Release => {
                 self.release_answer(code, answer.result_code == 0 && answer.lifetime_s == 0);
@@ -557,7 +580,8 @@ impl Session {
             self.record.result_code = Some(code);
             self.record.result = Some(name.clone());
         }
-        match granted {
+        // A success with lifetime 0 grants nothing (the mapping is gone).
+        match granted.filter(|(lifetime_s, _)| *lifetime_s > 0) {
             Some((lifetime_s, external_port)) => {
                 let renew_at = self.renew_point(now, lifetime_s);
                 let external_ip = external_ip.or(self.held.and_then(|h| h.external_ip));
@@ -649,6 +673,16 @@ impl Session {
     pub fn into_record(self) -> MappingAttempt {
         self.record
     }
+}
+
+/// During a deletion, a granting NAT-PMP answer (lifetime above 0) is a
+/// late copy of the creation's or a renewal's, not the deletion's answer.
+fn is_late_grant(purpose: Purpose, answer: &natpmp::Answer) -> bool {
+    matches!(
+        (purpose, answer),
+        (Purpose::Release, natpmp::Answer::Map { header, mapping: Some(m) })
+            if header.result_code == 0 && m.lifetime_s > 0
+    )
 }
 
 fn purpose_words(purpose: Purpose) -> &'static str {
@@ -1037,6 +1071,60 @@ mod tests {
         done.release(t0);
         assert!(done.is_finished());
         assert!(sent(&mut done).is_empty());
+    }
+
+    #[test]
+    fn late_copies_of_earlier_answers_are_neither_errors_nor_the_deletions_answer() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // NAT-PMP: the map answer came twice (a retransmission was answered too).
+        let mut n = Session::new(spec(MappingProtocol::Natpmp), t0);
+        sent(&mut n);
+        let granted = natpmp_map_answer(0, 100, 8333, 8333, 90);
+        n.handle_datagram(&granted, t0 + ms(300));
+        n.handle_datagram(&granted, t0 + ms(301));
+        let external = [0, 128, 0, 0, 0, 0, 0, 100, 203, 0, 113, 2];
+        n.handle_datagram(&external, t0 + ms(302));
+        n.handle_datagram(&external, t0 + ms(303));
+        n.release(t0 + ms(400));
+        n.handle_datagram(&granted, t0 + ms(401));
+        assert!(
+            !n.is_finished(),
+            "a late grant is not the deletion's answer"
+        );
+        n.handle_datagram(&natpmp_map_answer(0, 100, 8333, 0, 0), t0 + ms(402));
+        let r = n.into_record();
+        assert_eq!(r.error_count, 0, "{:?}", r.errors);
+        assert!(r.release.unwrap().succeeded);
+
+        // PCP: the same.
+        let mut p = Session::new(spec(MappingProtocol::Pcp), t0);
+        let request = sent(&mut p).pop().unwrap();
+        let answer = pcp_answer(&request, 0, 120, 50, (GATEWAY_EXTERNAL, 8333));
+        p.handle_datagram(&answer, t0 + ms(10));
+        p.release(t0 + ms(20));
+        let delete = sent(&mut p).pop().unwrap();
+        p.handle_datagram(&answer, t0 + ms(21));
+        assert!(!p.is_finished());
+        p.handle_datagram(
+            &pcp_answer(&delete, 0, 0, 50, (GATEWAY_EXTERNAL, 8333)),
+            t0 + ms(22),
+        );
+        let r = p.into_record();
+        assert_eq!(r.error_count, 0, "{:?}", r.errors);
+        assert!(r.release.unwrap().succeeded);
+    }
+
+    #[test]
+    fn a_success_with_lifetime_zero_grants_nothing() {
+        let t0 = Instant::now();
+        let mut s = Session::new(spec(MappingProtocol::Pcp), t0);
+        let request = sent(&mut s).pop().unwrap();
+        s.handle_datagram(&pcp_answer(&request, 0, 0, 1, (GATEWAY_EXTERNAL, 8333)), t0);
+        assert!(s.is_finished() && !s.is_held());
+        let r = s.into_record();
+        assert_eq!(r.result.as_deref(), Some("success"));
+        assert!(r.granted.is_none() && r.release.is_none());
     }
 
     #[test]
