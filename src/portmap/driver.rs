@@ -128,18 +128,25 @@ async fn measure_protocol(
         )));
     }
     drop(settled_tx);
+    // Each session says once whether it holds a mapping; the hold is only
+    // for gateways that granted something.
     let all_settled = async {
+        let mut any_held = false;
         for _ in 0..tasks.len() {
-            if settled_rx.recv().await.is_none() {
-                break;
+            match settled_rx.recv().await {
+                Some(held) => any_held |= held,
+                None => break,
             }
         }
+        any_held
     };
     tokio::select! {
-        () = all_settled => {
-            tokio::select! {
-                () = tokio::time::sleep(config.hold) => {}
-                () = stop.stopped() => {}
+        any_held = all_settled => {
+            if any_held {
+                tokio::select! {
+                    () = tokio::time::sleep(config.hold) => {}
+                    () = stop.stopped() => {}
+                }
             }
         }
         () = stop.stopped() => {}
@@ -182,7 +189,7 @@ async fn run_session(
     socket: UdpSocket,
     spec: SessionSpec,
     mut release: watch::Receiver<bool>,
-    settled: mpsc::Sender<()>,
+    settled: mpsc::Sender<bool>,
     bound: Duration,
 ) -> MappingAttempt {
     let deadline = Instant::now() + bound;
@@ -198,7 +205,7 @@ async fn run_session(
         }
         if session.is_settled() && !told_settled {
             told_settled = true;
-            let _ = settled.send(()).await;
+            let _ = settled.send(session.is_held()).await;
         }
         if session.is_finished() {
             break;
@@ -224,7 +231,7 @@ async fn run_session(
         }
     }
     if !told_settled {
-        let _ = settled.send(()).await;
+        let _ = settled.send(false).await;
     }
     session.into_record()
 }
