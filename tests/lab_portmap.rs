@@ -344,3 +344,78 @@ fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
         .collect();
     assert_eq!(spooled.len(), 1, "the result is kept in the spool");
 }
+
+/// The ground truth behind "mapped and reachable": while the router holds
+/// the probe port's mapping, a connection from the internet to the router's
+/// public address and the granted port reaches the host's listener; once
+/// the mapping is deleted, it no longer does.
+#[test]
+fn a_granted_mapping_is_reachable_from_the_internet_until_it_is_deleted() {
+    let lab = start_lab("pmreach", SCENARIO);
+    let public = lab.scenario().routers[0].config.public_ip;
+    assert_eq!(lab.scenario().routers[0].name, "grants");
+    let target = std::net::SocketAddr::from((public, PROBE_PORT));
+    let listener = lab
+        .run_in("alice", || {
+            let listener = std::net::TcpListener::bind(("0.0.0.0", PROBE_PORT)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            listener
+        })
+        .unwrap();
+    let dial = || {
+        lab.run_in("internet", || {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            socket.bind(&std::net::SocketAddr::from(([198, 51, 100, 10], 0)).into())?;
+            socket.connect_timeout(&target.into(), Duration::from_secs(1))?;
+            Ok::<_, std::io::Error>(std::net::TcpStream::from(socket))
+        })
+        .unwrap()
+    };
+    let accepted = || {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match listener.accept() {
+                Ok((_, from)) => return Some(from),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(_) => return None,
+            }
+        }
+    };
+
+    let (handle, stop) = Stop::new();
+    let (report, reached) = std::thread::scope(|scope| {
+        let checker = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline
+                && !lab
+                    .port_mappings("grants")
+                    .unwrap()
+                    .iter()
+                    .any(|m| m.external_port == PROBE_PORT)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let connected = dial().is_ok();
+            let from = accepted();
+            handle.stop();
+            (connected, from)
+        });
+        let report = measure_from(&lab, "alice", Duration::from_secs(3600), stop);
+        (report, checker.join().unwrap())
+    });
+    let (connected, from) = reached;
+    assert!(connected, "the mapped port took the connection");
+    assert_eq!(
+        from.map(|f| f.ip()),
+        Some(IpAddr::from([198, 51, 100, 10])),
+        "and it reached alice's listener from the internet"
+    );
+    assert!(report
+        .attempts
+        .iter()
+        .all(|a| a.release.as_ref().is_some_and(|r| r.succeeded)));
+    assert!(dial().is_err(), "deleted: the router drops the SYN again");
+    assert_eq!(accepted(), None);
+}
