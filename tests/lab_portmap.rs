@@ -19,7 +19,7 @@ use punchscope::lab::kernel::portmap::{PortmapChange, PortmapProtocol, RouterMap
 use punchscope::lab::nat::NatEvent;
 use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
-use punchscope::portmap::{measure, PortMapConfig};
+use punchscope::portmap::{measure, PortMapConfig, ReachCheck};
 use punchscope::probe::Stop;
 use support::lab::*;
 
@@ -418,4 +418,69 @@ fn a_granted_mapping_is_reachable_from_the_internet_until_it_is_deleted() {
         .all(|a| a.release.as_ref().is_some_and(|r| r.succeeded)));
     assert!(dial().is_err(), "deleted: the router drops the SYN again");
     assert_eq!(accepted(), None);
+}
+
+/// "Mapped and reachable", as the probe measures it: while the router holds
+/// the probe port's mapping, the echo server dials the host's own public
+/// address at the granted port, and the probe's listener behind the mapping
+/// receives it, with each protocol's mapping.
+#[test]
+fn the_echo_servers_dial_back_reaches_the_probe_through_its_mapping() {
+    let lab = start_lab("pmecho", SCENARIO);
+    let echo: std::net::SocketAddr = "198.51.100.10:3478".parse().unwrap();
+    let _echo = EchoService::start(&lab, &[echo, "198.51.100.11:3478".parse().unwrap()]).unwrap();
+    let (listener, port) = lab
+        .run_in("alice", || {
+            let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            (std::sync::Arc::new(listener), port)
+        })
+        .unwrap();
+    let mut config = PortMapConfig::for_gateway(
+        gateway_of(&lab, "alice"),
+        vec![(PortRole::Node, NODE_PORT), (PortRole::Probe, port)],
+    );
+    config.reach = Some(ReachCheck {
+        echo,
+        listener,
+        step_timeout: Duration::from_secs(5),
+    });
+    let report = lab
+        .run_in("alice", move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(90), measure(&config, &Stop::new().1))
+                    .await
+                    .expect("bounded")
+                    .expect("sockets open")
+            })
+        })
+        .unwrap();
+    for protocol in [MappingProtocol::Pcp, MappingProtocol::Natpmp] {
+        let probe = report
+            .attempts
+            .iter()
+            .find(|a| a.protocol == protocol && a.port_role == PortRole::Probe)
+            .unwrap();
+        let reachable = probe
+            .reachable
+            .as_ref()
+            .unwrap_or_else(|| panic!("{probe:#?}"));
+        assert!(reachable.reached, "{protocol:?}: {reachable:?}");
+        assert_eq!(
+            reachable.server_outcome,
+            Some(punchscope::analysis::classify::DialOutcome::Connected)
+        );
+        let node = report
+            .attempts
+            .iter()
+            .find(|a| a.protocol == protocol && a.port_role == PortRole::Node)
+            .unwrap();
+        assert_eq!(node.reachable, None, "only the probe's own port is dialed");
+        assert!(probe.release.as_ref().is_some_and(|r| r.succeeded));
+    }
+    assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
 }

@@ -14,7 +14,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::classify::HopClass;
+use crate::classify::{DialOutcome, HopClass};
 use crate::result::MaskedEndpoint;
 
 /// Most malformed answers kept per attempt; more are counted, not kept.
@@ -139,6 +139,27 @@ pub struct MappingAttempt {
     /// The deletion of a granted mapping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<MappingRelease>,
+    /// For the probe's own port, while the mapping was held: whether the
+    /// echo server's dial-back to the external port got through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable: Option<Reachability>,
+}
+
+/// "Mapped and reachable": the echo server dialed the probe's own public
+/// address at the granted external port (never anything else), and the
+/// probe's listener behind the mapping saw it, or did not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Reachability {
+    /// The dial-back reached the probe's listener through the mapping.
+    pub reached: bool,
+    /// What the echo server reported about its connect (`connected`,
+    /// `refused`, `timeout`, ...), when it reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_outcome: Option<DialOutcome>,
+    /// Why there was no dial-back (an echo server without `mapped_port`
+    /// dial-backs, no echo server answered), in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What the gateway granted.
@@ -288,6 +309,7 @@ mod tests {
             errors: Vec::new(),
             error_count: 0,
             release: None,
+            reachable: None,
         }
     }
 

@@ -782,6 +782,7 @@ mod tests {
                 lost_state: 0,
                 errors: vec!["answer from 192.168.1.1 was short".into()],
                 error_count: 1,
+                reachable: None,
                 release: Some(MappingRelease {
                     answer: GatewayAnswer::Answered,
                     result_code: Some(0),

@@ -8,9 +8,12 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use punchscope_analysis::portmap::{MappingAttempt, MappingProtocol, PortMappingReport, PortRole};
+use punchscope_analysis::portmap::{
+    MappingAttempt, MappingProtocol, PortMappingReport, PortRole, Reachability,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -37,6 +40,30 @@ pub struct PortMapConfig {
     pub hold: Duration,
     pub pcp_schedule: Schedule,
     pub natpmp_schedule: Schedule,
+    /// Checks a granted mapping of the probe's own port from the internet
+    /// during the hold; `None` skips it.
+    pub reach: Option<ReachCheck>,
+}
+
+/// "Mapped and reachable": the echo server is asked to dial our own public
+/// address at the external port granted for the probe's port, and the
+/// probe's listener behind the mapping watches for it.
+#[derive(Debug, Clone)]
+pub struct ReachCheck {
+    /// An echo server the probe classified against (and so may contact).
+    pub echo: SocketAddr,
+    /// The listener on the probe's own port, the mapping's internal port.
+    pub listener: Arc<std::net::TcpListener>,
+    /// Bound on each step (connect, answers); the whole check takes at most three.
+    pub step_timeout: Duration,
+}
+
+/// What a session says once the gateway has given its verdict.
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    role: PortRole,
+    /// The external port, while a mapping is held.
+    held: Option<u16>,
 }
 
 impl PortMapConfig {
@@ -50,6 +77,7 @@ impl PortMapConfig {
             hold: Duration::from_secs(1),
             pcp_schedule: Schedule::pcp(),
             natpmp_schedule: Schedule::natpmp(),
+            reach: None,
         }
     }
 
@@ -118,7 +146,11 @@ async fn measure_protocol(
         };
         // Creation, hold and deletion each end by their schedule; this only
         // guards against a bug keeping a task alive.
-        let bound = schedule.max_wait * 4 + config.hold + Duration::from_secs(30);
+        let reach = config
+            .reach
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.step_timeout * 3);
+        let bound = schedule.max_wait * 4 + config.hold + reach + Duration::from_secs(30);
         tasks.push(tokio::spawn(run_session(
             socket,
             spec,
@@ -128,23 +160,36 @@ async fn measure_protocol(
         )));
     }
     drop(settled_tx);
-    // Each session says once whether it holds a mapping; the hold is only
-    // for gateways that granted something.
+    // Each session says once whether it holds a mapping; the hold (and the
+    // reachability check) is only for gateways that granted something.
     let all_settled = async {
-        let mut any_held = false;
+        let mut held = Vec::new();
         for _ in 0..tasks.len() {
             match settled_rx.recv().await {
-                Some(held) => any_held |= held,
+                Some(settled) if settled.held.is_some() => held.push(settled),
+                Some(_) => {}
                 None => break,
             }
         }
-        any_held
+        held
     };
+    let mut reachability = None;
     tokio::select! {
-        any_held = all_settled => {
-            if any_held {
+        held = all_settled => {
+            if !held.is_empty() {
+                let probe_port = held
+                    .iter()
+                    .find(|s| s.role == PortRole::Probe)
+                    .and_then(|s| s.held);
+                let check = async {
+                    match (&config.reach, probe_port) {
+                        (Some(reach), Some(port)) => Some(check_reach(reach, port).await),
+                        _ => None,
+                    }
+                };
+                let hold = async { tokio::join!(check, tokio::time::sleep(config.hold)).0 };
                 tokio::select! {
-                    () = tokio::time::sleep(config.hold) => {}
+                    checked = hold => reachability = checked,
                     () = stop.stopped() => {}
                 }
             }
@@ -158,7 +203,44 @@ async fn measure_protocol(
             records.push(record);
         }
     }
+    if let Some(reached) = reachability {
+        if let Some(record) = records
+            .iter_mut()
+            .find(|r| r.port_role == PortRole::Probe && r.granted.is_some())
+        {
+            record.reachable = Some(reached);
+        }
+    }
     Ok(records)
+}
+
+/// Asks the echo server to dial our public address at `external_port` and
+/// watches the probe's listener; every outcome is a record.
+async fn check_reach(reach: &ReachCheck, external_port: u16) -> Reachability {
+    let failed = |error: String| Reachability {
+        reached: false,
+        server_outcome: None,
+        error: Some(error),
+    };
+    let listener = reach.listener.try_clone().and_then(|l| {
+        l.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(l)
+    });
+    let listener = match listener {
+        Ok(listener) => listener,
+        Err(e) => return failed(format!("cannot watch the probe's port: {e}")),
+    };
+    let check =
+        crate::classify::mapped_dial_back(reach.echo, listener, external_port, reach.step_timeout);
+    match tokio::time::timeout(reach.step_timeout * 3, check).await {
+        Ok(Ok(dial)) => Reachability {
+            reached: dial.received,
+            server_outcome: dial.server_outcome,
+            error: None,
+        },
+        Ok(Err(why)) => failed(why),
+        Err(_) => failed("the echo server's dial-back did not end in time".into()),
+    }
 }
 
 /// A UDP socket of the gateway's family, connected to it.
@@ -189,9 +271,10 @@ async fn run_session(
     socket: UdpSocket,
     spec: SessionSpec,
     mut release: watch::Receiver<bool>,
-    settled: mpsc::Sender<bool>,
+    settled: mpsc::Sender<Settled>,
     bound: Duration,
 ) -> MappingAttempt {
+    let role = spec.port_role;
     let deadline = Instant::now() + bound;
     let mut session = Session::new(spec, Instant::now().into_std());
     let mut told_settled = false;
@@ -205,7 +288,12 @@ async fn run_session(
         }
         if session.is_settled() && !told_settled {
             told_settled = true;
-            let _ = settled.send(session.is_held()).await;
+            let _ = settled
+                .send(Settled {
+                    role,
+                    held: session.is_held().then(|| session.external_port()).flatten(),
+                })
+                .await;
         }
         if session.is_finished() {
             break;
@@ -231,7 +319,7 @@ async fn run_session(
         }
     }
     if !told_settled {
-        let _ = settled.send(false).await;
+        let _ = settled.send(Settled { role, held: None }).await;
     }
     session.into_record()
 }
@@ -334,6 +422,7 @@ mod tests {
             hold: Duration::from_millis(50),
             pcp_schedule: fast(100),
             natpmp_schedule: fast(50),
+            reach: None,
         }
     }
 

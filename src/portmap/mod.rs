@@ -17,7 +17,7 @@ mod driver;
 
 use std::time::{Duration, Instant};
 
-pub use driver::{measure, PortMapConfig, PortMapError};
+pub use driver::{measure, PortMapConfig, PortMapError, ReachCheck};
 
 /// The gateway's port for both PCP and NAT-PMP (RFC 6887 section 19.1).
 pub const SERVER_PORT: u16 = 5351;

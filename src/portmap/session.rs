@@ -138,6 +138,7 @@ impl Session {
             errors: Vec::new(),
             error_count: 0,
             release: None,
+            reachable: None,
         };
         let mut session = Session {
             spec,

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use punchscope_analysis::classify::Verdict;
@@ -13,9 +14,12 @@ use super::pairing::{run_pairing, PairingOptions, PairingRun};
 use super::{ProbeError, Progress, Stop};
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
-use crate::portmap::{self, gateway, PortMapConfig};
+use crate::portmap::{self, gateway, PortMapConfig, ReachCheck};
 use crate::proto::rendezvous::Mode;
 use crate::rendezvous::{Hello, RendezvousError};
+
+/// Bound on each step of the mapped port's dial-back (connect, answers).
+const REACH_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bound on every wait for a coordinator line outside trials.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -105,7 +109,14 @@ pub async fn run(
         None => PortMappingReport::skipped(PortMappingSkipped::Declined),
         Some(asked) => {
             progress(Progress::PortMapping);
-            let report = port_map(asked, &stop).await?;
+            // The primary echo server: the one the volunteer agreed to and
+            // classification just used, if the address policy allows it.
+            let echo = classification
+                .server_endpoints
+                .first()
+                .copied()
+                .filter(|e| options.addresses.check(*e).is_ok());
+            let report = port_map(asked, echo, &stop).await?;
             progress(Progress::PortMapped {
                 report: Box::new(report.clone()),
             });
@@ -179,8 +190,14 @@ async fn pair(
 }
 
 /// Asks the default gateway to map the node's port and a port this probe
-/// listens on while it asks, then deletes both (see [`portmap::measure`]).
-async fn port_map(asked: &PortMapOptions, stop: &Stop) -> Result<PortMappingReport, ProbeError> {
+/// listens on while it asks, checks a granted mapping of that port from the
+/// internet with a dial-back from `echo` (to our own public address only),
+/// then deletes both (see [`portmap::measure`]).
+async fn port_map(
+    asked: &PortMapOptions,
+    echo: Option<SocketAddr>,
+    stop: &Stop,
+) -> Result<PortMappingReport, ProbeError> {
     if stop.is_stopped() {
         return Ok(PortMappingReport::skipped(PortMappingSkipped::Stopped));
     }
@@ -188,17 +205,26 @@ async fn port_map(asked: &PortMapOptions, stop: &Stop) -> Result<PortMappingRepo
         return Ok(PortMappingReport::skipped(PortMappingSkipped::NoGateway));
     };
     // A real port of ours, held while the gateway maps it.
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.ok();
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").ok().map(Arc::new);
     let mut ports = vec![(PortRole::Node, asked.node_port)];
-    if let Some(port) = listener
+    let probe_port = listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
-        .map(|a| a.port())
-    {
+        .map(|a| a.port());
+    if let Some(port) = probe_port {
         ports.push((PortRole::Probe, port));
     }
-    let config = PortMapConfig::for_gateway(gateway.into(), ports);
+    let mut config = PortMapConfig::for_gateway(gateway.into(), ports);
+    config.reach = match (echo, listener.clone()) {
+        (Some(echo), Some(listener)) => Some(ReachCheck {
+            echo,
+            listener,
+            step_timeout: REACH_STEP_TIMEOUT,
+        }),
+        _ => None,
+    };
     let report = portmap::measure(&config, stop).await?;
+    drop(config);
     drop(listener);
     Ok(report)
 }

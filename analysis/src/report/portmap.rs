@@ -221,6 +221,7 @@ mod tests {
             lost_state: 0,
             errors: vec![],
             error_count: 0,
+            reachable: None,
             release: granted.map(|(_, _, deleted)| MappingRelease {
                 answer: GatewayAnswer::Answered,
                 result_code: Some(0),

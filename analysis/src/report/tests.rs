@@ -719,6 +719,7 @@ fn port_mapping_is_tallied_per_volunteer_run_and_shown_escaped() {
         lost_state: 0,
         errors: vec![],
         error_count: 0,
+        reachable: None,
         release: granted.map(|_| MappingRelease {
             answer: GatewayAnswer::Answered,
             result_code: Some(0),
