@@ -222,8 +222,18 @@ impl PortMappingReport {
                 .iter()
                 .find(|a| a.protocol == attempt.protocol && a.port_role == PortRole::Node)
                 .unwrap_or(attempt);
+            let reach = self
+                .attempts
+                .iter()
+                .filter(|a| a.protocol == shown.protocol)
+                .find_map(|a| a.reachable.as_ref())
+                .map_or("", |r| match (r.reached, &r.error) {
+                    (true, _) => " (reachable from the internet)",
+                    (false, None) => " (not reachable from the internet)",
+                    (false, Some(_)) => "",
+                });
             parts.push(format!(
-                "{} {}",
+                "{} {}{reach}",
                 protocol_words(shown.protocol),
                 shown.words()
             ));

@@ -614,7 +614,7 @@ fn portmap_section(h: &mut String, summary: &Summary) {
         pm.runs,
         counts(&pm.skipped)
     );
-    h.push_str("<table><tr><th>protocol</th><th>router answered</th><th>granted</th><th>granted on a public address</th><th>granted behind another NAT</th><th>deletion confirmed</th><th>lifetime granted (min / median / max s)</th><th>answers</th><th>result codes</th></tr>\n");
+    h.push_str("<table><tr><th>protocol</th><th>router answered</th><th>granted</th><th>granted on a public address</th><th>granted behind another NAT</th><th>reachable from the internet</th><th>deletion confirmed</th><th>lifetime granted (min / median / max s)</th><th>answers</th><th>result codes</th></tr>\n");
     for row in &pm.protocols {
         let name = match row.protocol.as_str() {
             "pcp" => "PCP".to_string(),
@@ -626,11 +626,12 @@ fn portmap_section(h: &mut String, summary: &Summary) {
         });
         let _ = writeln!(
             h,
-            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{lifetime}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{}</td><td>{lifetime}</td><td>{}</td><td>{}</td></tr>",
             share(&row.answered),
             share(&row.granted),
             share(&row.granted_public),
             row.granted_behind_nat,
+            share(&row.reachable),
             share(&row.deleted),
             counts(&row.answers),
             counts(&row.results)
@@ -638,7 +639,7 @@ fn portmap_section(h: &mut String, summary: &Summary) {
     }
     h.push_str("</table>\n<p class=note><em>refused</em>: ICMP port unreachable, nothing listens on the router's port 5351. \
                 A mapping on a private or 100.64/10 external address sits behind another NAT (often carrier-grade) and opens nothing on the internet. \
-                Whether a granted mapping was reachable from outside is not measured yet.</p>\n</section>\n");
+                <em>Reachable</em>: the echo server dialed the volunteer's own public address at the port granted for the probe's own port, and the probe received it (of the runs where that was tried).</p>\n</section>\n");
 }
 
 fn pairings_section(h: &mut String, summary: &Summary) {

@@ -31,6 +31,8 @@ struct ProtocolTally {
     granted_public: u64,
     granted_behind_nat: u64,
     deleted: u64,
+    reach_checked: u64,
+    reached: u64,
     answers: BTreeMap<String, u64>,
     results: BTreeMap<String, u64>,
     lifetimes: Vec<f64>,
@@ -77,7 +79,19 @@ impl PortMapTally {
                 MappingProtocol::Other => "other".to_string(),
                 known => name_of(&known),
             };
-            self.protocols.entry(protocol).or_default().add(shown);
+            let tally = self.protocols.entry(protocol).or_default();
+            tally.add(shown);
+            // Reachability is checked on the probe's own port.
+            let checked = report
+                .attempts
+                .iter()
+                .filter(|a| a.protocol == shown.protocol)
+                .find_map(|a| a.reachable.as_ref())
+                .filter(|r| r.error.is_none());
+            if let Some(reachability) = checked {
+                tally.reach_checked += 1;
+                tally.reached += u64::from(reachability.reached);
+            }
         }
     }
 
@@ -138,6 +152,7 @@ impl ProtocolTally {
             granted_public: Proportion::new(self.granted_public, self.asked),
             granted_behind_nat: self.granted_behind_nat,
             deleted: Proportion::new(self.deleted, self.granted),
+            reachable: Proportion::new(self.reached, self.reach_checked),
             answers: self.answers.clone(),
             results: self.results.clone(),
             lifetime_s,
@@ -173,12 +188,21 @@ pub struct ProtocolRow {
     pub granted_behind_nat: u64,
     /// Deletion confirmed / granted.
     pub deleted: Proportion,
+    /// The echo server's dial-back reached the probe through its mapping /
+    /// runs where it was tried (the probe's own port was granted and the
+    /// echo server offers the dial-back). Summaries from before it have none.
+    #[serde(default = "no_proportion")]
+    pub reachable: Proportion,
     /// Runs per answer: `answered`, `timeout`, `refused` (ICMP), `unreachable`, `malformed`, `stopped`.
     pub answers: BTreeMap<String, u64>,
     /// Answered runs per result (`success`, `not_authorized`, ...).
     pub results: BTreeMap<String, u64>,
     /// Granted lifetimes, in seconds.
     pub lifetime_s: Option<LifetimeSummary>,
+}
+
+fn no_proportion() -> Proportion {
+    Proportion::new(0, 0)
 }
 
 /// Smallest, median (nearest rank) and largest of granted lifetimes.
@@ -304,5 +328,47 @@ mod tests {
         assert_eq!(natpmp.answers.get("timeout"), Some(&1));
         let low = natpmp.granted.low.unwrap();
         assert!(low > 0.0 && low < 1.0 / 3.0, "a Wilson interval: {low}");
+    }
+
+    #[test]
+    fn reachability_counts_the_runs_where_the_dial_back_was_tried() {
+        use crate::portmap::Reachability;
+        let probe_port = |reached: bool, error: Option<&str>| {
+            let mut a = attempt(
+                MappingProtocol::Pcp,
+                GatewayAnswer::Answered,
+                Some("success"),
+                Some((120, HopClass::Public, true)),
+            );
+            a.port_role = PortRole::Probe;
+            a.reachable = Some(Reachability {
+                reached,
+                server_outcome: None,
+                error: error.map(str::to_string),
+            });
+            a
+        };
+        let node = || {
+            attempt(
+                MappingProtocol::Pcp,
+                GatewayAnswer::Answered,
+                Some("success"),
+                Some((120, HopClass::Public, true)),
+            )
+        };
+        let mut tally = PortMapTally::default();
+        tally.add(&run(vec![node(), probe_port(true, None)]));
+        tally.add(&run(vec![node(), probe_port(false, None)]));
+        tally.add(&run(vec![
+            node(),
+            probe_port(false, Some("an older echo server")),
+        ]));
+        let pcp = &tally.summary().protocols[0];
+        assert_eq!((pcp.granted.successes, pcp.granted.n), (3, 3));
+        assert_eq!(
+            (pcp.reachable.successes, pcp.reachable.n),
+            (1, 2),
+            "a check that could not run is not counted"
+        );
     }
 }
