@@ -252,7 +252,7 @@ impl Consent<'_> {
         }
         match self.node_port {
             Some(port) => text.push_str(&format!(
-                "Port mapping: your router is asked (PCP, NAT-PMP) to open TCP port {port} and one port of this probe for about a second; every mapping it grants is deleted before the run goes on, also on Ctrl-C (--no-portmap skips this)\n"
+                "Port mapping: your router is asked (PCP, NAT-PMP) to open TCP port {port} and one port of this probe for about a second, and the echo server checks that the probe's port is reachable at your own address; every mapping it grants is deleted before the run goes on, also on Ctrl-C (--no-portmap skips this)\n"
             )),
             None => text.push_str("Port mapping: not asked (--no-portmap)\n"),
         }
