@@ -111,11 +111,12 @@ pub async fn run(
             progress(Progress::PortMapping);
             // The primary echo server: the one the volunteer agreed to and
             // classification just used, if the address policy allows it.
+            // IPv4 only: the mappings asked for are IPv4 ones.
             let echo = classification
                 .server_endpoints
                 .first()
                 .copied()
-                .filter(|e| options.addresses.check(*e).is_ok());
+                .filter(|e| e.is_ipv4() && options.addresses.check(*e).is_ok());
             let report = port_map(asked, echo, &stop).await?;
             progress(Progress::PortMapped {
                 report: Box::new(report.clone()),
