@@ -16,6 +16,9 @@
 //! - [`node`]: the volunteer's own Bitcoin node in bridge mode: its RPC
 //!   client and the splice of a punched socket to it.
 //! - [`rendezvous`]: the volunteer's client of the coordinator.
+//! - [`portmap`]: asks the default gateway to open the node's port (PCP,
+//!   NAT-PMP; sans-io cores and a thin driver), records the answers and
+//!   deletes what was granted.
 //! - [`probe`]: the volunteer's whole run as one call ([`probe::run`]) and
 //!   the reference peer's loop ([`probe::serve_peer`]); [`probe::guard`]
 //!   checks every coordinator instruction.
@@ -45,6 +48,7 @@ pub mod dataset;
 pub mod lab;
 pub mod net;
 pub mod node;
+pub mod portmap;
 pub mod probe;
 pub mod proto;
 pub mod punch;

@@ -89,6 +89,7 @@ async fn dials_back_from_the_other_port_and_the_other_ip_with_the_token() {
     let req = DialBackRequest {
         token: "tok-42".into(),
         kinds: vec![DialKind::OtherPort, DialKind::OtherIp],
+        mapped_port: None,
     };
     control
         .get_mut()
@@ -119,6 +120,7 @@ async fn dials_back_from_the_other_port_and_the_other_ip_with_the_token() {
                 let want = match kind {
                     DialKind::OtherPort => server.endpoints[1],
                     DialKind::OtherIp => server.endpoints[2],
+                    DialKind::MappedPort => panic!("not asked"),
                 };
                 assert_eq!(peer, want, "{kind:?}");
                 arrived.insert(kind);
@@ -169,6 +171,7 @@ async fn reports_refused_dials_and_unavailable_kinds() {
     let req = DialBackRequest {
         token: "t".into(),
         kinds: vec![DialKind::OtherIp, DialKind::OtherPort],
+        mapped_port: None,
     };
     control
         .get_mut()
@@ -198,6 +201,59 @@ async fn reports_refused_dials_and_unavailable_kinds() {
             (DialKind::OtherPort, DialOutcome::Refused)
         ]
     );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn dials_a_mapped_port_of_the_askers_own_address_and_refuses_misuse() {
+    let server = start(fast_config()).await;
+    // A listener where a router's port mapping would deliver: reached.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dial = punchscope::classify::mapped_dial_back(server.primary(), listener, port, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(dial.kind, DialKind::MappedPort);
+    assert_eq!(
+        dial.from,
+        Some(server.primary()),
+        "from the endpoint reached"
+    );
+    assert_eq!(dial.server_outcome, Some(DialOutcome::Connected));
+    assert!(dial.received, "our listener got the dial-back line");
+
+    // A port nobody listens on (a mapping that leads nowhere): refused, nothing received.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let elsewhere = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dial = punchscope::classify::mapped_dial_back(server.primary(), elsewhere, closed, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(dial.server_outcome, Some(DialOutcome::Refused));
+    assert!(!dial.received);
+
+    for (body, why) in [
+        (
+            r#""kinds":["other_ip"],"mapped_port":8333"#,
+            "only for kind",
+        ),
+        (r#""kinds":["mapped_port"]"#, "needs mapped_port"),
+        (
+            r#""kinds":["mapped_port"],"mapped_port":0"#,
+            "needs mapped_port",
+        ),
+    ] {
+        let mut control = connect(server.primary()).await;
+        assert!(next_message(&mut control).await.is_some());
+        let line = format!("{{\"v\":1,\"type\":\"dial_back_request\",\"token\":\"t\",{body}}}\n");
+        control.get_mut().write_all(line.as_bytes()).await.unwrap();
+        let (code, message) = error_code(next_message(&mut control).await);
+        assert_eq!(code, ErrorCode::BadRequest, "{body}");
+        assert!(message.contains(why), "{body}: {message}");
+    }
     server.stop().await.unwrap();
 }
 
@@ -316,6 +372,7 @@ async fn rate_limits_dial_back_requests_per_source_ip() {
     let req = DialBackRequest {
         token: "t".into(),
         kinds: vec![DialKind::OtherPort],
+        mapped_port: None,
     };
     let mut answers = Vec::new();
     for _ in 0..3 {

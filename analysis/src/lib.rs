@@ -17,6 +17,8 @@
 //!   `version` fields and the v2 session id.
 //! - [`trial`]: punching strategies and the record of one trial as one side saw it.
 //! - [`plan`]: probe plans (what a pairing measures), validated on load.
+//! - [`portmap`]: what the default gateway answered to port mapping
+//!   requests (PCP, NAT-PMP) and whether the mapping was removed.
 //! - [`result`]: the result of one probe run ([`result::RunResult`], schema
 //!   version 1), the document uploaded to and stored by the collector, with
 //!   its JSON Schema.
@@ -37,6 +39,7 @@ pub mod classify;
 pub mod handshake;
 pub mod nat;
 pub mod plan;
+pub mod portmap;
 pub mod privacy;
 pub mod release;
 pub mod report;

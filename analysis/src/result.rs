@@ -27,6 +27,7 @@ use crate::classify::{
 };
 use crate::handshake::Role;
 use crate::plan::{Plan, PlanError};
+use crate::portmap::PortMappingReport;
 use crate::privacy;
 use crate::trial::TrialRecord;
 
@@ -60,6 +61,11 @@ pub struct RunResult {
     pub classification: SanitizedClassification,
     /// One entry per peer this host was paired with.
     pub pairings: Vec<Pairing>,
+    /// What the default gateway answered to port mapping requests (PCP,
+    /// NAT-PMP). Added within schema version 1: absent in older results and
+    /// in reference peers' results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_mapping: Option<PortMappingReport>,
 }
 
 /// Who ran a probe.
@@ -354,6 +360,7 @@ impl RunResult {
             client,
             classification: SanitizedClassification::from(classification),
             pairings,
+            port_mapping: None,
         };
         result.sanitize();
         result
@@ -743,6 +750,73 @@ mod tests {
         let older = RunResult::from_value(value).unwrap();
         assert_eq!(older.pairings[0].coordinator_violation, None);
         assert!(!result().to_json().contains("coordinator_violation"));
+    }
+
+    #[test]
+    fn a_port_mapping_report_is_optional_and_holds_prefixes_only() {
+        use crate::classify::HopClass;
+        use crate::portmap::*;
+        let mut r = result();
+        assert!(
+            !r.to_json().contains("port_mapping"),
+            "absent unless measured"
+        );
+        r.port_mapping = Some(PortMappingReport {
+            skipped: None,
+            attempts: vec![MappingAttempt {
+                protocol: MappingProtocol::Pcp,
+                port_role: PortRole::Node,
+                internal_port: 8333,
+                requested_lifetime_s: 120,
+                answer: GatewayAnswer::Answered,
+                requests_sent: 1,
+                rtt_ms: Some(1.5),
+                result_code: Some(0),
+                result: Some("success".into()),
+                server_version: None,
+                granted: Some(GrantedMapping {
+                    lifetime_s: 120,
+                    external: Some(MaskedEndpoint::new(sa("203.0.113.2:8333"))),
+                    external_port: 8333,
+                    external_class: Some(HopClass::Public),
+                }),
+                renewals: 0,
+                lost_state: 0,
+                errors: vec!["answer from 192.168.1.1 was short".into()],
+                error_count: 1,
+                reachable: None,
+                release: Some(MappingRelease {
+                    answer: GatewayAnswer::Answered,
+                    result_code: Some(0),
+                    succeeded: true,
+                    requests_sent: 1,
+                }),
+            }],
+        });
+        let leaky = serde_json::to_value(&r).unwrap();
+        assert!(matches!(
+            RunResult::from_value(leaky),
+            Err(ResultError::RawIp { .. })
+        ));
+        r.sanitize();
+        let attempt = &r.port_mapping.as_ref().unwrap().attempts[0];
+        assert_eq!(attempt.errors[0], "answer from 192.168.1.0/24 was short");
+        assert_eq!(
+            attempt
+                .granted
+                .as_ref()
+                .unwrap()
+                .external
+                .as_ref()
+                .unwrap()
+                .net,
+            "203.0.113.0/24"
+        );
+        assert_eq!(RunResult::from_json(&r.to_json()).unwrap(), r);
+        // Results from before the field read as not measured.
+        let mut value = serde_json::to_value(&r).unwrap();
+        value.as_object_mut().unwrap().remove("port_mapping");
+        assert_eq!(RunResult::from_value(value).unwrap().port_mapping, None);
     }
 
     /// Fails when the Rust types and the committed JSON Schema drift apart.

@@ -1,7 +1,7 @@
 //! A running lab: builds namespaces, devices and router tasks from a scenario, and tears all of it down.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,11 +13,13 @@ use tokio::sync::watch;
 use super::driver::{run_router, RouterCore, RouterIo};
 use super::events::{EventLog, LabEvent};
 use super::kernel::conntrack::{ConntrackError, ConntrackWatch};
+use super::kernel::portmap::{self, MiniUpnpd, PortmapError, Refuser, RouterMapping};
 use super::kernel::{self, KernelNat};
 use super::lock::{LabLock, LockError};
 use super::nat::{Nat, NatConfig, Translation};
 use super::netns::{self, NetnsError};
 use super::scenario::{check_name, Backend, HostSpec, RouterSpec, Scenario, ScenarioError};
+use super::stun::{self, StunError, StunResponder};
 use super::tun::{Tun, TunError};
 
 /// The name of the core namespace within a lab.
@@ -40,6 +42,10 @@ pub enum LabError {
     Tun(#[from] TunError),
     #[error(transparent)]
     Conntrack(#[from] ConntrackError),
+    #[error(transparent)]
+    Stun(#[from] StunError),
+    #[error(transparent)]
+    Portmap(#[from] PortmapError),
     #[error("cannot write the event log {path}: {source}")]
     EventLog {
         path: PathBuf,
@@ -70,6 +76,12 @@ pub struct Lab {
     routers: Option<RouterThread>,
     /// One `conntrack -E` per kernel router, ended before its namespace goes.
     conntrack: Vec<ConntrackWatch>,
+    /// One miniupnpd per kernel router with port mapping, ended first at teardown.
+    miniupnpd: Vec<MiniUpnpd>,
+    /// The refusing responder of each router with `portmap_refuse`.
+    refusers: Vec<Refuser>,
+    /// The STUN responder those miniupnpd check their address with.
+    stun: Option<StunResponder>,
     events: Arc<EventLog>,
     _lock: LabLock,
 }
@@ -113,6 +125,9 @@ pub struct RouterInfo {
     pub allocation: Option<String>,
     pub unsolicited: String,
     pub delay_ms: f64,
+    /// The router answers NAT-PMP and PCP (a kernel router running miniupnpd).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub portmap: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,8 +148,26 @@ pub fn remove_stale(name: &str) -> Result<Vec<String>, LabError> {
     remove_namespaces_of(name)
 }
 
-/// Lab names cannot contain '-', so `NAME-` names exactly this lab's namespaces.
+/// The temporary folder of a kernel router's miniupnpd (configuration, PID file).
+fn portmap_dir(lab: &str, router: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("punchscope-lab-{lab}-{router}"))
+}
+
+/// Lab names cannot contain '-', so `NAME-` names exactly this lab's
+/// namespaces (and `punchscope-lab-NAME-` its miniupnpd folders).
 fn remove_namespaces_of(name: &str) -> Result<Vec<String>, LabError> {
+    let folder_prefix = format!("punchscope-lab-{name}-");
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&folder_prefix)
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let prefix = format!("{name}-");
     let mut removed = Vec::new();
     for ns in netns::list() {
@@ -170,11 +203,15 @@ impl Lab {
             namespaces: Vec::new(),
             routers: None,
             conntrack: Vec::new(),
+            miniupnpd: Vec::new(),
+            refusers: Vec::new(),
+            stun: None,
             _lock: lock,
         };
         // From here on, an early return drops `lab`, which tears down what exists.
         let routers = lab.build()?;
         lab.start_routers(routers)?;
+        lab.start_portmap()?;
         Ok(lab)
     }
 
@@ -213,6 +250,27 @@ impl Lab {
             self.host_netns(host)?
         };
         Ok(netns::run_in(&ns, f)?)
+    }
+
+    /// The port mappings a kernel router's nftables state holds now
+    /// (miniupnpd's DNAT rules): the ground truth of what it granted.
+    pub fn port_mappings(&self, router: &str) -> Result<Vec<RouterMapping>, LabError> {
+        let ns = self.router_netns(router);
+        let chain = ["list", "chain", "inet", portmap::TABLE, portmap::DNAT_CHAIN];
+        let output = netns::command_in(&ns, "nft")?
+            .args(chain)
+            .output()
+            .map_err(LabError::Traffic)?;
+        if !output.status.success() {
+            return Err(NetnsError::Command {
+                command: format!("nft {} (in {ns})", chain.join(" ")),
+                detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            }
+            .into());
+        }
+        Ok(portmap::parse_mappings(&String::from_utf8_lossy(
+            &output.stdout,
+        )))
     }
 
     /// Every router event so far.
@@ -255,6 +313,7 @@ impl Lab {
                     allocation,
                     unsolicited: c.unsolicited.to_string(),
                     delay_ms: c.uplink.delay.as_secs_f64() * 1e3,
+                    portmap: r.portmap.enabled,
                 }
             })
             .collect();
@@ -460,6 +519,9 @@ impl Lab {
             )?;
         }
         netns::run_with_input(&ns, "nft", &["-f", "-"], &kind.ruleset(config))?;
+        if let Some(rules) = portmap::ruleset(&router.portmap, &self.scenario.servers) {
+            netns::run_with_input(&ns, "nft", &["-f", "-"], &rules)?;
+        }
         self.conntrack.push(ConntrackWatch::start(
             &ns,
             &router.name,
@@ -505,7 +567,52 @@ impl Lab {
         Ok(())
     }
 
+    /// miniupnpd on every kernel router with port mapping, after the STUN
+    /// responder it checks its address with. The routers' links run
+    /// already: that check crosses them.
+    fn start_portmap(&mut self) -> Result<(), LabError> {
+        let routers: Vec<RouterSpec> = self
+            .scenario
+            .routers
+            .iter()
+            .filter(|r| r.portmap.enabled)
+            .cloned()
+            .collect();
+        for router in routers.iter().filter(|r| r.portmap.refuse) {
+            self.refusers.push(Refuser::start(
+                &self.router_netns(&router.name),
+                router.config.gateway_ip,
+            )?);
+        }
+        let routers: Vec<RouterSpec> = routers.into_iter().filter(|r| !r.portmap.refuse).collect();
+        if routers.is_empty() {
+            return Ok(());
+        }
+        self.stun = Some(StunResponder::start(
+            &self.internet_netns(),
+            &self.scenario.servers,
+        )?);
+        let stun = SocketAddrV4::new(self.scenario.servers[0], stun::PORTS[0]);
+        for router in routers {
+            let lan_net = Ipv4Addr::from(u32::from(router.config.gateway_ip) & 0xffff_ff00);
+            let config = portmap::miniupnpd_config(&router.portmap, lan_net, stun);
+            let daemon = MiniUpnpd::start(
+                &self.router_netns(&router.name),
+                &router.name,
+                &portmap_dir(&self.name, &router.name),
+                &config,
+                self.events.clone(),
+            )?;
+            self.miniupnpd.push(daemon);
+        }
+        Ok(())
+    }
+
     fn teardown(&mut self) -> Result<(), LabError> {
+        // The daemons first: they still hold their routers' namespaces.
+        self.miniupnpd.clear();
+        self.refusers.clear();
+        self.stun = None;
         if let Some(routers) = self.routers.take() {
             let _ = routers.shutdown.send(true);
             let _ = routers.thread.join();

@@ -7,7 +7,9 @@
 //! that device and a TUN device in the internet namespace.
 //!
 //! Layout:
-//! - [`kernel`]: real Linux NATs (nftables, conntrack) as lab routers.
+//! - [`kernel`]: real Linux NATs (nftables, conntrack) as lab routers, and
+//!   their port mapping daemon (miniupnpd: NAT-PMP, PCP).
+//! - [`stun`]: the classic STUN responder miniupnpd checks its address with.
 //! - [`nat`]: the emulator core, sans-io (packets and time in, packets and
 //!   events out).
 //! - [`scenario`]: TOML scenario files (strict: unknown keys are errors with
@@ -36,6 +38,7 @@ pub mod lock;
 pub mod nat;
 pub mod netns;
 pub mod scenario;
+pub mod stun;
 pub mod tun;
 
 pub use events::LabEvent;

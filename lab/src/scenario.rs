@@ -12,6 +12,7 @@ use punchscope_analysis::nat::{Allocation, Filtering, Mapping, UnsolicitedAnswer
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::kernel::portmap::{ClosedAnswer, PortmapSpec};
 use super::kernel::KernelNat;
 use super::nat::{LinkShape, NatConfig, Timeouts, Translation};
 
@@ -54,6 +55,8 @@ pub struct RouterSpec {
     /// (`upstream = "cgn"`): its WAN address is then on that NAT's LAN, in
     /// the shared address space 100.64.0.0/10, as under carrier-grade NAT.
     pub upstream: Option<usize>,
+    /// Port mapping (`portmap` keys; kernel routers only): miniupnpd answering NAT-PMP and PCP.
+    pub portmap: PortmapSpec,
 }
 
 impl RouterSpec {
@@ -256,6 +259,117 @@ struct NatSection {
     tcp_transitory_timeout_s: u32,
     #[serde(default = "defaults::udp_s")]
     udp_timeout_s: u32,
+    /// Port mapping protocols the router answers (kernel routers: miniupnpd).
+    portmap: Option<Spanned<Vec<PortmapSetting>>>,
+    portmap_min_lifetime_s: Option<Spanned<u32>>,
+    portmap_max_lifetime_s: Option<Spanned<u32>>,
+    portmap_ports: Option<Spanned<[u16; 2]>>,
+    portmap_refuse: Option<Spanned<bool>>,
+    portmap_closed: Option<Spanned<ClosedAnswer>>,
+}
+
+/// A port mapping protocol a scenario may name.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum PortmapSetting {
+    Natpmp,
+    Pcp,
+    Upnp,
+}
+
+/// The `portmap` keys of a NAT, checked: what miniupnpd can play, on kernel routers only.
+fn portmap_spec(
+    nat: &NatSection,
+    kernel: bool,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> String,
+) -> Result<PortmapSpec, String> {
+    let mut spec = PortmapSpec::default();
+    let protocols = nat.portmap.as_ref();
+    let enabled = protocols.is_some_and(|p| !p.get_ref().is_empty());
+    if let Some(protocols) = protocols.filter(|_| enabled) {
+        let list = protocols.get_ref();
+        if !kernel {
+            return Err(at(
+                protocols.span(),
+                "portmap needs backend = \"kernel\" (miniupnpd); emulator routers have no port mapping responder yet".into(),
+            ));
+        }
+        if list.contains(&PortmapSetting::Upnp) {
+            return Err(at(
+                protocols.span(),
+                "portmap = \"upnp\" (UPnP IGD) is not offered by the lab yet: use [\"natpmp\", \"pcp\"]".into(),
+            ));
+        }
+        if !(list.contains(&PortmapSetting::Natpmp) && list.contains(&PortmapSetting::Pcp)) {
+            return Err(at(
+                protocols.span(),
+                "miniupnpd answers NAT-PMP and PCP together (one switch): give portmap = [\"natpmp\", \"pcp\"]".into(),
+            ));
+        }
+        spec.enabled = true;
+    }
+    let needs_portmap = |span: std::ops::Range<usize>, key: &str| {
+        Err(at(
+            span,
+            format!("{key} needs portmap = [\"natpmp\", \"pcp\"]"),
+        ))
+    };
+    if let Some(v) = &nat.portmap_min_lifetime_s {
+        if !enabled {
+            return needs_portmap(v.span(), "portmap_min_lifetime_s");
+        }
+        spec.min_lifetime_s = *v.get_ref();
+    }
+    if let Some(v) = &nat.portmap_max_lifetime_s {
+        if !enabled {
+            return needs_portmap(v.span(), "portmap_max_lifetime_s");
+        }
+        spec.max_lifetime_s = *v.get_ref();
+        if spec.max_lifetime_s < spec.min_lifetime_s {
+            return Err(at(
+                v.span(),
+                format!(
+                    "portmap_max_lifetime_s {} is below portmap_min_lifetime_s {}",
+                    spec.max_lifetime_s, spec.min_lifetime_s
+                ),
+            ));
+        }
+    }
+    if let Some(v) = &nat.portmap_ports {
+        if !enabled {
+            return needs_portmap(v.span(), "portmap_ports");
+        }
+        let [low, high] = *v.get_ref();
+        if low == 0 || low > high {
+            return Err(at(
+                v.span(),
+                format!("portmap_ports [{low}, {high}] must be a range [low, high] with 1 <= low <= high"),
+            ));
+        }
+        spec.ports = (low, high);
+    }
+    if let Some(v) = &nat.portmap_refuse {
+        if !enabled {
+            return needs_portmap(v.span(), "portmap_refuse");
+        }
+        spec.refuse = *v.get_ref();
+    }
+    if let Some(v) = &nat.portmap_closed {
+        if enabled {
+            return Err(at(
+                v.span(),
+                "portmap_closed is what a router *without* port mapping answers; this one has portmap".into(),
+            ));
+        }
+        if !kernel {
+            return Err(at(
+                v.span(),
+                "portmap_closed needs backend = \"kernel\" (an emulator router's hosts have no gateway address to ask)".into(),
+            ));
+        }
+        spec.closed = *v.get_ref();
+    }
+    Ok(spec)
 }
 
 /// Defaults for omitted NAT keys: a typical home router (EIM, port-preserving, APDF, drops strangers).
@@ -471,12 +585,14 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             ),
             _ => None,
         };
+        let portmap = portmap_spec(nat, kernel.is_some(), &at)?;
         router_by_name.insert(name.clone(), routers.len());
         routers.push(RouterSpec {
             name,
             config,
             kernel,
             upstream: upstreams[i],
+            portmap,
         });
     }
 
@@ -523,6 +639,7 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
                 config,
                 kernel: None,
                 upstream: None,
+                portmap: PortmapSpec::default(),
             });
             routers.len() - 1
         } else {
@@ -903,5 +1020,67 @@ nat = "cgn"
         assert!(e.contains("line 3") && e.contains("`cgm`"), "{e}");
         let e = error_of("[[nat]]\nname = \"home\"\nupstream = \"home\"\n[[host]]\nname = \"h\"\nnat = \"home\"\n");
         assert!(e.contains("its own upstream"), "{e}");
+    }
+
+    #[test]
+    fn port_mapping_keys_are_read_and_what_the_lab_cannot_play_is_refused_with_the_line() {
+        let kernel = |keys: &str| {
+            format!("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\n{keys}\n[[host]]\nname = \"h\"\nnat = \"k\"\n")
+        };
+        let s = Scenario::parse(&kernel(
+            "portmap = [\"natpmp\", \"pcp\"]\nportmap_min_lifetime_s = 13\nportmap_max_lifetime_s = 600\nportmap_ports = [8000, 9000]",
+        ))
+        .unwrap();
+        let p = &s.routers[0].portmap;
+        assert!(p.enabled && !p.refuse);
+        assert_eq!(
+            (p.min_lifetime_s, p.max_lifetime_s, p.ports),
+            (13, 600, (8000, 9000))
+        );
+        let s = Scenario::parse(&kernel(
+            "portmap = [\"pcp\", \"natpmp\"]\nportmap_refuse = true",
+        ))
+        .unwrap();
+        assert!(s.routers[0].portmap.refuse);
+        let s = Scenario::parse(&kernel("portmap_closed = \"drop\"")).unwrap();
+        assert_eq!(s.routers[0].portmap.closed, ClosedAnswer::Drop);
+        assert!(!s.routers[0].portmap.enabled);
+        assert_eq!(
+            Scenario::parse(&kernel("")).unwrap().routers[0].portmap,
+            PortmapSpec::default()
+        );
+
+        for (keys, expected) in [
+            ("portmap = [\"pcp\"]", "one switch"),
+            ("portmap = [\"natpmp\", \"pcp\", \"upnp\"]", "UPnP IGD"),
+            ("portmap = [\"natpmp\", \"pcp\"]\nportmap_closed = \"drop\"", "portmap_closed"),
+            ("portmap_refuse = true", "portmap_refuse needs portmap"),
+            ("portmap = [\"natpmp\", \"pcp\"]\nportmap_ports = [9000, 8000]", "1 <= low <= high"),
+            ("portmap = [\"natpmp\", \"pcp\"]\nportmap_min_lifetime_s = 60\nportmap_max_lifetime_s = 30", "below"),
+        ] {
+            let e = error_of(&kernel(keys));
+            assert!(
+                (4..=6).any(|line| e.starts_with(&format!("line {line}:"))),
+                "{keys}: {e}"
+            );
+            assert!(e.contains(expected), "{keys}: {e}");
+        }
+        let e = error_of("[[nat]]\nname = \"e\"\nportmap = [\"natpmp\", \"pcp\"]\n[[host]]\nname = \"h\"\nnat = \"e\"\n");
+        assert!(
+            e.contains("line 3") && e.contains("backend = \"kernel\""),
+            "{e}"
+        );
+        let e = error_of(&kernel("portmap = [\"igd\"]"));
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn the_committed_port_mapping_scenario_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../probes/lab/portmap.toml");
+        let s = Scenario::load(Path::new(path)).unwrap();
+        let enabled: Vec<bool> = s.routers.iter().map(|r| r.portmap.enabled).collect();
+        assert_eq!(enabled, [true, true, false, false]);
+        assert!(s.routers[1].portmap.refuse);
+        assert_eq!(s.routers[2].portmap.closed, ClosedAnswer::Drop);
     }
 }

@@ -101,20 +101,19 @@ async fn first_line(conn: &mut LineConnection<TcpStream>) -> Option<Arrival> {
     }
 }
 
-/// Asks for both dial-backs on `control` and records what the server did and
-/// what reached our listener. `Err` carries the server's refusal.
+/// Sends `request` on `control` (the filtering test asks for both
+/// filtering dials; a port mapping check for `mapped_port`) and records
+/// what the server did and what reached our listener. `Err` carries the
+/// server's refusal.
 pub async fn dial_back(
     control: LineConnection<TcpStream>,
     arrivals: &mut mpsc::Receiver<Arrival>,
-    token: &str,
+    request: DialBackRequest,
     rtt: Duration,
     reply_timeout: Duration,
 ) -> Result<Vec<DialObservation>, String> {
     let (mut read, mut write) = control.into_split();
-    let request = DialBackRequest {
-        token: token.to_string(),
-        kinds: vec![DialKind::OtherPort, DialKind::OtherIp],
-    };
+    let token = request.token.as_str();
     write
         .write_line(&echo::encode_request(&request))
         .await

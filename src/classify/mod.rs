@@ -31,7 +31,9 @@ mod socket;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use punchscope_analysis::classify::{Classification, FilteringObservation, Observations, Probe};
+use punchscope_analysis::classify::{
+    Classification, DialKind, DialObservation, FilteringObservation, Observations, Probe,
+};
 use rand::distributions::{Alphanumeric, DistString};
 use tokio::task::JoinSet;
 
@@ -39,7 +41,7 @@ pub use error::ClassifyError;
 use probe::{Answered, ProbeFailure};
 
 use crate::net::address::AddressPolicy;
-use crate::proto::echo::{ProtoError, DEFAULT_PORT};
+use crate::proto::echo::{DialBackRequest, ProtoError, DEFAULT_PORT};
 use crate::proto::ndjson::LineError;
 
 /// What to probe and how patiently.
@@ -113,6 +115,47 @@ pub async fn resolve_server(spec: &str) -> Result<SocketAddr, ClassifyError> {
         })
 }
 
+/// Asks the echo server at `server` to dial our own observed address at
+/// `mapped_port` (a port mapping's external port) and watches `listener`
+/// (the mapping's internal port) for it: the dial's record (`received` is
+/// the answer to "mapped and reachable"), or why the server would not.
+pub async fn mapped_dial_back(
+    server: SocketAddr,
+    listener: tokio::net::TcpListener,
+    mapped_port: u16,
+    timeout: Duration,
+) -> Result<DialObservation, String> {
+    let any = unspecified(server, 0);
+    let socket = if any.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("cannot open a socket: {e}"))?;
+    let answered = probe::run(socket, server, timeout)
+        .await
+        .map_err(|(_, failure)| format!("echo server {server}: {failure}"))?;
+    let rtt = Duration::from_secs_f64(answered.probe.rtt_ms.unwrap_or(100.0) / 1000.0);
+    let (_listening, mut arrivals) = filtering::spawn_listener(listener);
+    let request = DialBackRequest {
+        token: Alphanumeric.sample_string(&mut rand::thread_rng(), 16),
+        kinds: vec![DialKind::MappedPort],
+        mapped_port: Some(mapped_port),
+    };
+    let dials = filtering::dial_back(
+        answered.conn,
+        &mut arrivals.dial_backs,
+        request,
+        rtt,
+        timeout,
+    )
+    .await?;
+    dials
+        .into_iter()
+        .find(|d| d.kind == DialKind::MappedPort)
+        .ok_or_else(|| "the server planned no mapped_port dial".to_string())
+}
+
 /// Runs every test against the configured echo servers and decides the verdict.
 pub async fn classify(config: &ClassifyConfig) -> Result<Classification, ClassifyError> {
     if config.servers.is_empty() {
@@ -144,7 +187,11 @@ pub async fn classify(config: &ClassifyConfig) -> Result<Classification, Classif
     let dial_backs = filtering::dial_back(
         answered.conn,
         &mut arrivals.dial_backs,
-        &token,
+        DialBackRequest {
+            token: token.clone(),
+            kinds: vec![DialKind::OtherPort, DialKind::OtherIp],
+            mapped_port: None,
+        },
         rtt,
         timeout,
     );

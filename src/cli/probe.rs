@@ -19,8 +19,8 @@ use punchscope::net::address::AddressPolicy;
 use punchscope::node::{NodeOptions, RpcAuth, RpcConfig};
 use punchscope::probe::campaign::{self, CampaignPreview, Endpoints};
 use punchscope::probe::{
-    self, Progress, ReferenceOptions, ReferenceProgress, RunEnding, RunOptions, RunOutcome, Stop,
-    UploadStatus,
+    self, PortMapOptions, Progress, ReferenceOptions, ReferenceProgress, RunEnding, RunOptions,
+    RunOutcome, Stop, UploadStatus,
 };
 use punchscope::proto::rendezvous::{CampaignInfo, Mode};
 use punchscope::upload;
@@ -97,6 +97,12 @@ pub struct ProbeArgs {
     /// No progress output.
     #[arg(long)]
     quiet: bool,
+    /// Do not ask your router to open ports (PCP, NAT-PMP) during the run.
+    #[arg(long)]
+    no_portmap: bool,
+    /// Your Bitcoin node's port: the router is asked to map it, then the mapping is deleted.
+    #[arg(long, default_value_t = 8333, value_name = "PORT")]
+    node_port: u16,
 }
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
@@ -147,6 +153,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             coordinator: &coordinator,
             endpoints: &endpoints,
             node: args.node,
+            node_port: (!args.no_portmap).then_some(args.node_port),
         },
         args.yes,
         args.quiet,
@@ -162,6 +169,9 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         max_wait: Duration::from_secs(args.max_wait_secs),
         addresses: AddressPolicy::Public,
         node: node_options(&args),
+        port_mapping: (!args.no_portmap).then_some(PortMapOptions {
+            node_port: args.node_port,
+        }),
     };
     let quiet = args.quiet || args.json;
     let outcome = runtime.block_on(async {
@@ -178,6 +188,12 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             // The verdict stays on screen: it is the first result of the run.
             Progress::Classified { verdict } => {
                 display.line(format!("Your NAT: {}", verdict.summary()))
+            }
+            Progress::PortMapping => display.status(
+                "asking your router to map ports (PCP, NAT-PMP); every mapping is deleted again",
+            ),
+            Progress::PortMapped { report } => {
+                display.line(format!("Port mapping: {}", report.summary()))
             }
             Progress::Connecting => display.status("connecting to the coordinator"),
             Progress::Waiting { waited } => display.status(&format!(
@@ -261,6 +277,8 @@ struct Consent<'a> {
     endpoints: &'a Endpoints,
     /// Bridge mode's node, when --node was given.
     node: Option<SocketAddr>,
+    /// The node port the router will be asked to map, unless --no-portmap.
+    node_port: Option<u16>,
 }
 
 impl Consent<'_> {
@@ -289,6 +307,12 @@ impl Consent<'_> {
             None => text.push_str(
                 "Results go to: nowhere yet (no collector): they stay in the spool on this machine\n",
             ),
+        }
+        match self.node_port {
+            Some(port) => text.push_str(&format!(
+                "Port mapping: your router is asked (PCP, NAT-PMP) to open TCP port {port} and one port of this probe for about a second, and the echo server checks that the probe's port is reachable at your own address; every mapping it grants is deleted before the run goes on, also on Ctrl-C (--no-portmap skips this)\n"
+            )),
+            None => text.push_str("Port mapping: not asked (--no-portmap)\n"),
         }
         text.push('\n');
         match self.campaign {
@@ -413,6 +437,9 @@ fn summarize(outcome: &RunOutcome) {
         "Your NAT: {}",
         outcome.result.classification.verdict.summary()
     );
+    if let Some(report) = &outcome.result.port_mapping {
+        println!("Port mapping: {}", report.summary());
+    }
     if let RunEnding::NoPeer { waited } = outcome.ending {
         println!(
             "No peer was available after {:.0} s; your NAT classification is saved all the same.",
@@ -420,7 +447,7 @@ fn summarize(outcome: &RunOutcome) {
         );
     }
     if outcome.ending == RunEnding::StoppedWaiting {
-        println!("Stopped by you while waiting for a peer; your NAT classification is saved.");
+        println!("Stopped by you before a peer was found; your NAT classification is saved.");
     }
     for pairing in &outcome.result.pairings {
         let connected = pairing

@@ -15,6 +15,6 @@ pub mod pair;
 pub mod services;
 
 pub use punchscope_lab::{
-    driver, events, instance, lock, nat, netns, remove_stale, scenario, start_from_file, tun, Lab,
-    LabError, LabEvent, LabInfo, LabOptions, Scenario, INTERNET,
+    driver, events, instance, kernel, lock, nat, netns, remove_stale, scenario, start_from_file,
+    stun, tun, Lab, LabError, LabEvent, LabInfo, LabOptions, Scenario, INTERNET,
 };

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::classify::ClassifyError;
 use crate::node::NodeError;
+use crate::portmap::PortMapError;
 use crate::rendezvous::RendezvousError;
 use crate::upload::SpoolError;
 
@@ -25,6 +26,8 @@ pub enum ProbeError {
     Node(#[from] NodeError),
     #[error("could not classify your NAT: {0}")]
     Classify(#[from] ClassifyError),
+    #[error("could not ask the gateway for a port mapping: {0}")]
+    PortMap(#[from] PortMapError),
     #[error("could not pair through the coordinator: {0}")]
     Coordinator(#[source] RendezvousError),
     #[error("cannot keep the result in the spool {dir}: {cause}; check the folder's permissions and free space, or choose another --spool")]

@@ -5,7 +5,9 @@
 //! plan's trials, put the result in the spool and upload it. [`serve_peer`]
 //! is the reference peer's loop: pair, record, upload, again until stopped.
 //! The command line only parses, asks, renders [`Progress`] and prints the
-//! [`RunOutcome`].
+//! [`RunOutcome`]. Between classification and pairing, unless the volunteer
+//! said no, [`run`] asks the default gateway to map the node's port
+//! ([`crate::portmap`]) and deletes what it got.
 //!
 //! Layout: [`campaign`] (the campaign preview before consent, checked as
 //! untrusted input, and its merge with explicit flags), [`pairing`] (one pairing driven end to end: register ports, prime,
@@ -27,6 +29,7 @@ use std::time::Duration;
 
 use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
+use punchscope_analysis::portmap::PortMappingReport;
 use punchscope_analysis::trial::TrialOutcome;
 
 use crate::proto::rendezvous::Mode;
@@ -37,7 +40,7 @@ pub use error::ProbeError;
 pub use pairing::{run_pairing, trials_estimate, PairingOptions, PairingRun};
 pub use reference::{serve_peer, ReferenceOptions, ReferenceProgress};
 pub use stop::{Stop, StopHandle};
-pub use volunteer::{run, RunEnding, RunOptions, RunOutcome};
+pub use volunteer::{run, PortMapOptions, RunEnding, RunOptions, RunOutcome};
 
 /// What a run tells its caller as it goes (for progress display).
 #[derive(Debug, Clone)]
@@ -46,6 +49,10 @@ pub enum Progress {
     Classifying,
     /// NAT classification ended with this verdict.
     Classified { verdict: Box<Verdict> },
+    /// Asking the default gateway for port mappings (PCP, NAT-PMP).
+    PortMapping,
+    /// Port mapping done: every mapping granted is deleted again.
+    PortMapped { report: Box<PortMappingReport> },
     /// Connecting to the coordinator.
     Connecting,
     /// Still waiting for a peer.

@@ -2,18 +2,25 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use punchscope_analysis::classify::Verdict;
+use punchscope_analysis::portmap::{PortMappingReport, PortMappingSkipped, PortRole};
 use punchscope_analysis::result::{ClientInfo, RunResult};
 
 use super::delivery::{spool_and_upload, UploadStatus};
-use super::pairing::{run_pairing, PairingOptions};
+use super::pairing::{run_pairing, PairingOptions, PairingRun};
 use super::{ProbeError, Progress, Stop};
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
 use crate::node::{NodeBridge, NodeOptions};
+use crate::portmap::{self, gateway, PortMapConfig, ReachCheck};
 use crate::proto::rendezvous::Mode;
 use crate::rendezvous::{Hello, RendezvousError};
+
+/// Bound on each step of the mapped port's dial-back (connect, answers).
+const REACH_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bound on every wait for a coordinator line outside trials.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,6 +49,16 @@ pub struct RunOptions {
     pub addresses: AddressPolicy,
     /// Bridge mode: hand every punched socket to this node (`--node`).
     pub node: Option<NodeOptions>,
+    /// Ask the default gateway to map ports (PCP, NAT-PMP), hold them a
+    /// moment and delete them; `None` when the volunteer said no (`--no-portmap`).
+    pub port_mapping: Option<PortMapOptions>,
+}
+
+/// What to ask the gateway for.
+#[derive(Debug, Clone)]
+pub struct PortMapOptions {
+    /// The volunteer's Bitcoin node port (8333 by default).
+    pub node_port: u16,
 }
 
 /// How a run ended, for the summary and the exit code.
@@ -51,7 +68,7 @@ pub enum RunEnding {
     Paired,
     /// No peer came within the wait; the classification is kept all the same.
     NoPeer { waited: Duration },
-    /// Stopped while waiting for a peer.
+    /// Stopped before a peer was found (during port mapping, or while waiting).
     StoppedWaiting,
 }
 
@@ -96,29 +113,43 @@ pub async fn run(
         verdict: Box::new(classification.verdict.clone()),
     });
 
-    progress(Progress::Connecting);
-    let server = resolve(&options.coordinator).await?;
-    let mut hello = Hello::volunteer(options.max_wait).with_verdict(&classification.verdict);
-    if let Some(code) = &options.pair_code {
-        hello = hello.with_pair_code(code.clone());
-    }
-    let pairing_options = PairingOptions {
-        server,
-        hello,
-        read_timeout: READ_TIMEOUT,
-        max_wait: options.max_wait,
-        addresses: options.addresses,
-        node,
+    let port_mapping = match &options.port_mapping {
+        None => PortMappingReport::skipped(PortMappingSkipped::Declined),
+        Some(asked) => {
+            progress(Progress::PortMapping);
+            // The primary echo server: the one the volunteer agreed to and
+            // classification just used, if the address policy allows it.
+            // IPv4 only: the mappings asked for are IPv4 ones.
+            let echo = classification
+                .server_endpoints
+                .first()
+                .copied()
+                .filter(|e| e.is_ipv4() && options.addresses.check(*e).is_ok());
+            let report = port_map(asked, echo, &stop).await?;
+            progress(Progress::PortMapped {
+                report: Box::new(report.clone()),
+            });
+            report
+        }
     };
-    let (run, ending) = match run_pairing(&pairing_options, &mut progress, stop.stopped()).await {
-        Ok(run) => (Some(run), RunEnding::Paired),
-        Err(RendezvousError::NoPeer { waited }) => (None, RunEnding::NoPeer { waited }),
-        Err(RendezvousError::Interrupted) => (None, RunEnding::StoppedWaiting),
-        Err(e) => return Err(ProbeError::Coordinator(e)),
+
+    // A stop during port mapping (its mappings are deleted by then) ends the
+    // run here, with what was measured.
+    let (run, ending) = if stop.is_stopped() {
+        (None, RunEnding::StoppedWaiting)
+    } else {
+        pair(
+            &options,
+            &classification.verdict,
+            node,
+            &mut progress,
+            &stop,
+        )
+        .await?
     };
 
     let pairings = run.iter().map(|r| r.pairing.clone()).collect();
-    let result = RunResult::new(
+    let mut result = RunResult::new(
         env!("CARGO_PKG_VERSION"),
         started_at,
         chrono::Utc::now(),
@@ -126,6 +157,8 @@ pub async fn run(
         &classification,
         pairings,
     );
+    result.port_mapping = Some(port_mapping);
+    result.sanitize();
     progress(Progress::Uploading);
     let delivery = spool_and_upload(
         &result,
@@ -142,6 +175,76 @@ pub async fn run(
         spooled: delivery.spooled,
         upload: delivery.upload,
     })
+}
+
+/// Connects to the coordinator and runs one pairing; no peer and a stop are endings.
+async fn pair(
+    options: &RunOptions,
+    verdict: &Verdict,
+    node: Option<NodeBridge>,
+    progress: &mut impl FnMut(Progress),
+    stop: &Stop,
+) -> Result<(Option<PairingRun>, RunEnding), ProbeError> {
+    progress(Progress::Connecting);
+    let server = resolve(&options.coordinator).await?;
+    let mut hello = Hello::volunteer(options.max_wait).with_verdict(verdict);
+    if let Some(code) = &options.pair_code {
+        hello = hello.with_pair_code(code.clone());
+    }
+    let pairing_options = PairingOptions {
+        server,
+        hello,
+        read_timeout: READ_TIMEOUT,
+        max_wait: options.max_wait,
+        addresses: options.addresses,
+        node,
+    };
+    match run_pairing(&pairing_options, progress, stop.stopped()).await {
+        Ok(run) => Ok((Some(run), RunEnding::Paired)),
+        Err(RendezvousError::NoPeer { waited }) => Ok((None, RunEnding::NoPeer { waited })),
+        Err(RendezvousError::Interrupted) => Ok((None, RunEnding::StoppedWaiting)),
+        Err(e) => Err(ProbeError::Coordinator(e)),
+    }
+}
+
+/// Asks the default gateway to map the node's port and a port this probe
+/// listens on while it asks, checks a granted mapping of that port from the
+/// internet with a dial-back from `echo` (to our own public address only),
+/// then deletes both (see [`portmap::measure`]).
+async fn port_map(
+    asked: &PortMapOptions,
+    echo: Option<SocketAddr>,
+    stop: &Stop,
+) -> Result<PortMappingReport, ProbeError> {
+    if stop.is_stopped() {
+        return Ok(PortMappingReport::skipped(PortMappingSkipped::Stopped));
+    }
+    let Some(gateway) = gateway::default_gateway() else {
+        return Ok(PortMappingReport::skipped(PortMappingSkipped::NoGateway));
+    };
+    // A real port of ours, held while the gateway maps it.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").ok().map(Arc::new);
+    let mut ports = vec![(PortRole::Node, asked.node_port)];
+    let probe_port = listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+    if let Some(port) = probe_port {
+        ports.push((PortRole::Probe, port));
+    }
+    let mut config = PortMapConfig::for_gateway(gateway.into(), ports);
+    config.reach = match (echo, listener.clone()) {
+        (Some(echo), Some(listener)) => Some(ReachCheck {
+            echo,
+            listener,
+            step_timeout: REACH_STEP_TIMEOUT,
+        }),
+        _ => None,
+    };
+    let report = portmap::measure(&config, stop).await?;
+    drop(config);
+    drop(listener);
+    Ok(report)
 }
 
 /// The coordinator's first address.

@@ -102,6 +102,11 @@ pub struct DialBackRequest {
     pub token: String,
     /// Which dials to make, each at most once.
     pub kinds: Vec<DialKind>,
+    /// The port of the asker's own observed address that a `mapped_port`
+    /// dial goes to (a port mapping's external port); given with that kind
+    /// only. Servers before it refuse the field (`bad_request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped_port: Option<u16>,
 }
 
 /// Machine-readable reason in an `error` line.
@@ -268,7 +273,16 @@ fn validate_request(req: &DialBackRequest) -> Result<(), ProtoError> {
             )));
         }
     }
-    Ok(())
+    match (req.kinds.contains(&DialKind::MappedPort), req.mapped_port) {
+        (true, Some(port)) if port != 0 => Ok(()),
+        (true, _) => Err(ProtoError::BadRequest(
+            "kind mapped_port needs mapped_port, 1 to 65535".into(),
+        )),
+        (false, Some(_)) => Err(ProtoError::BadRequest(
+            "mapped_port is only for kind mapped_port".into(),
+        )),
+        (false, None) => Ok(()),
+    }
 }
 
 /// Decodes a server line (client side). Unknown fields are ignored.
@@ -342,6 +356,7 @@ mod tests {
         let req = DialBackRequest {
             token: "k9_-Z".into(),
             kinds: vec![DialKind::OtherPort, DialKind::OtherIp],
+            mapped_port: None,
         };
         let line = encode_request(&req);
         assert_eq!(

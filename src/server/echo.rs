@@ -226,6 +226,9 @@ impl Endpoints {
             DialKind::OtherPort => candidates
                 .find(|e| e.ip() == reached.ip() && e.port() != reached.port())
                 .copied(),
+            // The endpoint the asker reached: its own mapping to us is not
+            // what is tested, the router's port mapping is.
+            DialKind::MappedPort => Some(reached),
             DialKind::OtherIp => {
                 let others: Vec<_> = candidates.filter(|e| e.ip() != reached.ip()).collect();
                 // The same port on the other IP keeps the test to one changed variable.
@@ -402,31 +405,38 @@ async fn dial_back(
     }
     let mut dials = JoinSet::new();
     for (kind, from) in plan {
+        // Only ever the asker's observed address: its observed port, or for
+        // `mapped_port` the port it named (validated: present and not 0).
+        let to = match (kind, req.mapped_port) {
+            (DialKind::MappedPort, Some(port)) => SocketAddr::new(observed.ip(), port),
+            _ => observed,
+        };
         let line = from.map(|f| {
             proto::encode_server(&ServerMessage::DialBack {
                 token: req.token.clone(),
                 kind,
                 from: shared.endpoints.public_of(f),
-                to: observed,
+                to,
             })
         });
         dials.spawn(async move {
             let started = Instant::now();
             let (outcome, detail, stream) = match (from, line) {
-                (Some(from), Some(line)) => dial(from, observed, &line, timeout).await,
+                (Some(from), Some(line)) => dial(from, to, &line, timeout).await,
                 _ => (DialOutcome::Unavailable, None, None),
             };
-            (kind, from, outcome, detail, stream, started.elapsed())
+            (kind, from, to, outcome, detail, stream, started.elapsed())
         });
     }
     let mut connected = Vec::new();
-    while let Some(Ok((kind, from, outcome, detail, stream, elapsed))) = dials.join_next().await {
+    while let Some(Ok((kind, from, to, outcome, detail, stream, elapsed))) = dials.join_next().await
+    {
         connected.extend(stream);
         let result = ServerMessage::DialResult {
             token: req.token.clone(),
             kind,
             from: from.map(|f| shared.endpoints.public_of(f)),
-            to: observed,
+            to,
             outcome,
             elapsed_ms: millis(elapsed),
             detail,

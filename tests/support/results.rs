@@ -434,6 +434,7 @@ pub fn run(
             ended: Default::default(),
             coordinator_violation: None,
         }],
+        port_mapping: None,
     }
 }
 

@@ -31,6 +31,10 @@ pub enum DialKind {
     OtherPort,
     /// The other server IP: admitted by EIF only.
     OtherIp,
+    /// From the endpoint reached, to the asker's observed address at the
+    /// port the request names (`mapped_port`): the external port a router
+    /// mapped for it. Not a filtering test: it checks a port mapping.
+    MappedPort,
 }
 
 impl DialKind {
@@ -39,6 +43,7 @@ impl DialKind {
         match self {
             DialKind::OtherPort => "other_port",
             DialKind::OtherIp => "other_ip",
+            DialKind::MappedPort => "mapped_port",
         }
     }
 }

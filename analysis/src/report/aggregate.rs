@@ -40,6 +40,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::input::{Document, Skipped};
+use super::portmap::PortMapTally;
 use crate::classify::{Finding, Verdict};
 use crate::handshake::{Role, Transport};
 use crate::nat::{Filtering, Mapping};
@@ -265,6 +266,8 @@ pub struct Aggregator {
     mapping_runs: BTreeMap<String, u64>,
     filtering_runs: BTreeMap<String, u64>,
     type_runs: BTreeMap<NatType, u64>,
+    /// Volunteers' port mapping records.
+    port_mapping: PortMapTally,
 }
 
 fn finding_label<T: Copy + fmt::Display>(finding: &Finding<T>) -> String {
@@ -374,6 +377,11 @@ impl Aggregator {
             received_at,
         };
         self.runs.push(info);
+        if run.mode == RunMode::Volunteer {
+            if let Some(report) = &run.port_mapping {
+                self.port_mapping.add(report);
+            }
+        }
         let verdict = &run.classification.verdict;
         let own = NatType::of(verdict);
         for (position, pairing) in run.pairings.iter().enumerate() {
@@ -466,6 +474,7 @@ impl Aggregator {
             networks,
             mut slot_parent,
             slot_origin,
+            port_mapping,
             ..
         } = self;
         drop(by_id);
@@ -507,6 +516,7 @@ impl Aggregator {
             runs,
             networks: networks.iter().map(|n| n.to_string()).collect(),
             pairing_ids,
+            port_mapping,
         }
     }
 }
@@ -636,4 +646,6 @@ pub struct Aggregated {
     pub networks: Vec<String>,
     /// Each pairing's stable name: its smallest "run id/position" entry.
     pub pairing_ids: Vec<String>,
+    /// Volunteers' port mapping records, tallied.
+    pub port_mapping: PortMapTally,
 }

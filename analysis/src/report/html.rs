@@ -431,6 +431,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         }
         h.push_str("</table>\n<p class=note>Carrier-grade NAT: the side's TTL-limited probe met a router in the shared address space 100.64.0.0/10 before the public internet.</p>\n</section>\n");
     }
+    portmap_section(&mut h, summary);
     pairings_section(&mut h, summary);
 
     // Handshake: punchscope's own, then the nodes' (bridge mode) beside it.
@@ -604,6 +605,71 @@ fn node_handshake_section(h: &mut String, nodes: &NodeHandshakeSummary) -> Resul
     ));
     h.push_str("</section>\n");
     Ok(())
+}
+
+/// A share with its per-run Wilson interval: "3 of 8 (37.5%, 13.7–69.4%)".
+fn share(p: &Proportion) -> String {
+    match (p.rate, p.low, p.high) {
+        (Some(r), Some(l), Some(h)) => format!(
+            "{} of {} ({}, {}–{}%)",
+            p.successes,
+            p.n,
+            percent(r),
+            percent_bare(l),
+            percent_bare(h)
+        ),
+        _ => "no data".to_string(),
+    }
+}
+
+fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = map.iter().map(|(k, n)| format!("{} {n}", esc(k))).collect();
+    if parts.is_empty() {
+        "–".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Port mapping (PCP, NAT-PMP): shown once any volunteer's run has a record.
+fn portmap_section(h: &mut String, summary: &Summary) {
+    let pm = &summary.port_mapping;
+    if pm.runs == 0 {
+        return;
+    }
+    h.push_str("<section id=portmap>\n<h2>Port mapping: does the router open the node's port by itself?</h2>\n");
+    let _ = writeln!(
+        h,
+        "<p class=note>{} volunteers' runs recorded port mapping; asked nothing: {}. Per protocol, of the runs that asked for the node's port, with per-run Wilson 95% intervals.</p>",
+        pm.runs,
+        counts(&pm.skipped)
+    );
+    h.push_str("<table><tr><th>protocol</th><th>router answered</th><th>granted</th><th>granted on a public address</th><th>granted behind another NAT</th><th>reachable from the internet</th><th>deletion confirmed</th><th>lifetime granted (min / median / max s)</th><th>answers</th><th>result codes</th></tr>\n");
+    for row in &pm.protocols {
+        let name = match row.protocol.as_str() {
+            "pcp" => "PCP".to_string(),
+            "natpmp" => "NAT-PMP".to_string(),
+            other => esc(other),
+        };
+        let lifetime = row.lifetime_s.map_or("–".to_string(), |l| {
+            format!("{:.0} / {:.0} / {:.0}", l.min, l.median, l.max)
+        });
+        let _ = writeln!(
+            h,
+            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{}</td><td>{lifetime}</td><td>{}</td><td>{}</td></tr>",
+            share(&row.answered),
+            share(&row.granted),
+            share(&row.granted_public),
+            row.granted_behind_nat,
+            share(&row.reachable),
+            share(&row.deleted),
+            counts(&row.answers),
+            counts(&row.results)
+        );
+    }
+    h.push_str("</table>\n<p class=note><em>refused</em>: ICMP port unreachable, nothing listens on the router's port 5351. \
+                A mapping on a private or 100.64/10 external address sits behind another NAT (often carrier-grade) and opens nothing on the internet. \
+                <em>Reachable</em>: the echo server dialed the volunteer's own public address at the port granted for the probe's own port, and the probe received it (of the runs where that was tried).</p>\n</section>\n");
 }
 
 fn pairings_section(h: &mut String, summary: &Summary) {

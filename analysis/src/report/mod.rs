@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod compare;
 pub mod html;
 pub mod input;
+pub mod portmap;
 pub mod reference;
 pub mod stats;
 pub mod summary;

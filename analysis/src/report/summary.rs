@@ -8,6 +8,7 @@ use super::aggregate::{Aggregated, CountedTrial, InputCounts, NatType};
 use super::breakdown::{NetworkNodes, RowSums};
 use super::cluster::{paired_difference, BootstrapConfig, PairedCluster, PairedDifference};
 use super::input::Skipped;
+use super::portmap::PortMappingSummary;
 use super::reference::{reference_figures, ReferenceFigure};
 use super::stats::{quantile_sorted, Proportion};
 use crate::handshake::Transport;
@@ -283,6 +284,11 @@ pub struct Summary {
     pub network_labels: GroupTable,
     /// Per client: "os/arch, punchscope VERSION".
     pub clients: GroupTable,
+    /// What volunteers' routers answered to port mapping requests (PCP,
+    /// NAT-PMP); summaries from before it have none, and it is left out
+    /// when no run recorded any (so such reports stay as they were).
+    #[serde(default, skip_serializing_if = "PortMappingSummary::is_empty")]
+    pub port_mapping: PortMappingSummary,
 }
 
 fn outcome_name(o: TrialOutcome) -> String {
@@ -553,6 +559,7 @@ impl Summary {
             networks,
             network_labels,
             clients,
+            port_mapping: agg.port_mapping.summary(),
         }
     }
 

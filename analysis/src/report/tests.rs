@@ -168,6 +168,7 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
             ended: Default::default(),
             coordinator_violation: None,
         }],
+        port_mapping: None,
     }
 }
 
@@ -799,4 +800,119 @@ fn pairings_and_networks_are_the_clusters_and_small_groups_are_not_listed() {
     // The headline's clusters: 3 pairings, 3 networks.
     let c = s.headline.clustered.unwrap();
     assert_eq!((c.pairings.clusters, c.networks.unwrap().clusters), (3, 3));
+}
+
+#[test]
+fn port_mapping_is_tallied_per_volunteer_run_and_shown_escaped() {
+    use crate::classify::HopClass;
+    use crate::portmap::*;
+    let attempt = |protocol, answer, result: &str, granted: Option<u32>| MappingAttempt {
+        protocol,
+        port_role: PortRole::Node,
+        internal_port: 8333,
+        requested_lifetime_s: 120,
+        answer,
+        requests_sent: 1,
+        rtt_ms: Some(2.0),
+        result_code: None,
+        result: (answer == GatewayAnswer::Answered).then(|| result.to_string()),
+        server_version: None,
+        granted: granted.map(|lifetime_s| GrantedMapping {
+            lifetime_s,
+            external: None,
+            external_port: 8333,
+            external_class: Some(HopClass::Public),
+        }),
+        renewals: 0,
+        lost_state: 0,
+        errors: vec![],
+        error_count: 0,
+        reachable: None,
+        release: granted.map(|_| MappingRelease {
+            answer: GatewayAnswer::Answered,
+            result_code: Some(0),
+            succeeded: true,
+            requests_sent: 1,
+        }),
+    };
+    let with = |report: PortMappingReport, mode: RunMode| {
+        let mut r = run(Role::Initiator, eim_apdf(), None, vec![]);
+        r.mode = mode;
+        r.port_mapping = Some(report);
+        r
+    };
+    let granted = PortMappingReport {
+        skipped: None,
+        attempts: vec![
+            attempt(
+                MappingProtocol::Pcp,
+                GatewayAnswer::Answered,
+                "success",
+                Some(120),
+            ),
+            attempt(
+                MappingProtocol::Natpmp,
+                GatewayAnswer::Answered,
+                "success",
+                Some(7200),
+            ),
+        ],
+    };
+    let refused = PortMappingReport {
+        skipped: None,
+        attempts: vec![
+            attempt(
+                MappingProtocol::Pcp,
+                GatewayAnswer::Answered,
+                "<script>x</script>",
+                None,
+            ),
+            attempt(MappingProtocol::Natpmp, GatewayAnswer::Timeout, "", None),
+        ],
+    };
+    let runs = vec![
+        with(granted.clone(), RunMode::Volunteer),
+        with(refused, RunMode::Volunteer),
+        with(
+            PortMappingReport::skipped(PortMappingSkipped::NoGateway),
+            RunMode::Volunteer,
+        ),
+        // A reference peer's record is not the population's.
+        with(granted, RunMode::Reference),
+        run(Role::Initiator, eim_apdf(), None, vec![]),
+    ];
+    let (s, _) = summary_of(&runs);
+    let pm = &s.port_mapping;
+    assert_eq!(pm.runs, 3);
+    assert_eq!(pm.skipped.get("no_gateway"), Some(&1));
+    let pcp = pm.protocols.iter().find(|p| p.protocol == "pcp").unwrap();
+    assert_eq!(
+        (pcp.asked, pcp.answered.successes, pcp.granted.successes),
+        (2, 2, 1)
+    );
+    assert_eq!((pcp.deleted.successes, pcp.deleted.n), (1, 1));
+    let natpmp = pm
+        .protocols
+        .iter()
+        .find(|p| p.protocol == "natpmp")
+        .unwrap();
+    assert_eq!((natpmp.answered.successes, natpmp.answered.n), (1, 2));
+    assert_eq!(natpmp.lifetime_s.unwrap().max, 7200.0);
+
+    let page = super::html::render(&s).unwrap();
+    assert!(
+        page.contains("<section id=portmap>"),
+        "the section is there"
+    );
+    assert!(page.contains("1 of 2 (50.0%"), "shares with intervals");
+    assert!(
+        !page.contains("<script>x"),
+        "result names from results are escaped"
+    );
+    // A summary from before port mapping reads as having none, and the page leaves the section out.
+    let mut value = serde_json::to_value(&s).unwrap();
+    value.as_object_mut().unwrap().remove("port_mapping");
+    let older: Summary = serde_json::from_value(value).unwrap();
+    assert_eq!(older.port_mapping.runs, 0);
+    assert!(!super::html::render(&older).unwrap().contains("id=portmap"));
 }

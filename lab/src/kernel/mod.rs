@@ -9,9 +9,11 @@
 //!
 //! This file is sans-io: which rule set and sysctls a NAT configuration
 //! needs, and the refusal of what Linux cannot express, naming the key.
-//! [`conntrack`] reads `conntrack -E` into the lab's event log.
+//! [`conntrack`] reads `conntrack -E` into the lab's event log;
+//! [`portmap`] runs miniupnpd (NAT-PMP, PCP) on routers that offer port mapping.
 
 pub mod conntrack;
+pub mod portmap;
 
 use std::fmt;
 

@@ -114,6 +114,9 @@ pub enum NatEvent {
     /// A kernel router's conntrack entry changed (from `conntrack -E`; never
     /// emitted by the emulator).
     Conntrack(crate::kernel::conntrack::ConntrackEvent),
+    /// A kernel router's port mapping daemon (miniupnpd) created or removed
+    /// a mapping (from its log; never emitted by the emulator).
+    PortMap(crate::kernel::portmap::PortmapEvent),
 }
 
 impl NatEvent {

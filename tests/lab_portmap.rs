@@ -1,0 +1,487 @@
+//! Port mapping against real routers: kernel routers running Debian's
+//! miniupnpd (NAT-PMP, PCP) grant, refuse or stay silent, and the probe's
+//! client records each, deletes every mapping it got, also when stopped,
+//! and the router's own nftables state shows it.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
+
+mod support;
+
+use std::net::{IpAddr, SocketAddrV4};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use punchscope::analysis::classify::HopClass;
+use punchscope::analysis::portmap::{GatewayAnswer, MappingProtocol, PortMappingReport, PortRole};
+use punchscope::analysis::result::RunResult;
+use punchscope::lab::kernel::portmap::{PortmapChange, PortmapProtocol, RouterMapping};
+use punchscope::lab::nat::NatEvent;
+use punchscope::lab::services::EchoService;
+use punchscope::lab::Lab;
+use punchscope::portmap::{measure, PortMapConfig, ReachCheck};
+use punchscope::probe::Stop;
+use support::lab::*;
+use support::process::ChildGuard;
+
+/// The port mapping routers (grants, refuses, silent, plain) with one host
+/// each (alice, bob, carol, dave), as committed for `lab up`.
+const SCENARIO: &str = include_str!("../probes/lab/portmap.toml");
+
+const NODE_PORT: u16 = 8333;
+const PROBE_PORT: u16 = 40123;
+
+fn gateway_of(lab: &Lab, host: &str) -> IpAddr {
+    let scenario = lab.scenario();
+    scenario
+        .router_of(scenario.host(host).unwrap())
+        .config
+        .gateway_ip
+        .into()
+}
+
+/// Runs the probe's port mapping client inside `host`'s namespace, with
+/// the RFC schedules the probe uses, holding what it gets for `hold`.
+fn measure_from(lab: &Lab, host: &str, hold: Duration, stop: Stop) -> PortMappingReport {
+    let mut config = PortMapConfig::for_gateway(
+        gateway_of(lab, host),
+        vec![(PortRole::Node, NODE_PORT), (PortRole::Probe, PROBE_PORT)],
+    );
+    config.hold = hold;
+    lab.run_in(host, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), measure(&config, &stop))
+                .await
+                .expect("port mapping ends within its schedules")
+                .expect("sockets open")
+        })
+    })
+    .unwrap()
+}
+
+/// Every mapping the router's nftables state showed while `work` ran.
+fn watch_router<T: Send>(
+    lab: &Lab,
+    router: &str,
+    work: impl FnOnce() -> T + Send,
+) -> (T, Vec<RouterMapping>) {
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut seen: Vec<RouterMapping> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for mapping in lab
+                    .port_mappings(router)
+                    .expect("nft lists the router's table")
+                {
+                    if !seen.contains(&mapping) {
+                        seen.push(mapping);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        });
+        let out = work();
+        done.store(true, Ordering::Relaxed);
+        (out, watcher.join().unwrap())
+    })
+}
+
+#[test]
+fn a_router_with_port_mapping_grants_both_protocols_and_every_mapping_is_deleted() {
+    let lab = start_lab("pmgrant", SCENARIO);
+    let alice = lab.scenario().host("alice").unwrap().address;
+    let (report, seen) = watch_router(&lab, "grants", || {
+        measure_from(&lab, "alice", Duration::from_secs(1), Stop::new().1)
+    });
+    assert_eq!(report.skipped, None);
+    assert_eq!(report.attempts.len(), 4, "{report:#?}");
+    for protocol in [MappingProtocol::Pcp, MappingProtocol::Natpmp] {
+        for (role, port) in [(PortRole::Node, NODE_PORT), (PortRole::Probe, PROBE_PORT)] {
+            let attempt = report
+                .attempts
+                .iter()
+                .find(|a| a.protocol == protocol && a.port_role == role)
+                .unwrap_or_else(|| panic!("{protocol:?} {role:?} asked: {report:#?}"));
+            assert_eq!(attempt.answer, GatewayAnswer::Answered, "{attempt:#?}");
+            assert_eq!(attempt.result.as_deref(), Some("success"), "{attempt:#?}");
+            let granted = attempt.granted.as_ref().expect("granted");
+            assert_eq!(
+                granted.external_port, port,
+                "miniupnpd keeps the port asked"
+            );
+            assert!(granted.lifetime_s >= 60, "{granted:?}");
+            let external = granted.external.as_ref().expect("external address learned");
+            assert_eq!(external.net, "203.0.113.0/24");
+            assert_eq!(granted.external_class, Some(HopClass::Public));
+            assert!(
+                attempt.release.as_ref().is_some_and(|r| r.succeeded),
+                "deleted: {attempt:#?}"
+            );
+            assert!(attempt.errors.is_empty(), "{:?}", attempt.errors);
+        }
+    }
+    // The router's own state: both ports were mapped to alice, and nothing is left.
+    for port in [NODE_PORT, PROBE_PORT] {
+        assert!(
+            seen.contains(&RouterMapping {
+                external_port: port,
+                internal: SocketAddrV4::new(alice, port)
+            }),
+            "nftables showed {port} mapped to alice: {seen:?}"
+        );
+    }
+    assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+    // And its log: PCP mappings added and removed, NAT-PMP removed.
+    let portmap_events: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            NatEvent::PortMap(p) if e.router == "grants" => Some(p),
+            _ => None,
+        })
+        .collect();
+    for (protocol, change) in [
+        (PortmapProtocol::Pcp, PortmapChange::Added),
+        (PortmapProtocol::Pcp, PortmapChange::Removed),
+        (PortmapProtocol::Natpmp, PortmapChange::Requested),
+        (PortmapProtocol::Natpmp, PortmapChange::Removed),
+    ] {
+        assert!(
+            portmap_events.iter().any(|e| e.protocol == protocol
+                && e.change == change
+                && e.external_port == Some(NODE_PORT)),
+            "{protocol:?} {change:?} of {NODE_PORT} logged: {portmap_events:?}"
+        );
+    }
+}
+
+#[test]
+fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
+    let lab = start_lab("pmrefuse", SCENARIO);
+    let (refused, seen) = watch_router(&lab, "refuses", || {
+        measure_from(&lab, "bob", Duration::from_secs(1), Stop::new().1)
+    });
+    assert_eq!(refused.attempts.len(), 4);
+    for attempt in &refused.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Answered, "{attempt:#?}");
+        assert_eq!(attempt.result_code, Some(2), "{attempt:#?}");
+        assert_eq!(attempt.result.as_deref(), Some("not_authorized"));
+        assert!(attempt.granted.is_none() && attempt.release.is_none());
+    }
+    assert_eq!(seen, vec![], "nothing was ever mapped");
+
+    let started = Instant::now();
+    let silent = measure_from(&lab, "carol", Duration::from_secs(1), Stop::new().1);
+    for attempt in &silent.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Timeout, "{attempt:#?}");
+        assert!(attempt.requests_sent >= 2, "retransmitted: {attempt:#?}");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(12) && waited < Duration::from_secs(20),
+        "PCP's 9 s then NAT-PMP's 3.75 s: {waited:?}"
+    );
+
+    // A router that runs nothing on 5351 answers ICMP port unreachable.
+    let plain = measure_from(&lab, "dave", Duration::from_secs(1), Stop::new().1);
+    assert_eq!(plain.attempts.len(), 4);
+    for attempt in &plain.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Refused, "{attempt:#?}");
+    }
+}
+
+#[test]
+fn a_stop_while_holding_deletes_every_mapping_at_once() {
+    let lab = start_lab("pmstop", SCENARIO);
+    let (handle, stop) = Stop::new();
+    let started = Instant::now();
+    let (report, held) = std::thread::scope(|scope| {
+        // What Ctrl-C does in the probe: fire the run's stop, here once the
+        // router holds both mappings.
+        let stopper = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut held = Vec::new();
+            while Instant::now() < deadline && held.len() < 2 {
+                std::thread::sleep(Duration::from_millis(20));
+                held = lab.port_mappings("grants").unwrap();
+            }
+            handle.stop();
+            held
+        });
+        let report = measure_from(&lab, "alice", Duration::from_secs(3600), stop);
+        (report, stopper.join().unwrap())
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the hour-long hold was cut"
+    );
+    assert_eq!(held.len(), 2, "both ports were mapped: {held:?}");
+    assert_eq!(
+        report.attempts.len(),
+        2,
+        "NAT-PMP was not asked after the stop"
+    );
+    for attempt in &report.attempts {
+        assert_eq!(attempt.protocol, MappingProtocol::Pcp);
+        assert!(
+            attempt.release.as_ref().is_some_and(|r| r.succeeded),
+            "{attempt:#?}"
+        );
+    }
+    assert_eq!(
+        lab.port_mappings("grants").unwrap(),
+        vec![],
+        "the router holds nothing"
+    );
+}
+
+/// The volunteer's real `probe`, Ctrl-C'd while its router holds its PCP
+/// mappings: it deletes them before it exits, and its result (as the
+/// collector would accept it) says so.
+#[test]
+fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
+    let lab = start_lab("pmprobe", SCENARIO);
+    let endpoints: Vec<std::net::SocketAddr> = [
+        "198.51.100.10:3478",
+        "198.51.100.10:3479",
+        "198.51.100.11:3478",
+        "198.51.100.11:3479",
+    ]
+    .iter()
+    .map(|e| e.parse().unwrap())
+    .collect();
+    let _echo = EchoService::start(&lab, &endpoints).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let child = punchscope_in(&lab.host_netns("alice").unwrap())
+        // No coordinator runs: the stop comes before the probe would look for one.
+        .args(["probe", "--server", "198.51.100.10:7000"])
+        .args([
+            "--echo",
+            "198.51.100.10:3478",
+            "--echo",
+            "198.51.100.11:3478",
+        ])
+        .args([
+            "--yes",
+            "--json",
+            "--quiet",
+            "--node-port",
+            "8333",
+            "--spool",
+        ])
+        .arg(spool.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let pid = guard.0.as_ref().unwrap().id();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut held = Vec::new();
+    while Instant::now() < deadline && held.len() < 2 {
+        std::thread::sleep(Duration::from_millis(10));
+        held = lab.port_mappings("grants").unwrap();
+    }
+    assert_eq!(held.len(), 2, "the probe got both ports mapped: {held:?}");
+    assert!(held.iter().any(|m| m.external_port == NODE_PORT));
+    // Ctrl-C, to the process this test started.
+    // SAFETY: kill on our own child's PID, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }, 0);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while guard.0.as_mut().unwrap().try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the probe exits after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = guard.0.take().unwrap().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "interrupted: {stderr}");
+    assert_eq!(
+        lab.port_mappings("grants").unwrap(),
+        vec![],
+        "nothing left open"
+    );
+
+    let result = RunResult::from_json(std::str::from_utf8(&output.stdout).unwrap())
+        .expect("a result the collector accepts: no raw address");
+    let report = result.port_mapping.expect("port mapping recorded");
+    assert_eq!(report.attempts.len(), 2, "PCP only: {report:#?}");
+    let node = report
+        .attempts
+        .iter()
+        .find(|a| a.port_role == PortRole::Node)
+        .unwrap();
+    assert_eq!(node.internal_port, NODE_PORT);
+    assert_eq!(node.protocol, MappingProtocol::Pcp);
+    assert_eq!(
+        node.granted
+            .as_ref()
+            .unwrap()
+            .external
+            .as_ref()
+            .unwrap()
+            .net,
+        "203.0.113.0/24"
+    );
+    for attempt in &report.attempts {
+        assert!(
+            attempt.release.as_ref().is_some_and(|r| r.succeeded),
+            "{attempt:#?}"
+        );
+    }
+    let spooled: Vec<_> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(spooled.len(), 1, "the result is kept in the spool");
+}
+
+/// The ground truth behind "mapped and reachable": while the router holds
+/// the probe port's mapping, a connection from the internet to the router's
+/// public address and the granted port reaches the host's listener; once
+/// the mapping is deleted, it no longer does.
+#[test]
+fn a_granted_mapping_is_reachable_from_the_internet_until_it_is_deleted() {
+    let lab = start_lab("pmreach", SCENARIO);
+    let public = lab.scenario().routers[0].config.public_ip;
+    assert_eq!(lab.scenario().routers[0].name, "grants");
+    let target = std::net::SocketAddr::from((public, PROBE_PORT));
+    let listener = lab
+        .run_in("alice", || {
+            let listener = std::net::TcpListener::bind(("0.0.0.0", PROBE_PORT)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            listener
+        })
+        .unwrap();
+    let dial = || {
+        lab.run_in("internet", || {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            socket.bind(&std::net::SocketAddr::from(([198, 51, 100, 10], 0)).into())?;
+            socket.connect_timeout(&target.into(), Duration::from_secs(1))?;
+            Ok::<_, std::io::Error>(std::net::TcpStream::from(socket))
+        })
+        .unwrap()
+    };
+    let accepted = || {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match listener.accept() {
+                Ok((_, from)) => return Some(from),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(_) => return None,
+            }
+        }
+    };
+
+    let (handle, stop) = Stop::new();
+    let (report, reached) = std::thread::scope(|scope| {
+        let checker = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline
+                && !lab
+                    .port_mappings("grants")
+                    .unwrap()
+                    .iter()
+                    .any(|m| m.external_port == PROBE_PORT)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let connected = dial().is_ok();
+            let from = accepted();
+            handle.stop();
+            (connected, from)
+        });
+        let report = measure_from(&lab, "alice", Duration::from_secs(3600), stop);
+        (report, checker.join().unwrap())
+    });
+    let (connected, from) = reached;
+    assert!(connected, "the mapped port took the connection");
+    assert_eq!(
+        from.map(|f| f.ip()),
+        Some(IpAddr::from([198, 51, 100, 10])),
+        "and it reached alice's listener from the internet"
+    );
+    assert!(report
+        .attempts
+        .iter()
+        .all(|a| a.release.as_ref().is_some_and(|r| r.succeeded)));
+    assert!(dial().is_err(), "deleted: the router drops the SYN again");
+    assert_eq!(accepted(), None);
+}
+
+/// "Mapped and reachable", as the probe measures it: while the router holds
+/// the probe port's mapping, the echo server dials the host's own public
+/// address at the granted port, and the probe's listener behind the mapping
+/// receives it, with each protocol's mapping.
+#[test]
+fn the_echo_servers_dial_back_reaches_the_probe_through_its_mapping() {
+    let lab = start_lab("pmecho", SCENARIO);
+    let echo: std::net::SocketAddr = "198.51.100.10:3478".parse().unwrap();
+    let _echo = EchoService::start(&lab, &[echo, "198.51.100.11:3478".parse().unwrap()]).unwrap();
+    let (listener, port) = lab
+        .run_in("alice", || {
+            let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            (std::sync::Arc::new(listener), port)
+        })
+        .unwrap();
+    let mut config = PortMapConfig::for_gateway(
+        gateway_of(&lab, "alice"),
+        vec![(PortRole::Node, NODE_PORT), (PortRole::Probe, port)],
+    );
+    config.reach = Some(ReachCheck {
+        echo,
+        listener,
+        step_timeout: Duration::from_secs(5),
+    });
+    let report = lab
+        .run_in("alice", move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(90), measure(&config, &Stop::new().1))
+                    .await
+                    .expect("bounded")
+                    .expect("sockets open")
+            })
+        })
+        .unwrap();
+    for protocol in [MappingProtocol::Pcp, MappingProtocol::Natpmp] {
+        let probe = report
+            .attempts
+            .iter()
+            .find(|a| a.protocol == protocol && a.port_role == PortRole::Probe)
+            .unwrap();
+        let reachable = probe
+            .reachable
+            .as_ref()
+            .unwrap_or_else(|| panic!("{probe:#?}"));
+        assert!(reachable.reached, "{protocol:?}: {reachable:?}");
+        assert_eq!(
+            reachable.server_outcome,
+            Some(punchscope::analysis::classify::DialOutcome::Connected)
+        );
+        let node = report
+            .attempts
+            .iter()
+            .find(|a| a.protocol == protocol && a.port_role == PortRole::Node)
+            .unwrap();
+        assert_eq!(node.reachable, None, "only the probe's own port is dialed");
+        assert!(probe.release.as_ref().is_some_and(|r| r.succeeded));
+    }
+    assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+}
