@@ -71,7 +71,13 @@ fn main() {
 }
 
 fn ingest_into(db: &punchscope::collector::StoreLocation, bodies: &[String], sequential_n: usize) {
-    let collector = TestCollector::start(db, None);
+    // Every client is one loopback source: lift its per-source limits, which
+    // a real campaign's thousands of sources never meet together.
+    let collector = TestCollector::start_with(db, None, |c| {
+        c.admission.uploads_burst = u32::MAX;
+        c.admission.storage_burst_bytes = u32::MAX;
+        c.admission.connections_per_source = 1024;
+    });
     let url = collector.url();
     let (first, rest) = bodies.split_at(sequential_n);
     let runs = [(1usize, first.to_vec()), (32, rest.to_vec())];
