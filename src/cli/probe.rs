@@ -101,8 +101,9 @@ pub struct ProbeArgs {
     #[arg(long)]
     no_portmap: bool,
     /// Your Bitcoin node's port: the router is asked to map it, then the mapping is deleted.
-    #[arg(long, default_value_t = 8333, value_name = "PORT")]
-    node_port: u16,
+    /// Default: the port of --node, else 8333.
+    #[arg(long, value_name = "PORT")]
+    node_port: Option<u16>,
 }
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
@@ -153,7 +154,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             coordinator: &coordinator,
             endpoints: &endpoints,
             node: args.node,
-            node_port: (!args.no_portmap).then_some(args.node_port),
+            node_port: (!args.no_portmap).then_some(node_port(&args)),
         },
         args.yes,
         args.quiet,
@@ -170,7 +171,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         addresses: AddressPolicy::Public,
         node: node_options(&args),
         port_mapping: (!args.no_portmap).then_some(PortMapOptions {
-            node_port: args.node_port,
+            node_port: node_port(&args),
         }),
     };
     let quiet = args.quiet || args.json;
@@ -233,6 +234,14 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Bridge mode's options, when --node was given (clap requires --node-rpc with it).
+/// The node port the router is asked to map: `--node-port`, else the port
+/// of the bridged node (`--node`), else Bitcoin's default.
+fn node_port(args: &ProbeArgs) -> u16 {
+    args.node_port
+        .or(args.node.map(|node| node.port()))
+        .unwrap_or(8333)
+}
+
 fn node_options(args: &ProbeArgs) -> Option<NodeOptions> {
     let p2p = args.node?;
     let url = args
