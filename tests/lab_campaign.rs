@@ -78,9 +78,9 @@ fn nat_type(
 #[test]
 fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded() {
     require_root();
-    let dir = std::env::temp_dir().join(format!("campaign-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed however the test ends.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let scenario_path = dir.join("scenario.toml");
     let plan_path = dir.join("plan.toml");
     std::fs::write(&scenario_path, SCENARIO).unwrap();
@@ -260,5 +260,4 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
     assert_eq!(router("eim_eif")["backend"], "emulator");
     assert_eq!(router("eim_rst")["upstream"], "carrier");
     assert!(Path::new(&report.join("index.html")).exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }

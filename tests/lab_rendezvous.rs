@@ -20,8 +20,9 @@ use support::process::ChildGuard;
 /// Runs `probe` in alice and bob at once; returns each side's trials, in trial order.
 fn probe_pair(lab: &Lab, within: Duration) -> (Vec<TrialRecord>, Vec<TrialRecord>, Vec<Role>) {
     let _echo = start_echo(lab);
+    let spools = tempfile::tempdir().unwrap();
     let spawn = |host: &str| {
-        probe_command(lab, host)
+        probe_command_with_spool(lab, host, &spools.path().join(host))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -248,8 +249,9 @@ fn a_peer_killed_mid_pairing_ends_the_other_sides_record_cleanly() {
     );
     let _coordinator = start_coordinator(&lab, &plan);
     let _echo = start_echo(&lab);
+    let spools = tempfile::tempdir().unwrap();
     let spawn = |host: &str| {
-        probe_command(&lab, host)
+        probe_command_with_spool(&lab, host, &spools.path().join(host))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -300,8 +302,9 @@ fn the_volunteers_summary_says_what_happened() {
     let plan = plan("rvo", "trials = 4\nstrategies = [\"simultaneous\"]\ntransports = [\"v1\", \"v2\"]\nnetwork = \"regtest\"\n");
     let _coordinator = start_coordinator(&lab, &plan);
     let _echo = start_echo(&lab);
+    let spools = tempfile::tempdir().unwrap();
     let run = |host: &str| {
-        let mut command = probe_command(&lab, host);
+        let mut command = probe_command_with_spool(&lab, host, &spools.path().join(host));
         // The human summary: no --json (the --quiet progress is on stderr anyway).
         let args: Vec<_> = command
             .get_args()
@@ -367,8 +370,9 @@ fn ctrl_c_stops_the_probe_and_keeps_the_partial_result() {
     );
     let _coordinator = start_coordinator(&lab, &plan);
     let _echo = start_echo(&lab);
+    let spools = tempfile::tempdir().unwrap();
     let spawn = |host: &str| {
-        probe_command(&lab, host)
+        probe_command_with_spool(&lab, host, &spools.path().join(host))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -401,7 +405,7 @@ fn ctrl_c_stops_the_probe_and_keeps_the_partial_result() {
         trials.len()
     );
     // The same partial result waits in the spool for upload.
-    let spool = std::env::temp_dir().join(format!("{}-alice-spool", lab.name()));
+    let spool = spools.path().join("alice");
     let spooled = std::fs::read_dir(&spool)
         .unwrap()
         .filter_map(|e| e.ok())

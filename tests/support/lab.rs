@@ -167,9 +167,27 @@ pub fn punchscope_in(ns: &str) -> std::process::Command {
 /// The coordinator's endpoint in the internet namespace, for lab tests that run `serve rendezvous`.
 pub const COORDINATOR: &str = "198.51.100.10:7000";
 
-/// A probe plan named `lab_tag` with `body`, written to the temp directory.
-pub fn plan(lab_tag: &str, body: &str) -> std::path::PathBuf {
-    plan_in(&std::env::temp_dir(), lab_tag, body)
+/// A plan file in a temporary directory of its own, removed when dropped.
+pub struct TempPlan {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TempPlan {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// A probe plan named `lab_tag` with `body`, in a temporary directory that
+/// goes with the returned value.
+pub fn plan(lab_tag: &str, body: &str) -> TempPlan {
+    let dir = tempfile::tempdir().unwrap();
+    TempPlan {
+        path: plan_in(dir.path(), lab_tag, body),
+        _dir: dir,
+    }
 }
 
 /// A probe plan named `lab_tag` with `body`, written to `dir` (a test's own
@@ -192,12 +210,6 @@ pub fn start_echo(lab: &Lab) -> punchscope::lab::services::EchoService {
     .map(|e| e.parse().unwrap())
     .collect();
     punchscope::lab::services::EchoService::start(lab, &endpoints).unwrap()
-}
-
-/// A volunteer's `probe` run in the lab, with its own spool in the temp directory.
-pub fn probe_command(lab: &Lab, host: &str) -> std::process::Command {
-    let spool = std::env::temp_dir().join(format!("{}-{}-spool", lab.name(), host));
-    probe_command_with_spool(lab, host, &spool)
 }
 
 /// A volunteer's `probe` run in the lab (JSON result on stdout), spooling into `spool`.
