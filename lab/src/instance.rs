@@ -457,14 +457,20 @@ impl Lab {
                         host.address, host.prefix_len
                     ),
                     format!("link set {HOST_DEVICE} up"),
-                    format!("route add default dev {HOST_DEVICE}"),
+                    // Via the router's LAN address, as behind a real router: the
+                    // probe finds its gateway (port mapping) in the routing table.
+                    // `onlink`: a host with a public address is not in its subnet.
+                    format!(
+                        "route add default via {} dev {HOST_DEVICE} onlink",
+                        router.config.gateway_ip
+                    ),
                 ],
             )?;
             lans.push((host.address, device));
         }
         Ok(RouterCore {
             name: router.name,
-            nat: Nat::new(router.config),
+            nat: Nat::new(router.config).with_port_mapping(router.portmap),
             lans,
         })
     }

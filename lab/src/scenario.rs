@@ -55,7 +55,9 @@ pub struct RouterSpec {
     /// (`upstream = "cgn"`): its WAN address is then on that NAT's LAN, in
     /// the shared address space 100.64.0.0/10, as under carrier-grade NAT.
     pub upstream: Option<usize>,
-    /// Port mapping (`portmap` keys; kernel routers only): miniupnpd answering NAT-PMP and PCP.
+    /// Port mapping (`portmap` keys): PCP and NAT-PMP on the router's LAN
+    /// address, by miniupnpd on a kernel router, by the emulator's own
+    /// service ([`crate::nat::portmap`]) on an emulator NAT.
     pub portmap: PortmapSpec,
 }
 
@@ -259,7 +261,7 @@ struct NatSection {
     tcp_transitory_timeout_s: u32,
     #[serde(default = "defaults::udp_s")]
     udp_timeout_s: u32,
-    /// Port mapping protocols the router answers (kernel routers: miniupnpd).
+    /// Port mapping protocols the router answers (kernel routers: miniupnpd; emulator NATs: their own service).
     portmap: Option<Spanned<Vec<PortmapSetting>>>,
     portmap_min_lifetime_s: Option<Spanned<u32>>,
     portmap_max_lifetime_s: Option<Spanned<u32>>,
@@ -277,7 +279,8 @@ enum PortmapSetting {
     Upnp,
 }
 
-/// The `portmap` keys of a NAT, checked: what miniupnpd can play, on kernel routers only.
+/// The `portmap` keys of a NAT, checked: what miniupnpd (kernel routers)
+/// and the emulator's service (NATs that translate) can play.
 fn portmap_spec(
     nat: &NatSection,
     kernel: bool,
@@ -288,10 +291,10 @@ fn portmap_spec(
     let enabled = protocols.is_some_and(|p| !p.get_ref().is_empty());
     if let Some(protocols) = protocols.filter(|_| enabled) {
         let list = protocols.get_ref();
-        if !kernel {
+        if !kernel && matches!(nat.mapping, MappingSetting::None) {
             return Err(at(
                 protocols.span(),
-                "portmap needs backend = \"kernel\" (miniupnpd); emulator routers have no port mapping responder yet".into(),
+                "portmap needs a NAT (mapping other than \"none\"): a router without translation has nothing to map".into(),
             ));
         }
         if list.contains(&PortmapSetting::Upnp) {
@@ -303,7 +306,7 @@ fn portmap_spec(
         if !(list.contains(&PortmapSetting::Natpmp) && list.contains(&PortmapSetting::Pcp)) {
             return Err(at(
                 protocols.span(),
-                "miniupnpd answers NAT-PMP and PCP together (one switch): give portmap = [\"natpmp\", \"pcp\"]".into(),
+                "the lab's routers answer NAT-PMP and PCP together (miniupnpd has one switch for both): give portmap = [\"natpmp\", \"pcp\"]".into(),
             ));
         }
         spec.enabled = true;
@@ -359,12 +362,6 @@ fn portmap_spec(
             return Err(at(
                 v.span(),
                 "portmap_closed is what a router *without* port mapping answers; this one has portmap".into(),
-            ));
-        }
-        if !kernel {
-            return Err(at(
-                v.span(),
-                "portmap_closed needs backend = \"kernel\" (an emulator router's hosts have no gateway address to ask)".into(),
             ));
         }
         spec.closed = *v.get_ref();
@@ -1065,11 +1062,18 @@ nat = "cgn"
             );
             assert!(e.contains(expected), "{keys}: {e}");
         }
-        let e = error_of("[[nat]]\nname = \"e\"\nportmap = [\"natpmp\", \"pcp\"]\n[[host]]\nname = \"h\"\nnat = \"e\"\n");
-        assert!(
-            e.contains("line 3") && e.contains("backend = \"kernel\""),
-            "{e}"
-        );
+        let emulator = |keys: &str| {
+            format!("[[nat]]\nname = \"e\"\n{keys}\n[[host]]\nname = \"h\"\nnat = \"e\"\n")
+        };
+        let s = Scenario::parse(&emulator("portmap = [\"natpmp\", \"pcp\"]\nportmap_min_lifetime_s = 13\nportmap_max_lifetime_s = 13")).unwrap();
+        assert!(s.routers[0].portmap.enabled && s.routers[0].kernel.is_none());
+        assert_eq!(s.routers[0].portmap.max_lifetime_s, 13);
+        let s = Scenario::parse(&emulator("portmap_closed = \"drop\"")).unwrap();
+        assert_eq!(s.routers[0].portmap.closed, ClosedAnswer::Drop);
+        let e = error_of(&emulator(
+            "mapping = \"none\"\nportmap = [\"natpmp\", \"pcp\"]",
+        ));
+        assert!(e.contains("line 4") && e.contains("nothing to map"), "{e}");
         let e = error_of(&kernel("portmap = [\"igd\"]"));
         assert!(e.contains("line 4"), "{e}");
     }

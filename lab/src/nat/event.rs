@@ -43,6 +43,9 @@ pub enum DropReason {
     PortsExhausted,
     /// An ICMP error about a flow the router has no session for.
     UnrelatedIcmp,
+    /// A packet to the router's own LAN address that nothing there answers
+    /// (a closed port whose answer is `drop`, or not a SYN or UDP).
+    ToRouter,
 }
 
 /// What a router did. Endpoints are as on the wire after translation unless named otherwise.
@@ -114,8 +117,9 @@ pub enum NatEvent {
     /// A kernel router's conntrack entry changed (from `conntrack -E`; never
     /// emitted by the emulator).
     Conntrack(crate::kernel::conntrack::ConntrackEvent),
-    /// A kernel router's port mapping daemon (miniupnpd) created or removed
-    /// a mapping (from its log; never emitted by the emulator).
+    /// A port mapping was created or removed: by a kernel router's daemon
+    /// (miniupnpd, from its log) or by an emulator router's own PCP and
+    /// NAT-PMP service ([`super::portmap`]).
     PortMap(crate::kernel::portmap::PortmapEvent),
 }
 

@@ -9,12 +9,14 @@
 //!
 //! Layout: [`config`] (what a router is), [`packet`] (IPv4/TCP/UDP/ICMP views
 //! and rewrites over `pnet_packet`), [`table`] (mappings, sessions, port
-//! allocation), [`link`] (the delay line), [`event`] (the ground-truth log).
+//! allocation), [`link`] (the delay line), [`event`] (the ground-truth log),
+//! [`portmap`] (the PCP and NAT-PMP service on the router's LAN address).
 
 pub mod config;
 pub mod event;
 mod link;
 pub mod packet;
+pub mod portmap;
 pub mod table;
 
 use std::collections::VecDeque;
@@ -24,6 +26,8 @@ use std::time::{Duration, Instant};
 use punchscope_analysis::nat::UnsolicitedAnswer;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+
+use crate::kernel::portmap::{ClosedAnswer, PortmapSpec};
 
 pub use config::{LinkShape, NatConfig, Timeouts, Translation};
 pub use event::{DropReason, NatEvent, RefusalCause, TimedEvent};
@@ -84,6 +88,10 @@ pub struct Nat {
     rng: SmallRng,
     next_sweep: Option<Instant>,
     stats: NatStats,
+    /// What the router's own LAN address answers on port 5351: the PCP and
+    /// NAT-PMP service, or (`None`) the closed port's answer.
+    portmap: Option<portmap::Responder>,
+    portmap_closed: ClosedAnswer,
 }
 
 impl Nat {
@@ -115,7 +123,20 @@ impl Nat {
             events: VecDeque::new(),
             next_sweep: None,
             stats: NatStats::default(),
+            portmap: None,
+            portmap_closed: ClosedAnswer::default(),
         }
+    }
+
+    /// The router's port mapping service, from the scenario's `portmap`
+    /// keys: PCP and NAT-PMP on its LAN address when enabled (a NAT only),
+    /// else the answer of a closed port 5351.
+    pub fn with_port_mapping(mut self, spec: PortmapSpec) -> Self {
+        self.portmap_closed = spec.closed;
+        if spec.enabled && self.table.is_some() {
+            self.portmap = Some(portmap::Responder::new(spec, self.config.public_ip));
+        }
+        self
     }
 
     pub fn config(&self) -> &NatConfig {
@@ -156,6 +177,9 @@ impl Nat {
         self.sweep_if_due(now);
         if self.config.translation == Translation::Link {
             return self.send_up(packet[..summary.total_len].to_vec(), now);
+        }
+        if summary.dst == self.config.gateway_ip {
+            return self.to_router(packet, &summary, now);
         }
         if summary.ttl <= 1 {
             return self.ttl_exceeded(Direction::Outbound, packet, &summary, now);
@@ -411,6 +435,59 @@ impl Nat {
         }
     }
 
+    /// A host's packet to the router's own LAN address: the port mapping
+    /// service answers on port 5351; anything else meets a closed port (an
+    /// ICMP port unreachable or a RST, as Linux answers, or nothing when the
+    /// router drops it).
+    fn to_router(&mut self, packet: &[u8], summary: &Summary, now: Instant) {
+        let gateway = self.config.gateway_ip;
+        if let (Body::Udp { dst_port, .. }, Some((Protocol::Udp, client))) =
+            (summary.body, summary.src_endpoint())
+        {
+            if let (portmap::PORT, Some(responder), Some(table)) =
+                (dst_port, self.portmap.as_mut(), self.table.as_mut())
+            {
+                let request = packet::udp_payload(packet, summary);
+                let mut explicit = ExplicitMappings {
+                    table,
+                    rng: &mut self.rng,
+                    now,
+                };
+                let handled = responder.handle(request, client, now, &mut explicit);
+                for event in handled.events {
+                    self.log(now, NatEvent::PortMap(event));
+                }
+                self.log_removals(now);
+                if let Some(answer) = handled.answer {
+                    let from = SocketAddrV4::new(gateway, portmap::PORT);
+                    self.deliver(
+                        packet::build::udp(from, client, 64, &answer),
+                        summary.src,
+                        now,
+                    );
+                }
+                return;
+            }
+        }
+        let answer = match (summary.body, self.portmap_closed) {
+            (_, ClosedAnswer::Drop) => None,
+            (Body::Udp { .. }, ClosedAnswer::Icmp) => {
+                let (icmp_type, code) = ICMP_PORT_UNREACHABLE;
+                Some(packet::icmp_error_for(
+                    packet, summary, gateway, icmp_type, code,
+                ))
+            }
+            (Body::Tcp { .. }, ClosedAnswer::Icmp) if summary.is_tcp_syn() => {
+                Some(packet::tcp_reset_for(summary))
+            }
+            _ => None,
+        };
+        match answer {
+            Some(answer) => self.deliver(answer, summary.src, now),
+            None => self.drop(Direction::Outbound, DropReason::ToRouter, now),
+        }
+    }
+
     /// An inbound packet nothing admits: answer a bare SYN as configured.
     fn refuse(&mut self, packet: &[u8], summary: &Summary, cause: RefusalCause, now: Instant) {
         self.stats.refused += 1;
@@ -597,3 +674,28 @@ fn control_event(direction: Direction, packet: &[u8]) -> Option<NatEvent> {
 
 #[cfg(test)]
 mod tests;
+
+/// The NAT's table as the port mapping service sees it: explicit mappings, at one moment.
+struct ExplicitMappings<'a> {
+    table: &'a mut MappingTable,
+    rng: &'a mut SmallRng,
+    now: Instant,
+}
+
+impl portmap::MappingTable for ExplicitMappings<'_> {
+    fn map(
+        &mut self,
+        proto: Protocol,
+        internal: SocketAddrV4,
+        suggested: Option<u16>,
+        until: Instant,
+    ) -> Option<u16> {
+        self.table
+            .map_explicit(proto, internal, suggested, until, self.now, self.rng)
+            .map(|(port, _)| port)
+    }
+
+    fn unmap(&mut self, proto: Protocol, internal: SocketAddrV4) -> Option<u16> {
+        self.table.unmap_explicit(proto, internal)
+    }
+}

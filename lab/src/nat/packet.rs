@@ -379,6 +379,22 @@ pub fn icmp_error_for(
     out
 }
 
+/// The payload of a UDP datagram [`parse`] accepted (empty for any other
+/// packet), bounded by both the IP and the UDP lengths.
+pub fn udp_payload<'a>(packet: &'a [u8], summary: &Summary) -> &'a [u8] {
+    if !matches!(summary.body, Body::Udp { .. }) {
+        return &[];
+    }
+    let start = summary.header_len + 8;
+    let udp_len = packet
+        .get(summary.header_len + 4..summary.header_len + 6)
+        .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let end = (summary.header_len + udp_len)
+        .min(summary.total_len)
+        .min(packet.len());
+    packet.get(start..end).unwrap_or(&[])
+}
+
 /// ICMP type 3 code 3.
 pub const ICMP_PORT_UNREACHABLE: (u8, u8) = (3, 3);
 /// ICMP type 11 code 0.

@@ -43,6 +43,8 @@ pub enum RemovalReason {
     /// the old session ends and the SYN is handled as a new connection, as
     /// Linux conntrack does.
     Reopened,
+    /// A port mapping protocol's deletion request ended an explicit mapping.
+    Unmapped,
 }
 
 /// Direction of a packet through the NAT.
@@ -96,6 +98,9 @@ pub struct MappingEntry {
     key: MappingKey,
     pub external_port: u16,
     sessions: HashMap<SocketAddrV4, Session>,
+    /// Until when a port mapping protocol (PCP, NAT-PMP) holds this mapping
+    /// open: it admits anyone and outlives its sessions until then.
+    explicit_until: Option<Instant>,
 }
 
 impl MappingEntry {
@@ -267,6 +272,7 @@ impl MappingTable {
                         key,
                         external_port: port,
                         sessions: HashMap::new(),
+                        explicit_until: None,
                     },
                 );
                 (port, true)
@@ -332,6 +338,7 @@ impl MappingTable {
         let entry = &self.by_external[&id];
         let admitted = match self.filtering {
             _ if !filter => true,
+            _ if entry.explicit_until.is_some() => true,
             Filtering::Eif => true,
             Filtering::Adf => entry.sessions.keys().any(|r| r.ip() == remote.ip()),
             Filtering::Apdf => entry.sessions.contains_key(&remote),
@@ -379,6 +386,79 @@ impl MappingTable {
         }
     }
 
+    /// Opens (or renews) an explicit mapping for `internal`, as a PCP MAP or
+    /// NAT-PMP request asks: it admits inbound packets from anyone until
+    /// `until` and outlives its sessions until then. An existing mapping of
+    /// the internal endpoint that any remote may use (the EIM one, or an
+    /// earlier explicit one) is reused with its port; otherwise the
+    /// `suggested` port is taken if free, else one by the allocation rule.
+    /// Returns the external port and whether the mapping is new; `None` when
+    /// every port is taken.
+    pub fn map_explicit(
+        &mut self,
+        proto: Protocol,
+        internal: SocketAddrV4,
+        suggested: Option<u16>,
+        until: Instant,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Option<(u16, bool)> {
+        let key = MappingKey {
+            proto,
+            internal,
+            remote: RemoteKey::Any,
+        };
+        if let Some(port) = self.by_key.get(&key).copied() {
+            if self.refresh_expiry((proto, port), now) {
+                let entry = self.by_external.get_mut(&(proto, port)).expect("alive");
+                entry.explicit_until = Some(until);
+                return Some((port, false));
+            }
+        }
+        let port = match suggested.filter(|p| self.port_free(proto, *p)) {
+            Some(port) => port,
+            None => self.allocate(proto, internal.port(), rng)?,
+        };
+        self.by_key.insert(key, port);
+        self.by_external.insert(
+            (proto, port),
+            MappingEntry {
+                key,
+                external_port: port,
+                sessions: HashMap::new(),
+                explicit_until: Some(until),
+            },
+        );
+        Some((port, true))
+    }
+
+    /// Ends the explicit mapping of `internal` (a deletion request); the
+    /// mapping stays as an ordinary one while it still has sessions. Returns
+    /// the external port it had, or `None` when there was none.
+    pub fn unmap_explicit(&mut self, proto: Protocol, internal: SocketAddrV4) -> Option<u16> {
+        let key = MappingKey {
+            proto,
+            internal,
+            remote: RemoteKey::Any,
+        };
+        let port = self.by_key.get(&key).copied()?;
+        let id = (proto, port);
+        self.by_external.get(&id)?.explicit_until?;
+        self.end_explicit(id, RemovalReason::Unmapped);
+        Some(port)
+    }
+
+    /// The mapping's explicit hold ends: with no session left, the mapping goes.
+    fn end_explicit(&mut self, id: (Protocol, u16), reason: RemovalReason) {
+        let Some(entry) = self.by_external.get_mut(&id) else {
+            return;
+        };
+        entry.explicit_until = None;
+        if entry.sessions.is_empty() {
+            self.remove_mapping(id, reason);
+        }
+    }
+
     /// Removes the expired sessions of one mapping; returns whether the mapping is still alive.
     fn refresh_expiry(&mut self, id: (Protocol, u16), now: Instant) -> bool {
         let timeouts = self.timeouts;
@@ -395,6 +475,14 @@ impl MappingTable {
         for remote in expired {
             self.end_session(id, remote, RemovalReason::Expired);
         }
+        let lapsed = self
+            .by_external
+            .get(&id)
+            .and_then(|entry| entry.explicit_until)
+            .is_some_and(|until| now >= until);
+        if lapsed {
+            self.end_explicit(id, RemovalReason::Expired);
+        }
         self.by_external.contains_key(&id)
     }
 
@@ -408,7 +496,7 @@ impl MappingTable {
             return;
         }
         let (proto, internal) = (entry.key.proto, entry.key.internal);
-        let mapping_alive = !entry.sessions.is_empty();
+        let mapping_alive = !entry.sessions.is_empty() || entry.explicit_until.is_some();
         self.by_session.remove(&(proto, internal, remote));
         self.removals.push(Removal {
             proto,
