@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use punchscope::analysis::classify::Finding;
+use punchscope::analysis::portmap::{GatewayAnswer, MappingProtocol, PortRole};
 use punchscope::analysis::result::{CollectedResult, RunMode};
 use punchscope::lab::Scenario;
 use support::lab::*;
@@ -32,11 +33,14 @@ delay_ms = 5
 name = "eim_eif"
 filtering = "eif"
 delay_ms = 5
+portmap = ["natpmp", "pcp"]
 [[nat]]
 name = "apdm"
 mapping = "apdm"
 filtering = "apdf"
 delay_ms = 10
+portmap = ["natpmp", "pcp"]
+portmap_refuse = true
 [[nat]]
 name = "eim_adf"
 filtering = "adf"
@@ -159,6 +163,39 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
         type_of_run.insert(r.result.run_id, measured);
     }
 
+    // Port mapping, against each router's configuration: eim_eif grants
+    // (and the echo server's dial-back reaches the probe through it), apdm
+    // refuses, the others have nothing on port 5351 (ICMP port unreachable).
+    for r in &volunteer_runs {
+        let label = r.result.client.network_label.as_deref().unwrap();
+        let port_mapping = r.result.port_mapping.as_ref().expect("asked");
+        assert_eq!(port_mapping.skipped, None, "{label}");
+        for protocol in [MappingProtocol::Pcp, MappingProtocol::Natpmp] {
+            let node = port_mapping
+                .attempts
+                .iter()
+                .find(|a| a.protocol == protocol && a.port_role == PortRole::Node)
+                .unwrap_or_else(|| panic!("{label} {protocol:?}: {port_mapping:?}"));
+            match label {
+                "eim_eif" => {
+                    assert_eq!(node.result.as_deref(), Some("success"), "{node:?}");
+                    assert!(node.release.as_ref().is_some_and(|d| d.succeeded));
+                    let probe = port_mapping
+                        .attempts
+                        .iter()
+                        .find(|a| a.protocol == protocol && a.port_role == PortRole::Probe)
+                        .unwrap();
+                    assert!(
+                        probe.reachable.as_ref().is_some_and(|c| c.reached),
+                        "{probe:?}"
+                    );
+                }
+                "apdm" => assert_eq!(node.result.as_deref(), Some("not_authorized")),
+                _ => assert_eq!(node.answer, GatewayAnswer::Refused, "{label}: {node:?}"),
+            }
+        }
+    }
+
     // Our own count, independent of the report's code: join both sides by trial_id.
     let mut by_trial: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
     let mut records = 0;
@@ -219,6 +256,21 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
         types.iter().all(|t| t[0] != "unknown"),
         "every host was classified: {types:?}"
     );
+    for row in summary["port_mapping"]["protocols"].as_array().unwrap() {
+        assert_eq!(row["asked"], 5, "{row}");
+        assert_eq!(row["granted"]["successes"], 1, "{row}");
+        assert_eq!(row["reachable"]["successes"], 1, "{row}");
+        assert_eq!(row["results"]["not_authorized"], 1, "{row}");
+        assert_eq!(row["answers"]["refused"], 3, "{row}");
+    }
+    assert_eq!(
+        summary["port_mapping"]["protocols"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "PCP and NAT-PMP"
+    );
     let successes: u32 = expected.values().map(|c| c.1).sum();
     assert_eq!(summary["headline"]["successes"], successes);
     let mut reported: BTreeMap<(String, String), (u32, u32)> = BTreeMap::new();
@@ -244,6 +296,7 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
     assert!(html.matches("<svg").count() >= 4, "charts");
     assert!(html.contains("NAT-type pair"), "matrix");
     assert!(html.contains("carrier-grade NAT"), "the CGNAT breakdown");
+    assert!(html.contains("Port mapping"), "the port mapping section");
     // Lab campaigns record which backend played each router, and the chain.
     let campaign: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("campaign.json")).unwrap()).unwrap();

@@ -27,6 +27,9 @@ use support::process::ChildGuard;
 /// The port mapping routers (grants, refuses, silent, plain) with one host
 /// each (alice, bob, carol, dave), as committed for `lab up`.
 const SCENARIO: &str = include_str!("../probes/lab/portmap.toml");
+/// The same four routers and hosts, played by the emulator and its own
+/// PCP/NAT-PMP responder; `grants` is an APDM/APDF router.
+const EMULATOR_SCENARIO: &str = include_str!("../probes/lab/portmap-emulator.toml");
 
 const NODE_PORT: u16 = 8333;
 const PROBE_PORT: u16 = 40123;
@@ -199,7 +202,12 @@ fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
 
 #[test]
 fn a_stop_while_holding_deletes_every_mapping_at_once() {
-    let lab = start_lab("pmstop", SCENARIO);
+    stop_while_holding_deletes_every_mapping("pmstop", SCENARIO);
+}
+
+/// What Ctrl-C does while alice's router (`grants`) holds both PCP mappings.
+fn stop_while_holding_deletes_every_mapping(lab_name: &str, scenario: &str) {
+    let lab = start_lab(lab_name, scenario);
     let (handle, stop) = Stop::new();
     let started = Instant::now();
     let (report, held) = std::thread::scope(|scope| {
@@ -427,7 +435,13 @@ fn a_granted_mapping_is_reachable_from_the_internet_until_it_is_deleted() {
 /// receives it, with each protocol's mapping.
 #[test]
 fn the_echo_servers_dial_back_reaches_the_probe_through_its_mapping() {
-    let lab = start_lab("pmecho", SCENARIO);
+    dial_back_reaches_the_probe_through_its_mapping("pmecho", SCENARIO);
+}
+
+/// Runs the probe's client with its reachability check in alice (behind
+/// `grants`); both protocols' mappings must carry the echo server's dial-back.
+fn dial_back_reaches_the_probe_through_its_mapping(lab_name: &str, scenario: &str) {
+    let lab = start_lab(lab_name, scenario);
     let echo: std::net::SocketAddr = "198.51.100.10:3478".parse().unwrap();
     let _echo = EchoService::start(&lab, &[echo, "198.51.100.11:3478".parse().unwrap()]).unwrap();
     let (listener, port) = lab
@@ -484,4 +498,91 @@ fn the_echo_servers_dial_back_reaches_the_probe_through_its_mapping() {
         assert!(probe.release.as_ref().is_some_and(|r| r.succeeded));
     }
     assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+}
+
+// The emulator's routers: the same client against its own responder.
+
+#[test]
+fn an_emulator_router_grants_both_protocols_in_its_table_and_every_mapping_is_deleted() {
+    let lab = start_lab("pmemu", EMULATOR_SCENARIO);
+    let alice = lab.scenario().host("alice").unwrap().address;
+    let (report, seen) = watch_router(&lab, "grants", || {
+        measure_from(&lab, "alice", Duration::from_secs(1), Stop::new().1)
+    });
+    assert_eq!(report.attempts.len(), 4, "{report:#?}");
+    for attempt in &report.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Answered, "{attempt:#?}");
+        assert_eq!(attempt.result.as_deref(), Some("success"), "{attempt:#?}");
+        let granted = attempt.granted.as_ref().expect("granted");
+        assert_eq!(granted.external_port, attempt.internal_port);
+        assert!((60..=3600).contains(&granted.lifetime_s), "{granted:?}");
+        assert_eq!(
+            granted.external.as_ref().map(|e| e.net.as_str()),
+            Some("203.0.113.0/24")
+        );
+        assert_eq!(granted.external_class, Some(HopClass::Public));
+        assert!(attempt.release.as_ref().is_some_and(|r| r.succeeded));
+        assert!(attempt.errors.is_empty(), "{:?}", attempt.errors);
+    }
+    for port in [NODE_PORT, PROBE_PORT] {
+        assert!(
+            seen.contains(&RouterMapping {
+                external_port: port,
+                internal: SocketAddrV4::new(alice, port)
+            }),
+            "the emulator's table held {port} for alice: {seen:?}"
+        );
+    }
+    assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+    let changes: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            NatEvent::PortMap(p) if e.router == "grants" => Some((p.protocol, p.change)),
+            _ => None,
+        })
+        .collect();
+    for protocol in [PortmapProtocol::Pcp, PortmapProtocol::Natpmp] {
+        for change in [PortmapChange::Added, PortmapChange::Removed] {
+            let count = changes.iter().filter(|c| **c == (protocol, change)).count();
+            assert_eq!(
+                count, 2,
+                "{protocol:?} {change:?} for both ports: {changes:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_emulator_router_refuses_stays_silent_or_answers_icmp_as_configured() {
+    let lab = start_lab("pmemurf", EMULATOR_SCENARIO);
+    let refused = measure_from(&lab, "bob", Duration::from_secs(1), Stop::new().1);
+    assert_eq!(refused.attempts.len(), 4);
+    for attempt in &refused.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Answered, "{attempt:#?}");
+        assert_eq!(attempt.result.as_deref(), Some("not_authorized"));
+        assert!(attempt.granted.is_none() && attempt.release.is_none());
+    }
+    assert!(lab
+        .events()
+        .iter()
+        .all(|e| !matches!(e.event, NatEvent::PortMap(_))));
+    let silent = measure_from(&lab, "carol", Duration::from_secs(1), Stop::new().1);
+    for attempt in &silent.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Timeout, "{attempt:#?}");
+    }
+    let plain = measure_from(&lab, "dave", Duration::from_secs(1), Stop::new().1);
+    for attempt in &plain.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Refused, "{attempt:#?}");
+    }
+}
+
+#[test]
+fn the_echo_servers_dial_back_reaches_the_probe_through_an_emulator_mapping() {
+    dial_back_reaches_the_probe_through_its_mapping("pmemuecho", EMULATOR_SCENARIO);
+}
+
+#[test]
+fn a_stop_deletes_every_emulator_mapping_at_once() {
+    stop_while_holding_deletes_every_mapping("pmemustop", EMULATOR_SCENARIO);
 }

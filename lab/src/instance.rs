@@ -16,7 +16,7 @@ use super::kernel::conntrack::{ConntrackError, ConntrackWatch};
 use super::kernel::portmap::{self, MiniUpnpd, PortmapError, Refuser, RouterMapping};
 use super::kernel::{self, KernelNat};
 use super::lock::{LabLock, LockError};
-use super::nat::{Nat, NatConfig, Translation};
+use super::nat::{Nat, NatConfig, NatEvent, Translation};
 use super::netns::{self, NetnsError};
 use super::scenario::{check_name, Backend, HostSpec, RouterSpec, Scenario, ScenarioError};
 use super::stun::{self, StunError, StunResponder};
@@ -252,9 +252,19 @@ impl Lab {
         Ok(netns::run_in(&ns, f)?)
     }
 
-    /// The port mappings a kernel router's nftables state holds now
-    /// (miniupnpd's DNAT rules): the ground truth of what it granted.
+    /// The port mappings a router holds now: the ground truth of what it
+    /// granted. A kernel router's are miniupnpd's DNAT rules in its nftables
+    /// state; an emulator router's are the explicit mappings its table
+    /// reported opening and not yet closing (deleted or lapsed), in order.
     pub fn port_mappings(&self, router: &str) -> Result<Vec<RouterMapping>, LabError> {
+        let is_kernel = self
+            .scenario
+            .routers
+            .iter()
+            .any(|r| r.name == router && r.backend() == Backend::Kernel);
+        if !is_kernel {
+            return Ok(held_explicit_mappings(router, &self.events()));
+        }
         let ns = self.router_netns(router);
         let chain = ["list", "chain", "inet", portmap::TABLE, portmap::DNAT_CHAIN];
         let output = netns::command_in(&ns, "nft")?
@@ -575,13 +585,14 @@ impl Lab {
 
     /// miniupnpd on every kernel router with port mapping, after the STUN
     /// responder it checks its address with. The routers' links run
-    /// already: that check crosses them.
+    /// already: that check crosses them. (Emulator routers answer inside
+    /// their NAT core: [`crate::nat::portmap`].)
     fn start_portmap(&mut self) -> Result<(), LabError> {
         let routers: Vec<RouterSpec> = self
             .scenario
             .routers
             .iter()
-            .filter(|r| r.portmap.enabled)
+            .filter(|r| r.portmap.enabled && r.backend() == Backend::Kernel)
             .cloned()
             .collect();
         for router in routers.iter().filter(|r| r.portmap.refuse) {
@@ -645,4 +656,26 @@ impl Drop for Lab {
 /// Reads a scenario file and starts a lab from it.
 pub fn start_from_file(path: &Path, options: LabOptions) -> Result<Lab, LabError> {
     Lab::start(Scenario::load(path)?, options)
+}
+
+/// Replays an emulator router's `port_map` events: what it holds now.
+fn held_explicit_mappings(router: &str, events: &[LabEvent]) -> Vec<RouterMapping> {
+    let mut held: Vec<RouterMapping> = Vec::new();
+    for event in events.iter().filter(|e| e.router == router) {
+        let NatEvent::PortMap(change) = &event.event else {
+            continue;
+        };
+        let (Some(external_port), Some(internal)) = (change.external_port, change.internal) else {
+            continue;
+        };
+        let mapping = RouterMapping {
+            external_port,
+            internal,
+        };
+        held.retain(|m| *m != mapping);
+        if change.change == portmap::PortmapChange::Added {
+            held.push(mapping);
+        }
+    }
+    held
 }

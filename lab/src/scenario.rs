@@ -245,6 +245,10 @@ struct NatSection {
     rst_closes: bool,
     #[serde(default)]
     tcp_loose: bool,
+    /// Linux conntrack's TCP window check; unset: on for kernel routers
+    /// (Linux's default), off for the emulator.
+    #[serde(default)]
+    tcp_window_check: Option<bool>,
     #[serde(default)]
     delay_ms: u32,
     #[serde(default)]
@@ -564,6 +568,9 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             hairpin: nat.hairpin,
             rst_closes: nat.rst_closes,
             tcp_loose: nat.tcp_loose,
+            tcp_window_check: nat
+                .tcp_window_check
+                .unwrap_or(matches!(&nat.backend, Some(b) if *b.get_ref() == Backend::Kernel)),
             timeouts: Timeouts {
                 tcp_established: Duration::from_secs(nat.tcp_established_timeout_s.into()),
                 tcp_transitory: Duration::from_secs(nat.tcp_transitory_timeout_s.into()),

@@ -156,7 +156,7 @@ impl KernelNat {
     }
 
     /// The sysctls (under /proc/sys/net) of the router namespace: forwarding,
-    /// conntrack's TCP loose pick-up and the scenario's timeouts.
+    /// conntrack's TCP loose pick-up and window check, and the scenario's timeouts.
     pub fn sysctls(config: &NatConfig) -> Vec<(&'static str, String)> {
         let t = &config.timeouts;
         let mut settings: Vec<(&'static str, String)> = vec![
@@ -170,6 +170,11 @@ impl KernelNat {
             (
                 "netfilter/nf_conntrack_tcp_loose",
                 u8::from(config.tcp_loose).to_string(),
+            ),
+            // Without the window check, only out-of-window RSTs are invalid.
+            (
+                "netfilter/nf_conntrack_tcp_be_liberal",
+                u8::from(!config.tcp_window_check).to_string(),
             ),
         ];
         let established = t.tcp_established.as_secs().to_string();
@@ -288,6 +293,7 @@ mod tests {
     fn sysctls_carry_tcp_loose_and_the_timeouts() {
         let mut c = config(Mapping::Eim, Filtering::Apdf, Allocation::Preserve);
         c.tcp_loose = true;
+        c.tcp_window_check = true;
         let settings = KernelNat::sysctls(&c);
         let get = |key: &str| {
             settings
@@ -296,6 +302,7 @@ mod tests {
                 .map(|(_, v)| v.as_str())
         };
         assert_eq!(get("netfilter/nf_conntrack_tcp_loose"), Some("1"));
+        assert_eq!(get("netfilter/nf_conntrack_tcp_be_liberal"), Some("0"));
         assert_eq!(
             get("netfilter/nf_conntrack_tcp_timeout_established"),
             Some("7440")

@@ -209,6 +209,9 @@ pub enum PortmapChange {
     Added,
     Removed,
     Failed,
+    /// The mapping's lifetime ran out without a renewal (emulator routers
+    /// report it; miniupnpd's log does not say).
+    Expired,
 }
 
 /// A port mapping event of a kernel router, from miniupnpd's log.

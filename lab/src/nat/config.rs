@@ -73,6 +73,9 @@ pub struct NatConfig {
     /// Create a TCP mapping for any outbound segment, not only a SYN
     /// (Linux `nf_conntrack_tcp_loose=1`).
     pub tcp_loose: bool,
+    /// Check our opening TCP segments against the flow's window as Linux
+    /// conntrack does ([`super::window`]); off, any sequence number passes.
+    pub tcp_window_check: bool,
     pub timeouts: Timeouts,
     /// First port handed out by `sequential` allocation.
     pub sequential_base: u16,
@@ -114,6 +117,7 @@ impl NatConfig {
             hairpin: false,
             rst_closes: true,
             tcp_loose: false,
+            tcp_window_check: false,
             timeouts: Timeouts::default(),
             sequential_base: 20000,
             sequential_step: 1,

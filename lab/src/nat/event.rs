@@ -46,6 +46,13 @@ pub enum DropReason {
     /// A packet to the router's own LAN address that nothing there answers
     /// (a closed port whose answer is `drop`, or not a SYN or UDP).
     ToRouter,
+    /// An opening TCP segment out of the flow's window (`tcp_window_check`,
+    /// Linux conntrack's check: [`super::window`]); `expected` is where the
+    /// flow's sequence space ends.
+    OutOfWindow {
+        seq: u32,
+        expected: u32,
+    },
 }
 
 /// What a router did. Endpoints are as on the wire after translation unless named otherwise.

@@ -18,6 +18,7 @@ mod link;
 pub mod packet;
 pub mod portmap;
 pub mod table;
+pub mod window;
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -81,6 +82,8 @@ struct Departure {
 pub struct Nat {
     config: NatConfig,
     table: Option<MappingTable>,
+    /// Linux conntrack's TCP window check, when the router has `tcp_window_check`.
+    window: Option<window::WindowTracker>,
     uplink: DelayLine<Departure>,
     downlink: DelayLine<Vec<u8>>,
     transmits: VecDeque<Transmit>,
@@ -113,7 +116,10 @@ impl Nat {
                 sequential_step: config.sequential_step,
             })),
         };
+        let window =
+            (table.is_some() && config.tcp_window_check).then(window::WindowTracker::default);
         Self {
+            window,
             uplink: DelayLine::new(config.uplink),
             downlink: DelayLine::new(config.downlink),
             rng: SmallRng::seed_from_u64(config.seed),
@@ -179,7 +185,7 @@ impl Nat {
             return self.send_up(packet[..summary.total_len].to_vec(), now);
         }
         if summary.dst == self.config.gateway_ip {
-            return self.to_router(packet, &summary, now);
+            return self.answer_as_router(packet, &summary, now);
         }
         if summary.ttl <= 1 {
             return self.ttl_exceeded(Direction::Outbound, packet, &summary, now);
@@ -194,6 +200,16 @@ impl Nat {
         };
         if summary.dst == self.config.public_ip {
             return self.hairpin(packet, &summary, proto, internal, remote, now);
+        }
+        if let (Some(window), Body::Tcp { flags, seq, .. }) = (self.window.as_mut(), summary.body) {
+            if let window::WindowVerdict::Invalid { expected } =
+                window.outbound(internal, remote, flags, seq)
+            {
+                // Linux marks it invalid and masquerade lets it out
+                // untranslated, where the peer's NAT cannot match it.
+                let reason = DropReason::OutOfWindow { seq, expected };
+                return self.drop(Direction::Outbound, reason, now);
+            }
         }
         let Some(external) = self.map_outbound(&summary, proto, internal, remote, now) else {
             return;
@@ -294,6 +310,9 @@ impl Nat {
                 self.log_removals(now);
                 match verdict {
                     Inbound::Admitted { internal } => {
+                        if let (Some(window), Protocol::Tcp) = (self.window.as_mut(), proto) {
+                            window.inbound(internal, remote, summary.tcp_flags());
+                        }
                         let out = packet::rewrite(packet, &summary, None, Some(internal));
                         self.deliver(out, *internal.ip(), now);
                     }
@@ -439,7 +458,7 @@ impl Nat {
     /// service answers on port 5351; anything else meets a closed port (an
     /// ICMP port unreachable or a RST, as Linux answers, or nothing when the
     /// router drops it).
-    fn to_router(&mut self, packet: &[u8], summary: &Summary, now: Instant) {
+    fn answer_as_router(&mut self, packet: &[u8], summary: &Summary, now: Instant) {
         let gateway = self.config.gateway_ip;
         if let (Body::Udp { dst_port, .. }, Some((Protocol::Udp, client))) =
             (summary.body, summary.src_endpoint())
@@ -616,8 +635,23 @@ impl Nat {
             return;
         };
         let removals: Vec<_> = table.drain_removals().collect();
+        let lapsed: Vec<_> = table.drain_lapsed().collect();
+        for (proto, internal, external_port) in lapsed {
+            let event = self
+                .portmap
+                .as_mut()
+                .and_then(|service| service.lapsed(proto, internal, external_port));
+            if let Some(event) = event {
+                self.log(now, NatEvent::PortMap(event));
+            }
+        }
         for removal in removals {
             let external = SocketAddrV4::new(public_ip, removal.external_port);
+            if let (Some(window), Some(remote), Protocol::Tcp) =
+                (self.window.as_mut(), removal.remote, removal.proto)
+            {
+                window.forget(removal.internal, remote);
+            }
             let event = match removal.remote {
                 Some(remote) => NatEvent::SessionRemoved {
                     proto: removal.proto,

@@ -443,6 +443,18 @@ pub mod build {
         ttl: u8,
         payload: &[u8],
     ) -> Vec<u8> {
+        tcp_with_seq(src, dst, flags, ttl, 1000, payload)
+    }
+
+    /// As [`tcp`], with the given sequence number.
+    pub fn tcp_with_seq(
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        flags: u8,
+        ttl: u8,
+        seq: u32,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let total = 40 + payload.len();
         let mut out = vec![0u8; total];
         let (header, transport) = out.split_at_mut(20);
@@ -450,7 +462,7 @@ pub mod build {
             let mut tcp = MutableTcpPacket::new(transport).expect("buffer");
             tcp.set_source(src.port());
             tcp.set_destination(dst.port());
-            tcp.set_sequence(1000);
+            tcp.set_sequence(seq);
             tcp.set_acknowledgement(if flags & TcpFlags::ACK != 0 { 1 } else { 0 });
             tcp.set_data_offset(5);
             tcp.set_flags(flags);

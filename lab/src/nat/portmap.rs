@@ -337,6 +337,27 @@ impl Responder {
         })
     }
 
+    /// The table let an explicit mapping lapse: forget its owner and say
+    /// which protocol had made it (`None` when this service did not).
+    pub fn lapsed(
+        &mut self,
+        proto: Protocol,
+        internal: SocketAddrV4,
+        external_port: u16,
+    ) -> Option<PortmapEvent> {
+        let protocol = match self.owners.remove(&(proto, internal))? {
+            Owner::Pcp(_) => PortmapProtocol::Pcp,
+            Owner::NatPmp => PortmapProtocol::Natpmp,
+        };
+        Some(PortmapEvent {
+            protocol,
+            change: PortmapChange::Expired,
+            external_port: Some(external_port),
+            internal: Some(internal),
+            lifetime_s: None,
+        })
+    }
+
     fn allowed(&self, port: u16) -> bool {
         (self.spec.ports.0..=self.spec.ports.1).contains(&port)
     }

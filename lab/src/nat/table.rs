@@ -168,6 +168,8 @@ pub struct MappingTable {
     /// would key them elsewhere (an ADM/APDM mapping that admitted a stranger under EIF/ADF).
     by_session: HashMap<(Protocol, SocketAddrV4, SocketAddrV4), u16>,
     removals: Vec<Removal>,
+    /// Explicit mappings whose lifetime ran out, as (protocol, internal endpoint, external port).
+    lapsed: Vec<(Protocol, SocketAddrV4, u16)>,
 }
 
 /// The table's behaviour settings.
@@ -198,12 +200,18 @@ impl MappingTable {
             by_key: HashMap::new(),
             by_session: HashMap::new(),
             removals: Vec::new(),
+            lapsed: Vec::new(),
         }
     }
 
     /// Mappings and sessions removed since the last call.
     pub fn drain_removals(&mut self) -> impl Iterator<Item = Removal> + '_ {
         self.removals.drain(..)
+    }
+
+    /// The explicit mappings whose lifetime ran out since the last call.
+    pub fn drain_lapsed(&mut self) -> impl Iterator<Item = (Protocol, SocketAddrV4, u16)> + '_ {
+        self.lapsed.drain(..)
     }
 
     pub fn len(&self) -> usize {
@@ -481,6 +489,10 @@ impl MappingTable {
             .and_then(|entry| entry.explicit_until)
             .is_some_and(|until| now >= until);
         if lapsed {
+            if let Some(entry) = self.by_external.get(&id) {
+                self.lapsed
+                    .push((entry.key.proto, entry.key.internal, id.1));
+            }
             self.end_explicit(id, RemovalReason::Expired);
         }
         self.by_external.contains_key(&id)

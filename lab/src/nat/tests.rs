@@ -812,3 +812,172 @@ fn a_link_passes_packets_unchanged_ttl_included_after_its_delay() {
     assert_eq!(out[0].packet, reply);
     assert!(h.nat.mappings().is_empty(), "a link keeps no state");
 }
+
+/// A NAT-PMP TCP mapping request (RFC 6886 section 3.3) from `HOST:40123` to the gateway.
+fn natpmp_request(internal_port: u16, suggested: u16, lifetime_s: u32) -> Vec<u8> {
+    let mut request = vec![0, 2, 0, 0];
+    request.extend(internal_port.to_be_bytes());
+    request.extend(suggested.to_be_bytes());
+    request.extend(lifetime_s.to_be_bytes());
+    let gateway = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 1), portmap::PORT);
+    build::udp(SocketAddrV4::new(HOST, 40123), gateway, 64, &request)
+}
+
+/// The one answer the router sent back to the host: (result, external port, lifetime).
+fn natpmp_answer(out: &[Transmit]) -> (u16, u16, u32) {
+    assert_eq!(out.len(), 1, "one answer");
+    assert_eq!(out[0].port, Port::Lan(HOST));
+    let summary = packet::parse(&out[0].packet).unwrap();
+    assert_eq!(summary.src_endpoint().unwrap().1.port(), portmap::PORT);
+    let body = packet::udp_payload(&out[0].packet, &summary);
+    assert_eq!(body.len(), 16, "{body:?}");
+    let word = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+    let lifetime = u32::from_be_bytes(body[12..16].try_into().unwrap());
+    (word(2), word(10), lifetime)
+}
+
+#[test]
+fn a_granted_port_mapping_admits_anyone_until_deleted_or_lapsed() {
+    // An APDM/APDF router: without the mapping nothing from outside gets in.
+    let config = NatConfig::nat(Mapping::Apdm, Filtering::Apdf, Allocation::Random, PUBLIC);
+    let spec = crate::kernel::portmap::PortmapSpec {
+        enabled: true,
+        min_lifetime_s: 60,
+        max_lifetime_s: 120,
+        ..Default::default()
+    };
+    let mut h = Harness {
+        nat: Nat::new(config).with_port_mapping(spec),
+        now: Instant::now(),
+    };
+    let external = SocketAddrV4::new(PUBLIC, 8333);
+    assert!(h.syn_in(server1(), external).is_none(), "closed before");
+
+    let (result, port, lifetime) = natpmp_answer(&h.send_lan(natpmp_request(8333, 8333, 300)));
+    assert_eq!(
+        (result, port, lifetime),
+        (0, 8333, 120),
+        "granted, lifetime capped"
+    );
+    for remote in [server1(), server2(), ep([192, 0, 2, 9], 50000)] {
+        let through = h
+            .syn_in(remote, external)
+            .expect("anyone reaches the mapped port");
+        assert_eq!(dst_of(&through.packet), SocketAddrV4::new(HOST, 8333));
+    }
+
+    // Deleted (lifetime 0, external port 0): closed again at once.
+    let (result, _, lifetime) = natpmp_answer(&h.send_lan(natpmp_request(8333, 0, 0)));
+    assert_eq!((result, lifetime), (0, 0));
+    h.advance(Duration::from_secs(600));
+    assert!(
+        h.syn_in(ep([192, 0, 2, 10], 50001), external).is_none(),
+        "closed after deletion"
+    );
+
+    // Granted again and left to lapse: closed after its lifetime.
+    let (result, port, _) = natpmp_answer(&h.send_lan(natpmp_request(8333, 8333, 60)));
+    assert_eq!((result, port), (0, 8333));
+    h.advance(Duration::from_secs(61));
+    assert!(
+        h.syn_in(ep([192, 0, 2, 11], 50002), external).is_none(),
+        "closed after its lifetime"
+    );
+
+    let changes: Vec<_> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            NatEvent::PortMap(p) => Some((p.change, p.external_port)),
+            _ => None,
+        })
+        .collect();
+    use crate::kernel::portmap::PortmapChange::*;
+    assert_eq!(
+        changes,
+        vec![
+            (Added, Some(8333)),
+            (Removed, Some(8333)),
+            (Added, Some(8333)),
+            (Expired, Some(8333)),
+        ]
+    );
+}
+
+#[test]
+fn a_router_without_port_mapping_answers_as_configured() {
+    use crate::kernel::portmap::{ClosedAnswer, PortmapSpec};
+    for (closed, answered) in [(ClosedAnswer::Icmp, true), (ClosedAnswer::Drop, false)] {
+        let config = NatConfig::nat(Mapping::Eim, Filtering::Eif, Allocation::Preserve, PUBLIC);
+        let spec = PortmapSpec {
+            closed,
+            ..PortmapSpec::default()
+        };
+        let mut h = Harness {
+            nat: Nat::new(config).with_port_mapping(spec),
+            now: Instant::now(),
+        };
+        let out = h.send_lan(natpmp_request(8333, 8333, 120));
+        assert!(
+            out.iter().all(|t| t.port == Port::Lan(HOST)),
+            "nothing leaves for the internet"
+        );
+        let port_unreachable = out.iter().any(|t| {
+            packet::parse(&t.packet).is_ok_and(|s| {
+                matches!(
+                    s.body,
+                    packet::Body::IcmpError {
+                        icmp_type: 3,
+                        code: 3,
+                        ..
+                    }
+                )
+            })
+        });
+        assert_eq!(port_unreachable, answered, "{closed:?}: {out:?}");
+        assert_eq!(out.len(), usize::from(answered));
+    }
+}
+
+/// The `low_ttl` shape on a Linux-like router: our priming SYN opens the
+/// flow, the peer's SYN comes in, and our next opening segment carries a
+/// new socket's sequence number, about a million ahead.
+fn primed_then_peer_first(window_check: bool) -> (Vec<Transmit>, Vec<NatEvent>) {
+    let mut config = NatConfig::nat(Mapping::Eim, Filtering::Apdf, Allocation::Preserve, PUBLIC);
+    config.tcp_window_check = window_check;
+    let mut h = Harness::new(config);
+    let (us, peer) = (ep([192, 168, 1, 2], 40000), ep([203, 0, 113, 9], 40001));
+    let prime = 7_000_000;
+    let later = prime + 70_000_000 / 64;
+    let out = h.send_lan(build::tcp_with_seq(us, peer, TcpFlags::SYN, 2, prime, b""));
+    assert_eq!(out.len(), 1, "the priming SYN leaves");
+    let external = src_of(&out[0].packet);
+    assert!(
+        h.syn_in(peer, external).is_some(),
+        "the peer's SYN is admitted"
+    );
+    let syn_ack = TcpFlags::SYN | TcpFlags::ACK;
+    let out = h.send_lan(build::tcp_with_seq(us, peer, syn_ack, 64, later, b""));
+    (out, h.events())
+}
+
+#[test]
+fn with_the_window_check_a_new_sockets_answer_after_the_peers_syn_is_dropped() {
+    let (out, events) = primed_then_peer_first(true);
+    assert!(out.is_empty(), "out of window: {out:?}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            NatEvent::Dropped {
+                reason: DropReason::OutOfWindow {
+                    expected: 7_000_001,
+                    ..
+                },
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    let (out, _) = primed_then_peer_first(false);
+    assert_eq!(out.len(), 1, "without the check it passes");
+}
