@@ -569,6 +569,7 @@ mod tests {
             }],
             go_to_established_ms: Some(203.25),
             completed_by: None,
+            claims: Vec::new(),
             nonce_verified: true,
             start_delay_ms: 12.0,
             injected_skew_ms: 0.0,

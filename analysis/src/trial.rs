@@ -77,6 +77,29 @@ pub enum Completion {
     Listener,
 }
 
+/// One of our sockets that reported the connection in a trial where more
+/// than one did (our connect and our listener racing on one 4-tuple), and
+/// what its nonce exchange showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SocketClaim {
+    pub by: Completion,
+    pub nonce: ClaimNonce,
+}
+
+/// What one claiming socket's nonce exchange showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimNonce {
+    /// It carried the peer's nonce: the trial's connection.
+    Verified,
+    /// Another nonce, or bytes that are not a nonce line: not our peer.
+    Foreign,
+    /// Silence, a close or a reset: it never reached the peer end to end.
+    Missing,
+    /// Still exchanging when another socket carried the nonce; closed.
+    Unchecked,
+}
+
 /// How a trial ended, as data: only `local_error` means our side could not
 /// even try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -127,6 +150,12 @@ pub struct TrialRecord {
     /// From `go` to the connection established, if it was.
     pub go_to_established_ms: Option<f64>,
     pub completed_by: Option<Completion>,
+    /// When more than one of our sockets reported the connection: each of
+    /// them, in the order they did, and what its nonce exchange showed. The
+    /// one that carried the nonce is `completed_by`; the others were closed.
+    /// Added within schema version 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<SocketClaim>,
     /// Both sides sent and checked the coordinator's nonce over the connection.
     pub nonce_verified: bool,
     /// The wait the coordinator told us before sending our first SYN, so both leave together.

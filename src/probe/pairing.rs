@@ -357,6 +357,7 @@ fn unrun(
         attempts: Vec::new(),
         go_to_established_ms: None,
         completed_by: None,
+        claims: Vec::new(),
         nonce_verified: false,
         start_delay_ms: 0.0,
         injected_skew_ms: 0.0,

@@ -18,7 +18,8 @@ use std::time::Duration;
 use punchscope_analysis::handshake::{BitcoinNetwork, HandshakeBy, Role, Transport};
 use punchscope_analysis::plan::{Plan, PLAN_VERSION};
 use punchscope_analysis::trial::{
-    Attempt, AttemptResult, Completion, Strategy, TrialOutcome, TrialRecord,
+    Attempt, AttemptResult, ClaimNonce, Completion, SocketClaim, Strategy, TrialOutcome,
+    TrialRecord,
 };
 use rand::Rng;
 use tokio::net::TcpStream;
@@ -137,6 +138,7 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
         attempts: Vec::new(),
         go_to_established_ms: None,
         completed_by: None,
+        claims: Vec::new(),
         nonce_verified: false,
         start_delay_ms: ms(spec.start_delay),
         injected_skew_ms: ms(spec.injected_skew),
@@ -161,36 +163,140 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
     };
     tokio::time::sleep_until(go_at + spec.start_delay + spec.injected_skew).await;
 
-    let connected = match &listener {
-        None => connect_with_retries(spec, go_at, &mut record)
-            .await
-            .map(|s| (s, Completion::Connect)),
-        Some(listener) => {
-            tokio::select! {
-                stream = connect_with_retries(spec, go_at, &mut record) => stream.map(|s| (s, Completion::Connect)),
-                accepted = accept_from_peer(listener, spec.peer.ip()) => Some((accepted, Completion::Listener)),
-            }
-        }
-    };
+    let connect = connect_with_retries(spec, go_at, &mut record);
+    let race = race_for_nonce(spec, connect, listener.as_ref()).await;
     drop(listener);
-    let Some((mut stream, completion)) = connected else {
+    let Some(first) = race.claims.first() else {
         record.outcome = outcome_of_attempts(&record.attempts);
         return (record, None);
     };
-    record.go_to_established_ms = Some(ms(go_at.elapsed()));
-    record.completed_by = Some(completion);
-    match nonce::exchange(&mut stream, &spec.nonce, NONCE_TIMEOUT).await {
-        Ok(()) => {
+    record.go_to_established_ms = race.established.map(|at| ms(at.duration_since(go_at)));
+    record.completed_by = Some(race.winner.as_ref().map_or(first.by, |(_, by)| *by));
+    if race.claims.len() > 1 {
+        record.claims = race.claims.clone();
+    }
+    match race.winner {
+        Some((stream, _)) => {
             record.nonce_verified = true;
             record.outcome = TrialOutcome::Connected;
             (record, Some(stream))
         }
-        Err(e) => {
-            record.outcome = outcome_of_nonce_failure(&e);
-            record.error = Some(format!("{completion:?} socket: {e}"));
+        None => {
+            let foreign = race.claims.iter().any(|c| c.nonce == ClaimNonce::Foreign);
+            record.outcome = if foreign {
+                TrialOutcome::WrongPeer
+            } else {
+                TrialOutcome::Timeout
+            };
+            record.error = Some(race.failures.join("; "));
             (record, None)
         }
     }
+}
+
+/// What the sockets that reported the connection showed.
+struct Race {
+    /// The socket that carried the peer's nonce, if one did.
+    winner: Option<(TcpStream, Completion)>,
+    /// Every socket that reported the connection, in order.
+    claims: Vec<SocketClaim>,
+    /// When the first of them did.
+    established: Option<Instant>,
+    /// Each failed nonce exchange, in words.
+    failures: Vec<String>,
+}
+
+/// Runs our connect attempts and (under strategies that listen) our
+/// listener side by side, and the nonce exchange on every socket that
+/// reports the connection, as it does: our connect and our listener can
+/// both claim one 4-tuple (a simultaneous open next to an accept), and only
+/// the nonce tells which one reached the peer. The first that carries it
+/// wins; the others are closed. The race ends with a winner, or when the
+/// connect attempts are over and no exchange is pending.
+async fn race_for_nonce(
+    spec: &TrialSpec,
+    connect: impl std::future::Future<Output = Option<TcpStream>>,
+    listener: Option<&tokio::net::TcpListener>,
+) -> Race {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+
+    let mut race = Race {
+        winner: None,
+        claims: Vec::new(),
+        established: None,
+        failures: Vec::new(),
+    };
+    tokio::pin!(connect);
+    let mut connecting = true;
+    let mut exchanges = FuturesUnordered::new();
+    let exchange = |mut stream: TcpStream, by: Completion| async move {
+        let result = nonce::exchange(&mut stream, &spec.nonce, NONCE_TIMEOUT).await;
+        (stream, by, result)
+    };
+    let claim = |race: &mut Race, by: Completion| {
+        race.established.get_or_insert_with(Instant::now);
+        race.claims.push(SocketClaim {
+            by,
+            nonce: ClaimNonce::Unchecked,
+        });
+    };
+    loop {
+        let accept = async {
+            match listener {
+                Some(listener) => accept_from_peer(listener, spec.peer.ip()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            stream = &mut connect, if connecting => {
+                connecting = false;
+                if let Some(stream) = stream {
+                    claim(&mut race, Completion::Connect);
+                    exchanges.push(exchange(stream, Completion::Connect));
+                }
+            }
+            stream = accept => {
+                claim(&mut race, Completion::Listener);
+                exchanges.push(exchange(stream, Completion::Listener));
+            }
+            Some((stream, by, result)) = exchanges.next() => {
+                let index = race
+                    .claims
+                    .iter()
+                    .position(|c| c.by == by && c.nonce == ClaimNonce::Unchecked)
+                    .expect("every exchange has its claim");
+                match result {
+                    Ok(()) => {
+                        race.claims[index].nonce = ClaimNonce::Verified;
+                        race.winner = Some((stream, by));
+                        break;
+                    }
+                    Err(e) => {
+                        race.claims[index].nonce = match outcome_of_nonce_failure(&e) {
+                            TrialOutcome::WrongPeer => ClaimNonce::Foreign,
+                            _ => ClaimNonce::Missing,
+                        };
+                        race.failures.push(format!("{by:?} socket: {e}"));
+                        close_cleanly(stream).await;
+                    }
+                }
+            }
+            else => break,
+        }
+        if !connecting && exchanges.is_empty() {
+            break;
+        }
+    }
+    // Sockets still exchanging lost the race: they stay `unchecked` and close.
+    drop(exchanges);
+    race
+}
+
+/// Closes a socket that lost the race with a FIN rather than a reset where
+/// the kernel allows (unread bytes make it a reset), within a short bound.
+async fn close_cleanly(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_millis(100), stream.shutdown()).await;
 }
 
 /// What a failed nonce exchange says. Only a nonce line that is not ours
@@ -398,6 +504,64 @@ mod tests {
                 "{silent}"
             );
         }
+    }
+
+    /// Our connect reaches a silent host that accepts (it reports connected
+    /// and never shows a nonce) while the real peer reaches our listener: the
+    /// listener's socket carries the nonce and wins, and the record names
+    /// both claims. Before, the first socket to report won and the trial was
+    /// recorded as not connected.
+    #[tokio::test]
+    async fn when_two_of_our_sockets_claim_the_one_with_the_nonce_wins() {
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut spec = TrialSpec::from_plan(
+            &default_plan("t"),
+            0,
+            Role::Initiator,
+            free_port(),
+            silent.local_addr().unwrap(),
+            "n0nce".into(),
+        );
+        spec.strategy = Strategy::ConnectListen;
+        spec.max_attempts = 1;
+        spec.attempt_timeout = Duration::from_secs(2);
+        let local = spec.local;
+        let held = tokio::spawn(async move {
+            // Accepts our connect and says nothing.
+            let (stream, _) = silent.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(stream);
+        });
+        let peer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut stream = TcpStream::connect(local).await.unwrap();
+            nonce::exchange(&mut stream, "n0nce", Duration::from_secs(5)).await
+        });
+        let (record, stream) = run_trial(&spec, Instant::now()).await;
+        assert_eq!(record.outcome, TrialOutcome::Connected, "{record:#?}");
+        assert!(stream.is_some() && record.nonce_verified);
+        assert_eq!(record.completed_by, Some(Completion::Listener));
+        assert_eq!(
+            record.claims,
+            vec![
+                SocketClaim {
+                    by: Completion::Connect,
+                    nonce: ClaimNonce::Unchecked
+                },
+                SocketClaim {
+                    by: Completion::Listener,
+                    nonce: ClaimNonce::Verified
+                },
+            ]
+        );
+        assert!(peer.await.unwrap().is_ok(), "the peer saw our nonce");
+        held.abort();
     }
 
     #[test]

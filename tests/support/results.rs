@@ -195,6 +195,7 @@ fn unsanitized_trial(n: u32, plan: &Plan, connected: bool) -> TrialRecord {
         } else {
             Completion::Connect
         }),
+        claims: Vec::new(),
         nonce_verified: connected,
         start_delay_ms: 25.0,
         injected_skew_ms: 0.0,
@@ -387,6 +388,7 @@ fn side_record(
         attempts,
         go_to_established_ms: side.go_ms,
         completed_by: side.outcome.is_success().then_some(Completion::Connect),
+        claims: Vec::new(),
         nonce_verified: side.outcome.is_success(),
         start_delay_ms: 12.5,
         injected_skew_ms: 0.0,

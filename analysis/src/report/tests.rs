@@ -115,6 +115,7 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
                 .collect(),
             go_to_established_ms: x.go_ms,
             completed_by: None,
+            claims: Vec::new(),
             nonce_verified: x.outcome.is_success(),
             start_delay_ms: 10.0,
             injected_skew_ms: 0.0,
