@@ -631,7 +631,7 @@ fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
     }
 }
 
-/// Port mapping (PCP, NAT-PMP): shown once any volunteer's run has a record.
+/// Port mapping (PCP, NAT-PMP, UPnP IGD): shown once any volunteer's run has a record.
 fn portmap_section(h: &mut String, summary: &Summary) {
     let pm = &summary.port_mapping;
     if pm.runs == 0 {
@@ -649,6 +649,7 @@ fn portmap_section(h: &mut String, summary: &Summary) {
         let name = match row.protocol.as_str() {
             "pcp" => "PCP".to_string(),
             "natpmp" => "NAT-PMP".to_string(),
+            "upnp" => "UPnP IGD".to_string(),
             other => esc(other),
         };
         let lifetime = row.lifetime_s.map_or("–".to_string(), |l| {

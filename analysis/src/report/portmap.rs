@@ -174,7 +174,7 @@ pub struct PortMappingSummary {
 /// One protocol: of the runs that asked with it, for the node's port.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProtocolRow {
-    /// `pcp` or `natpmp`.
+    /// `pcp`, `natpmp` or `upnp`.
     pub protocol: String,
     /// Runs that asked with this protocol.
     pub asked: u64,
@@ -235,6 +235,7 @@ mod tests {
             result_code: None,
             result: result.map(str::to_string),
             server_version: None,
+            service: None,
             granted: granted.map(|(lifetime_s, class, _)| GrantedMapping {
                 lifetime_s,
                 external: None,
