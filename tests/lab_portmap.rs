@@ -1,7 +1,7 @@
 //! Port mapping against real routers: kernel routers running Debian's
-//! miniupnpd (NAT-PMP, PCP) grant, refuse or stay silent, and the probe's
-//! client records each, deletes every mapping it got, also when stopped,
-//! and the router's own nftables state shows it.
+//! miniupnpd (NAT-PMP, PCP, UPnP IGD) grant, refuse or stay silent, and the
+//! probe's client records each, deletes every mapping it got, also when
+//! stopped, and the router's own nftables state shows it.
 // The lab is Linux-only and behind the `lab` feature.
 #![cfg(all(feature = "lab", target_os = "linux"))]
 
@@ -40,13 +40,24 @@ fn gateway_of(lab: &Lab, host: &str) -> IpAddr {
         .into()
 }
 
+const PCP_NATPMP: &[MappingProtocol] = &[MappingProtocol::Pcp, MappingProtocol::Natpmp];
+const UPNP: &[MappingProtocol] = &[MappingProtocol::Upnp];
+
 /// Runs the probe's port mapping client inside `host`'s namespace, with
-/// the RFC schedules the probe uses, holding what it gets for `hold`.
-fn measure_from(lab: &Lab, host: &str, hold: Duration, stop: Stop) -> PortMappingReport {
+/// the RFC schedules and UPnP bounds the probe uses, asking `protocols`,
+/// holding what it gets for `hold`.
+fn measure_from(
+    lab: &Lab,
+    host: &str,
+    protocols: &[MappingProtocol],
+    hold: Duration,
+    stop: Stop,
+) -> PortMappingReport {
     let mut config = PortMapConfig::for_gateway(
         gateway_of(lab, host),
         vec![(PortRole::Node, NODE_PORT), (PortRole::Probe, PROBE_PORT)],
     );
+    config.protocols = protocols.to_vec();
     config.hold = hold;
     lab.run_in(host, move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -98,7 +109,7 @@ fn a_router_with_port_mapping_grants_both_protocols_and_every_mapping_is_deleted
     let lab = start_lab("pmgrant", SCENARIO);
     let alice = lab.scenario().host("alice").unwrap().address;
     let (report, seen) = watch_router(&lab, "grants", || {
-        measure_from(&lab, "alice", Duration::from_secs(1), Stop::new().1)
+        measure_from(&lab, "alice", PCP_NATPMP, Duration::from_secs(1), Stop::new().1)
     });
     assert_eq!(report.skipped, None);
     assert_eq!(report.attempts.len(), 4, "{report:#?}");
@@ -166,7 +177,7 @@ fn a_router_with_port_mapping_grants_both_protocols_and_every_mapping_is_deleted
 fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
     let lab = start_lab("pmrefuse", SCENARIO);
     let (refused, seen) = watch_router(&lab, "refuses", || {
-        measure_from(&lab, "bob", Duration::from_secs(1), Stop::new().1)
+        measure_from(&lab, "bob", PCP_NATPMP, Duration::from_secs(1), Stop::new().1)
     });
     assert_eq!(refused.attempts.len(), 4);
     for attempt in &refused.attempts {
@@ -178,7 +189,7 @@ fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
     assert_eq!(seen, vec![], "nothing was ever mapped");
 
     let started = Instant::now();
-    let silent = measure_from(&lab, "carol", Duration::from_secs(1), Stop::new().1);
+    let silent = measure_from(&lab, "carol", PCP_NATPMP, Duration::from_secs(1), Stop::new().1);
     for attempt in &silent.attempts {
         assert_eq!(attempt.answer, GatewayAnswer::Timeout, "{attempt:#?}");
         assert!(attempt.requests_sent >= 2, "retransmitted: {attempt:#?}");
@@ -190,7 +201,7 @@ fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
     );
 
     // A router that runs nothing on 5351 answers ICMP port unreachable.
-    let plain = measure_from(&lab, "dave", Duration::from_secs(1), Stop::new().1);
+    let plain = measure_from(&lab, "dave", PCP_NATPMP, Duration::from_secs(1), Stop::new().1);
     assert_eq!(plain.attempts.len(), 4);
     for attempt in &plain.attempts {
         assert_eq!(attempt.answer, GatewayAnswer::Refused, "{attempt:#?}");
@@ -215,7 +226,7 @@ fn a_stop_while_holding_deletes_every_mapping_at_once() {
             handle.stop();
             held
         });
-        let report = measure_from(&lab, "alice", Duration::from_secs(3600), stop);
+        let report = measure_from(&lab, "alice", PCP_NATPMP, Duration::from_secs(3600), stop);
         (report, stopper.join().unwrap())
     });
     assert!(
@@ -403,7 +414,7 @@ fn a_granted_mapping_is_reachable_from_the_internet_until_it_is_deleted() {
             handle.stop();
             (connected, from)
         });
-        let report = measure_from(&lab, "alice", Duration::from_secs(3600), stop);
+        let report = measure_from(&lab, "alice", PCP_NATPMP, Duration::from_secs(3600), stop);
         (report, checker.join().unwrap())
     });
     let (connected, from) = reached;
@@ -460,7 +471,11 @@ fn the_echo_servers_dial_back_reaches_the_probe_through_its_mapping() {
             })
         })
         .unwrap();
-    for protocol in [MappingProtocol::Pcp, MappingProtocol::Natpmp] {
+    for protocol in [
+        MappingProtocol::Pcp,
+        MappingProtocol::Natpmp,
+        MappingProtocol::Upnp,
+    ] {
         let probe = report
             .attempts
             .iter()
@@ -484,4 +499,119 @@ fn the_echo_servers_dial_back_reaches_the_probe_through_its_mapping() {
         assert!(probe.release.as_ref().is_some_and(|r| r.succeeded));
     }
     assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+}
+
+/// UPnP IGD against miniupnpd: SSDP finds the IGDv2 device on the gateway,
+/// AddAnyPortMapping maps both ports on the public address, the router's
+/// nftables state and log show it, and DeletePortMapping leaves nothing.
+#[test]
+fn a_router_with_upnp_grants_both_ports_and_every_mapping_is_deleted() {
+    let lab = start_lab("pmupnp", SCENARIO);
+    let alice = lab.scenario().host("alice").unwrap().address;
+    let (report, seen) = watch_router(&lab, "grants", || {
+        measure_from(&lab, "alice", UPNP, Duration::from_secs(1), Stop::new().1)
+    });
+    assert_eq!(report.attempts.len(), 2, "{report:#?}");
+    for (role, port) in [(PortRole::Node, NODE_PORT), (PortRole::Probe, PROBE_PORT)] {
+        let attempt = report
+            .attempts
+            .iter()
+            .find(|a| a.port_role == role)
+            .unwrap_or_else(|| panic!("{role:?} asked: {report:#?}"));
+        assert_eq!(attempt.protocol, MappingProtocol::Upnp);
+        assert_eq!(attempt.answer, GatewayAnswer::Answered, "{attempt:#?}");
+        assert_eq!(attempt.result.as_deref(), Some("success"), "{attempt:#?}");
+        assert_eq!(attempt.service.as_deref(), Some("WANIPConnection:2"));
+        assert!(attempt.errors.is_empty(), "{:?}", attempt.errors);
+        let granted = attempt.granted.as_ref().expect("granted");
+        assert_eq!(granted.external_port, port, "AddAnyPortMapping kept the port");
+        assert!(
+            (60..=120).contains(&granted.lifetime_s),
+            "the lease the router reports, bounded as asked: {granted:?}"
+        );
+        assert_eq!(granted.external.as_ref().unwrap().net, "203.0.113.0/24");
+        assert_eq!(granted.external_class, Some(HopClass::Public));
+        let release = attempt.release.as_ref().expect("deleted");
+        assert!(release.succeeded, "{attempt:#?}");
+    }
+    for port in [NODE_PORT, PROBE_PORT] {
+        assert!(
+            seen.contains(&RouterMapping {
+                external_port: port,
+                internal: SocketAddrV4::new(alice, port)
+            }),
+            "nftables showed {port} mapped to alice: {seen:?}"
+        );
+    }
+    assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+    let upnp_events: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            NatEvent::PortMap(p) if e.router == "grants" && p.protocol == PortmapProtocol::Upnp => {
+                Some(p)
+            }
+            _ => None,
+        })
+        .collect();
+    for change in [PortmapChange::Added, PortmapChange::Removed] {
+        assert!(
+            upnp_events
+                .iter()
+                .any(|e| e.change == change && e.external_port == Some(NODE_PORT)),
+            "UPnP {change:?} of {NODE_PORT} logged: {upnp_events:?}"
+        );
+    }
+}
+
+/// A router whose firewall drops port 1900 gives UPnP `timeout` after the
+/// search's bound; one that runs nothing there answers ICMP (`refused`).
+/// A stop while the router holds UPnP mappings deletes them at once.
+#[test]
+fn upnp_silence_refusal_and_a_stop_while_holding() {
+    let lab = start_lab("pmupsil", SCENARIO);
+    let started = Instant::now();
+    let silent = measure_from(&lab, "carol", UPNP, Duration::from_secs(1), Stop::new().1);
+    assert_eq!(silent.attempts.len(), 2);
+    for attempt in &silent.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Timeout, "{attempt:#?}");
+        assert_eq!(attempt.requests_sent, 6, "three rounds of two M-SEARCH");
+        assert!(attempt.granted.is_none() && attempt.release.is_none());
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(3400) && waited < Duration::from_secs(8),
+        "the search's 3.5 s: {waited:?}"
+    );
+    let plain = measure_from(&lab, "dave", UPNP, Duration::from_secs(1), Stop::new().1);
+    for attempt in &plain.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Refused, "{attempt:#?}");
+    }
+
+    let (handle, stop) = Stop::new();
+    let started = Instant::now();
+    let (report, held) = std::thread::scope(|scope| {
+        let stopper = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut held = Vec::new();
+            while Instant::now() < deadline && held.len() < 2 {
+                std::thread::sleep(Duration::from_millis(20));
+                held = lab.port_mappings("grants").unwrap();
+            }
+            handle.stop();
+            held
+        });
+        let report = measure_from(&lab, "alice", UPNP, Duration::from_secs(3600), stop);
+        (report, stopper.join().unwrap())
+    });
+    assert!(started.elapsed() < Duration::from_secs(30), "the hold was cut");
+    assert_eq!(held.len(), 2, "both ports were mapped: {held:?}");
+    for attempt in &report.attempts {
+        assert!(attempt.granted.is_some(), "{attempt:#?}");
+        assert!(
+            attempt.release.as_ref().is_some_and(|r| r.succeeded),
+            "{attempt:#?}"
+        );
+    }
+    assert_eq!(lab.port_mappings("grants").unwrap(), vec![], "nothing left");
 }

@@ -272,7 +272,8 @@ pub struct PortmapEvent {
 /// miniupnpd[13123]: NAT-PMP TCP port 8333 mapping removed
 /// miniupnpd[13123]: PCP MAP: added mapping TCP 9000->192.168.1.2:9000 'PCP MAP 0a1b...'
 /// miniupnpd[13123]: PCP: TCP port 9000 mapping removed
-/// miniupnpd[13123]: AddAnyPortMapping: ext port 8333 to 192.168.1.2:8333 protocol TCP for: punchscope probe leaseduration=120 rhost=
+/// miniupnpd[13123]: AddPortMapping: ext port 8333 to 192.168.1.2:8333 protocol TCP for: punchscope probe leaseduration=120 rhost=
+/// miniupnpd[13123]: redirecting port 8333 to 192.168.1.2:8333 protocol TCP for: punchscope probe
 /// miniupnpd[13123]: DeletePortMapping: external port: 8333, protocol: TCP
 /// ```
 pub fn parse_log_line(line: &str) -> Option<PortmapEvent> {
@@ -319,6 +320,24 @@ pub fn parse_log_line(line: &str) -> Option<PortmapEvent> {
                 lifetime,
             ));
         }
+    }
+    // Any protocol's mapping, once nftables holds it; NAT-PMP and PCP name
+    // theirs in the description, a UPnP client's is its own (ours: "punchscope probe").
+    if let Some(rest) = text.strip_prefix("redirecting port ") {
+        // "8333 to 192.168.1.2:8333 protocol TCP for: punchscope probe"
+        let (ends, description) = rest.split_once(" for: ")?;
+        if description.starts_with("NAT-PMP") || description.starts_with("PCP") {
+            return None;
+        }
+        let mut words = ends.split_whitespace();
+        let external = words.next()?.parse().ok()?;
+        let internal = words.nth(1)?.parse().ok()?;
+        return Some(event(
+            PortmapProtocol::Upnp,
+            PortmapChange::Added,
+            Some((external, internal)),
+            None,
+        ));
     }
     if let Some(rest) = text.strip_prefix("DeletePortMapping: external port: ") {
         let port = rest.split(',').next()?.trim().parse().ok()?;
@@ -807,6 +826,18 @@ mod tests {
             (PortmapProtocol::Upnp, PortmapChange::Removed, Some(8333))
         );
         assert!(parse_log_line("miniupnpd[7]: AddPortMapping: ext port x to y").is_none());
+        let added = parse_log_line(
+            "miniupnpd[7]: redirecting port 8333 to 192.168.77.2:8333 protocol TCP for: punchscope probe",
+        )
+        .unwrap();
+        assert_eq!(
+            (added.protocol, added.change, added.external_port),
+            (PortmapProtocol::Upnp, PortmapChange::Added, Some(8333))
+        );
+        assert!(parse_log_line(
+            "miniupnpd[7]: redirecting port 8333 to 192.168.77.2:8333 protocol TCP for: NAT-PMP 8333 tcp"
+        )
+        .is_none(), "NAT-PMP's own lines say it");
         assert!(parse_log_line("miniupnpd[7]: HTTP listening on port 34567").is_none());
     }
 
