@@ -109,7 +109,13 @@ fn a_router_with_port_mapping_grants_both_protocols_and_every_mapping_is_deleted
     let lab = start_lab("pmgrant", SCENARIO);
     let alice = lab.scenario().host("alice").unwrap().address;
     let (report, seen) = watch_router(&lab, "grants", || {
-        measure_from(&lab, "alice", PCP_NATPMP, Duration::from_secs(1), Stop::new().1)
+        measure_from(
+            &lab,
+            "alice",
+            PCP_NATPMP,
+            Duration::from_secs(1),
+            Stop::new().1,
+        )
     });
     assert_eq!(report.skipped, None);
     assert_eq!(report.attempts.len(), 4, "{report:#?}");
@@ -177,7 +183,13 @@ fn a_router_with_port_mapping_grants_both_protocols_and_every_mapping_is_deleted
 fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
     let lab = start_lab("pmrefuse", SCENARIO);
     let (refused, seen) = watch_router(&lab, "refuses", || {
-        measure_from(&lab, "bob", PCP_NATPMP, Duration::from_secs(1), Stop::new().1)
+        measure_from(
+            &lab,
+            "bob",
+            PCP_NATPMP,
+            Duration::from_secs(1),
+            Stop::new().1,
+        )
     });
     assert_eq!(refused.attempts.len(), 4);
     for attempt in &refused.attempts {
@@ -189,7 +201,13 @@ fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
     assert_eq!(seen, vec![], "nothing was ever mapped");
 
     let started = Instant::now();
-    let silent = measure_from(&lab, "carol", PCP_NATPMP, Duration::from_secs(1), Stop::new().1);
+    let silent = measure_from(
+        &lab,
+        "carol",
+        PCP_NATPMP,
+        Duration::from_secs(1),
+        Stop::new().1,
+    );
     for attempt in &silent.attempts {
         assert_eq!(attempt.answer, GatewayAnswer::Timeout, "{attempt:#?}");
         assert!(attempt.requests_sent >= 2, "retransmitted: {attempt:#?}");
@@ -201,7 +219,13 @@ fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
     );
 
     // A router that runs nothing on 5351 answers ICMP port unreachable.
-    let plain = measure_from(&lab, "dave", PCP_NATPMP, Duration::from_secs(1), Stop::new().1);
+    let plain = measure_from(
+        &lab,
+        "dave",
+        PCP_NATPMP,
+        Duration::from_secs(1),
+        Stop::new().1,
+    );
     assert_eq!(plain.attempts.len(), 4);
     for attempt in &plain.attempts {
         assert_eq!(attempt.answer, GatewayAnswer::Refused, "{attempt:#?}");
@@ -524,7 +548,10 @@ fn a_router_with_upnp_grants_both_ports_and_every_mapping_is_deleted() {
         assert_eq!(attempt.service.as_deref(), Some("WANIPConnection:2"));
         assert!(attempt.errors.is_empty(), "{:?}", attempt.errors);
         let granted = attempt.granted.as_ref().expect("granted");
-        assert_eq!(granted.external_port, port, "AddAnyPortMapping kept the port");
+        assert_eq!(
+            granted.external_port, port,
+            "AddAnyPortMapping kept the port"
+        );
         assert!(
             (60..=120).contains(&granted.lifetime_s),
             "the lease the router reports, bounded as asked: {granted:?}"
@@ -604,7 +631,10 @@ fn upnp_silence_refusal_and_a_stop_while_holding() {
         let report = measure_from(&lab, "alice", UPNP, Duration::from_secs(3600), stop);
         (report, stopper.join().unwrap())
     });
-    assert!(started.elapsed() < Duration::from_secs(30), "the hold was cut");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the hold was cut"
+    );
     assert_eq!(held.len(), 2, "both ports were mapped: {held:?}");
     for attempt in &report.attempts {
         assert!(attempt.granted.is_some(), "{attempt:#?}");

@@ -1090,7 +1090,10 @@ nat = "cgn"
         let p = &s.routers[0].portmap;
         assert!(!p.enabled && p.upnp && p.runs_miniupnpd());
         let e = error_of(&emulator("portmap = [\"upnp\"]"));
-        assert!(e.contains("line 3") && e.contains("kernel routers only"), "{e}");
+        assert!(
+            e.contains("line 3") && e.contains("kernel routers only"),
+            "{e}"
+        );
         let e = error_of(&kernel("portmap = [\"igd\"]"));
         assert!(e.contains("line 4"), "{e}");
     }

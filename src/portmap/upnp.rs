@@ -57,7 +57,10 @@ pub enum UpnpError {
     #[error("answer of {len} bytes or more is longer than the {max} read")]
     Oversized { len: usize, max: usize },
     #[error("{what} is not a usable URL: {why}")]
-    Url { what: &'static str, why: &'static str },
+    Url {
+        what: &'static str,
+        why: &'static str,
+    },
     #[error("{what} is not on the gateway's address: not contacted")]
     OffGateway { what: &'static str },
     #[error("HTTP answer is malformed: {0}")]
@@ -111,7 +114,11 @@ pub fn parse_ssdp_answer(bytes: &[u8]) -> Result<SsdpAnswer, UpnpError> {
         Err(httparse::Error::TooManyHeaders) => {
             return Err(UpnpError::SsdpMalformed("more than 32 headers"))
         }
-        Err(_) => return Err(UpnpError::SsdpMalformed("not an HTTP status line and headers")),
+        Err(_) => {
+            return Err(UpnpError::SsdpMalformed(
+                "not an HTTP status line and headers",
+            ))
+        }
     }
     let status = response.code.unwrap_or(0);
     if status != 200 {
@@ -574,8 +581,12 @@ pub enum Action {
         internal_client: Ipv4Addr,
         lease_s: u32,
     },
-    GetSpecificPortMappingEntry { external_port: u16 },
-    DeletePortMapping { external_port: u16 },
+    GetSpecificPortMappingEntry {
+        external_port: u16,
+    },
+    DeletePortMapping {
+        external_port: u16,
+    },
 }
 
 impl Action {
@@ -722,7 +733,7 @@ pub fn fault_name(code: Option<u16>) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
@@ -767,17 +778,33 @@ mod tests {
 
     #[test]
     fn only_http_urls_on_the_gateways_address_are_followed() {
-        let ok = gateway_url("LOCATION", "http://192.168.1.1:5000/rootDesc.xml?x=1", None, GATEWAY)
-            .unwrap();
+        let ok = gateway_url(
+            "LOCATION",
+            "http://192.168.1.1:5000/rootDesc.xml?x=1",
+            None,
+            GATEWAY,
+        )
+        .unwrap();
         assert_eq!(ok.addr, "192.168.1.1:5000".parse().unwrap());
         assert_eq!(ok.path, "/rootDesc.xml?x=1");
         let default_port = gateway_url("LOCATION", "http://192.168.1.1", None, GATEWAY).unwrap();
-        assert_eq!((default_port.addr.port(), default_port.path.as_str()), (80, "/"));
+        assert_eq!(
+            (default_port.addr.port(), default_port.path.as_str()),
+            (80, "/")
+        );
         // Relative control URLs resolve against the location, and are checked again.
         let control = gateway_url("controlURL", "/ctl/IPConn", Some(&ok), GATEWAY).unwrap();
-        assert_eq!((control.addr, control.path.as_str()), (ok.addr, "/ctl/IPConn"));
-        let other_port =
-            gateway_url("controlURL", "http://192.168.1.1:49000/c", Some(&ok), GATEWAY).unwrap();
+        assert_eq!(
+            (control.addr, control.path.as_str()),
+            (ok.addr, "/ctl/IPConn")
+        );
+        let other_port = gateway_url(
+            "controlURL",
+            "http://192.168.1.1:49000/c",
+            Some(&ok),
+            GATEWAY,
+        )
+        .unwrap();
         assert_eq!(other_port.addr.port(), 49000);
         for (text, off) in [
             ("http://192.168.1.2:5000/d.xml", true),
@@ -817,15 +844,15 @@ mod tests {
         search.handle_datagram(&ssdp("http://198.51.100.7/x.xml"), t0 + s(1));
         search.handle_datagram(b"garbage", t0 + s(1));
         assert!(!search.is_done(t0 + s(1)));
-        assert_eq!(
-            search.errors[0],
-            UpnpError::OffGateway { what: "LOCATION" }
-        );
+        assert_eq!(search.errors[0], UpnpError::OffGateway { what: "LOCATION" });
         search.handle_datagram(&ssdp("http://192.168.1.1:5000/d.xml"), t0 + s(2));
         assert!(search.is_done(t0 + s(2)));
         assert_eq!(search.found.as_ref().unwrap().path, "/d.xml");
         assert_eq!(search.sent, 4);
-        assert!(search.poll_transmit(t0 + s(2)).is_empty(), "done: no more rounds");
+        assert!(
+            search.poll_transmit(t0 + s(2)).is_empty(),
+            "done: no more rounds"
+        );
 
         let mut silent = SsdpSearch::new(gw, 3, s(1), Duration::from_millis(3500), t0);
         let mut now = t0;
@@ -850,7 +877,10 @@ mod tests {
         assert_eq!(r.finish(false).unwrap().body, b"abcde");
 
         let mut r = HttpReader::new(1024);
-        let chunked = format!("{}3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", head("Transfer-Encoding: chunked\r\n"));
+        let chunked = format!(
+            "{}3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            head("Transfer-Encoding: chunked\r\n")
+        );
         for b in chunked.as_bytes() {
             r.push(&[*b]).unwrap();
         }
@@ -858,7 +888,11 @@ mod tests {
 
         let mut r = HttpReader::new(1024);
         assert!(!r.push(format!("{}abc", head("")).as_bytes()).unwrap());
-        assert_eq!(r.finish(false), Err(UpnpError::Truncated), "needs the close");
+        assert_eq!(
+            r.finish(false),
+            Err(UpnpError::Truncated),
+            "needs the close"
+        );
         assert_eq!(r.finish(true).unwrap().body, b"abc");
 
         let mut r = HttpReader::new(64);
@@ -867,7 +901,10 @@ mod tests {
             Err(UpnpError::Oversized { .. })
         ));
         let mut r = HttpReader::new(MAX_DESCRIPTION);
-        assert!(r.push("X-Long: y\r\n".repeat(1000).as_bytes()).is_err(), "head over 8 KiB");
+        assert!(
+            r.push("X-Long: y\r\n".repeat(1000).as_bytes()).is_err(),
+            "head over 8 KiB"
+        );
         let mut r = HttpReader::new(1024);
         r.push(head("Content-Length: 10\r\n").as_bytes()).unwrap();
         r.push(b"short").unwrap();
@@ -875,10 +912,19 @@ mod tests {
         let mut r = HttpReader::new(1024);
         assert!(r.push(head("Content-Length: lots\r\n").as_bytes()).is_err());
         let mut r = HttpReader::new(1024);
-        r.push(format!("{}ffffffffffffffffff\r\nab\r\n0\r\n\r\n", head("Transfer-Encoding: chunked\r\n")).as_bytes())
-            .ok();
+        r.push(
+            format!(
+                "{}ffffffffffffffffff\r\nab\r\n0\r\n\r\n",
+                head("Transfer-Encoding: chunked\r\n")
+            )
+            .as_bytes(),
+        )
+        .ok();
         assert!(r.finish(true).is_err());
-        assert_eq!(HttpReader::new(10).finish(true), Err(UpnpError::Http("no answer")));
+        assert_eq!(
+            HttpReader::new(10).finish(true),
+            Err(UpnpError::Http("no answer"))
+        );
     }
 
     pub(crate) const DESCRIPTION_XML: &str = r#"<?xml version="1.0"?>
@@ -897,7 +943,14 @@ mod tests {
     fn the_description_gives_wan_services_best_first() {
         let d = parse_description(DESCRIPTION_XML.as_bytes()).unwrap();
         let shorts: Vec<&str> = d.services.iter().map(|s| s.short.as_str()).collect();
-        assert_eq!(shorts, ["WANIPConnection:2", "WANIPConnection:1", "WANPPPConnection:1"]);
+        assert_eq!(
+            shorts,
+            [
+                "WANIPConnection:2",
+                "WANIPConnection:1",
+                "WANPPPConnection:1"
+            ]
+        );
         assert_eq!(d.services[0].control_url, "/ctl/IPConn");
         assert_eq!(d.services[0].version, 2);
         assert_eq!(d.url_base, None);
@@ -906,23 +959,41 @@ mod tests {
             "<URLBase>http://192.168.1.1:5000/</URLBase><specVersion>",
         );
         assert_eq!(
-            parse_description(with_base.as_bytes()).unwrap().url_base.as_deref(),
+            parse_description(with_base.as_bytes())
+                .unwrap()
+                .url_base
+                .as_deref(),
             Some("http://192.168.1.1:5000/")
         );
         let none = DESCRIPTION_XML.replace("WAN", "LAN");
-        assert_eq!(parse_description(none.as_bytes()), Err(UpnpError::NoWanService));
+        assert_eq!(
+            parse_description(none.as_bytes()),
+            Err(UpnpError::NoWanService)
+        );
     }
 
     #[test]
     fn malicious_xml_is_refused_within_bounds() {
         let laughs = r#"<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><root><URLBase>&c;</URLBase></root>"#;
-        assert!(matches!(parse_description(laughs.as_bytes()), Err(UpnpError::Xml(_))));
+        assert!(matches!(
+            parse_description(laughs.as_bytes()),
+            Err(UpnpError::Xml(_))
+        ));
         let external = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "http://198.51.100.7/x">]><root>&x;</root>"#;
-        assert!(matches!(parse_description(external.as_bytes()), Err(UpnpError::Xml(_))));
+        assert!(matches!(
+            parse_description(external.as_bytes()),
+            Err(UpnpError::Xml(_))
+        ));
         let deep = format!("{}{}", "<a>".repeat(20_000), "</a>".repeat(20_000));
-        assert_eq!(parse_description(deep.as_bytes()), Err(UpnpError::XmlTooDeep));
+        assert_eq!(
+            parse_description(deep.as_bytes()),
+            Err(UpnpError::XmlTooDeep)
+        );
         let wide = format!("<root>{}</root>", "<a/>".repeat(10_000));
-        assert!(matches!(parse_description(wide.as_bytes()), Err(UpnpError::Xml(_))), "node limit");
+        assert!(
+            matches!(parse_description(wide.as_bytes()), Err(UpnpError::Xml(_))),
+            "node limit"
+        );
         assert!(parse_description(&[0xff, 0xfe, 0x00]).is_err());
         assert!(parse_description(b"<root><service>").is_err());
         for len in 0..DESCRIPTION_XML.len() {
@@ -931,7 +1002,13 @@ mod tests {
     }
 
     fn control() -> HttpTarget {
-        gateway_url("controlURL", "http://192.168.1.1:5000/ctl/IPConn", None, GATEWAY).unwrap()
+        gateway_url(
+            "controlURL",
+            "http://192.168.1.1:5000/ctl/IPConn",
+            None,
+            GATEWAY,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -970,7 +1047,9 @@ mod tests {
             status: 200,
             body: envelope("<u:GetExternalIPAddressResponse xmlns:u=\"urn:x\"><NewExternalIPAddress>203.0.113.9</NewExternalIPAddress></u:GetExternalIPAddressResponse>"),
         };
-        let SoapAnswer::Done(values) = parse_soap_answer(&ip, &Action::GetExternalIpAddress).unwrap() else {
+        let SoapAnswer::Done(values) =
+            parse_soap_answer(&ip, &Action::GetExternalIpAddress).unwrap()
+        else {
             panic!()
         };
         assert_eq!(values["NewExternalIPAddress"], "203.0.113.9");
@@ -978,14 +1057,22 @@ mod tests {
             status: 500,
             body: envelope("<s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>718</errorCode><errorDescription>ConflictInMappingEntry</errorDescription></UPnPError></detail></s:Fault>"),
         };
-        let delete = Action::DeletePortMapping { external_port: 8333 };
-        assert_eq!(parse_soap_answer(&fault, &delete), Ok(SoapAnswer::Fault(Some(718))));
+        let delete = Action::DeletePortMapping {
+            external_port: 8333,
+        };
+        assert_eq!(
+            parse_soap_answer(&fault, &delete),
+            Ok(SoapAnswer::Fault(Some(718)))
+        );
         assert_eq!(fault_name(Some(718)), "conflict_in_mapping_entry");
         let bare = HttpAnswer {
             status: 500,
             body: envelope("<s:Fault><faultcode>s:Client</faultcode></s:Fault>"),
         };
-        assert_eq!(parse_soap_answer(&bare, &delete), Ok(SoapAnswer::Fault(None)));
+        assert_eq!(
+            parse_soap_answer(&bare, &delete),
+            Ok(SoapAnswer::Fault(None))
+        );
         let wrong = HttpAnswer {
             status: 200,
             body: envelope("<u:AddPortMappingResponse xmlns:u=\"urn:x\"/>"),
@@ -995,10 +1082,22 @@ mod tests {
             Err(UpnpError::Soap("answer is for another action"))
         );
         assert_eq!(
-            parse_soap_answer(&HttpAnswer { status: 404, body: Vec::new() }, &delete),
+            parse_soap_answer(
+                &HttpAnswer {
+                    status: 404,
+                    body: Vec::new()
+                },
+                &delete
+            ),
             Err(UpnpError::HttpStatus(404))
         );
-        let not_soap = HttpAnswer { status: 200, body: b"<html/>".to_vec() };
-        assert_eq!(parse_soap_answer(&not_soap, &delete), Err(UpnpError::Soap("no Envelope")));
+        let not_soap = HttpAnswer {
+            status: 200,
+            body: b"<html/>".to_vec(),
+        };
+        assert_eq!(
+            parse_soap_answer(&not_soap, &delete),
+            Err(UpnpError::Soap("no Envelope"))
+        );
     }
 }

@@ -121,10 +121,16 @@ async fn exchange(
         loop {
             let n = stream.read(&mut buffer).await.map_err(|e| io_error(&e))?;
             if n == 0 {
-                return reader.finish(true).map(|a| (a, local)).map_err(ExchangeError::Bad);
+                return reader
+                    .finish(true)
+                    .map(|a| (a, local))
+                    .map_err(ExchangeError::Bad);
             }
             if reader.push(&buffer[..n]).map_err(ExchangeError::Bad)? {
-                return reader.finish(false).map(|a| (a, local)).map_err(ExchangeError::Bad);
+                return reader
+                    .finish(false)
+                    .map(|a| (a, local))
+                    .map_err(ExchangeError::Bad);
             }
         }
     };
@@ -335,7 +341,11 @@ pub(super) async fn measure_upnp(
         IpAddr::V6(_) => {
             for r in &mut records {
                 r.answer = GatewayAnswer::Unreachable;
-                note(r, "SSDP", "the gateway is IPv6; IGD is asked over IPv4 only");
+                note(
+                    r,
+                    "SSDP",
+                    "the gateway is IPv6; IGD is asked over IPv4 only",
+                );
             }
             return Ok(records);
         }
@@ -467,7 +477,11 @@ async fn add(
         Some(ip) => ip,
         None => {
             r.answer = GatewayAnswer::Unreachable;
-            note(r, "AddPortMapping", "no local IPv4 address towards the gateway");
+            note(
+                r,
+                "AddPortMapping",
+                "no local IPv4 address towards the gateway",
+            );
             return None;
         }
     };
@@ -505,10 +519,17 @@ async fn add(
                 r.result = Some("success".into());
                 let external_port = match action {
                     Action::AddAnyPortMapping { .. } => {
-                        match values.get("NewReservedPort").and_then(|v| v.parse::<u16>().ok()) {
+                        match values
+                            .get("NewReservedPort")
+                            .and_then(|v| v.parse::<u16>().ok())
+                        {
                             Some(p) if p != 0 => p,
                             _ => {
-                                note(r, action.name(), "no usable NewReservedPort; the port asked is assumed");
+                                note(
+                                    r,
+                                    action.name(),
+                                    "no usable NewReservedPort; the port asked is assumed",
+                                );
                                 port
                             }
                         }
@@ -592,5 +613,569 @@ async fn local_ipv4(igd: &Igd) -> Option<Ipv4Addr> {
     match socket.local_addr().ok()? {
         SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(*a.ip()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A hostile gateway on loopback: every kind of bad answer is a record,
+    //! nothing crashes, and nothing but the gateway (127.0.0.1) is
+    //! contacted: a trap listener on 127.0.0.2 counts every connection.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::portmap::upnp::tests::DESCRIPTION_XML;
+    use crate::portmap::Schedule;
+
+    /// What the fake gateway's HTTP server does with a request.
+    #[derive(Clone)]
+    enum Reply {
+        Bytes(Vec<u8>),
+        /// Reads the request, then says nothing.
+        Hang,
+        /// One byte every 50 ms, forever.
+        Trickle,
+    }
+
+    type Handler = Arc<dyn Fn(&str, &str) -> Reply + Send + Sync>;
+
+    struct FakeIgd {
+        ssdp: SocketAddr,
+        /// SOAP actions (or GET paths) asked, in order.
+        asked: Arc<Mutex<Vec<String>>>,
+        /// M-SEARCH datagrams received.
+        searches: Arc<AtomicUsize>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Drop for FakeIgd {
+        fn drop(&mut self) {
+            for task in &self.tasks {
+                task.abort();
+            }
+        }
+    }
+
+    /// Answers every M-SEARCH with `ssdp(http_port)` and serves HTTP with `handler`.
+    async fn fake_igd(
+        ssdp: impl Fn(u16) -> Vec<u8> + Send + Sync + 'static,
+        handler: Handler,
+    ) -> FakeIgd {
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_port = http.local_addr().unwrap().port();
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ssdp_addr = udp.local_addr().unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let searches = Arc::new(AtomicUsize::new(0));
+        let counted = searches.clone();
+        let udp_task = tokio::spawn(async move {
+            let mut buffer = [0u8; 2048];
+            while let Ok((n, from)) = udp.recv_from(&mut buffer).await {
+                if buffer[..n].starts_with(b"M-SEARCH * HTTP/1.1\r\n") {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    let _ = udp.send_to(&ssdp(http_port), from).await;
+                }
+            }
+        });
+        let log = asked.clone();
+        let http_task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = http.accept().await {
+                let handler = handler.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    // The head, then the body by its Content-Length.
+                    loop {
+                        let Ok(n) = stream.read(&mut buffer).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buffer[..n]);
+                        let text = String::from_utf8_lossy(&request).to_string();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("Content-Length: "))
+                                .and_then(|l| l.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if body.len() >= length {
+                                break;
+                            }
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let action = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("SOAPAction: "))
+                        .and_then(|a| a.trim_matches('"').split_once('#'))
+                        .map(|(_, a)| a.to_string())
+                        .unwrap_or_default();
+                    log.lock().unwrap().push(if action.is_empty() {
+                        format!("GET {path}")
+                    } else {
+                        action.clone()
+                    });
+                    match handler(&path, &action) {
+                        Reply::Bytes(bytes) => {
+                            let _ = stream.write_all(&bytes).await;
+                        }
+                        Reply::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
+                        Reply::Trickle => loop {
+                            if stream.write_all(b"x").await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        },
+                    }
+                });
+            }
+        });
+        FakeIgd {
+            ssdp: ssdp_addr,
+            asked,
+            searches,
+            tasks: vec![udp_task, http_task],
+        }
+    }
+
+    /// A listener on another loopback address: anything the probe must never contact.
+    struct Trap {
+        addr: SocketAddr,
+        connections: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Trap {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn trap() -> Trap {
+        let listener = TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Trap {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    fn ssdp_to(location: String) -> impl Fn(u16) -> Vec<u8> + Send + Sync + 'static {
+        move |port| {
+            format!(
+                "HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:2\r\nLOCATION: {}\r\n\r\n",
+                location.replace("{port}", &port.to_string())
+            )
+            .into_bytes()
+        }
+    }
+
+    fn on_gateway() -> impl Fn(u16) -> Vec<u8> + Send + Sync + 'static {
+        ssdp_to("http://127.0.0.1:{port}/rootDesc.xml".into())
+    }
+
+    fn http(status: &str, body: &str) -> Reply {
+        Reply::Bytes(
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    }
+
+    fn envelope(inner: &str) -> String {
+        format!("<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body>{inner}</s:Body></s:Envelope>")
+    }
+
+    fn fault(code: u16) -> Reply {
+        http(
+            "500 Internal Server Error",
+            &envelope(&format!("<s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail><UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>{code}</errorCode><errorDescription>x</errorDescription></UPnPError></detail></s:Fault>")),
+        )
+    }
+
+    fn ok(action: &str, values: &str) -> Reply {
+        http(
+            "200 OK",
+            &envelope(&format!(
+                "<u:{action}Response xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:2\">{values}</u:{action}Response>"
+            )),
+        )
+    }
+
+    /// A router that grants everything; `lease` is what it reports back.
+    fn granting(path: &str, action: &str, lease: u32) -> Reply {
+        match (path, action) {
+            ("/rootDesc.xml", "") => http("200 OK", DESCRIPTION_XML),
+            (_, "GetExternalIPAddress") => ok(
+                action,
+                "<NewExternalIPAddress>203.0.113.9</NewExternalIPAddress>",
+            ),
+            (_, "AddAnyPortMapping") => ok(action, "<NewReservedPort>18333</NewReservedPort>"),
+            (_, "AddPortMapping" | "DeletePortMapping") => ok(action, ""),
+            (_, "GetSpecificPortMappingEntry") => ok(
+                action,
+                &format!("<NewLeaseDuration>{lease}</NewLeaseDuration>"),
+            ),
+            _ => http("404 Not Found", ""),
+        }
+    }
+
+    fn config(igd: &FakeIgd) -> PortMapConfig {
+        let unused = Schedule::natpmp();
+        PortMapConfig {
+            gateway: SocketAddr::new(igd.ssdp.ip(), 9),
+            protocols: vec![MappingProtocol::Upnp],
+            ports: vec![(PortRole::Node, 8333), (PortRole::Probe, 40123)],
+            lifetime_s: 120,
+            hold: Duration::from_millis(50),
+            pcp_schedule: unused,
+            natpmp_schedule: unused,
+            reach: None,
+            ssdp_port: igd.ssdp.port(),
+            upnp: UpnpLimits {
+                search_rounds: 2,
+                search_interval: Duration::from_millis(200),
+                search_wait: Duration::from_millis(600),
+                exchange_timeout: Duration::from_millis(500),
+            },
+        }
+    }
+
+    async fn run(igd: &FakeIgd) -> Vec<MappingAttempt> {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            measure_upnp(&config(igd), &Stop::new().1),
+        )
+        .await
+        .expect("bounded")
+        .expect("sockets open")
+    }
+
+    #[tokio::test]
+    async fn a_granting_igd2_router_is_asked_read_back_and_every_mapping_deleted() {
+        let igd = fake_igd(on_gateway(), Arc::new(|p: &str, a: &str| granting(p, a, 0))).await;
+        let records = run(&igd).await;
+        assert_eq!(records.len(), 2);
+        for r in &records {
+            assert_eq!(r.answer, GatewayAnswer::Answered, "{r:#?}");
+            assert_eq!(
+                (r.result_code, r.result.as_deref()),
+                (Some(0), Some("success"))
+            );
+            assert_eq!(r.service.as_deref(), Some("WANIPConnection:2"));
+            let g = r.granted.as_ref().unwrap();
+            assert_eq!(g.external_port, 18333, "the port the router reserved");
+            assert_eq!(
+                g.lifetime_s, 0,
+                "a permanent lease is recorded as the router said"
+            );
+            assert_eq!(g.external.as_ref().unwrap().net, "203.0.113.0/24");
+            assert_eq!(g.external_class, Some(HopClass::Public));
+            assert!(r.release.as_ref().unwrap().succeeded);
+            assert!(r.errors.is_empty(), "{:?}", r.errors);
+        }
+        let asked = igd.asked.lock().unwrap().clone();
+        assert_eq!(
+            asked,
+            [
+                "GET /rootDesc.xml",
+                "GetExternalIPAddress",
+                "AddAnyPortMapping",
+                "GetSpecificPortMappingEntry",
+                "AddAnyPortMapping",
+                "GetSpecificPortMappingEntry",
+                "DeletePortMapping",
+                "DeletePortMapping",
+            ]
+        );
+        assert_eq!(
+            igd.searches.load(Ordering::Relaxed),
+            2,
+            "one round was enough"
+        );
+    }
+
+    #[tokio::test]
+    async fn locations_and_urls_off_the_gateway_are_recorded_and_never_contacted() {
+        let trap = trap().await;
+        let elsewhere = format!("http://{}/rootDesc.xml", trap.addr);
+        // The LOCATION itself.
+        let igd = fake_igd(
+            ssdp_to(elsewhere.clone()),
+            Arc::new(|p: &str, a: &str| granting(p, a, 120)),
+        )
+        .await;
+        let records = run(&igd).await;
+        for r in &records {
+            assert_eq!(r.answer, GatewayAnswer::Malformed, "{r:#?}");
+            assert!(
+                r.errors[0].contains("not on the gateway's address: not contacted"),
+                "{:?}",
+                r.errors
+            );
+            assert!(
+                !r.errors.iter().any(|e| e.contains("127.0.0.2")),
+                "no address in the record"
+            );
+        }
+        assert!(igd.asked.lock().unwrap().is_empty());
+        // A controlURL, and a URLBase, elsewhere.
+        let control = DESCRIPTION_XML.replace("/ctl/", &format!("http://{}/ctl/", trap.addr));
+        let base = DESCRIPTION_XML.replace(
+            "<specVersion>",
+            &format!("<URLBase>http://{}/</URLBase><specVersion>", trap.addr),
+        );
+        for description in [control, base] {
+            let igd = fake_igd(
+                on_gateway(),
+                Arc::new(move |p: &str, _: &str| match p {
+                    "/rootDesc.xml" => http("200 OK", &description),
+                    _ => http("404 Not Found", ""),
+                }),
+            )
+            .await;
+            let records = run(&igd).await;
+            for r in &records {
+                assert_eq!(r.answer, GatewayAnswer::Malformed);
+                assert!(
+                    r.errors.iter().any(|e| e.contains("not contacted")),
+                    "{:?}",
+                    r.errors
+                );
+            }
+            assert_eq!(*igd.asked.lock().unwrap(), ["GET /rootDesc.xml"]);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            trap.connections.load(Ordering::Relaxed),
+            0,
+            "nothing else was contacted"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_ssdp_answers_are_errors_and_the_search_ends_in_time() {
+        for (answer, expected) in [
+            (b"garbage".to_vec(), "not an HTTP"),
+            (b"HTTP/1.1 404 Not Found\r\n\r\n".to_vec(), "status 404"),
+            (b"HTTP/1.1 200 OK\r\nST: x\r\n\r\n".to_vec(), "no LOCATION"),
+            (vec![b'H'; 3000], "longer than"),
+            (
+                b"HTTP/1.1 200 OK\r\nLOCATION: file:///etc/passwd\r\n\r\n".to_vec(),
+                "not http",
+            ),
+        ] {
+            let igd = fake_igd(
+                move |_| answer.clone(),
+                Arc::new(|p: &str, a: &str| granting(p, a, 120)),
+            )
+            .await;
+            let records = run(&igd).await;
+            for r in &records {
+                assert_eq!(r.answer, GatewayAnswer::Malformed, "{r:#?}");
+                assert!(r.errors[0].contains(expected), "{expected}: {:?}", r.errors);
+                assert_eq!(r.requests_sent, 4, "two rounds of two");
+            }
+            assert!(igd.asked.lock().unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_malicious_or_slow_descriptions_are_bounded_errors() {
+        let laughs = r#"<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><root>&b;</root>"#;
+        let deep = format!("{}{}", "<a>".repeat(8_000), "</a>".repeat(8_000));
+        let big = format!("<root>{}</root>", " ".repeat(70_000));
+        let chunked_lie =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffff\r\nabc".to_string();
+        let cases: Vec<(Reply, &str)> = vec![
+            (http("200 OK", laughs), "XML"),
+            (http("200 OK", &deep), "deeper"),
+            (http("200 OK", &big), "longer than"),
+            (
+                Reply::Bytes(big.clone().into_bytes()),
+                "head longer than 8 KiB",
+            ),
+            (
+                Reply::Bytes(b"<root/>\r\n\r\n".to_vec()),
+                "not an HTTP status line",
+            ),
+            (Reply::Bytes(chunked_lie.into_bytes()), "ended before"),
+            (http("302 Found", ""), "status 302"),
+            (Reply::Hang, "no whole answer in time"),
+            (Reply::Trickle, "no whole answer in time"),
+        ];
+        for (reply, expected) in cases {
+            let started = Instant::now();
+            let igd = fake_igd(
+                on_gateway(),
+                Arc::new(move |_: &str, _: &str| reply.clone()),
+            )
+            .await;
+            let records = run(&igd).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "bounded: {expected}"
+            );
+            for r in &records {
+                assert_eq!(r.answer, GatewayAnswer::Malformed, "{r:#?}");
+                assert!(
+                    r.errors
+                        .iter()
+                        .any(|e| e.starts_with("description: ") && e.contains(expected)),
+                    "{expected}: {:?}",
+                    r.errors
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn soap_faults_are_results_and_unanswered_adds_are_deleted_anyway() {
+        // Refused with 718: recorded, nothing to delete.
+        let igd = fake_igd(
+            on_gateway(),
+            Arc::new(|p: &str, a: &str| match a {
+                "AddAnyPortMapping" => fault(718),
+                _ => granting(p, a, 120),
+            }),
+        )
+        .await;
+        for r in run(&igd).await {
+            assert_eq!(r.answer, GatewayAnswer::Answered);
+            assert_eq!(r.result_code, Some(718));
+            assert_eq!(r.result.as_deref(), Some("conflict_in_mapping_entry"));
+            assert!(r.granted.is_none() && r.release.is_none());
+        }
+        assert!(!igd
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a == "DeletePortMapping"));
+
+        // Only permanent leases (725): recorded, and no permanent mapping is asked.
+        let igd = fake_igd(
+            on_gateway(),
+            Arc::new(|p: &str, a: &str| match a {
+                "AddAnyPortMapping" => fault(725),
+                _ => granting(p, a, 120),
+            }),
+        )
+        .await;
+        for r in run(&igd).await {
+            assert_eq!(r.result.as_deref(), Some("only_permanent_leases_supported"));
+            assert_eq!(
+                r.requests_sent,
+                2 + 1,
+                "two M-SEARCH, one add: no retry with lease 0"
+            );
+        }
+
+        // No AddAnyPortMapping (401): asked again the IGDv1 way.
+        let igd = fake_igd(
+            on_gateway(),
+            Arc::new(|p: &str, a: &str| match a {
+                "AddAnyPortMapping" => fault(401),
+                _ => granting(p, a, 120),
+            }),
+        )
+        .await;
+        for r in run(&igd).await {
+            let g = r.granted.as_ref().expect("granted by AddPortMapping");
+            assert_eq!((g.external_port, g.lifetime_s), (r.internal_port, 120));
+            assert!(r.errors[0].contains("invalid_action"), "{:?}", r.errors);
+        }
+
+        // The add hangs: timeout, and its port is deleted in case it was mapped.
+        let igd = fake_igd(
+            on_gateway(),
+            Arc::new(|p: &str, a: &str| match a {
+                "AddAnyPortMapping" => Reply::Hang,
+                "GetExternalIPAddress" => fault(501),
+                _ => granting(p, a, 120),
+            }),
+        )
+        .await;
+        for r in run(&igd).await {
+            assert_eq!(r.answer, GatewayAnswer::Timeout, "{r:#?}");
+            assert!(r.granted.is_none());
+            assert!(r.release.as_ref().unwrap().succeeded, "deleted anyway");
+            assert!(
+                r.errors[0].contains("GetExternalIPAddress: action_failed"),
+                "{:?}",
+                r.errors
+            );
+        }
+        let deletes = igd
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| *a == "DeletePortMapping")
+            .count();
+        assert_eq!(deletes, 2);
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_the_hold_deletes_at_once() {
+        let igd = fake_igd(
+            on_gateway(),
+            Arc::new(|p: &str, a: &str| granting(p, a, 120)),
+        )
+        .await;
+        let mut config = config(&igd);
+        config.hold = Duration::from_secs(3600);
+        let (handle, stop) = Stop::new();
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            handle.stop();
+        });
+        let records = tokio::time::timeout(Duration::from_secs(10), measure_upnp(&config, &stop))
+            .await
+            .expect("the stop cuts the hold")
+            .unwrap();
+        stopper.await.unwrap();
+        for r in &records {
+            assert!(
+                r.granted.is_some() && r.release.as_ref().unwrap().succeeded,
+                "{r:#?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn silence_and_a_closed_ssdp_port_are_outcomes() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let igd = FakeIgd {
+            ssdp: silent.local_addr().unwrap(),
+            asked: Arc::default(),
+            searches: Arc::default(),
+            tasks: Vec::new(),
+        };
+        for r in run(&igd).await {
+            assert_eq!((r.answer, r.requests_sent), (GatewayAnswer::Timeout, 4));
+        }
+        drop(silent);
+        for r in run(&igd).await {
+            assert_eq!(r.answer, GatewayAnswer::Refused, "ICMP port unreachable");
+        }
     }
 }

@@ -790,7 +790,10 @@ mod tests {
             ..PortmapSpec::default()
         };
         let text = miniupnpd_config(&spec, Ipv4Addr::new(192, 168, 3, 0), stun);
-        assert!(text.contains("enable_natpmp=no\nenable_upnp=yes\n"), "{text}");
+        assert!(
+            text.contains("enable_natpmp=no\nenable_upnp=yes\n"),
+            "{text}"
+        );
         assert!(spec.runs_miniupnpd() && spec.offers_any());
         assert_eq!(spec.ready_lines(), ["HTTP listening on port"]);
         let refusing = PortmapSpec {
@@ -809,8 +812,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (added.protocol, added.change, added.external_port, added.lifetime_s),
-            (PortmapProtocol::Upnp, PortmapChange::Requested, Some(8333), Some(120))
+            (
+                added.protocol,
+                added.change,
+                added.external_port,
+                added.lifetime_s
+            ),
+            (
+                PortmapProtocol::Upnp,
+                PortmapChange::Requested,
+                Some(8333),
+                Some(120)
+            )
         );
         assert_eq!(added.internal, Some("192.168.77.2:8333".parse().unwrap()));
         let v1 = parse_log_line(
