@@ -1,4 +1,4 @@
-//! Port mapping records: what the default gateway answered when the probe asked it to open a TCP port (PCP, NAT-PMP), and whether the mapping was removed again.
+//! Port mapping records: what the default gateway answered when the probe asked it to open a TCP port (PCP, NAT-PMP, UPnP IGD), and whether the mapping was removed again.
 //!
 //! A [`PortMappingReport`] is an optional part of a [`crate::result::RunResult`]
 //! (added within schema version 1: absent in older results and in reference
