@@ -462,7 +462,6 @@ fn parse_xml(body: &[u8]) -> Result<roxmltree::Document<'_>, UpnpError> {
     let options = roxmltree::ParsingOptions {
         allow_dtd: false,
         nodes_limit: MAX_XML_NODES,
-        ..roxmltree::ParsingOptions::default()
     };
     roxmltree::Document::parse_with_options(text, options).map_err(|e| {
         // roxmltree's messages name positions and limits, never content.

@@ -148,8 +148,8 @@ struct Igd {
 
 /// How the search and description ended, for every record.
 enum Found {
-    Igd(Igd),
-    /// Nothing usable: the answer kind, and the errors on the way.
+    Igd(Box<Igd>),
+    /// Nothing usable: the answer kind (the errors are in the records).
     Nothing(GatewayAnswer),
 }
 
@@ -294,11 +294,11 @@ async fn find_igd(
     for service in description.services {
         match upnp::gateway_url("controlURL", &service.control_url, Some(&base), gateway) {
             Ok(control) => {
-                return Ok(Found::Igd(Igd {
+                return Ok(Found::Igd(Box::new(Igd {
                     gateway,
                     service,
                     control,
-                }))
+                })))
             }
             Err(e) => last_error = Some(e),
         }
