@@ -277,25 +277,11 @@ fn a_stop_while_holding_deletes_every_mapping_at_once() {
     );
 }
 
-/// The volunteer's real `probe`, Ctrl-C'd while its router holds its PCP
-/// mappings: it deletes them before it exits, and its result (as the
-/// collector would accept it) says so.
-#[test]
-fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
-    let lab = start_lab("pmprobe", SCENARIO);
-    let endpoints: Vec<std::net::SocketAddr> = [
-        "198.51.100.10:3478",
-        "198.51.100.10:3479",
-        "198.51.100.11:3478",
-        "198.51.100.11:3479",
-    ]
-    .iter()
-    .map(|e| e.parse().unwrap())
-    .collect();
-    let _echo = EchoService::start(&lab, &endpoints).unwrap();
-    let spool = tempfile::tempdir().unwrap();
+/// The volunteer's real `probe` in alice's namespace, the echo servers
+/// running, no coordinator (a stop comes before the probe would look for
+/// one); its result goes to `spool` and to stdout.
+fn spawn_probe(lab: &Lab, spool: &std::path::Path) -> ChildGuard {
     let child = punchscope_in(&lab.host_netns("alice").unwrap())
-        // No coordinator runs: the stop comes before the probe would look for one.
         .args(["probe", "--server", "198.51.100.10:7000"])
         .args([
             "--echo",
@@ -311,14 +297,50 @@ fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
             "8333",
             "--spool",
         ])
-        .arg(spool.path())
+        .arg(spool)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut guard = ChildGuard(Some(child));
+    ChildGuard(Some(child))
+}
+
+fn start_echo_servers(lab: &Lab) -> EchoService {
+    let endpoints: Vec<std::net::SocketAddr> = [
+        "198.51.100.10:3478",
+        "198.51.100.10:3479",
+        "198.51.100.11:3478",
+        "198.51.100.11:3479",
+    ]
+    .iter()
+    .map(|e| e.parse().unwrap())
+    .collect();
+    EchoService::start(lab, &endpoints).unwrap()
+}
+
+/// Ctrl-C to the probe this test started; its output once it exited (within 30 s).
+fn interrupt(mut guard: ChildGuard) -> std::process::Output {
     let pid = guard.0.as_ref().unwrap().id();
+    // SAFETY: kill on our own child's PID, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while guard.0.as_mut().unwrap().try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the probe exits after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    guard.0.take().unwrap().wait_with_output().unwrap()
+}
+
+/// The volunteer's real `probe`, Ctrl-C'd while its router holds its PCP
+/// mappings: it deletes them before it exits, and its result (as the
+/// collector would accept it) says so.
+#[test]
+fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
+    let lab = start_lab("pmprobe", SCENARIO);
+    let _echo = start_echo_servers(&lab);
+    let spool = tempfile::tempdir().unwrap();
+    let guard = spawn_probe(&lab, spool.path());
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut held = Vec::new();
@@ -328,16 +350,7 @@ fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
     }
     assert_eq!(held.len(), 2, "the probe got both ports mapped: {held:?}");
     assert!(held.iter().any(|m| m.external_port == NODE_PORT));
-    // Ctrl-C, to the process this test started.
-    // SAFETY: kill on our own child's PID, not yet reaped.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }, 0);
-
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while guard.0.as_mut().unwrap().try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the probe exits after Ctrl-C");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = guard.0.take().unwrap().wait_with_output().unwrap();
+    let output = interrupt(guard);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(4), "interrupted: {stderr}");
     assert_eq!(
@@ -379,6 +392,88 @@ fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
         .collect();
     assert_eq!(spooled.len(), 1, "the result is kept in the spool");
+}
+
+/// The real `probe` asks UPnP IGD after PCP and NAT-PMP; Ctrl-C'd while
+/// miniupnpd holds its two UPnP mappings (the router's log says so), it
+/// deletes both before it exits, and its result records all three
+/// protocols, UPnP's grants and their deletions.
+#[test]
+fn the_probe_asks_upnp_last_and_deletes_its_upnp_mappings_on_ctrl_c() {
+    let lab = start_lab("pmprobeup", SCENARIO);
+    let _echo = start_echo_servers(&lab);
+    let spool = tempfile::tempdir().unwrap();
+    let guard = spawn_probe(&lab, spool.path());
+    let upnp_added = |lab: &Lab| {
+        lab.events()
+            .into_iter()
+            .filter(|e| {
+                matches!(&e.event, NatEvent::PortMap(p)
+                    if e.router == "grants"
+                        && p.protocol == PortmapProtocol::Upnp
+                        && p.change == PortmapChange::Added)
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && upnp_added(&lab) < 2 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(upnp_added(&lab), 2, "miniupnpd added both UPnP mappings");
+    let output = interrupt(guard);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "interrupted: {stderr}");
+    assert_eq!(
+        lab.port_mappings("grants").unwrap(),
+        vec![],
+        "nothing left open"
+    );
+
+    let result = RunResult::from_json(std::str::from_utf8(&output.stdout).unwrap())
+        .expect("a result the collector accepts: no raw address");
+    let report = result.port_mapping.expect("port mapping recorded");
+    let protocols: Vec<MappingProtocol> = report.attempts.iter().map(|a| a.protocol).collect();
+    assert_eq!(
+        protocols,
+        [
+            MappingProtocol::Pcp,
+            MappingProtocol::Pcp,
+            MappingProtocol::Natpmp,
+            MappingProtocol::Natpmp,
+            MappingProtocol::Upnp,
+            MappingProtocol::Upnp,
+        ],
+        "{report:#?}"
+    );
+    for attempt in &report.attempts {
+        // The last add may still be in flight when the stop comes (the
+        // router logs the mapping before its answer arrives): then it is
+        // `stopped`, and deleted all the same.
+        assert!(
+            attempt.granted.is_some()
+                || (attempt.protocol == MappingProtocol::Upnp
+                    && attempt.port_role == PortRole::Probe
+                    && attempt.answer == GatewayAnswer::Stopped),
+            "{attempt:#?}"
+        );
+        assert!(
+            attempt.release.as_ref().is_some_and(|r| r.succeeded),
+            "{attempt:#?}"
+        );
+    }
+    let upnp_node = &report.attempts[4];
+    assert_eq!(upnp_node.service.as_deref(), Some("WANIPConnection:2"));
+    assert_eq!(
+        upnp_node
+            .granted
+            .as_ref()
+            .unwrap()
+            .external
+            .as_ref()
+            .unwrap()
+            .net,
+        "203.0.113.0/24"
+    );
 }
 
 /// The ground truth behind "mapped and reachable": while the router holds
