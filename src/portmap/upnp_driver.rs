@@ -914,6 +914,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_igd1_router_is_asked_with_add_port_mapping_for_the_port_itself() {
+        let v1 = DESCRIPTION_XML.replace(
+            "<service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType><controlURL>/ctl/IPConn</controlURL></service>",
+            "",
+        );
+        assert!(!v1.contains("WANIPConnection:2"));
+        let igd = fake_igd(
+            on_gateway(),
+            Arc::new(move |p: &str, a: &str| match p {
+                "/rootDesc.xml" => http("200 OK", &v1),
+                _ => granting(p, a, 120),
+            }),
+        )
+        .await;
+        for r in run(&igd).await {
+            assert_eq!(r.service.as_deref(), Some("WANIPConnection:1"));
+            let g = r.granted.as_ref().unwrap();
+            assert_eq!((g.external_port, g.lifetime_s), (r.internal_port, 120));
+            assert!(r.release.as_ref().unwrap().succeeded);
+        }
+        let asked = igd.asked.lock().unwrap().clone();
+        assert_eq!(asked.iter().filter(|a| *a == "AddPortMapping").count(), 2);
+        assert!(!asked.iter().any(|a| a == "AddAnyPortMapping"), "{asked:?}");
+    }
+
+    #[tokio::test]
     async fn locations_and_urls_off_the_gateway_are_recorded_and_never_contacted() {
         let trap = trap().await;
         let elsewhere = format!("http://{}/rootDesc.xml", trap.addr);
