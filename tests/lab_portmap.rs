@@ -1,7 +1,7 @@
 //! Port mapping against real routers: kernel routers running Debian's
-//! miniupnpd (NAT-PMP, PCP) grant, refuse or stay silent, and the probe's
-//! client records each, deletes every mapping it got, also when stopped,
-//! and the router's own nftables state shows it.
+//! miniupnpd (NAT-PMP, PCP, UPnP IGD) grant, refuse or stay silent, and the
+//! probe's client records each, deletes every mapping it got, also when
+//! stopped, and the router's own nftables state shows it.
 // The lab is Linux-only and behind the `lab` feature.
 #![cfg(all(feature = "lab", target_os = "linux"))]
 
@@ -43,13 +43,24 @@ fn gateway_of(lab: &Lab, host: &str) -> IpAddr {
         .into()
 }
 
+const PCP_NATPMP: &[MappingProtocol] = &[MappingProtocol::Pcp, MappingProtocol::Natpmp];
+const UPNP: &[MappingProtocol] = &[MappingProtocol::Upnp];
+
 /// Runs the probe's port mapping client inside `host`'s namespace, with
-/// the RFC schedules the probe uses, holding what it gets for `hold`.
-fn measure_from(lab: &Lab, host: &str, hold: Duration, stop: Stop) -> PortMappingReport {
+/// the RFC schedules and UPnP bounds the probe uses, asking `protocols`,
+/// holding what it gets for `hold`.
+fn measure_from(
+    lab: &Lab,
+    host: &str,
+    protocols: &[MappingProtocol],
+    hold: Duration,
+    stop: Stop,
+) -> PortMappingReport {
     let mut config = PortMapConfig::for_gateway(
         gateway_of(lab, host),
         vec![(PortRole::Node, NODE_PORT), (PortRole::Probe, PROBE_PORT)],
     );
+    config.protocols = protocols.to_vec();
     config.hold = hold;
     lab.run_in(host, move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -101,7 +112,13 @@ fn a_router_with_port_mapping_grants_both_protocols_and_every_mapping_is_deleted
     let lab = start_lab("pmgrant", SCENARIO);
     let alice = lab.scenario().host("alice").unwrap().address;
     let (report, seen) = watch_router(&lab, "grants", || {
-        measure_from(&lab, "alice", Duration::from_secs(1), Stop::new().1)
+        measure_from(
+            &lab,
+            "alice",
+            PCP_NATPMP,
+            Duration::from_secs(1),
+            Stop::new().1,
+        )
     });
     assert_eq!(report.skipped, None);
     assert_eq!(report.attempts.len(), 4, "{report:#?}");
@@ -169,7 +186,13 @@ fn a_router_with_port_mapping_grants_both_protocols_and_every_mapping_is_deleted
 fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
     let lab = start_lab("pmrefuse", SCENARIO);
     let (refused, seen) = watch_router(&lab, "refuses", || {
-        measure_from(&lab, "bob", Duration::from_secs(1), Stop::new().1)
+        measure_from(
+            &lab,
+            "bob",
+            PCP_NATPMP,
+            Duration::from_secs(1),
+            Stop::new().1,
+        )
     });
     assert_eq!(refused.attempts.len(), 4);
     for attempt in &refused.attempts {
@@ -181,7 +204,13 @@ fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
     assert_eq!(seen, vec![], "nothing was ever mapped");
 
     let started = Instant::now();
-    let silent = measure_from(&lab, "carol", Duration::from_secs(1), Stop::new().1);
+    let silent = measure_from(
+        &lab,
+        "carol",
+        PCP_NATPMP,
+        Duration::from_secs(1),
+        Stop::new().1,
+    );
     for attempt in &silent.attempts {
         assert_eq!(attempt.answer, GatewayAnswer::Timeout, "{attempt:#?}");
         assert!(attempt.requests_sent >= 2, "retransmitted: {attempt:#?}");
@@ -193,7 +222,13 @@ fn a_refusing_router_answers_not_authorized_and_a_silent_one_times_out() {
     );
 
     // A router that runs nothing on 5351 answers ICMP port unreachable.
-    let plain = measure_from(&lab, "dave", Duration::from_secs(1), Stop::new().1);
+    let plain = measure_from(
+        &lab,
+        "dave",
+        PCP_NATPMP,
+        Duration::from_secs(1),
+        Stop::new().1,
+    );
     assert_eq!(plain.attempts.len(), 4);
     for attempt in &plain.attempts {
         assert_eq!(attempt.answer, GatewayAnswer::Refused, "{attempt:#?}");
@@ -223,7 +258,7 @@ fn stop_while_holding_deletes_every_mapping(lab_name: &str, scenario: &str) {
             handle.stop();
             held
         });
-        let report = measure_from(&lab, "alice", Duration::from_secs(3600), stop);
+        let report = measure_from(&lab, "alice", PCP_NATPMP, Duration::from_secs(3600), stop);
         (report, stopper.join().unwrap())
     });
     assert!(
@@ -250,25 +285,11 @@ fn stop_while_holding_deletes_every_mapping(lab_name: &str, scenario: &str) {
     );
 }
 
-/// The volunteer's real `probe`, Ctrl-C'd while its router holds its PCP
-/// mappings: it deletes them before it exits, and its result (as the
-/// collector would accept it) says so.
-#[test]
-fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
-    let lab = start_lab("pmprobe", SCENARIO);
-    let endpoints: Vec<std::net::SocketAddr> = [
-        "198.51.100.10:3478",
-        "198.51.100.10:3479",
-        "198.51.100.11:3478",
-        "198.51.100.11:3479",
-    ]
-    .iter()
-    .map(|e| e.parse().unwrap())
-    .collect();
-    let _echo = EchoService::start(&lab, &endpoints).unwrap();
-    let spool = tempfile::tempdir().unwrap();
+/// The volunteer's real `probe` in alice's namespace, the echo servers
+/// running, no coordinator (a stop comes before the probe would look for
+/// one); its result goes to `spool` and to stdout.
+fn spawn_probe(lab: &Lab, spool: &std::path::Path) -> ChildGuard {
     let child = punchscope_in(&lab.host_netns("alice").unwrap())
-        // No coordinator runs: the stop comes before the probe would look for one.
         .args(["probe", "--server", "198.51.100.10:7000"])
         .args([
             "--echo",
@@ -284,14 +305,50 @@ fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
             "8333",
             "--spool",
         ])
-        .arg(spool.path())
+        .arg(spool)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut guard = ChildGuard(Some(child));
+    ChildGuard(Some(child))
+}
+
+fn start_echo_servers(lab: &Lab) -> EchoService {
+    let endpoints: Vec<std::net::SocketAddr> = [
+        "198.51.100.10:3478",
+        "198.51.100.10:3479",
+        "198.51.100.11:3478",
+        "198.51.100.11:3479",
+    ]
+    .iter()
+    .map(|e| e.parse().unwrap())
+    .collect();
+    EchoService::start(lab, &endpoints).unwrap()
+}
+
+/// Ctrl-C to the probe this test started; its output once it exited (within 30 s).
+fn interrupt(mut guard: ChildGuard) -> std::process::Output {
     let pid = guard.0.as_ref().unwrap().id();
+    // SAFETY: kill on our own child's PID, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while guard.0.as_mut().unwrap().try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the probe exits after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    guard.0.take().unwrap().wait_with_output().unwrap()
+}
+
+/// The volunteer's real `probe`, Ctrl-C'd while its router holds its PCP
+/// mappings: it deletes them before it exits, and its result (as the
+/// collector would accept it) says so.
+#[test]
+fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
+    let lab = start_lab("pmprobe", SCENARIO);
+    let _echo = start_echo_servers(&lab);
+    let spool = tempfile::tempdir().unwrap();
+    let guard = spawn_probe(&lab, spool.path());
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut held = Vec::new();
@@ -301,16 +358,7 @@ fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
     }
     assert_eq!(held.len(), 2, "the probe got both ports mapped: {held:?}");
     assert!(held.iter().any(|m| m.external_port == NODE_PORT));
-    // Ctrl-C, to the process this test started.
-    // SAFETY: kill on our own child's PID, not yet reaped.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) }, 0);
-
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while guard.0.as_mut().unwrap().try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the probe exits after Ctrl-C");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = guard.0.take().unwrap().wait_with_output().unwrap();
+    let output = interrupt(guard);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(4), "interrupted: {stderr}");
     assert_eq!(
@@ -352,6 +400,88 @@ fn the_probe_deletes_its_mappings_on_ctrl_c_and_records_them() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
         .collect();
     assert_eq!(spooled.len(), 1, "the result is kept in the spool");
+}
+
+/// The real `probe` asks UPnP IGD after PCP and NAT-PMP; Ctrl-C'd while
+/// miniupnpd holds its two UPnP mappings (the router's log says so), it
+/// deletes both before it exits, and its result records all three
+/// protocols, UPnP's grants and their deletions.
+#[test]
+fn the_probe_asks_upnp_last_and_deletes_its_upnp_mappings_on_ctrl_c() {
+    let lab = start_lab("pmprobeup", SCENARIO);
+    let _echo = start_echo_servers(&lab);
+    let spool = tempfile::tempdir().unwrap();
+    let guard = spawn_probe(&lab, spool.path());
+    let upnp_added = |lab: &Lab| {
+        lab.events()
+            .into_iter()
+            .filter(|e| {
+                matches!(&e.event, NatEvent::PortMap(p)
+                    if e.router == "grants"
+                        && p.protocol == PortmapProtocol::Upnp
+                        && p.change == PortmapChange::Added)
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && upnp_added(&lab) < 2 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(upnp_added(&lab), 2, "miniupnpd added both UPnP mappings");
+    let output = interrupt(guard);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "interrupted: {stderr}");
+    assert_eq!(
+        lab.port_mappings("grants").unwrap(),
+        vec![],
+        "nothing left open"
+    );
+
+    let result = RunResult::from_json(std::str::from_utf8(&output.stdout).unwrap())
+        .expect("a result the collector accepts: no raw address");
+    let report = result.port_mapping.expect("port mapping recorded");
+    let protocols: Vec<MappingProtocol> = report.attempts.iter().map(|a| a.protocol).collect();
+    assert_eq!(
+        protocols,
+        [
+            MappingProtocol::Pcp,
+            MappingProtocol::Pcp,
+            MappingProtocol::Natpmp,
+            MappingProtocol::Natpmp,
+            MappingProtocol::Upnp,
+            MappingProtocol::Upnp,
+        ],
+        "{report:#?}"
+    );
+    for attempt in &report.attempts {
+        // The last add may still be in flight when the stop comes (the
+        // router logs the mapping before its answer arrives): then it is
+        // `stopped`, and deleted all the same.
+        assert!(
+            attempt.granted.is_some()
+                || (attempt.protocol == MappingProtocol::Upnp
+                    && attempt.port_role == PortRole::Probe
+                    && attempt.answer == GatewayAnswer::Stopped),
+            "{attempt:#?}"
+        );
+        assert!(
+            attempt.release.as_ref().is_some_and(|r| r.succeeded),
+            "{attempt:#?}"
+        );
+    }
+    let upnp_node = &report.attempts[4];
+    assert_eq!(upnp_node.service.as_deref(), Some("WANIPConnection:2"));
+    assert_eq!(
+        upnp_node
+            .granted
+            .as_ref()
+            .unwrap()
+            .external
+            .as_ref()
+            .unwrap()
+            .net,
+        "203.0.113.0/24"
+    );
 }
 
 /// The ground truth behind "mapped and reachable": while the router holds
@@ -411,7 +541,7 @@ fn a_granted_mapping_is_reachable_from_the_internet_until_it_is_deleted() {
             handle.stop();
             (connected, from)
         });
-        let report = measure_from(&lab, "alice", Duration::from_secs(3600), stop);
+        let report = measure_from(&lab, "alice", PCP_NATPMP, Duration::from_secs(3600), stop);
         (report, checker.join().unwrap())
     });
     let (connected, from) = reached;
@@ -435,12 +565,24 @@ fn a_granted_mapping_is_reachable_from_the_internet_until_it_is_deleted() {
 /// receives it, with each protocol's mapping.
 #[test]
 fn the_echo_servers_dial_back_reaches_the_probe_through_its_mapping() {
-    dial_back_reaches_the_probe_through_its_mapping("pmecho", SCENARIO);
+    dial_back_reaches_the_probe_through_its_mapping(
+        "pmecho",
+        SCENARIO,
+        &[
+            MappingProtocol::Pcp,
+            MappingProtocol::Natpmp,
+            MappingProtocol::Upnp,
+        ],
+    );
 }
 
 /// Runs the probe's client with its reachability check in alice (behind
-/// `grants`); both protocols' mappings must carry the echo server's dial-back.
-fn dial_back_reaches_the_probe_through_its_mapping(lab_name: &str, scenario: &str) {
+/// `grants`); each protocol's mapping must carry the echo server's dial-back.
+fn dial_back_reaches_the_probe_through_its_mapping(
+    lab_name: &str,
+    scenario: &str,
+    protocols: &[MappingProtocol],
+) {
     let lab = start_lab(lab_name, scenario);
     let echo: std::net::SocketAddr = "198.51.100.10:3478".parse().unwrap();
     let _echo = EchoService::start(&lab, &[echo, "198.51.100.11:3478".parse().unwrap()]).unwrap();
@@ -455,6 +597,7 @@ fn dial_back_reaches_the_probe_through_its_mapping(lab_name: &str, scenario: &st
         gateway_of(&lab, "alice"),
         vec![(PortRole::Node, NODE_PORT), (PortRole::Probe, port)],
     );
+    config.protocols = protocols.to_vec();
     config.reach = Some(ReachCheck {
         echo,
         listener,
@@ -474,7 +617,7 @@ fn dial_back_reaches_the_probe_through_its_mapping(lab_name: &str, scenario: &st
             })
         })
         .unwrap();
-    for protocol in [MappingProtocol::Pcp, MappingProtocol::Natpmp] {
+    for &protocol in protocols {
         let probe = report
             .attempts
             .iter()
@@ -500,6 +643,127 @@ fn dial_back_reaches_the_probe_through_its_mapping(lab_name: &str, scenario: &st
     assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
 }
 
+/// UPnP IGD against miniupnpd: SSDP finds the IGDv2 device on the gateway,
+/// AddAnyPortMapping maps both ports on the public address, the router's
+/// nftables state and log show it, and DeletePortMapping leaves nothing.
+#[test]
+fn a_router_with_upnp_grants_both_ports_and_every_mapping_is_deleted() {
+    let lab = start_lab("pmupnp", SCENARIO);
+    let alice = lab.scenario().host("alice").unwrap().address;
+    let (report, seen) = watch_router(&lab, "grants", || {
+        measure_from(&lab, "alice", UPNP, Duration::from_secs(1), Stop::new().1)
+    });
+    assert_eq!(report.attempts.len(), 2, "{report:#?}");
+    for (role, port) in [(PortRole::Node, NODE_PORT), (PortRole::Probe, PROBE_PORT)] {
+        let attempt = report
+            .attempts
+            .iter()
+            .find(|a| a.port_role == role)
+            .unwrap_or_else(|| panic!("{role:?} asked: {report:#?}"));
+        assert_eq!(attempt.protocol, MappingProtocol::Upnp);
+        assert_eq!(attempt.answer, GatewayAnswer::Answered, "{attempt:#?}");
+        assert_eq!(attempt.result.as_deref(), Some("success"), "{attempt:#?}");
+        assert_eq!(attempt.service.as_deref(), Some("WANIPConnection:2"));
+        assert!(attempt.errors.is_empty(), "{:?}", attempt.errors);
+        let granted = attempt.granted.as_ref().expect("granted");
+        assert_eq!(
+            granted.external_port, port,
+            "AddAnyPortMapping kept the port"
+        );
+        assert!(
+            (60..=120).contains(&granted.lifetime_s),
+            "the lease the router reports, bounded as asked: {granted:?}"
+        );
+        assert_eq!(granted.external.as_ref().unwrap().net, "203.0.113.0/24");
+        assert_eq!(granted.external_class, Some(HopClass::Public));
+        let release = attempt.release.as_ref().expect("deleted");
+        assert!(release.succeeded, "{attempt:#?}");
+    }
+    for port in [NODE_PORT, PROBE_PORT] {
+        assert!(
+            seen.contains(&RouterMapping {
+                external_port: port,
+                internal: SocketAddrV4::new(alice, port)
+            }),
+            "nftables showed {port} mapped to alice: {seen:?}"
+        );
+    }
+    assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+    let upnp_events: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            NatEvent::PortMap(p) if e.router == "grants" && p.protocol == PortmapProtocol::Upnp => {
+                Some(p)
+            }
+            _ => None,
+        })
+        .collect();
+    for change in [PortmapChange::Added, PortmapChange::Removed] {
+        assert!(
+            upnp_events
+                .iter()
+                .any(|e| e.change == change && e.external_port == Some(NODE_PORT)),
+            "UPnP {change:?} of {NODE_PORT} logged: {upnp_events:?}"
+        );
+    }
+}
+
+/// A router whose firewall drops port 1900 gives UPnP `timeout` after the
+/// search's bound; one that runs nothing there answers ICMP (`refused`).
+/// A stop while the router holds UPnP mappings deletes them at once.
+#[test]
+fn upnp_silence_refusal_and_a_stop_while_holding() {
+    let lab = start_lab("pmupsil", SCENARIO);
+    let started = Instant::now();
+    let silent = measure_from(&lab, "carol", UPNP, Duration::from_secs(1), Stop::new().1);
+    assert_eq!(silent.attempts.len(), 2);
+    for attempt in &silent.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Timeout, "{attempt:#?}");
+        assert_eq!(attempt.requests_sent, 6, "three rounds of two M-SEARCH");
+        assert!(attempt.granted.is_none() && attempt.release.is_none());
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(3400) && waited < Duration::from_secs(8),
+        "the search's 3.5 s: {waited:?}"
+    );
+    let plain = measure_from(&lab, "dave", UPNP, Duration::from_secs(1), Stop::new().1);
+    for attempt in &plain.attempts {
+        assert_eq!(attempt.answer, GatewayAnswer::Refused, "{attempt:#?}");
+    }
+
+    let (handle, stop) = Stop::new();
+    let started = Instant::now();
+    let (report, held) = std::thread::scope(|scope| {
+        let stopper = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut held = Vec::new();
+            while Instant::now() < deadline && held.len() < 2 {
+                std::thread::sleep(Duration::from_millis(20));
+                held = lab.port_mappings("grants").unwrap();
+            }
+            handle.stop();
+            held
+        });
+        let report = measure_from(&lab, "alice", UPNP, Duration::from_secs(3600), stop);
+        (report, stopper.join().unwrap())
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the hold was cut"
+    );
+    assert_eq!(held.len(), 2, "both ports were mapped: {held:?}");
+    for attempt in &report.attempts {
+        assert!(attempt.granted.is_some(), "{attempt:#?}");
+        assert!(
+            attempt.release.as_ref().is_some_and(|r| r.succeeded),
+            "{attempt:#?}"
+        );
+    }
+    assert_eq!(lab.port_mappings("grants").unwrap(), vec![], "nothing left");
+}
+
 // The emulator's routers: the same client against its own responder.
 
 #[test]
@@ -507,7 +771,13 @@ fn an_emulator_router_grants_both_protocols_in_its_table_and_every_mapping_is_de
     let lab = start_lab("pmemu", EMULATOR_SCENARIO);
     let alice = lab.scenario().host("alice").unwrap().address;
     let (report, seen) = watch_router(&lab, "grants", || {
-        measure_from(&lab, "alice", Duration::from_secs(1), Stop::new().1)
+        measure_from(
+            &lab,
+            "alice",
+            PCP_NATPMP,
+            Duration::from_secs(1),
+            Stop::new().1,
+        )
     });
     assert_eq!(report.attempts.len(), 4, "{report:#?}");
     for attempt in &report.attempts {
@@ -556,7 +826,13 @@ fn an_emulator_router_grants_both_protocols_in_its_table_and_every_mapping_is_de
 #[test]
 fn an_emulator_router_refuses_stays_silent_or_answers_icmp_as_configured() {
     let lab = start_lab("pmemurf", EMULATOR_SCENARIO);
-    let refused = measure_from(&lab, "bob", Duration::from_secs(1), Stop::new().1);
+    let refused = measure_from(
+        &lab,
+        "bob",
+        PCP_NATPMP,
+        Duration::from_secs(1),
+        Stop::new().1,
+    );
     assert_eq!(refused.attempts.len(), 4);
     for attempt in &refused.attempts {
         assert_eq!(attempt.answer, GatewayAnswer::Answered, "{attempt:#?}");
@@ -567,11 +843,23 @@ fn an_emulator_router_refuses_stays_silent_or_answers_icmp_as_configured() {
         .events()
         .iter()
         .all(|e| !matches!(e.event, NatEvent::PortMap(_))));
-    let silent = measure_from(&lab, "carol", Duration::from_secs(1), Stop::new().1);
+    let silent = measure_from(
+        &lab,
+        "carol",
+        PCP_NATPMP,
+        Duration::from_secs(1),
+        Stop::new().1,
+    );
     for attempt in &silent.attempts {
         assert_eq!(attempt.answer, GatewayAnswer::Timeout, "{attempt:#?}");
     }
-    let plain = measure_from(&lab, "dave", Duration::from_secs(1), Stop::new().1);
+    let plain = measure_from(
+        &lab,
+        "dave",
+        PCP_NATPMP,
+        Duration::from_secs(1),
+        Stop::new().1,
+    );
     for attempt in &plain.attempts {
         assert_eq!(attempt.answer, GatewayAnswer::Refused, "{attempt:#?}");
     }
@@ -579,7 +867,7 @@ fn an_emulator_router_refuses_stays_silent_or_answers_icmp_as_configured() {
 
 #[test]
 fn the_echo_servers_dial_back_reaches_the_probe_through_an_emulator_mapping() {
-    dial_back_reaches_the_probe_through_its_mapping("pmemuecho", EMULATOR_SCENARIO);
+    dial_back_reaches_the_probe_through_its_mapping("pmemuecho", EMULATOR_SCENARIO, PCP_NATPMP);
 }
 
 #[test]

@@ -18,7 +18,7 @@
 //! - [`trial`]: punching strategies and the record of one trial as one side saw it.
 //! - [`plan`]: probe plans (what a pairing measures), validated on load.
 //! - [`portmap`]: what the default gateway answered to port mapping
-//!   requests (PCP, NAT-PMP) and whether the mapping was removed.
+//!   requests (PCP, NAT-PMP, UPnP IGD) and whether the mapping was removed.
 //! - [`result`]: the result of one probe run ([`result::RunResult`], schema
 //!   version 1), the document uploaded to and stored by the collector, with
 //!   its JSON Schema.

@@ -1,4 +1,4 @@
-//! Port mapping records: what the default gateway answered when the probe asked it to open a TCP port (PCP, NAT-PMP), and whether the mapping was removed again.
+//! Port mapping records: what the default gateway answered when the probe asked it to open a TCP port (PCP, NAT-PMP, UPnP IGD), and whether the mapping was removed again.
 //!
 //! A [`PortMappingReport`] is an optional part of a [`crate::result::RunResult`]
 //! (added within schema version 1: absent in older results and in reference
@@ -54,6 +54,9 @@ pub enum MappingProtocol {
     Pcp,
     /// NAT Port Mapping Protocol, RFC 6886 (version 0).
     Natpmp,
+    /// UPnP Internet Gateway Device (IGDv1 or IGDv2): SSDP discovery, then
+    /// SOAP AddPortMapping / AddAnyPortMapping. Added within schema version 1.
+    Upnp,
     /// A protocol a newer punchscope added.
     #[serde(other)]
     Other,
@@ -120,6 +123,10 @@ pub struct MappingAttempt {
     /// one asked (0 to a PCP request: the gateway speaks only NAT-PMP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_version: Option<u8>,
+    /// UPnP: the gateway's service that was asked (`WANIPConnection:2`,
+    /// `WANIPConnection:1`, `WANPPPConnection:1`); 2 offers AddAnyPortMapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// The mapping, when one was granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted: Option<GrantedMapping>,
@@ -249,6 +256,7 @@ fn protocol_words(protocol: MappingProtocol) -> &'static str {
     match protocol {
         MappingProtocol::Pcp => "PCP",
         MappingProtocol::Natpmp => "NAT-PMP",
+        MappingProtocol::Upnp => "UPnP IGD",
         MappingProtocol::Other => "another protocol",
     }
 }
@@ -272,9 +280,14 @@ impl MappingAttempt {
                     Some(r) if r.succeeded => "then deleted",
                     _ => "deletion not confirmed (it expires by itself)",
                 };
+                // IGDv1: a lease of 0 is a permanent mapping.
+                let lifetime = match (self.protocol, g.lifetime_s) {
+                    (MappingProtocol::Upnp, 0) => "permanently".to_string(),
+                    (_, s) => format!("for {s} s"),
+                };
                 format!(
-                    "granted port {port} as {} for {} s{behind}, {deleted}",
-                    g.external_port, g.lifetime_s
+                    "granted port {port} as {} {lifetime}{behind}, {deleted}",
+                    g.external_port
                 )
             }
             (None, GatewayAnswer::Answered) => match (self.server_version, &self.result) {
@@ -286,6 +299,9 @@ impl MappingAttempt {
                 (_, None) => format!("answered for port {port} without a mapping"),
             },
             (None, GatewayAnswer::Timeout) => "no answer".into(),
+            (None, GatewayAnswer::Refused) if self.protocol == MappingProtocol::Upnp => {
+                "refused: nothing listens on the gateway's port 1900 or its UPnP server".into()
+            }
             (None, GatewayAnswer::Refused) => {
                 "refused: nothing listens on the gateway's port 5351".into()
             }
@@ -313,6 +329,7 @@ mod tests {
             result_code: None,
             result: None,
             server_version: None,
+            service: None,
             granted: None,
             renewals: 0,
             lost_state: 0,

@@ -39,8 +39,8 @@ without storing who you are. The full address is never written to disk or logs.
 To punch holes, your peer for the trials learns your public address and port
 for each trial, and your NAT type, through the coordinator.
 
-Unless you pass --no-portmap, the probe asks your router (PCP, NAT-PMP) to
-open your node's port and one of its own for a moment, has the echo server
+Unless you pass --no-portmap, the probe asks your router (PCP, NAT-PMP,
+UPnP IGD) to open your node's port and one of its own for a moment, has the echo server
 check that its own port is reachable at your address, deletes the mappings
 before it goes on, and records what the router answered (codes, lifetimes,
 ports, the external address's network part, reachable or not).

@@ -775,6 +775,7 @@ mod tests {
                 result_code: Some(0),
                 result: Some("success".into()),
                 server_version: None,
+                service: None,
                 granted: Some(GrantedMapping {
                     lifetime_s: 120,
                     external: Some(MaskedEndpoint::new(sa("203.0.113.2:8333"))),

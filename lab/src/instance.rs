@@ -125,7 +125,7 @@ pub struct RouterInfo {
     pub allocation: Option<String>,
     pub unsolicited: String,
     pub delay_ms: f64,
-    /// The router answers NAT-PMP and PCP (a kernel router running miniupnpd).
+    /// The router answers port mapping: NAT-PMP and PCP, UPnP IGD or both (`portmap`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub portmap: bool,
 }
@@ -323,7 +323,7 @@ impl Lab {
                     allocation,
                     unsolicited: c.unsolicited.to_string(),
                     delay_ms: c.uplink.delay.as_secs_f64() * 1e3,
-                    portmap: r.portmap.enabled,
+                    portmap: r.portmap.offers_any(),
                 }
             })
             .collect();
@@ -592,7 +592,7 @@ impl Lab {
             .scenario
             .routers
             .iter()
-            .filter(|r| r.portmap.enabled && r.backend() == Backend::Kernel)
+            .filter(|r| r.portmap.offers_any() && r.backend() == Backend::Kernel)
             .cloned()
             .collect();
         for router in routers.iter().filter(|r| r.portmap.refuse) {
@@ -601,7 +601,10 @@ impl Lab {
                 router.config.gateway_ip,
             )?);
         }
-        let routers: Vec<RouterSpec> = routers.into_iter().filter(|r| !r.portmap.refuse).collect();
+        let routers: Vec<RouterSpec> = routers
+            .into_iter()
+            .filter(|r| r.portmap.runs_miniupnpd())
+            .collect();
         if routers.is_empty() {
             return Ok(());
         }
@@ -618,6 +621,7 @@ impl Lab {
                 &router.name,
                 &portmap_dir(&self.name, &router.name),
                 &config,
+                router.portmap.ready_lines(),
                 self.events.clone(),
             )?;
             self.miniupnpd.push(daemon);

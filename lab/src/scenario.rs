@@ -301,24 +301,27 @@ fn portmap_spec(
                 "portmap needs a NAT (mapping other than \"none\"): a router without translation has nothing to map".into(),
             ));
         }
-        if list.contains(&PortmapSetting::Upnp) {
+        spec.upnp = list.contains(&PortmapSetting::Upnp);
+        if spec.upnp && !kernel {
             return Err(at(
                 protocols.span(),
-                "portmap = \"upnp\" (UPnP IGD) is not offered by the lab yet: use [\"natpmp\", \"pcp\"]".into(),
+                "portmap = \"upnp\" (UPnP IGD) is played by miniupnpd on kernel routers only (backend = \"kernel\")".into(),
             ));
         }
-        if !(list.contains(&PortmapSetting::Natpmp) && list.contains(&PortmapSetting::Pcp)) {
+        let natpmp = list.contains(&PortmapSetting::Natpmp);
+        let pcp = list.contains(&PortmapSetting::Pcp);
+        if natpmp != pcp {
             return Err(at(
                 protocols.span(),
-                "the lab's routers answer NAT-PMP and PCP together (miniupnpd has one switch for both): give portmap = [\"natpmp\", \"pcp\"]".into(),
+                "the lab's routers answer NAT-PMP and PCP together (miniupnpd has one switch for both): give both \"natpmp\" and \"pcp\", or neither".into(),
             ));
         }
-        spec.enabled = true;
+        spec.enabled = natpmp && pcp;
     }
     let needs_portmap = |span: std::ops::Range<usize>, key: &str| {
         Err(at(
             span,
-            format!("{key} needs portmap = [\"natpmp\", \"pcp\"]"),
+            format!("{key} needs portmap (\"natpmp\" and \"pcp\", \"upnp\")"),
         ))
     };
     if let Some(v) = &nat.portmap_min_lifetime_s {
@@ -358,6 +361,12 @@ fn portmap_spec(
     if let Some(v) = &nat.portmap_refuse {
         if !enabled {
             return needs_portmap(v.span(), "portmap_refuse");
+        }
+        if spec.upnp && *v.get_ref() {
+            return Err(at(
+                v.span(),
+                "portmap_refuse plays a router refusing NAT-PMP and PCP; the lab has no refusing UPnP router: leave \"upnp\" out".into(),
+            ));
         }
         spec.refuse = *v.get_ref();
     }
@@ -1056,7 +1065,8 @@ nat = "cgn"
 
         for (keys, expected) in [
             ("portmap = [\"pcp\"]", "one switch"),
-            ("portmap = [\"natpmp\", \"pcp\", \"upnp\"]", "UPnP IGD"),
+            ("portmap = [\"upnp\", \"pcp\"]", "one switch"),
+            ("portmap = [\"upnp\"]\nportmap_refuse = true", "no refusing UPnP"),
             ("portmap = [\"natpmp\", \"pcp\"]\nportmap_closed = \"drop\"", "portmap_closed"),
             ("portmap_refuse = true", "portmap_refuse needs portmap"),
             ("portmap = [\"natpmp\", \"pcp\"]\nportmap_ports = [9000, 8000]", "1 <= low <= high"),
@@ -1081,6 +1091,16 @@ nat = "cgn"
             "mapping = \"none\"\nportmap = [\"natpmp\", \"pcp\"]",
         ));
         assert!(e.contains("line 4") && e.contains("nothing to map"), "{e}");
+        let s = Scenario::parse(&kernel("portmap = [\"natpmp\", \"pcp\", \"upnp\"]")).unwrap();
+        assert!(s.routers[0].portmap.enabled && s.routers[0].portmap.upnp);
+        let s = Scenario::parse(&kernel("portmap = [\"upnp\"]")).unwrap();
+        let p = &s.routers[0].portmap;
+        assert!(!p.enabled && p.upnp && p.runs_miniupnpd());
+        let e = error_of(&emulator("portmap = [\"upnp\"]"));
+        assert!(
+            e.contains("line 3") && e.contains("kernel routers only"),
+            "{e}"
+        );
         let e = error_of(&kernel("portmap = [\"igd\"]"));
         assert!(e.contains("line 4"), "{e}");
     }
@@ -1091,6 +1111,8 @@ nat = "cgn"
         let s = Scenario::load(Path::new(path)).unwrap();
         let enabled: Vec<bool> = s.routers.iter().map(|r| r.portmap.enabled).collect();
         assert_eq!(enabled, [true, true, false, false]);
+        let upnp: Vec<bool> = s.routers.iter().map(|r| r.portmap.upnp).collect();
+        assert_eq!(upnp, [true, false, false, false]);
         assert!(s.routers[1].portmap.refuse);
         assert_eq!(s.routers[2].portmap.closed, ClosedAnswer::Drop);
     }

@@ -97,7 +97,7 @@ pub struct ProbeArgs {
     /// No progress output.
     #[arg(long)]
     quiet: bool,
-    /// Do not ask your router to open ports (PCP, NAT-PMP) during the run.
+    /// Do not ask your router to open ports (PCP, NAT-PMP, UPnP IGD) during the run.
     #[arg(long)]
     no_portmap: bool,
     /// Your Bitcoin node's port: the router is asked to map it, then the mapping is deleted.
@@ -191,7 +191,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
                 display.line(format!("Your NAT: {}", verdict.summary()))
             }
             Progress::PortMapping => display.status(
-                "asking your router to map ports (PCP, NAT-PMP); every mapping is deleted again",
+                "asking your router to map ports (PCP, NAT-PMP, UPnP IGD); every mapping is deleted again",
             ),
             Progress::PortMapped { report } => {
                 display.line(format!("Port mapping: {}", report.summary()))
@@ -319,7 +319,7 @@ impl Consent<'_> {
         }
         match self.node_port {
             Some(port) => text.push_str(&format!(
-                "Port mapping: your router is asked (PCP, NAT-PMP) to open TCP port {port} and one port of this probe for about a second, and the echo server checks that the probe's port is reachable at your own address; every mapping it grants is deleted before the run goes on, also on Ctrl-C (--no-portmap skips this)\n"
+                "Port mapping: your router is asked (PCP, NAT-PMP, UPnP IGD) to open TCP port {port} and one port of this probe for about a second, and the echo server checks that the probe's port is reachable at your own address; every mapping it grants is deleted before the run goes on, also on Ctrl-C (--no-portmap skips this)\n"
             )),
             None => text.push_str("Port mapping: not asked (--no-portmap)\n"),
         }

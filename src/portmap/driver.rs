@@ -19,6 +19,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::session::{IcmpError, Session, SessionSpec};
+use super::upnp::SSDP_PORT;
+use super::upnp_driver::{measure_upnp, UpnpLimits};
 use super::{Schedule, DEFAULT_LIFETIME_S, SERVER_PORT};
 use crate::probe::Stop;
 
@@ -43,6 +45,10 @@ pub struct PortMapConfig {
     /// Checks a granted mapping of the probe's own port from the internet
     /// during the hold; `None` skips it.
     pub reach: Option<ReachCheck>,
+    /// The gateway's SSDP port for UPnP IGD ([`super::upnp::SSDP_PORT`]; tests give a loopback responder's).
+    pub ssdp_port: u16,
+    /// UPnP IGD's search rounds and HTTP exchange bound.
+    pub upnp: UpnpLimits,
 }
 
 /// "Mapped and reachable": the echo server is asked to dial our own public
@@ -67,17 +73,24 @@ struct Settled {
 }
 
 impl PortMapConfig {
-    /// PCP then NAT-PMP at `gateway`'s port 5351, RFC schedules (bounded), a short lifetime.
+    /// PCP then NAT-PMP at `gateway`'s port 5351, RFC schedules (bounded),
+    /// then UPnP IGD at its port 1900; a short lifetime.
     pub fn for_gateway(gateway: IpAddr, ports: Vec<(PortRole, u16)>) -> Self {
         PortMapConfig {
             gateway: SocketAddr::new(gateway, SERVER_PORT),
-            protocols: vec![MappingProtocol::Pcp, MappingProtocol::Natpmp],
+            protocols: vec![
+                MappingProtocol::Pcp,
+                MappingProtocol::Natpmp,
+                MappingProtocol::Upnp,
+            ],
             ports,
             lifetime_s: DEFAULT_LIFETIME_S,
             hold: Duration::from_secs(1),
             pcp_schedule: Schedule::pcp(),
             natpmp_schedule: Schedule::natpmp(),
             reach: None,
+            ssdp_port: SSDP_PORT,
+            upnp: UpnpLimits::default(),
         }
     }
 
@@ -110,9 +123,11 @@ pub async fn measure(
         if stop.is_stopped() {
             break;
         }
-        report
-            .attempts
-            .extend(measure_protocol(config, protocol, stop).await?);
+        let attempts = match protocol {
+            MappingProtocol::Upnp => measure_upnp(config, stop).await?,
+            _ => measure_protocol(config, protocol, stop).await?,
+        };
+        report.attempts.extend(attempts);
     }
     Ok(report)
 }
@@ -216,7 +231,7 @@ async fn measure_protocol(
 
 /// Asks the echo server to dial our public address at `external_port` and
 /// watches the probe's listener; every outcome is a record.
-async fn check_reach(reach: &ReachCheck, external_port: u16) -> Reachability {
+pub(super) async fn check_reach(reach: &ReachCheck, external_port: u16) -> Reachability {
     let failed = |error: String| Reachability {
         reached: false,
         server_outcome: None,
@@ -423,6 +438,8 @@ mod tests {
             pcp_schedule: fast(100),
             natpmp_schedule: fast(50),
             reach: None,
+            ssdp_port: SSDP_PORT,
+            upnp: UpnpLimits::default(),
         }
     }
 

@@ -1,23 +1,28 @@
-//! Port mapping: asks the default gateway to open the node's port (PCP, NAT-PMP), records what it answered, and deletes what it granted.
+//! Port mapping: asks the default gateway to open the node's port (PCP, NAT-PMP, UPnP IGD), records what it answered, and deletes what it granted.
 //!
 //! Layout: [`natpmp`] and [`pcp`] are the wire formats (sans-io, strict
 //! bounded parsing); [`session`] is one request's state machine
 //! (retransmissions, epoch checks, ANNOUNCE, renewal, deletion; sans-io,
 //! time passed in); [`gateway`] finds the default gateway; `driver`
 //! ([`measure`]) runs sessions over UDP sockets to the gateway's port 5351
-//! and nowhere else. docs/portmap.md says why these are written here
-//! rather than taken from a crate.
+//! and nowhere else. [`upnp`] is UPnP IGD's SSDP, URL checks, bounded HTTP
+//! reading, description and SOAP (sans-io); `upnp_driver` runs it against
+//! the gateway's port 1900 and the HTTP server it names on its own address.
+//! docs/portmap.md says why these are written here rather than taken from a crate.
 
 pub mod gateway;
 pub mod natpmp;
 pub mod pcp;
 pub mod session;
+pub mod upnp;
 
 mod driver;
+mod upnp_driver;
 
 use std::time::{Duration, Instant};
 
 pub use driver::{measure, PortMapConfig, PortMapError, ReachCheck};
+pub use upnp_driver::UpnpLimits;
 
 /// The gateway's port for both PCP and NAT-PMP (RFC 6887 section 19.1).
 pub const SERVER_PORT: u16 = 5351;

@@ -132,6 +132,7 @@ impl Session {
             result_code: None,
             result: None,
             server_version: None,
+            service: None,
             granted: None,
             renewals: 0,
             lost_state: 0,

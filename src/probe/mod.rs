@@ -49,7 +49,7 @@ pub enum Progress {
     Classifying,
     /// NAT classification ended with this verdict.
     Classified { verdict: Box<Verdict> },
-    /// Asking the default gateway for port mappings (PCP, NAT-PMP).
+    /// Asking the default gateway for port mappings (PCP, NAT-PMP, UPnP IGD).
     PortMapping,
     /// Port mapping done: every mapping granted is deleted again.
     PortMapped { report: Box<PortMappingReport> },

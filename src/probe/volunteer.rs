@@ -49,7 +49,7 @@ pub struct RunOptions {
     pub addresses: AddressPolicy,
     /// Bridge mode: hand every punched socket to this node (`--node`).
     pub node: Option<NodeOptions>,
-    /// Ask the default gateway to map ports (PCP, NAT-PMP), hold them a
+    /// Ask the default gateway to map ports (PCP, NAT-PMP, UPnP IGD), hold them a
     /// moment and delete them; `None` when the volunteer said no (`--no-portmap`).
     pub port_mapping: Option<PortMapOptions>,
 }

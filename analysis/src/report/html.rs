@@ -631,7 +631,7 @@ fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
     }
 }
 
-/// Port mapping (PCP, NAT-PMP): shown once any volunteer's run has a record.
+/// Port mapping (PCP, NAT-PMP, UPnP IGD): shown once any volunteer's run has a record.
 fn portmap_section(h: &mut String, summary: &Summary) {
     let pm = &summary.port_mapping;
     if pm.runs == 0 {
@@ -649,11 +649,15 @@ fn portmap_section(h: &mut String, summary: &Summary) {
         let name = match row.protocol.as_str() {
             "pcp" => "PCP".to_string(),
             "natpmp" => "NAT-PMP".to_string(),
+            "upnp" => "UPnP IGD".to_string(),
             other => esc(other),
         };
-        let lifetime = row.lifetime_s.map_or("–".to_string(), |l| {
+        let mut lifetime = row.lifetime_s.map_or("–".to_string(), |l| {
             format!("{:.0} / {:.0} / {:.0}", l.min, l.median, l.max)
         });
+        if row.permanent > 0 {
+            let _ = write!(lifetime, "; permanent {}", row.permanent);
+        }
         let _ = writeln!(
             h,
             "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{}</td><td>{lifetime}</td><td>{}</td><td>{}</td></tr>",
@@ -667,7 +671,8 @@ fn portmap_section(h: &mut String, summary: &Summary) {
             counts(&row.results)
         );
     }
-    h.push_str("</table>\n<p class=note><em>refused</em>: ICMP port unreachable, nothing listens on the router's port 5351. \
+    h.push_str("</table>\n<p class=note><em>refused</em>: ICMP port unreachable, nothing listens on the router's port 5351 (UPnP IGD: 1900, or its HTTP server refused). \
+                <em>permanent</em>: UPnP mappings the router held with lease 0 (no expiry), though 120 s was asked. \
                 A mapping on a private or 100.64/10 external address sits behind another NAT (often carrier-grade) and opens nothing on the internet. \
                 <em>Reachable</em>: the echo server dialed the volunteer's own public address at the port granted for the probe's own port, and the probe received it (of the runs where that was tried).</p>\n</section>\n");
 }

@@ -36,6 +36,7 @@ struct ProtocolTally {
     answers: BTreeMap<String, u64>,
     results: BTreeMap<String, u64>,
     lifetimes: Vec<f64>,
+    permanent: u64,
 }
 
 fn name_of<T: Serialize + std::fmt::Debug>(value: &T) -> String {
@@ -129,7 +130,12 @@ impl ProtocolTally {
                 Some(HopClass::Public) => self.granted_public += 1,
                 _ => {}
             }
-            self.lifetimes.push(f64::from(granted.lifetime_s));
+            // UPnP's lease 0 is a permanent mapping (IGDv1), not a short one.
+            if attempt.protocol == MappingProtocol::Upnp && granted.lifetime_s == 0 {
+                self.permanent += 1;
+            } else {
+                self.lifetimes.push(f64::from(granted.lifetime_s));
+            }
             if attempt.release.as_ref().is_some_and(|r| r.succeeded) {
                 self.deleted += 1;
             }
@@ -156,6 +162,7 @@ impl ProtocolTally {
             answers: self.answers.clone(),
             results: self.results.clone(),
             lifetime_s,
+            permanent: self.permanent,
         }
     }
 }
@@ -174,7 +181,7 @@ pub struct PortMappingSummary {
 /// One protocol: of the runs that asked with it, for the node's port.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProtocolRow {
-    /// `pcp` or `natpmp`.
+    /// `pcp`, `natpmp` or `upnp`.
     pub protocol: String,
     /// Runs that asked with this protocol.
     pub asked: u64,
@@ -197,8 +204,12 @@ pub struct ProtocolRow {
     pub answers: BTreeMap<String, u64>,
     /// Answered runs per result (`success`, `not_authorized`, ...).
     pub results: BTreeMap<String, u64>,
-    /// Granted lifetimes, in seconds.
+    /// Granted lifetimes, in seconds (permanent UPnP mappings left out).
     pub lifetime_s: Option<LifetimeSummary>,
+    /// UPnP: mappings the router reported as permanent (lease 0), though a
+    /// bounded lease was asked. Summaries from before it have none.
+    #[serde(default)]
+    pub permanent: u64,
 }
 
 fn no_proportion() -> Proportion {
@@ -235,6 +246,7 @@ mod tests {
             result_code: None,
             result: result.map(str::to_string),
             server_version: None,
+            service: None,
             granted: granted.map(|(lifetime_s, class, _)| GrantedMapping {
                 lifetime_s,
                 external: None,
@@ -295,8 +307,50 @@ mod tests {
             attempt(Natpmp, Timeout, None, None),
         ]));
         tally.add(&PortMappingReport::skipped(PortMappingSkipped::Declined));
+        // UPnP beside them: one permanent grant, one fault, one silent search.
+        let mut permanent = attempt(
+            Upnp,
+            Answered,
+            Some("success"),
+            Some((0, HopClass::Public, true)),
+        );
+        permanent.service = Some("WANIPConnection:1".into());
+        tally.add(&run(vec![permanent]));
+        tally.add(&run(vec![attempt(
+            Upnp,
+            Answered,
+            Some("conflict_in_mapping_entry"),
+            None,
+        )]));
+        tally.add(&run(vec![attempt(
+            Upnp,
+            Answered,
+            Some("success"),
+            Some((3600, HopClass::Public, true)),
+        )]));
+        tally.add(&run(vec![attempt(Upnp, Timeout, None, None)]));
         let summary = tally.summary();
-        assert_eq!(summary.runs, 4);
+        let upnp = summary
+            .protocols
+            .iter()
+            .find(|p| p.protocol == "upnp")
+            .expect("UPnP is a protocol row like the others");
+        assert_eq!(upnp.asked, 4);
+        assert_eq!((upnp.answered.successes, upnp.granted.successes), (3, 2));
+        assert_eq!(upnp.granted_public.successes, 2);
+        assert_eq!((upnp.deleted.successes, upnp.deleted.n), (2, 2));
+        assert_eq!(upnp.results.get("conflict_in_mapping_entry"), Some(&1));
+        assert_eq!(upnp.answers.get("timeout"), Some(&1));
+        assert_eq!(upnp.permanent, 1, "lease 0 counted apart");
+        assert_eq!(
+            upnp.lifetime_s,
+            Some(LifetimeSummary {
+                min: 3600.0,
+                median: 3600.0,
+                max: 3600.0
+            })
+        );
+        assert_eq!(summary.runs, 8);
         assert_eq!(summary.skipped.get("declined"), Some(&1));
         let pcp = summary
             .protocols

@@ -818,6 +818,7 @@ fn port_mapping_is_tallied_per_volunteer_run_and_shown_escaped() {
         result_code: None,
         result: (answer == GatewayAnswer::Answered).then(|| result.to_string()),
         server_version: None,
+        service: None,
         granted: granted.map(|lifetime_s| GrantedMapping {
             lifetime_s,
             external: None,

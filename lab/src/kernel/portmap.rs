@@ -1,4 +1,4 @@
-//! Port mapping on kernel routers: Debian's miniupnpd (nftables backend) in the router namespace, answering NAT-PMP and PCP on the LAN as many home routers do.
+//! Port mapping on kernel routers: Debian's miniupnpd (nftables backend) in the router namespace, answering NAT-PMP and PCP, and UPnP IGD, on the LAN as many home routers do.
 //!
 //! Sans-io here: the scenario's port mapping settings ([`PortmapSpec`]), the
 //! miniupnpd configuration file ([`miniupnpd_config`]), the nftables table
@@ -37,6 +37,8 @@ pub const TABLE: &str = "punchscope_portmap";
 pub const DNAT_CHAIN: &str = "prerouting_miniupnpd";
 /// The port NAT-PMP and PCP servers listen on.
 pub const SERVER_PORT: u16 = 5351;
+/// The port UPnP's SSDP listens on.
+pub const SSDP_PORT: u16 = 1900;
 /// How long miniupnpd may take to start (its STUN check waits up to 3 s a round).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -56,6 +58,8 @@ pub enum ClosedAnswer {
 pub struct PortmapSpec {
     /// miniupnpd runs and answers NAT-PMP and PCP (one switch in miniupnpd).
     pub enabled: bool,
+    /// miniupnpd runs and answers UPnP IGD (SSDP on port 1900, its HTTP server).
+    pub upnp: bool,
     /// miniupnpd's `min_lifetime` / `max_lifetime` (PCP lifetimes are held within them).
     pub min_lifetime_s: u32,
     pub max_lifetime_s: u32,
@@ -72,12 +76,38 @@ impl Default for PortmapSpec {
     fn default() -> Self {
         PortmapSpec {
             enabled: false,
+            upnp: false,
             min_lifetime_s: 120,
             max_lifetime_s: 86400,
             ports: (1024, 65535),
             refuse: false,
             closed: ClosedAnswer::Icmp,
         }
+    }
+}
+
+impl PortmapSpec {
+    /// Whether miniupnpd runs on the router (a refusing router runs the
+    /// lab's [`Refuser`] instead).
+    pub fn runs_miniupnpd(&self) -> bool {
+        (self.enabled && !self.refuse) || self.upnp
+    }
+
+    /// Whether the router answers any port mapping protocol at all.
+    pub fn offers_any(&self) -> bool {
+        self.enabled || self.upnp
+    }
+
+    /// The lines miniupnpd logs once it listens for what it answers.
+    pub fn ready_lines(&self) -> Vec<&'static str> {
+        let mut lines = Vec::new();
+        if self.enabled {
+            lines.push("Listening for NAT-PMP/PCP traffic");
+        }
+        if self.upnp {
+            lines.push("HTTP listening on port");
+        }
+        lines
     }
 }
 
@@ -89,8 +119,8 @@ pub fn miniupnpd_config(spec: &PortmapSpec, lan_net: Ipv4Addr, stun: SocketAddrV
         "# Written by punchscope's lab for one kernel router; removed with it.
 ext_ifname={WAN_DEVICE}
 listening_ip={LAN_DEVICE}
-enable_natpmp=yes
-enable_upnp=no
+enable_natpmp={}
+enable_upnp={}
 ext_perform_stun=yes
 ext_stun_host={}
 ext_stun_port={}
@@ -106,6 +136,8 @@ upnp_nat_postrouting_chain=postrouting_miniupnpd
 allow {low}-{high} {lan_net}/24 {low}-{high}
 deny 0-65535 0.0.0.0/0 0-65535
 ",
+        yes_no(spec.enabled),
+        yes_no(spec.upnp),
         stun.ip(),
         stun.port(),
         spec.min_lifetime_s,
@@ -113,16 +145,24 @@ deny 0-65535 0.0.0.0/0 0-65535
     )
 }
 
+fn yes_no(on: bool) -> &'static str {
+    if on {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
 /// The nftables script (for `nft -f -`, after the router's own rule set)
 /// of a router's port mapping: with miniupnpd, its table and chains, STUN
 /// answers from the lab's servers let in, and DNAT-ed connections forwarded;
-/// without, the [`ClosedAnswer`] of port 5351. `None` when nothing is to add.
+/// without, the [`ClosedAnswer`] of ports 5351 and 1900. `None` when nothing is to add.
 pub fn ruleset(spec: &PortmapSpec, servers: &[Ipv4Addr]) -> Option<String> {
-    if !spec.enabled {
+    if !spec.offers_any() {
         return match spec.closed {
             ClosedAnswer::Icmp => None,
             ClosedAnswer::Drop => Some(format!(
-                "insert rule ip {NAT_TABLE} input iifname \"{LAN_DEVICE}\" udp dport {SERVER_PORT} drop\n"
+                "insert rule ip {NAT_TABLE} input iifname \"{LAN_DEVICE}\" udp dport {{ {SERVER_PORT}, {SSDP_PORT} }} drop\n"
             )),
         };
     }
@@ -198,6 +238,7 @@ pub fn parse_mappings(listing: &str) -> Vec<RouterMapping> {
 pub enum PortmapProtocol {
     Natpmp,
     Pcp,
+    Upnp,
 }
 
 /// What happened to a mapping, as miniupnpd logs it.
@@ -234,6 +275,9 @@ pub struct PortmapEvent {
 /// miniupnpd[13123]: NAT-PMP TCP port 8333 mapping removed
 /// miniupnpd[13123]: PCP MAP: added mapping TCP 9000->192.168.1.2:9000 'PCP MAP 0a1b...'
 /// miniupnpd[13123]: PCP: TCP port 9000 mapping removed
+/// miniupnpd[13123]: AddPortMapping: ext port 8333 to 192.168.1.2:8333 protocol TCP for: punchscope probe leaseduration=120 rhost=
+/// miniupnpd[13123]: redirecting port 8333 to 192.168.1.2:8333 protocol TCP for: punchscope probe
+/// miniupnpd[13123]: DeletePortMapping: external port: 8333, protocol: TCP
 /// ```
 pub fn parse_log_line(line: &str) -> Option<PortmapEvent> {
     let text = line.split_once("]: ").map_or(line, |(_, t)| t);
@@ -260,6 +304,53 @@ pub fn parse_log_line(line: &str) -> Option<PortmapEvent> {
             Some(ends),
             lifetime,
         ));
+    }
+    for action in ["AddPortMapping: ext port ", "AddAnyPortMapping: ext port "] {
+        if let Some(rest) = text.strip_prefix(action) {
+            // "8333 to 192.168.1.2:8333 protocol TCP for: ... leaseduration=120 rhost=..."
+            let mut words = rest.split_whitespace();
+            let external = words.next()?.parse().ok()?;
+            let internal = words.nth(1)?.parse().ok()?;
+            let lifetime = rest
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("leaseduration="))
+                .and_then(|l| l.parse().ok());
+            // Logged as the request arrives, like NAT-PMP's.
+            return Some(event(
+                PortmapProtocol::Upnp,
+                PortmapChange::Requested,
+                Some((external, internal)),
+                lifetime,
+            ));
+        }
+    }
+    // Any protocol's mapping, once nftables holds it; NAT-PMP and PCP name
+    // theirs in the description, a UPnP client's is its own (ours: "punchscope probe").
+    if let Some(rest) = text.strip_prefix("redirecting port ") {
+        // "8333 to 192.168.1.2:8333 protocol TCP for: punchscope probe"
+        let (ends, description) = rest.split_once(" for: ")?;
+        if description.starts_with("NAT-PMP") || description.starts_with("PCP") {
+            return None;
+        }
+        let mut words = ends.split_whitespace();
+        let external = words.next()?.parse().ok()?;
+        let internal = words.nth(1)?.parse().ok()?;
+        return Some(event(
+            PortmapProtocol::Upnp,
+            PortmapChange::Added,
+            Some((external, internal)),
+            None,
+        ));
+    }
+    if let Some(rest) = text.strip_prefix("DeletePortMapping: external port: ") {
+        let port = rest.split(',').next()?.trim().parse().ok()?;
+        return Some(PortmapEvent {
+            protocol: PortmapProtocol::Upnp,
+            change: PortmapChange::Removed,
+            external_port: Some(port),
+            internal: None,
+            lifetime_s: None,
+        });
     }
     if let Some(rest) = text.strip_prefix("PCP MAP: added mapping ") {
         let ends = rest.split_whitespace().nth(1).and_then(arrow)?;
@@ -329,12 +420,14 @@ pub struct MiniUpnpd {
 
 impl MiniUpnpd {
     /// Writes the configuration into `dir` (created), starts miniupnpd in
-    /// `netns_name` and waits until it listens for NAT-PMP/PCP.
+    /// `netns_name` and waits until it has logged every one of `ready_lines`
+    /// (it listens for what it answers).
     pub fn start(
         netns_name: &str,
         router: &str,
         dir: &Path,
         config: &str,
+        ready_lines: Vec<&'static str>,
         events: Arc<EventLog>,
     ) -> Result<Self, PortmapError> {
         let files = |source| PortmapError::Files {
@@ -376,10 +469,12 @@ impl MiniUpnpd {
         let reader = std::thread::spawn(move || {
             let mut last = std::collections::VecDeque::new();
             let mut ready = Some(ready_tx);
+            let mut waiting = ready_lines;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let _ = writeln!(log, "{line}");
-                if line.contains("Listening for NAT-PMP/PCP traffic") {
+                waiting.retain(|l| !line.contains(l));
+                if waiting.is_empty() {
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(Ok(()));
                     }
@@ -584,6 +679,7 @@ mod tests {
             "listening_ip=lan\n",
             "enable_natpmp=yes\n",
             "enable_upnp=no\n",
+            "listening_ip=lan\n",
             "ext_stun_host=198.51.100.10\n",
             "min_lifetime=13\n",
             "max_lifetime=600\n",
@@ -620,8 +716,15 @@ mod tests {
         };
         assert_eq!(
             ruleset(&silent, &servers).unwrap(),
-            "insert rule ip punchscope_nat input iifname \"lan\" udp dport 5351 drop\n"
+            "insert rule ip punchscope_nat input iifname \"lan\" udp dport { 5351, 1900 } drop\n"
         );
+        let upnp_only = PortmapSpec {
+            upnp: true,
+            ..PortmapSpec::default()
+        };
+        assert!(ruleset(&upnp_only, &servers)
+            .unwrap()
+            .contains("chain prerouting_miniupnpd {"));
     }
 
     #[test]
@@ -680,6 +783,78 @@ mod tests {
         }
         assert_eq!(refusal(&[], 9), None);
         assert_eq!(refusal(&[2; 2000], 9), None);
+    }
+
+    #[test]
+    fn upnp_switches_on_miniupnpd_and_its_readiness() {
+        let stun: SocketAddrV4 = "198.51.100.10:3478".parse().unwrap();
+        let spec = PortmapSpec {
+            upnp: true,
+            ..PortmapSpec::default()
+        };
+        let text = miniupnpd_config(&spec, Ipv4Addr::new(192, 168, 3, 0), stun);
+        assert!(
+            text.contains("enable_natpmp=no\nenable_upnp=yes\n"),
+            "{text}"
+        );
+        assert!(spec.runs_miniupnpd() && spec.offers_any());
+        assert_eq!(spec.ready_lines(), ["HTTP listening on port"]);
+        let refusing = PortmapSpec {
+            enabled: true,
+            refuse: true,
+            ..PortmapSpec::default()
+        };
+        assert!(!refusing.runs_miniupnpd() && refusing.offers_any());
+        assert!(!PortmapSpec::default().offers_any());
+    }
+
+    #[test]
+    fn upnp_log_lines_become_mapping_events() {
+        let added = parse_log_line(
+            "miniupnpd[7]: AddAnyPortMapping: ext port 8333 to 192.168.77.2:8333 protocol TCP for: punchscope probe leaseduration=120 rhost=",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                added.protocol,
+                added.change,
+                added.external_port,
+                added.lifetime_s
+            ),
+            (
+                PortmapProtocol::Upnp,
+                PortmapChange::Requested,
+                Some(8333),
+                Some(120)
+            )
+        );
+        assert_eq!(added.internal, Some("192.168.77.2:8333".parse().unwrap()));
+        let v1 = parse_log_line(
+            "miniupnpd[7]: AddPortMapping: ext port 9000 to 192.168.77.2:41000 protocol TCP for: x leaseduration=0 rhost=NULL",
+        )
+        .unwrap();
+        assert_eq!((v1.external_port, v1.lifetime_s), (Some(9000), Some(0)));
+        let gone =
+            parse_log_line("miniupnpd[7]: DeletePortMapping: external port: 8333, protocol: TCP")
+                .unwrap();
+        assert_eq!(
+            (gone.protocol, gone.change, gone.external_port),
+            (PortmapProtocol::Upnp, PortmapChange::Removed, Some(8333))
+        );
+        assert!(parse_log_line("miniupnpd[7]: AddPortMapping: ext port x to y").is_none());
+        let added = parse_log_line(
+            "miniupnpd[7]: redirecting port 8333 to 192.168.77.2:8333 protocol TCP for: punchscope probe",
+        )
+        .unwrap();
+        assert_eq!(
+            (added.protocol, added.change, added.external_port),
+            (PortmapProtocol::Upnp, PortmapChange::Added, Some(8333))
+        );
+        assert!(parse_log_line(
+            "miniupnpd[7]: redirecting port 8333 to 192.168.77.2:8333 protocol TCP for: NAT-PMP 8333 tcp"
+        )
+        .is_none(), "NAT-PMP's own lines say it");
+        assert!(parse_log_line("miniupnpd[7]: HTTP listening on port 34567").is_none());
     }
 
     #[test]
