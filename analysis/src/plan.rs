@@ -11,6 +11,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::handshake::{BitcoinNetwork, Transport};
+use std::collections::BTreeMap;
+
+use crate::hardnat::{
+    PairClass, MAX_BIRTHDAY_PORTS, MAX_BIRTHDAY_PPS, MAX_BIRTHDAY_SOCKETS, MAX_PREDICT_WINDOW,
+};
 use crate::trial::Strategy;
 
 /// The plan format version this code reads.
@@ -61,6 +66,31 @@ pub struct Plan {
     /// Deadline for each step of the Bitcoin handshake.
     #[serde(default = "defaults::handshake_step_ms")]
     pub handshake_step_ms: u32,
+    /// Strategy mixes per NAT-pair class (`easy_easy`, `easy_sequential`,
+    /// `easy_random`, `hard_hard`, `unknown`): a pair whose class is listed
+    /// gets each trial's strategy drawn at random from its list (shuffled
+    /// rounds, so each strategy runs equally often); other pairs take
+    /// `strategies` in turn. `predict` may only be listed for
+    /// `easy_sequential`, `birthday` only for `easy_random`.
+    #[serde(default)]
+    pub class_strategies: BTreeMap<PairClass, Vec<Strategy>>,
+    /// `predict`: how many predicted ports (after the hard side's observed
+    /// one, its allocation step apart) the easy side aims at.
+    #[serde(default = "defaults::predict_window")]
+    pub predict_window: u32,
+    /// `birthday`: connections (so NAT mappings) the random side opens (m).
+    #[serde(default = "defaults::birthday_sockets")]
+    pub birthday_sockets: u32,
+    /// `birthday`: random ports of the hard side's address the easy side sends SYNs to (n).
+    #[serde(default = "defaults::birthday_ports")]
+    pub birthday_ports: u32,
+    /// `birthday`: first and last port the easy side draws from (the
+    /// formula's range is their span).
+    #[serde(default = "defaults::birthday_port_range")]
+    pub birthday_port_range: [u16; 2],
+    /// `birthday`: SYNs (connect() calls) per second each side sends at most.
+    #[serde(default = "defaults::birthday_pps")]
+    pub birthday_pps: u32,
 }
 
 mod defaults {
@@ -98,6 +128,21 @@ mod defaults {
     }
     pub fn handshake_step_ms() -> u32 {
         10_000
+    }
+    pub fn predict_window() -> u32 {
+        8
+    }
+    pub fn birthday_sockets() -> u32 {
+        64
+    }
+    pub fn birthday_ports() -> u32 {
+        256
+    }
+    pub fn birthday_port_range() -> [u16; 2] {
+        [1024, 65535]
+    }
+    pub fn birthday_pps() -> u32 {
+        200
     }
 }
 
@@ -187,7 +232,115 @@ impl Plan {
         if !(100..=120_000).contains(&self.handshake_step_ms) {
             return invalid("handshake_step_ms", "must be between 100 and 120000");
         }
+        self.validate_hard_nat()
+    }
+
+    /// The hard-NAT keys: where `predict` and `birthday` may be listed, and
+    /// the hard caps on sockets, ports and packets per second, which no plan
+    /// may exceed (probes hold a coordinator's plan to the same caps).
+    fn validate_hard_nat(&self) -> Result<(), PlanError> {
+        let invalid = |field, problem: String| Err(PlanError::Invalid { field, problem });
+        if let Some(s) = self.strategies.iter().find(|s| s.is_hard_nat()) {
+            return invalid(
+                "strategies",
+                format!(
+                    "`{}` needs a NAT-pair class: list it in class_strategies (predict under easy_sequential, birthday under easy_random)",
+                    s.as_str()
+                ),
+            );
+        }
+        for (class, list) in &self.class_strategies {
+            if list.is_empty() {
+                return invalid(
+                    "class_strategies",
+                    format!("{class} must name at least one strategy"),
+                );
+            }
+            for s in list {
+                let fits = match s {
+                    Strategy::Predict => *class == PairClass::EasySequential,
+                    Strategy::Birthday => *class == PairClass::EasyRandom,
+                    _ => true,
+                };
+                if !fits {
+                    return invalid(
+                        "class_strategies",
+                        format!(
+                            "{class} lists `{}`, which only works for {}",
+                            s.as_str(),
+                            if *s == Strategy::Predict {
+                                "easy_sequential"
+                            } else {
+                                "easy_random"
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+        let caps = [
+            (
+                "predict_window",
+                self.predict_window,
+                MAX_PREDICT_WINDOW,
+                "predicted ports per trial",
+            ),
+            (
+                "birthday_sockets",
+                self.birthday_sockets,
+                MAX_BIRTHDAY_SOCKETS,
+                "sockets per trial",
+            ),
+            (
+                "birthday_ports",
+                self.birthday_ports,
+                MAX_BIRTHDAY_PORTS,
+                "ports sprayed per trial",
+            ),
+            (
+                "birthday_pps",
+                self.birthday_pps,
+                MAX_BIRTHDAY_PPS,
+                "SYNs per second",
+            ),
+        ];
+        for (field, value, cap, what) in caps {
+            if value == 0 || value > cap {
+                return invalid(
+                    field,
+                    format!("{value} is refused: the hard cap is {cap} {what} (at least 1); lower it"),
+                );
+            }
+        }
+        let [first, last] = self.birthday_port_range;
+        if first == 0 || first > last {
+            return invalid(
+                "birthday_port_range",
+                format!("[{first}, {last}] must be [first, last] with 1 <= first <= last"),
+            );
+        }
+        if self.birthday_ports > self.birthday_range() {
+            return invalid(
+                "birthday_ports",
+                format!(
+                    "{} ports cannot be drawn from a range of {}",
+                    self.birthday_ports,
+                    self.birthday_range()
+                ),
+            );
+        }
         Ok(())
+    }
+
+    /// The size of `birthday_port_range` (the formula's range).
+    pub fn birthday_range(&self) -> u32 {
+        let [first, last] = self.birthday_port_range;
+        u32::from(last).saturating_sub(u32::from(first)) + 1
+    }
+
+    /// The strategies a pair of `class` draws from at random, if the plan has a mix for it.
+    pub fn mix_for(&self, class: PairClass) -> Option<&[Strategy]> {
+        self.class_strategies.get(&class).map(Vec::as_slice)
     }
 
     /// The strategy of trial `n`.
@@ -257,6 +410,40 @@ mod tests {
     }
 
     #[test]
+    fn hard_nat_plans_are_held_to_the_caps_and_to_their_classes() {
+        let ok = "version = 1\nname = \"t\"\nclass_strategies = { easy_random = [\"simultaneous\", \"birthday\"], easy_sequential = [\"predict\"] }\nbirthday_sockets = 64\nbirthday_ports = 256\n";
+        let plan = Plan::from_toml(ok).unwrap();
+        assert_eq!(
+            plan.mix_for(PairClass::EasyRandom),
+            Some(&[Strategy::Simultaneous, Strategy::Birthday][..])
+        );
+        assert_eq!(plan.mix_for(PairClass::EasyEasy), None);
+        assert_eq!(plan.birthday_range(), 64512);
+        let e = Plan::from_toml("version = 1\nname = \"t\"\nbirthday_sockets = 10000\n")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "plan field `birthday_sockets`: 10000 is refused: the hard cap is 256 sockets per trial (at least 1); lower it"
+        );
+        let e = Plan::from_toml("version = 1\nname = \"t\"\nbirthday_pps = 5000\n").unwrap_err();
+        assert!(e.to_string().contains("SYNs per second"), "{e}");
+        let e = Plan::from_toml("version = 1\nname = \"t\"\nbirthday_ports = 2000\n").unwrap_err();
+        assert!(e.to_string().contains("birthday_ports"), "{e}");
+        let e = Plan::from_toml("version = 1\nname = \"t\"\nstrategies = [\"birthday\"]\n").unwrap_err();
+        assert!(e.to_string().contains("class_strategies"), "{e}");
+        let e = Plan::from_toml(
+            "version = 1\nname = \"t\"\nclass_strategies = { easy_easy = [\"predict\"] }\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("easy_sequential"), "{e}");
+        let e = Plan::from_toml(
+            "version = 1\nname = \"t\"\nbirthday_ports = 100\nbirthday_port_range = [20000, 20049]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("range of 50"), "{e}");
+    }
+
+    #[test]
     fn a_plan_file_with_an_unknown_key_is_refused_with_its_line() {
         let text = "# a typo on line 4\nversion = 1\nname = \"t\"\nmax_atempts = 3\ntrials = 2\n";
         let e = Plan::from_toml(text).unwrap_err();
@@ -289,7 +476,7 @@ mod tests {
     #[test]
     fn every_field_is_a_known_key() {
         let keys = Plan::keys();
-        assert_eq!(keys.len(), 14, "{keys:?}");
+        assert_eq!(keys.len(), 20, "{keys:?}");
         let default = include_str!("../../probes/default.toml");
         for key in &keys {
             assert!(

@@ -577,6 +577,9 @@ mod tests {
             handshake: Some(handshake),
             node_bridge: None,
             error: None,
+            pair_class: None,
+            drawn_from: None,
+            hard: None,
         }
     }
 

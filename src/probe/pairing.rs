@@ -365,6 +365,9 @@ fn unrun(
         handshake: None,
         node_bridge: None,
         error,
+        pair_class: None,
+        drawn_from: None,
+        hard: None,
     }
 }
 

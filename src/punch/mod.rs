@@ -145,6 +145,9 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
         handshake: None,
         node_bridge: None,
         error: None,
+        pair_class: None,
+        drawn_from: None,
+        hard: None,
     };
     // The listener exists before our first SYN. Under `connect_listen` it takes
     // a peer SYN from an unpredicted port (a symmetric NAT); under `low_ttl` it
