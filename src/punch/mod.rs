@@ -6,10 +6,12 @@
 //!
 //! Layout: [`attempt`] (one connect from the trial port, errno read as a
 //! result), [`nonce`] (proving the connection reached the paired peer), this
-//! file (the strategies and the record). Ports are bound by
+//! file (the strategies and the record), [`hard`] (the many-SYN moves of
+//! `predict` and `birthday`). Ports are bound by
 //! [`crate::net::socket`], shared with classification and the lab.
 
 pub mod attempt;
+pub mod hard;
 pub mod nonce;
 
 use std::net::SocketAddr;
@@ -50,6 +52,9 @@ pub struct TrialSpec {
     pub max_attempts: u32,
     pub retry_gap: Duration,
     pub retry_jitter: Duration,
+    /// `predict` and `birthday`: this side's move (set by the pairing from
+    /// both verdicts, after the guard saw its targets); `None` otherwise.
+    pub hard: Option<hard::HardMove>,
 }
 
 /// The Bitcoin handshake to run over a punched socket.
@@ -91,6 +96,7 @@ impl TrialSpec {
             max_attempts: plan.max_attempts,
             retry_gap: millis(plan.retry_gap_ms),
             retry_jitter: millis(plan.retry_jitter_ms),
+            hard: None,
         }
     }
 }
@@ -149,6 +155,13 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
         drawn_from: None,
         hard: None,
     };
+    if let Some(hard_move) = &spec.hard {
+        tokio::time::sleep_until(go_at + spec.start_delay + spec.injected_skew).await;
+        let (connected, hard_record) =
+            hard::run(spec, hard_move, go_at, &mut record.attempts).await;
+        record.hard = Some(hard_record);
+        return finish(spec, go_at, record, connected).await;
+    }
     // The listener exists before our first SYN. Under `connect_listen` it takes
     // a peer SYN from an unpredicted port (a symmetric NAT); under `low_ttl` it
     // answers the peer's SYN that our primed NAT admits whenever it comes, so
@@ -176,10 +189,24 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
         }
     };
     drop(listener);
+    finish(spec, go_at, record, connected).await
+}
+
+/// The nonce proof over whatever connected (if anything), and the outcome.
+async fn finish(
+    spec: &TrialSpec,
+    go_at: Instant,
+    mut record: TrialRecord,
+    connected: Option<(TcpStream, Completion)>,
+) -> (TrialRecord, Option<TcpStream>) {
     let Some((mut stream, completion)) = connected else {
         record.outcome = outcome_of_attempts(&record.attempts);
         return (record, None);
     };
+    // Under `predict` and `birthday` the port that answered is one of many tried.
+    if let Ok(peer) = stream.peer_addr() {
+        record.peer_port = Some(peer.port());
+    }
     record.go_to_established_ms = Some(ms(go_at.elapsed()));
     record.completed_by = Some(completion);
     match nonce::exchange(&mut stream, &spec.nonce, NONCE_TIMEOUT).await {
