@@ -280,3 +280,51 @@ pub fn two_nats(a: &str, b: &str) -> String {
          [[host]]\nname = \"alice\"\nnat = \"a\"\n[[host]]\nname = \"bob\"\nnat = \"b\"\n"
     )
 }
+
+/// Runs `probe` in alice and bob at once (echo servers started here, the
+/// coordinator already running) and returns both results, alice's first,
+/// each checked to be one finished pairing behind a NAT.
+pub fn probe_alice_and_bob(
+    lab: &Lab,
+    within: Duration,
+) -> Vec<punchscope::analysis::result::RunResult> {
+    use punchscope::analysis::result::{PairingEnded, RunResult};
+    let _echo = start_echo(lab);
+    let spools = tempfile::tempdir().unwrap();
+    let spawn = |host: &str| {
+        probe_command_with_spool(lab, host, &spools.path().join(host))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn("alice"), spawn("bob")];
+    let deadline = std::time::Instant::now() + within;
+    let mut outputs = Vec::new();
+    for child in children {
+        let mut guard = super::process::ChildGuard(Some(child));
+        loop {
+            let finished = guard.0.as_mut().unwrap().try_wait().unwrap().is_some();
+            if finished {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "probe did not finish within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = guard.0.take().unwrap().wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let result = RunResult::from_json(std::str::from_utf8(&output.stdout).unwrap()).unwrap();
+        assert_eq!(result.pairings.len(), 1);
+        assert_eq!(result.pairings[0].ended, PairingEnded::Done);
+        assert!(!result.classification.verdict.no_nat, "behind a lab NAT");
+        outputs.push(result);
+    }
+    outputs
+}
