@@ -144,7 +144,7 @@ pub(super) async fn run(
             record.ports_tried = ports.len() as u32;
             let listener = socket::listen_on(spec.local).ok();
             let many = many_connects(spec, ports, go_at, Duration::ZERO, Pacing::AllAtOnce);
-            let (connected, tried) = race_many(listener.as_ref(), spec, many).await;
+            let (connected, tried) = race_many(listener.as_ref(), spec, many.0).await;
             record.connects = tried.len() as u32;
             record.syns_sent = syns_of(&tried);
             attempts.extend(tried);
@@ -171,14 +171,48 @@ pub(super) async fn run(
             record.range = Some(*range);
             record.ports_tried = ports.len() as u32;
             let many = many_connects(spec, ports, go_at, *lead, Pacing::PerSecond(*pps));
-            let (connected, tried) = race_many(None, spec, many).await;
-            record.connects = tried.len() as u32;
-            record.syns_sent = syns_of(&tried);
+            let sent = many.1.clone();
+            let (connected, tried) = race_many(None, spec, many.0).await;
+            // A hit ends the spray: the ports not yet reached were never tried.
+            let sent = sent.load(Ordering::Relaxed);
+            record.ports_tried = sent;
+            record.connects = sent;
+            // Connects cut short by the hit sent their one SYN.
+            record.syns_sent = syns_of(&tried) + sent.saturating_sub(tried.len() as u32);
             attempts.extend(tried);
             connected
         }
     };
+    trim_attempts(attempts);
     (connected, record)
+}
+
+/// Most attempts a hard-NAT trial keeps in its record: a spray's hundreds
+/// of SYNs are counted in [`HardTrialRecord`], and the record (and the
+/// `result` line, at most 1000 attempts) stays small.
+pub const MAX_RECORDED_ATTEMPTS: usize = 16;
+
+/// Keeps the connected attempt (if any) and the latest others, in start order.
+fn trim_attempts(attempts: &mut Vec<Attempt>) {
+    if attempts.len() <= MAX_RECORDED_ATTEMPTS {
+        return;
+    }
+    let winner = attempts
+        .iter()
+        .position(|a| a.result == AttemptResult::Connected);
+    let mut kept: Vec<Attempt> = attempts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != winner)
+        .map(|(_, a)| a.clone())
+        .collect();
+    let keep_others = MAX_RECORDED_ATTEMPTS - usize::from(winner.is_some());
+    kept.drain(..kept.len() - keep_others);
+    if let Some(i) = winner {
+        kept.push(attempts[i].clone());
+    }
+    kept.sort_by(|a, b| a.started_ms.total_cmp(&b.started_ms));
+    *attempts = kept;
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -210,9 +244,14 @@ fn many_connects(
     go_at: Instant,
     lead: Duration,
     pacing: Pacing,
-) -> JoinSet<(Option<TcpStream>, Vec<Attempt>)> {
+) -> (
+    JoinSet<(Option<TcpStream>, Vec<Attempt>)>,
+    Arc<AtomicU32>,
+) {
     let mut set = JoinSet::new();
+    let started = Arc::new(AtomicU32::new(0));
     for (i, port) in ports.iter().enumerate() {
+        let started = started.clone();
         let mut target = spec.clone();
         target.peer = SocketAddr::new(spec.peer.ip(), *port);
         let start = match pacing {
@@ -224,12 +263,13 @@ fn many_connects(
         };
         set.spawn(async move {
             tokio::time::sleep_until(start).await;
+            started.fetch_add(1, Ordering::Relaxed);
             let mut scratch = empty_record(&target);
             let stream = connect_with_retries(&target, go_at, &mut scratch).await;
             (stream, scratch.attempts)
         });
     }
-    set
+    (set, started)
 }
 
 /// The first connection among `set` (or our listener's), with the attempts
@@ -388,6 +428,23 @@ mod tests {
             HardMove::for_role(HardRole::BirthdayOpen, &plan, peer).targets(peer),
             vec![peer]
         );
+    }
+
+    #[test]
+    fn records_keep_the_winner_and_the_latest_attempts() {
+        let a = |started_ms: f64, result: AttemptResult| Attempt {
+            started_ms,
+            duration_ms: 1.0,
+            result,
+        };
+        let mut attempts: Vec<Attempt> = (0..40)
+            .map(|i| a(f64::from(i), AttemptResult::Timeout))
+            .collect();
+        attempts[3].result = AttemptResult::Connected;
+        trim_attempts(&mut attempts);
+        assert_eq!(attempts.len(), MAX_RECORDED_ATTEMPTS);
+        assert_eq!(attempts[0].result, AttemptResult::Connected);
+        assert_eq!(attempts.last().unwrap().started_ms, 39.0);
     }
 
     #[test]

@@ -298,29 +298,48 @@ pub fn probe_alice_and_bob(
             .spawn()
             .unwrap()
     };
-    let children = [spawn("alice"), spawn("bob")];
+    // Both pipes are drained while the probes run: a result larger than a
+    // pipe's buffer would otherwise block its probe forever.
+    let drain = |child: &mut std::process::Child| {
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        (
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = out.read_to_end(&mut v);
+                v
+            }),
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = err.read_to_end(&mut v);
+                v
+            }),
+        )
+    };
+    let mut children = [spawn("alice"), spawn("bob")];
+    let readers: Vec<_> = children.iter_mut().map(drain).collect();
     let deadline = std::time::Instant::now() + within;
     let mut outputs = Vec::new();
-    for child in children {
+    for (child, (out, err)) in children.into_iter().zip(readers) {
         let mut guard = super::process::ChildGuard(Some(child));
-        loop {
-            let finished = guard.0.as_mut().unwrap().try_wait().unwrap().is_some();
-            if finished {
-                break;
+        let status = loop {
+            if let Some(status) = guard.0.as_mut().unwrap().try_wait().unwrap() {
+                break status;
             }
             assert!(
                 std::time::Instant::now() < deadline,
                 "probe did not finish within {within:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
-        }
-        let output = guard.0.take().unwrap().wait_with_output().unwrap();
+        };
+        guard.0.take();
+        let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
         assert!(
-            output.status.success(),
+            status.success(),
             "probe failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+            String::from_utf8_lossy(&stderr)
         );
-        let result = RunResult::from_json(std::str::from_utf8(&output.stdout).unwrap()).unwrap();
+        let result = RunResult::from_json(std::str::from_utf8(&stdout).unwrap()).unwrap();
         assert_eq!(result.pairings.len(), 1);
         assert_eq!(result.pairings[0].ended, PairingEnded::Done);
         assert!(!result.classification.verdict.no_nat, "behind a lab NAT");
