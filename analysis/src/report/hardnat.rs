@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::{mix_strategies, CountedTrial};
-use super::stats::{percent, Proportion};
+use super::stats::{percent, percent_bare, Proportion};
 use crate::hardnat::PairClass;
 use crate::trial::Strategy;
 
@@ -60,14 +60,14 @@ pub fn rows(trials: &[CountedTrial]) -> Vec<HardNatRow> {
         n: u64,
         hard: Option<(u64, u64, u64)>,
     }
-    let mut groups: BTreeMap<(PairClass, Option<u8>, String, usize), Sums> = BTreeMap::new();
+    let mut groups: BTreeMap<(PairClass, Option<u8>, usize, String), Sums> = BTreeMap::new();
     for t in trials {
         let index = Strategy::ALL
             .iter()
             .position(|s| *s == t.strategy)
             .unwrap_or(0);
         let sums = groups
-            .entry((t.pair_class, t.mix, arm(t), index))
+            .entry((t.pair_class, t.mix, index, arm(t)))
             .or_default();
         sums.n += 1;
         sums.ok += u64::from(t.success);
@@ -82,7 +82,7 @@ pub fn rows(trials: &[CountedTrial]) -> Vec<HardNatRow> {
     }
     groups
         .into_iter()
-        .map(|((class, mix, arm, index), sums)| {
+        .map(|((class, mix, index, arm), sums)| {
             let per = |total: u64| (sums.ok > 0).then(|| total as f64 / sums.ok as f64);
             HardNatRow {
                 class: class.as_str().to_string(),
@@ -134,7 +134,13 @@ pub fn lines(rows: &[HardNatRow]) -> Vec<String> {
         let p = &row.proportion;
         let rate = match (p.rate, p.low, p.high) {
             (Some(r), Some(l), Some(h)) => {
-                format!("{} ({}-{}, n={})", percent(r), percent(l), percent(h), p.n)
+                format!(
+                    "{} ({}-{}%, n={})",
+                    percent(r),
+                    percent_bare(l),
+                    percent_bare(h),
+                    p.n
+                )
             }
             _ => format!("no trials (n={})", p.n),
         };
