@@ -60,7 +60,11 @@ fn mappings_to(
 
 /// Runs `predict` (mixed with `simultaneous`) between alice (EIM) and bob
 /// (APDM, sequential, `bob_keys`); returns both sides' trials and the log.
-fn predict_run(tag: &str, bob_keys: &str, window: u32) -> (Lab, Vec<TrialRecord>, Vec<TrialRecord>) {
+fn predict_run(
+    tag: &str,
+    bob_keys: &str,
+    window: u32,
+) -> (Lab, Vec<TrialRecord>, Vec<TrialRecord>) {
     let lab = start_lab(
         tag,
         &two_nats(
@@ -93,7 +97,12 @@ fn predict_run(tag: &str, bob_keys: &str, window: u32) -> (Lab, Vec<TrialRecord>
 /// window after his observed one, and alice's connection came from exactly
 /// that port. Returns, per predict trial, how many ports the NAT moved past
 /// the observed one and how many of those background connections took.
-fn check_predict(lab: &Lab, alice: &[TrialRecord], bob: &[TrialRecord], window: u32) -> Vec<(u16, usize)> {
+fn check_predict(
+    lab: &Lab,
+    alice: &[TrialRecord],
+    bob: &[TrialRecord],
+    window: u32,
+) -> Vec<(u16, usize)> {
     let events = lab.events();
     let (a_ip, b_ip) = (public_ip(lab, "a"), public_ip(lab, "b"));
     let mut moved = Vec::new();
@@ -105,7 +114,11 @@ fn check_predict(lab: &Lab, alice: &[TrialRecord], bob: &[TrialRecord], window: 
                 assert_ne!(a.outcome, TrialOutcome::Connected, "{a:#?}");
             }
             Strategy::Predict => {
-                assert_eq!(a.outcome, TrialOutcome::Connected, "alice {a:#?}\nbob {b:#?}");
+                assert_eq!(
+                    a.outcome,
+                    TrialOutcome::Connected,
+                    "alice {a:#?}\nbob {b:#?}"
+                );
                 assert_eq!(b.outcome, TrialOutcome::Connected, "bob {b:#?}");
                 assert!(a.handshake.as_ref().is_some_and(|h| h.success));
                 let (ah, bh) = (a.hard.as_ref().unwrap(), b.hard.as_ref().unwrap());
@@ -115,23 +128,38 @@ fn check_predict(lab: &Lab, alice: &[TrialRecord], bob: &[TrialRecord], window: 
                 let observed = b.public_port.expect("bob's registration was observed");
                 let toward_alice = SocketAddrV4::new(a_ip, a.public_port.unwrap());
                 let mapped = mappings_to(&events, "b", Some(b.local_port), toward_alice);
-                assert_eq!(mapped.len(), 1, "one mapping from bob's trial port to alice: {mapped:?}");
+                assert_eq!(
+                    mapped.len(),
+                    1,
+                    "one mapping from bob's trial port to alice: {mapped:?}"
+                );
                 let port = mapped[0];
                 assert!(
                     port > observed && port <= observed + window as u16,
                     "trial {}: the NAT mapped {port}, observed {observed}, window {window}",
                     a.trial
                 );
-                assert_eq!(a.peer_port, Some(port), "alice's connection came from the predicted port");
+                assert_eq!(
+                    a.peer_port,
+                    Some(port),
+                    "alice's connection came from the predicted port"
+                );
                 let background = events
                     .iter()
                     .filter(|e| e.router == "b")
-                    .filter(|e| matches!(&e.event, NatEvent::MappingCreated { internal, external, .. }
+                    .filter(|e| {
+                        matches!(&e.event, NatEvent::MappingCreated { internal, external, .. }
                         if *internal.ip() == BACKGROUND_HOST && *external.ip() == b_ip
-                            && (observed + 1..port).contains(&external.port())))
+                            && (observed + 1..port).contains(&external.port()))
+                    })
                     .count();
                 // Sequential step 1: every port skipped went to another host.
-                assert_eq!(background, usize::from(port - observed - 1), "trial {}", a.trial);
+                assert_eq!(
+                    background,
+                    usize::from(port - observed - 1),
+                    "trial {}",
+                    a.trial
+                );
                 moved.push((port - observed, background));
             }
             other => panic!("{other:?} is not in the mix"),
@@ -189,17 +217,63 @@ fn birthday_success_matches_the_formula_and_each_hit_in_the_log() {
     let (alice, bob) = (trials(&results[0]), trials(&results[1]));
     let events = lab.events();
     let (a_ip, b_ip) = (public_ip(&lab, "a"), public_ip(&lab, "b"));
+    // Each trial's events lie between bob's registration mapping of that
+    // trial and the next one's (the OS may reuse a local port, so ports
+    // alone do not tell trials apart over many trials). Bob's first
+    // mapping towards the coordinator is his control connection.
+    let coordinator: SocketAddrV4 = COORDINATOR.parse().unwrap();
+    let registrations: Vec<(f64, u16)> = events
+        .iter()
+        .filter(|e| e.router == "b")
+        .filter_map(|e| match &e.event {
+            NatEvent::MappingCreated {
+                internal, remote, ..
+            } if *remote == coordinator => Some((e.t_ms, internal.port())),
+            _ => None,
+        })
+        .skip(1)
+        .collect();
+    assert_eq!(
+        registrations.len(),
+        trials_n as usize,
+        "one registration per trial"
+    );
+    let window = |trial: usize| {
+        let start = registrations[trial].0;
+        let end = registrations.get(trial + 1).map_or(f64::INFINITY, |r| r.0);
+        move |e: &&LabEvent| (start..end).contains(&e.t_ms)
+    };
     let mut successes = 0;
     for (a, b) in alice.iter().zip(&bob) {
-        assert_eq!((a.strategy, a.pair_class), (Strategy::Birthday, Some(PairClass::EasyRandom)));
+        let in_trial = window(a.trial as usize);
+        assert_eq!(
+            registrations[a.trial as usize].1, b.local_port,
+            "trial {}",
+            a.trial
+        );
+        let events: Vec<LabEvent> = events.iter().filter(in_trial).cloned().collect();
+        assert_eq!(
+            (a.strategy, a.pair_class),
+            (Strategy::Birthday, Some(PairClass::EasyRandom))
+        );
         let (ah, bh) = (a.hard.as_ref().unwrap(), b.hard.as_ref().unwrap());
-        assert_eq!((ah.role.as_str(), ah.n, ah.range), ("birthday_spray", Some(n), Some(4096)));
+        assert_eq!(
+            (ah.role.as_str(), ah.n, ah.range),
+            ("birthday_spray", Some(n), Some(4096))
+        );
         assert_eq!((bh.role.as_str(), bh.m), ("birthday_open", Some(m)));
         // Ground truth: the ports bob's NAT gave his m connections to alice,
         // and the ports alice's SYNs left for.
         let alice_public = SocketAddrV4::new(a_ip, a.public_port.unwrap());
-        let opened: BTreeSet<u16> = mappings_to(&events, "b", None, alice_public).into_iter().collect();
-        assert_eq!(opened.len(), m as usize, "trial {}: bob's m mappings", a.trial);
+        let opened: BTreeSet<u16> = mappings_to(&events, "b", None, alice_public)
+            .into_iter()
+            .collect();
+        assert_eq!(
+            opened.len(),
+            m as usize,
+            "trial {}: bob's m mappings",
+            a.trial
+        );
         assert!(opened.iter().all(|p| (first..=last).contains(p)));
         let sprayed: BTreeSet<u16> = events
             .iter()
@@ -217,13 +291,27 @@ fn birthday_success_matches_the_formula_and_each_hit_in_the_log() {
             .collect();
         // A hit ends the spray early: the record counts the SYNs that left.
         assert_eq!(sprayed.len() as u32, ah.ports_tried, "trial {}", a.trial);
-        assert!(ah.ports_tried <= n && (a.outcome == TrialOutcome::Connected || ah.ports_tried == n));
+        assert!(
+            ah.ports_tried <= n && (a.outcome == TrialOutcome::Connected || ah.ports_tried == n)
+        );
         let hit = !opened.is_disjoint(&sprayed);
         let connected = a.outcome == TrialOutcome::Connected;
-        assert_eq!(connected, hit, "trial {}: connected iff a sprayed port met a mapping", a.trial);
-        assert_eq!(b.outcome == TrialOutcome::Connected, hit, "trial {} (bob)", a.trial);
+        assert_eq!(
+            connected, hit,
+            "trial {}: connected iff a sprayed port met a mapping",
+            a.trial
+        );
+        assert_eq!(
+            b.outcome == TrialOutcome::Connected,
+            hit,
+            "trial {} (bob)",
+            a.trial
+        );
         if connected {
-            assert!(opened.contains(&a.peer_port.unwrap()), "alice met one of bob's mappings");
+            assert!(
+                opened.contains(&a.peer_port.unwrap()),
+                "alice met one of bob's mappings"
+            );
             successes += 1;
         }
     }
@@ -244,10 +332,26 @@ fn birthday_success_matches_the_formula_and_each_hit_in_the_log() {
 fn plans_above_the_hard_caps_are_refused_with_what_to_lower() {
     let dir = tempfile::tempdir().unwrap();
     for (key, value, words) in [
-        ("birthday_sockets", 5000, "the hard cap is 256 sockets per trial"),
-        ("birthday_ports", 100_000, "the hard cap is 1024 ports sprayed per trial"),
-        ("birthday_pps", 10_000, "the hard cap is 500 SYNs per second"),
-        ("predict_window", 1000, "the hard cap is 64 predicted ports per trial"),
+        (
+            "birthday_sockets",
+            5000,
+            "the hard cap is 256 sockets per trial",
+        ),
+        (
+            "birthday_ports",
+            100_000,
+            "the hard cap is 1024 ports sprayed per trial",
+        ),
+        (
+            "birthday_pps",
+            10_000,
+            "the hard cap is 500 SYNs per second",
+        ),
+        (
+            "predict_window",
+            1000,
+            "the hard cap is 64 predicted ports per trial",
+        ),
     ] {
         let plan = plan_in(dir.path(), key, &format!("{key} = {value}\n"));
         // Refused before anything listens: loopback only, and nothing is sent.
@@ -259,7 +363,8 @@ fn plans_above_the_hard_caps_are_refused_with_what_to_lower() {
         assert!(!output.status.success(), "{key} = {value} was accepted");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
-            stderr.contains(&format!("plan field `{key}`: {value} is refused")) && stderr.contains(words),
+            stderr.contains(&format!("plan field `{key}`: {value} is refused"))
+                && stderr.contains(words),
             "{key}: {stderr}"
         );
     }

@@ -47,7 +47,12 @@ impl SideKind {
             return SideKind::Easy;
         }
         match (&v.mapping, &v.allocation) {
-            (Finding::Known { value: Mapping::Eim }, _) => SideKind::Easy,
+            (
+                Finding::Known {
+                    value: Mapping::Eim,
+                },
+                _,
+            ) => SideKind::Easy,
             (
                 Finding::Known {
                     value: Mapping::Adm | Mapping::Apdm,
@@ -286,7 +291,10 @@ mod tests {
     #[test]
     fn binomial_intervals_hold_the_mass_they_promise() {
         let (low, high) = binomial_interval(0.5, 20, 0.01);
-        assert!(low <= 10 && high >= 10 && low >= 2 && high <= 18, "{low} {high}");
+        assert!(
+            low <= 10 && high >= 10 && low >= 2 && high <= 18,
+            "{low} {high}"
+        );
         let (low, high) = binomial_interval(0.0, 10, 0.01);
         assert_eq!((low, high), (0, 0));
         let (low, high) = binomial_interval(1.0, 10, 0.01);
@@ -330,7 +338,10 @@ mod tests {
             PairClass::of_kinds(SideKind::Random, SideKind::Easy),
             PairClass::EasyRandom
         );
-        assert_eq!(PairClass::of_kinds(seq, SideKind::Random), PairClass::HardHard);
+        assert_eq!(
+            PairClass::of_kinds(seq, SideKind::Random),
+            PairClass::HardHard
+        );
         assert_eq!(PairClass::of(None, None), PairClass::Unknown);
     }
 }

@@ -308,7 +308,9 @@ impl Plan {
             if value == 0 || value > cap {
                 return invalid(
                     field,
-                    format!("{value} is refused: the hard cap is {cap} {what} (at least 1); lower it"),
+                    format!(
+                        "{value} is refused: the hard cap is {cap} {what} (at least 1); lower it"
+                    ),
                 );
             }
         }
@@ -419,8 +421,8 @@ mod tests {
         );
         assert_eq!(plan.mix_for(PairClass::EasyEasy), None);
         assert_eq!(plan.birthday_range(), 64512);
-        let e = Plan::from_toml("version = 1\nname = \"t\"\nbirthday_sockets = 10000\n")
-            .unwrap_err();
+        let e =
+            Plan::from_toml("version = 1\nname = \"t\"\nbirthday_sockets = 10000\n").unwrap_err();
         assert_eq!(
             e.to_string(),
             "plan field `birthday_sockets`: 10000 is refused: the hard cap is 256 sockets per trial (at least 1); lower it"
@@ -429,7 +431,8 @@ mod tests {
         assert!(e.to_string().contains("SYNs per second"), "{e}");
         let e = Plan::from_toml("version = 1\nname = \"t\"\nbirthday_ports = 2000\n").unwrap_err();
         assert!(e.to_string().contains("birthday_ports"), "{e}");
-        let e = Plan::from_toml("version = 1\nname = \"t\"\nstrategies = [\"birthday\"]\n").unwrap_err();
+        let e = Plan::from_toml("version = 1\nname = \"t\"\nstrategies = [\"birthday\"]\n")
+            .unwrap_err();
         assert!(e.to_string().contains("class_strategies"), "{e}");
         let e = Plan::from_toml(
             "version = 1\nname = \"t\"\nclass_strategies = { easy_easy = [\"predict\"] }\n",

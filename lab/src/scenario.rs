@@ -610,7 +610,10 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
         let is_kernel = matches!(&nat.backend, Some(b) if *b.get_ref() == Backend::Kernel);
         for (key, span) in [
             ("random_ports", nat.random_ports.as_ref().map(|s| s.span())),
-            ("background_per_s", nat.background_per_s.as_ref().map(|s| s.span())),
+            (
+                "background_per_s",
+                nat.background_per_s.as_ref().map(|s| s.span()),
+            ),
         ] {
             if let (true, Some(span)) = (is_kernel, span) {
                 return Err(at(
@@ -903,7 +906,10 @@ nat = "none"
         let nat = |keys: &str| {
             format!("[[nat]]\nname = \"n\"\nmapping = \"apdm\"\nallocation = \"random\"\n{keys}\n[[host]]\nname = \"h\"\nnat = \"n\"\n")
         };
-        let s = Scenario::parse(&nat("random_ports = [20000, 20255]\nbackend = \"emulator\"\nbackground_per_s = 12.5")).unwrap();
+        let s = Scenario::parse(&nat(
+            "random_ports = [20000, 20255]\nbackend = \"emulator\"\nbackground_per_s = 12.5",
+        ))
+        .unwrap();
         let c = &s.routers[0].config;
         assert_eq!(c.random_ports, (20000, 20255));
         assert_eq!(c.background_per_s, 12.5);
@@ -912,7 +918,10 @@ nat = "none"
         let e = error_of(&nat("random_ports = [30000, 20000]"));
         assert!(e.contains("line 5") && e.contains("random_ports"), "{e}");
         let e = error_of(&nat("background_per_s = -1.0"));
-        assert!(e.contains("line 5") && e.contains("background_per_s"), "{e}");
+        assert!(
+            e.contains("line 5") && e.contains("background_per_s"),
+            "{e}"
+        );
         let e = error_of(&nat("backend = \"kernel\"\nbackground_per_s = 5.0"));
         assert!(e.contains("line 6") && e.contains("emulator key"), "{e}");
     }

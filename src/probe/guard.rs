@@ -640,12 +640,21 @@ mod tests {
         plan.birthday_ports = 4;
         let easy = verdict(Mapping::Eim, AllocationPattern::Preserving);
         let random = verdict(Mapping::Apdm, AllocationPattern::Random);
-        let seq = verdict(Mapping::Apdm, AllocationPattern::Sequential { step: 1, exact: true });
+        let seq = verdict(
+            Mapping::Apdm,
+            AllocationPattern::Sequential {
+                step: 1,
+                exact: true,
+            },
+        );
         let mut g = CoordinatorGuard::new(&plan, AddressPolicy::Public)
             .unwrap()
             .with_pair(Some(&easy), Some(&random));
         assert_eq!(g.pair_class(), PairClass::EasyRandom);
-        assert_eq!(g.hard_role(Strategy::Birthday), Some(HardRole::BirthdaySpray));
+        assert_eq!(
+            g.hard_role(Strategy::Birthday),
+            Some(HardRole::BirthdaySpray)
+        );
         // The mix, in any order: trial 0 may be birthday though the rotation says simultaneous.
         g.trial(0, Strategy::Birthday).unwrap();
         g.go(0, peer(), ms(0), ms(0), Strategy::Birthday).unwrap();
@@ -667,13 +676,20 @@ mod tests {
             .unwrap()
             .with_pair(Some(&seq), Some(&random));
         assert_eq!(g.pair_class(), PairClass::HardHard);
-        assert_eq!(rule(g.trial(0, Strategy::Birthday)), ViolationRule::Strategy);
+        assert_eq!(
+            rule(g.trial(0, Strategy::Birthday)),
+            ViolationRule::Strategy
+        );
         g.trial(0, Strategy::Simultaneous).unwrap();
         // Plans over the hard caps never get this far.
         let mut greedy = plan.clone();
         greedy.birthday_sockets = 100_000;
         let refused = CoordinatorGuard::new(&greedy, AddressPolicy::Public).unwrap_err();
         assert_eq!(refused.rule, ViolationRule::PlanLimit);
-        assert!(refused.detail.contains("birthday_sockets"), "{}", refused.detail);
+        assert!(
+            refused.detail.contains("birthday_sockets"),
+            "{}",
+            refused.detail
+        );
     }
 }

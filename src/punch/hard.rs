@@ -244,10 +244,7 @@ fn many_connects(
     go_at: Instant,
     lead: Duration,
     pacing: Pacing,
-) -> (
-    JoinSet<(Option<TcpStream>, Vec<Attempt>)>,
-    Arc<AtomicU32>,
-) {
+) -> (JoinSet<(Option<TcpStream>, Vec<Attempt>)>, Arc<AtomicU32>) {
     let mut set = JoinSet::new();
     let started = Arc::new(AtomicU32::new(0));
     for (i, port) in ports.iter().enumerate() {

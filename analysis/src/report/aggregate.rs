@@ -42,8 +42,8 @@ use uuid::Uuid;
 use super::input::{Document, Skipped};
 use super::portmap::PortMapTally;
 use crate::classify::{Finding, Verdict};
-use crate::hardnat::PairClass;
 use crate::handshake::{Role, Transport};
+use crate::hardnat::PairClass;
 use crate::nat::{Filtering, Mapping};
 use crate::result::{RunMode, RunResult};
 use crate::trial::{Strategy, TrialOutcome, TrialRecord};
@@ -687,10 +687,7 @@ fn resolve(pending: Pending, pairing: u32, counts: &mut InputCounts) -> CountedT
         (Some(false), Some(false)) => Some(false),
         _ => None,
     };
-    let hard = sides
-        .iter()
-        .filter_map(|s| s.hard)
-        .reduce(HardCounts::join);
+    let hard = sides.iter().filter_map(|s| s.hard).reduce(HardCounts::join);
     CountedTrial {
         pair_class: sides.first().map_or(PairClass::Unknown, |s| s.class),
         class_recorded: sides.iter().any(|s| s.class_recorded),

@@ -837,16 +837,16 @@ fn hard_nat_section(h: &mut String, summary: &Summary) {
     );
     let per = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     for row in &summary.hard_nat {
-        let (a, p, s) = row.cost.as_ref().map_or(
-            ("".to_string(), "".to_string(), "".to_string()),
-            |c| {
-                (
-                    per(c.attempts_per_success),
-                    per(c.ports_per_success),
-                    per(c.syns_per_success),
-                )
-            },
-        );
+        let (a, p, s) =
+            row.cost
+                .as_ref()
+                .map_or(("".to_string(), "".to_string(), "".to_string()), |c| {
+                    (
+                        per(c.attempts_per_success),
+                        per(c.ports_per_success),
+                        per(c.syns_per_success),
+                    )
+                });
         let _ = writeln!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td>{}<td>{a}</td><td>{p}</td><td>{s}</td></tr>",

@@ -305,10 +305,7 @@ impl Nat {
             self.background_count += 1;
             let n = self.background_count;
             let internal = SocketAddrV4::new(BACKGROUND_HOST, 1024 + (n % 60_000) as u16);
-            let remote = SocketAddrV4::new(
-                Ipv4Addr::new(203, 0, 113, 200 + (n % 50) as u8),
-                443,
-            );
+            let remote = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 200 + (n % 50) as u8), 443);
             let table = self.table.as_mut().expect("translating");
             let outcome = table.outbound(
                 Protocol::Tcp,

@@ -199,7 +199,10 @@ impl MappingTable {
             sequential_step: config.sequential_step.max(1),
             random_ports: (
                 config.random_ports.0.max(FIRST_PORT),
-                config.random_ports.1.max(config.random_ports.0.max(FIRST_PORT)),
+                config
+                    .random_ports
+                    .1
+                    .max(config.random_ports.0.max(FIRST_PORT)),
             ),
             by_external: HashMap::new(),
             by_key: HashMap::new(),

@@ -308,7 +308,10 @@ fn random_allocation_stays_within_the_configured_range() {
     config.random_ports = (20000, 20015);
     let mut h = Harness::new(config);
     let ports: HashSet<u16> = (0..16)
-        .map(|i| h.syn_out(SocketAddrV4::new(HOST, 7000 + i), server1()).port())
+        .map(|i| {
+            h.syn_out(SocketAddrV4::new(HOST, 7000 + i), server1())
+                .port()
+        })
         .collect();
     // Sixteen mappings fill the sixteen ports exactly, none outside.
     assert_eq!(ports, (20000..=20015).collect());
@@ -326,7 +329,10 @@ fn a_busy_nat_moves_a_sequential_allocator_on_between_a_hosts_mappings() {
     config.background_per_s = 50.0;
     let mut h = Harness::new(config);
     let first = h.syn_out(SocketAddrV4::new(HOST, 7000), server1()).port();
-    assert!(h.nat.poll_timeout().is_some(), "the next background arrival is a timer");
+    assert!(
+        h.nat.poll_timeout().is_some(),
+        "the next background arrival is a timer"
+    );
     h.advance(Duration::from_secs(1));
     let second = h.syn_out(SocketAddrV4::new(HOST, 7001), server1()).port();
     let background: Vec<u16> = h
@@ -340,7 +346,11 @@ fn a_busy_nat_moves_a_sequential_allocator_on_between_a_hosts_mappings() {
         })
         .collect();
     // About 50 others took ports in that second (Poisson: far from 0 and from 200).
-    assert!((20..=100).contains(&background.len()), "{}", background.len());
+    assert!(
+        (20..=100).contains(&background.len()),
+        "{}",
+        background.len()
+    );
     // Every port between the host's two mappings went to a background connection.
     assert_eq!(usize::from(second - first - 1), background.len());
     assert!(background.iter().all(|p| (first + 1..second).contains(p)));

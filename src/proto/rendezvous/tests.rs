@@ -1054,8 +1054,10 @@ fn a_pair_class_with_a_mix_draws_shuffled_rounds_and_others_keep_the_rotation() 
     use punchscope_analysis::nat::Mapping;
     let mut plan = plan(8, "[\"simultaneous\", \"connect_listen\"]", 0, 1);
     let mix = vec![Strategy::Simultaneous, Strategy::Birthday];
-    plan.class_strategies
-        .insert(punchscope_analysis::hardnat::PairClass::EasyRandom, mix.clone());
+    plan.class_strategies.insert(
+        punchscope_analysis::hardnat::PairClass::EasyRandom,
+        mix.clone(),
+    );
     let mut random = eim_apdf_verdict();
     random.mapping = Finding::Known {
         value: Mapping::Apdm,
@@ -1073,7 +1075,11 @@ fn a_pair_class_with_a_mix_draws_shuffled_rounds_and_others_keep_the_rotation() 
     for round in drawn.chunks(2) {
         let mut round = round.to_vec();
         round.sort_by_key(|s| s.as_str());
-        assert_eq!(round, vec![Strategy::Birthday, Strategy::Simultaneous], "{drawn:?}");
+        assert_eq!(
+            round,
+            vec![Strategy::Birthday, Strategy::Simultaneous],
+            "{drawn:?}"
+        );
     }
     assert!(
         drawn.chunks(2).any(|r| r[0] == Strategy::Birthday)
