@@ -399,6 +399,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_hard_nat_plan_is_valid() {
+        let plan = Plan::from_toml(include_str!("../../probes/hard-nat.toml")).unwrap();
+        assert_eq!(
+            plan.mix_for(PairClass::EasyRandom),
+            Some(&[Strategy::Simultaneous, Strategy::Birthday][..])
+        );
+        assert_eq!(
+            plan.mix_for(PairClass::EasySequential),
+            Some(&[Strategy::Simultaneous, Strategy::Predict][..])
+        );
+    }
+
+    #[test]
     fn bad_plans_say_what_to_fix() {
         let e = Plan::from_toml("version = 2\nname = \"t\"\n").unwrap_err();
         assert!(matches!(e, PlanError::Version { found: 2 }));

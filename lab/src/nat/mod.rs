@@ -286,7 +286,7 @@ impl Nat {
     /// The first arrival is drawn at the first moment the core sees.
     fn run_background(&mut self, now: Instant) {
         let rate = self.config.background_per_s;
-        if !(rate > 0.0) || self.table.is_none() {
+        if rate.is_nan() || rate <= 0.0 || self.table.is_none() {
             return;
         }
         let mut at = match self.next_background {
