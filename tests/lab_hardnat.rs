@@ -50,7 +50,7 @@ fn mappings_to(
                 external,
                 remote: r,
                 ..
-            } if *r == remote && internal_port.is_none_or(|p| internal.port() == p) => {
+            } if *r == remote && internal_port.map_or(true, |p| internal.port() == p) => {
                 Some(external.port())
             }
             _ => None,
@@ -89,7 +89,43 @@ fn predict_run(
             Some(&[Strategy::Simultaneous, Strategy::Predict][..])
         );
     }
+    // The report counts each trial once, within the class and the mix.
+    let rows = report_rows(&results);
+    let arm = |name: &str| {
+        rows.iter()
+            .find(|r| r.arm == name)
+            .unwrap_or_else(|| panic!("{name} in {rows:#?}"))
+    };
+    let predict = arm(&format!("predict(window={window})"));
+    assert_eq!(
+        (predict.class.as_str(), predict.allocation.as_str()),
+        ("easy_sequential", "mix of simultaneous, predict")
+    );
+    let expected = alice
+        .iter()
+        .filter(|t| t.strategy == Strategy::Predict)
+        .count() as u64;
+    assert_eq!(
+        (predict.proportion.successes, predict.proportion.n),
+        (expected, expected)
+    );
+    let cost = predict.cost.as_ref().expect("predict has costs");
+    assert!(cost
+        .ports_per_success
+        .is_some_and(|p| p >= f64::from(window)));
+    assert_eq!(arm("simultaneous").proportion.successes, 0);
     (lab, alice, bob)
+}
+
+/// The report's rows by NAT-pair class for both sides' results.
+fn report_rows(results: &[RunResult]) -> Vec<punchscope::analysis::report::hardnat::HardNatRow> {
+    let mut agg = punchscope::analysis::report::Aggregator::new();
+    for r in results {
+        agg.add_run(r);
+    }
+    let report = punchscope::analysis::report::Report::new(agg.finish(), &["lab".to_string()]);
+    eprintln!("{}", report.headline_table());
+    report.summary.hard_nat
 }
 
 /// Every `predict` trial connected where the emulator says it should: bob's
@@ -316,6 +352,19 @@ fn birthday_success_matches_the_formula_and_each_hit_in_the_log() {
             successes += 1;
         }
     }
+    let rows = report_rows(&results);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(
+        (rows[0].class_label.as_str(), rows[0].arm.as_str()),
+        (
+            "EIM-APDM(random)",
+            format!("birthday(m={m}, n={n})").as_str()
+        )
+    );
+    assert_eq!(
+        (rows[0].proportion.successes, rows[0].proportion.n),
+        (successes as u64, u64::from(trials_n))
+    );
     // The formula: the exact chance (about 1 - exp(-m*n/range) = 0.39),
     // held to its binomial interval at 99.9%.
     let p = birthday_hit_probability(m, n, 4096);

@@ -215,6 +215,9 @@ fn trim_attempts(attempts: &mut Vec<Attempt>) {
     *attempts = kept;
 }
 
+/// Connect tasks, each ending in its stream (if it connected) and its attempts.
+type Connects = JoinSet<(Option<TcpStream>, Vec<Attempt>)>;
+
 #[derive(Debug, Clone, Copy)]
 enum Pacing {
     AllAtOnce,
@@ -244,7 +247,7 @@ fn many_connects(
     go_at: Instant,
     lead: Duration,
     pacing: Pacing,
-) -> (JoinSet<(Option<TcpStream>, Vec<Attempt>)>, Arc<AtomicU32>) {
+) -> (Connects, Arc<AtomicU32>) {
     let mut set = JoinSet::new();
     let started = Arc::new(AtomicU32::new(0));
     for (i, port) in ports.iter().enumerate() {
@@ -274,7 +277,7 @@ fn many_connects(
 async fn race_many(
     listener: Option<&tokio::net::TcpListener>,
     spec: &TrialSpec,
-    mut set: JoinSet<(Option<TcpStream>, Vec<Attempt>)>,
+    mut set: Connects,
 ) -> (Option<(TcpStream, Completion)>, Vec<Attempt>) {
     let mut tried = Vec::new();
     let first = async {

@@ -190,7 +190,7 @@ impl Nat {
             return self.send_up(packet[..summary.total_len].to_vec(), now);
         }
         if summary.dst == self.config.gateway_ip {
-            return self.to_router(packet, &summary, now);
+            return self.answer_as_router(packet, &summary, now);
         }
         if summary.ttl <= 1 {
             return self.ttl_exceeded(Direction::Outbound, packet, &summary, now);
@@ -520,7 +520,7 @@ impl Nat {
     /// service answers on port 5351; anything else meets a closed port (an
     /// ICMP port unreachable or a RST, as Linux answers, or nothing when the
     /// router drops it).
-    fn to_router(&mut self, packet: &[u8], summary: &Summary, now: Instant) {
+    fn answer_as_router(&mut self, packet: &[u8], summary: &Summary, now: Instant) {
         let gateway = self.config.gateway_ip;
         if let (Body::Udp { dst_port, .. }, Some((Protocol::Udp, client))) =
             (summary.body, summary.src_endpoint())
