@@ -125,6 +125,14 @@ fn report_rows(results: &[RunResult]) -> Vec<punchscope::analysis::report::hardn
     }
     let report = punchscope::analysis::report::Report::new(agg.finish(), &["lab".to_string()]);
     eprintln!("{}", report.headline_table());
+    // The page shows the same rows.
+    let out = tempfile::tempdir().unwrap();
+    let files = report.write(out.path()).unwrap();
+    let page = std::fs::read_to_string(files.index_html).unwrap();
+    assert!(page.contains("<section id=hard-nat>"), "the page has the section");
+    for row in &report.summary.hard_nat {
+        assert!(page.contains(&row.arm), "{} on the page", row.arm);
+    }
     report.summary.hard_nat
 }
 
