@@ -129,7 +129,10 @@ fn report_rows(results: &[RunResult]) -> Vec<punchscope::analysis::report::hardn
     let out = tempfile::tempdir().unwrap();
     let files = report.write(out.path()).unwrap();
     let page = std::fs::read_to_string(files.index_html).unwrap();
-    assert!(page.contains("<section id=hard-nat>"), "the page has the section");
+    assert!(
+        page.contains("<section id=hard-nat>"),
+        "the page has the section"
+    );
     for row in &report.summary.hard_nat {
         assert!(page.contains(&row.arm), "{} on the page", row.arm);
     }

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::{AllocationPattern, Finding, Verdict};
 use crate::nat::Mapping;
+use crate::plan::{Plan, PlanError};
+use crate::trial::Strategy;
 
 /// Most local ports (sockets, so NAT mappings) the opening side of a
 /// `birthday` trial uses, whatever a plan says.
@@ -146,6 +148,103 @@ impl fmt::Display for PairClass {
     }
 }
 
+/// The hard-NAT keys: where `predict` and `birthday` may be listed, and
+/// the hard caps on sockets, ports and packets per second, which no plan
+/// may exceed (probes hold a coordinator's plan to the same caps).
+pub(crate) fn validate_plan(plan: &Plan) -> Result<(), PlanError> {
+    let invalid = |field, problem: String| Err(PlanError::Invalid { field, problem });
+    if let Some(s) = plan.strategies.iter().find(|s| s.is_hard_nat()) {
+        return invalid(
+            "strategies",
+            format!(
+                "`{}` needs a NAT-pair class: list it in class_strategies (predict under easy_sequential, birthday under easy_random)",
+                s.as_str()
+            ),
+        );
+    }
+    for (class, list) in &plan.class_strategies {
+        if list.is_empty() {
+            return invalid(
+                "class_strategies",
+                format!("{class} must name at least one strategy"),
+            );
+        }
+        for s in list {
+            let fits = match s {
+                Strategy::Predict => *class == PairClass::EasySequential,
+                Strategy::Birthday => *class == PairClass::EasyRandom,
+                _ => true,
+            };
+            if !fits {
+                return invalid(
+                    "class_strategies",
+                    format!(
+                        "{class} lists `{}`, which only works for {}",
+                        s.as_str(),
+                        if *s == Strategy::Predict {
+                            "easy_sequential"
+                        } else {
+                            "easy_random"
+                        }
+                    ),
+                );
+            }
+        }
+    }
+    let caps = [
+        (
+            "predict_window",
+            plan.predict_window,
+            MAX_PREDICT_WINDOW,
+            "predicted ports per trial",
+        ),
+        (
+            "birthday_sockets",
+            plan.birthday_sockets,
+            MAX_BIRTHDAY_SOCKETS,
+            "sockets per trial",
+        ),
+        (
+            "birthday_ports",
+            plan.birthday_ports,
+            MAX_BIRTHDAY_PORTS,
+            "ports sprayed per trial",
+        ),
+        (
+            "birthday_pps",
+            plan.birthday_pps,
+            MAX_BIRTHDAY_PPS,
+            "SYNs per second",
+        ),
+    ];
+    for (field, value, cap, what) in caps {
+        if value == 0 || value > cap {
+            return invalid(
+                field,
+                format!("{value} is refused: the hard cap is {cap} {what} (at least 1); lower it"),
+            );
+        }
+    }
+    let [first, last] = plan.birthday_port_range;
+    if first == 0 || first > last {
+        return invalid(
+            "birthday_port_range",
+            format!("[{first}, {last}] must be [first, last] with 1 <= first <= last"),
+        );
+    }
+    if plan.birthday_ports > plan.birthday_range() {
+        return invalid(
+            "birthday_ports",
+            format!(
+                "{} ports cannot be drawn from a range of {}",
+                plan.birthday_ports,
+                plan.birthday_range()
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// What this side does in a `predict` or `birthday` trial, from its own
 /// kind and its peer's. `None`: the strategy does not apply to this pair
 /// (the guard refuses such a trial).
@@ -165,8 +264,7 @@ pub enum HardRole {
 
 impl HardRole {
     /// This side's move under `strategy` (`predict` or `birthday`).
-    pub fn of(strategy: crate::trial::Strategy, own: SideKind, peer: SideKind) -> Option<HardRole> {
-        use crate::trial::Strategy;
+    pub fn of(strategy: Strategy, own: SideKind, peer: SideKind) -> Option<HardRole> {
         match (strategy, own, peer) {
             (Strategy::Predict, SideKind::Easy, SideKind::Sequential { step }) => {
                 Some(HardRole::PredictAim { step })
@@ -274,7 +372,6 @@ pub struct HardTrialRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trial::Strategy;
 
     #[test]
     fn the_exact_birthday_probability_is_close_to_the_approximation() {
@@ -343,5 +440,40 @@ mod tests {
             PairClass::HardHard
         );
         assert_eq!(PairClass::of(None, None), PairClass::Unknown);
+    }
+
+    #[test]
+    fn hard_nat_plans_are_held_to_the_caps_and_to_their_classes() {
+        let ok = "version = 1\nname = \"t\"\nclass_strategies = { easy_random = [\"simultaneous\", \"birthday\"], easy_sequential = [\"predict\"] }\nbirthday_sockets = 64\nbirthday_ports = 256\n";
+        let plan = Plan::from_toml(ok).unwrap();
+        assert_eq!(
+            plan.mix_for(PairClass::EasyRandom),
+            Some(&[Strategy::Simultaneous, Strategy::Birthday][..])
+        );
+        assert_eq!(plan.mix_for(PairClass::EasyEasy), None);
+        assert_eq!(plan.birthday_range(), 64512);
+        let e =
+            Plan::from_toml("version = 1\nname = \"t\"\nbirthday_sockets = 10000\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "plan field `birthday_sockets`: 10000 is refused: the hard cap is 256 sockets per trial (at least 1); lower it"
+        );
+        let e = Plan::from_toml("version = 1\nname = \"t\"\nbirthday_pps = 5000\n").unwrap_err();
+        assert!(e.to_string().contains("SYNs per second"), "{e}");
+        let e = Plan::from_toml("version = 1\nname = \"t\"\nbirthday_ports = 2000\n").unwrap_err();
+        assert!(e.to_string().contains("birthday_ports"), "{e}");
+        let e = Plan::from_toml("version = 1\nname = \"t\"\nstrategies = [\"birthday\"]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("class_strategies"), "{e}");
+        let e = Plan::from_toml(
+            "version = 1\nname = \"t\"\nclass_strategies = { easy_easy = [\"predict\"] }\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("easy_sequential"), "{e}");
+        let e = Plan::from_toml(
+            "version = 1\nname = \"t\"\nbirthday_ports = 100\nbirthday_port_range = [20000, 20049]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("range of 50"), "{e}");
     }
 }

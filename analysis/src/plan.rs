@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::handshake::{BitcoinNetwork, Transport};
 use std::collections::BTreeMap;
 
-use crate::hardnat::{
-    PairClass, MAX_BIRTHDAY_PORTS, MAX_BIRTHDAY_PPS, MAX_BIRTHDAY_SOCKETS, MAX_PREDICT_WINDOW,
-};
+use crate::hardnat::PairClass;
 use crate::trial::Strategy;
 
 /// The plan format version this code reads.
@@ -232,106 +230,7 @@ impl Plan {
         if !(100..=120_000).contains(&self.handshake_step_ms) {
             return invalid("handshake_step_ms", "must be between 100 and 120000");
         }
-        self.validate_hard_nat()
-    }
-
-    /// The hard-NAT keys: where `predict` and `birthday` may be listed, and
-    /// the hard caps on sockets, ports and packets per second, which no plan
-    /// may exceed (probes hold a coordinator's plan to the same caps).
-    fn validate_hard_nat(&self) -> Result<(), PlanError> {
-        let invalid = |field, problem: String| Err(PlanError::Invalid { field, problem });
-        if let Some(s) = self.strategies.iter().find(|s| s.is_hard_nat()) {
-            return invalid(
-                "strategies",
-                format!(
-                    "`{}` needs a NAT-pair class: list it in class_strategies (predict under easy_sequential, birthday under easy_random)",
-                    s.as_str()
-                ),
-            );
-        }
-        for (class, list) in &self.class_strategies {
-            if list.is_empty() {
-                return invalid(
-                    "class_strategies",
-                    format!("{class} must name at least one strategy"),
-                );
-            }
-            for s in list {
-                let fits = match s {
-                    Strategy::Predict => *class == PairClass::EasySequential,
-                    Strategy::Birthday => *class == PairClass::EasyRandom,
-                    _ => true,
-                };
-                if !fits {
-                    return invalid(
-                        "class_strategies",
-                        format!(
-                            "{class} lists `{}`, which only works for {}",
-                            s.as_str(),
-                            if *s == Strategy::Predict {
-                                "easy_sequential"
-                            } else {
-                                "easy_random"
-                            }
-                        ),
-                    );
-                }
-            }
-        }
-        let caps = [
-            (
-                "predict_window",
-                self.predict_window,
-                MAX_PREDICT_WINDOW,
-                "predicted ports per trial",
-            ),
-            (
-                "birthday_sockets",
-                self.birthday_sockets,
-                MAX_BIRTHDAY_SOCKETS,
-                "sockets per trial",
-            ),
-            (
-                "birthday_ports",
-                self.birthday_ports,
-                MAX_BIRTHDAY_PORTS,
-                "ports sprayed per trial",
-            ),
-            (
-                "birthday_pps",
-                self.birthday_pps,
-                MAX_BIRTHDAY_PPS,
-                "SYNs per second",
-            ),
-        ];
-        for (field, value, cap, what) in caps {
-            if value == 0 || value > cap {
-                return invalid(
-                    field,
-                    format!(
-                        "{value} is refused: the hard cap is {cap} {what} (at least 1); lower it"
-                    ),
-                );
-            }
-        }
-        let [first, last] = self.birthday_port_range;
-        if first == 0 || first > last {
-            return invalid(
-                "birthday_port_range",
-                format!("[{first}, {last}] must be [first, last] with 1 <= first <= last"),
-            );
-        }
-        if self.birthday_ports > self.birthday_range() {
-            return invalid(
-                "birthday_ports",
-                format!(
-                    "{} ports cannot be drawn from a range of {}",
-                    self.birthday_ports,
-                    self.birthday_range()
-                ),
-            );
-        }
-        Ok(())
+        crate::hardnat::validate_plan(self)
     }
 
     /// The size of `birthday_port_range` (the formula's range).
@@ -422,41 +321,6 @@ mod tests {
         assert!(matches!(e, PlanError::Parse(_)), "{e}");
         let e = Plan::from_toml("version = 1\nname = \"t\"\nsurprise = 1\n").unwrap_err();
         assert!(e.to_string().contains("surprise"), "{e}");
-    }
-
-    #[test]
-    fn hard_nat_plans_are_held_to_the_caps_and_to_their_classes() {
-        let ok = "version = 1\nname = \"t\"\nclass_strategies = { easy_random = [\"simultaneous\", \"birthday\"], easy_sequential = [\"predict\"] }\nbirthday_sockets = 64\nbirthday_ports = 256\n";
-        let plan = Plan::from_toml(ok).unwrap();
-        assert_eq!(
-            plan.mix_for(PairClass::EasyRandom),
-            Some(&[Strategy::Simultaneous, Strategy::Birthday][..])
-        );
-        assert_eq!(plan.mix_for(PairClass::EasyEasy), None);
-        assert_eq!(plan.birthday_range(), 64512);
-        let e =
-            Plan::from_toml("version = 1\nname = \"t\"\nbirthday_sockets = 10000\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "plan field `birthday_sockets`: 10000 is refused: the hard cap is 256 sockets per trial (at least 1); lower it"
-        );
-        let e = Plan::from_toml("version = 1\nname = \"t\"\nbirthday_pps = 5000\n").unwrap_err();
-        assert!(e.to_string().contains("SYNs per second"), "{e}");
-        let e = Plan::from_toml("version = 1\nname = \"t\"\nbirthday_ports = 2000\n").unwrap_err();
-        assert!(e.to_string().contains("birthday_ports"), "{e}");
-        let e = Plan::from_toml("version = 1\nname = \"t\"\nstrategies = [\"birthday\"]\n")
-            .unwrap_err();
-        assert!(e.to_string().contains("class_strategies"), "{e}");
-        let e = Plan::from_toml(
-            "version = 1\nname = \"t\"\nclass_strategies = { easy_easy = [\"predict\"] }\n",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("easy_sequential"), "{e}");
-        let e = Plan::from_toml(
-            "version = 1\nname = \"t\"\nbirthday_ports = 100\nbirthday_port_range = [20000, 20049]\n",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("range of 50"), "{e}");
     }
 
     #[test]
