@@ -1065,6 +1065,16 @@ fn a_pair_class_with_a_mix_draws_shuffled_rounds_and_others_keep_the_rotation() 
     random.allocation = Finding::Known {
         value: AllocationPattern::Random,
     };
+    // A plan listing `birthday` gives each trial the time of its paced SYNs:
+    // (64 + 256) at 200 per second.
+    assert_eq!(hard_nat_ms(&plan), 1600);
+    let mut without = plan.clone();
+    without.class_strategies.clear();
+    assert_eq!(hard_nat_ms(&without), 0);
+    assert_eq!(
+        result_deadline(&plan),
+        result_deadline(&without) + Duration::from_millis(1600)
+    );
     let mut h = Harness::new(config(plan.clone()));
     h.connect(1, "127.0.0.2:1000");
     h.say(1, &hello_with_verdict(random));
