@@ -165,8 +165,10 @@ fn masquerade_pair_trials(
 ) -> Vec<StrategyRun> {
     let echo: SocketAddr = S1P1.parse().unwrap();
     let mut port = base_port;
+    // `predict` and `birthday` need a NAT-pair class (tests/lab_hardnat.rs).
     Strategy::ALL
         .iter()
+        .filter(|s| !s.is_hard_nat())
         .map(|&strategy| {
             let mut connected = 0;
             let mut failures = Vec::new();

@@ -19,43 +19,7 @@ use support::process::ChildGuard;
 
 /// Runs `probe` in alice and bob at once; returns each side's trials, in trial order.
 fn probe_pair(lab: &Lab, within: Duration) -> (Vec<TrialRecord>, Vec<TrialRecord>, Vec<Role>) {
-    let _echo = start_echo(lab);
-    let spools = tempfile::tempdir().unwrap();
-    let spawn = |host: &str| {
-        probe_command_with_spool(lab, host, &spools.path().join(host))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let children = [spawn("alice"), spawn("bob")];
-    let deadline = Instant::now() + within;
-    let mut outputs = Vec::new();
-    for child in children {
-        let mut guard = ChildGuard(Some(child));
-        loop {
-            let finished = guard.0.as_mut().unwrap().try_wait().unwrap().is_some();
-            if finished {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "probe did not finish within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let output = guard.0.take().unwrap().wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "probe failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let result = RunResult::from_json(std::str::from_utf8(&output.stdout).unwrap()).unwrap();
-        assert_eq!(result.pairings.len(), 1);
-        assert_eq!(result.pairings[0].ended, PairingEnded::Done);
-        assert!(!result.classification.verdict.no_nat, "behind a lab NAT");
-        outputs.push(result);
-    }
+    let outputs = probe_alice_and_bob(lab, within);
     let trials = |r: &RunResult| -> Vec<TrialRecord> {
         let mut t = r.pairings[0].trials.clone();
         t.sort_by_key(|t| t.trial);

@@ -16,6 +16,8 @@
 //!   v2): outcome, failure reason, phase durations, bytes, the peer's
 //!   `version` fields and the v2 session id.
 //! - [`trial`]: punching strategies and the record of one trial as one side saw it.
+//! - [`hardnat`]: the NAT-pair class, who does what under `predict` and
+//!   `birthday`, their hard caps and the birthday formula.
 //! - [`plan`]: probe plans (what a pairing measures), validated on load.
 //! - [`portmap`]: what the default gateway answered to port mapping
 //!   requests (PCP, NAT-PMP, UPnP IGD) and whether the mapping was removed.
@@ -37,6 +39,7 @@
 
 pub mod classify;
 pub mod handshake;
+pub mod hardnat;
 pub mod nat;
 pub mod plan;
 pub mod portmap;

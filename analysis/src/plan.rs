@@ -11,6 +11,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::handshake::{BitcoinNetwork, Transport};
+use std::collections::BTreeMap;
+
+use crate::hardnat::PairClass;
 use crate::trial::Strategy;
 
 /// The plan format version this code reads.
@@ -61,6 +64,31 @@ pub struct Plan {
     /// Deadline for each step of the Bitcoin handshake.
     #[serde(default = "defaults::handshake_step_ms")]
     pub handshake_step_ms: u32,
+    /// Strategy mixes per NAT-pair class (`easy_easy`, `easy_sequential`,
+    /// `easy_random`, `hard_hard`, `unknown`): a pair whose class is listed
+    /// gets each trial's strategy drawn at random from its list (shuffled
+    /// rounds, so each strategy runs equally often); other pairs take
+    /// `strategies` in turn. `predict` may only be listed for
+    /// `easy_sequential`, `birthday` only for `easy_random`.
+    #[serde(default)]
+    pub class_strategies: BTreeMap<PairClass, Vec<Strategy>>,
+    /// `predict`: how many predicted ports (after the hard side's observed
+    /// one, its allocation step apart) the easy side aims at.
+    #[serde(default = "defaults::predict_window")]
+    pub predict_window: u32,
+    /// `birthday`: connections (so NAT mappings) the random side opens (m).
+    #[serde(default = "defaults::birthday_sockets")]
+    pub birthday_sockets: u32,
+    /// `birthday`: random ports of the hard side's address the easy side sends SYNs to (n).
+    #[serde(default = "defaults::birthday_ports")]
+    pub birthday_ports: u32,
+    /// `birthday`: first and last port the easy side draws from (the
+    /// formula's range is their span).
+    #[serde(default = "defaults::birthday_port_range")]
+    pub birthday_port_range: [u16; 2],
+    /// `birthday`: SYNs (connect() calls) per second each side sends at most.
+    #[serde(default = "defaults::birthday_pps")]
+    pub birthday_pps: u32,
 }
 
 mod defaults {
@@ -98,6 +126,21 @@ mod defaults {
     }
     pub fn handshake_step_ms() -> u32 {
         10_000
+    }
+    pub fn predict_window() -> u32 {
+        8
+    }
+    pub fn birthday_sockets() -> u32 {
+        64
+    }
+    pub fn birthday_ports() -> u32 {
+        256
+    }
+    pub fn birthday_port_range() -> [u16; 2] {
+        [1024, 65535]
+    }
+    pub fn birthday_pps() -> u32 {
+        200
     }
 }
 
@@ -187,7 +230,18 @@ impl Plan {
         if !(100..=120_000).contains(&self.handshake_step_ms) {
             return invalid("handshake_step_ms", "must be between 100 and 120000");
         }
-        Ok(())
+        crate::hardnat::validate_plan(self)
+    }
+
+    /// The size of `birthday_port_range` (the formula's range).
+    pub fn birthday_range(&self) -> u32 {
+        let [first, last] = self.birthday_port_range;
+        u32::from(last).saturating_sub(u32::from(first)) + 1
+    }
+
+    /// The strategies a pair of `class` draws from at random, if the plan has a mix for it.
+    pub fn mix_for(&self, class: PairClass) -> Option<&[Strategy]> {
+        self.class_strategies.get(&class).map(Vec::as_slice)
     }
 
     /// The strategy of trial `n`.
@@ -244,6 +298,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_hard_nat_plan_is_valid() {
+        let plan = Plan::from_toml(include_str!("../../probes/hard-nat.toml")).unwrap();
+        assert_eq!(
+            plan.mix_for(PairClass::EasyRandom),
+            Some(&[Strategy::Simultaneous, Strategy::Birthday][..])
+        );
+        assert_eq!(
+            plan.mix_for(PairClass::EasySequential),
+            Some(&[Strategy::Simultaneous, Strategy::Predict][..])
+        );
+    }
+
+    #[test]
     fn bad_plans_say_what_to_fix() {
         let e = Plan::from_toml("version = 2\nname = \"t\"\n").unwrap_err();
         assert!(matches!(e, PlanError::Version { found: 2 }));
@@ -289,7 +356,7 @@ mod tests {
     #[test]
     fn every_field_is_a_known_key() {
         let keys = Plan::keys();
-        assert_eq!(keys.len(), 14, "{keys:?}");
+        assert_eq!(keys.len(), 20, "{keys:?}");
         let default = include_str!("../../probes/default.toml");
         for key in &keys {
             assert!(

@@ -578,6 +578,9 @@ mod tests {
             handshake: Some(handshake),
             node_bridge: None,
             error: None,
+            pair_class: None,
+            drawn_from: None,
+            hard: None,
         }
     }
 

@@ -21,6 +21,18 @@ pub enum Strategy {
     /// `connect_listen`: the peer's SYN passes the primed NAT whenever it
     /// arrives and meets a socket, so start skew no longer matters.
     LowTtl,
+    /// For an endpoint-independent side paired with a sequential
+    /// address(-and-port)-dependent one: the easy side connects and listens,
+    /// aiming at the plan's `predict_window` ports after the hard side's
+    /// observed port (its classification's step apart), where the hard
+    /// side's NAT will put its connection to the easy side.
+    Predict,
+    /// For an endpoint-independent side paired with a random
+    /// address(-and-port)-dependent one: the hard side opens the plan's
+    /// `birthday_sockets` (m) connections to the easy side; the easy side
+    /// sends SYNs from its one port to `birthday_ports` (n) random ports of
+    /// the hard side's address. A hit connects: about 1 - exp(-m*n/range).
+    Birthday,
 }
 
 impl Strategy {
@@ -28,6 +40,8 @@ impl Strategy {
         Strategy::Simultaneous,
         Strategy::ConnectListen,
         Strategy::LowTtl,
+        Strategy::Predict,
+        Strategy::Birthday,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,7 +49,16 @@ impl Strategy {
             Strategy::Simultaneous => "simultaneous",
             Strategy::ConnectListen => "connect_listen",
             Strategy::LowTtl => "low_ttl",
+            Strategy::Predict => "predict",
+            Strategy::Birthday => "birthday",
         }
+    }
+
+    /// The hard-NAT strategies: they need a NAT-pair class (each side's
+    /// move depends on both verdicts), so a plan may name them only in
+    /// `class_strategies`.
+    pub fn is_hard_nat(self) -> bool {
+        matches!(self, Strategy::Predict | Strategy::Birthday)
     }
 }
 
@@ -178,6 +201,20 @@ pub struct TrialRecord {
     pub node_bridge: Option<NodeBridgeRecord>,
     /// What went wrong locally, for `local_error`.
     pub error: Option<String>,
+    /// The NAT-pair class this side derived from both verdicts, when the
+    /// plan has strategy mixes per class (`class_strategies`). Added within
+    /// schema version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_class: Option<crate::hardnat::PairClass>,
+    /// The strategies this trial's strategy was drawn from at random (the
+    /// plan's mix for `pair_class`): absent when the plan's rotation chose
+    /// it. Rates are compared only within one allocation. Added within schema version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drawn_from: Option<Vec<Strategy>>,
+    /// `predict` and `birthday`: this side's move, ports tried and SYNs
+    /// sent. Added within schema version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard: Option<crate::hardnat::HardTrialRecord>,
 }
 
 #[cfg(test)]

@@ -259,6 +259,10 @@ struct NatSection {
     sequential_base: u16,
     #[serde(default = "defaults::sequential_step")]
     sequential_step: Step,
+    /// First and last port of `random` allocation (emulator only).
+    random_ports: Option<Spanned<[u16; 2]>>,
+    /// Background connections per second from other hosts behind the NAT (emulator only).
+    background_per_s: Option<Spanned<f64>>,
     #[serde(default = "defaults::tcp_established_s")]
     tcp_established_timeout_s: u32,
     #[serde(default = "defaults::tcp_transitory_s")]
@@ -569,7 +573,35 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             jitter: Duration::from_millis(nat.jitter_ms.into()),
             loss: nat.loss.0,
         };
+        let random_ports = match &nat.random_ports {
+            None => (1024, u16::MAX),
+            Some(spanned) => {
+                let [first, last] = *spanned.get_ref();
+                if first < 1024 || first > last {
+                    return Err(at(
+                        spanned.span(),
+                        format!("NAT `{name}`: random_ports = [{first}, {last}] must be [first, last] with 1024 <= first <= last"),
+                    ));
+                }
+                (first, last)
+            }
+        };
+        let background_per_s = match &nat.background_per_s {
+            None => 0.0,
+            Some(spanned) => {
+                let rate = *spanned.get_ref();
+                if !(0.0..=1000.0).contains(&rate) {
+                    return Err(at(
+                        spanned.span(),
+                        format!("NAT `{name}`: background_per_s = {rate} must be between 0 and 1000 connections per second"),
+                    ));
+                }
+                rate
+            }
+        };
         let config = NatConfig {
+            random_ports,
+            background_per_s,
             translation,
             public_ip,
             gateway_ip: Ipv4Addr::new(192, 168, 0, 1), // set per LAN below
@@ -591,6 +623,21 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             downlink: link,
             seed: file.lab.seed.wrapping_add(i as u64),
         };
+        let is_kernel = matches!(&nat.backend, Some(b) if *b.get_ref() == Backend::Kernel);
+        for (key, span) in [
+            ("random_ports", nat.random_ports.as_ref().map(|s| s.span())),
+            (
+                "background_per_s",
+                nat.background_per_s.as_ref().map(|s| s.span()),
+            ),
+        ] {
+            if let (true, Some(span)) = (is_kernel, span) {
+                return Err(at(
+                    span,
+                    format!("NAT `{name}`: {key} is an emulator key; a kernel router cannot play it (use the emulator)"),
+                ));
+            }
+        }
         let kernel = match &nat.backend {
             Some(backend) if *backend.get_ref() == Backend::Kernel => Some(
                 KernelNat::for_config(&config)
@@ -868,6 +915,31 @@ nat = "none"
 
     fn error_of(text: &str) -> String {
         Scenario::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn busy_and_small_range_nats_are_emulator_keys_checked_with_their_line() {
+        let nat = |keys: &str| {
+            format!("[[nat]]\nname = \"n\"\nmapping = \"apdm\"\nallocation = \"random\"\n{keys}\n[[host]]\nname = \"h\"\nnat = \"n\"\n")
+        };
+        let s = Scenario::parse(&nat(
+            "random_ports = [20000, 20255]\nbackend = \"emulator\"\nbackground_per_s = 12.5",
+        ))
+        .unwrap();
+        let c = &s.routers[0].config;
+        assert_eq!(c.random_ports, (20000, 20255));
+        assert_eq!(c.background_per_s, 12.5);
+        let d = &Scenario::parse(&nat("")).unwrap().routers[0].config;
+        assert_eq!((d.random_ports, d.background_per_s), ((1024, 65535), 0.0));
+        let e = error_of(&nat("random_ports = [30000, 20000]"));
+        assert!(e.contains("line 5") && e.contains("random_ports"), "{e}");
+        let e = error_of(&nat("background_per_s = -1.0"));
+        assert!(
+            e.contains("line 5") && e.contains("background_per_s"),
+            "{e}"
+        );
+        let e = error_of(&nat("backend = \"kernel\"\nbackground_per_s = 5.0"));
+        assert!(e.contains("line 6") && e.contains("emulator key"), "{e}");
     }
 
     #[test]

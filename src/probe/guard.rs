@@ -14,6 +14,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use punchscope_analysis::classify::Verdict;
+use punchscope_analysis::hardnat::{HardRole, PairClass, SideKind};
 use punchscope_analysis::plan::Plan;
 use punchscope_analysis::result::{CoordinatorViolation, ViolationRule};
 use punchscope_analysis::trial::Strategy;
@@ -49,6 +51,9 @@ pub struct CoordinatorGuard {
     prime_ttl: u8,
     next_trial: u32,
     current: Option<Current>,
+    /// This side's and the peer's NAT kinds, from our own verdict and the
+    /// one relayed in `paired` ([`CoordinatorGuard::with_pair`]).
+    kinds: (SideKind, SideKind),
 }
 
 fn violation(rule: ViolationRule, trial: Option<u32>, detail: String) -> CoordinatorViolation {
@@ -85,12 +90,22 @@ impl CoordinatorGuard {
                 ));
             }
         }
+        // The hard-NAT caps (sockets, ports, SYNs per second) are the plan's
+        // own validation, held here too: a coordinator's plan is read leniently.
+        plan.validate().map_err(|e| {
+            violation(
+                ViolationRule::PlanLimit,
+                None,
+                format!("paired: plan refused: {e}"),
+            )
+        })?;
         Ok(CoordinatorGuard {
             plan: plan.clone(),
             addresses,
             prime_ttl: plan.low_ttl,
             next_trial: 0,
             current: None,
+            kinds: (SideKind::Unknown, SideKind::Unknown),
         })
     }
 
@@ -116,12 +131,39 @@ impl CoordinatorGuard {
                 ),
             ));
         }
-        let planned = self.plan.strategy_of(trial);
-        if strategy != planned {
+        match self.plan.mix_for(self.pair_class()) {
+            Some(mix) if !mix.contains(&strategy) => {
+                return Err(violation(
+                    ViolationRule::Strategy,
+                    Some(trial),
+                    format!(
+                        "trial {trial} announced as {strategy:?}, not in the plan's mix {mix:?} for our pair class {}",
+                        self.pair_class()
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let planned = self.plan.strategy_of(trial);
+                if strategy != planned {
+                    return Err(violation(
+                        ViolationRule::Strategy,
+                        Some(trial),
+                        format!(
+                            "trial {trial} announced as {strategy:?}, the plan says {planned:?}"
+                        ),
+                    ));
+                }
+            }
+        }
+        if strategy.is_hard_nat() && self.hard_role(strategy).is_none() {
             return Err(violation(
                 ViolationRule::Strategy,
                 Some(trial),
-                format!("trial {trial} announced as {strategy:?}, the plan says {planned:?}"),
+                format!(
+                    "trial {trial} announced as {strategy:?}, which does not apply to our pair class {}",
+                    self.pair_class()
+                ),
             ));
         }
         self.next_trial += 1;
@@ -145,6 +187,69 @@ impl CoordinatorGuard {
             self.prime_ttl = v.prime_ttl_or(self.plan.low_ttl);
         }
         self
+    }
+
+    /// Knows the pair: our own verdict and the peer's as `paired` relayed it.
+    /// The pair class (whose mix a trial's strategy must come from) and our
+    /// move under `predict` and `birthday` follow from the two.
+    pub fn with_pair(mut self, own: Option<&Verdict>, peer: Option<&Verdict>) -> Self {
+        self.kinds = (SideKind::of(own), SideKind::of(peer));
+        self
+    }
+
+    /// The NAT-pair class of this pairing, as this probe derives it.
+    pub fn pair_class(&self) -> PairClass {
+        PairClass::of_kinds(self.kinds.0, self.kinds.1)
+    }
+
+    /// Our move under a hard-NAT strategy, if it applies to this pair.
+    pub fn hard_role(&self, strategy: Strategy) -> Option<HardRole> {
+        HardRole::of(strategy, self.kinds.0, self.kinds.1)
+    }
+
+    /// What a hard-NAT trial is about to aim at, checked before the first
+    /// SYN: only the paired peer's own observed address (the IP of the `go`
+    /// that was accepted), and no more ports than the plan's capped count
+    /// for our move (`predict_window`, `birthday_ports`; the opening side
+    /// aims only at `peer` itself).
+    pub fn targets(
+        &self,
+        trial: u32,
+        peer: SocketAddr,
+        targets: &[SocketAddr],
+    ) -> Result<(), CoordinatorViolation> {
+        let Some(current) = self.current.as_ref().filter(|c| c.trial == trial && c.went) else {
+            return Err(violation(
+                ViolationRule::TrialOrder,
+                Some(trial),
+                format!("targets for trial {trial}, which has no accepted go"),
+            ));
+        };
+        let cap = match self.hard_role(current.strategy) {
+            Some(HardRole::PredictAim { .. }) => self.plan.predict_window,
+            Some(HardRole::BirthdaySpray) => self.plan.birthday_ports,
+            _ => 1,
+        };
+        if targets.len() > cap as usize {
+            return Err(violation(
+                ViolationRule::PlanLimit,
+                Some(trial),
+                format!(
+                    "trial {trial} would aim at {} ports, the cap for this move is {cap}",
+                    targets.len()
+                ),
+            ));
+        }
+        if let Some(stranger) = targets.iter().find(|t| t.ip() != peer.ip()) {
+            return Err(violation(
+                ViolationRule::PeerAddress,
+                Some(trial),
+                format!(
+                    "trial {trial} would aim at {stranger}, not at the paired peer's observed address"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `prime`: once, for the current low-TTL trial, with the expected TTL and a public peer.
@@ -501,5 +606,90 @@ mod tests {
         assert_eq!(rule(attempt(100, 201)), ViolationRule::StartDelay);
         assert_eq!(rule(attempt(u64::MAX / 2, 0)), ViolationRule::StartDelay);
         assert_eq!(rule(attempt(10, 50)), ViolationRule::StartDelay);
+    }
+
+    /// A verdict with only what the pair class reads: mapping and allocation.
+    fn verdict(
+        mapping: punchscope_analysis::nat::Mapping,
+        allocation: punchscope_analysis::classify::AllocationPattern,
+    ) -> Verdict {
+        use punchscope_analysis::classify::Finding;
+        Verdict {
+            no_nat: false,
+            mapping: Finding::Known { value: mapping },
+            filtering: Finding::Known {
+                value: punchscope_analysis::nat::Filtering::Apdf,
+            },
+            port_preserved: None,
+            allocation: Finding::Known { value: allocation },
+            hairpin: None,
+            missing: Vec::new(),
+            path: None,
+        }
+    }
+
+    #[test]
+    fn hard_nat_trials_come_from_the_classs_mix_and_aim_only_at_the_peer() {
+        use punchscope_analysis::classify::AllocationPattern;
+        use punchscope_analysis::nat::Mapping;
+        let mut plan = plan();
+        plan.class_strategies.insert(
+            PairClass::EasyRandom,
+            vec![Strategy::Simultaneous, Strategy::Birthday],
+        );
+        plan.birthday_ports = 4;
+        let easy = verdict(Mapping::Eim, AllocationPattern::Preserving);
+        let random = verdict(Mapping::Apdm, AllocationPattern::Random);
+        let seq = verdict(
+            Mapping::Apdm,
+            AllocationPattern::Sequential {
+                step: 1,
+                exact: true,
+            },
+        );
+        let mut g = CoordinatorGuard::new(&plan, AddressPolicy::Public)
+            .unwrap()
+            .with_pair(Some(&easy), Some(&random));
+        assert_eq!(g.pair_class(), PairClass::EasyRandom);
+        assert_eq!(
+            g.hard_role(Strategy::Birthday),
+            Some(HardRole::BirthdaySpray)
+        );
+        // The mix, in any order: trial 0 may be birthday though the rotation says simultaneous.
+        g.trial(0, Strategy::Birthday).unwrap();
+        g.go(0, peer(), ms(0), ms(0), Strategy::Birthday).unwrap();
+        let at = |port: u16| SocketAddr::new(peer().ip(), port);
+        g.targets(0, peer(), &[at(1), at(2), at(3), at(4)]).unwrap();
+        assert_eq!(
+            rule(g.targets(0, peer(), &[at(1), at(2), at(3), at(4), at(5)])),
+            ViolationRule::PlanLimit
+        );
+        let stranger: SocketAddr = "198.51.100.99:5".parse().unwrap();
+        assert_eq!(
+            rule(g.targets(0, peer(), &[at(1), stranger])),
+            ViolationRule::PeerAddress
+        );
+        // Not in the mix.
+        assert_eq!(rule(g.trial(1, Strategy::LowTtl)), ViolationRule::Strategy);
+        // A pair without a mix keeps the rotation, and a hard strategy that does not apply is refused.
+        let mut g = CoordinatorGuard::new(&plan, AddressPolicy::Public)
+            .unwrap()
+            .with_pair(Some(&seq), Some(&random));
+        assert_eq!(g.pair_class(), PairClass::HardHard);
+        assert_eq!(
+            rule(g.trial(0, Strategy::Birthday)),
+            ViolationRule::Strategy
+        );
+        g.trial(0, Strategy::Simultaneous).unwrap();
+        // Plans over the hard caps never get this far.
+        let mut greedy = plan.clone();
+        greedy.birthday_sockets = 100_000;
+        let refused = CoordinatorGuard::new(&greedy, AddressPolicy::Public).unwrap_err();
+        assert_eq!(refused.rule, ViolationRule::PlanLimit);
+        assert!(
+            refused.detail.contains("birthday_sockets"),
+            "{}",
+            refused.detail
+        );
     }
 }

@@ -15,6 +15,7 @@ use super::Progress;
 use crate::net::address::AddressPolicy;
 use crate::node::NodeBridge;
 use crate::proto::rendezvous::Mode;
+use crate::punch::hard::HardMove;
 use crate::punch::{self, HandshakeSpec, TrialSpec};
 use crate::rendezvous::{register_port, Client, Hello, RendezvousError, Step, TrialReport};
 
@@ -104,7 +105,12 @@ pub async fn run_pairing(
     let record = &mut run.pairing;
     let plan = pairing.plan;
     let mut guard = match CoordinatorGuard::new(&plan, options.addresses) {
-        Ok(guard) => guard.with_own_verdict(options.hello.verdict.as_deref()),
+        Ok(guard) => guard
+            .with_own_verdict(options.hello.verdict.as_deref())
+            .with_pair(
+                options.hello.verdict.as_deref(),
+                pairing.peer_verdict.as_ref(),
+            ),
         Err(violation) => {
             leave_for_violation(&mut client, record, violation).await;
             return Ok(run);
@@ -217,12 +223,25 @@ pub async fn run_pairing(
                     continue;
                 };
                 let local = any_port(peer, p.local_port);
+                // `predict` and `birthday`: our move from both verdicts, its
+                // targets shown to the guard before any SYN leaves.
+                let hard = guard
+                    .hard_role(strategy)
+                    .filter(|_| strategy.is_hard_nat())
+                    .map(|role| HardMove::for_role(role, &plan, peer));
+                if let Some(hard) = &hard {
+                    if let Err(violation) = guard.targets(trial, peer, &hard.targets(peer)) {
+                        leave_for_violation(&mut client, record, violation).await;
+                        break;
+                    }
+                }
                 // What `go` says wins over what the plan implies.
                 let spec = TrialSpec {
                     strategy,
                     public_port: Some(p.public_port),
                     start_delay: delay.saturating_sub(injected_skew),
                     injected_skew,
+                    hard,
                     ..TrialSpec::from_plan(&plan, trial, pairing.role, local, peer, nonce)
                 };
                 let handshake = HandshakeSpec::from_plan(&plan, trial);
@@ -283,6 +302,16 @@ pub async fn run_pairing(
                 let _ = client.bye().await;
                 break;
             }
+        }
+    }
+    // A plan with strategy mixes: every trial says which class this side
+    // saw and, when its strategy was drawn, from which mix, so the report
+    // never pools rates across allocations.
+    if !plan.class_strategies.is_empty() {
+        let class = guard.pair_class();
+        for trial in &mut run.pairing.trials {
+            trial.pair_class = Some(class);
+            trial.drawn_from = plan.mix_for(class).map(<[Strategy]>::to_vec);
         }
     }
     // In bridge mode every trial is the nodes' to measure, also those that
@@ -366,6 +395,9 @@ fn unrun(
         handshake: None,
         node_bridge: None,
         error,
+        pair_class: None,
+        drawn_from: None,
+        hard: None,
     }
 }
 

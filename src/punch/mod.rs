@@ -6,10 +6,12 @@
 //!
 //! Layout: [`attempt`] (one connect from the trial port, errno read as a
 //! result), [`nonce`] (proving the connection reached the paired peer), this
-//! file (the strategies and the record). Ports are bound by
+//! file (the strategies and the record), [`hard`] (the many-SYN moves of
+//! `predict` and `birthday`). Ports are bound by
 //! [`crate::net::socket`], shared with classification and the lab.
 
 pub mod attempt;
+pub mod hard;
 pub mod nonce;
 
 use std::net::SocketAddr;
@@ -51,6 +53,9 @@ pub struct TrialSpec {
     pub max_attempts: u32,
     pub retry_gap: Duration,
     pub retry_jitter: Duration,
+    /// `predict` and `birthday`: this side's move (set by the pairing from
+    /// both verdicts, after the guard saw its targets); `None` otherwise.
+    pub hard: Option<hard::HardMove>,
 }
 
 /// The Bitcoin handshake to run over a punched socket.
@@ -92,6 +97,7 @@ impl TrialSpec {
             max_attempts: plan.max_attempts,
             retry_gap: millis(plan.retry_gap_ms),
             retry_jitter: millis(plan.retry_jitter_ms),
+            hard: None,
         }
     }
 }
@@ -147,7 +153,18 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
         handshake: None,
         node_bridge: None,
         error: None,
+        pair_class: None,
+        drawn_from: None,
+        hard: None,
     };
+    if let Some(hard_move) = &spec.hard {
+        tokio::time::sleep_until(go_at + spec.start_delay + spec.injected_skew).await;
+        let (connected, hard_record) =
+            hard::run(spec, hard_move, go_at, &mut record.attempts).await;
+        record.hard = Some(hard_record);
+        let race = race_for_nonce(spec, std::future::ready(connected), None).await;
+        return finish(go_at, record, race);
+    }
     // The listener exists before our first SYN. Under `connect_listen` it takes
     // a peer SYN from an unpredicted port (a symmetric NAT); under `low_ttl` it
     // answers the peer's SYN that our primed NAT admits whenever it comes, so
@@ -163,9 +180,18 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
     };
     tokio::time::sleep_until(go_at + spec.start_delay + spec.injected_skew).await;
 
-    let connect = connect_with_retries(spec, go_at, &mut record);
+    let connect = async {
+        let stream = connect_with_retries(spec, go_at, &mut record).await;
+        stream.map(|stream| (stream, Completion::Connect))
+    };
     let race = race_for_nonce(spec, connect, listener.as_ref()).await;
     drop(listener);
+    finish(go_at, record, race)
+}
+
+/// The record's outcome from the race: the socket that carried the nonce,
+/// or why none did.
+fn finish(go_at: Instant, mut record: TrialRecord, race: Race) -> (TrialRecord, Option<TcpStream>) {
     let Some(first) = race.claims.first() else {
         record.outcome = outcome_of_attempts(&record.attempts);
         return (record, None);
@@ -177,6 +203,10 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
     }
     match race.winner {
         Some((stream, _)) => {
+            // Under `predict` and `birthday` the port that answered is one of many tried.
+            if let Ok(peer) = stream.peer_addr() {
+                record.peer_port = Some(peer.port());
+            }
             record.nonce_verified = true;
             record.outcome = TrialOutcome::Connected;
             (record, Some(stream))
@@ -206,8 +236,8 @@ struct Race {
     failures: Vec<String>,
 }
 
-/// Runs our connect attempts and (under strategies that listen) our
-/// listener side by side, and the nonce exchange on every socket that
+/// Runs our connect attempts (or a hard-NAT move: whatever socket it
+/// connected) and (under strategies that listen) our listener side by side, and the nonce exchange on every socket that
 /// reports the connection, as it does: our connect and our listener can
 /// both claim one 4-tuple (a simultaneous open next to an accept), and only
 /// the nonce tells which one reached the peer. The first that carries it
@@ -215,7 +245,7 @@ struct Race {
 /// connect attempts are over and no exchange is pending.
 async fn race_for_nonce(
     spec: &TrialSpec,
-    connect: impl std::future::Future<Output = Option<TcpStream>>,
+    connect: impl std::future::Future<Output = Option<(TcpStream, Completion)>>,
     listener: Option<&tokio::net::TcpListener>,
 ) -> Race {
     use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -248,11 +278,11 @@ async fn race_for_nonce(
             }
         };
         tokio::select! {
-            stream = &mut connect, if connecting => {
+            connected = &mut connect, if connecting => {
                 connecting = false;
-                if let Some(stream) = stream {
-                    claim(&mut race, Completion::Connect);
-                    exchanges.push(exchange(stream, Completion::Connect));
+                if let Some((stream, by)) = connected {
+                    claim(&mut race, by);
+                    exchanges.push(exchange(stream, by));
                 }
             }
             stream = accept => {

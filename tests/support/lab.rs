@@ -280,3 +280,70 @@ pub fn two_nats(a: &str, b: &str) -> String {
          [[host]]\nname = \"alice\"\nnat = \"a\"\n[[host]]\nname = \"bob\"\nnat = \"b\"\n"
     )
 }
+
+/// Runs `probe` in alice and bob at once (echo servers started here, the
+/// coordinator already running) and returns both results, alice's first,
+/// each checked to be one finished pairing behind a NAT.
+pub fn probe_alice_and_bob(
+    lab: &Lab,
+    within: Duration,
+) -> Vec<punchscope::analysis::result::RunResult> {
+    use punchscope::analysis::result::{PairingEnded, RunResult};
+    let _echo = start_echo(lab);
+    let spools = tempfile::tempdir().unwrap();
+    let spawn = |host: &str| {
+        probe_command_with_spool(lab, host, &spools.path().join(host))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Both pipes are drained while the probes run: a result larger than a
+    // pipe's buffer would otherwise block its probe forever.
+    let drain = |child: &mut std::process::Child| {
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        (
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = out.read_to_end(&mut v);
+                v
+            }),
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = err.read_to_end(&mut v);
+                v
+            }),
+        )
+    };
+    let mut children = [spawn("alice"), spawn("bob")];
+    let readers: Vec<_> = children.iter_mut().map(drain).collect();
+    let deadline = std::time::Instant::now() + within;
+    let mut outputs = Vec::new();
+    for (child, (out, err)) in children.into_iter().zip(readers) {
+        let mut guard = super::process::ChildGuard(Some(child));
+        let status = loop {
+            if let Some(status) = guard.0.as_mut().unwrap().try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "probe did not finish within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        guard.0.take();
+        let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+        assert!(
+            status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+        let result = RunResult::from_json(std::str::from_utf8(&stdout).unwrap()).unwrap();
+        assert_eq!(result.pairings.len(), 1);
+        assert_eq!(result.pairings[0].ended, PairingEnded::Done);
+        assert!(!result.classification.verdict.no_nat, "behind a lab NAT");
+        outputs.push(result);
+    }
+    outputs
+}

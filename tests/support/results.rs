@@ -208,6 +208,9 @@ fn unsanitized_trial(n: u32, plan: &Plan, connected: bool) -> TrialRecord {
         handshake,
         node_bridge: None,
         error: None,
+        pair_class: None,
+        drawn_from: None,
+        hard: None,
     }
 }
 
@@ -397,6 +400,9 @@ fn side_record(
         handshake,
         node_bridge: None,
         error: None,
+        pair_class: None,
+        drawn_from: None,
+        hard: None,
     }
 }
 

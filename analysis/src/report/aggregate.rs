@@ -43,6 +43,7 @@ use super::input::{Document, Skipped};
 use super::portmap::PortMapTally;
 use crate::classify::{Finding, Verdict};
 use crate::handshake::{Role, Transport};
+use crate::hardnat::PairClass;
 use crate::nat::{Filtering, Mapping};
 use crate::result::{RunMode, RunResult};
 use crate::trial::{Strategy, TrialOutcome, TrialRecord};
@@ -129,6 +130,69 @@ struct Side {
     run: u32,
     /// The pairing entry it came from (a node of the pairing union-find).
     slot: u32,
+    /// The NAT-pair class: the record's own, else derived from the run's
+    /// verdict and the relayed peer verdict (the same function).
+    class: PairClass,
+    /// Whether the record carried a class (its plan had strategy mixes).
+    class_recorded: bool,
+    /// The mix the strategy was drawn from, as a bit set over [`Strategy::ALL`].
+    mix: Option<u8>,
+    hard: Option<HardCounts>,
+}
+
+/// What the hard-NAT strategies did in one trial (both sides summed when joined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HardCounts {
+    /// `predict`: the easy side's window of predicted ports.
+    pub window: Option<u32>,
+    /// `birthday`: the opening side's connections (m) and the sprayed ports (n, as planned).
+    pub m: Option<u32>,
+    pub n: Option<u32>,
+    /// Distinct peer ports SYNs went to, connect() calls and SYNs, over both sides.
+    pub ports_tried: u32,
+    pub connects: u32,
+    pub syns_sent: u32,
+}
+
+impl HardCounts {
+    fn of(record: &crate::hardnat::HardTrialRecord) -> HardCounts {
+        HardCounts {
+            window: record.window,
+            m: record.m,
+            n: record.n,
+            ports_tried: record.ports_tried,
+            connects: record.connects,
+            syns_sent: record.syns_sent,
+        }
+    }
+
+    fn join(self, other: HardCounts) -> HardCounts {
+        HardCounts {
+            window: self.window.or(other.window),
+            m: self.m.or(other.m),
+            n: self.n.or(other.n),
+            ports_tried: self.ports_tried + other.ports_tried,
+            connects: self.connects + other.connects,
+            syns_sent: self.syns_sent + other.syns_sent,
+        }
+    }
+}
+
+/// A mix as a bit set over [`Strategy::ALL`].
+fn mix_bits(mix: &[Strategy]) -> u8 {
+    mix.iter()
+        .filter_map(|s| Strategy::ALL.iter().position(|x| x == s))
+        .fold(0, |bits, i| bits | (1 << i))
+}
+
+/// The strategies of a bit set from [`mix_bits`].
+pub fn mix_strategies(bits: u8) -> Vec<Strategy> {
+    Strategy::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, s)| *s)
+        .collect()
 }
 
 /// A trial being assembled from one or two sides.
@@ -173,6 +237,15 @@ pub struct CountedTrial {
     /// (indices into [`Aggregated::runs`]).
     pub initiator_run: Option<u32>,
     pub responder_run: Option<u32>,
+    /// The NAT-pair class (a record's own, else derived from the verdicts).
+    pub pair_class: PairClass,
+    /// Whether a record carried the class (its plan had strategy mixes).
+    pub class_recorded: bool,
+    /// The mix this trial's strategy was drawn from (bits over
+    /// [`Strategy::ALL`], see [`mix_strategies`]); `None`: the plan's rotation.
+    pub mix: Option<u8>,
+    /// `predict` and `birthday`: parameters, ports tried and SYNs sent.
+    pub hard: Option<HardCounts>,
 }
 
 impl CountedTrial {
@@ -290,10 +363,15 @@ fn side_of(
     (own, peer_hint): (NatType, NatType),
     (cgnat, peer_cgnat): (Option<bool>, Option<bool>),
     (run, slot): (u32, u32),
+    class: PairClass,
 ) -> Side {
     Side {
         run,
         slot,
+        class: record.pair_class.unwrap_or(class),
+        class_recorded: record.pair_class.is_some(),
+        mix: record.drawn_from.as_deref().map(mix_bits),
+        hard: record.hard.as_ref().map(HardCounts::of),
         role: record.role,
         outcome: record.outcome,
         own,
@@ -399,8 +477,9 @@ impl Aggregator {
                 cgnat_of(verdict),
                 pairing.peer_verdict.as_ref().and_then(cgnat_of),
             );
+            let class = PairClass::of(Some(verdict), pairing.peer_verdict.as_ref());
             for record in &pairing.trials {
-                self.add_record(record, (own, peer_hint), cgnat, (run_index, slot));
+                self.add_record(record, (own, peer_hint), cgnat, (run_index, slot), class);
             }
         }
         // The NAT population is the volunteers': a reference peer uploads one
@@ -426,9 +505,10 @@ impl Aggregator {
         nat: (NatType, NatType),
         cgnat: (Option<bool>, Option<bool>),
         origin: (u32, u32),
+        class: PairClass,
     ) {
         self.counts.trial_records += 1;
-        let side = side_of(record, nat, cgnat, origin);
+        let side = side_of(record, nat, cgnat, origin, class);
         let Some(id) = record.trial_id.as_deref().filter(|s| !s.is_empty()) else {
             self.trials.push(Pending {
                 id: None,
@@ -607,7 +687,12 @@ fn resolve(pending: Pending, pairing: u32, counts: &mut InputCounts) -> CountedT
         (Some(false), Some(false)) => Some(false),
         _ => None,
     };
+    let hard = sides.iter().filter_map(|s| s.hard).reduce(HardCounts::join);
     CountedTrial {
+        pair_class: sides.first().map_or(PairClass::Unknown, |s| s.class),
+        class_recorded: sides.iter().any(|s| s.class_recorded),
+        mix: sides.iter().find_map(|s| s.mix),
+        hard,
         trial_id: id,
         strategy,
         sides: sides.len() as u8,

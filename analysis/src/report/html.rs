@@ -431,6 +431,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         }
         h.push_str("</table>\n<p class=note>Carrier-grade NAT: the side's TTL-limited probe met a router in the shared address space 100.64.0.0/10 before the public internet.</p>\n</section>\n");
     }
+    hard_nat_section(&mut h, summary);
     portmap_section(&mut h, summary);
     pairings_section(&mut h, summary);
 
@@ -826,4 +827,42 @@ fn uncertainty_section(h: &mut String, summary: &Summary) {
         );
     }
     h.push_str("</section>\n");
+}
+
+/// Success by strategy within each NAT-pair class, and what the hard-NAT
+/// strategies cost per success; shown when the summary has such rows.
+fn hard_nat_section(h: &mut String, summary: &Summary) {
+    if summary.hard_nat.is_empty() {
+        return;
+    }
+    h.push_str("<section id=hard-nat>\n<h2>Strategies within each NAT-pair class</h2>\n");
+    let _ = writeln!(
+        h,
+        "<table><tr><th>NAT pair</th><th>allocation</th><th>strategy</th>{RATE_HEAD}<th>attempts / success</th><th>ports tried / success</th><th>SYNs / success</th></tr>"
+    );
+    let per = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    for row in &summary.hard_nat {
+        let (a, p, s) =
+            row.cost
+                .as_ref()
+                .map_or(("".to_string(), "".to_string(), "".to_string()), |c| {
+                    (
+                        per(c.attempts_per_success),
+                        per(c.ports_per_success),
+                        per(c.syns_per_success),
+                    )
+                });
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td>{}<td>{a}</td><td>{p}</td><td>{s}</td></tr>",
+            esc(&row.class_label),
+            esc(&row.allocation),
+            esc(&row.arm),
+            rate_cells(&row.proportion)
+        );
+    }
+    h.push_str("</table>\n<p class=note>NAT pair: EIM is an endpoint-independent mapping (or no NAT), APDM an address- or address-and-port-dependent one with its port allocation, from both sides' classification. \
+                Allocation: <em>mix</em> rows drew each trial's strategy at random from the plan's list for that class (shuffled rounds); <em>rotation</em> rows took the plan's strategies in turn. Rates are compared only within one row group. \
+                <code>predict</code>: the easy side aims at a window of ports after the hard side's observed one. <code>birthday</code>: the hard side opens m connections, the easy side sends SYNs to n random ports; expected success about 1 - exp(-m n / range). \
+                Costs are totals over both sides divided by successes; SYNs count each connect() and the retransmissions Linux makes while it waits. Intervals: Wilson 95% per trial.</p>\n</section>\n");
 }

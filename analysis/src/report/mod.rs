@@ -23,6 +23,7 @@ pub mod breakdown;
 pub mod charts;
 pub mod cluster;
 pub mod compare;
+pub mod hardnat;
 pub mod html;
 pub mod input;
 pub mod portmap;
@@ -276,6 +277,12 @@ impl Report {
             "  clustered: bootstrap over {} pairings, {} resamples; quote it, not the per-trial interval (summary.json also has one over {} networks)",
             u.pairings, u.resamples, u.networks
         );
+        if !s.hard_nat.is_empty() {
+            t.push_str("  by NAT-pair class (per-trial Wilson 95%):\n");
+            for line in hardnat::lines(&s.hard_nat) {
+                let _ = writeln!(t, "    {line}");
+            }
+        }
         t
     }
 }

@@ -289,6 +289,11 @@ pub struct Summary {
     /// when no run recorded any (so such reports stay as they were).
     #[serde(default, skip_serializing_if = "PortMappingSummary::is_empty")]
     pub port_mapping: PortMappingSummary,
+    /// Success by strategy within each NAT-pair class and allocation, with
+    /// what `predict` and `birthday` cost per success; left out when no
+    /// trial's plan had strategy mixes or hard-NAT strategies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hard_nat: Vec<super::hardnat::HardNatRow>,
 }
 
 fn outcome_name(o: TrialOutcome) -> String {
@@ -538,6 +543,7 @@ impl Summary {
                 })
                 .collect(),
             strategies: strategy_rows,
+            hard_nat: super::hardnat::rows(trials),
             cgnat: cgnat_rows(trials),
             handshake,
             node_handshake,

@@ -134,6 +134,9 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
                 .node
                 .map(|(transport, ok)| node_bridge(role, transport, ok)),
             error: None,
+            pair_class: None,
+            drawn_from: None,
+            hard: None,
         })
         .collect();
     RunResult {

@@ -81,6 +81,13 @@ pub struct NatConfig {
     pub sequential_base: u16,
     /// Distance between consecutive `sequential` allocations.
     pub sequential_step: u16,
+    /// First and last port `random` allocation draws from (default
+    /// 1024..=65535); a small range makes birthday punching measurable fast.
+    pub random_ports: (u16, u16),
+    /// Background connections per second from other hosts behind this NAT
+    /// (a "busy" NAT): each takes a fresh mapping, so a sequential
+    /// allocator's next port moves on between a host's mappings. 0: none.
+    pub background_per_s: f64,
     /// LAN -> WAN.
     pub uplink: LinkShape,
     /// WAN -> LAN.
@@ -121,6 +128,8 @@ impl NatConfig {
             timeouts: Timeouts::default(),
             sequential_base: 20000,
             sequential_step: 1,
+            random_ports: (1024, u16::MAX),
+            background_per_s: 0.0,
             uplink: LinkShape::default(),
             downlink: LinkShape::default(),
             seed: 0,

@@ -39,6 +39,10 @@ use link::DelayLine;
 use packet::{Body, Summary, ICMP_PORT_UNREACHABLE, ICMP_TTL_EXCEEDED};
 use table::{Inbound, MappingTable, Outbound, TableConfig};
 
+/// The LAN address the background connections of a busy NAT come from
+/// (outside every LAN a scenario builds, so never a real host's).
+pub const BACKGROUND_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 255, 254);
+
 /// How often expired mappings are swept out (lookups also expire them lazily).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -95,6 +99,10 @@ pub struct Nat {
     /// NAT-PMP service, or (`None`) the closed port's answer.
     portmap: Option<portmap::Responder>,
     portmap_closed: ClosedAnswer,
+    /// When the next background connection (another host behind a busy NAT) takes a mapping.
+    next_background: Option<Instant>,
+    /// Background connections so far (their internal ports are numbered by it).
+    background_count: u64,
 }
 
 impl Nat {
@@ -114,6 +122,7 @@ impl Nat {
                 tcp_loose: config.tcp_loose,
                 sequential_base: config.sequential_base,
                 sequential_step: config.sequential_step,
+                random_ports: config.random_ports,
             })),
         };
         let window =
@@ -131,6 +140,8 @@ impl Nat {
             stats: NatStats::default(),
             portmap: None,
             portmap_closed: ClosedAnswer::default(),
+            next_background: None,
+            background_count: 0,
         }
     }
 
@@ -238,16 +249,22 @@ impl Nat {
         self.handle_timeout(now);
     }
 
-    /// When the core next needs [`Nat::handle_timeout`], if it holds packets in flight.
+    /// When the core next needs [`Nat::handle_timeout`]: packets in flight,
+    /// or the next background connection of a busy NAT.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.uplink.next_release(), self.downlink.next_release()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.uplink.next_release(),
+            self.downlink.next_release(),
+            self.next_background,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Moves every packet whose link delay has passed by `now`, in time order.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.run_background(now);
         loop {
             let up = self.uplink.next_release().filter(|at| *at <= now);
             let down = self.downlink.next_release().filter(|at| *at <= now);
@@ -276,6 +293,70 @@ impl Nat {
 
     pub fn poll_event(&mut self) -> Option<TimedEvent> {
         self.events.pop_front()
+    }
+
+    /// A busy NAT: other hosts behind it open connections as a Poisson
+    /// process of `background_per_s`, each taking a fresh mapping (logged as
+    /// `MappingCreated` from the reserved LAN address [`BACKGROUND_HOST`]),
+    /// as if its SYN had passed. Nothing is sent: only the port is taken.
+    /// The first arrival is drawn at the first moment the core sees.
+    fn run_background(&mut self, now: Instant) {
+        let rate = self.config.background_per_s;
+        if rate.is_nan() || rate <= 0.0 || self.table.is_none() {
+            return;
+        }
+        let mut at = match self.next_background {
+            Some(at) => at,
+            None => {
+                let first = now + self.background_gap(rate);
+                self.next_background = Some(first);
+                first
+            }
+        };
+        // Bounded: a driver that slept long catches up at most this many arrivals.
+        for _ in 0..10_000 {
+            if at > now {
+                break;
+            }
+            self.background_count += 1;
+            let n = self.background_count;
+            let internal = SocketAddrV4::new(BACKGROUND_HOST, 1024 + (n % 60_000) as u16);
+            let remote = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 200 + (n % 50) as u8), 443);
+            let table = self.table.as_mut().expect("translating");
+            let outcome = table.outbound(
+                Protocol::Tcp,
+                internal,
+                remote,
+                pnet_packet::tcp::TcpFlags::SYN,
+                at,
+                &mut self.rng,
+            );
+            if let Outbound::Mapped {
+                external_port,
+                created: true,
+            } = outcome
+            {
+                let external = SocketAddrV4::new(self.config.public_ip, external_port);
+                self.log(
+                    at,
+                    NatEvent::MappingCreated {
+                        proto: Protocol::Tcp,
+                        internal,
+                        external,
+                        remote,
+                    },
+                );
+            }
+            at += self.background_gap(rate);
+        }
+        self.next_background = Some(at.max(now));
+    }
+
+    /// An exponential gap between background arrivals at `rate` per second.
+    fn background_gap(&mut self, rate: f64) -> Duration {
+        use rand::Rng;
+        let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
+        Duration::from_secs_f64((-u.ln() / rate).min(3600.0))
     }
 
     fn arrive_from_wan(&mut self, now: Instant) {

@@ -161,6 +161,7 @@ pub struct MappingTable {
     tcp_loose: bool,
     sequential_next: u16,
     sequential_step: u16,
+    random_ports: (u16, u16),
     by_external: HashMap<(Protocol, u16), MappingEntry>,
     by_key: HashMap<MappingKey, u16>,
     /// (protocol, internal, remote) -> external port of the mapping holding that session.
@@ -183,6 +184,8 @@ pub struct TableConfig {
     pub tcp_loose: bool,
     pub sequential_base: u16,
     pub sequential_step: u16,
+    /// First and last port of `random` allocation.
+    pub random_ports: (u16, u16),
 }
 
 impl MappingTable {
@@ -196,6 +199,13 @@ impl MappingTable {
             tcp_loose: config.tcp_loose,
             sequential_next: config.sequential_base.max(FIRST_PORT),
             sequential_step: config.sequential_step.max(1),
+            random_ports: (
+                config.random_ports.0.max(FIRST_PORT),
+                config
+                    .random_ports
+                    .1
+                    .max(config.random_ports.0.max(FIRST_PORT)),
+            ),
             by_external: HashMap::new(),
             by_key: HashMap::new(),
             by_session: HashMap::new(),
@@ -617,14 +627,18 @@ impl MappingTable {
                 Some(port)
             }
             Allocation::Random => {
+                let (first, last) = self.random_ports;
                 for _ in 0..64 {
-                    let port = rng.gen_range(FIRST_PORT..=u16::MAX);
+                    let port = rng.gen_range(first..=last);
                     if self.port_free(proto, port) {
                         return Some(port);
                     }
                 }
-                let start = rng.gen_range(FIRST_PORT..=u16::MAX);
-                self.scan_from(proto, start, 1)
+                // Crowded: the first free port from a random start, within the range.
+                let start = rng.gen_range(first..=last);
+                (start..=last)
+                    .chain(first..start)
+                    .find(|p| self.port_free(proto, *p))
             }
         }
     }

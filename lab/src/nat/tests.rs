@@ -303,6 +303,63 @@ fn sequential_allocation_uses_the_configured_base_and_step() {
 }
 
 #[test]
+fn random_allocation_stays_within_the_configured_range() {
+    let mut config = NatConfig::nat(Mapping::Apdm, Filtering::Apdf, Allocation::Random, PUBLIC);
+    config.random_ports = (20000, 20015);
+    let mut h = Harness::new(config);
+    let ports: HashSet<u16> = (0..16)
+        .map(|i| {
+            h.syn_out(SocketAddrV4::new(HOST, 7000 + i), server1())
+                .port()
+        })
+        .collect();
+    // Sixteen mappings fill the sixteen ports exactly, none outside.
+    assert_eq!(ports, (20000..=20015).collect());
+}
+
+#[test]
+fn a_busy_nat_moves_a_sequential_allocator_on_between_a_hosts_mappings() {
+    let mut config = NatConfig::nat(
+        Mapping::Apdm,
+        Filtering::Apdf,
+        Allocation::Sequential,
+        PUBLIC,
+    );
+    config.sequential_base = 30000;
+    config.background_per_s = 50.0;
+    let mut h = Harness::new(config);
+    let first = h.syn_out(SocketAddrV4::new(HOST, 7000), server1()).port();
+    assert!(
+        h.nat.poll_timeout().is_some(),
+        "the next background arrival is a timer"
+    );
+    h.advance(Duration::from_secs(1));
+    let second = h.syn_out(SocketAddrV4::new(HOST, 7001), server1()).port();
+    let background: Vec<u16> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            NatEvent::MappingCreated {
+                internal, external, ..
+            } if *internal.ip() == BACKGROUND_HOST => Some(external.port()),
+            _ => None,
+        })
+        .collect();
+    // About 50 others took ports in that second (Poisson: far from 0 and from 200).
+    assert!(
+        (20..=100).contains(&background.len()),
+        "{}",
+        background.len()
+    );
+    // Every port between the host's two mappings went to a background connection.
+    assert_eq!(usize::from(second - first - 1), background.len());
+    assert!(background.iter().all(|p| (first + 1..second).contains(p)));
+    // A quiet NAT has no timer of its own.
+    let quiet = Harness::nat(Mapping::Apdm, Filtering::Apdf, Allocation::Sequential);
+    assert_eq!(quiet.nat.poll_timeout(), None);
+}
+
+#[test]
 fn preserve_takes_the_next_free_port_when_the_internal_one_is_taken() {
     let mut h = Harness::nat(Mapping::Eim, Filtering::Apdf, Allocation::Preserve);
     let a = h.syn_out(SocketAddrV4::new(HOST, 5000), server1());

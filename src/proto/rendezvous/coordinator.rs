@@ -19,10 +19,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::RngCore;
 
 use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
+use punchscope_analysis::hardnat::PairClass;
 use punchscope_analysis::plan::{Plan, PlanError};
 use punchscope_analysis::trial::{Strategy, TrialOutcome};
 
@@ -199,6 +201,11 @@ struct Pair {
     strategy: Strategy,
     phase: Phase,
     sides: [SideTrial; 2],
+    /// The plan's strategy mix for this pair's class (from both verdicts),
+    /// if it has one: each trial's strategy is then drawn from it.
+    mix: Option<Vec<Strategy>>,
+    /// What is left of the current shuffled round of `mix`.
+    round: Vec<Strategy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -556,6 +563,13 @@ impl Coordinator {
             };
             self.send(conn, msg);
         }
+        // Both sides derive the same class from the same two verdicts, so
+        // each probe's guard can hold the draw to the plan's mix.
+        let class = PairClass::of(
+            self.conns[&first.0].verdict.as_deref(),
+            self.conns[&second.0].verdict.as_deref(),
+        );
+        let mix = self.config.plan.mix_for(class).map(<[Strategy]>::to_vec);
         self.pairs.insert(
             id,
             Pair {
@@ -565,6 +579,8 @@ impl Coordinator {
                 strategy: self.config.plan.strategy_of(0),
                 phase: Phase::Registering,
                 sides: Default::default(),
+                mix,
+                round: Vec::new(),
             },
         );
         self.start_trial(now, id);
@@ -595,7 +611,7 @@ impl Coordinator {
                 self.trial_budget.spend(SourceKey::of(ip), now, 1);
             }
         }
-        let strategy = self.config.plan.strategy_of(trial);
+        let strategy = self.next_strategy(id, trial);
         let tokens = [self.random_hex(16), self.random_hex(16)];
         let pair = self.pairs.get_mut(&id).expect("known pair");
         pair.strategy = strategy;
@@ -616,6 +632,21 @@ impl Coordinator {
         }
         let at = now + self.config.register_timeout;
         self.set_timer(at, Timer::Phase(id, trial, PhaseTag::Registering));
+    }
+
+    /// Trial `trial`'s strategy: drawn from the pair's class mix in shuffled
+    /// rounds (random order, every strategy equally often, so arms stay
+    /// comparable), else the plan's rotation.
+    fn next_strategy(&mut self, id: PairId, trial: u32) -> Strategy {
+        let pair = self.pairs.get_mut(&id).expect("known pair");
+        let Some(mix) = &pair.mix else {
+            return self.config.plan.strategy_of(trial);
+        };
+        if pair.round.is_empty() {
+            pair.round = mix.clone();
+            pair.round.shuffle(&mut self.rng);
+        }
+        pair.round.pop().expect("a mix is never empty")
     }
 
     fn ping(&mut self, now: Instant, id: PairId, side: usize) {

@@ -576,7 +576,21 @@ pub fn result_deadline(plan: &Plan) -> Duration {
             + u64::from(plan.retry_jitter_ms));
     let handshake = 5 * u64::from(plan.handshake_step_ms);
     let delay = u64::from(plan.injected_skew_ms) + MAX_START_DELAY_MS;
-    Duration::from_millis(attempts + handshake + delay + RESULT_MARGIN_MS)
+    Duration::from_millis(attempts + handshake + delay + hard_nat_ms(plan) + RESULT_MARGIN_MS)
+}
+
+/// The extra time a `birthday` trial needs beyond the attempts: both
+/// sides' SYNs paced at the plan's rate. Zero when no mix lists `birthday`.
+pub fn hard_nat_ms(plan: &Plan) -> u64 {
+    let birthday = plan
+        .class_strategies
+        .values()
+        .any(|mix| mix.contains(&Strategy::Birthday));
+    if !birthday {
+        return 0;
+    }
+    let syns = u64::from(plan.birthday_sockets) + u64::from(plan.birthday_ports);
+    syns * 1000 / u64::from(plan.birthday_pps.max(1))
 }
 
 /// The start delays compensate RTT differences and are capped at this.

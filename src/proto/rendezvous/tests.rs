@@ -999,3 +999,116 @@ fn a_waiting_flood_gives_up_its_places_and_a_volunteer_is_still_paired() {
         "one flooder gave up its place to the first volunteer"
     );
 }
+
+/// Runs a whole pairing of volunteers 1 and 2 (already paired, their
+/// `paired` taken) through `trials` trials, every trial a timeout; returns
+/// the strategy each trial was announced with.
+fn run_trials(h: &mut Harness, trials: u32) -> Vec<Strategy> {
+    let mut strategies = Vec::new();
+    for trial in 0..trials {
+        let (mut log1, mut log2) = (Vec::new(), Vec::new());
+        answer_pings(h, 1, Duration::from_millis(10), &mut log1);
+        answer_pings(h, 2, Duration::from_millis(10), &mut log2);
+        let announced = |log: &[ServerMessage]| {
+            log.iter()
+                .find_map(|m| match m {
+                    ServerMessage::Trial {
+                        trial: t,
+                        token,
+                        strategy,
+                    } if *t == trial => Some((token.clone(), *strategy)),
+                    _ => None,
+                })
+                .expect("a trial message")
+        };
+        let ((t1, s1), (t2, s2)) = (announced(&log1), announced(&log2));
+        assert_eq!(s1, s2, "both sides run the same strategy");
+        strategies.push(s1);
+        for (conn, token, addr) in [
+            (1000 + u64::from(trial) * 2, t1, "127.0.0.2:2000"),
+            (1001 + u64::from(trial) * 2, t2, "127.0.0.3:3000"),
+        ] {
+            h.connect(conn, addr);
+            h.say(conn, &ClientMessage::Register { token });
+        }
+        for conn in [1, 2] {
+            assert!(h
+                .take(conn)
+                .iter()
+                .any(|m| matches!(m, ServerMessage::Go { strategy, .. } if *strategy == s1)));
+            let result = TrialResult {
+                trial,
+                outcome: TrialOutcome::Timeout,
+                go_to_established_ms: None,
+                attempts: 1,
+            };
+            h.say(conn, &ClientMessage::Result(result));
+        }
+    }
+    strategies
+}
+
+#[test]
+fn a_pair_class_with_a_mix_draws_shuffled_rounds_and_others_keep_the_rotation() {
+    use punchscope_analysis::classify::{AllocationPattern, Finding};
+    use punchscope_analysis::nat::Mapping;
+    let mut plan = plan(8, "[\"simultaneous\", \"connect_listen\"]", 0, 1);
+    let mix = vec![Strategy::Simultaneous, Strategy::Birthday];
+    plan.class_strategies.insert(
+        punchscope_analysis::hardnat::PairClass::EasyRandom,
+        mix.clone(),
+    );
+    let mut random = eim_apdf_verdict();
+    random.mapping = Finding::Known {
+        value: Mapping::Apdm,
+    };
+    random.allocation = Finding::Known {
+        value: AllocationPattern::Random,
+    };
+    // A plan listing `birthday` gives each trial the time of its paced SYNs:
+    // (64 + 256) at 200 per second.
+    assert_eq!(hard_nat_ms(&plan), 1600);
+    let mut without = plan.clone();
+    without.class_strategies.clear();
+    assert_eq!(hard_nat_ms(&without), 0);
+    assert_eq!(
+        result_deadline(&plan),
+        result_deadline(&without) + Duration::from_millis(1600)
+    );
+    let mut h = Harness::new(config(plan.clone()));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello_with_verdict(random));
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello_with_verdict(eim_apdf_verdict()));
+    let drawn = run_trials(&mut h, 8);
+    // Every round of two holds both strategies, in an order of the draw's choosing.
+    for round in drawn.chunks(2) {
+        let mut round = round.to_vec();
+        round.sort_by_key(|s| s.as_str());
+        assert_eq!(
+            round,
+            vec![Strategy::Birthday, Strategy::Simultaneous],
+            "{drawn:?}"
+        );
+    }
+    assert!(
+        drawn.chunks(2).any(|r| r[0] == Strategy::Birthday)
+            && drawn.chunks(2).any(|r| r[0] == Strategy::Simultaneous),
+        "randomised within rounds: {drawn:?}"
+    );
+    // Without verdicts the class is unknown, which has no mix: the rotation.
+    let mut h = Harness::new(config(plan));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello(None));
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello(None));
+    assert_eq!(
+        run_trials(&mut h, 4),
+        [
+            Strategy::Simultaneous,
+            Strategy::ConnectListen,
+            Strategy::Simultaneous,
+            Strategy::ConnectListen
+        ]
+    );
+}
