@@ -77,6 +77,32 @@ fn measure_from(
     .unwrap()
 }
 
+/// Runs alice's client with `protocols` and an hour's hold, and fires its
+/// stop (what Ctrl-C does in the probe) once her router (`grants`) holds
+/// both ports: the report, what the router held then, and how long it took.
+fn stop_once_both_ports_are_held(
+    lab: &Lab,
+    protocols: &[MappingProtocol],
+) -> (PortMappingReport, Vec<RouterMapping>, Duration) {
+    let (handle, stop) = Stop::new();
+    let started = Instant::now();
+    let (report, held) = std::thread::scope(|scope| {
+        let stopper = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut held = Vec::new();
+            while Instant::now() < deadline && held.len() < 2 {
+                std::thread::sleep(Duration::from_millis(20));
+                held = lab.port_mappings("grants").unwrap();
+            }
+            handle.stop();
+            held
+        });
+        let report = measure_from(lab, "alice", protocols, Duration::from_secs(3600), stop);
+        (report, stopper.join().unwrap())
+    });
+    (report, held, started.elapsed())
+}
+
 /// Every mapping the router's nftables state showed while `work` ran.
 fn watch_router<T: Send>(
     lab: &Lab,
@@ -243,28 +269,8 @@ fn a_stop_while_holding_deletes_every_mapping_at_once() {
 /// What Ctrl-C does while alice's router (`grants`) holds both PCP mappings.
 fn stop_while_holding_deletes_every_mapping(lab_name: &str, scenario: &str) {
     let lab = start_lab(lab_name, scenario);
-    let (handle, stop) = Stop::new();
-    let started = Instant::now();
-    let (report, held) = std::thread::scope(|scope| {
-        // What Ctrl-C does in the probe: fire the run's stop, here once the
-        // router holds both mappings.
-        let stopper = scope.spawn(|| {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut held = Vec::new();
-            while Instant::now() < deadline && held.len() < 2 {
-                std::thread::sleep(Duration::from_millis(20));
-                held = lab.port_mappings("grants").unwrap();
-            }
-            handle.stop();
-            held
-        });
-        let report = measure_from(&lab, "alice", PCP_NATPMP, Duration::from_secs(3600), stop);
-        (report, stopper.join().unwrap())
-    });
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the hour-long hold was cut"
-    );
+    let (report, held, took) = stop_once_both_ports_are_held(&lab, PCP_NATPMP);
+    assert!(took < Duration::from_secs(30), "the hour-long hold was cut");
     assert_eq!(held.len(), 2, "both ports were mapped: {held:?}");
     assert_eq!(
         report.attempts.len(),
@@ -733,26 +739,8 @@ fn upnp_silence_refusal_and_a_stop_while_holding() {
         assert_eq!(attempt.answer, GatewayAnswer::Refused, "{attempt:#?}");
     }
 
-    let (handle, stop) = Stop::new();
-    let started = Instant::now();
-    let (report, held) = std::thread::scope(|scope| {
-        let stopper = scope.spawn(|| {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut held = Vec::new();
-            while Instant::now() < deadline && held.len() < 2 {
-                std::thread::sleep(Duration::from_millis(20));
-                held = lab.port_mappings("grants").unwrap();
-            }
-            handle.stop();
-            held
-        });
-        let report = measure_from(&lab, "alice", UPNP, Duration::from_secs(3600), stop);
-        (report, stopper.join().unwrap())
-    });
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the hold was cut"
-    );
+    let (report, held, took) = stop_once_both_ports_are_held(&lab, UPNP);
+    assert!(took < Duration::from_secs(30), "the hold was cut");
     assert_eq!(held.len(), 2, "both ports were mapped: {held:?}");
     for attempt in &report.attempts {
         assert!(attempt.granted.is_some(), "{attempt:#?}");

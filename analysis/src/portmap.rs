@@ -262,6 +262,35 @@ fn protocol_words(protocol: MappingProtocol) -> &'static str {
 }
 
 impl MappingAttempt {
+    /// A request not answered yet (a timeout until something comes back).
+    pub fn unanswered(
+        protocol: MappingProtocol,
+        port_role: PortRole,
+        internal_port: u16,
+        requested_lifetime_s: u32,
+    ) -> Self {
+        MappingAttempt {
+            protocol,
+            port_role,
+            internal_port,
+            requested_lifetime_s,
+            answer: GatewayAnswer::Timeout,
+            requests_sent: 0,
+            rtt_ms: None,
+            result_code: None,
+            result: None,
+            server_version: None,
+            service: None,
+            granted: None,
+            renewals: 0,
+            lost_state: 0,
+            errors: Vec::new(),
+            error_count: 0,
+            release: None,
+            reachable: None,
+        }
+    }
+
     /// What happened, in a few words: "granted port 8333 as 8333 for 120 s, then deleted".
     pub fn words(&self) -> String {
         let port = self.internal_port;
@@ -318,25 +347,11 @@ mod tests {
     use super::*;
 
     fn attempt(protocol: MappingProtocol, role: PortRole, answer: GatewayAnswer) -> MappingAttempt {
+        let port = if role == PortRole::Node { 8333 } else { 40000 };
         MappingAttempt {
-            protocol,
-            port_role: role,
-            internal_port: if role == PortRole::Node { 8333 } else { 40000 },
-            requested_lifetime_s: 120,
             answer,
             requests_sent: 1,
-            rtt_ms: None,
-            result_code: None,
-            result: None,
-            server_version: None,
-            service: None,
-            granted: None,
-            renewals: 0,
-            lost_state: 0,
-            errors: Vec::new(),
-            error_count: 0,
-            release: None,
-            reachable: None,
+            ..MappingAttempt::unanswered(protocol, role, port, 120)
         }
     }
 

@@ -217,6 +217,39 @@ pub struct TrialRecord {
     pub hard: Option<crate::hardnat::HardTrialRecord>,
 }
 
+impl TrialRecord {
+    /// One side's record of a trial before anything was measured: no
+    /// ports, no attempt, no connection, `outcome` as given. Callers set
+    /// what they know over it.
+    pub fn unrun(trial: u32, strategy: Strategy, role: Role, outcome: TrialOutcome) -> Self {
+        TrialRecord {
+            trial,
+            trial_id: None,
+            strategy,
+            role,
+            local_port: 0,
+            public_port: None,
+            peer_port: None,
+            outcome,
+            attempts: Vec::new(),
+            go_to_established_ms: None,
+            completed_by: None,
+            claims: Vec::new(),
+            nonce_verified: false,
+            start_delay_ms: 0.0,
+            injected_skew_ms: 0.0,
+            peer_outcome: None,
+            handshake_by: HandshakeBy::Punchscope,
+            handshake: None,
+            node_bridge: None,
+            error: None,
+            pair_class: None,
+            drawn_from: None,
+            hard: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

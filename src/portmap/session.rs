@@ -121,26 +121,12 @@ impl Session {
             MappingProtocol::Natpmp => EpochRule::NatPmp,
             _ => EpochRule::Pcp,
         };
-        let record = MappingAttempt {
-            protocol: spec.protocol,
-            port_role: spec.port_role,
-            internal_port: spec.internal_port,
-            requested_lifetime_s: spec.lifetime_s,
-            answer: GatewayAnswer::Timeout,
-            requests_sent: 0,
-            rtt_ms: None,
-            result_code: None,
-            result: None,
-            server_version: None,
-            service: None,
-            granted: None,
-            renewals: 0,
-            lost_state: 0,
-            errors: Vec::new(),
-            error_count: 0,
-            release: None,
-            reachable: None,
-        };
+        let record = MappingAttempt::unanswered(
+            spec.protocol,
+            spec.port_role,
+            spec.internal_port,
+            spec.lifetime_s,
+        );
         let mut session = Session {
             spec,
             rng,

@@ -162,26 +162,7 @@ fn note(record: &mut MappingAttempt, stage: &str, error: impl std::fmt::Display)
 
 /// A record of nothing yet, for one port.
 fn record(config: &PortMapConfig, role: PortRole, port: u16) -> MappingAttempt {
-    MappingAttempt {
-        protocol: MappingProtocol::Upnp,
-        port_role: role,
-        internal_port: port,
-        requested_lifetime_s: config.lifetime_s,
-        answer: GatewayAnswer::Timeout,
-        requests_sent: 0,
-        rtt_ms: None,
-        result_code: None,
-        result: None,
-        server_version: None,
-        service: None,
-        granted: None,
-        renewals: 0,
-        lost_state: 0,
-        errors: Vec::new(),
-        error_count: 0,
-        release: None,
-        reachable: None,
-    }
+    MappingAttempt::unanswered(MappingProtocol::Upnp, role, port, config.lifetime_s)
 }
 
 /// Searches the gateway's IGD and reads its description; errors go into every record.

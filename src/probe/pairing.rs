@@ -375,29 +375,8 @@ fn unrun(
     error: Option<String>,
 ) -> TrialRecord {
     TrialRecord {
-        trial,
-        trial_id: None,
-        strategy,
-        role,
-        local_port: 0,
-        public_port: None,
-        peer_port: None,
-        outcome,
-        attempts: Vec::new(),
-        go_to_established_ms: None,
-        completed_by: None,
-        claims: Vec::new(),
-        nonce_verified: false,
-        start_delay_ms: 0.0,
-        injected_skew_ms: 0.0,
-        peer_outcome: None,
-        handshake_by: HandshakeBy::Punchscope,
-        handshake: None,
-        node_bridge: None,
         error,
-        pair_class: None,
-        drawn_from: None,
-        hard: None,
+        ..TrialRecord::unrun(trial, strategy, role, outcome)
     }
 }
 

@@ -363,32 +363,10 @@ fn syns_of(attempts: &[Attempt]) -> u32 {
 
 /// A scratch record for [`connect_with_retries`], which writes attempts into one.
 fn empty_record(spec: &TrialSpec) -> punchscope_analysis::trial::TrialRecord {
-    use punchscope_analysis::handshake::HandshakeBy;
     use punchscope_analysis::trial::{TrialOutcome, TrialRecord};
     TrialRecord {
-        trial: spec.trial,
-        trial_id: None,
-        strategy: spec.strategy,
-        role: spec.role,
         local_port: spec.local.port(),
-        public_port: None,
-        peer_port: None,
-        outcome: TrialOutcome::Timeout,
-        attempts: Vec::new(),
-        go_to_established_ms: None,
-        completed_by: None,
-        claims: Vec::new(),
-        nonce_verified: false,
-        start_delay_ms: 0.0,
-        injected_skew_ms: 0.0,
-        peer_outcome: None,
-        handshake_by: HandshakeBy::Punchscope,
-        handshake: None,
-        node_bridge: None,
-        error: None,
-        pair_class: None,
-        drawn_from: None,
-        hard: None,
+        ..TrialRecord::unrun(spec.trial, spec.strategy, spec.role, TrialOutcome::Timeout)
     }
 }
 

@@ -133,29 +133,13 @@ const NONCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// it connected to the right peer, the stream.
 pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option<TcpStream>) {
     let mut record = TrialRecord {
-        trial: spec.trial,
         trial_id: Some(spec.nonce.clone()),
-        strategy: spec.strategy,
-        role: spec.role,
         local_port: spec.local.port(),
         public_port: spec.public_port,
         peer_port: Some(spec.peer.port()),
-        outcome: TrialOutcome::Timeout,
-        attempts: Vec::new(),
-        go_to_established_ms: None,
-        completed_by: None,
-        claims: Vec::new(),
-        nonce_verified: false,
         start_delay_ms: ms(spec.start_delay),
         injected_skew_ms: ms(spec.injected_skew),
-        peer_outcome: None,
-        handshake_by: HandshakeBy::Punchscope,
-        handshake: None,
-        node_bridge: None,
-        error: None,
-        pair_class: None,
-        drawn_from: None,
-        hard: None,
+        ..TrialRecord::unrun(spec.trial, spec.strategy, spec.role, TrialOutcome::Timeout)
     };
     if let Some(hard_move) = &spec.hard {
         tokio::time::sleep_until(go_at + spec.start_delay + spec.injected_skew).await;
