@@ -149,6 +149,11 @@ pub struct TrialRecord {
     pub node_bridge: Option<NodeBridgeRecord>,
     /// What went wrong locally, for `local_error`.
     pub error: Option<String>,
+    /// The attempt timeout, retry gap and jitter this trial ran with (RTT-driven
+    /// ones carry the pair RTT they came from). Added within schema version 1:
+    /// absent in older results, which used their plan's fixed values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<crate::plan::AttemptTiming>,
 }
 
 #[cfg(test)]

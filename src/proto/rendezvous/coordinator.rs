@@ -767,6 +767,12 @@ impl Coordinator {
         pair.phase = Phase::Running;
         let rtt = |s: &SideTrial| s.rtts.iter().min().copied().unwrap_or_default();
         let (d0, d1) = start_delays(rtt(&pair.sides[0]), rtt(&pair.sides[1]), skew);
+        // A punched SYN and its answer travel side to side: about the sum of
+        // both sides' round trips to us.
+        let timing = self
+            .config
+            .plan
+            .attempt_timing(rtt(&pair.sides[0]) + rtt(&pair.sides[1]));
         let delays = [d0, d1];
         let skews = [Duration::ZERO, skew];
         let peers = [pair.sides[1].observed, pair.sides[0].observed];
@@ -779,6 +785,7 @@ impl Coordinator {
                 nonce: nonce.clone(),
                 strategy,
                 injected_skew_ms: millis(skews[side]),
+                timing,
             };
             self.send(conns[side], msg);
         }
