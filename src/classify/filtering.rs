@@ -22,8 +22,30 @@ use crate::proto::echo::{self, DialBackRequest, ServerMessage};
 
 /// Most connections the filtering listener accepts in one run.
 const MAX_ARRIVALS: usize = 16;
-/// Least time to wait for dial-backs after the server accepted the request.
+/// Least time to wait for dial-backs after the server accepted a port
+/// mapping check's request.
 const DIAL_BACK_GRACE: Duration = Duration::from_millis(300);
+
+/// How long to wait for a dial that neither arrived nor was reported: a
+/// NAT that drops it silently leaves only the clock to decide.
+#[derive(Debug, Clone, Copy)]
+pub struct DialWait {
+    /// Wait this long after the server accepted the request (or, once every
+    /// dial is reported, after the last report) ...
+    pub grace: Duration,
+    /// ... but never end before this moment.
+    pub not_before: Instant,
+}
+
+impl DialWait {
+    /// The patient wait of a port mapping check: three round trips, at least 300 ms.
+    pub fn patient(rtt: Duration) -> DialWait {
+        DialWait {
+            grace: (rtt * 3).max(DIAL_BACK_GRACE),
+            not_before: Instant::now(),
+        }
+    }
+}
 /// Prefix of the line a hairpin connection carries.
 const HAIRPIN_PREFIX: &str = "punchscope-hairpin ";
 
@@ -106,18 +128,28 @@ async fn first_line(conn: &mut LineConnection<TcpStream>) -> Option<Arrival> {
 /// what the server did and what reached our listener. `Err` carries the
 /// server's refusal.
 pub async fn dial_back(
-    control: LineConnection<TcpStream>,
+    mut control: LineConnection<TcpStream>,
     arrivals: &mut mpsc::Receiver<Arrival>,
     request: DialBackRequest,
-    rtt: Duration,
+    wait: DialWait,
     reply_timeout: Duration,
 ) -> Result<Vec<DialObservation>, String> {
-    let (mut read, mut write) = control.into_split();
-    let token = request.token.as_str();
-    write
+    control
         .write_line(&echo::encode_request(&request))
         .await
         .map_err(|e| format!("cannot send the dial-back request: {e}"))?;
+    dial_back_requested(control, arrivals, &request.token, wait, reply_timeout).await
+}
+
+/// As [`dial_back`], for a request with `token` already written on `control`.
+pub async fn dial_back_requested(
+    control: LineConnection<TcpStream>,
+    arrivals: &mut mpsc::Receiver<Arrival>,
+    token: &str,
+    wait: DialWait,
+    reply_timeout: Duration,
+) -> Result<Vec<DialObservation>, String> {
+    let (mut read, mut write) = control.into_split();
     let first = probe::read_message_before(&mut read, Instant::now() + reply_timeout).await;
     let (planned, server_timeout) = match first {
         Err(ProbeFailure::Timeout) => return Err("no answer to the dial-back request".into()),
@@ -150,8 +182,7 @@ pub async fn dial_back(
     // An admitted dial-back reaches our listener about one round trip after the
     // server accepted the request (its SYN, our SYN-ACK, its ACK and line), so
     // waiting for the server's own dial timeout on a silently dropped SYN would
-    // only cost time. `grace` leaves room for scheduling delays on a busy host.
-    let grace = (rtt * 3).max(DIAL_BACK_GRACE);
+    // only cost time. `wait` leaves room for scheduling delays on a busy host.
     let accepted_at = Instant::now();
     let overall = accepted_at + server_timeout + reply_timeout;
     let mut reported = 0;
@@ -168,7 +199,7 @@ pub async fn dial_back(
         let wake = if connected_missing {
             overall
         } else {
-            (settled + grace).min(overall)
+            (settled + wait.grace).max(wait.not_before).min(overall)
         };
         tokio::select! {
             msg = results.recv(), if results_open => match msg {

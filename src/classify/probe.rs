@@ -51,6 +51,18 @@ pub async fn run(
     server: SocketAddr,
     timeout: Duration,
 ) -> Result<Answered, (Probe, ProbeFailure)> {
+    run_requesting(socket, server, timeout, None).await
+}
+
+/// As [`run`], and writes `request` (a whole line) as soon as the
+/// connection is up, before the observed line arrives: the server reads it
+/// right after sending that line, so the request costs no round trip of its own.
+pub async fn run_requesting(
+    socket: TcpSocket,
+    server: SocketAddr,
+    timeout: Duration,
+    request: Option<&[u8]>,
+) -> Result<Answered, (Probe, ProbeFailure)> {
     let fallback_local = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -74,6 +86,11 @@ pub async fn run(
     let rtt_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let local = stream.local_addr().unwrap_or(fallback_local);
     let mut conn = LineConnection::new(stream, MAX_LINE);
+    if let Some(request) = request {
+        if let Err(e) = conn.write_line(request).await {
+            return Err(failed(local, rtt_ms, ProbeFailure::Connect(e)));
+        }
+    }
     let hello = match read_message_before(&mut conn, deadline).await {
         Err(e) => Err(e),
         Ok(ServerMessage::Observed {
