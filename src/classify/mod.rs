@@ -192,11 +192,7 @@ pub async fn classify(config: &ClassifyConfig) -> Result<Classification, Classif
 /// a busy host, not the network, sets how late an answer can be.
 const SETTLE_FLOOR: Duration = Duration::from_millis(350);
 
-/// How long after an answer is due to give up on it: half a round trip,
-/// at least 50 ms.
-fn margin(rtt: Duration) -> Duration {
-    (rtt / 2).max(Duration::from_millis(50))
-}
+use filtering::margin;
 
 /// One run with `primary` as the primary endpoint; `Ok(None)` (with the
 /// reason pushed) when it did not answer.
@@ -229,11 +225,13 @@ async fn classify_with(
     // 1. The filtering port Lf: listening, then connecting to the primary.
     let (listener, lf_port) = socket::listener(unspecified(primary, 0))?;
     let (lf_socket, _) = socket::bound(unspecified(primary, lf_port))?;
-    let filtering_probe = start(probe::run_requesting(
+    let (lf_connected, lf_rtt) = tokio::sync::oneshot::channel();
+    let filtering_probe = start(probe::run_telling(
         lf_socket,
         primary,
         timeout,
         Some(&request),
+        Some(lf_connected),
     ))
     .await;
     // 2. The mapping port L, to every endpoint the caller named.
@@ -257,9 +255,33 @@ async fn classify_with(
     }
     // 3. The allocation probes, which say when their SYNs are all out.
     let (allocation_sent, allocation_out) = tokio::sync::watch::channel(false);
-    let allocation = allocation_probes(primary, config.allocation_probes, timeout, allocation_sent);
+    let pace = filtering::Pace::default();
+    let allocation = async {
+        // Spaced by the round trip Lf's connect took: near servers leave
+        // time to spread the SYNs (a loaded NAT or server then sees no
+        // burst), far ones do not.
+        let rtt = lf_rtt.await.unwrap_or(Duration::ZERO);
+        let spacing = if rtt < Duration::from_millis(50) {
+            ALLOCATION_SPACING * 4
+        } else {
+            ALLOCATION_SPACING
+        };
+        allocation_probes(
+            primary,
+            config.allocation_probes,
+            timeout,
+            spacing,
+            allocation_sent,
+            pace.clone(),
+        )
+        .await
+    };
 
     let (hello_tx, hello_rx) = tokio::sync::watch::channel(None::<(probe::Hello, Duration)>);
+    // How many of the tests the hairpin test outwaits (filtering, mapping,
+    // allocation) are done.
+    let (done_tx, done_rx) = tokio::sync::watch::channel(0u8);
+    let done = || done_tx.send_modify(|n| *n += 1);
     let (listener_guard, arrivals) = filtering::spawn_listener(listener);
     let filtering::Arrivals {
         mut dial_backs,
@@ -274,22 +296,33 @@ async fn classify_with(
             Err((_, failure)) => return Err(failure),
         };
         let rtt = rtt_of(&answered.probe);
+        pace.saw(rtt);
         let _ = hello_tx.send(Some((answered.hello.clone(), rtt)));
         let wait = filtering::DialWait {
             grace: rtt + margin(rtt),
+            pace: Some(pace.clone()),
+            // Written as soon as the connect completed.
+            asked: Some((run_start + rtt, rtt)),
             not_before: run_start + SETTLE_FLOOR,
         };
         let dialed =
             filtering::dial_back_requested(answered.conn, &mut dial_backs, &token, wait, timeout)
                 .await;
+        done();
         Ok((answered.probe, answered.hello, dialed))
     };
     let early_mapping = async {
         let mut probes = Vec::new();
         for (target, running) in early {
-            probes.push((target, finish_probe(running.finish().await)?));
+            probes.push((target, finish_probe(running.finish().await, &pace)?));
         }
+        done();
         Ok::<_, ClassifyError>(probes)
+    };
+    let allocation = async {
+        let probes = allocation.await;
+        done();
+        probes
     };
     // Everything that needs the announcement, after the allocation SYNs.
     let late_tests = async {
@@ -324,7 +357,7 @@ async fn classify_with(
             }
             let mut probes = Vec::new();
             for (target, running) in running {
-                probes.push((target, finish_probe(running.finish().await)?));
+                probes.push((target, finish_probe(running.finish().await, &pace)?));
             }
             Ok::<_, ClassifyError>(probes)
         };
@@ -335,11 +368,27 @@ async fn classify_with(
         let hairpin = async {
             if config.hairpin && hairpin_allowed {
                 // A hairpinned SYN never leaves the LAN: a round trip to the
-                // servers is ample, and the settle floor covers a busy host.
+                // servers is ample, the settle floor covers a busy host, and
+                // the test never gives up before the others are done (on a
+                // starved host they all take longer).
                 let until =
                     (Instant::now() + rtt_now + margin(rtt_now)).max(run_start + SETTLE_FLOOR);
-                let wait = until.saturating_duration_since(Instant::now()).min(timeout);
-                Some(filtering::hairpin(hello.observed, &mut hairpins, &token, wait).await)
+                let mut others = done_rx.clone();
+                let (started, pace) = (Instant::now(), pace.clone());
+                let give_up = async move {
+                    let mut until = until;
+                    // Slower round trips seen meanwhile push the end further.
+                    for _ in 0..8 {
+                        filtering::sleep_running(until).await;
+                        until = started + pace.grace();
+                        if until <= Instant::now() {
+                            break;
+                        }
+                    }
+                    let _ = others.wait_for(|n| *n >= 3).await;
+                };
+                let observed = hello.observed;
+                Some(filtering::hairpin(observed, &mut hairpins, &token, give_up, timeout).await)
             } else {
                 None
             }
@@ -414,10 +463,17 @@ fn rtt_of(probe: &Probe) -> Duration {
     Duration::from_secs_f64(probe.rtt_ms.unwrap_or(100.0) / 1000.0)
 }
 
-/// A mapping probe's record; a failure no other probe can work around is an error.
-fn finish_probe(outcome: Result<Answered, (Probe, ProbeFailure)>) -> Result<Probe, ClassifyError> {
+/// A mapping probe's record (its round trip noted in `pace`); a failure no
+/// other probe can work around is an error.
+fn finish_probe(
+    outcome: Result<Answered, (Probe, ProbeFailure)>,
+    pace: &filtering::Pace,
+) -> Result<Probe, ClassifyError> {
     match outcome {
-        Ok(answered) => Ok(answered.probe),
+        Ok(answered) => {
+            pace.saw(rtt_of(&answered.probe));
+            Ok(answered.probe)
+        }
         Err((probe, failure)) => {
             fatal(probe.server, &failure)?;
             Ok(probe)
@@ -522,12 +578,14 @@ async fn allocation_probes(
     primary: SocketAddr,
     count: usize,
     timeout: Duration,
+    spacing: Duration,
     sent: tokio::sync::watch::Sender<bool>,
+    pace: filtering::Pace,
 ) -> Vec<Probe> {
-    let first = tokio::time::Instant::now() + ALLOCATION_SPACING;
+    let first = tokio::time::Instant::now() + spacing;
     let mut running = Vec::with_capacity(count);
     for i in 0..count {
-        tokio::time::sleep_until(first + ALLOCATION_SPACING * i as u32).await;
+        tokio::time::sleep_until(first + spacing * i as u32).await;
         running.push(match socket::bound(unspecified(primary, 0)) {
             Err(e) => Err(Probe {
                 local: unspecified(primary, 0),
@@ -545,7 +603,10 @@ async fn allocation_probes(
         probes.push(match probe {
             Err(unbound) => unbound,
             Ok(started) => match started.finish().await {
-                Ok(answered) => answered.probe,
+                Ok(answered) => {
+                    pace.saw(rtt_of(&answered.probe));
+                    answered.probe
+                }
                 Err((probe, _)) => probe,
             },
         });
