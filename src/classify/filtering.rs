@@ -32,6 +32,15 @@ pub fn margin(rtt: Duration) -> Duration {
     (rtt / 2).max(Duration::from_millis(50))
 }
 
+/// How long to wait for an answer due one round trip from now: the round
+/// trip and its margin, and at least 300 ms less one and a half round
+/// trips. Near servers leave a run time to spare, so it keeps the patience
+/// a loaded host needs at LAN round trips (300 ms); far ones spend that
+/// time in the round trips themselves (from 120 ms on, only they count).
+pub fn patience(rtt: Duration) -> Duration {
+    (rtt + margin(rtt)).max(Duration::from_millis(300).saturating_sub(rtt * 3 / 2))
+}
+
 /// The slowest connect round trip the probes of one run have seen so far.
 /// On a loaded host (a busy NAT, a starved server) answers slow down for
 /// every test at once, so the waits for silence follow it.
@@ -52,8 +61,7 @@ impl Pace {
 
     /// The wait after an answer's due time: the slowest round trip and its margin.
     pub fn grace(&self) -> Duration {
-        let rtt = self.rtt();
-        rtt + margin(rtt)
+        patience(self.rtt())
     }
 }
 

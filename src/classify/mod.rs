@@ -192,7 +192,7 @@ pub async fn classify(config: &ClassifyConfig) -> Result<Classification, Classif
 /// a busy host, not the network, sets how late an answer can be.
 const SETTLE_FLOOR: Duration = Duration::from_millis(350);
 
-use filtering::margin;
+use filtering::patience;
 
 /// One run with `primary` as the primary endpoint; `Ok(None)` (with the
 /// reason pushed) when it did not answer.
@@ -299,7 +299,7 @@ async fn classify_with(
         pace.saw(rtt);
         let _ = hello_tx.send(Some((answered.hello.clone(), rtt)));
         let wait = filtering::DialWait {
-            grace: rtt + margin(rtt),
+            grace: patience(rtt),
             pace: Some(pace.clone()),
             // Written as soon as the connect completed.
             asked: Some((run_start + rtt, rtt)),
@@ -371,8 +371,7 @@ async fn classify_with(
                 // servers is ample, the settle floor covers a busy host, and
                 // the test never gives up before the others are done (on a
                 // starved host they all take longer).
-                let until =
-                    (Instant::now() + rtt_now + margin(rtt_now)).max(run_start + SETTLE_FLOOR);
+                let until = (Instant::now() + patience(rtt_now)).max(run_start + SETTLE_FLOOR);
                 let mut others = done_rx.clone();
                 let (started, pace) = (Instant::now(), pace.clone());
                 let give_up = async move {
@@ -396,8 +395,7 @@ async fn classify_with(
         let path = async {
             if config.path {
                 // Routers and the server answer within one round trip.
-                let until =
-                    (Instant::now() + rtt_now + margin(rtt_now)).max(run_start + SETTLE_FLOOR);
+                let until = (Instant::now() + patience(rtt_now)).max(run_start + SETTLE_FLOOR);
                 let wait = until.saturating_duration_since(Instant::now()).min(timeout);
                 Some(path::probe(primary, wait).await)
             } else {
