@@ -33,6 +33,7 @@ mod socket;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use punchscope_analysis::classify::{
     Classification, DialKind, DialObservation, FilteringObservation, Observations, Probe,
 };
@@ -257,11 +258,11 @@ async fn classify_with(
     let (allocation_sent, allocation_out) = tokio::sync::watch::channel(false);
     let pace = filtering::Pace::default();
     let allocation = async {
-        // Spaced by the round trip Lf's connect took: near servers leave
-        // time to spread the SYNs (a loaded NAT or server then sees no
-        // burst), far ones do not.
-        let rtt = lf_rtt.await.unwrap_or(Duration::ZERO);
-        let spacing = if rtt < Duration::from_millis(50) {
+        // Near servers (Lf connected within 50 ms) leave time to spread the
+        // SYNs, so a loaded NAT or server sees no burst; far ones do not, and
+        // the probes start 50 ms in, 10 ms apart.
+        let near = matches!(tokio::time::timeout(NEAR, lf_rtt).await, Ok(Ok(_)));
+        let spacing = if near {
             ALLOCATION_SPACING * 4
         } else {
             ALLOCATION_SPACING
@@ -312,9 +313,17 @@ async fn classify_with(
         Ok((answered.probe, answered.hello, dialed))
     };
     let early_mapping = async {
+        // Finished together, so each is polled when its own answer comes
+        // (a round trip measured late would be a slow round trip).
+        let finished = join_all(
+            early
+                .into_iter()
+                .map(|(target, running)| async move { (target, running.finish().await) }),
+        )
+        .await;
         let mut probes = Vec::new();
-        for (target, running) in early {
-            probes.push((target, finish_probe(running.finish().await, &pace)?));
+        for (target, outcome) in finished {
+            probes.push((target, finish_probe(outcome, &pace)?));
         }
         done();
         Ok::<_, ClassifyError>(probes)
@@ -355,9 +364,15 @@ async fn classify_with(
                 let (socket, _) = socket::bound(l_local)?;
                 running.push((*target, start(probe::run(socket, *target, timeout)).await));
             }
+            let finished = join_all(
+                running
+                    .into_iter()
+                    .map(|(target, running)| async move { (target, running.finish().await) }),
+            )
+            .await;
             let mut probes = Vec::new();
-            for (target, running) in running {
-                probes.push((target, finish_probe(running.finish().await, &pace)?));
+            for (target, outcome) in finished {
+                probes.push((target, finish_probe(outcome, &pace)?));
             }
             Ok::<_, ClassifyError>(probes)
         };
@@ -568,6 +583,8 @@ fn mapping_targets(
 /// Spacing of the allocation probes' SYNs: enough for the NAT to see them in
 /// launch order (one path keeps packet order), short enough to cost one round trip in all.
 const ALLOCATION_SPACING: Duration = Duration::from_millis(10);
+/// Servers whose connect answers within this are near.
+const NEAR: Duration = Duration::from_millis(50);
 
 /// Fresh local ports, each to the primary, their SYNs sent one after
 /// another a few milliseconds apart in launch order (which is the order
@@ -596,9 +613,9 @@ async fn allocation_probes(
         });
     }
     let _ = sent.send(true);
-    let mut probes = Vec::with_capacity(count);
-    for probe in running {
-        probes.push(match probe {
+    // Finished together: each probe's round trip is measured when it happens.
+    join_all(running.into_iter().map(|probe| async {
+        match probe {
             Err(unbound) => unbound,
             Ok(started) => match started.finish().await {
                 Ok(answered) => {
@@ -607,7 +624,7 @@ async fn allocation_probes(
                 }
                 Err((probe, _)) => probe,
             },
-        });
-    }
-    probes
+        }
+    }))
+    .await
 }
