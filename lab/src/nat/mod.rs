@@ -439,6 +439,7 @@ impl Nat {
     /// service answers on port 5351; anything else meets a closed port (an
     /// ICMP port unreachable or a RST, as Linux answers, or nothing when the
     /// router drops it).
+    #[allow(clippy::wrong_self_convention)] // "to the router", not a conversion
     fn to_router(&mut self, packet: &[u8], summary: &Summary, now: Instant) {
         let gateway = self.config.gateway_ip;
         if let (Body::Udp { dst_port, .. }, Some((Protocol::Udp, client))) =
