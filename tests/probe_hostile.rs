@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use punchscope::analysis::handshake::Role;
-use punchscope::analysis::plan::Plan;
+use punchscope::analysis::plan::{AttemptTiming, Plan};
 use punchscope::analysis::result::{PairingEnded, RunResult, ViolationRule};
 use punchscope::analysis::trial::{Strategy, TrialOutcome};
 use punchscope::classify::{classify, ClassifyConfig, EchoTrust};
@@ -64,6 +64,7 @@ fn go(n: u32, peer: SocketAddr, delay_ms: u64, strategy: Strategy) -> ServerMess
         nonce: "a1".repeat(16),
         strategy,
         injected_skew_ms: 0,
+        timing: None,
     }
 }
 
@@ -211,6 +212,35 @@ async fn an_endless_start_delay_is_refused_at_once() {
     assert_refused(&run, took, ViolationRule::StartDelay, Some(0));
     settle().await;
     assert_eq!(target.connections(), 0);
+}
+
+#[tokio::test]
+async fn an_endless_attempt_timeout_or_retry_gap_is_refused_at_once() {
+    let mut plan = fast_plan(2, &[Strategy::Simultaneous]);
+    plan.attempt_timeout_rtt_factor = Some(2.0);
+    plan.retry_gap_rtt_factor = Some(0.5);
+    let fair = plan.attempt_timing(Duration::from_millis(100)).unwrap();
+    for hostile in [
+        AttemptTiming {
+            attempt_timeout_ms: u32::MAX,
+            ..fair
+        },
+        AttemptTiming {
+            retry_gap_ms: plan.retry_gap_cap_ms + 1,
+            ..fair
+        },
+    ] {
+        let target = CountingListener::start(ip(1)).await;
+        let mut go = go(0, target.addr, 0, Strategy::Simultaneous);
+        if let ServerMessage::Go { timing, .. } = &mut go {
+            *timing = Some(hostile);
+        }
+        let script = vec![paired(&plan), trial(0, Strategy::Simultaneous), go];
+        let (run, took) = pair_with(script, AddressPolicy::PublicOrLoopback).await;
+        assert_refused(&run, took, ViolationRule::Timing, Some(0));
+        settle().await;
+        assert_eq!(target.connections(), 0, "{hostile:?}");
+    }
 }
 
 #[tokio::test]

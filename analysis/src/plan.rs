@@ -89,6 +89,51 @@ pub struct Plan {
     /// `birthday`: SYNs (connect() calls) per second each side sends at most.
     #[serde(default = "defaults::birthday_pps")]
     pub birthday_pps: u32,
+    /// RTT-driven attempts: each attempt of a coordinated trial waits this
+    /// many pair RTTs (see [`AttemptTiming`]), within
+    /// `attempt_timeout_floor_ms`..=`attempt_timeout_cap_ms`. Absent (older
+    /// plans): every attempt waits `attempt_timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout_rtt_factor: Option<f64>,
+    /// Shortest RTT-driven attempt timeout: at LAN-like RTTs scheduling, not the path, sets the pace.
+    #[serde(default = "defaults::attempt_timeout_floor_ms")]
+    pub attempt_timeout_floor_ms: u32,
+    /// Longest RTT-driven attempt timeout, whatever RTT was measured.
+    #[serde(default = "defaults::attempt_timeout_cap_ms")]
+    pub attempt_timeout_cap_ms: u32,
+    /// RTT-driven retries: the fixed gap before a retry is this many pair
+    /// RTTs, within `retry_gap_floor_ms`..=`retry_gap_cap_ms`. Absent: `retry_gap_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_gap_rtt_factor: Option<f64>,
+    /// Shortest RTT-driven retry gap.
+    #[serde(default = "defaults::retry_gap_floor_ms")]
+    pub retry_gap_floor_ms: u32,
+    /// Longest RTT-driven retry gap.
+    #[serde(default = "defaults::retry_gap_cap_ms")]
+    pub retry_gap_cap_ms: u32,
+    /// RTT-driven jitter: the random part added to each retry gap is
+    /// 0..=this many pair RTTs, at most `retry_jitter_ms` (then the cap).
+    /// Absent: 0..=`retry_jitter_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_jitter_rtt_factor: Option<f64>,
+}
+
+/// The attempt timing one coordinated trial runs with: what the coordinator
+/// derived from the plan and the pair's measured RTT, sent to both sides in
+/// `go` and kept in each side's trial record. The pair RTT is the sum of the
+/// two sides' smallest RTT samples to the coordinator, an estimate of the
+/// round trip a punched SYN and its answer take between the peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AttemptTiming {
+    /// How long each connect() attempt waited.
+    pub attempt_timeout_ms: u32,
+    /// The fixed gap before each retry.
+    pub retry_gap_ms: u32,
+    /// The upper end of the uniform random jitter added to each gap.
+    pub retry_jitter_ms: u32,
+    /// The pair RTT the values were derived from; absent when the plan's fixed values were used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_rtt_ms: Option<u32>,
 }
 
 mod defaults {
@@ -142,7 +187,22 @@ mod defaults {
     pub fn birthday_pps() -> u32 {
         200
     }
+    pub fn attempt_timeout_floor_ms() -> u32 {
+        250
+    }
+    pub fn attempt_timeout_cap_ms() -> u32 {
+        3000
+    }
+    pub fn retry_gap_floor_ms() -> u32 {
+        50
+    }
+    pub fn retry_gap_cap_ms() -> u32 {
+        1000
+    }
 }
+
+/// Largest RTT factor a plan may use: beyond it the caps decide everything.
+pub const MAX_RTT_FACTOR: f64 = 100.0;
 
 /// A plan that cannot be used, with what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -230,6 +290,33 @@ impl Plan {
         if !(100..=120_000).contains(&self.handshake_step_ms) {
             return invalid("handshake_step_ms", "must be between 100 and 120000");
         }
+        for (field, factor) in [
+            (
+                "attempt_timeout_rtt_factor",
+                self.attempt_timeout_rtt_factor,
+            ),
+            ("retry_gap_rtt_factor", self.retry_gap_rtt_factor),
+            ("retry_jitter_rtt_factor", self.retry_jitter_rtt_factor),
+        ] {
+            if factor.is_some_and(|f| !(f.is_finite() && f > 0.0 && f <= MAX_RTT_FACTOR)) {
+                return invalid(field, "must be a number above 0 and at most 100");
+            }
+        }
+        if !(100..=60_000).contains(&self.attempt_timeout_floor_ms)
+            || !(100..=60_000).contains(&self.attempt_timeout_cap_ms)
+            || self.attempt_timeout_floor_ms > self.attempt_timeout_cap_ms
+        {
+            return invalid(
+                "attempt_timeout_floor_ms",
+                "floor and cap must be between 100 and 60000, the floor at most the cap",
+            );
+        }
+        if self.retry_gap_cap_ms > 10_000 || self.retry_gap_floor_ms > self.retry_gap_cap_ms {
+            return invalid(
+                "retry_gap_floor_ms",
+                "floor and cap must be at most 10000, the floor at most the cap",
+            );
+        }
         crate::hardnat::validate_plan(self)
     }
 
@@ -242,6 +329,130 @@ impl Plan {
     /// The strategies a pair of `class` draws from at random, if the plan has a mix for it.
     pub fn mix_for(&self, class: PairClass) -> Option<&[Strategy]> {
         self.class_strategies.get(&class).map(Vec::as_slice)
+    }
+
+    /// The attempt timing of a coordinated trial whose pair RTT was
+    /// measured as `pair_rtt`: each RTT-driven value is factor x RTT within
+    /// its floor and cap, the others are the plan's fixed values. `None`
+    /// when the plan has no RTT factor (older plans): every side then uses
+    /// the fixed values, as before.
+    pub fn attempt_timing(&self, pair_rtt: std::time::Duration) -> Option<AttemptTiming> {
+        if self.attempt_timeout_rtt_factor.is_none()
+            && self.retry_gap_rtt_factor.is_none()
+            && self.retry_jitter_rtt_factor.is_none()
+        {
+            return None;
+        }
+        let rtt_ms = pair_rtt.as_secs_f64() * 1e3;
+        let scaled = |factor: f64, floor: u32, cap: u32| -> u32 {
+            // Clamped in f64 first: the product fits u32 after it.
+            (factor * rtt_ms)
+                .round()
+                .clamp(f64::from(floor), f64::from(cap)) as u32
+        };
+        Some(AttemptTiming {
+            attempt_timeout_ms: self.attempt_timeout_rtt_factor.map_or(
+                self.attempt_timeout_ms,
+                |f| {
+                    scaled(
+                        f,
+                        self.attempt_timeout_floor_ms,
+                        self.attempt_timeout_cap_ms,
+                    )
+                },
+            ),
+            retry_gap_ms: self.retry_gap_rtt_factor.map_or(self.retry_gap_ms, |f| {
+                scaled(f, self.retry_gap_floor_ms, self.retry_gap_cap_ms)
+            }),
+            retry_jitter_ms: self
+                .retry_jitter_rtt_factor
+                .map_or(self.retry_jitter_ms, |f| scaled(f, 0, self.retry_jitter_ms)),
+            pair_rtt_ms: Some(rtt_ms.round().min(f64::from(u32::MAX)) as u32),
+        })
+    }
+
+    /// The timing trials use when the plan's fixed values apply (no RTT, or none sent).
+    pub fn fixed_timing(&self) -> AttemptTiming {
+        AttemptTiming {
+            attempt_timeout_ms: self.attempt_timeout_ms,
+            retry_gap_ms: self.retry_gap_ms,
+            retry_jitter_ms: self.retry_jitter_ms,
+            pair_rtt_ms: None,
+        }
+    }
+
+    /// The longest attempt timeout, gap and jitter any trial of this plan
+    /// may use, whatever RTT was measured: deadlines are built from these.
+    pub fn timing_bound(&self) -> AttemptTiming {
+        let bound = |factor: Option<f64>, fixed: u32, cap: u32| {
+            if factor.is_some() {
+                fixed.max(cap)
+            } else {
+                fixed
+            }
+        };
+        AttemptTiming {
+            attempt_timeout_ms: bound(
+                self.attempt_timeout_rtt_factor,
+                self.attempt_timeout_ms,
+                self.attempt_timeout_cap_ms,
+            ),
+            retry_gap_ms: bound(
+                self.retry_gap_rtt_factor,
+                self.retry_gap_ms,
+                self.retry_gap_cap_ms,
+            ),
+            retry_jitter_ms: self.retry_jitter_ms,
+            pair_rtt_ms: None,
+        }
+    }
+
+    /// Whether `timing` is one this plan can produce for some RTT: each
+    /// RTT-driven value within its floor and cap, each other value the
+    /// plan's fixed one. A probe holds its coordinator's `go` to this.
+    pub fn check_timing(&self, timing: &AttemptTiming) -> Result<(), String> {
+        let within =
+            |name: &str, value: u32, factor: Option<f64>, fixed: u32, floor: u32, cap: u32| {
+                let ok = match factor {
+                    Some(_) => (floor..=cap).contains(&value),
+                    None => value == fixed,
+                };
+                if ok {
+                    Ok(())
+                } else if factor.is_some() {
+                    Err(format!(
+                        "{name} {value} ms is outside the plan's {floor}..={cap} ms"
+                    ))
+                } else {
+                    Err(format!(
+                        "{name} {value} ms is not the plan's fixed {fixed} ms"
+                    ))
+                }
+            };
+        within(
+            "attempt timeout",
+            timing.attempt_timeout_ms,
+            self.attempt_timeout_rtt_factor,
+            self.attempt_timeout_ms,
+            self.attempt_timeout_floor_ms,
+            self.attempt_timeout_cap_ms,
+        )?;
+        within(
+            "retry gap",
+            timing.retry_gap_ms,
+            self.retry_gap_rtt_factor,
+            self.retry_gap_ms,
+            self.retry_gap_floor_ms,
+            self.retry_gap_cap_ms,
+        )?;
+        within(
+            "retry jitter",
+            timing.retry_jitter_ms,
+            self.retry_jitter_rtt_factor,
+            self.retry_jitter_ms,
+            0,
+            self.retry_jitter_ms,
+        )
     }
 
     /// The strategy of trial `n`.
@@ -354,9 +565,118 @@ mod tests {
     }
 
     #[test]
+    fn rtt_driven_timing_follows_the_rtt_within_floor_and_cap() {
+        use std::time::Duration;
+        let text = "version = 1\nname = \"t\"\nattempt_timeout_rtt_factor = 2.0\n\
+                    retry_gap_rtt_factor = 0.5\nretry_jitter_rtt_factor = 0.5\nretry_jitter_ms = 400\n";
+        let plan = Plan::from_toml(text).unwrap();
+        let at = |ms| plan.attempt_timing(Duration::from_millis(ms)).unwrap();
+        let t = at(200);
+        assert_eq!(
+            (
+                t.attempt_timeout_ms,
+                t.retry_gap_ms,
+                t.retry_jitter_ms,
+                t.pair_rtt_ms
+            ),
+            (400, 100, 100, Some(200))
+        );
+        // Near peers get the floors, far ones the caps (jitter capped by retry_jitter_ms).
+        let near = at(1);
+        assert_eq!(
+            (
+                near.attempt_timeout_ms,
+                near.retry_gap_ms,
+                near.retry_jitter_ms
+            ),
+            (250, 50, 1)
+        );
+        let far = at(60_000);
+        assert_eq!(
+            (
+                far.attempt_timeout_ms,
+                far.retry_gap_ms,
+                far.retry_jitter_ms
+            ),
+            (3000, 1000, 400)
+        );
+        for t in [t, near, far] {
+            plan.check_timing(&t).unwrap();
+        }
+        let bound = plan.timing_bound();
+        assert_eq!(
+            (
+                bound.attempt_timeout_ms,
+                bound.retry_gap_ms,
+                bound.retry_jitter_ms
+            ),
+            (3000, 1000, 400)
+        );
+        let mut hostile = far;
+        hostile.attempt_timeout_ms = 3001;
+        assert!(plan
+            .check_timing(&hostile)
+            .unwrap_err()
+            .contains("attempt timeout"));
+        let mut hostile = far;
+        hostile.retry_gap_ms = 49;
+        assert!(plan
+            .check_timing(&hostile)
+            .unwrap_err()
+            .contains("retry gap"));
+    }
+
+    #[test]
+    fn a_plan_with_fixed_timeouts_keeps_them() {
+        let plan =
+            Plan::from_toml("version = 1\nname = \"t\"\nattempt_timeout_ms = 1234\n").unwrap();
+        assert_eq!(
+            plan.attempt_timing(std::time::Duration::from_millis(200)),
+            None
+        );
+        let fixed = plan.fixed_timing();
+        assert_eq!(fixed.attempt_timeout_ms, 1234);
+        plan.check_timing(&fixed).unwrap();
+        assert_eq!(plan.timing_bound(), fixed);
+        let mut other = fixed;
+        other.attempt_timeout_ms = 1000;
+        assert!(plan.check_timing(&other).is_err());
+        // Only the RTT-driven part follows the RTT.
+        let plan =
+            Plan::from_toml("version = 1\nname = \"t\"\nretry_gap_rtt_factor = 1.0\n").unwrap();
+        let t = plan
+            .attempt_timing(std::time::Duration::from_millis(300))
+            .unwrap();
+        assert_eq!(
+            (t.attempt_timeout_ms, t.retry_gap_ms, t.retry_jitter_ms),
+            (3000, 300, 1000)
+        );
+    }
+
+    #[test]
+    fn bad_rtt_keys_say_what_to_fix() {
+        for (text, field) in [
+            (
+                "attempt_timeout_rtt_factor = 0.0",
+                "attempt_timeout_rtt_factor",
+            ),
+            ("retry_gap_rtt_factor = 1000.0", "retry_gap_rtt_factor"),
+            (
+                "attempt_timeout_floor_ms = 5000\nattempt_timeout_cap_ms = 4000",
+                "attempt_timeout_floor_ms",
+            ),
+            ("attempt_timeout_cap_ms = 90000", "attempt_timeout_floor_ms"),
+            ("retry_gap_cap_ms = 20000", "retry_gap_floor_ms"),
+        ] {
+            let e = Plan::from_toml(&format!("version = 1\nname = \"t\"\n{text}\n")).unwrap_err();
+            assert!(e.to_string().contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn every_field_is_a_known_key() {
         let keys = Plan::keys();
-        assert_eq!(keys.len(), 20, "{keys:?}");
+        assert_eq!(keys.len(), 27, "{keys:?}");
         let default = include_str!("../../probes/default.toml");
         for key in &keys {
             assert!(

@@ -153,6 +153,9 @@ pub enum ViolationRule {
     Ttl,
     /// A step at the wrong moment (a `go` twice, a `prime` after `go`, ...).
     Unexpected,
+    /// A `go` whose attempt timing the plan cannot produce (outside its RTT
+    /// floors and caps, or not its fixed values).
+    Timing,
     /// A rule a newer punchscope added.
     #[serde(other)]
     Other,
@@ -554,6 +557,7 @@ mod tests {
         TrialRecord {
             trial: 0,
             trial_id: None,
+            timing: None,
             strategy: Strategy::Simultaneous,
             role: Role::Initiator,
             local_port: 40002,

@@ -215,6 +215,11 @@ pub struct TrialRecord {
     /// sent. Added within schema version 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hard: Option<crate::hardnat::HardTrialRecord>,
+    /// The attempt timeout, retry gap and jitter this trial ran with (RTT-driven
+    /// ones carry the pair RTT they came from). Added within schema version 1:
+    /// absent in older results, which used their plan's fixed values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<crate::plan::AttemptTiming>,
 }
 
 impl TrialRecord {
@@ -246,6 +251,7 @@ impl TrialRecord {
             pair_class: None,
             drawn_from: None,
             hard: None,
+            timing: None,
         }
     }
 }

@@ -51,6 +51,20 @@ pub async fn run(
     server: SocketAddr,
     timeout: Duration,
 ) -> Result<Answered, (Probe, ProbeFailure)> {
+    run_telling(socket, server, timeout, None, None).await
+}
+
+/// As [`run`], and writes `request` (a whole line) as soon as the
+/// connection is up, before the observed line arrives (the server reads it
+/// right after sending that line, so the request costs no round trip of its
+/// own), and sends the connect's round trip on `connected` the moment it completes.
+pub async fn run_telling(
+    socket: TcpSocket,
+    server: SocketAddr,
+    timeout: Duration,
+    request: Option<&[u8]>,
+    connected: Option<tokio::sync::oneshot::Sender<Duration>>,
+) -> Result<Answered, (Probe, ProbeFailure)> {
     let fallback_local = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -71,9 +85,18 @@ pub async fn run(
         Ok(Err(e)) => return Err(failed(fallback_local, None, ProbeFailure::Connect(e))),
         Ok(Ok(stream)) => stream,
     };
-    let rtt_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    let rtt = started.elapsed();
+    if let Some(connected) = connected {
+        let _ = connected.send(rtt);
+    }
+    let rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
     let local = stream.local_addr().unwrap_or(fallback_local);
     let mut conn = LineConnection::new(stream, MAX_LINE);
+    if let Some(request) = request {
+        if let Err(e) = conn.write_line(request).await {
+            return Err(failed(local, rtt_ms, ProbeFailure::Connect(e)));
+        }
+    }
     let hello = match read_message_before(&mut conn, deadline).await {
         Err(e) => Err(e),
         Ok(ServerMessage::Observed {

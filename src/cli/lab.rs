@@ -167,6 +167,9 @@ fn experiment(args: ExperimentArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Debug, Args)]
 struct BenchArgs {
+    /// `probe`: time whole volunteer runs instead (see `lab bench probe --help`).
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
     /// Seconds per core throughput run.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
@@ -182,6 +185,11 @@ struct BenchArgs {
     /// Classification runs per NAT kind.
     #[arg(long, default_value_t = 5)]
     classify_runs: usize,
+    /// Echo endpoints classification is given: 4 (two IPs x two ports, as a
+    /// campaign hands out) or 2 (one per IP; the other port comes from the
+    /// server's announcement, one round trip later).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=4))]
+    classify_endpoints: u8,
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
@@ -214,13 +222,102 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Time the real `probe` from start to exit, under the real coordinator
+    /// and echo server, for pairs of NAT kinds behind a slow WAN (needs root).
+    Probe(ProbeBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProbeBenchArgs {
+    /// The plan the coordinator hands out.
+    #[arg(long, default_value = "probes/default.toml")]
+    plan: PathBuf,
+    /// One-way WAN delay of every NAT.
+    #[arg(long, default_value_t = 50)]
+    delay_ms: u32,
+    /// Only these pairs (repeatable): eim-eim, eim-apdm_random, apdm_sequential-eim, apdm-apdm.
+    #[arg(long = "pair")]
+    pairs: Vec<String>,
+    /// Logs, spools and each probe's result document (`logs/HOST.out`).
+    #[arg(long, default_value = "bench-probe-out")]
+    out: PathBuf,
+    /// Longest one pair may take before its probes are ended.
+    #[arg(long, default_value_t = 600)]
+    pair_deadline_secs: u64,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench_probe(args: ProbeBenchArgs) -> anyhow::Result<ExitCode> {
+    // The plan is read here first, so a typo fails before any lab is built.
+    let text = std::fs::read_to_string(&args.plan)
+        .with_context(|| format!("reading the plan {}", args.plan.display()))?;
+    let plan = punchscope::analysis::plan::Plan::from_toml(&text)
+        .with_context(|| format!("plan {}", args.plan.display()))?;
+    let timings = lab::bench::probe_timing(
+        &format!("bprobe{}", std::process::id()),
+        &lab::bench::ProbeBenchOptions {
+            exe: std::env::current_exe().context("finding this punchscope binary")?,
+            plan: args.plan.clone(),
+            delay_ms: args.delay_ms,
+            pairs: args.pairs,
+            out: args.out,
+            pair_deadline: Duration::from_secs(args.pair_deadline_secs),
+        },
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&timings)?);
+    } else {
+        println!(
+            "`probe` wall time, start to exit, plan {:?} ({} trials), one-way WAN delay {} ms:",
+            plan.name, plan.trials, args.delay_ms
+        );
+        for t in &timings {
+            let timeouts = t
+                .attempt_timeout_ms
+                .map_or("fixed".to_string(), |(lo, hi)| format!("{lo}-{hi} ms"));
+            println!(
+                "  {:<22} {:>6.1} s (sides {:.1} s, {:.1} s; exit {:?}/{:?}; trials {}/{}, connected {}/{}; attempt timeout {timeouts})",
+                t.pair,
+                t.max_wall_s,
+                t.wall_s[0],
+                t.wall_s[1],
+                t.exit_codes[0],
+                t.exit_codes[1],
+                t.trials[0],
+                t.trials[1],
+                t.connected[0],
+                t.connected[1],
+            );
+        }
+    }
+    // A pair whose probes did not both finish their plan is a failed run of the benchmark.
+    let complete = timings
+        .iter()
+        .all(|t| t.exit_codes == [Some(0), Some(0)] && t.trials == [plan.trials as usize; 2]);
+    Ok(if complete {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("some probes did not run the whole plan: see the logs folder");
+        ExitCode::FAILURE
+    })
+}
+
 fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BenchWhat::Probe(probe)) = args.what {
+        return bench_probe(probe);
+    }
     let BenchArgs {
+        what: _,
         seconds,
         round_trips,
         core_only,
         classify_delay_ms,
         classify_runs,
+        classify_endpoints,
         json,
     } = args;
     let report = lab::bench::run(&lab::bench::BenchOptions {
@@ -229,6 +326,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         core_only,
         classify_delay_ms,
         classify_runs,
+        classify_endpoints: usize::from(classify_endpoints),
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -257,7 +355,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("  added per packet: {:.1} us", t.added_per_packet_us);
     }
     if !report.classify.is_empty() {
-        println!("Full classification (mapping, allocation, filtering, hairpin), one-way WAN delay {classify_delay_ms} ms:");
+        println!("Full classification (mapping, allocation, filtering, hairpin, path), one-way WAN delay {classify_delay_ms} ms, {classify_endpoints} echo endpoints given:");
         for c in &report.classify {
             println!(
                 "  {:<40} median {:>6.0} ms, max {:>6.0} ms over {} runs{}",

@@ -20,13 +20,13 @@ use super::netns;
 use super::scenario::{HostRole, Scenario};
 
 /// Where the campaign's servers listen inside the internet namespace.
-const ECHO: [&str; 4] = [
+pub(crate) const ECHO: [&str; 4] = [
     "198.51.100.10:3478",
     "198.51.100.10:3479",
     "198.51.100.11:3478",
     "198.51.100.11:3479",
 ];
-const COORDINATOR: &str = "198.51.100.10:7000";
+pub(crate) const COORDINATOR: &str = "198.51.100.10:7000";
 const COLLECTOR: &str = "198.51.100.10:8080";
 
 /// How to run a campaign.
@@ -86,7 +86,7 @@ pub enum CampaignError {
 }
 
 /// Children we started, ended by their PID when this is dropped.
-struct Children(Vec<(String, Child)>);
+pub(crate) struct Children(pub(crate) Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -320,11 +320,22 @@ fn spawn(
     tag: &str,
     args: &[String],
 ) -> Result<(String, Child), LabError> {
+    spawn_logged(&options.exe, &options.out.join("logs"), ns, tag, args)
+}
+
+/// Starts `exe args` inside namespace `ns`, its stdout and stderr going to
+/// `TAG.out` and `TAG.err` in `logs`.
+pub(crate) fn spawn_logged(
+    exe: &Path,
+    logs: &Path,
+    ns: &str,
+    tag: &str,
+    args: &[String],
+) -> Result<(String, Child), LabError> {
     let io = |e: std::io::Error| LabError::Traffic(e);
-    let logs = options.out.join("logs");
     let stdout = fs::File::create(logs.join(format!("{tag}.out"))).map_err(io)?;
     let stderr = fs::File::create(logs.join(format!("{tag}.err"))).map_err(io)?;
-    let child = netns::command_in(ns, &options.exe.display().to_string())?
+    let child = netns::command_in(ns, &exe.display().to_string())?
         .args(args)
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -334,7 +345,8 @@ fn spawn(
     Ok((tag.to_string(), child))
 }
 
-fn wait_listening(lab: &Lab, endpoint: SocketAddr) -> Result<(), LabError> {
+/// Waits (15 s at most) until something listens on `endpoint` in the internet namespace.
+pub(crate) fn wait_listening(lab: &Lab, endpoint: SocketAddr) -> Result<(), LabError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let up = lab.run_in(INTERNET_NS, || {

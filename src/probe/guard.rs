@@ -7,7 +7,9 @@
 //! hard caps; trials come in order, each once, within the plan; each trial
 //! primes at most once and goes at most once, with the plan's strategy and
 //! TTL; every peer endpoint is a public address ([`AddressPolicy`]); start
-//! delays are bounded. Connects per pairing are then bounded by
+//! delays are bounded; the attempt timing a `go` carries is one the plan
+//! can produce (RTT-driven values within the plan's floors and caps, which
+//! stay under this probe's hard caps). Connects per pairing are then bounded by
 //! `trials x max_attempts` (plus one priming SYN per low-TTL trial), and
 //! every wait by the plan's (capped) timings.
 
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::hardnat::{HardRole, PairClass, SideKind};
-use punchscope_analysis::plan::Plan;
+use punchscope_analysis::plan::{AttemptTiming, Plan};
 use punchscope_analysis::result::{CoordinatorViolation, ViolationRule};
 use punchscope_analysis::trial::Strategy;
 
@@ -31,6 +33,8 @@ pub const MAX_ATTEMPTS: u32 = 10;
 pub const MAX_ATTEMPT_TIMEOUT_MS: u32 = 10_000;
 /// Longest wait for one step of the Bitcoin handshake.
 pub const MAX_HANDSHAKE_STEP_MS: u32 = 30_000;
+/// Longest gap before a retry (fixed or RTT-driven, jitter included).
+pub const MAX_RETRY_GAP_MS: u32 = 10_000;
 
 /// The trial being run, as far as the coordinator has taken it.
 #[derive(Debug, Clone)]
@@ -79,6 +83,17 @@ impl CoordinatorGuard {
                 "handshake_step_ms",
                 plan.handshake_step_ms,
                 MAX_HANDSHAKE_STEP_MS,
+            ),
+            // The longest RTT-driven values any `go` may carry.
+            (
+                "attempt_timeout_cap_ms",
+                plan.timing_bound().attempt_timeout_ms,
+                MAX_ATTEMPT_TIMEOUT_MS,
+            ),
+            (
+                "retry_gap_cap_ms",
+                plan.timing_bound().retry_gap_ms + plan.retry_jitter_ms,
+                MAX_RETRY_GAP_MS,
             ),
         ];
         for (name, value, cap) in limits {
@@ -363,6 +378,26 @@ impl CoordinatorGuard {
         Ok(())
     }
 
+    /// The attempt timing of the current trial's `go`: one the plan can
+    /// produce for some RTT (RTT-driven values within its floors and caps,
+    /// the others its fixed values); absent, the plan's fixed values are used.
+    pub fn timing(
+        &self,
+        trial: u32,
+        timing: Option<&AttemptTiming>,
+    ) -> Result<(), CoordinatorViolation> {
+        let Some(timing) = timing else {
+            return Ok(());
+        };
+        self.plan.check_timing(timing).map_err(|why| {
+            violation(
+                ViolationRule::Timing,
+                Some(trial),
+                format!("go for trial {trial}: {why}"),
+            )
+        })
+    }
+
     /// `peer_result`: only for a trial already announced.
     pub fn peer_result(&self, trial: u32) -> Result<(), CoordinatorViolation> {
         if trial >= self.next_trial {
@@ -451,6 +486,59 @@ mod tests {
             assert_eq!(v.rule, ViolationRule::PlanLimit);
             assert!(v.detail.contains(field), "{}", v.detail);
         }
+    }
+
+    #[test]
+    fn go_timing_must_be_one_the_plan_can_produce() {
+        let mut p = plan();
+        p.attempt_timeout_rtt_factor = Some(2.0);
+        p.retry_gap_rtt_factor = Some(0.5);
+        let g = CoordinatorGuard::new(&p, AddressPolicy::Public).unwrap();
+        let fair = p.attempt_timing(ms(200)).unwrap();
+        g.timing(0, Some(&fair)).unwrap();
+        g.timing(0, None).unwrap();
+        // A hostile coordinator cannot make us wait or retry without bound.
+        for hostile in [
+            AttemptTiming {
+                attempt_timeout_ms: p.attempt_timeout_cap_ms + 1,
+                ..fair
+            },
+            AttemptTiming {
+                attempt_timeout_ms: u32::MAX,
+                ..fair
+            },
+            AttemptTiming {
+                retry_gap_ms: p.retry_gap_cap_ms + 1,
+                ..fair
+            },
+            AttemptTiming {
+                retry_gap_ms: 0,
+                ..fair
+            },
+            // Jitter is not RTT-driven in this plan: only the fixed value passes.
+            AttemptTiming {
+                retry_jitter_ms: p.retry_jitter_ms + 1,
+                ..fair
+            },
+        ] {
+            let v = g.timing(0, Some(&hostile)).unwrap_err();
+            assert_eq!(v.rule, ViolationRule::Timing, "{hostile:?}");
+        }
+        // A fixed-timeout plan accepts only its own values.
+        let g = guard();
+        g.timing(0, Some(&plan().fixed_timing())).unwrap();
+        let longer = AttemptTiming {
+            attempt_timeout_ms: plan().attempt_timeout_ms + 1,
+            ..plan().fixed_timing()
+        };
+        assert_eq!(rule(g.timing(0, Some(&longer))), ViolationRule::Timing);
+        // Caps above the probe's hard caps refuse the plan itself.
+        let mut p = plan();
+        p.attempt_timeout_rtt_factor = Some(2.0);
+        p.attempt_timeout_cap_ms = MAX_ATTEMPT_TIMEOUT_MS + 1;
+        let v = CoordinatorGuard::new(&p, AddressPolicy::Public).unwrap_err();
+        assert_eq!(v.rule, ViolationRule::PlanLimit);
+        assert!(v.detail.contains("attempt_timeout_cap_ms"), "{}", v.detail);
     }
 
     #[test]

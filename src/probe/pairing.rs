@@ -206,6 +206,7 @@ pub async fn run_pairing(
                 nonce,
                 strategy,
                 injected_skew,
+                timing,
             } => {
                 let go_at = tokio::time::Instant::now();
                 let Some(p) = pending.take().filter(|p| p.trial == trial) else {
@@ -243,6 +244,11 @@ pub async fn run_pairing(
                     injected_skew,
                     hard,
                     ..TrialSpec::from_plan(&plan, trial, pairing.role, local, peer, nonce)
+                };
+                // The guard held `timing` to the plan's floors and caps.
+                let spec = match &timing {
+                    Some(timing) => spec.with_timing(timing),
+                    None => spec,
                 };
                 let handshake = HandshakeSpec::from_plan(&plan, trial);
                 let trial_run = async {
@@ -347,8 +353,11 @@ fn check(guard: &mut CoordinatorGuard, step: &Step) -> Result<(), CoordinatorVio
             delay,
             injected_skew,
             strategy,
+            timing,
             ..
-        } => guard.go(*trial, *peer, *delay, *injected_skew, *strategy),
+        } => guard
+            .go(*trial, *peer, *delay, *injected_skew, *strategy)
+            .and_then(|()| guard.timing(*trial, timing.as_ref())),
         Step::PeerResult { trial, .. } => guard.peer_result(*trial),
         Step::PeerGone { .. } | Step::Done { .. } => Ok(()),
     }

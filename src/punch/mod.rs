@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use punchscope_analysis::handshake::{BitcoinNetwork, HandshakeBy, Role, Transport};
-use punchscope_analysis::plan::{Plan, PLAN_VERSION};
+use punchscope_analysis::plan::{AttemptTiming, Plan, PLAN_VERSION};
 use punchscope_analysis::trial::{
     Attempt, AttemptResult, ClaimNonce, Completion, SocketClaim, Strategy, TrialOutcome,
     TrialRecord,
@@ -56,6 +56,8 @@ pub struct TrialSpec {
     /// `predict` and `birthday`: this side's move (set by the pairing from
     /// both verdicts, after the guard saw its targets); `None` otherwise.
     pub hard: Option<hard::HardMove>,
+    /// The pair RTT the attempt timing was derived from, when it was (for the record).
+    pub pair_rtt_ms: Option<u32>,
 }
 
 /// The Bitcoin handshake to run over a punched socket.
@@ -98,6 +100,30 @@ impl TrialSpec {
             retry_gap: millis(plan.retry_gap_ms),
             retry_jitter: millis(plan.retry_jitter_ms),
             hard: None,
+            pair_rtt_ms: None,
+        }
+    }
+
+    /// This spec with the attempt timing a coordinator sent in `go` (already
+    /// checked against the plan by the probe's guard).
+    pub fn with_timing(self, timing: &AttemptTiming) -> TrialSpec {
+        TrialSpec {
+            attempt_timeout: millis(timing.attempt_timeout_ms),
+            retry_gap: millis(timing.retry_gap_ms),
+            retry_jitter: millis(timing.retry_jitter_ms),
+            pair_rtt_ms: timing.pair_rtt_ms,
+            ..self
+        }
+    }
+
+    /// The attempt timing this spec runs with, as the trial record keeps it.
+    pub fn timing(&self) -> AttemptTiming {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        AttemptTiming {
+            attempt_timeout_ms: ms(self.attempt_timeout),
+            retry_gap_ms: ms(self.retry_gap),
+            retry_jitter_ms: ms(self.retry_jitter),
+            pair_rtt_ms: self.pair_rtt_ms,
         }
     }
 }
@@ -139,6 +165,7 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
         peer_port: Some(spec.peer.port()),
         start_delay_ms: ms(spec.start_delay),
         injected_skew_ms: ms(spec.injected_skew),
+        timing: Some(spec.timing()),
         ..TrialRecord::unrun(spec.trial, spec.strategy, spec.role, TrialOutcome::Timeout)
     };
     if let Some(hard_move) = &spec.hard {
@@ -630,5 +657,17 @@ mod tests {
         assert_eq!(handshake.transport, Transport::V2);
         assert_eq!(handshake.network, BitcoinNetwork::Regtest);
         assert_eq!(handshake.step_timeout, Duration::from_millis(3456));
+        assert_eq!(initiator.timing(), plan.fixed_timing());
+        let timing = AttemptTiming {
+            attempt_timeout_ms: 400,
+            retry_gap_ms: 100,
+            retry_jitter_ms: 50,
+            pair_rtt_ms: Some(200),
+        };
+        let sent = initiator.with_timing(&timing);
+        assert_eq!(sent.attempt_timeout, Duration::from_millis(400));
+        assert_eq!(sent.retry_gap, Duration::from_millis(100));
+        assert_eq!(sent.retry_jitter, Duration::from_millis(50));
+        assert_eq!(sent.timing(), timing);
     }
 }

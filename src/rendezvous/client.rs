@@ -17,7 +17,7 @@ use crate::proto::rendezvous::{
 };
 use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
-use punchscope_analysis::plan::Plan;
+use punchscope_analysis::plan::{AttemptTiming, Plan};
 use punchscope_analysis::privacy;
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 
@@ -99,6 +99,9 @@ pub enum Step {
         nonce: String,
         strategy: Strategy,
         injected_skew: Duration,
+        /// The attempt timing the coordinator derived from the pair's RTT;
+        /// `None`: the plan's fixed values.
+        timing: Option<AttemptTiming>,
     },
     /// The peer's outcome of a trial (after both reported).
     PeerResult { trial: u32, outcome: TrialOutcome },
@@ -320,6 +323,7 @@ impl Client {
                 nonce,
                 strategy,
                 injected_skew_ms,
+                timing,
             } => Step::Go {
                 trial,
                 peer,
@@ -327,6 +331,7 @@ impl Client {
                 nonce,
                 strategy,
                 injected_skew: Duration::from_millis(injected_skew_ms),
+                timing,
             },
             ServerMessage::PeerResult { trial, outcome } => Step::PeerResult { trial, outcome },
             ServerMessage::PeerGone { trial } => Step::PeerGone { trial },

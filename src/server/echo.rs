@@ -293,6 +293,9 @@ async fn serve_connection(stream: TcpStream, observed: SocketAddr, shared: &Shar
     let Ok(reached) = stream.local_addr() else {
         return;
     };
+    // Lines go out at once: with Nagle, `dial_back_accepted` would wait for
+    // the client's (delayed) ACK of the observed line, a round trip or more.
+    let _ = stream.set_nodelay(true);
     let config = &shared.config;
     let mut conn = LineConnection::new(stream, MAX_LINE);
     let hello = ServerMessage::Observed {

@@ -161,6 +161,7 @@ fn unsanitized_trial(n: u32, plan: &Plan, connected: bool) -> TrialRecord {
     TrialRecord {
         trial: n,
         trial_id: None,
+        timing: None,
         strategy,
         role: Role::Initiator,
         local_port: 50000 + u16::try_from(n).unwrap(),
@@ -382,6 +383,7 @@ fn side_record(
     TrialRecord {
         trial: n,
         trial_id,
+        timing: None,
         strategy,
         role,
         local_port: 40000 + n as u16,

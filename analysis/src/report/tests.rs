@@ -96,6 +96,7 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
         .map(|x| TrialRecord {
             trial: x.n,
             trial_id: x.id.map(str::to_string),
+            timing: None,
             strategy: plan.strategy_of(x.n),
             role,
             local_port: 40000,

@@ -120,8 +120,12 @@ impl Default for CoordinatorConfig {
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Write this message on the connection.
-    Send { conn: ConnId, msg: ServerMessage },
+    /// Write this message on the connection (boxed: a `paired` carries the
+    /// whole plan, and every action should not be that big).
+    Send {
+        conn: ConnId,
+        msg: Box<ServerMessage>,
+    },
     /// Write what is queued, then close the connection; the coordinator has forgotten it.
     Close { conn: ConnId },
 }
@@ -798,6 +802,12 @@ impl Coordinator {
         pair.phase = Phase::Running;
         let rtt = |s: &SideTrial| s.rtts.iter().min().copied().unwrap_or_default();
         let (d0, d1) = start_delays(rtt(&pair.sides[0]), rtt(&pair.sides[1]), skew);
+        // A punched SYN and its answer travel side to side: about the sum of
+        // both sides' round trips to us.
+        let timing = self
+            .config
+            .plan
+            .attempt_timing(rtt(&pair.sides[0]) + rtt(&pair.sides[1]));
         let delays = [d0, d1];
         let skews = [Duration::ZERO, skew];
         let peers = [pair.sides[1].observed, pair.sides[0].observed];
@@ -810,6 +820,7 @@ impl Coordinator {
                 nonce: nonce.clone(),
                 strategy,
                 injected_skew_ms: millis(skews[side]),
+                timing,
             };
             self.send(conns[side], msg);
         }
@@ -1028,7 +1039,10 @@ impl Coordinator {
         if let ServerMessage::Error { code, .. } = &msg {
             *self.stats.errors.entry(*code).or_default() += 1;
         }
-        self.actions.push_back(Action::Send { conn, msg });
+        self.actions.push_back(Action::Send {
+            conn,
+            msg: Box::new(msg),
+        });
     }
 
     /// Forgets a connection and asks the driver to close it.

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
-use punchscope_analysis::plan::Plan;
+use punchscope_analysis::plan::{AttemptTiming, Plan};
 use punchscope_analysis::privacy;
 use punchscope_analysis::trial::{Strategy, TrialOutcome};
 
@@ -293,6 +293,12 @@ pub enum ServerMessage {
         nonce: String,
         strategy: Strategy,
         injected_skew_ms: u64,
+        /// The attempt timeout, retry gap and jitter of this trial, from the
+        /// plan's RTT factors and the pair's measured RTT; the same for both
+        /// sides. Absent for a plan without RTT factors (and from older
+        /// coordinators): the plan's fixed values apply. Added within version 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timing: Option<AttemptTiming>,
     },
     /// The other side's outcome of a trial, once both reported.
     PeerResult { trial: u32, outcome: TrialOutcome },
@@ -565,15 +571,17 @@ pub fn decode_server(line: &str) -> Result<ServerMessage, ProtoError> {
 }
 
 /// How long a trial may take from `go` to both results, for this plan: every
-/// attempt with its worst-case gap, a Bitcoin handshake of five steps, the
+/// attempt with its worst-case gap (at the caps of RTT-driven timing), a Bitcoin handshake of five steps, the
 /// largest start delay, and a margin for slow links. Both the coordinator
 /// (its deadline for `result`) and clients (how long to wait for the next
 /// message) use this.
 pub fn result_deadline(plan: &Plan) -> Duration {
+    // The longest timing any RTT may give: the deadline holds whatever `go` said.
+    let timing = plan.timing_bound();
     let attempts = u64::from(plan.max_attempts)
-        * (u64::from(plan.attempt_timeout_ms)
-            + u64::from(plan.retry_gap_ms)
-            + u64::from(plan.retry_jitter_ms));
+        * (u64::from(timing.attempt_timeout_ms)
+            + u64::from(timing.retry_gap_ms)
+            + u64::from(timing.retry_jitter_ms));
     let handshake = 5 * u64::from(plan.handshake_step_ms);
     let delay = u64::from(plan.injected_skew_ms) + MAX_START_DELAY_MS;
     Duration::from_millis(attempts + handshake + delay + hard_nat_ms(plan) + RESULT_MARGIN_MS)

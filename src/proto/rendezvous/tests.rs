@@ -53,7 +53,7 @@ impl Harness {
     fn drain(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Send { conn, msg } => self.sent.entry(conn).or_default().push(msg),
+                Action::Send { conn, msg } => self.sent.entry(conn).or_default().push(*msg),
                 Action::Close { conn } => self.closed.push(conn),
             }
         }
@@ -110,6 +110,12 @@ fn messages_round_trip_and_start_with_the_version() {
             nonce: "ab".into(),
             strategy: Strategy::ConnectListen,
             injected_skew_ms: 0,
+            timing: Some(punchscope_analysis::plan::AttemptTiming {
+                attempt_timeout_ms: 400,
+                retry_gap_ms: 100,
+                retry_jitter_ms: 100,
+                pair_rtt_ms: Some(200),
+            }),
         },
         ServerMessage::PeerGone { trial: None },
         ProtoError::Line(LineError::UnsupportedVersion {
@@ -740,6 +746,70 @@ fn each_side_primes_with_the_ttl_its_own_path_measured_else_the_plans() {
         "home NAT + CGN measured: two NATs to pass"
     );
     assert_eq!(ttl(h.take(2)), 2, "no path measured: the plan's low_ttl");
+}
+
+/// Runs one simultaneous trial of `plan` to its `go`, side 1 answering pings
+/// after `rtt1`, side 2 after `rtt2`; returns both sides' `go` timing.
+fn go_timing(
+    plan: Plan,
+    rtt1: Duration,
+    rtt2: Duration,
+) -> [Option<punchscope_analysis::plan::AttemptTiming>; 2] {
+    let mut h = Harness::new(config(plan));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello(None));
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello(None));
+    let (mut log1, mut log2) = (Vec::new(), Vec::new());
+    answer_pings(&mut h, 1, rtt1, &mut log1);
+    answer_pings(&mut h, 2, rtt2, &mut log2);
+    let token = |log: &[ServerMessage]| {
+        log.iter()
+            .find_map(|m| match m {
+                ServerMessage::Trial { token, .. } => Some(token.clone()),
+                _ => None,
+            })
+            .expect("a trial message")
+    };
+    let (t1, t2) = (token(&log1), token(&log2));
+    h.connect(10, "127.0.0.2:2000");
+    h.say(10, &ClientMessage::Register { token: t1 });
+    h.connect(11, "127.0.0.3:3000");
+    h.say(11, &ClientMessage::Register { token: t2 });
+    [1, 2].map(|conn| {
+        h.take(conn)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMessage::Go { timing, .. } => Some(timing),
+                _ => None,
+            })
+            .expect("a go message")
+    })
+}
+
+#[test]
+fn go_carries_timing_from_the_pairs_measured_rtt_and_old_plans_keep_theirs() {
+    let ms = Duration::from_millis;
+    let mut rtt_plan = plan(1, "[\"simultaneous\"]", 0, 2);
+    rtt_plan.attempt_timeout_rtt_factor = Some(2.0);
+    rtt_plan.retry_gap_rtt_factor = Some(0.5);
+    rtt_plan.retry_jitter_rtt_factor = Some(0.5);
+    let [a, b] = go_timing(rtt_plan.clone(), ms(100), ms(150));
+    assert_eq!(a, b, "both sides run with the same timing");
+    let t = a.expect("an RTT plan's go carries its timing");
+    // The pair RTT is the sum of the sides' smallest samples: 100 + 150 ms.
+    assert_eq!(t.pair_rtt_ms, Some(250));
+    assert_eq!(
+        (t.attempt_timeout_ms, t.retry_gap_ms, t.retry_jitter_ms),
+        (500, 125, 125)
+    );
+    rtt_plan.check_timing(&t).unwrap();
+    // A far pair is held to the caps.
+    let far = go_timing(rtt_plan, Duration::from_secs(2), Duration::from_secs(2))[0].unwrap();
+    assert_eq!((far.attempt_timeout_ms, far.retry_gap_ms), (3000, 1000));
+    // A plan with fixed timeouts sends none: both sides use the plan's values, as before.
+    let old = go_timing(plan(1, "[\"simultaneous\"]", 0, 2), ms(100), ms(150));
+    assert_eq!(old, [None, None]);
 }
 
 fn campaign() -> CampaignInfo {
