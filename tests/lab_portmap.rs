@@ -103,6 +103,23 @@ fn stop_once_both_ports_are_held(
     (report, held, started.elapsed())
 }
 
+/// The router (`grants`) held both ports for alice while the client ran
+/// (`seen`, from [`watch_router`]), and holds nothing now.
+fn assert_both_ports_were_held_for_alice_and_are_gone(lab: &Lab, seen: &[RouterMapping]) {
+    let alice = lab.scenario().host("alice").unwrap().address;
+    for port in [NODE_PORT, PROBE_PORT] {
+        let mapping = RouterMapping {
+            external_port: port,
+            internal: SocketAddrV4::new(alice, port),
+        };
+        assert!(
+            seen.contains(&mapping),
+            "the router held {port} for alice: {seen:?}"
+        );
+    }
+    assert_eq!(lab.port_mappings("grants").unwrap(), vec![], "nothing left");
+}
+
 /// Every mapping the router's nftables state showed while `work` ran.
 fn watch_router<T: Send>(
     lab: &Lab,
@@ -136,7 +153,6 @@ fn watch_router<T: Send>(
 #[test]
 fn a_router_with_port_mapping_grants_both_protocols_and_every_mapping_is_deleted() {
     let lab = start_lab("pmgrant", SCENARIO);
-    let alice = lab.scenario().host("alice").unwrap().address;
     let (report, seen) = watch_router(&lab, "grants", || {
         measure_from(
             &lab,
@@ -174,16 +190,7 @@ fn a_router_with_port_mapping_grants_both_protocols_and_every_mapping_is_deleted
         }
     }
     // The router's own state: both ports were mapped to alice, and nothing is left.
-    for port in [NODE_PORT, PROBE_PORT] {
-        assert!(
-            seen.contains(&RouterMapping {
-                external_port: port,
-                internal: SocketAddrV4::new(alice, port)
-            }),
-            "nftables showed {port} mapped to alice: {seen:?}"
-        );
-    }
-    assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+    assert_both_ports_were_held_for_alice_and_are_gone(&lab, &seen);
     // And its log: PCP mappings added and removed, NAT-PMP removed.
     let portmap_events: Vec<_> = lab
         .events()
@@ -655,7 +662,6 @@ fn dial_back_reaches_the_probe_through_its_mapping(
 #[test]
 fn a_router_with_upnp_grants_both_ports_and_every_mapping_is_deleted() {
     let lab = start_lab("pmupnp", SCENARIO);
-    let alice = lab.scenario().host("alice").unwrap().address;
     let (report, seen) = watch_router(&lab, "grants", || {
         measure_from(&lab, "alice", UPNP, Duration::from_secs(1), Stop::new().1)
     });
@@ -685,16 +691,7 @@ fn a_router_with_upnp_grants_both_ports_and_every_mapping_is_deleted() {
         let release = attempt.release.as_ref().expect("deleted");
         assert!(release.succeeded, "{attempt:#?}");
     }
-    for port in [NODE_PORT, PROBE_PORT] {
-        assert!(
-            seen.contains(&RouterMapping {
-                external_port: port,
-                internal: SocketAddrV4::new(alice, port)
-            }),
-            "nftables showed {port} mapped to alice: {seen:?}"
-        );
-    }
-    assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+    assert_both_ports_were_held_for_alice_and_are_gone(&lab, &seen);
     let upnp_events: Vec<_> = lab
         .events()
         .into_iter()
@@ -757,7 +754,6 @@ fn upnp_silence_refusal_and_a_stop_while_holding() {
 #[test]
 fn an_emulator_router_grants_both_protocols_in_its_table_and_every_mapping_is_deleted() {
     let lab = start_lab("pmemu", EMULATOR_SCENARIO);
-    let alice = lab.scenario().host("alice").unwrap().address;
     let (report, seen) = watch_router(&lab, "grants", || {
         measure_from(
             &lab,
@@ -782,16 +778,7 @@ fn an_emulator_router_grants_both_protocols_in_its_table_and_every_mapping_is_de
         assert!(attempt.release.as_ref().is_some_and(|r| r.succeeded));
         assert!(attempt.errors.is_empty(), "{:?}", attempt.errors);
     }
-    for port in [NODE_PORT, PROBE_PORT] {
-        assert!(
-            seen.contains(&RouterMapping {
-                external_port: port,
-                internal: SocketAddrV4::new(alice, port)
-            }),
-            "the emulator's table held {port} for alice: {seen:?}"
-        );
-    }
-    assert_eq!(lab.port_mappings("grants").unwrap(), vec![]);
+    assert_both_ports_were_held_for_alice_and_are_gone(&lab, &seen);
     let changes: Vec<_> = lab
         .events()
         .into_iter()
