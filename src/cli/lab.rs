@@ -280,7 +280,7 @@ fn bench_probe(args: ProbeBenchArgs) -> anyhow::Result<ExitCode> {
                 .attempt_timeout_ms
                 .map_or("fixed".to_string(), |(lo, hi)| format!("{lo}-{hi} ms"));
             println!(
-                "  {:<22} {:>6.1} s (sides {:.1} s, {:.1} s; exit {:?}/{:?}; trials {}/{}, connected {}/{}; attempt timeout {timeouts})",
+                "  {:<22} {:>6.1} s (sides {:.1} s, {:.1} s; exit {:?}/{:?}; per side: trials {} and {}, connected {} and {}; attempt timeout {timeouts})",
                 t.pair,
                 t.max_wall_s,
                 t.wall_s[0],
