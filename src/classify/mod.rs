@@ -313,18 +313,7 @@ async fn classify_with(
         Ok((answered.probe, answered.hello, dialed))
     };
     let early_mapping = async {
-        // Finished together, so each is polled when its own answer comes
-        // (a round trip measured late would be a slow round trip).
-        let finished = join_all(
-            early
-                .into_iter()
-                .map(|(target, running)| async move { (target, running.finish().await) }),
-        )
-        .await;
-        let mut probes = Vec::new();
-        for (target, outcome) in finished {
-            probes.push((target, finish_probe(outcome, &pace)?));
-        }
+        let probes = finish_probes(early, &pace).await?;
         done();
         Ok::<_, ClassifyError>(probes)
     };
@@ -364,17 +353,7 @@ async fn classify_with(
                 let (socket, _) = socket::bound(l_local)?;
                 running.push((*target, start(probe::run(socket, *target, timeout)).await));
             }
-            let finished = join_all(
-                running
-                    .into_iter()
-                    .map(|(target, running)| async move { (target, running.finish().await) }),
-            )
-            .await;
-            let mut probes = Vec::new();
-            for (target, outcome) in finished {
-                probes.push((target, finish_probe(outcome, &pace)?));
-            }
-            Ok::<_, ClassifyError>(probes)
+            finish_probes(running, &pace).await
         };
         let hairpin_allowed = match config.trust {
             EchoTrust::Announcements => true,
@@ -492,6 +471,29 @@ fn finish_probe(
             Ok(probe)
         }
     }
+}
+
+/// Finishes started mapping probes together, so each is polled when its own
+/// answer comes (a round trip measured late would be a slow round trip), and
+/// keeps their records in order.
+async fn finish_probes<F>(
+    started: Vec<(SocketAddr, Started<F>)>,
+    pace: &filtering::Pace,
+) -> Result<Vec<(SocketAddr, Probe)>, ClassifyError>
+where
+    F: std::future::Future<Output = Result<Answered, (Probe, ProbeFailure)>>,
+{
+    let finished = join_all(
+        started
+            .into_iter()
+            .map(|(target, running)| async move { (target, running.finish().await) }),
+    )
+    .await;
+    let mut probes = Vec::new();
+    for (target, outcome) in finished {
+        probes.push((target, finish_probe(outcome, pace)?));
+    }
+    Ok(probes)
 }
 
 /// A future polled once, so that a connect() inside it has sent its SYN

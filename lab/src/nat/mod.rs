@@ -807,7 +807,6 @@ impl portmap::MappingTable for ExplicitMappings<'_> {
     ) -> Option<u16> {
         self.table
             .map_explicit(proto, internal, suggested, until, self.now, self.rng)
-            .map(|(port, _)| port)
     }
 
     fn unmap(&mut self, proto: Protocol, internal: SocketAddrV4) -> Option<u16> {

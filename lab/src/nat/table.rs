@@ -410,8 +410,7 @@ impl MappingTable {
     /// the internal endpoint that any remote may use (the EIM one, or an
     /// earlier explicit one) is reused with its port; otherwise the
     /// `suggested` port is taken if free, else one by the allocation rule.
-    /// Returns the external port and whether the mapping is new; `None` when
-    /// every port is taken.
+    /// Returns the external port; `None` when every port is taken.
     pub fn map_explicit(
         &mut self,
         proto: Protocol,
@@ -420,7 +419,7 @@ impl MappingTable {
         until: Instant,
         now: Instant,
         rng: &mut impl Rng,
-    ) -> Option<(u16, bool)> {
+    ) -> Option<u16> {
         let key = MappingKey {
             proto,
             internal,
@@ -430,7 +429,7 @@ impl MappingTable {
             if self.refresh_expiry((proto, port), now) {
                 let entry = self.by_external.get_mut(&(proto, port)).expect("alive");
                 entry.explicit_until = Some(until);
-                return Some((port, false));
+                return Some(port);
             }
         }
         let port = match suggested.filter(|p| self.port_free(proto, *p)) {
@@ -447,7 +446,7 @@ impl MappingTable {
                 explicit_until: Some(until),
             },
         );
-        Some((port, true))
+        Some(port)
     }
 
     /// Ends the explicit mapping of `internal` (a deletion request); the
