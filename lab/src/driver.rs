@@ -126,6 +126,9 @@ pub async fn run_router(io: RouterIo, events: Arc<EventLog>, mut shutdown: watch
         loop {
             let mut handoffs = Vec::new();
             for (i, (name, nat)) in cores.iter_mut().enumerate() {
+                // Events first: a packet sent may wake a client that reads the log at once
+                // (a deleted mapping must be in the log before the answer saying so leaves).
+                events.record(name, std::iter::from_fn(|| nat.poll_event()));
                 while let Some(transmit) = nat.poll_transmit() {
                     let device = match (i, transmit.port) {
                         (0, Port::Wan) => Some(&wan),
@@ -147,7 +150,6 @@ pub async fn run_router(io: RouterIo, events: Arc<EventLog>, mut shutdown: watch
                         let _ = device.get_ref().send(&transmit.packet);
                     }
                 }
-                events.record(name, std::iter::from_fn(|| nat.poll_event()));
             }
             if handoffs.is_empty() {
                 break;
