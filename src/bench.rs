@@ -378,7 +378,7 @@ async fn fake_side(server: SocketAddr, ip: IpAddr, code: String) -> Result<u32, 
         match client.next().await? {
             Step::Trial { token, .. } => {
                 let socket = crate::net::socket::bound(SocketAddr::new(ip, 0))?;
-                register_port(socket, server, &token, WAIT).await?;
+                register_port(socket, server, &token, None, WAIT).await?;
             }
             Step::Prime { trial, .. } => client.primed(trial).await?,
             Step::Go { trial, .. } => {

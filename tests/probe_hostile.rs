@@ -78,6 +78,7 @@ async fn pair_with(script: Vec<ServerMessage>, addresses: AddressPolicy) -> (Pai
         max_wait: Duration::from_secs(2),
         addresses,
         node: None,
+        mapper: None,
     };
     let started = Instant::now();
     let run = tokio::time::timeout(

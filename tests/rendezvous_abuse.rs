@@ -21,7 +21,7 @@ async fn good_pair(server: std::net::SocketAddr) -> [u32; 2] {
         for _ in 0..100 {
             match c.next().await.unwrap() {
                 Step::Trial { token, .. } => {
-                    register_port(trial_socket(ip(last)), c.server(), &token, WAIT)
+                    register_port(trial_socket(ip(last)), c.server(), &token, None, WAIT)
                         .await
                         .unwrap();
                 }

@@ -47,7 +47,7 @@ async fn run_library_side(mut client: Client) -> SideLog {
             Step::Trial { token, .. } => {
                 let socket = trial_socket(ip(2));
                 let local = socket.local_addr().unwrap().as_socket().unwrap();
-                let observed = register_port(socket, client.server(), &token, WAIT)
+                let observed = register_port(socket, client.server(), &token, None, WAIT)
                     .await
                     .unwrap();
                 assert_eq!(observed, local, "no NAT on loopback: observed = local");
@@ -125,7 +125,7 @@ async fn a_whole_pairing_hands_out_observed_endpoints_nonces_and_rtt_based_delay
             ServerMessage::Trial { trial, token, .. } => {
                 current = trial;
                 let socket = trial_socket(ip(3));
-                let observed = register_port(socket, server.addr, &token, WAIT)
+                let observed = register_port(socket, server.addr, &token, None, WAIT)
                     .await
                     .unwrap();
                 log.observed.push(observed);
@@ -245,10 +245,10 @@ async fn a_peer_that_disappears_mid_trial_is_reported_promptly() {
     let Step::Trial { token: ta, .. } = a.next().await.unwrap() else {
         panic!("trial first");
     };
-    register_port(trial_socket(ip(2)), server.addr, &ta, WAIT)
+    register_port(trial_socket(ip(2)), server.addr, &ta, None, WAIT)
         .await
         .unwrap();
-    register_port(trial_socket(ip(3)), server.addr, &token, WAIT)
+    register_port(trial_socket(ip(3)), server.addr, &token, None, WAIT)
         .await
         .unwrap();
     loop {
@@ -282,7 +282,7 @@ async fn a_side_that_never_registers_times_the_trial_out_cleanly() {
         panic!("trial first");
     };
     assert_eq!(strategy, Strategy::Simultaneous);
-    register_port(trial_socket(ip(2)), server.addr, &token, WAIT)
+    register_port(trial_socket(ip(2)), server.addr, &token, None, WAIT)
         .await
         .unwrap();
     // B never registers: after register_timeout (1 s) it is blamed, A hears peer_gone.
@@ -294,7 +294,7 @@ async fn a_side_that_never_registers_times_the_trial_out_cleanly() {
     );
     b.expect_error_and_close(ErrorCode::RegisterTimeout).await;
     // The token died with the trial.
-    let late = register_port(trial_socket(ip(3)), server.addr, &b_token, WAIT).await;
+    let late = register_port(trial_socket(ip(3)), server.addr, &b_token, None, WAIT).await;
     assert!(
         matches!(
             late,

@@ -70,6 +70,8 @@ pub enum PortRole {
     Node,
     /// A port the probe itself listened on during the request.
     Probe,
+    /// A `mapped` trial's port, mapped for that trial only. Added within schema version 1.
+    Trial,
     /// A role a newer punchscope added.
     #[serde(other)]
     Other,
@@ -422,4 +424,45 @@ mod tests {
         assert_eq!((attempt.renewals, attempt.error_count), (0, 0));
         assert!(attempt.granted.is_none() && attempt.release.is_none());
     }
+}
+
+/// Which side of a `mapped` trial listened behind its router's mapping, as
+/// the coordinator decided from both sides' registrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MappedSide {
+    /// This side listened; the peer connected to its mapped external port.
+    Listen,
+    /// The peer listened behind its mapping; this side connected to it.
+    Connect,
+    /// Neither side held a mapping: the trial was not tried (`unmapped`).
+    Neither,
+    /// A value a newer punchscope added.
+    #[serde(other)]
+    Other,
+}
+
+impl MappedSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MappedSide::Listen => "listen",
+            MappedSide::Connect => "connect",
+            MappedSide::Neither => "neither",
+            MappedSide::Other => "other",
+        }
+    }
+}
+
+/// A `mapped` trial's mapping, as one side saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TrialMapping {
+    /// What this side did, as the coordinator's `go` said; absent when no
+    /// `go` came (the peer left, or the pairing ended first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<MappedSide>,
+    /// The mapping this side asked its gateway for, for its trial port, and
+    /// its deletion after the trial; absent when it asked for none (port
+    /// mapping declined, or no protocol had granted one earlier in the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<MappingAttempt>,
 }

@@ -33,6 +33,11 @@ pub enum Strategy {
     /// sends SYNs from its one port to `birthday_ports` (n) random ports of
     /// the hard side's address. A hit connects: about 1 - exp(-m*n/range).
     Birthday,
+    /// No punching: a side whose router granted a port mapping (PCP,
+    /// NAT-PMP or UPnP IGD) for its trial port listens behind it, and the
+    /// other side connects straight to the mapped external port. Neither
+    /// side holding a mapping makes the trial `unmapped` (nothing is sent).
+    Mapped,
 }
 
 impl Strategy {
@@ -42,6 +47,7 @@ impl Strategy {
         Strategy::LowTtl,
         Strategy::Predict,
         Strategy::Birthday,
+        Strategy::Mapped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +57,7 @@ impl Strategy {
             Strategy::LowTtl => "low_ttl",
             Strategy::Predict => "predict",
             Strategy::Birthday => "birthday",
+            Strategy::Mapped => "mapped",
         }
     }
 
@@ -142,11 +149,21 @@ pub enum TrialOutcome {
     PeerVanished,
     /// Our side could not run the trial (e.g. the port could not be bound).
     LocalError,
+    /// `mapped` only: neither side's router granted a mapping for its trial
+    /// port, so nothing was sent. Not a failure of anything: reports leave
+    /// these trials out of every success rate. Added within schema version 1.
+    Unmapped,
 }
 
 impl TrialOutcome {
     pub fn is_success(self) -> bool {
         self == TrialOutcome::Connected
+    }
+
+    /// Whether the trial was tried at all: an `unmapped` one never was, and
+    /// counts in no rate.
+    pub fn was_tried(self) -> bool {
+        self != TrialOutcome::Unmapped
     }
 }
 
@@ -220,6 +237,11 @@ pub struct TrialRecord {
     /// absent in older results, which used their plan's fixed values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timing: Option<crate::plan::AttemptTiming>,
+    /// `mapped`: which side listened behind a mapping and, for this side,
+    /// the mapping it held for the trial port (asked before registering,
+    /// deleted after the trial). Added within schema version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<crate::portmap::TrialMapping>,
 }
 
 impl TrialRecord {
@@ -252,6 +274,7 @@ impl TrialRecord {
             drawn_from: None,
             hard: None,
             timing: None,
+            mapping: None,
         }
     }
 }

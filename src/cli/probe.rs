@@ -418,6 +418,7 @@ fn outcome_words(outcome: TrialOutcome) -> &'static str {
         TrialOutcome::WrongPeer => "reached someone else",
         TrialOutcome::PeerVanished => "the peer vanished",
         TrialOutcome::LocalError => "failed on this machine",
+        TrialOutcome::Unmapped => "not tried: no router mapped a port",
     }
 }
 
@@ -464,12 +465,20 @@ fn summarize(outcome: &RunOutcome) {
             .iter()
             .filter(|t| t.outcome == TrialOutcome::Connected)
             .count();
+        let tried = pairing
+            .trials
+            .iter()
+            .filter(|t| t.outcome.was_tried())
+            .count();
         let peer = peer_words(outcome.peer_mode);
         println!(
-            "{connected} of {} trials punched through, paired with {peer} (we were the {}).",
-            pairing.trials.len(),
+            "{connected} of {tried} trials punched through, paired with {peer} (we were the {}).",
             pairing.role
         );
+        let unmapped = pairing.trials.len() - tried;
+        if unmapped > 0 {
+            println!("{unmapped} mapped trials were not tried: neither router mapped a port.");
+        }
         for transport in [Transport::V1, Transport::V2] {
             let runs: Vec<_> = pairing
                 .trials

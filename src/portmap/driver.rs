@@ -66,10 +66,10 @@ pub struct ReachCheck {
 
 /// What a session says once the gateway has given its verdict.
 #[derive(Debug, Clone, Copy)]
-struct Settled {
-    role: PortRole,
+pub(super) struct Settled {
+    pub(super) role: PortRole,
     /// The external port, while a mapping is held.
-    held: Option<u16>,
+    pub(super) held: Option<u16>,
 }
 
 impl PortMapConfig {
@@ -137,42 +137,20 @@ async fn measure_protocol(
     protocol: MappingProtocol,
     stop: &Stop,
 ) -> Result<Vec<MappingAttempt>, PortMapError> {
-    let schedule = config.schedule(protocol);
     let (release_tx, release_rx) = watch::channel(false);
     let (settled_tx, mut settled_rx) = mpsc::channel(config.ports.len().max(1));
     let mut tasks = Vec::new();
     for &(role, port) in &config.ports {
-        let socket = connected_socket(config.gateway).await?;
-        let client = socket
-            .local_addr()
-            .map_err(|source| PortMapError::Socket {
-                gateway: config.gateway,
-                source,
-            })?
-            .ip();
-        let spec = SessionSpec {
-            protocol,
-            port_role: role,
-            internal_port: port,
-            lifetime_s: config.lifetime_s,
-            client,
-            schedule,
-            seed: rand::random(),
-        };
-        // Creation, hold and deletion each end by their schedule; this only
-        // guards against a bug keeping a task alive.
-        let reach = config
-            .reach
-            .as_ref()
-            .map_or(Duration::ZERO, |r| r.step_timeout * 3);
-        let bound = schedule.max_wait * 4 + config.hold + reach + Duration::from_secs(30);
-        tasks.push(tokio::spawn(run_session(
-            socket,
-            spec,
-            release_rx.clone(),
-            settled_tx.clone(),
-            bound,
-        )));
+        tasks.push(
+            spawn_session(
+                config,
+                protocol,
+                (role, port),
+                release_rx.clone(),
+                settled_tx.clone(),
+            )
+            .await?,
+        );
     }
     drop(settled_tx);
     // Each session says once whether it holds a mapping; the hold (and the
@@ -227,6 +205,46 @@ async fn measure_protocol(
         }
     }
     Ok(records)
+}
+
+/// Starts one port's session on a socket of its own: it asks, says once
+/// (on `settled`) whether it holds a mapping, keeps it (renewing) until
+/// `release` turns true, deletes it and returns its record.
+pub(super) async fn spawn_session(
+    config: &PortMapConfig,
+    protocol: MappingProtocol,
+    (role, port): (PortRole, u16),
+    release: watch::Receiver<bool>,
+    settled: mpsc::Sender<Settled>,
+) -> Result<tokio::task::JoinHandle<MappingAttempt>, PortMapError> {
+    let schedule = config.schedule(protocol);
+    let socket = connected_socket(config.gateway).await?;
+    let client = socket
+        .local_addr()
+        .map_err(|source| PortMapError::Socket {
+            gateway: config.gateway,
+            source,
+        })?
+        .ip();
+    let spec = SessionSpec {
+        protocol,
+        port_role: role,
+        internal_port: port,
+        lifetime_s: config.lifetime_s,
+        client,
+        schedule,
+        seed: rand::random(),
+    };
+    // Creation, hold and deletion each end by their schedule; this only
+    // guards against a bug keeping a task alive.
+    let reach = config
+        .reach
+        .as_ref()
+        .map_or(Duration::ZERO, |r| r.step_timeout * 3);
+    let bound = schedule.max_wait * 4 + config.hold + reach + Duration::from_secs(30);
+    Ok(tokio::spawn(run_session(
+        socket, spec, release, settled, bound,
+    )))
 }
 
 /// Asks the echo server to dial our public address at `external_port` and
@@ -524,5 +542,68 @@ mod tests {
             .attempts
             .iter()
             .all(|a| a.release.as_ref().is_some_and(|r| r.succeeded)));
+    }
+
+    /// A `mapped` trial's port: held from `open` until `release` (no
+    /// deletion before), then deleted once, for each protocol.
+    #[tokio::test]
+    async fn a_trial_port_is_held_until_released_then_deleted() {
+        use crate::portmap::trial::TrialMapper;
+        let gateway = FakeGateway::start(true).await;
+        let deletes = || {
+            gateway
+                .received()
+                .iter()
+                .filter(|m| match m[0] {
+                    2 => m[4..8] == [0, 0, 0, 0],
+                    _ => m.len() == 12 && m[8..12] == [0, 0, 0, 0],
+                })
+                .count()
+        };
+        for (n, protocol) in [MappingProtocol::Pcp, MappingProtocol::Natpmp]
+            .into_iter()
+            .enumerate()
+        {
+            let mapper = TrialMapper::with_config(config(gateway.addr), protocol);
+            let held = tokio::time::timeout(Duration::from_secs(10), mapper.open(40999))
+                .await
+                .expect("bounded")
+                .unwrap();
+            assert_eq!(held.external_port(), Some(40999), "{protocol:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(deletes(), n, "{protocol:?}: no deletion while held");
+            let record = tokio::time::timeout(Duration::from_secs(10), held.release())
+                .await
+                .expect("bounded")
+                .expect("a record");
+            assert_eq!(record.port_role, PortRole::Trial);
+            assert_eq!(record.protocol, protocol);
+            assert!(
+                record.release.as_ref().is_some_and(|r| r.succeeded),
+                "{record:?}"
+            );
+            assert_eq!(deletes(), n + 1, "{protocol:?}: deleted once");
+        }
+    }
+
+    /// A gateway that stopped answering costs a trial at most the open bound,
+    /// and the trial registers no mapping.
+    #[tokio::test]
+    async fn a_silent_gateway_leaves_the_trial_unmapped_within_the_bound() {
+        use crate::portmap::trial::{TrialMapper, OPEN_WITHIN};
+        let silent = FakeGateway::start(false).await;
+        let mut slow = config(silent.addr);
+        slow.pcp_schedule.max_wait = OPEN_WITHIN * 2;
+        let mapper = TrialMapper::with_config(slow, MappingProtocol::Pcp);
+        let started = std::time::Instant::now();
+        let held = mapper.open(40998).await.unwrap();
+        assert_eq!(held.external_port(), None);
+        assert!(started.elapsed() < OPEN_WITHIN + Duration::from_secs(1));
+        assert!(started.elapsed() >= OPEN_WITHIN, "waited for the answer");
+        let record = tokio::time::timeout(Duration::from_secs(30), held.release())
+            .await
+            .expect("bounded")
+            .expect("a record");
+        assert!(record.granted.is_none(), "{record:?}");
     }
 }

@@ -8,12 +8,14 @@
 //! and nowhere else. [`upnp`] is UPnP IGD's SSDP, URL checks, bounded HTTP
 //! reading, description and SOAP (sans-io); `upnp_driver` runs it against
 //! the gateway's port 1900 and the HTTP server it names on its own address.
+//! [`trial`] holds one trial port's mapping for the `mapped` strategy.
 //! docs/portmap.md says why these are written here rather than taken from a crate.
 
 pub mod gateway;
 pub mod natpmp;
 pub mod pcp;
 pub mod session;
+pub mod trial;
 pub mod upnp;
 
 mod driver;

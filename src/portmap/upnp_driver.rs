@@ -306,17 +306,79 @@ async fn soap(
     upnp::parse_soap_answer(&answer, action).map_err(ExchangeError::Bad)
 }
 
+/// UPnP mappings asked and not yet deleted: what [`open_upnp`] leaves for
+/// [`close_upnp`].
+pub(super) struct UpnpOpened {
+    /// One record per port, in the order asked.
+    pub(super) records: Vec<MappingAttempt>,
+    /// The gateway's IGD, when one was found (nothing to delete otherwise).
+    igd: Option<Box<Igd>>,
+    /// Per record, the external port the router may have mapped.
+    to_delete: Vec<Option<u16>>,
+    exchange_timeout: Duration,
+}
+
 /// Asks UPnP IGD for every port of `config`, holds, checks and deletes; the
 /// records say what the gateway did. `Err` only when no socket could be opened.
 pub(super) async fn measure_upnp(
     config: &PortMapConfig,
     stop: &Stop,
 ) -> Result<Vec<MappingAttempt>, PortMapError> {
+    let mut opened = open_upnp(config, stop).await?;
+    // Hold what was granted; check the probe port's mapping from the internet.
+    let granted: Vec<(PortRole, u16)> = opened
+        .records
+        .iter()
+        .filter_map(|r| r.granted.as_ref().map(|g| (r.port_role, g.external_port)))
+        .collect();
+    if !granted.is_empty() && !stop.is_stopped() {
+        let probe_port = granted
+            .iter()
+            .find(|(role, _)| *role == PortRole::Probe)
+            .map(|(_, port)| *port);
+        let check = async {
+            match (&config.reach, probe_port) {
+                (Some(reach), Some(port)) => Some(check_reach(reach, port).await),
+                _ => None,
+            }
+        };
+        let hold = async { tokio::join!(check, tokio::time::sleep(config.hold)).0 };
+        tokio::select! {
+            checked = hold => {
+                if let Some(reached) = checked {
+                    if let Some(r) = opened
+                        .records
+                        .iter_mut()
+                        .find(|r| r.port_role == PortRole::Probe && r.granted.is_some())
+                    {
+                        r.reachable = Some(reached);
+                    }
+                }
+            }
+            () = stop.stopped() => {}
+        }
+    }
+    Ok(close_upnp(opened).await)
+}
+
+/// Finds the gateway's IGD and asks a mapping for each of `config`'s ports;
+/// [`close_upnp`] deletes them.
+pub(super) async fn open_upnp(
+    config: &PortMapConfig,
+    stop: &Stop,
+) -> Result<UpnpOpened, PortMapError> {
+    let timeout = config.upnp.exchange_timeout;
     let mut records: Vec<MappingAttempt> = config
         .ports
         .iter()
         .map(|&(role, port)| record(config, role, port))
         .collect();
+    let nothing = |records| UpnpOpened {
+        to_delete: vec![None; config.ports.len()],
+        records,
+        igd: None,
+        exchange_timeout: timeout,
+    };
     let gateway = match config.gateway.ip() {
         IpAddr::V4(ip) => ip,
         IpAddr::V6(_) => {
@@ -328,7 +390,7 @@ pub(super) async fn measure_upnp(
                     "the gateway is IPv6; IGD is asked over IPv4 only",
                 );
             }
-            return Ok(records);
+            return Ok(nothing(records));
         }
     };
     let igd = match find_igd(config, gateway, &mut records, stop).await? {
@@ -337,14 +399,12 @@ pub(super) async fn measure_upnp(
             for r in &mut records {
                 r.answer = answer;
             }
-            return Ok(records);
+            return Ok(nothing(records));
         }
     };
-    let timeout = config.upnp.exchange_timeout;
     for r in &mut records {
         r.service = Some(igd.service.short.clone());
     }
-
     // The external address, once (it is the router's, not the mapping's).
     let mut external_ip = None;
     if !stop.is_stopped() {
@@ -382,39 +442,26 @@ pub(super) async fn measure_upnp(
         to_delete[i] = add(config, &igd, r, external_ip, stop).await;
     }
 
-    // Hold what was granted; check the probe port's mapping from the internet.
-    let granted: Vec<(PortRole, u16)> = records
-        .iter()
-        .filter_map(|r| r.granted.as_ref().map(|g| (r.port_role, g.external_port)))
-        .collect();
-    if !granted.is_empty() && !stop.is_stopped() {
-        let probe_port = granted
-            .iter()
-            .find(|(role, _)| *role == PortRole::Probe)
-            .map(|(_, port)| *port);
-        let check = async {
-            match (&config.reach, probe_port) {
-                (Some(reach), Some(port)) => Some(check_reach(reach, port).await),
-                _ => None,
-            }
-        };
-        let hold = async { tokio::join!(check, tokio::time::sleep(config.hold)).0 };
-        tokio::select! {
-            checked = hold => {
-                if let Some(reached) = checked {
-                    if let Some(r) = records
-                        .iter_mut()
-                        .find(|r| r.port_role == PortRole::Probe && r.granted.is_some())
-                    {
-                        r.reachable = Some(reached);
-                    }
-                }
-            }
-            () = stop.stopped() => {}
-        }
-    }
+    Ok(UpnpOpened {
+        records,
+        igd: Some(igd),
+        to_delete,
+        exchange_timeout: timeout,
+    })
+}
 
-    // Delete everything that may be mapped, stop or not: each exchange is bounded.
+/// Deletes every mapping [`open_upnp`] may have made, stopped or not: each
+/// exchange is bounded. Returns the records with their deletions.
+pub(super) async fn close_upnp(opened: UpnpOpened) -> Vec<MappingAttempt> {
+    let UpnpOpened {
+        mut records,
+        igd,
+        to_delete,
+        exchange_timeout: timeout,
+    } = opened;
+    let Some(igd) = igd else {
+        return records;
+    };
     for (r, external_port) in records.iter_mut().zip(to_delete) {
         let Some(external_port) = external_port else {
             continue;
@@ -438,7 +485,7 @@ pub(super) async fn measure_upnp(
             requests_sent: 1,
         });
     }
-    Ok(records)
+    records
 }
 
 /// Asks a mapping for `r`'s port and reads its lease back; the external

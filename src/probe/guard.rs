@@ -19,6 +19,7 @@ use std::time::Duration;
 use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::hardnat::{HardRole, PairClass, SideKind};
 use punchscope_analysis::plan::{AttemptTiming, Plan};
+use punchscope_analysis::portmap::MappedSide;
 use punchscope_analysis::result::{CoordinatorViolation, ViolationRule};
 use punchscope_analysis::trial::Strategy;
 
@@ -215,6 +216,45 @@ impl CoordinatorGuard {
     /// The NAT-pair class of this pairing, as this probe derives it.
     pub fn pair_class(&self) -> PairClass {
         PairClass::of_kinds(self.kinds.0, self.kinds.1)
+    }
+
+    /// A `go`'s `mapped` move, once the `go` was accepted: present exactly
+    /// for `mapped` trials; `listen` only if we registered a mapping, and
+    /// `neither` only if we did not (the coordinator has us listen or
+    /// connect when either side holds one).
+    pub fn mapped(
+        &self,
+        trial: u32,
+        mapped: Option<MappedSide>,
+        registered_mapping: bool,
+    ) -> Result<(), CoordinatorViolation> {
+        let Some(current) = self.current.as_ref().filter(|c| c.trial == trial && c.went) else {
+            return Err(violation(
+                ViolationRule::TrialOrder,
+                Some(trial),
+                format!("a mapped move for trial {trial}, which has no accepted go"),
+            ));
+        };
+        let refused = |why: String| Err(violation(ViolationRule::Unexpected, Some(trial), why));
+        match (current.strategy, mapped) {
+            (Strategy::Mapped, Some(MappedSide::Connect)) => Ok(()),
+            (Strategy::Mapped, Some(MappedSide::Listen)) if registered_mapping => Ok(()),
+            (Strategy::Mapped, Some(MappedSide::Neither)) if !registered_mapping => Ok(()),
+            (Strategy::Mapped, Some(side)) => refused(format!(
+                "go for mapped trial {trial} says `{}`, but we registered {} mapping",
+                side.as_str(),
+                if registered_mapping { "a" } else { "no" }
+            )),
+            (Strategy::Mapped, None) => refused(format!(
+                "go for mapped trial {trial} without its `mapped` move"
+            )),
+            (_, Some(side)) => refused(format!(
+                "go for trial {trial} ({:?}) carries a mapped move `{}`",
+                current.strategy,
+                side.as_str()
+            )),
+            (_, None) => Ok(()),
+        }
     }
 
     /// Our move under a hard-NAT strategy, if it applies to this pair.
@@ -470,6 +510,50 @@ mod tests {
         g.go(1, peer(), ms(5_200), ms(200), Strategy::LowTtl)
             .unwrap();
         g.trial(2, Strategy::Simultaneous).unwrap();
+    }
+
+    /// A `go`'s mapped move must fit the strategy and what we registered:
+    /// a coordinator cannot have us listen without a mapping, skip a trial
+    /// we could run, or attach a mapped move to another strategy.
+    #[test]
+    fn a_mapped_move_must_match_the_strategy_and_our_registration() {
+        let mapped_guard = || {
+            let mut p = plan();
+            p.strategies = vec![Strategy::Mapped, Strategy::Simultaneous];
+            let mut g = CoordinatorGuard::new(&p, AddressPolicy::Public).unwrap();
+            g.trial(0, Strategy::Mapped).unwrap();
+            g.go(0, peer(), ms(0), ms(0), Strategy::Mapped).unwrap();
+            g
+        };
+        use MappedSide::{Connect, Listen, Neither};
+        for (mapped, registered, ok) in [
+            (Some(Connect), false, true),
+            (Some(Connect), true, true),
+            (Some(Listen), true, true),
+            (Some(Listen), false, false),
+            (Some(Neither), false, true),
+            (Some(Neither), true, false),
+            (None, true, false),
+            (Some(MappedSide::Other), false, false),
+        ] {
+            let result = mapped_guard().mapped(0, mapped, registered);
+            assert_eq!(
+                result.is_ok(),
+                ok,
+                "{mapped:?} registered={registered}: {result:?}"
+            );
+        }
+        let mut g = mapped_guard();
+        g.peer_result(0).unwrap();
+        g.trial(1, Strategy::Simultaneous).unwrap();
+        g.go(1, peer(), ms(0), ms(0), Strategy::Simultaneous)
+            .unwrap();
+        assert_eq!(
+            rule(g.mapped(1, Some(Connect), false)),
+            ViolationRule::Unexpected
+        );
+        g.mapped(1, None, false).unwrap();
+        assert_eq!(rule(g.mapped(2, None, false)), ViolationRule::TrialOrder);
     }
 
     #[test]

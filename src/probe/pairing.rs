@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use punchscope_analysis::handshake::{HandshakeBy, Role};
 use punchscope_analysis::plan::Plan;
+use punchscope_analysis::portmap::{MappedSide, TrialMapping};
 use punchscope_analysis::result::{CoordinatorViolation, Pairing, PairingEnded};
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 
@@ -14,6 +15,7 @@ use super::guard::CoordinatorGuard;
 use super::Progress;
 use crate::net::address::AddressPolicy;
 use crate::node::NodeBridge;
+use crate::portmap::trial::{HeldMapping, TrialMapper};
 use crate::proto::rendezvous::Mode;
 use crate::punch::hard::HardMove;
 use crate::punch::{self, HandshakeSpec, TrialSpec};
@@ -35,6 +37,10 @@ pub struct PairingOptions {
     /// Bridge mode: every punched socket goes to this node instead of
     /// punchscope's own handshake.
     pub node: Option<NodeBridge>,
+    /// `mapped` trials: asks the gateway to map each such trial's port
+    /// (with the protocol that granted one earlier in the run); `None`
+    /// registers no mapping (port mapping declined, or nothing granted).
+    pub mapper: Option<TrialMapper>,
 }
 
 /// One pairing as recorded, with what the caller needs beyond the record.
@@ -56,6 +62,24 @@ struct Pending {
     local_port: u16,
     public_port: u16,
     prime_error: Option<String>,
+    /// `mapped`: the mapping held for `local_port`, released after the trial.
+    mapping: Option<HeldMapping>,
+}
+
+impl Pending {
+    /// The external port our gateway mapped for this trial, if it did.
+    fn mapping_port(&self) -> Option<u16> {
+        self.mapping.as_ref().and_then(HeldMapping::external_port)
+    }
+
+    /// Deletes the trial's mapping, if it holds one, and says what happened to it.
+    async fn release_mapping(&mut self, side: Option<MappedSide>) -> Option<TrialMapping> {
+        let held = self.mapping.take()?;
+        Some(TrialMapping {
+            side,
+            asked: held.release().await,
+        })
+    }
 }
 
 /// Waits for a peer and runs the plan. `Err` only when no pairing happened
@@ -145,6 +169,10 @@ pub async fn run_pairing(
                 token,
                 strategy,
             } => {
+                // A trial registered but never started leaves no mapping behind.
+                if let Some(mut stale) = pending.take() {
+                    stale.release_mapping(None).await;
+                }
                 let bound = crate::net::socket::bound(any_port(options.server, 0));
                 let result = match bound {
                     Ok(socket) => {
@@ -153,20 +181,42 @@ pub async fn run_pairing(
                             .ok()
                             .and_then(|a| a.as_socket())
                             .map_or(0, |a| a.port());
-                        register_port(socket, options.server, &token, options.read_timeout)
-                            .await
-                            .map(|observed| (local_port, observed))
+                        // `mapped`: the gateway maps the port before the coordinator
+                        // sees it, so `go` can send the peer straight to it.
+                        let mapping = match (&options.mapper, strategy) {
+                            (Some(mapper), Strategy::Mapped) => mapper.open(local_port).await.ok(),
+                            _ => None,
+                        };
+                        let mapped_port = mapping.as_ref().and_then(HeldMapping::external_port);
+                        let registered = register_port(
+                            socket,
+                            options.server,
+                            &token,
+                            mapped_port,
+                            options.read_timeout,
+                        )
+                        .await;
+                        match registered {
+                            Ok(observed) => Ok((local_port, observed, mapping)),
+                            Err(e) => {
+                                if let Some(held) = mapping {
+                                    held.release().await;
+                                }
+                                Err(e)
+                            }
+                        }
                     }
                     Err(e) => Err(RendezvousError::from(e)),
                 };
                 match result {
-                    Ok((local_port, observed)) => {
+                    Ok((local_port, observed, mapping)) => {
                         pending = Some(Pending {
                             trial,
                             strategy,
                             local_port,
                             public_port: observed.port(),
                             prime_error: None,
+                            mapping,
                         })
                     }
                     Err(e) => {
@@ -179,7 +229,6 @@ pub async fn run_pairing(
                             TrialOutcome::LocalError,
                             Some(e.to_string()),
                         ));
-                        pending = None;
                     }
                 }
             }
@@ -207,9 +256,13 @@ pub async fn run_pairing(
                 strategy,
                 injected_skew,
                 timing,
+                mapped,
             } => {
                 let go_at = tokio::time::Instant::now();
-                let Some(p) = pending.take().filter(|p| p.trial == trial) else {
+                let Some(mut p) = pending.take().filter(|p| p.trial == trial) else {
+                    if let Some(mut stale) = pending.take() {
+                        stale.release_mapping(None).await;
+                    }
                     let trial_record = unrun(
                         trial,
                         strategy,
@@ -224,6 +277,11 @@ pub async fn run_pairing(
                     continue;
                 };
                 let local = any_port(peer, p.local_port);
+                if let Err(violation) = guard.mapped(trial, mapped, p.mapping_port().is_some()) {
+                    p.release_mapping(None).await;
+                    leave_for_violation(&mut client, record, violation).await;
+                    break;
+                }
                 // `predict` and `birthday`: our move from both verdicts, its
                 // targets shown to the guard before any SYN leaves.
                 let hard = guard
@@ -232,6 +290,7 @@ pub async fn run_pairing(
                     .map(|role| HardMove::for_role(role, &plan, peer));
                 if let Some(hard) = &hard {
                     if let Err(violation) = guard.targets(trial, peer, &hard.targets(peer)) {
+                        p.release_mapping(None).await;
                         leave_for_violation(&mut client, record, violation).await;
                         break;
                     }
@@ -243,6 +302,7 @@ pub async fn run_pairing(
                     start_delay: delay.saturating_sub(injected_skew),
                     injected_skew,
                     hard,
+                    mapped,
                     ..TrialSpec::from_plan(&plan, trial, pairing.role, local, peer, nonce)
                 };
                 // The guard held `timing` to the plan's floors and caps.
@@ -263,12 +323,20 @@ pub async fn run_pairing(
                     record = trial_run => Some(record),
                     () = &mut stop => None,
                 };
+                // The trial is over (or stopped): its mapping goes at once.
+                let mapping = p.release_mapping(mapped).await;
                 let Some(mut trial_record) = finished else {
                     // Interrupted mid-trial: that trial has no outcome to report.
                     record.ended = PairingEnded::Interrupted;
                     let _ = client.bye().await;
                     break;
                 };
+                if mapped.is_some() || mapping.is_some() {
+                    trial_record.mapping = mapping.or(Some(TrialMapping {
+                        side: mapped,
+                        asked: None,
+                    }));
+                }
                 if let Some(e) = p.prime_error {
                     trial_record.error.get_or_insert(e);
                 }
@@ -292,14 +360,18 @@ pub async fn run_pairing(
                 }
             }
             Step::PeerGone { .. } => {
-                if let Some(p) = pending.take() {
-                    record.trials.push(unrun(
-                        p.trial,
-                        p.strategy,
-                        pairing.role,
-                        TrialOutcome::PeerVanished,
-                        None,
-                    ));
+                if let Some(mut p) = pending.take() {
+                    let mapping = p.release_mapping(None).await;
+                    record.trials.push(TrialRecord {
+                        mapping,
+                        ..unrun(
+                            p.trial,
+                            p.strategy,
+                            pairing.role,
+                            TrialOutcome::PeerVanished,
+                            None,
+                        )
+                    });
                 }
                 record.ended = PairingEnded::PeerGone;
                 break;
@@ -309,6 +381,11 @@ pub async fn run_pairing(
                 break;
             }
         }
+    }
+    // However the pairing ended (stop, violation, coordinator lost), a trial
+    // registered and never run gives its mapping back.
+    if let Some(mut p) = pending.take() {
+        p.release_mapping(None).await;
     }
     // A plan with strategy mixes: every trial says which class this side
     // saw and, when its strategy was drawn, from which mix, so the report

@@ -101,6 +101,9 @@ pub async fn serve_peer(
         max_wait: options.max_wait,
         addresses: options.addresses,
         node,
+        // A reference peer asks its gateway for nothing: it listens or
+        // connects as the coordinator says, never behind a mapping.
+        mapper: None,
     };
     let mut started_at = chrono::Utc::now();
     loop {

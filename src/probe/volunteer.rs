@@ -15,6 +15,7 @@ use super::{ProbeError, Progress, Stop};
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
 use crate::node::{NodeBridge, NodeOptions};
+use crate::portmap::trial::TrialMapper;
 use crate::portmap::{self, gateway, PortMapConfig, ReachCheck};
 use crate::proto::rendezvous::Mode;
 use crate::rendezvous::{Hello, RendezvousError};
@@ -113,8 +114,11 @@ pub async fn run(
         verdict: Box::new(classification.verdict.clone()),
     });
 
-    let port_mapping = match &options.port_mapping {
-        None => PortMappingReport::skipped(PortMappingSkipped::Declined),
+    let (port_mapping, mapper) = match &options.port_mapping {
+        None => (
+            PortMappingReport::skipped(PortMappingSkipped::Declined),
+            None,
+        ),
         Some(asked) => {
             progress(Progress::PortMapping);
             // The primary echo server: the one the volunteer agreed to and
@@ -125,11 +129,11 @@ pub async fn run(
                 .first()
                 .copied()
                 .filter(|e| e.is_ipv4() && options.addresses.check(*e).is_ok());
-            let report = port_map(asked, echo, &stop).await?;
+            let (report, mapper) = port_map(asked, echo, &stop).await?;
             progress(Progress::PortMapped {
                 report: Box::new(report.clone()),
             });
-            report
+            (report, mapper)
         }
     };
 
@@ -141,7 +145,7 @@ pub async fn run(
         pair(
             &options,
             &classification.verdict,
-            node,
+            (node, mapper),
             &mut progress,
             &stop,
         )
@@ -181,7 +185,7 @@ pub async fn run(
 async fn pair(
     options: &RunOptions,
     verdict: &Verdict,
-    node: Option<NodeBridge>,
+    (node, mapper): (Option<NodeBridge>, Option<TrialMapper>),
     progress: &mut impl FnMut(Progress),
     stop: &Stop,
 ) -> Result<(Option<PairingRun>, RunEnding), ProbeError> {
@@ -198,6 +202,7 @@ async fn pair(
         max_wait: options.max_wait,
         addresses: options.addresses,
         node,
+        mapper,
     };
     match run_pairing(&pairing_options, progress, stop.stopped()).await {
         Ok(run) => Ok((Some(run), RunEnding::Paired)),
@@ -210,17 +215,21 @@ async fn pair(
 /// Asks the default gateway to map the node's port and a port this probe
 /// listens on while it asks, checks a granted mapping of that port from the
 /// internet with a dial-back from `echo` (to our own public address only),
-/// then deletes both (see [`portmap::measure`]).
+/// then deletes both (see [`portmap::measure`]). With the report comes the
+/// mapper for `mapped` trials: the gateway with the first protocol that
+/// granted the probe's port, if one did.
 async fn port_map(
     asked: &PortMapOptions,
     echo: Option<SocketAddr>,
     stop: &Stop,
-) -> Result<PortMappingReport, ProbeError> {
+) -> Result<(PortMappingReport, Option<TrialMapper>), ProbeError> {
     if stop.is_stopped() {
-        return Ok(PortMappingReport::skipped(PortMappingSkipped::Stopped));
+        let skipped = PortMappingReport::skipped(PortMappingSkipped::Stopped);
+        return Ok((skipped, None));
     }
     let Some(gateway) = gateway::default_gateway() else {
-        return Ok(PortMappingReport::skipped(PortMappingSkipped::NoGateway));
+        let skipped = PortMappingReport::skipped(PortMappingSkipped::NoGateway);
+        return Ok((skipped, None));
     };
     // A real port of ours, held while the gateway maps it.
     let listener = std::net::TcpListener::bind("0.0.0.0:0").ok().map(Arc::new);
@@ -244,7 +253,12 @@ async fn port_map(
     let report = portmap::measure(&config, stop).await?;
     drop(config);
     drop(listener);
-    Ok(report)
+    let mapper = report
+        .attempts
+        .iter()
+        .find(|a| a.port_role == PortRole::Probe && a.granted.is_some())
+        .map(|a| TrialMapper::new(gateway.into(), a.protocol));
+    Ok((report, mapper))
 }
 
 /// The coordinator's first address.

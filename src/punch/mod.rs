@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use punchscope_analysis::handshake::{BitcoinNetwork, HandshakeBy, Role, Transport};
 use punchscope_analysis::plan::{AttemptTiming, Plan, PLAN_VERSION};
+use punchscope_analysis::portmap::MappedSide;
 use punchscope_analysis::trial::{
     Attempt, AttemptResult, ClaimNonce, Completion, SocketClaim, Strategy, TrialOutcome,
     TrialRecord,
@@ -58,6 +59,9 @@ pub struct TrialSpec {
     pub hard: Option<hard::HardMove>,
     /// The pair RTT the attempt timing was derived from, when it was (for the record).
     pub pair_rtt_ms: Option<u32>,
+    /// `mapped`: listen behind our mapping, connect to the peer's, or do
+    /// nothing (the coordinator's `go` said, the guard checked); `None` otherwise.
+    pub mapped: Option<MappedSide>,
 }
 
 /// The Bitcoin handshake to run over a punched socket.
@@ -101,6 +105,7 @@ impl TrialSpec {
             retry_jitter: millis(plan.retry_jitter_ms),
             hard: None,
             pair_rtt_ms: None,
+            mapped: None,
         }
     }
 
@@ -168,6 +173,33 @@ pub async fn run_trial(spec: &TrialSpec, go_at: Instant) -> (TrialRecord, Option
         timing: Some(spec.timing()),
         ..TrialRecord::unrun(spec.trial, spec.strategy, spec.role, TrialOutcome::Timeout)
     };
+    match spec.mapped {
+        // Neither side holds a mapping: nothing to try, nothing is sent.
+        Some(MappedSide::Neither | MappedSide::Other) => {
+            record.outcome = TrialOutcome::Unmapped;
+            return (record, None);
+        }
+        Some(MappedSide::Listen) => {
+            // Behind our mapping: only listen, for as long as the peer may
+            // keep trying; our listener takes only the peer's address.
+            let listener = match socket::listen_on(spec.local) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    return local_error(record, format!("cannot listen on {}: {e}", spec.local))
+                }
+            };
+            let peer_tries = tokio::time::sleep_until(go_at + peer_window(spec));
+            let no_connect = async {
+                peer_tries.await;
+                None
+            };
+            let race = race_for_nonce(spec, no_connect, Some(&listener)).await;
+            drop(listener);
+            return finish(go_at, record, race);
+        }
+        // Connecting to the peer's mapping is a plain connect with retries.
+        Some(MappedSide::Connect) | None => {}
+    }
     if let Some(hard_move) = &spec.hard {
         tokio::time::sleep_until(go_at + spec.start_delay + spec.injected_skew).await;
         let (connected, hard_record) =
@@ -462,6 +494,18 @@ async fn connect_with_retries(
         tokio::time::sleep(spec.attempt_timeout).await;
     }
     None
+}
+
+/// How long after `go` the peer's connect attempts may still arrive: its
+/// start (ours, with a second's margin for the difference the coordinator's
+/// delays make), every attempt with its retry gap and jitter, and one attempt more.
+fn peer_window(spec: &TrialSpec) -> Duration {
+    let attempts = spec.max_attempts.max(1);
+    spec.start_delay
+        + spec.injected_skew
+        + Duration::from_secs(1)
+        + spec.attempt_timeout * (attempts + 1)
+        + (spec.retry_gap + spec.retry_jitter) * (attempts - 1)
 }
 
 /// Strategies that also listen on the trial port while connecting.

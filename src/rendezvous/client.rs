@@ -18,6 +18,7 @@ use crate::proto::rendezvous::{
 use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::{AttemptTiming, Plan};
+use punchscope_analysis::portmap::MappedSide;
 use punchscope_analysis::privacy;
 use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
 
@@ -102,6 +103,9 @@ pub enum Step {
         /// The attempt timing the coordinator derived from the pair's RTT;
         /// `None`: the plan's fixed values.
         timing: Option<AttemptTiming>,
+        /// `mapped` trials: listen behind our mapping, connect to the peer's,
+        /// or neither (see [`ServerMessage::Go`]).
+        mapped: Option<MappedSide>,
     },
     /// The peer's outcome of a trial (after both reported).
     PeerResult { trial: u32, outcome: TrialOutcome },
@@ -324,6 +328,7 @@ impl Client {
                 strategy,
                 injected_skew_ms,
                 timing,
+                mapped,
             } => Step::Go {
                 trial,
                 peer,
@@ -332,6 +337,7 @@ impl Client {
                 strategy,
                 injected_skew: Duration::from_millis(injected_skew_ms),
                 timing,
+                mapped,
             },
             ServerMessage::PeerResult { trial, outcome } => Step::PeerResult { trial, outcome },
             ServerMessage::PeerGone { trial } => Step::PeerGone { trial },

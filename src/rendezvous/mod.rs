@@ -9,7 +9,7 @@
 //!     match client.next().await? {
 //!         Step::Trial { trial, token, strategy } => {
 //!             // bind a fresh socket (SO_REUSEADDR + SO_REUSEPORT) on port P, then:
-//!             let observed = register_port(socket, client.server(), &token, timeout).await?;
+//!             let observed = register_port(socket, client.server(), &token, None, timeout).await?;
 //!         }
 //!         Step::Prime { trial, peer, ttl } => { /* low-TTL SYN */ client.primed(trial).await?; }
 //!         Step::Go { trial, peer, delay, nonce, .. } => { /* the trial */ client.report(trial, &report).await?; }

@@ -12,7 +12,8 @@ use crate::proto::rendezvous::{self as proto, ClientMessage, ServerMessage, MAX_
 
 /// Connects from `socket` (already bound to the trial's local port, with
 /// SO_REUSEADDR and SO_REUSEPORT set before binding) to the coordinator,
-/// sends `register` with the trial's token, and returns the source endpoint
+/// sends `register` with the trial's token (and, for a `mapped` trial, the
+/// external port our router mapped to this port, if it did), and returns the source endpoint
 /// the coordinator observed: this side's public endpoint for the trial.
 ///
 /// The coordinator closes first, so the TIME_WAIT of this 4-tuple lands on
@@ -23,6 +24,7 @@ pub async fn register_port(
     socket: socket2::Socket,
     server: SocketAddr,
     token: &str,
+    mapped_port: Option<u16>,
     timeout: Duration,
 ) -> Result<SocketAddr, RendezvousError> {
     let exchange = async {
@@ -35,6 +37,7 @@ pub async fn register_port(
         let mut conn = LineConnection::new(stream, MAX_LINE);
         let register = ClientMessage::Register {
             token: token.to_string(),
+            mapped_port,
         };
         conn.write_line(&proto::encode_client(&register)).await?;
         let observed = match read_message(&mut conn).await? {

@@ -26,6 +26,7 @@ use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
 use punchscope_analysis::hardnat::PairClass;
 use punchscope_analysis::plan::{Plan, PlanError};
+use punchscope_analysis::portmap::MappedSide;
 use punchscope_analysis::trial::{Strategy, TrialOutcome};
 
 use super::pairing::{site_of, Pools};
@@ -190,6 +191,9 @@ enum Phase {
 struct SideTrial {
     token: String,
     observed: Option<SocketAddr>,
+    /// `mapped` trials: the external port the side's router mapped to its
+    /// trial port, as it registered it.
+    mapped_port: Option<u16>,
     rtts: Vec<Duration>,
     ping: Option<(u64, Instant)>,
     primed: bool,
@@ -401,7 +405,9 @@ impl Coordinator {
         let state = &self.conns[&conn].state;
         match (state, msg) {
             (ConnState::New, ClientMessage::Hello(hello)) => self.hello(now, conn, hello),
-            (ConnState::New, ClientMessage::Register { token }) => self.register(now, conn, &token),
+            (ConnState::New, ClientMessage::Register { token, mapped_port }) => {
+                self.register(now, conn, &token, mapped_port)
+            }
             (ConnState::New, ClientMessage::CampaignRequest) => self.campaign_request(conn),
             (_, ClientMessage::Bye) => self.leave(conn),
             (ConnState::Paired { pair }, msg) => {
@@ -713,7 +719,7 @@ impl Coordinator {
         }
     }
 
-    fn register(&mut self, now: Instant, conn: ConnId, token: &str) {
+    fn register(&mut self, now: Instant, conn: ConnId, token: &str, mapped_port: Option<u16>) {
         let Some(&(id, side)) = self.tokens.get(token) else {
             let msg = error_message(
                 ErrorCode::UnknownToken,
@@ -738,6 +744,8 @@ impl Coordinator {
         self.tokens.remove(token);
         let pair = self.pairs.get_mut(&id).expect("known pair");
         pair.sides[side].observed = Some(observed);
+        // Only a `mapped` trial uses a mapped port; elsewhere it is ignored.
+        pair.sides[side].mapped_port = mapped_port.filter(|_| pair.strategy == Strategy::Mapped);
         self.send(conn, ServerMessage::Registered { observed });
         self.close(conn);
         self.maybe_advance(now, id);
@@ -810,17 +818,33 @@ impl Coordinator {
             .attempt_timing(rtt(&pair.sides[0]) + rtt(&pair.sides[1]));
         let delays = [d0, d1];
         let skews = [Duration::ZERO, skew];
-        let peers = [pair.sides[1].observed, pair.sides[0].observed];
+        let observed =
+            [pair.sides[0].observed, pair.sides[1].observed].map(|o| o.expect("both registered"));
+        let mut peers = [observed[1], observed[0]];
+        let mut mapped = [None, None];
+        if pair.strategy == Strategy::Mapped {
+            let ports = [pair.sides[0].mapped_port, pair.sides[1].mapped_port];
+            mapped = mapped_roles(ports);
+            // The connecting side goes to the listener's own observed address,
+            // at the port its router mapped: never another address.
+            for listener in 0..2 {
+                if let (Some(MappedSide::Listen), Some(port)) = (mapped[listener], ports[listener])
+                {
+                    peers[1 - listener] = SocketAddr::new(observed[listener].ip(), port);
+                }
+            }
+        }
         let (conns, trial, strategy) = (pair.conns, pair.trial, pair.strategy);
         for side in 0..2 {
             let msg = ServerMessage::Go {
                 trial,
-                peer: peers[side].expect("both registered"),
+                peer: peers[side],
                 delay_ms: millis(delays[side]),
                 nonce: nonce.clone(),
                 strategy,
                 injected_skew_ms: millis(skews[side]),
                 timing,
+                mapped: mapped[side],
             };
             self.send(conns[side], msg);
         }
@@ -1071,6 +1095,19 @@ impl Coordinator {
         let mut buf = vec![0u8; bytes];
         self.rng.fill_bytes(&mut buf);
         buf.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Who does what in a `mapped` trial, from each side's mapped port (index 0
+/// is the initiator): the responder listens if its router mapped its port,
+/// else the initiator if its did; the other side connects. With no mapping
+/// on either side, neither does anything.
+fn mapped_roles(ports: [Option<u16>; 2]) -> [Option<MappedSide>; 2] {
+    use MappedSide::{Connect, Listen, Neither};
+    match ports {
+        [_, Some(_)] => [Some(Connect), Some(Listen)],
+        [Some(_), None] => [Some(Listen), Some(Connect)],
+        [None, None] => [Some(Neither), Some(Neither)],
     }
 }
 

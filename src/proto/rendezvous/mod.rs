@@ -27,6 +27,7 @@ use serde_json::{Map, Value};
 use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::{AttemptTiming, Plan};
+use punchscope_analysis::portmap::MappedSide;
 use punchscope_analysis::privacy;
 use punchscope_analysis::trial::{Strategy, TrialOutcome};
 
@@ -237,7 +238,15 @@ pub enum ClientMessage {
     /// The client leaves; the coordinator closes.
     Bye,
     /// First and only line of a registration connection.
-    Register { token: String },
+    Register {
+        token: String,
+        /// `mapped` trials: the external port this client's router mapped to
+        /// the port this connection comes from (PCP, NAT-PMP or UPnP IGD),
+        /// when it did. The coordinator sends the peer to the observed
+        /// address at this port, never another. Added within version 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mapped_port: Option<u16>,
+    },
     /// First and only line of a preview connection: what campaign does this
     /// coordinator run? Answered with `campaign` (or an `error`), then closed.
     /// Added within version 1.
@@ -299,6 +308,13 @@ pub enum ServerMessage {
         /// coordinators): the plan's fixed values apply. Added within version 1.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timing: Option<AttemptTiming>,
+        /// `mapped` trials only: whether this side listens behind its
+        /// mapping (`peer` is then the connecting side's observed endpoint),
+        /// connects to the peer's mapped port (`peer` is the peer's observed
+        /// address at that port), or neither (no side registered a mapping:
+        /// nothing is sent). Added within version 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mapped: Option<MappedSide>,
     },
     /// The other side's outcome of a trial, once both reported.
     PeerResult { trial: u32, outcome: TrialOutcome },
@@ -509,8 +525,14 @@ fn validate_client(msg: &ClientMessage) -> Result<(), ProtoError> {
                 return Err(ProtoError::ConsentRequired);
             }
         }
-        ClientMessage::Register { token } if !is_token(token, MAX_SHORT_TEXT) => {
+        ClientMessage::Register { token, .. } if !is_token(token, MAX_SHORT_TEXT) => {
             return bad("token must be the one from the `trial` message".into());
+        }
+        ClientMessage::Register {
+            mapped_port: Some(0),
+            ..
+        } => {
+            return bad("mapped_port must be a port from 1 to 65535".into());
         }
         ClientMessage::Result(r) => {
             if let Some(ms) = r.go_to_established_ms {

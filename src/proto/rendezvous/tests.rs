@@ -116,6 +116,7 @@ fn messages_round_trip_and_start_with_the_version() {
                 retry_jitter_ms: 100,
                 pair_rtt_ms: Some(200),
             }),
+            mapped: Some(MappedSide::Listen),
         },
         ServerMessage::PeerGone { trial: None },
         ProtoError::Line(LineError::UnsupportedVersion {
@@ -300,7 +301,13 @@ fn a_whole_pairing_runs_every_trial_with_observed_endpoints() {
         let addr1 = format!("127.0.0.2:{}", 2000 + trial);
         let addr2 = format!("127.0.0.3:{}", 3000 + trial);
         h.connect(reg1, &addr1);
-        h.say(reg1, &ClientMessage::Register { token: t1.clone() });
+        h.say(
+            reg1,
+            &ClientMessage::Register {
+                token: t1.clone(),
+                mapped_port: None,
+            },
+        );
         assert_eq!(
             h.take(reg1),
             vec![ServerMessage::Registered {
@@ -313,10 +320,22 @@ fn a_whole_pairing_runs_every_trial_with_observed_endpoints() {
             "no go before both registered"
         );
         h.connect(reg2, &addr2);
-        h.say(reg2, &ClientMessage::Register { token: t2 });
+        h.say(
+            reg2,
+            &ClientMessage::Register {
+                token: t2,
+                mapped_port: None,
+            },
+        );
         // A token works once.
         h.connect(999, "127.0.0.2:4444");
-        h.say(999, &ClientMessage::Register { token: t1 });
+        h.say(
+            999,
+            &ClientMessage::Register {
+                token: t1,
+                mapped_port: None,
+            },
+        );
         assert!(matches!(
             h.take(999)[0],
             ServerMessage::Error {
@@ -481,7 +500,13 @@ fn a_side_that_never_registers_times_out_the_trial() {
         })
         .unwrap();
     h.connect(3, "127.0.0.2:2000");
-    h.say(3, &ClientMessage::Register { token });
+    h.say(
+        3,
+        &ClientMessage::Register {
+            token,
+            mapped_port: None,
+        },
+    );
     h.advance(Duration::from_secs(16));
     assert_eq!(h.take(1), vec![ServerMessage::PeerGone { trial: Some(0) }]);
     assert!(matches!(
@@ -510,7 +535,13 @@ fn registrations_from_another_ip_are_refused() {
         })
         .unwrap();
     h.connect(3, "192.0.2.66:2000");
-    h.say(3, &ClientMessage::Register { token });
+    h.say(
+        3,
+        &ClientMessage::Register {
+            token,
+            mapped_port: None,
+        },
+    );
     assert!(matches!(
         h.take(3)[..],
         [ServerMessage::Error {
@@ -729,9 +760,21 @@ fn each_side_primes_with_the_ttl_its_own_path_measured_else_the_plans() {
     };
     let (t1, t2) = (token(&log1), token(&log2));
     h.connect(10, "127.0.0.2:2000");
-    h.say(10, &ClientMessage::Register { token: t1 });
+    h.say(
+        10,
+        &ClientMessage::Register {
+            token: t1,
+            mapped_port: None,
+        },
+    );
     h.connect(11, "127.0.0.3:3000");
-    h.say(11, &ClientMessage::Register { token: t2 });
+    h.say(
+        11,
+        &ClientMessage::Register {
+            token: t2,
+            mapped_port: None,
+        },
+    );
     let ttl = |msgs: Vec<ServerMessage>| {
         msgs.iter()
             .find_map(|m| match m {
@@ -773,9 +816,21 @@ fn go_timing(
     };
     let (t1, t2) = (token(&log1), token(&log2));
     h.connect(10, "127.0.0.2:2000");
-    h.say(10, &ClientMessage::Register { token: t1 });
+    h.say(
+        10,
+        &ClientMessage::Register {
+            token: t1,
+            mapped_port: None,
+        },
+    );
     h.connect(11, "127.0.0.3:3000");
-    h.say(11, &ClientMessage::Register { token: t2 });
+    h.say(
+        11,
+        &ClientMessage::Register {
+            token: t2,
+            mapped_port: None,
+        },
+    );
     [1, 2].map(|conn| {
         h.take(conn)
             .into_iter()
@@ -1099,7 +1154,13 @@ fn run_trials(h: &mut Harness, trials: u32) -> Vec<Strategy> {
             (1001 + u64::from(trial) * 2, t2, "127.0.0.3:3000"),
         ] {
             h.connect(conn, addr);
-            h.say(conn, &ClientMessage::Register { token });
+            h.say(
+                conn,
+                &ClientMessage::Register {
+                    token,
+                    mapped_port: None,
+                },
+            );
         }
         for conn in [1, 2] {
             assert!(h
@@ -1180,5 +1241,108 @@ fn a_pair_class_with_a_mix_draws_shuffled_rounds_and_others_keep_the_rotation() 
             Strategy::Simultaneous,
             Strategy::ConnectListen
         ]
+    );
+}
+
+/// `mapped` trials: the side whose router mapped its port listens (the
+/// responder when both did), the other is sent to the listener's observed
+/// address at the mapped port; with no mapping neither does anything; and
+/// a mapped port registered for another strategy changes nothing.
+#[test]
+fn a_mapped_trial_sends_the_connecting_side_to_the_listeners_mapped_port() {
+    let mut h = Harness::new(config(plan(8, "[\"mapped\", \"simultaneous\"]", 0, 1)));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello(None));
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello(None));
+    let (first, second) = (h.take(1), h.take(2));
+    h.sent.insert(1, first[2..].to_vec());
+    h.sent.insert(2, second[2..].to_vec());
+    let (i_addr, r_addr) = ("127.0.0.2:2000", "127.0.0.3:3000");
+    // (initiator's mapped port, responder's) per trial, and what each side is told.
+    use MappedSide::{Connect, Listen, Neither};
+    let cases: [((Option<u16>, Option<u16>), Option<(MappedSide, MappedSide)>); 8] = [
+        ((None, Some(4444)), Some((Connect, Listen))),
+        ((Some(5555), Some(5556)), None),
+        ((Some(5555), None), Some((Listen, Connect))),
+        ((None, None), None),
+        ((Some(6666), Some(7777)), Some((Connect, Listen))),
+        ((None, None), None),
+        ((None, None), Some((Neither, Neither))),
+        ((None, None), None),
+    ];
+    for (trial, ((p1, p2), expected)) in cases.into_iter().enumerate() {
+        let trial = trial as u32;
+        let (mut log1, mut log2) = (Vec::new(), Vec::new());
+        answer_pings(&mut h, 1, Duration::from_millis(10), &mut log1);
+        answer_pings(&mut h, 2, Duration::from_millis(10), &mut log2);
+        let token = |log: &[ServerMessage]| {
+            log.iter()
+                .find_map(|m| match m {
+                    ServerMessage::Trial { token, .. } => Some(token.clone()),
+                    _ => None,
+                })
+                .expect("a trial message")
+        };
+        let (t1, t2) = (token(&log1), token(&log2));
+        let base = 100 + u64::from(trial) * 2;
+        for (conn, token, addr, mapped_port) in [(base, t1, i_addr, p1), (base + 1, t2, r_addr, p2)]
+        {
+            h.connect(conn, addr);
+            h.say(conn, &ClientMessage::Register { token, mapped_port });
+        }
+        let go = |m: Vec<ServerMessage>| match m.into_iter().next() {
+            Some(ServerMessage::Go { peer, mapped, .. }) => (peer, mapped),
+            other => panic!("expected go, got {other:?}"),
+        };
+        let (g1, g2) = (go(h.take(1)), go(h.take(2)));
+        let port_of = |p: Option<u16>| p.expect("the listener mapped a port");
+        match expected {
+            Some((Connect, Listen)) => {
+                assert_eq!(
+                    g1,
+                    (SocketAddr::new(sa(r_addr).ip(), port_of(p2)), Some(Connect))
+                );
+                assert_eq!(g2, (sa(i_addr), Some(Listen)), "trial {trial}");
+            }
+            Some((Listen, Connect)) => {
+                assert_eq!(g1, (sa(r_addr), Some(Listen)));
+                assert_eq!(
+                    g2,
+                    (SocketAddr::new(sa(i_addr).ip(), port_of(p1)), Some(Connect))
+                );
+            }
+            Some((Neither, Neither)) => {
+                assert_eq!(
+                    (g1, g2),
+                    ((sa(r_addr), Some(Neither)), (sa(i_addr), Some(Neither)))
+                );
+            }
+            // A trial of another strategy: observed endpoints, no mapped move.
+            _ => assert_eq!(
+                (g1, g2),
+                ((sa(r_addr), None), (sa(i_addr), None)),
+                "trial {trial}"
+            ),
+        }
+        for conn in [1, 2] {
+            let result = TrialResult {
+                trial,
+                outcome: TrialOutcome::Timeout,
+                go_to_established_ms: None,
+                attempts: 1,
+            };
+            h.say(conn, &ClientMessage::Result(result));
+        }
+    }
+}
+
+#[test]
+fn a_registration_with_mapped_port_zero_is_refused() {
+    let line = b"{\"v\":1,\"type\":\"register\",\"token\":\"abc\",\"mapped_port\":0}\n";
+    let msg = decode_client(frame(line).unwrap());
+    assert!(
+        matches!(msg, Err(ProtoError::BadRequest(ref why)) if why.contains("mapped_port")),
+        "{msg:?}"
     );
 }
