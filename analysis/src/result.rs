@@ -585,6 +585,7 @@ mod tests {
             pair_class: None,
             drawn_from: None,
             hard: None,
+            mapping: None,
         }
     }
 

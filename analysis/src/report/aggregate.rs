@@ -24,6 +24,9 @@
 //!   is the larger of the two sides' attempt counts.
 //! - The Bitcoin handshake of a joined trial succeeded only if every side
 //!   that recorded one says `success`.
+//! - A `mapped` trial that a side records as `unmapped` (neither router
+//!   mapped a port: nothing was sent) is not counted at all, only tallied
+//!   in `trials_unmapped`.
 //!
 //! Clusters (for the clustered intervals of [`super::cluster`]): a trial
 //! belongs to one *pairing*, the union of the pairing entries whose records
@@ -291,6 +294,10 @@ pub struct InputCounts {
     pub trials_without_id: u64,
     /// Joined trials where one side said connected and the other did not.
     pub sides_disagree: u64,
+    /// `mapped` trials neither side's router mapped a port for (a side says
+    /// `unmapped`): nothing was tried, so they are in no count above and no rate.
+    #[serde(default)]
+    pub trials_unmapped: u64,
 }
 
 /// What the report keeps of one distinct run: who ran it, from which network, when.
@@ -565,6 +572,15 @@ impl Aggregator {
         let mut pairing_ids: Vec<String> = Vec::new();
         let mut counted = Vec::with_capacity(trials.len());
         for pending in trials {
+            // A `mapped` trial no router mapped a port for was never tried.
+            let untried = [Some(pending.first), pending.second]
+                .iter()
+                .flatten()
+                .any(|side| !side.outcome.was_tried());
+            if untried {
+                counts.trials_unmapped += 1;
+                continue;
+            }
             let root = find(&mut slot_parent, pending.first.slot);
             let next = u32::try_from(pairing_ids.len()).expect("fewer than 4 billion pairings");
             let pairing = *pairing_of_root.entry(root).or_insert_with(|| {

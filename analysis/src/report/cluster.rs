@@ -274,6 +274,16 @@ pub struct PairedDifference {
     pub ties: u64,
     /// Exact two-sided sign test over the pairings that were not ties.
     pub sign_test_p: Option<f64>,
+    /// The trials behind the pooled rates: A's and B's successes and
+    /// trials over those pairings (summaries from before them have none).
+    #[serde(default)]
+    pub successes_a: u64,
+    #[serde(default)]
+    pub trials_a: u64,
+    #[serde(default)]
+    pub successes_b: u64,
+    #[serde(default)]
+    pub trials_b: u64,
 }
 
 /// The paired comparison of strategies A and B over the pairings that ran both.
@@ -343,6 +353,10 @@ pub fn paired_difference(
         b_better,
         ties,
         sign_test_p: sign_test(a_better, b_better),
+        successes_a: sa,
+        trials_a: na,
+        successes_b: sb,
+        trials_b: nb,
     })
 }
 

@@ -7,6 +7,7 @@ use super::cluster::{ClusterInterval, IntervalMethod};
 use super::stats::{percent, percent_bare, Proportion};
 use super::summary::{GroupTable, NodeHandshakeSummary, Summary};
 use super::ReportError;
+use crate::trial::Strategy;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn esc(text: &str) -> String {
@@ -250,6 +251,10 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         ),
         ("duplicate trial records ignored", c.duplicate_trial_records),
         ("joined trials where the sides disagree", c.sides_disagree),
+        (
+            "mapped trials not tried (no router mapped a port), not counted",
+            c.trials_unmapped,
+        ),
         (
             "input lines skipped (malformed)",
             summary.skipped_lines.total,
@@ -675,7 +680,78 @@ fn portmap_section(h: &mut String, summary: &Summary) {
     h.push_str("</table>\n<p class=note><em>refused</em>: ICMP port unreachable, nothing listens on the router's port 5351 (UPnP IGD: 1900, or its HTTP server refused). \
                 <em>permanent</em>: UPnP mappings the router held with lease 0 (no expiry), though 120 s was asked. \
                 A mapping on a private or 100.64/10 external address sits behind another NAT (often carrier-grade) and opens nothing on the internet. \
-                <em>Reachable</em>: the echo server dialed the volunteer's own public address at the port granted for the probe's own port, and the probe received it (of the runs where that was tried).</p>\n</section>\n");
+                <em>Reachable</em>: the echo server dialed the volunteer's own public address at the port granted for the probe's own port, and the probe received it (of the runs where that was tried).</p>\n");
+    mapped_strategy(h, summary);
+    h.push_str("</section>\n");
+}
+
+/// The `mapped` strategy (one side listens behind its router's mapping, the
+/// other connects to it) beside punching, within the pairings that ran both.
+fn mapped_strategy(h: &mut String, summary: &Summary) {
+    let mapped = Strategy::Mapped.as_str();
+    let row = summary.strategies.iter().find(|r| r.strategy == mapped);
+    let unmapped = summary.input.trials_unmapped;
+    if row.is_none() && unmapped == 0 {
+        return;
+    }
+    h.push_str("<h3>The <code>mapped</code> strategy beside punching</h3>\n");
+    let tried = row.map_or("no mapped trial was tried".to_string(), |r| {
+        format!("connected in {}", share(&r.proportion))
+    });
+    let _ = writeln!(
+        h,
+        "<p class=note>In a <code>mapped</code> trial the side whose router mapped its trial port listens behind the mapping and the other connects straight to it: no punching. \
+         Tried: {tried}; not tried (neither router mapped a port, left out of every rate): {unmapped}.</p>"
+    );
+    let rows: Vec<_> = summary
+        .pairing_view
+        .comparisons
+        .iter()
+        .filter(|c| c.strategy_a == mapped || c.strategy_b == mapped)
+        .collect();
+    if rows.is_empty() {
+        h.push_str("<p class=note>No pairing ran both <code>mapped</code> and a punching strategy: no comparison.</p>\n");
+        return;
+    }
+    h.push_str("<p class=note>Within the pairings that ran both (same routers, same paths): each side's trials with Wilson 95% intervals, \
+                and the difference with its 95% bootstrap interval over pairings (as in <a href=\"#pairings\">Pairings</a>).</p>\n");
+    h.push_str("<table><tr><th>punching strategy</th><th>pairings</th><th><code>mapped</code></th><th>punching</th><th>mapped − punching (points)</th><th>95% paired</th></tr>\n");
+    for c in rows {
+        let d = &c.difference;
+        // Orient every row as mapped − punching.
+        let (other, m, p, sign) = if c.strategy_a == mapped {
+            (
+                &c.strategy_b,
+                (d.successes_a, d.trials_a),
+                (d.successes_b, d.trials_b),
+                1.0,
+            )
+        } else {
+            (
+                &c.strategy_a,
+                (d.successes_b, d.trials_b),
+                (d.successes_a, d.trials_a),
+                -1.0,
+            )
+        };
+        let interval = match (d.low, d.high) {
+            (Some(l), Some(hi)) => {
+                let (l, hi) = if sign > 0.0 { (l, hi) } else { (-hi, -l) };
+                format!("{} to {}", signed_points(l), signed_points(hi))
+            }
+            _ => "– (one pairing)".to_string(),
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td><code>{}</code></td><td class=num>{}</td><td>{}</td><td>{}</td><td class=num>{}</td><td class=num>{interval}</td></tr>",
+            esc(other),
+            d.pairings,
+            share(&Proportion::new(m.0, m.1)),
+            share(&Proportion::new(p.0, p.1)),
+            signed_points(sign * d.difference),
+        );
+    }
+    h.push_str("</table>\n");
 }
 
 fn pairings_section(h: &mut String, summary: &Summary) {

@@ -97,6 +97,7 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
             trial: x.n,
             trial_id: x.id.map(str::to_string),
             timing: None,
+            mapping: None,
             strategy: plan.strategy_of(x.n),
             role,
             local_port: 40000,
@@ -921,4 +922,70 @@ fn port_mapping_is_tallied_per_volunteer_run_and_shown_escaped() {
     let older: Summary = serde_json::from_value(value).unwrap();
     assert_eq!(older.port_mapping.runs, 0);
     assert!(!super::html::render(&older).unwrap().contains("id=portmap"));
+}
+
+/// `mapped` trials: one that no router mapped a port for is in no count and
+/// no rate (only `trials_unmapped`); the tried ones are compared with
+/// punching within the same pairing, each side's trials with Wilson
+/// intervals, on the port mapping section of the page.
+#[test]
+fn unmapped_trials_are_left_out_and_mapped_is_compared_within_the_pairing() {
+    use crate::portmap::PortMappingReport;
+    use crate::trial::Strategy;
+    let outcomes = [Connected, Timeout, Timeout, Connected, Connected, Unmapped];
+    let ids = ["m0", "m1", "m2", "m3", "m4", "m5"];
+    let side = |role: Role, own: Verdict, peer: Verdict| {
+        let trials = (0..6u32)
+            .map(|n| t(n, Some(ids[n as usize]), outcomes[n as usize]))
+            .collect();
+        let mut r = run(role, own, Some(peer), trials);
+        for record in &mut r.pairings[0].trials {
+            record.strategy = if record.trial < 3 {
+                Strategy::Simultaneous
+            } else {
+                Strategy::Mapped
+            };
+        }
+        r.port_mapping = Some(PortMappingReport::default());
+        r
+    };
+    let alice = side(Role::Initiator, eim_apdf(), eim_eif());
+    let bob = side(Role::Responder, eim_eif(), eim_apdf());
+    let (s, trials) = summary_of(&[alice, bob]);
+    assert_eq!(s.input.trials_unmapped, 1);
+    assert_eq!(s.input.trials_counted, 5);
+    assert!(trials.iter().all(|t| t.outcome != Unmapped));
+    assert_eq!((s.headline.successes, s.headline.n), (3, 5));
+    let mapped = s
+        .strategies
+        .iter()
+        .find(|r| r.strategy == "mapped")
+        .unwrap();
+    assert_eq!((mapped.proportion.successes, mapped.proportion.n), (2, 2));
+    let c = s
+        .pairing_view
+        .comparisons
+        .iter()
+        .find(|c| c.strategy_a == "simultaneous" && c.strategy_b == "mapped")
+        .expect("simultaneous and mapped compared within the pairing");
+    let d = &c.difference;
+    assert_eq!(
+        (d.successes_a, d.trials_a, d.successes_b, d.trials_b),
+        (1, 3, 2, 2)
+    );
+    let page = super::html::render(&s).unwrap();
+    assert!(
+        page.contains("strategy beside punching"),
+        "the mapped table"
+    );
+    assert!(page.contains("not tried (neither router mapped a port, left out of every rate): 1"));
+    // mapped − punching, oriented: 100% − 33.3% = +66.7 points.
+    assert!(
+        page.contains("<td class=num>+66.7</td>"),
+        "oriented difference"
+    );
+    assert!(
+        page.contains("2 of 2 (100.0%"),
+        "mapped with its Wilson interval"
+    );
 }
