@@ -13,8 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use punchscope::analysis::classify::HopClass;
-use punchscope::analysis::portmap::{GatewayAnswer, MappingProtocol, PortMappingReport, PortRole};
+use punchscope::analysis::portmap::{
+    GatewayAnswer, MappedSide, MappingProtocol, PortMappingReport, PortRole,
+};
 use punchscope::analysis::result::RunResult;
+use punchscope::analysis::trial::{Strategy, TrialOutcome};
 use punchscope::lab::kernel::portmap::{PortmapChange, PortmapProtocol, RouterMapping};
 use punchscope::lab::nat::NatEvent;
 use punchscope::lab::services::EchoService;
@@ -848,4 +851,131 @@ fn the_echo_servers_dial_back_reaches_the_probe_through_an_emulator_mapping() {
 #[test]
 fn a_stop_deletes_every_emulator_mapping_at_once() {
     stop_while_holding_deletes_every_mapping("pmemustop", EMULATOR_SCENARIO);
+}
+
+const MAPPED_PLAN: &str = "trials = 4\nstrategies = [\"mapped\"]\nnetwork = \"regtest\"\n";
+
+/// Runs the `mapped` plan between alice (router `a`, `alice_router` keys)
+/// and bob (router `b`, no port mapping) with the real coordinator and
+/// probes, and checks: every trial connects with alice listening behind
+/// the mapping of her trial port (asked with `protocol`) and bob
+/// connecting to it; each trial port's mapping is in the router's log,
+/// added and removed; none is left.
+fn mapped_trials_connect_through_alices_mapping(
+    tag: &str,
+    alice_router: &str,
+    b_router: &str,
+    protocol: MappingProtocol,
+) {
+    let lab = start_lab(tag, &two_nats(alice_router, b_router));
+    let mapped_plan = plan(tag, MAPPED_PLAN);
+    let _coordinator = start_coordinator(&lab, &mapped_plan);
+    let results = probe_alice_and_bob(&lab, Duration::from_secs(120));
+    let (alice, bob) = (&results[0].pairings[0], &results[1].pairings[0]);
+    assert_eq!((alice.trials.len(), bob.trials.len()), (4, 4));
+    let alice_ip = lab.scenario().host("alice").unwrap().address;
+    let mut trial_ports = Vec::new();
+    for (a, b) in alice.trials.iter().zip(&bob.trials) {
+        assert_eq!(
+            (a.strategy, b.strategy),
+            (Strategy::Mapped, Strategy::Mapped)
+        );
+        assert_eq!(
+            (a.outcome, b.outcome),
+            (TrialOutcome::Connected, TrialOutcome::Connected),
+            "{a:#?}\n{b:#?}"
+        );
+        let (am, bm) = (a.mapping.as_ref().unwrap(), b.mapping.as_ref().unwrap());
+        assert_eq!(
+            (am.side, bm.side),
+            (Some(MappedSide::Listen), Some(MappedSide::Connect))
+        );
+        assert!(
+            bm.asked.is_none(),
+            "bob's router maps nothing: bob asks nothing"
+        );
+        let asked = am.asked.as_ref().expect("alice asked for her trial port");
+        assert_eq!(
+            (asked.protocol, asked.port_role),
+            (protocol, PortRole::Trial)
+        );
+        assert_eq!(asked.internal_port, a.local_port);
+        let granted = asked.granted.as_ref().expect("granted");
+        assert_eq!(
+            b.peer_port,
+            Some(granted.external_port),
+            "bob aimed at the mapped port"
+        );
+        assert!(
+            asked.release.as_ref().is_some_and(|r| r.succeeded),
+            "{asked:#?}"
+        );
+        // Bob's SYN came in through the mapping, not a punched hole: alice sent nothing.
+        assert!(a.attempts.is_empty(), "the listening side sends nothing");
+        trial_ports.push((a.local_port, granted.external_port));
+    }
+    // The router's own log: each trial port added and removed, nothing left.
+    let changes: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            NatEvent::PortMap(p) if e.router == "a" => {
+                Some((p.change, p.external_port, p.internal))
+            }
+            _ => None,
+        })
+        .collect();
+    for (local, external) in trial_ports {
+        for change in [PortmapChange::Added, PortmapChange::Removed] {
+            assert!(
+                changes.iter().any(|(c, ext, internal)| *c == change
+                    && *ext == Some(external)
+                    && internal.map_or(true, |i| i == SocketAddrV4::new(alice_ip, local))),
+                "{change:?} for trial port {local} -> {external}: {changes:?}"
+            );
+        }
+    }
+    assert_eq!(lab.port_mappings("a").unwrap(), vec![], "no mapping left");
+}
+
+/// The `mapped` strategy on emulator routers: alice's (APDM/APDF, so no
+/// punched hole would let bob in) maps each trial port with PCP, the first
+/// protocol that granted; between two routers without port mapping every
+/// trial is `unmapped`: no attempt, no SYN.
+#[test]
+fn the_mapped_strategy_connects_to_the_side_whose_router_mapped_its_port() {
+    mapped_trials_connect_through_alices_mapping(
+        "mapped",
+        "mapping = \"apdm\"\nfiltering = \"apdf\"\nallocation = \"random\"\nportmap = [\"natpmp\", \"pcp\"]",
+        "",
+        MappingProtocol::Pcp,
+    );
+    let lab = start_lab("unmapped", &two_nats("", ""));
+    let unmapped_plan = plan("unmapped", MAPPED_PLAN);
+    let _coordinator = start_coordinator(&lab, &unmapped_plan);
+    let results = probe_alice_and_bob(&lab, Duration::from_secs(120));
+    for result in &results {
+        let trials = &result.pairings[0].trials;
+        assert_eq!(trials.len(), 4);
+        for t in trials {
+            assert_eq!(t.outcome, TrialOutcome::Unmapped, "{t:#?}");
+            assert!(t.attempts.is_empty());
+            assert_eq!(
+                t.mapping.as_ref().and_then(|m| m.side),
+                Some(MappedSide::Neither)
+            );
+        }
+    }
+}
+
+/// The `mapped` strategy on real Linux routers: alice's kernel router runs
+/// miniupnpd with UPnP IGD only, bob's is a plain masquerade.
+#[test]
+fn the_mapped_strategy_maps_trial_ports_with_miniupnpd_over_upnp() {
+    mapped_trials_connect_through_alices_mapping(
+        "mapupnp",
+        "backend = \"kernel\"\nportmap = [\"upnp\"]\nportmap_min_lifetime_s = 60\nportmap_max_lifetime_s = 3600",
+        "backend = \"kernel\"",
+        MappingProtocol::Upnp,
+    );
 }

@@ -212,6 +212,7 @@ fn unsanitized_trial(n: u32, plan: &Plan, connected: bool) -> TrialRecord {
         pair_class: None,
         drawn_from: None,
         hard: None,
+        mapping: None,
     }
 }
 
@@ -405,6 +406,7 @@ fn side_record(
         pair_class: None,
         drawn_from: None,
         hard: None,
+        mapping: None,
     }
 }
 
