@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use punchscope::analysis::handshake::Role;
 use punchscope::analysis::plan::{AttemptTiming, Plan};
+use punchscope::analysis::portmap::MappedSide;
 use punchscope::analysis::result::{PairingEnded, RunResult, ViolationRule};
 use punchscope::analysis::trial::{Strategy, TrialOutcome};
 use punchscope::classify::{classify, ClassifyConfig, EchoTrust};
@@ -57,6 +58,17 @@ fn trial(n: u32, strategy: Strategy) -> ServerMessage {
 }
 
 fn go(n: u32, peer: SocketAddr, delay_ms: u64, strategy: Strategy) -> ServerMessage {
+    go_mapped(n, peer, delay_ms, strategy, None)
+}
+
+/// `go` with a `mapped` move (`mapped` trials: listen, connect or neither).
+fn go_mapped(
+    n: u32,
+    peer: SocketAddr,
+    delay_ms: u64,
+    strategy: Strategy,
+    mapped: Option<MappedSide>,
+) -> ServerMessage {
     ServerMessage::Go {
         trial: n,
         peer,
@@ -65,6 +77,7 @@ fn go(n: u32, peer: SocketAddr, delay_ms: u64, strategy: Strategy) -> ServerMess
         strategy,
         injected_skew_ms: 0,
         timing: None,
+        mapped,
     }
 }
 
@@ -152,6 +165,45 @@ async fn trials_beyond_the_plan_are_refused_and_never_dialled() {
         1,
         "the planned trial ran and is kept"
     );
+    settle().await;
+    assert_eq!(target.connections(), 0, "nothing reached the target");
+}
+
+/// A `mapped` trial with a probe that registered no mapping (it has no
+/// mapper): a coordinator that tells it to listen, or gives no mapped move,
+/// is refused before anything is sent; `neither` is an `unmapped` trial
+/// with no packet; a mapped move on another strategy is refused.
+#[tokio::test]
+async fn a_mapped_move_that_does_not_fit_the_registration_is_refused() {
+    let target = CountingListener::start(ip(1)).await;
+    let plan = fast_plan(2, &[Strategy::Mapped, Strategy::Simultaneous]);
+    let mapped_go = |n: u32, strategy: Strategy, mapped: Option<MappedSide>| {
+        go_mapped(n, target.addr, 0, strategy, mapped)
+    };
+    for mapped in [Some(MappedSide::Listen), None] {
+        let script = vec![
+            paired(&plan),
+            trial(0, Strategy::Mapped),
+            mapped_go(0, Strategy::Mapped, mapped),
+        ];
+        let (run, took) = pair_with(script, AddressPolicy::PublicOrLoopback).await;
+        assert_refused(&run, took, ViolationRule::Unexpected, Some(0));
+    }
+    let script = vec![
+        paired(&plan),
+        trial(0, Strategy::Mapped),
+        mapped_go(0, Strategy::Mapped, Some(MappedSide::Neither)),
+        ServerMessage::PeerResult {
+            trial: 0,
+            outcome: TrialOutcome::Unmapped,
+        },
+        trial(1, Strategy::Simultaneous),
+        mapped_go(1, Strategy::Simultaneous, Some(MappedSide::Connect)),
+    ];
+    let (run, took) = pair_with(script, AddressPolicy::PublicOrLoopback).await;
+    assert_refused(&run, took, ViolationRule::Unexpected, Some(1));
+    assert_eq!(run.pairing.trials.len(), 1);
+    assert_eq!(run.pairing.trials[0].outcome, TrialOutcome::Unmapped);
     settle().await;
     assert_eq!(target.connections(), 0, "nothing reached the target");
 }

@@ -130,7 +130,8 @@ fn group_rows(h: &mut String, title: &str, table: &GroupTable, short_keys: bool)
 }
 
 fn signed_points(x: f64) -> String {
-    format!("{:+.1}", x * 100.0)
+    // Adding 0.0 turns a negated zero into +0.0: no "-0.0" on the page.
+    format!("{:+.1}", x * 100.0 + 0.0)
 }
 
 /// Background for a success rate: red (0%) through yellow to green (100%).

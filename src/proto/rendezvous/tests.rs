@@ -1261,7 +1261,8 @@ fn a_mapped_trial_sends_the_connecting_side_to_the_listeners_mapped_port() {
     let (i_addr, r_addr) = ("127.0.0.2:2000", "127.0.0.3:3000");
     // (initiator's mapped port, responder's) per trial, and what each side is told.
     use MappedSide::{Connect, Listen, Neither};
-    let cases: [((Option<u16>, Option<u16>), Option<(MappedSide, MappedSide)>); 8] = [
+    type Registered = (Option<u16>, Option<u16>);
+    let cases: [(Registered, Option<(MappedSide, MappedSide)>); 8] = [
         ((None, Some(4444)), Some((Connect, Listen))),
         ((Some(5555), Some(5556)), None),
         ((Some(5555), None), Some((Listen, Connect))),
