@@ -979,3 +979,66 @@ fn the_mapped_strategy_maps_trial_ports_with_miniupnpd_over_upnp() {
         MappingProtocol::Upnp,
     );
 }
+
+/// Ctrl-C while a `mapped` trial holds its mapping: alice's home router
+/// (behind a CGN, so bob's connects to the CGN's address never arrive and
+/// alice listens through the whole attempt window) holds her trial port's
+/// mapping; the probe deletes it before it exits, and the router's own
+/// table and log say so.
+#[test]
+fn ctrl_c_during_a_mapped_trial_deletes_its_mapping() {
+    let lab = start_lab(
+        "mapstop",
+        "[[nat]]\nname = \"carrier\"\nfiltering = \"apdf\"\nunsolicited = \"drop\"\n\
+         [[nat]]\nname = \"a\"\nupstream = \"carrier\"\nportmap = [\"natpmp\", \"pcp\"]\n\
+         [[nat]]\nname = \"b\"\n\
+         [[host]]\nname = \"alice\"\nnat = \"a\"\n[[host]]\nname = \"bob\"\nnat = \"b\"\n",
+    );
+    let mapped_plan = plan(
+        "mapstop",
+        "trials = 4\nstrategies = [\"mapped\"]\nnetwork = \"regtest\"\n\
+         attempt_timeout_ms = 3000\nmax_attempts = 3\nretry_gap_ms = 100\nretry_jitter_ms = 100\n",
+    );
+    let _coordinator = start_coordinator(&lab, &mapped_plan);
+    let _echo = start_echo(&lab);
+    let spools = tempfile::tempdir().unwrap();
+    let spawn = |host: &str| {
+        let child = probe_command_with_spool(&lab, host, &spools.path().join(host))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        ChildGuard(Some(child))
+    };
+    let alice = spawn("alice");
+    let _bob = spawn("bob");
+    // The run's own measurement maps the node port and the probe's port
+    // together; after it, a single mapping without the node port is a
+    // trial port's (held while alice listens through the attempt window).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut node_seen = false;
+    let trial_mapping = loop {
+        assert!(Instant::now() < deadline, "no trial mapping appeared");
+        std::thread::sleep(Duration::from_millis(10));
+        let held = lab.port_mappings("a").unwrap();
+        node_seen |= held.iter().any(|m| m.internal.port() == NODE_PORT);
+        if node_seen && held.len() == 1 && held[0].internal.port() != NODE_PORT {
+            // Still alone a moment later: a trial's, not half of a measurement's pair.
+            std::thread::sleep(Duration::from_millis(200));
+            if lab.port_mappings("a").unwrap() == held {
+                break held[0];
+            }
+        }
+    };
+    let output = interrupt(alice);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "interrupted: {stderr}");
+    assert_eq!(lab.port_mappings("a").unwrap(), vec![], "nothing left open");
+    let removed = lab.events().into_iter().any(|e| {
+        e.router == "a"
+            && matches!(e.event, NatEvent::PortMap(ref p)
+                if p.change == PortmapChange::Removed && p.external_port == Some(trial_mapping.external_port))
+    });
+    assert!(removed, "the router's log has the trial mapping's removal");
+}
