@@ -8,7 +8,6 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddrV4};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -305,7 +304,8 @@ fn stop_while_holding_deletes_every_mapping(lab_name: &str, scenario: &str) {
 /// running, no coordinator (a stop comes before the probe would look for
 /// one); its result goes to `spool` and to stdout.
 fn spawn_probe(lab: &Lab, spool: &std::path::Path) -> ChildGuard {
-    let child = punchscope_in(&lab.host_netns("alice").unwrap())
+    let mut command = punchscope_in(&lab.host_netns("alice").unwrap());
+    command
         .args(["probe", "--server", "198.51.100.10:7000"])
         .args([
             "--echo",
@@ -321,13 +321,8 @@ fn spawn_probe(lab: &Lab, spool: &std::path::Path) -> ChildGuard {
             "8333",
             "--spool",
         ])
-        .arg(spool)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    ChildGuard(Some(child))
+        .arg(spool);
+    ChildGuard::spawn_piped(&mut command)
 }
 
 fn start_echo_servers(lab: &Lab) -> EchoService {
@@ -1003,13 +998,11 @@ fn ctrl_c_during_a_mapped_trial_deletes_its_mapping() {
     let _echo = start_echo(&lab);
     let spools = tempfile::tempdir().unwrap();
     let spawn = |host: &str| {
-        let child = probe_command_with_spool(&lab, host, &spools.path().join(host))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        ChildGuard(Some(child))
+        ChildGuard::spawn_piped(&mut probe_command_with_spool(
+            &lab,
+            host,
+            &spools.path().join(host),
+        ))
     };
     let alice = spawn("alice");
     let _bob = spawn("bob");

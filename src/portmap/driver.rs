@@ -174,17 +174,7 @@ async fn measure_protocol(
                     .iter()
                     .find(|s| s.role == PortRole::Probe)
                     .and_then(|s| s.held);
-                let check = async {
-                    match (&config.reach, probe_port) {
-                        (Some(reach), Some(port)) => Some(check_reach(reach, port).await),
-                        _ => None,
-                    }
-                };
-                let hold = async { tokio::join!(check, tokio::time::sleep(config.hold)).0 };
-                tokio::select! {
-                    checked = hold => reachability = checked,
-                    () = stop.stopped() => {}
-                }
+                reachability = hold_and_check(config, probe_port, stop).await;
             }
         }
         () = stop.stopped() => {}
@@ -245,6 +235,28 @@ pub(super) async fn spawn_session(
     Ok(tokio::spawn(run_session(
         socket, spec, release, settled, bound,
     )))
+}
+
+/// Holds granted mappings for [`PortMapConfig::hold`] and meanwhile, when
+/// the probe's own port was granted (`probe_port`, external) and a check is
+/// configured, checks it from the internet; a stop cuts the hold short.
+/// The check's outcome, if it ran to its end.
+pub(super) async fn hold_and_check(
+    config: &PortMapConfig,
+    probe_port: Option<u16>,
+    stop: &Stop,
+) -> Option<Reachability> {
+    let check = async {
+        match (&config.reach, probe_port) {
+            (Some(reach), Some(port)) => Some(check_reach(reach, port).await),
+            _ => None,
+        }
+    };
+    let hold = async { tokio::join!(check, tokio::time::sleep(config.hold)).0 };
+    tokio::select! {
+        checked = hold => checked,
+        () = stop.stopped() => None,
+    }
 }
 
 /// Asks the echo server to dial our public address at `external_port` and

@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
-use super::driver::{check_reach, PortMapConfig, PortMapError};
+use super::driver::{hold_and_check, PortMapConfig, PortMapError};
 use super::upnp::{
     self, Action, HttpAnswer, HttpReader, HttpTarget, SoapAnswer, SsdpSearch, UpnpError,
     WanService, MAX_DESCRIPTION, MAX_SOAP_ANSWER, MAX_SSDP,
@@ -336,26 +336,15 @@ pub(super) async fn measure_upnp(
             .iter()
             .find(|(role, _)| *role == PortRole::Probe)
             .map(|(_, port)| *port);
-        let check = async {
-            match (&config.reach, probe_port) {
-                (Some(reach), Some(port)) => Some(check_reach(reach, port).await),
-                _ => None,
+        let checked = hold_and_check(config, probe_port, stop).await;
+        if let Some(reached) = checked {
+            if let Some(r) = opened
+                .records
+                .iter_mut()
+                .find(|r| r.port_role == PortRole::Probe && r.granted.is_some())
+            {
+                r.reachable = Some(reached);
             }
-        };
-        let hold = async { tokio::join!(check, tokio::time::sleep(config.hold)).0 };
-        tokio::select! {
-            checked = hold => {
-                if let Some(reached) = checked {
-                    if let Some(r) = opened
-                        .records
-                        .iter_mut()
-                        .find(|r| r.port_role == PortRole::Probe && r.granted.is_some())
-                    {
-                        r.reachable = Some(reached);
-                    }
-                }
-            }
-            () = stop.stopped() => {}
         }
     }
     Ok(close_upnp(opened).await)

@@ -9,6 +9,19 @@ use std::time::{Duration, Instant};
 pub struct ChildGuard(pub Option<Child>);
 
 impl ChildGuard {
+    /// Starts `command` with no input and both outputs piped (for
+    /// `wait_with_output` or a reader), guarded.
+    pub fn spawn_piped(command: &mut std::process::Command) -> ChildGuard {
+        use std::process::Stdio;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the child starts");
+        ChildGuard(Some(child))
+    }
+
     pub fn child(&mut self) -> &mut Child {
         self.0.as_mut().expect("child running")
     }

@@ -248,6 +248,16 @@ fn answer_pings(h: &mut Harness, conn: ConnId, rtt: Duration, log: &mut Vec<Serv
     panic!("endless pings");
 }
 
+/// The registration token of the `trial` message in `log`.
+fn trial_token(log: &[ServerMessage]) -> String {
+    log.iter()
+        .find_map(|m| match m {
+            ServerMessage::Trial { token, .. } => Some(token.clone()),
+            _ => None,
+        })
+        .expect("a trial message")
+}
+
 #[test]
 fn a_whole_pairing_runs_every_trial_with_observed_endpoints() {
     let mut h = Harness::new(config(plan(
@@ -492,13 +502,7 @@ fn a_side_that_never_registers_times_out_the_trial() {
     let (mut log1, mut log2) = (Vec::new(), Vec::new());
     answer_pings(&mut h, 1, Duration::from_millis(1), &mut log1);
     answer_pings(&mut h, 2, Duration::from_millis(1), &mut log2);
-    let token = log1
-        .iter()
-        .find_map(|m| match m {
-            ServerMessage::Trial { token, .. } => Some(token.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let token = trial_token(&log1);
     h.connect(3, "127.0.0.2:2000");
     h.say(
         3,
@@ -750,15 +754,7 @@ fn each_side_primes_with_the_ttl_its_own_path_measured_else_the_plans() {
     let (mut log1, mut log2) = (Vec::new(), Vec::new());
     answer_pings(&mut h, 1, Duration::from_millis(10), &mut log1);
     answer_pings(&mut h, 2, Duration::from_millis(10), &mut log2);
-    let token = |log: &[ServerMessage]| {
-        log.iter()
-            .find_map(|m| match m {
-                ServerMessage::Trial { token, .. } => Some(token.clone()),
-                _ => None,
-            })
-            .expect("a trial message")
-    };
-    let (t1, t2) = (token(&log1), token(&log2));
+    let (t1, t2) = (trial_token(&log1), trial_token(&log2));
     h.connect(10, "127.0.0.2:2000");
     h.say(
         10,
@@ -806,15 +802,7 @@ fn go_timing(
     let (mut log1, mut log2) = (Vec::new(), Vec::new());
     answer_pings(&mut h, 1, rtt1, &mut log1);
     answer_pings(&mut h, 2, rtt2, &mut log2);
-    let token = |log: &[ServerMessage]| {
-        log.iter()
-            .find_map(|m| match m {
-                ServerMessage::Trial { token, .. } => Some(token.clone()),
-                _ => None,
-            })
-            .expect("a trial message")
-    };
-    let (t1, t2) = (token(&log1), token(&log2));
+    let (t1, t2) = (trial_token(&log1), trial_token(&log2));
     h.connect(10, "127.0.0.2:2000");
     h.say(
         10,
@@ -1277,15 +1265,7 @@ fn a_mapped_trial_sends_the_connecting_side_to_the_listeners_mapped_port() {
         let (mut log1, mut log2) = (Vec::new(), Vec::new());
         answer_pings(&mut h, 1, Duration::from_millis(10), &mut log1);
         answer_pings(&mut h, 2, Duration::from_millis(10), &mut log2);
-        let token = |log: &[ServerMessage]| {
-            log.iter()
-                .find_map(|m| match m {
-                    ServerMessage::Trial { token, .. } => Some(token.clone()),
-                    _ => None,
-                })
-                .expect("a trial message")
-        };
-        let (t1, t2) = (token(&log1), token(&log2));
+        let (t1, t2) = (trial_token(&log1), trial_token(&log2));
         let base = 100 + u64::from(trial) * 2;
         for (conn, token, addr, mapped_port) in [(base, t1, i_addr, p1), (base + 1, t2, r_addr, p2)]
         {
