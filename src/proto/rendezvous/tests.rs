@@ -76,6 +76,15 @@ impl Harness {
         self.drain();
     }
 
+    /// Volunteers 1 (127.0.0.2) and 2 (127.0.0.3) connect and say their
+    /// hellos: with matching ones, 1 is the initiator of a new pair.
+    fn pair_two(&mut self, first: &ClientMessage, second: &ClientMessage) {
+        self.connect(1, "127.0.0.2:1000");
+        self.say(1, first);
+        self.connect(2, "127.0.0.3:1000");
+        self.say(2, second);
+    }
+
     /// Everything sent to `conn` since the last call.
     fn take(&mut self, conn: ConnId) -> Vec<ServerMessage> {
         self.sent.remove(&conn).unwrap_or_default()
@@ -248,6 +257,16 @@ fn answer_pings(h: &mut Harness, conn: ConnId, rtt: Duration, log: &mut Vec<Serv
     panic!("endless pings");
 }
 
+/// A side's `result` for `trial`: timed out after one attempt.
+fn timed_out(trial: u32) -> ClientMessage {
+    ClientMessage::Result(TrialResult {
+        trial,
+        outcome: TrialOutcome::Timeout,
+        go_to_established_ms: None,
+        attempts: 1,
+    })
+}
+
 /// The registration token of the `trial` message in `log`.
 fn trial_token(log: &[ServerMessage]) -> String {
     log.iter()
@@ -266,10 +285,7 @@ fn a_whole_pairing_runs_every_trial_with_observed_endpoints() {
         50,
         2,
     )));
-    h.connect(1, "127.0.0.2:1000");
-    h.say(1, &hello(None));
-    h.connect(2, "127.0.0.3:1000");
-    h.say(2, &hello(None));
+    h.pair_two(&hello(None), &hello(None));
     let first = h.take(1);
     assert!(matches!(first[0], ServerMessage::Welcome { .. }));
     assert!(matches!(
@@ -480,10 +496,7 @@ fn same_ip_volunteers_wait_with_heartbeats_then_get_no_peer() {
 #[test]
 fn a_peer_leaving_mid_trial_ends_the_pairing() {
     let mut h = Harness::new(config(plan(5, "[\"simultaneous\"]", 0, 1)));
-    h.connect(1, "127.0.0.2:1000");
-    h.say(1, &hello(Some("x")));
-    h.connect(2, "127.0.0.3:1000");
-    h.say(2, &hello(Some("x")));
+    h.pair_two(&hello(Some("x")), &hello(Some("x")));
     h.take(1);
     h.core.closed(h.now, 2);
     h.drain();
@@ -495,10 +508,7 @@ fn a_peer_leaving_mid_trial_ends_the_pairing() {
 #[test]
 fn a_side_that_never_registers_times_out_the_trial() {
     let mut h = Harness::new(config(plan(5, "[\"simultaneous\"]", 0, 1)));
-    h.connect(1, "127.0.0.2:1000");
-    h.say(1, &hello(None));
-    h.connect(2, "127.0.0.3:1000");
-    h.say(2, &hello(None));
+    h.pair_two(&hello(None), &hello(None));
     let (mut log1, mut log2) = (Vec::new(), Vec::new());
     answer_pings(&mut h, 1, Duration::from_millis(1), &mut log1);
     answer_pings(&mut h, 2, Duration::from_millis(1), &mut log2);
@@ -526,10 +536,7 @@ fn a_side_that_never_registers_times_out_the_trial() {
 #[test]
 fn registrations_from_another_ip_are_refused() {
     let mut h = Harness::new(config(plan(1, "[\"simultaneous\"]", 0, 1)));
-    h.connect(1, "127.0.0.2:1000");
-    h.say(1, &hello(None));
-    h.connect(2, "127.0.0.3:1000");
-    h.say(2, &hello(None));
+    h.pair_two(&hello(None), &hello(None));
     let token = h
         .take(1)
         .into_iter()
@@ -747,10 +754,10 @@ fn each_side_primes_with_the_ttl_its_own_path_measured_else_the_plans() {
         error: None,
     }));
     let mut h = Harness::new(config(plan(1, "[\"low_ttl\"]", 0, 1)));
-    h.connect(1, "127.0.0.2:1000");
-    h.say(1, &hello_with_verdict(behind_cgn));
-    h.connect(2, "127.0.0.3:1000");
-    h.say(2, &hello_with_verdict(eim_apdf_verdict()));
+    h.pair_two(
+        &hello_with_verdict(behind_cgn),
+        &hello_with_verdict(eim_apdf_verdict()),
+    );
     let (mut log1, mut log2) = (Vec::new(), Vec::new());
     answer_pings(&mut h, 1, Duration::from_millis(10), &mut log1);
     answer_pings(&mut h, 2, Duration::from_millis(10), &mut log2);
@@ -795,10 +802,7 @@ fn go_timing(
     rtt2: Duration,
 ) -> [Option<punchscope_analysis::plan::AttemptTiming>; 2] {
     let mut h = Harness::new(config(plan));
-    h.connect(1, "127.0.0.2:1000");
-    h.say(1, &hello(None));
-    h.connect(2, "127.0.0.3:1000");
-    h.say(2, &hello(None));
+    h.pair_two(&hello(None), &hello(None));
     let (mut log1, mut log2) = (Vec::new(), Vec::new());
     answer_pings(&mut h, 1, rtt1, &mut log1);
     answer_pings(&mut h, 2, rtt2, &mut log2);
@@ -1155,13 +1159,7 @@ fn run_trials(h: &mut Harness, trials: u32) -> Vec<Strategy> {
                 .take(conn)
                 .iter()
                 .any(|m| matches!(m, ServerMessage::Go { strategy, .. } if *strategy == s1)));
-            let result = TrialResult {
-                trial,
-                outcome: TrialOutcome::Timeout,
-                go_to_established_ms: None,
-                attempts: 1,
-            };
-            h.say(conn, &ClientMessage::Result(result));
+            h.say(conn, &timed_out(trial));
         }
     }
     strategies
@@ -1195,10 +1193,10 @@ fn a_pair_class_with_a_mix_draws_shuffled_rounds_and_others_keep_the_rotation() 
         result_deadline(&without) + Duration::from_millis(1600)
     );
     let mut h = Harness::new(config(plan.clone()));
-    h.connect(1, "127.0.0.2:1000");
-    h.say(1, &hello_with_verdict(random));
-    h.connect(2, "127.0.0.3:1000");
-    h.say(2, &hello_with_verdict(eim_apdf_verdict()));
+    h.pair_two(
+        &hello_with_verdict(random),
+        &hello_with_verdict(eim_apdf_verdict()),
+    );
     let drawn = run_trials(&mut h, 8);
     // Every round of two holds both strategies, in an order of the draw's choosing.
     for round in drawn.chunks(2) {
@@ -1217,10 +1215,7 @@ fn a_pair_class_with_a_mix_draws_shuffled_rounds_and_others_keep_the_rotation() 
     );
     // Without verdicts the class is unknown, which has no mix: the rotation.
     let mut h = Harness::new(config(plan));
-    h.connect(1, "127.0.0.2:1000");
-    h.say(1, &hello(None));
-    h.connect(2, "127.0.0.3:1000");
-    h.say(2, &hello(None));
+    h.pair_two(&hello(None), &hello(None));
     assert_eq!(
         run_trials(&mut h, 4),
         [
@@ -1239,10 +1234,7 @@ fn a_pair_class_with_a_mix_draws_shuffled_rounds_and_others_keep_the_rotation() 
 #[test]
 fn a_mapped_trial_sends_the_connecting_side_to_the_listeners_mapped_port() {
     let mut h = Harness::new(config(plan(8, "[\"mapped\", \"simultaneous\"]", 0, 1)));
-    h.connect(1, "127.0.0.2:1000");
-    h.say(1, &hello(None));
-    h.connect(2, "127.0.0.3:1000");
-    h.say(2, &hello(None));
+    h.pair_two(&hello(None), &hello(None));
     let (first, second) = (h.take(1), h.take(2));
     h.sent.insert(1, first[2..].to_vec());
     h.sent.insert(2, second[2..].to_vec());
@@ -1307,13 +1299,7 @@ fn a_mapped_trial_sends_the_connecting_side_to_the_listeners_mapped_port() {
             ),
         }
         for conn in [1, 2] {
-            let result = TrialResult {
-                trial,
-                outcome: TrialOutcome::Timeout,
-                go_to_established_ms: None,
-                attempts: 1,
-            };
-            h.say(conn, &ClientMessage::Result(result));
+            h.say(conn, &timed_out(trial));
         }
     }
 }
