@@ -24,7 +24,7 @@
 //! - [`result`]: the result of one probe run ([`result::RunResult`], schema
 //!   version 1), the document uploaded to and stored by the collector, with
 //!   its JSON Schema.
-//! - [`privacy`]: what may leave the probe: IP addresses become /24 or /48
+//! - [`privacy`]: what may leave the probe: IP addresses become /24 or /32
 //!   prefixes; the strict raw-address check the collector runs on uploads;
 //!   [`privacy::PRIVACY_NOTICE`], what the probe shows before asking consent.
 //! - [`report`]: `punchscope report`: streams results (files, JSONL, the

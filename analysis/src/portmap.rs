@@ -3,7 +3,7 @@
 //! A [`PortMappingReport`] is an optional part of a [`crate::result::RunResult`]
 //! (added within schema version 1: absent in older results and in reference
 //! peers' results). Like every part of a result it holds no raw address: the
-//! external address a router grants is kept as its /24 or /48 prefix
+//! external address a router grants is kept as its /24 or /32 prefix
 //! ([`MaskedEndpoint`]) and its class ([`HopClass`]: a private or shared
 //! 100.64/10 external address means the router sits behind another NAT, and
 //! its mapping opens nothing on the internet).

@@ -1,4 +1,4 @@
-//! Privacy rules of results: IP addresses become network prefixes (IPv4 /24, IPv6 /48) before anything leaves the probe.
+//! Privacy rules of results: IP addresses become network prefixes (IPv4 /24, IPv6 /32) before anything leaves the probe.
 //!
 //! Two tools, used on both sides:
 //! - [`prefix_of`] and [`redact_text`] turn addresses (and any address
@@ -28,7 +28,8 @@ label you chose, if any.
 
 It never holds a full IP address. Every address, yours and the servers', is cut
 to its network part (the first three numbers of an IPv4 address, e.g.
-203.0.113.0/24, or the first 48 bits of an IPv6 address) before the result is
+203.0.113.0/24, or the first 32 bits of an IPv6 address, which name only the
+internet provider) before the result is
 written to disk, and the collector refuses any upload that still contains one.
 
 The collector also sees the address you upload from. It keeps only that
@@ -53,10 +54,13 @@ delete a run by its run id (printed after each upload).
 
 /// Prefix length kept of an IPv4 address.
 pub const IPV4_PREFIX: u8 = 24;
-/// Prefix length kept of an IPv6 address (a typical site allocation).
-pub const IPV6_PREFIX: u8 = 48;
+/// Prefix length kept of an IPv6 address. Not the /48 or /56 a provider
+/// assigns to one home, often for years (RIPE-690), which would identify
+/// the household: a /32 is the smallest block a regional registry
+/// allocates to a provider, so it names the provider only (docs/privacy.md).
+pub const IPV6_PREFIX: u8 = 32;
 
-/// The network prefix kept of an address, as text: `203.0.113.0/24`, `2001:db8:1::/48`.
+/// The network prefix kept of an address, as text: `203.0.113.0/24`, `2001:db8::/32`.
 pub fn prefix_of(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => format!("{}/{IPV4_PREFIX}", mask_v4(v4, IPV4_PREFIX)),
@@ -91,7 +95,8 @@ pub struct FoundIp {
     pub end: usize,
     pub ip: IpAddr,
     /// Whether it is written as an allowed prefix (`a.b.c.0/24` or shorter,
-    /// `x:y:z::/48` or shorter, host bits zero).
+    /// `x:y::/32` or shorter, host bits zero; a longer IPv6 prefix such as a
+    /// /48 names a household and counts as an address).
     pub is_prefix: bool,
 }
 
@@ -468,6 +473,8 @@ fn v4_in_run(text: &str, start: usize, end: usize) -> Vec<FoundIp> {
             {
                 (true, suffix_end)
             }
+            // A longer prefix is an address: its suffix goes with it when cut.
+            Some((_, suffix_end)) if whole_tail => (false, suffix_end),
             _ => (false, lit_end),
         };
         found.push(FoundIp {
@@ -509,6 +516,9 @@ fn v6_in_run(text: &str, start: usize, end: usize) -> Option<FoundIp> {
             {
                 (true, suffix_end)
             }
+            // A longer prefix (a household's /48 or /56) is an address: its
+            // suffix goes with it when cut.
+            Some((_, suffix_end)) if lit_end == end => (false, suffix_end),
             _ => (false, lit_end),
         };
         return Some(FoundIp {
@@ -526,12 +536,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefixes_keep_24_and_48_bits() {
+    fn prefixes_keep_24_and_32_bits() {
         assert_eq!(prefix_of("203.0.113.2".parse().unwrap()), "203.0.113.0/24");
         assert_eq!(prefix_of("192.168.1.2".parse().unwrap()), "192.168.1.0/24");
         assert_eq!(
             prefix_of("2001:db8:1:2::1".parse().unwrap()),
-            "2001:db8:1::/48"
+            "2001:db8::/32"
+        );
+        assert_eq!(
+            prefix_of("2a02:8071:5a2:1f00::7".parse().unwrap()),
+            "2a02:8071::/32"
         );
         assert_eq!(
             prefix_of("::ffff:198.51.100.7".parse().unwrap()),
@@ -578,7 +592,8 @@ mod tests {
             "203.0.113.0/24",
             "192.168.1.0/24",
             "10.0.0.0/8",
-            "2001:db8:1::/48",
+            "2001:db8::/32",
+            "2a02::/16",
             "/Satoshi:28.1.0/",
             "std::io::Error",
             "2026-05-01T12:34:56Z",
@@ -603,13 +618,25 @@ mod tests {
         }
     }
 
+    /// A household's /48 or /56 (what older probes kept) is an address now:
+    /// found, and cut to its provider's /32.
+    #[test]
+    fn an_ipv6_prefix_longer_than_32_bits_is_cut_to_32() {
+        for text in ["2a02:8071:5a2::/48", "2a02:8071:5a2:1f00::/56"] {
+            let found = find_raw_ip(text).expect("a household prefix is an address");
+            assert!(!found.is_prefix, "{text}");
+            assert_eq!(redact_text(text), "2a02:8071::/32");
+        }
+        assert_eq!(redact_text("net 192.0.2.64/26"), "net 192.0.2.0/24");
+    }
+
     #[test]
     fn redaction_replaces_every_literal_and_is_idempotent() {
         let text = "from 203.0.113.2:40000 to [2001:db8:5:6::7]:8333 via 192.168.1.2";
         let once = redact_text(text);
         assert_eq!(
             once,
-            "from 203.0.113.0/24:40000 to [2001:db8:5::/48]:8333 via 192.168.1.0/24"
+            "from 203.0.113.0/24:40000 to [2001:db8::/32]:8333 via 192.168.1.0/24"
         );
         assert_eq!(find_raw_ip(&once), None);
         assert_eq!(redact_text(&once), once);
@@ -626,7 +653,7 @@ mod tests {
 
     #[test]
     fn a_long_text_is_checked_piece_by_piece_with_the_same_answer() {
-        let clean = "203.0.113.0/24, 2001:db8:1::/48 ".repeat(2000);
+        let clean = "203.0.113.0/24, 2001:db8::/32 ".repeat(2000);
         assert_eq!(find_raw_ip(&clean), None);
         let dirty = format!("{clean}then 198.51.100.7 and {clean}");
         let found = find_raw_ip(&dirty).expect("found");

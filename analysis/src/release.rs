@@ -345,7 +345,7 @@ Check the files with `sha256sum -c SHA256SUMS`.\n\n",
         "- {duplicate_runs} duplicate copies of a run (same `run_id`, e.g. a file and an export) were left out; one copy of each run is kept \
          (the one with the collector's network group, then the earliest received)."
     );
-    r.push_str("- `source_net`, the uploader's network prefix (IPv4 /24, IPv6 /48), is dropped from every line: grouping by network \
+    r.push_str("- `source_net`, the uploader's network prefix (IPv4 /24, IPv6 /32), is dropped from every line: grouping by network \
 needs only `source_group`, the collector's keyed hash of the address, which names no network. The runs' own masked endpoints \
 (prefixes and ports, as the schema describes) are kept.\n");
     r.push_str("- Fields unknown to this punchscope version are not carried over: each result is written from its parsed form.\n");

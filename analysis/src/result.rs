@@ -2,7 +2,7 @@
 //!
 //! A result holds no raw IP address. Its classification is a
 //! [`SanitizedClassification`]: every endpoint is a network prefix (IPv4 /24,
-//! IPv6 /48, see [`crate::privacy`]) plus the port, and [`RunResult::sanitize`]
+//! IPv6 /32, see [`crate::privacy`]) plus the port, and [`RunResult::sanitize`]
 //! reduces any address literal left in free text (error messages, user
 //! agents). [`RunResult::new`] sanitizes, and [`RunResult::from_json`], what
 //! the collector uses, rejects a document that still holds a raw address.
@@ -180,7 +180,7 @@ pub enum PairingEnded {
 /// An endpoint with its address reduced to a network prefix; the port is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct MaskedEndpoint {
-    /// The address's network: "203.0.113.0/24" (IPv4) or "2001:db8:1::/48" (IPv6).
+    /// The address's network: "203.0.113.0/24" (IPv4) or "2001:db8::/32" (IPv6).
     pub net: String,
     pub port: u16,
 }
@@ -468,7 +468,7 @@ impl RunResult {
 pub struct CollectedResult {
     /// When the collector stored it (RFC 3339, UTC).
     pub received_at: DateTime<Utc>,
-    /// The uploader's network prefix (IPv4 /24, IPv6 /48).
+    /// The uploader's network prefix (IPv4 /24, IPv6 /32).
     pub source_net: String,
     /// A keyed hash (HMAC-SHA256, hex) of the uploader's address: equal for
     /// runs uploaded from the same address, meaningless without the collector's key.

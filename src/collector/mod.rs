@@ -108,7 +108,7 @@ pub struct NewResult {
     pub schema_version: u32,
     /// When the collector received it (RFC 3339, UTC).
     pub received_at: String,
-    /// The uploader's network prefix (IPv4 /24, IPv6 /48).
+    /// The uploader's network prefix (IPv4 /24, IPv6 /32).
     pub source_net: String,
     /// HMAC-SHA256 of the uploader's address under the collector's key, hex.
     pub source_group: String,
