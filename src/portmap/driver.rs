@@ -320,12 +320,27 @@ async fn run_session(
     bound: Duration,
 ) -> MappingAttempt {
     let role = spec.port_role;
-    let deadline = Instant::now() + bound;
+    // The deletion's own bound once it is asked: its retransmission schedule.
+    let release_bound = spec.schedule.max_wait + Duration::from_secs(1);
+    let mut deadline = Instant::now() + bound;
     let mut session = Session::new(spec, Instant::now().into_std());
     let mut told_settled = false;
     let mut released = false;
     let mut buffer = vec![0u8; RECEIVE_BUFFER];
-    while !session.is_finished() && Instant::now() < deadline {
+    loop {
+        if Instant::now() >= deadline {
+            if released {
+                break;
+            }
+            // Out of time while holding: delete anyway (never leave a mapping
+            // behind), within the deletion's own bound.
+            released = true;
+            session.release(Instant::now().into_std());
+            deadline = Instant::now() + release_bound;
+        }
+        if session.is_finished() {
+            break;
+        }
         while let Some(datagram) = session.poll_transmit() {
             if let Err(e) = socket.send(&datagram).await {
                 session.handle_icmp(icmp_of(&e), Instant::now().into_std());
@@ -617,5 +632,49 @@ mod tests {
             .expect("bounded")
             .expect("a record");
         assert!(record.granted.is_none(), "{record:?}");
+    }
+
+    /// A session still holding when its time is up deletes the mapping
+    /// itself (within the deletion's schedule) rather than leave it.
+    #[tokio::test]
+    async fn a_session_out_of_time_deletes_what_it_holds() {
+        let gateway = FakeGateway::start(true).await;
+        let config = config(gateway.addr);
+        let socket = connected_socket(gateway.addr).await.unwrap();
+        let spec = SessionSpec {
+            protocol: MappingProtocol::Pcp,
+            port_role: PortRole::Trial,
+            internal_port: 40997,
+            lifetime_s: 120,
+            client: socket.local_addr().unwrap().ip(),
+            schedule: config.pcp_schedule,
+            seed: 7,
+        };
+        // The release sender stays alive: nobody asks for the deletion.
+        let (_release, release_rx) = watch::channel(false);
+        let (settled_tx, _settled_rx) = mpsc::channel(1);
+        let record = tokio::time::timeout(
+            Duration::from_secs(10),
+            run_session(
+                socket,
+                spec,
+                release_rx,
+                settled_tx,
+                Duration::from_millis(500),
+            ),
+        )
+        .await
+        .expect("bounded by the session's time and the deletion's schedule");
+        assert!(record.granted.is_some(), "{record:?}");
+        assert!(
+            record.release.as_ref().is_some_and(|r| r.succeeded),
+            "{record:?}"
+        );
+        let deletes = gateway
+            .received()
+            .iter()
+            .filter(|m| m[0] == 2 && m[4..8] == [0, 0, 0, 0])
+            .count();
+        assert_eq!(deletes, 1);
     }
 }

@@ -18,6 +18,12 @@ use super::driver::{spawn_session, PortMapConfig, PortMapError};
 use super::upnp_driver::{close_upnp, open_upnp, UpnpOpened};
 use crate::probe::Stop;
 
+/// Longest a trial's mapping is held: more than a pairing under the probe's
+/// hard caps (src/probe/guard.rs) keeps a trial from registration to its
+/// end (attempts, handshake, start delay, the coordinator's waits). Past
+/// it the session deletes the mapping by itself.
+pub const MAX_HOLD: Duration = Duration::from_secs(600);
+
 /// Longest wait for the gateway's answer before a trial goes on without a
 /// mapping (the gateway granted one with this protocol earlier in the run).
 /// PCP and NAT-PMP only: UPnP IGD's exchanges are bounded by [`super::UpnpLimits`].
@@ -55,6 +61,7 @@ impl TrialMapper {
             ports: vec![(PortRole::Trial, port)],
             protocols: vec![self.protocol],
             reach: None,
+            hold: MAX_HOLD,
             ..self.config.clone()
         };
         if self.protocol == MappingProtocol::Upnp {
