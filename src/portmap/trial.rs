@@ -5,7 +5,8 @@
 //! with the same exchanges as the run's measurement. Every wait is bounded:
 //! a gateway that no longer answers costs at most [`OPEN_WITHIN`] and the
 //! trial goes on unmapped (its session still deletes whatever the gateway
-//! grants late).
+//! grants late); UPnP IGD's search and exchanges get [`UPNP_OPEN_WITHIN`],
+//! and what they get late is deleted at the release.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -24,9 +25,13 @@ use crate::probe::Stop;
 /// it the session deletes the mapping by itself.
 pub const MAX_HOLD: Duration = Duration::from_secs(600);
 
+/// Longest wait for UPnP IGD's search and exchanges before a trial goes on
+/// without a mapping: within the coordinator's 15 s for both registrations.
+pub const UPNP_OPEN_WITHIN: Duration = Duration::from_secs(8);
+
 /// Longest wait for the gateway's answer before a trial goes on without a
 /// mapping (the gateway granted one with this protocol earlier in the run).
-/// PCP and NAT-PMP only: UPnP IGD's exchanges are bounded by [`super::UpnpLimits`].
+/// PCP and NAT-PMP; UPnP IGD gets [`UPNP_OPEN_WITHIN`].
 pub const OPEN_WITHIN: Duration = Duration::from_secs(3);
 
 /// Asks one gateway, with one protocol, for mappings of trial ports.
@@ -65,10 +70,21 @@ impl TrialMapper {
             ..self.config.clone()
         };
         if self.protocol == MappingProtocol::Upnp {
-            // Not cut short (a mapping it made would be lost to the deletion):
-            // the search and each exchange have their own bounds (UpnpLimits).
+            // The exchanges run on a task of their own and are never cut short
+            // (a mapping made late would be lost to the deletion); the trial
+            // waits for them at most UPNP_OPEN_WITHIN, then goes on unmapped
+            // and the release deletes whatever they got.
             let never = Stop::new().1;
-            let opened = open_upnp(&config, &never).await?;
+            let mut opening = tokio::spawn(async move { open_upnp(&config, &never).await });
+            let opened = match tokio::time::timeout(UPNP_OPEN_WITHIN, &mut opening).await {
+                Ok(Ok(opened)) => opened?,
+                Ok(Err(_)) | Err(_) => {
+                    return Ok(HeldMapping {
+                        external_port: None,
+                        held: Held::UpnpLate(opening),
+                    })
+                }
+            };
             let external_port = opened
                 .records
                 .first()
@@ -114,6 +130,8 @@ enum Held {
         task: JoinHandle<MappingAttempt>,
     },
     Upnp(Box<UpnpOpened>),
+    /// UPnP IGD still asking when the trial went on without it.
+    UpnpLate(JoinHandle<Result<UpnpOpened, PortMapError>>),
 }
 
 impl HeldMapping {
@@ -132,6 +150,10 @@ impl HeldMapping {
                 task.await.ok()
             }
             Held::Upnp(opened) => close_upnp(*opened).await.into_iter().next(),
+            Held::UpnpLate(opening) => match opening.await {
+                Ok(Ok(opened)) => close_upnp(opened).await.into_iter().next(),
+                _ => None,
+            },
         }
     }
 }

@@ -24,7 +24,7 @@ use punchscope_analysis::result::{CoordinatorViolation, ViolationRule};
 use punchscope_analysis::trial::Strategy;
 
 use crate::net::address::AddressPolicy;
-use crate::proto::rendezvous::MAX_START_DELAY_MS;
+use crate::proto::rendezvous::{MAX_START_DELAY_MS, MIN_MAPPED_PORT};
 
 /// Most trials a probe runs in one pairing, whatever the plan says.
 pub const MAX_TRIALS: u32 = 200;
@@ -227,6 +227,7 @@ impl CoordinatorGuard {
         trial: u32,
         mapped: Option<MappedSide>,
         registered_mapping: bool,
+        peer: SocketAddr,
     ) -> Result<(), CoordinatorViolation> {
         let Some(current) = self.current.as_ref().filter(|c| c.trial == trial && c.went) else {
             return Err(violation(
@@ -237,6 +238,16 @@ impl CoordinatorGuard {
         };
         let refused = |why: String| Err(violation(ViolationRule::Unexpected, Some(trial), why));
         match (current.strategy, mapped) {
+            (Strategy::Mapped, Some(MappedSide::Connect)) if peer.port() < MIN_MAPPED_PORT => {
+                Err(violation(
+                    ViolationRule::PeerAddress,
+                    Some(trial),
+                    format!(
+                        "go for mapped trial {trial} to port {}: a mapped port is at least {MIN_MAPPED_PORT}",
+                        peer.port()
+                    ),
+                ))
+            }
             (Strategy::Mapped, Some(MappedSide::Connect)) => Ok(()),
             (Strategy::Mapped, Some(MappedSide::Listen)) if registered_mapping => Ok(()),
             (Strategy::Mapped, Some(MappedSide::Neither)) if !registered_mapping => Ok(()),
@@ -536,24 +547,33 @@ mod tests {
             (None, true, false),
             (Some(MappedSide::Other), false, false),
         ] {
-            let result = mapped_guard().mapped(0, mapped, registered);
+            let result = mapped_guard().mapped(0, mapped, registered, peer());
             assert_eq!(
                 result.is_ok(),
                 ok,
                 "{mapped:?} registered={registered}: {result:?}"
             );
         }
+        let low: SocketAddr = "203.0.113.7:80".parse().unwrap();
+        assert_eq!(
+            rule(mapped_guard().mapped(0, Some(Connect), false, low)),
+            ViolationRule::PeerAddress,
+            "a well-known port is never a mapped one"
+        );
         let mut g = mapped_guard();
         g.peer_result(0).unwrap();
         g.trial(1, Strategy::Simultaneous).unwrap();
         g.go(1, peer(), ms(0), ms(0), Strategy::Simultaneous)
             .unwrap();
         assert_eq!(
-            rule(g.mapped(1, Some(Connect), false)),
+            rule(g.mapped(1, Some(Connect), false, peer())),
             ViolationRule::Unexpected
         );
-        g.mapped(1, None, false).unwrap();
-        assert_eq!(rule(g.mapped(2, None, false)), ViolationRule::TrialOrder);
+        g.mapped(1, None, false, peer()).unwrap();
+        assert_eq!(
+            rule(g.mapped(2, None, false, peer())),
+            ViolationRule::TrialOrder
+        );
     }
 
     #[test]

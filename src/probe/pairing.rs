@@ -173,62 +173,78 @@ pub async fn run_pairing(
                 if let Some(mut stale) = pending.take() {
                     stale.release_mapping(None).await;
                 }
-                let bound = crate::net::socket::bound(any_port(options.server, 0));
-                let result = match bound {
-                    Ok(socket) => {
-                        let local_port = socket
-                            .local_addr()
-                            .ok()
-                            .and_then(|a| a.as_socket())
-                            .map_or(0, |a| a.port());
-                        // `mapped`: the gateway maps the port before the coordinator
-                        // sees it, so `go` can send the peer straight to it.
-                        let mapping = match (&options.mapper, strategy) {
-                            (Some(mapper), Strategy::Mapped) => mapper.open(local_port).await.ok(),
-                            _ => None,
-                        };
-                        let mapped_port = mapping.as_ref().and_then(HeldMapping::external_port);
-                        let registered = register_port(
-                            socket,
-                            options.server,
-                            &token,
-                            mapped_port,
-                            options.read_timeout,
-                        )
-                        .await;
-                        match registered {
-                            Ok(observed) => Ok((local_port, observed, mapping)),
-                            Err(e) => {
-                                if let Some(held) = mapping {
-                                    held.release().await;
-                                }
-                                Err(e)
-                            }
-                        }
-                    }
-                    Err(e) => Err(RendezvousError::from(e)),
-                };
-                match result {
-                    Ok((local_port, observed, mapping)) => {
-                        pending = Some(Pending {
-                            trial,
-                            strategy,
-                            local_port,
-                            public_port: observed.port(),
-                            prime_error: None,
-                            mapping,
-                        })
-                    }
+                let socket = match crate::net::socket::bound(any_port(options.server, 0)) {
+                    Ok(socket) => socket,
                     Err(e) => {
-                        // We could not even register: the trial is our local error. The
+                        // We could not even bind: the trial is our local error. The
                         // coordinator times the trial out for both sides.
+                        let error = RendezvousError::from(e).to_string();
                         record.trials.push(unrun(
                             trial,
                             strategy,
                             pairing.role,
                             TrialOutcome::LocalError,
-                            Some(e.to_string()),
+                            Some(error),
                         ));
+                        continue;
+                    }
+                };
+                let local_port = socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map_or(0, |a| a.port());
+                // `mapped`: the gateway maps the port before the coordinator sees
+                // it, so `go` can send the peer straight to it. Bounded
+                // (portmap::trial), and not cut short: what it gets is deleted.
+                let mapping = match (&options.mapper, strategy) {
+                    (Some(mapper), Strategy::Mapped) => mapper.open(local_port).await.ok(),
+                    _ => None,
+                };
+                let mut registered = Pending {
+                    trial,
+                    strategy,
+                    local_port,
+                    public_port: 0,
+                    prime_error: None,
+                    mapping,
+                };
+                let mapped_port = registered.mapping_port();
+                let registration = tokio::select! {
+                    result = register_port(
+                        socket,
+                        options.server,
+                        &token,
+                        mapped_port,
+                        options.read_timeout,
+                    ) => Some(result),
+                    () = &mut stop => None,
+                };
+                match registration {
+                    Some(Ok(observed)) => {
+                        registered.public_port = observed.port();
+                        pending = Some(registered);
+                    }
+                    Some(Err(e)) => {
+                        // We could not register: the trial is our local error. The
+                        // coordinator times the trial out for both sides.
+                        let mapping = registered.release_mapping(None).await;
+                        record.trials.push(TrialRecord {
+                            mapping,
+                            ..unrun(
+                                trial,
+                                strategy,
+                                pairing.role,
+                                TrialOutcome::LocalError,
+                                Some(e.to_string()),
+                            )
+                        });
+                    }
+                    None => {
+                        registered.release_mapping(None).await;
+                        record.ended = PairingEnded::Interrupted;
+                        let _ = client.bye().await;
+                        break;
                     }
                 }
             }
@@ -277,7 +293,9 @@ pub async fn run_pairing(
                     continue;
                 };
                 let local = any_port(peer, p.local_port);
-                if let Err(violation) = guard.mapped(trial, mapped, p.mapping_port().is_some()) {
+                if let Err(violation) =
+                    guard.mapped(trial, mapped, p.mapping_port().is_some(), peer)
+                {
                     p.release_mapping(None).await;
                     leave_for_violation(&mut client, record, violation).await;
                     break;
@@ -323,30 +341,33 @@ pub async fn run_pairing(
                     record = trial_run => Some(record),
                     () = &mut stop => None,
                 };
-                // The trial is over (or stopped): its mapping goes at once.
-                let mapping = p.release_mapping(mapped).await;
                 let Some(mut trial_record) = finished else {
-                    // Interrupted mid-trial: that trial has no outcome to report.
+                    // Interrupted mid-trial: that trial has no outcome to report;
+                    // its mapping goes at once.
+                    p.release_mapping(mapped).await;
                     record.ended = PairingEnded::Interrupted;
                     let _ = client.bye().await;
                     break;
                 };
-                if mapped.is_some() || mapping.is_some() {
-                    trial_record.mapping = mapping.or(Some(TrialMapping {
-                        side: mapped,
-                        asked: None,
-                    }));
-                }
-                if let Some(e) = p.prime_error {
+                if let Some(e) = p.prime_error.take() {
                     trial_record.error.get_or_insert(e);
                 }
                 progress(Progress::TrialDone {
                     trial,
                     outcome: trial_record.outcome,
                 });
+                // The result first (the coordinator's deadline counts), then the
+                // mapping's deletion, before anything else is read.
                 let report = client
                     .report(trial, &TrialReport::from(&trial_record))
                     .await;
+                let mapping = p.release_mapping(mapped).await;
+                if mapped.is_some() || mapping.is_some() {
+                    trial_record.mapping = mapping.or(Some(TrialMapping {
+                        side: mapped,
+                        asked: None,
+                    }));
+                }
                 record.trials.push(trial_record);
                 if let Err(e) = report {
                     record.ended = PairingEnded::CoordinatorLost;

@@ -50,6 +50,9 @@ pub struct TrialSpec {
     pub start_delay: Duration,
     /// Extra wait injected for skew experiments.
     pub injected_skew: Duration,
+    /// The plan's injected skew: the most either side may start late (only
+    /// the responder does), so a listener waits for it whichever side it is.
+    pub skew_cap: Duration,
     pub attempt_timeout: Duration,
     pub max_attempts: u32,
     pub retry_gap: Duration,
@@ -90,6 +93,7 @@ impl TrialSpec {
             Role::Responder => millis(plan.injected_skew_ms),
         };
         TrialSpec {
+            skew_cap: millis(plan.injected_skew_ms),
             trial,
             strategy: plan.strategy_of(trial),
             role,
@@ -496,14 +500,14 @@ async fn connect_with_retries(
     None
 }
 
-/// How long after `go` the peer's connect attempts may still arrive: its
-/// start (ours, with a second's margin for the difference the coordinator's
-/// delays make), every attempt with its retry gap and jitter, and one attempt more.
+/// How long after `go` the peer's connect attempts may still arrive: the
+/// coordinator's delays have both sides start at our start delay, the peer
+/// up to the plan's injected skew later; then every attempt with its retry
+/// gap and jitter, and one attempt's time more for the last SYN's way.
 fn peer_window(spec: &TrialSpec) -> Duration {
     let attempts = spec.max_attempts.max(1);
     spec.start_delay
-        + spec.injected_skew
-        + Duration::from_secs(1)
+        + spec.skew_cap
         + spec.attempt_timeout * (attempts + 1)
         + (spec.retry_gap + spec.retry_jitter) * (attempts - 1)
 }
@@ -647,6 +651,85 @@ mod tests {
         );
         assert!(peer.await.unwrap().is_ok(), "the peer saw our nonce");
         held.abort();
+    }
+
+    /// `mapped`, listening side: sends nothing, ignores a stranger, and
+    /// still accepts the peer when it starts the plan's whole injected skew
+    /// late (the responder does, whichever side listens).
+    #[tokio::test]
+    async fn a_mapped_listener_waits_for_a_late_peer_and_ignores_strangers() {
+        let free_port = |ip: &str| {
+            std::net::TcpListener::bind((ip, 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (local, peer) = (free_port("127.0.0.1"), free_port("127.0.0.3"));
+        let mut plan = default_plan("t");
+        plan.injected_skew_ms = 2500;
+        plan.max_attempts = 1;
+        plan.attempt_timeout_ms = 300;
+        let spec = TrialSpec {
+            strategy: Strategy::Mapped,
+            mapped: Some(MappedSide::Listen),
+            ..TrialSpec::from_plan(&plan, 0, Role::Initiator, local, peer, "n0nce".into())
+        };
+        assert!(peer_window(&spec) >= Duration::from_millis(2500 + 300));
+        let go_at = Instant::now();
+        let stranger = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let socket = socket::bound("127.0.0.2:0".parse().unwrap()).unwrap();
+            let mut stream = socket::into_tokio(socket)
+                .unwrap()
+                .connect(local)
+                .await
+                .unwrap();
+            nonce::exchange(&mut stream, "n0nce", Duration::from_millis(500)).await
+        });
+        let late_peer = tokio::spawn(async move {
+            // The whole skew late, after the listener's own attempt window.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let socket = socket::bound(peer).unwrap();
+            let mut stream = socket::into_tokio(socket)
+                .unwrap()
+                .connect(local)
+                .await
+                .unwrap();
+            nonce::exchange(&mut stream, "n0nce", Duration::from_secs(5)).await
+        });
+        let (record, stream) = run_trial(&spec, go_at).await;
+        assert_eq!(record.outcome, TrialOutcome::Connected, "{record:#?}");
+        assert!(stream.is_some());
+        assert_eq!(record.completed_by, Some(Completion::Listener));
+        assert!(
+            record.attempts.is_empty(),
+            "the listening side sends nothing"
+        );
+        assert!(late_peer.await.unwrap().is_ok(), "the peer saw our nonce");
+        assert!(
+            stranger.await.unwrap().is_err(),
+            "a stranger's connection is closed unanswered"
+        );
+    }
+
+    /// `mapped` with no mapping on either side: `unmapped`, nothing sent.
+    #[tokio::test]
+    async fn an_unmapped_trial_sends_nothing() {
+        let spec = TrialSpec {
+            strategy: Strategy::Mapped,
+            mapped: Some(MappedSide::Neither),
+            ..TrialSpec::from_plan(
+                &default_plan("t"),
+                0,
+                Role::Responder,
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+                "n0nce".into(),
+            )
+        };
+        let (record, stream) = run_trial(&spec, Instant::now()).await;
+        assert_eq!(record.outcome, TrialOutcome::Unmapped);
+        assert!(stream.is_none() && record.attempts.is_empty());
     }
 
     #[test]

@@ -24,9 +24,10 @@
 //!   is the larger of the two sides' attempt counts.
 //! - The Bitcoin handshake of a joined trial succeeded only if every side
 //!   that recorded one says `success`.
-//! - A `mapped` trial that a side records as `unmapped` (neither router
-//!   mapped a port: nothing was sent) is not counted at all, only tallied
-//!   in `trials_unmapped`.
+//! - A `mapped` trial that every side in the input records as `unmapped`
+//!   (neither router mapped a port: nothing was sent) is not counted at
+//!   all, only tallied in `trials_unmapped`. When one side says `unmapped`
+//!   and the other does not, the trial counts like any other.
 //!
 //! Clusters (for the clustered intervals of [`super::cluster`]): a trial
 //! belongs to one *pairing*, the union of the pairing entries whose records
@@ -572,11 +573,15 @@ impl Aggregator {
         let mut pairing_ids: Vec<String> = Vec::new();
         let mut counted = Vec::with_capacity(trials.len());
         for pending in trials {
-            // A `mapped` trial no router mapped a port for was never tried.
-            let untried = [Some(pending.first), pending.second]
-                .iter()
-                .flatten()
-                .any(|side| !side.outcome.was_tried());
+            // A `mapped` trial no router mapped a port for was never tried:
+            // every side that reported says so (one side's `unmapped` cannot
+            // erase what its peer recorded; the trial then counts, as a
+            // disagreement if the peer connected).
+            let untried = pending.strategy == Strategy::Mapped
+                && [Some(pending.first), pending.second]
+                    .iter()
+                    .flatten()
+                    .all(|side| !side.outcome.was_tried());
             if untried {
                 counts.trials_unmapped += 1;
                 continue;

@@ -989,3 +989,33 @@ fn unmapped_trials_are_left_out_and_mapped_is_compared_within_the_pairing() {
         "mapped with its Wilson interval"
     );
 }
+
+/// One side's `unmapped` does not erase a trial its peer recorded: only a
+/// `mapped` trial every side calls `unmapped` is left out.
+#[test]
+fn one_sides_unmapped_does_not_erase_its_peers_trial() {
+    use crate::trial::Strategy;
+    let side = |role: Role, outcome: TrialOutcome, strategy: Strategy| {
+        let mut r = run(
+            role,
+            eim_apdf(),
+            Some(eim_eif()),
+            vec![t(0, Some("u0"), outcome)],
+        );
+        r.pairings[0].trials[0].strategy = strategy;
+        r
+    };
+    let (s, _) = summary_of(&[
+        side(Role::Initiator, Unmapped, Strategy::Mapped),
+        side(Role::Responder, Connected, Strategy::Mapped),
+    ]);
+    assert_eq!((s.input.trials_unmapped, s.input.trials_counted), (0, 1));
+    assert_eq!(s.input.sides_disagree, 1);
+    assert_eq!(s.headline.successes, 0);
+    // `unmapped` on a strategy that has no mapping to lack is not "untried".
+    let (s, _) = summary_of(&[
+        side(Role::Initiator, Unmapped, Strategy::Simultaneous),
+        side(Role::Responder, Unmapped, Strategy::Simultaneous),
+    ]);
+    assert_eq!((s.input.trials_unmapped, s.input.trials_counted), (0, 1));
+}

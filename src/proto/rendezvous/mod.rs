@@ -529,10 +529,12 @@ fn validate_client(msg: &ClientMessage) -> Result<(), ProtoError> {
             return bad("token must be the one from the `trial` message".into());
         }
         ClientMessage::Register {
-            mapped_port: Some(0),
+            mapped_port: Some(port),
             ..
-        } => {
-            return bad("mapped_port must be a port from 1 to 65535".into());
+        } if *port < MIN_MAPPED_PORT => {
+            return bad(format!(
+                "mapped_port must be a port from {MIN_MAPPED_PORT} to 65535"
+            ));
         }
         ClientMessage::Result(r) => {
             if let Some(ms) = r.go_to_established_ms {
@@ -622,6 +624,12 @@ pub fn hard_nat_ms(plan: &Plan) -> u64 {
     let syns = u64::from(plan.birthday_sockets) + u64::from(plan.birthday_ports);
     syns * 1000 / u64::from(plan.birthday_pps.max(1))
 }
+
+/// The lowest port a `register` may name as its router's mapped port: a
+/// peer cannot send the other side to a well-known service port of its
+/// (possibly shared, carrier-grade NAT) address. Routers map the asked
+/// port or a high one.
+pub const MIN_MAPPED_PORT: u16 = 1024;
 
 /// The start delays compensate RTT differences and are capped at this.
 pub const MAX_START_DELAY_MS: u64 = 5_000;

@@ -1305,11 +1305,16 @@ fn a_mapped_trial_sends_the_connecting_side_to_the_listeners_mapped_port() {
 }
 
 #[test]
-fn a_registration_with_mapped_port_zero_is_refused() {
-    let line = b"{\"v\":1,\"type\":\"register\",\"token\":\"abc\",\"mapped_port\":0}\n";
-    let msg = decode_client(frame(line).unwrap());
-    assert!(
-        matches!(msg, Err(ProtoError::BadRequest(ref why)) if why.contains("mapped_port")),
-        "{msg:?}"
-    );
+fn a_registration_with_a_mapped_port_below_1024_is_refused() {
+    for port in [0, 80, 1023] {
+        let line =
+            format!("{{\"v\":1,\"type\":\"register\",\"token\":\"abc\",\"mapped_port\":{port}}}\n");
+        let msg = decode_client(frame(line.as_bytes()).unwrap());
+        assert!(
+            matches!(msg, Err(ProtoError::BadRequest(ref why)) if why.contains("mapped_port")),
+            "{port}: {msg:?}"
+        );
+    }
+    let line = b"{\"v\":1,\"type\":\"register\",\"token\":\"abc\",\"mapped_port\":1024}\n";
+    assert!(decode_client(frame(line).unwrap()).is_ok());
 }
