@@ -52,24 +52,89 @@ name = "dave"
 nat = "solo"
 "#;
 
+/// The same chains behind kernel CGNs (nftables masquerade in a namespace
+/// of their own): `kcgn` is EIM (masquerade), `rcgn` APDM (masquerade
+/// fully-random); `phone` sits directly on `kcgn`'s LAN beside the home routers.
+const KERNEL_CGN_CHAINS: &str = r#"
+[[nat]]
+name = "kcgn"
+backend = "kernel"
+delay_ms = 2
+[[nat]]
+name = "home"
+upstream = "kcgn"
+delay_ms = 1
+[[nat]]
+name = "khome"
+upstream = "kcgn"
+backend = "kernel"
+[[nat]]
+name = "rcgn"
+backend = "kernel"
+mapping = "apdm"
+allocation = "random"
+[[nat]]
+name = "rhome"
+upstream = "rcgn"
+[[host]]
+name = "alice"
+nat = "home"
+[[host]]
+name = "carol"
+nat = "khome"
+[[host]]
+name = "phone"
+nat = "kcgn"
+[[host]]
+name = "erin"
+nat = "rhome"
+"#;
+
 #[test]
 fn home_routers_behind_a_cgn_reach_the_internet_as_the_cgn() {
     let lab = start_lab("chmap", CHAIN);
-    let _servers = EndpointReflector::start(&lab, &[S1P1, S2P1]);
-    let cgn_public = lab.scenario().routers[0].config.public_ip;
-    for host in ["alice", "carol"] {
-        let from = local(&lab, host, 41000);
+    assert_hosts_reach_the_internet_as_their_cgn(&lab, "cgn", &["alice", "carol"]);
+}
+
+#[test]
+fn home_routers_and_a_phone_behind_a_kernel_cgn_reach_the_internet_as_the_cgn() {
+    let lab = start_lab("chkmap", KERNEL_CGN_CHAINS);
+    assert_hosts_reach_the_internet_as_their_cgn(&lab, "kcgn", &["alice", "carol", "phone"]);
+    let namespaces = namespaces_of(lab.name());
+    assert!(
+        namespaces.contains(&lab.router_netns("kcgn")),
+        "the kernel CGN has its own namespace: {namespaces:?}"
+    );
+    let name = lab.name().to_string();
+    lab.shutdown().unwrap();
+    assert_eq!(namespaces_of(&name), Vec::<String>::new());
+}
+
+/// Each host is seen by two servers at `cgn`'s public address, with one
+/// port (EIM at both NATs); `cgn` mapped only shared addresses (the home
+/// routers' WANs, or a host directly on its LAN), never a home LAN's.
+fn assert_hosts_reach_the_internet_as_their_cgn(lab: &Lab, cgn: &str, hosts: &[&str]) {
+    let _servers = EndpointReflector::start(lab, &[S1P1, S2P1]);
+    let cgn_public = lab
+        .scenario()
+        .routers
+        .iter()
+        .find(|r| r.name == cgn)
+        .expect("the CGN is in the scenario")
+        .config
+        .public_ip;
+    for &host in hosts {
+        let from = local(lab, host, 41000);
         let seen = lab
             .run_in(host, || [S1P1, S2P1].map(|s| observe(from, ep(s))))
             .unwrap();
         assert_eq!(*seen[0].ip(), cgn_public, "{host}: {seen:?}");
         assert_eq!(seen[0], seen[1], "{host}: EIM at both NATs: {seen:?}");
     }
-    // The CGN mapped the home routers' shared addresses, not the hosts'.
     let internal: Vec<_> = lab
         .events()
         .iter()
-        .filter(|e| e.router == "cgn")
+        .filter(|e| e.router == cgn)
         .filter_map(|e| e.event.new_mapping())
         .map(|(internal, _)| *internal.ip())
         .collect();
@@ -114,25 +179,56 @@ fn classify_reports_the_chain_and_cgnat_behind_either_home_backend() {
         ("carol", vec![Private, Shared, Destination], 2, true),
         ("dave", vec![Private, Destination], 1, false),
     ] {
-        let c = classify_in(&lab, host);
-        let path = c.verdict.path.clone().expect("the path probe ran");
-        assert_eq!(path.hops, hops, "{host}: {:?}", c.path);
-        assert_eq!(path.nat_hops, Some(nat_hops), "{host}");
-        assert_eq!(path.cgnat, Some(cgnat), "{host}");
-        assert_eq!(path.prime_ttl, Some(nat_hops + 1), "{host}");
-        assert_eq!(
-            c.verdict.mapping,
-            Finding::Known {
-                value: Mapping::Eim
-            },
-            "{host}: two EIM NATs in a row map as one"
-        );
-        assert_eq!(
-            c.verdict.summary().contains("carrier-grade"),
-            cgnat,
-            "{host}"
-        );
+        // Two EIM NATs in a row map as one.
+        assert_classified(&lab, host, &hops, nat_hops, cgnat, Mapping::Eim);
     }
+}
+
+#[test]
+fn classify_reports_the_chain_cgnat_and_the_cgns_mapping_behind_a_kernel_cgn() {
+    let lab = start_lab("chkcls", KERNEL_CGN_CHAINS);
+    let servers: Vec<SocketAddr> = [S1P1, S1P2, S2P1, S2P2]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let _echo = EchoService::start(&lab, &servers).unwrap();
+    use HopClass::*;
+    let chain = [Private, Shared, Destination];
+    // The kernel CGN answers time exceeded from its LAN address (100.64.M.1)
+    // to the routers behind it too, so the chain shows as behind an emulator CGN.
+    assert_classified(&lab, "alice", &chain, 2, true, Mapping::Eim);
+    assert_classified(&lab, "carol", &chain, 2, true, Mapping::Eim);
+    // A fully-random CGN makes the whole chain APDM, whatever the home NAT does.
+    assert_classified(&lab, "erin", &chain, 2, true, Mapping::Apdm);
+}
+
+/// `classify` in `host` reports these path hops, NAT hops, CGNAT (in the
+/// path and the summary), a prime TTL one past the NATs, and `mapping`.
+fn assert_classified(
+    lab: &Lab,
+    host: &str,
+    hops: &[HopClass],
+    nat_hops: u8,
+    cgnat: bool,
+    mapping: Mapping,
+) {
+    let c = classify_in(lab, host);
+    let path = c.verdict.path.clone().expect("the path probe ran");
+    assert_eq!(path.hops, hops, "{host}: {:?}", c.path);
+    assert_eq!(path.nat_hops, Some(nat_hops), "{host}");
+    assert_eq!(path.cgnat, Some(cgnat), "{host}");
+    assert_eq!(path.prime_ttl, Some(nat_hops + 1), "{host}");
+    assert_eq!(
+        c.verdict.mapping,
+        Finding::Known { value: mapping },
+        "{host}: {:?}",
+        c.verdict
+    );
+    assert_eq!(
+        c.verdict.summary().contains("carrier-grade"),
+        cgnat,
+        "{host}"
+    );
 }
 
 /// Two CGNAT chains: a home EIM router behind an RST-answering EIM CGN with
