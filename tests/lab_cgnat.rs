@@ -256,55 +256,111 @@ name = "bob"
 nat = "home_b"
 "#;
 
-#[test]
-fn low_ttl_primes_the_whole_chain_with_the_measured_ttl_and_not_with_a_fixed_2() {
-    const TRIALS: u32 = 5;
-    let lab = start_lab("chttl", TWO_CHAINS);
-    let servers: Vec<SocketAddr> = [S1P1, S1P2, S2P1, S2P2]
+/// The same two chains behind kernel CGNs (masquerade, `reject with tcp
+/// reset` for unsolicited SYNs): an emulator home router on one side, a
+/// kernel one on the other. Linux's TCP window check is off on the kernel
+/// routers (`nf_conntrack_tcp_be_liberal`): with it, a primed Linux NAT
+/// that the peer's SYN passes first lets the answer out untranslated, and
+/// `low_ttl` under skew fails whatever the TTL (docs/methodology.md, "Why
+/// `low_ttl` breaks on Linux"), which would hide what the TTL does.
+const TWO_KERNEL_CGN_CHAINS: &str = r#"
+[[nat]]
+name = "cgn_a"
+backend = "kernel"
+unsolicited = "rst"
+tcp_window_check = false
+delay_ms = 50
+[[nat]]
+name = "home_a"
+upstream = "cgn_a"
+[[nat]]
+name = "cgn_b"
+backend = "kernel"
+unsolicited = "rst"
+tcp_window_check = false
+delay_ms = 50
+[[nat]]
+name = "home_b"
+upstream = "cgn_b"
+backend = "kernel"
+tcp_window_check = false
+[[host]]
+name = "alice"
+nat = "home_a"
+[[host]]
+name = "bob"
+nat = "home_b"
+"#;
+
+const LOW_TTL_TRIALS: u32 = 5;
+
+/// The echo servers classification and the trials need, on both server addresses and ports.
+fn lab_servers() -> Vec<SocketAddr> {
+    [S1P1, S1P2, S2P1, S2P2]
         .iter()
         .map(|s| s.parse().unwrap())
-        .collect();
-    let _echo = EchoService::start(&lab, &servers).unwrap();
+        .collect()
+}
+
+/// The prime TTLs `classify` measures for alice and bob, each behind CGNAT.
+fn measured_prime_ttls(lab: &Lab) -> (u8, u8) {
     let measured = |host: &str| {
-        let path = classify_in(&lab, host).verdict.path.expect("path probed");
+        let path = classify_in(lab, host).verdict.path.expect("path probed");
         assert_eq!(path.cgnat, Some(true), "{host}: {path:?}");
         path.prime_ttl.expect("a complete path")
     };
-    let ttls = (measured("alice"), measured("bob"));
+    (measured("alice"), measured("bob"))
+}
+
+/// `LOW_TTL_TRIALS` `low_ttl` trials from alice to bob with these prime
+/// TTLs, the responder 150 ms late, one attempt each, from `*port` on:
+/// how many connected on both sides, and every pair of outcomes.
+fn low_ttl_trials(
+    lab: &Lab,
+    server: SocketAddr,
+    prime_ttls: (u8, u8),
+    port: &mut u16,
+) -> (u32, Vec<(TrialOutcome, TrialOutcome)>) {
+    let mut connected = 0;
+    let mut outcomes = Vec::new();
+    for n in 0..LOW_TTL_TRIALS {
+        let mut t = PairTrial::new(
+            "alice",
+            "bob",
+            n,
+            Strategy::LowTtl,
+            (*port, *port + 1),
+            server,
+        );
+        *port += 2;
+        t.prime_ttls = Some(prime_ttls);
+        // The responder starts 150 ms late: beyond the 100 ms an early SYN
+        // needs to reach the peer's CGN. One attempt, so no retry hides it.
+        t.plan.injected_skew_ms = 150;
+        t.plan.max_attempts = 1;
+        let (a, b) = run_pair(lab, &t).unwrap();
+        if a.outcome == TrialOutcome::Connected && b.outcome == TrialOutcome::Connected {
+            connected += 1;
+        }
+        outcomes.push((a.outcome, b.outcome));
+    }
+    (connected, outcomes)
+}
+
+#[test]
+fn low_ttl_primes_the_whole_chain_with_the_measured_ttl_and_not_with_a_fixed_2() {
+    let lab = start_lab("chttl", TWO_CHAINS);
+    let servers = lab_servers();
+    let _echo = EchoService::start(&lab, &servers).unwrap();
+    let ttls = measured_prime_ttls(&lab);
     assert_eq!(ttls, (3, 3), "home NAT + CGN: the prime must pass two NATs");
     let mut port = 31000;
-    let mut run = |prime_ttls: (u8, u8)| {
-        let mut connected = 0;
-        let mut outcomes = Vec::new();
-        for n in 0..TRIALS {
-            let mut t = PairTrial::new(
-                "alice",
-                "bob",
-                n,
-                Strategy::LowTtl,
-                (port, port + 1),
-                servers[0],
-            );
-            port += 2;
-            t.prime_ttls = Some(prime_ttls);
-            // The responder starts 150 ms late: beyond the 100 ms an early SYN
-            // needs to reach the peer's CGN. One attempt, so no retry hides it.
-            t.plan.injected_skew_ms = 150;
-            t.plan.max_attempts = 1;
-            let (a, b) = run_pair(&lab, &t).unwrap();
-            if a.outcome == TrialOutcome::Connected && b.outcome == TrialOutcome::Connected {
-                connected += 1;
-            }
-            outcomes.push((a.outcome, b.outcome));
-        }
-        (connected, outcomes)
-    };
-    let (with_measured, measured_outcomes) = run(ttls);
-    let (with_fixed, fixed_outcomes) = run((2, 2));
+    let (with_measured, measured_outcomes) = low_ttl_trials(&lab, servers[0], ttls, &mut port);
+    let (with_fixed, fixed_outcomes) = low_ttl_trials(&lab, servers[0], (2, 2), &mut port);
     eprintln!(
-        "low_ttl across two CGNAT chains, 150 ms skew: measured TTL {ttls:?} {with_measured}/{TRIALS} {measured_outcomes:?}; fixed TTL 2 {with_fixed}/{TRIALS} {fixed_outcomes:?}"
+        "low_ttl across two CGNAT chains, 150 ms skew: measured TTL {ttls:?} {with_measured}/{LOW_TTL_TRIALS} {measured_outcomes:?}; fixed TTL 2 {with_fixed}/{LOW_TTL_TRIALS} {fixed_outcomes:?}"
     );
-    assert_eq!(with_measured, TRIALS, "{measured_outcomes:?}");
+    assert_eq!(with_measured, LOW_TTL_TRIALS, "{measured_outcomes:?}");
     assert_eq!(
         with_fixed, 0,
         "a TTL 2 prime dies at the home side's CGN and opens only the home NAT: {fixed_outcomes:?}"
@@ -316,5 +372,73 @@ fn low_ttl_primes_the_whole_chain_with_the_measured_ttl_and_not_with_a_fixed_2()
         .filter(|e| e.router.starts_with("cgn_"))
         .filter(|e| matches!(e.event, NatEvent::TtlExceeded { .. }))
         .count();
-    assert!(died_in_cgn >= 2 * TRIALS as usize, "{died_in_cgn}");
+    assert!(died_in_cgn >= 2 * LOW_TTL_TRIALS as usize, "{died_in_cgn}");
+}
+
+/// How many ICMP time exceeded messages a kernel router's namespace has
+/// sent (`OutTimeExcds` of /proc/net/snmp, which is per namespace): the
+/// ground truth of primes that died there, as conntrack never sees them.
+fn time_exceeded_sent_by(lab: &Lab, router: &str) -> u64 {
+    let output = punchscope::lab::netns::command_in(&lab.router_netns(router), "cat")
+        .unwrap()
+        .arg("/proc/net/snmp")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let snmp = String::from_utf8(output.stdout).unwrap();
+    let icmp: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|line| line.starts_with("Icmp:"))
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let [names, values] = icmp.as_slice() else {
+        panic!("{router}: no Icmp header and values in /proc/net/snmp: {snmp}");
+    };
+    let column = names
+        .iter()
+        .position(|name| *name == "OutTimeExcds")
+        .expect("OutTimeExcds counted");
+    values[column].parse().unwrap()
+}
+
+fn time_exceeded_sent_by_both_cgns(lab: &Lab) -> u64 {
+    time_exceeded_sent_by(lab, "cgn_a") + time_exceeded_sent_by(lab, "cgn_b")
+}
+
+#[test]
+fn low_ttl_behind_kernel_cgns_primes_the_whole_chain_with_the_measured_ttl_and_not_with_a_fixed_2()
+{
+    let lab = start_lab("chkttl", TWO_KERNEL_CGN_CHAINS);
+    let servers = lab_servers();
+    let _echo = EchoService::start(&lab, &servers).unwrap();
+    let ttls = measured_prime_ttls(&lab);
+    assert_eq!(
+        ttls,
+        (3, 3),
+        "home NAT (emulator or kernel) + kernel CGN: the prime must pass two NATs"
+    );
+    let mut port = 31000;
+    let before = time_exceeded_sent_by_both_cgns(&lab);
+    let (with_measured, measured_outcomes) = low_ttl_trials(&lab, servers[0], ttls, &mut port);
+    let died_in_cgn_measured = time_exceeded_sent_by_both_cgns(&lab) - before;
+    let before = time_exceeded_sent_by_both_cgns(&lab);
+    let (with_fixed, fixed_outcomes) = low_ttl_trials(&lab, servers[0], (2, 2), &mut port);
+    let died_in_cgn_fixed = time_exceeded_sent_by_both_cgns(&lab) - before;
+    eprintln!(
+        "low_ttl across two kernel-CGN chains, 150 ms skew: measured TTL {ttls:?} {with_measured}/{LOW_TTL_TRIALS} {measured_outcomes:?}, {died_in_cgn_measured} died in a CGN; fixed TTL 2 {with_fixed}/{LOW_TTL_TRIALS} {fixed_outcomes:?}, {died_in_cgn_fixed} died in a CGN"
+    );
+    assert_eq!(with_measured, LOW_TTL_TRIALS, "{measured_outcomes:?}");
+    assert_eq!(
+        died_in_cgn_measured, 0,
+        "a prime with the measured TTL passes both NATs of its chain"
+    );
+    assert_eq!(
+        with_fixed, 0,
+        "a TTL 2 prime dies at the home side's CGN and opens only the home NAT: {fixed_outcomes:?}"
+    );
+    // Each side's prime died in its own CGN, which answered time exceeded.
+    assert!(
+        died_in_cgn_fixed >= 2 * u64::from(LOW_TTL_TRIALS),
+        "{died_in_cgn_fixed}"
+    );
 }
