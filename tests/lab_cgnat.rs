@@ -441,4 +441,27 @@ fn low_ttl_behind_kernel_cgns_primes_the_whole_chain_with_the_measured_ttl_and_n
         died_in_cgn_fixed >= 2 * u64::from(LOW_TTL_TRIALS),
         "{died_in_cgn_fixed}"
     );
+
+    // Linux's default, the window check on, on every kernel router: the
+    // measured TTL still primes the chain, but the peer's SYN passes the
+    // primed NATs first, and the answer leaves untranslated (timeouts, not
+    // refusals), as between two kernel home routers.
+    for router in ["cgn_a", "cgn_b", "home_b"] {
+        punchscope::lab::netns::set_sysctls(
+            &lab.router_netns(router),
+            &[("netfilter/nf_conntrack_tcp_be_liberal", "0")],
+        )
+        .unwrap();
+    }
+    let (with_window_check, checked_outcomes) = low_ttl_trials(&lab, servers[0], ttls, &mut port);
+    eprintln!(
+        "the same with the window check on: measured TTL {with_window_check}/{LOW_TTL_TRIALS} {checked_outcomes:?}"
+    );
+    assert_eq!(with_window_check, 0, "{checked_outcomes:?}");
+    assert!(
+        checked_outcomes
+            .iter()
+            .all(|(a, b)| *a == TrialOutcome::Timeout && *b == TrialOutcome::Timeout),
+        "{checked_outcomes:?}"
+    );
 }
