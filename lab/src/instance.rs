@@ -437,10 +437,13 @@ impl Lab {
                     router.config.public_ip
                 ));
             }
+            // Only an emulator CGN carries its routers' cores in its own task;
+            // a kernel CGN's became router tasks of their own above.
+            let carries_cores_behind = router.backend() == Backend::Emulator;
             let behind = all
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.upstream == Some(index) && router.backend() == Backend::Emulator)
+                .filter(|(_, r)| carries_cores_behind && r.upstream == Some(index))
                 .map(|(i, _)| cores[i].take().expect("each core once"))
                 .collect();
             routers.push(RouterIo {
