@@ -26,8 +26,9 @@ pub struct RouterCore {
     pub lans: Vec<(Ipv4Addr, Tun)>,
 }
 
-/// A router whose WAN is a TUN device in the internet namespace, with the
-/// routers whose WAN is one of its LAN ports (home NATs behind a
+/// A router whose WAN is a TUN device in the internet namespace (or, behind
+/// a kernel carrier-grade NAT, in that NAT's namespace), with the routers
+/// whose WAN is one of its LAN ports (home NATs behind an emulator
 /// carrier-grade NAT). A core behind is reached at its `public_ip`, which
 /// is an address of the outer router's LAN (shared space, 100.64.0.0/10).
 pub struct RouterIo {

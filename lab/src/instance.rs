@@ -412,10 +412,15 @@ impl Lab {
             }));
         }
         // The outermost routers get a WAN device in the internet namespace;
-        // those behind them run in their task, reached in memory.
+        // those behind an emulator CGN run in its task, reached in memory;
+        // those behind a kernel CGN get a WAN device in its namespace.
         let mut routers = Vec::new();
         for (index, router) in all.iter().enumerate() {
-            if router.upstream.is_some() {
+            if let Some(upstream) = router.upstream {
+                if all[upstream].backend() == Backend::Kernel {
+                    let core = cores[index].take().expect("each core once");
+                    routers.push(self.link_to_kernel_upstream(index, &all[upstream], core)?);
+                }
                 continue;
             }
             let wan_device = format!("wan{index}");
@@ -432,10 +437,13 @@ impl Lab {
                     router.config.public_ip
                 ));
             }
+            // Only an emulator CGN carries its routers' cores in its own task;
+            // a kernel CGN's became router tasks of their own above.
+            let carries_cores_behind = router.backend() == Backend::Emulator;
             let behind = all
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.upstream == Some(index))
+                .filter(|(_, r)| carries_cores_behind && r.upstream == Some(index))
                 .map(|(i, _)| cores[i].take().expect("each core once"))
                 .collect();
             routers.push(RouterIo {
@@ -446,6 +454,38 @@ impl Lab {
         }
         netns::ip_batch(&internet, &internet_config)?;
         Ok(routers)
+    }
+
+    /// The router at `index` behind the kernel carrier-grade NAT `upstream`:
+    /// its WAN is a TUN device in the CGN's namespace (a TUN device cannot
+    /// join the CGN's bridge), with a host route to the router's shared
+    /// address. Answers from the CGN itself (time exceeded) leave from its
+    /// LAN address, as behind an emulator CGN, so a path shows 100.64.M.1.
+    fn link_to_kernel_upstream(
+        &mut self,
+        index: usize,
+        upstream: &RouterSpec,
+        core: RouterCore,
+    ) -> Result<RouterIo, LabError> {
+        let cgn = self.router_netns(&upstream.name);
+        let device = kernel::downstream_link(index);
+        let wan = Tun::create_in(&cgn, &device)?;
+        let shared = core.nat.config().public_ip;
+        netns::ip_batch(
+            &cgn,
+            &[
+                format!("link set {device} up"),
+                format!(
+                    "route add {shared}/32 dev {device} src {}",
+                    upstream.config.gateway_ip
+                ),
+            ],
+        )?;
+        Ok(RouterIo {
+            outer: core,
+            wan,
+            behind: Vec::new(),
+        })
     }
 
     /// An emulator router: each host's only device is a TUN device the router drives.

@@ -822,11 +822,17 @@ fn resolve_upstreams(
         if up.mapping == MappingSetting::None || nat.mapping == MappingSetting::None {
             return refuse("a chain is a NAT behind a NAT: mapping = \"none\" cannot take part (a plain router gives its host a public address)".into());
         }
-        if matches!(&up.backend, Some(b) if *b.get_ref() == Backend::Kernel) {
-            return refuse(format!(
-                "upstream `{}` has backend = \"kernel\", which is not supported as an upstream: a kernel router's LAN is a bridge of host veth links. Use the emulator for the carrier-grade NAT (a kernel home router behind it works)",
-                up.name.get_ref()
-            ));
+        let kernel_upstream = matches!(&up.backend, Some(b) if *b.get_ref() == Backend::Kernel);
+        if let (true, Some(portmap)) = (kernel_upstream, &up.portmap) {
+            if !portmap.get_ref().is_empty() {
+                return Err(at(
+                    portmap.span(),
+                    format!(
+                        "NAT `{0}`: portmap on a kernel router that NAT `{name}` sits behind is not supported: miniupnpd is set up for the bridge of `{0}`'s own hosts, not for the links of the routers behind it. Remove portmap from `{0}`, or use the emulator (backend = \"emulator\") for the carrier-grade NAT",
+                        up.name.get_ref()
+                    ),
+                ));
+            }
         }
         if let Some(ip) = &nat.public_ip {
             return Err(at(
@@ -1081,15 +1087,53 @@ nat = "cgn"
     }
 
     #[test]
+    fn a_kernel_cgn_takes_either_home_backend_and_hosts_of_its_own() {
+        let kernel_cgn = CHAIN.replacen(
+            "mapping = \"apdm\"\nallocation = \"random\"",
+            "mapping = \"apdm\"\nallocation = \"random\"\nbackend = \"kernel\"",
+            1,
+        );
+        let s = Scenario::parse(&kernel_cgn).unwrap();
+        let cgn = &s.routers[0];
+        assert_eq!(cgn.kernel, Some(KernelNat::MasqueradeFullyRandom));
+        assert_eq!(cgn.config.gateway_ip, Ipv4Addr::new(100, 64, 1, 1));
+        let (home, khome) = (&s.routers[1], &s.routers[2]);
+        assert_eq!((home.upstream, khome.upstream), (Some(0), Some(0)));
+        assert_eq!(home.backend(), Backend::Emulator);
+        assert_eq!(khome.kernel, Some(KernelNat::Masquerade));
+        assert_eq!(home.config.public_ip, Ipv4Addr::new(100, 64, 1, 2));
+        assert_eq!(khome.config.public_ip, Ipv4Addr::new(100, 64, 1, 3));
+        for host in ["alice", "carol", "phone"] {
+            assert_eq!(
+                s.host(host).unwrap().public_ip,
+                cgn.config.public_ip,
+                "{host}: the internet sees the CGN"
+            );
+        }
+        assert_eq!(
+            s.host("phone").unwrap().address,
+            Ipv4Addr::new(100, 64, 1, 4)
+        );
+        // Port mapping on the home routers behind a kernel CGN stays theirs to offer.
+        let with_home_portmap = kernel_cgn.replacen(
+            "upstream = \"cgn\"\n",
+            "upstream = \"cgn\"\nportmap = [\"natpmp\", \"pcp\"]\n",
+            1,
+        );
+        let s = Scenario::parse(&with_home_portmap).unwrap();
+        assert!(s.routers[1].portmap.enabled && !s.routers[0].portmap.enabled);
+    }
+
+    #[test]
     fn chains_the_lab_cannot_build_are_refused_naming_the_line() {
         let home_behind = |cgn_keys: &str, home_keys: &str| {
             error_of(&format!(
                 "[[nat]]\nname = \"cgn\"\n{cgn_keys}\n[[nat]]\nname = \"home\"\nupstream = \"cgn\"\n{home_keys}\n[[host]]\nname = \"h\"\nnat = \"home\"\n"
             ))
         };
-        let e = home_behind("backend = \"kernel\"", "");
+        let e = home_behind("backend = \"kernel\"\nportmap = [\"natpmp\", \"pcp\"]", "");
         assert!(
-            e.contains("line 6") && e.contains("backend = \"kernel\""),
+            e.contains("line 4") && e.contains("portmap on a kernel router"),
             "{e}"
         );
         let e = home_behind("mapping = \"none\"", "");

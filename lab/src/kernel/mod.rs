@@ -2,7 +2,9 @@
 //!
 //! A kernel router is a namespace `NAME-nat-ROUTER` holding a bridge `lan`
 //! (the hosts' veth links, gateway 192.168.N.1) and a TUN device `wan0` with
-//! the public address. nftables translates and filters, conntrack keeps the
+//! the public address. A kernel carrier-grade NAT also holds one TUN device
+//! per router behind it (`lan1`, `lan2`, ...: see [`downstream_link`]),
+//! whose WAN it is; its rules treat them as LAN side, as the bridge. nftables translates and filters, conntrack keeps the
 //! state, and the lab's emulator sits in series on `wan0` as a bare link
 //! ([`crate::nat::Translation::Link`]) for delay, jitter and loss, since
 //! sch_netem is not available here.
@@ -26,6 +28,17 @@ use crate::nat::{NatConfig, Translation};
 pub const LAN_DEVICE: &str = "lan";
 /// A kernel router's WAN device (a TUN device the lab's link emulator drives).
 pub const WAN_DEVICE: &str = "wan0";
+/// Every LAN-side device of a kernel router as nftables matches it: the
+/// bridge `lan` and, on a carrier-grade NAT, each [`downstream_link`].
+pub const LAN_SIDE: &str = "lan*";
+
+/// The device in a kernel carrier-grade NAT's namespace that is the WAN of
+/// the router behind it at `router_index` (its place in the scenario): a TUN
+/// device that router's task drives, since a TUN device cannot join the
+/// bridge. Its name starts with `lan` so that [`LAN_SIDE`] matches it.
+pub fn downstream_link(router_index: usize) -> String {
+    format!("{LAN_DEVICE}{router_index}")
+}
 /// The nftables table every kernel router's rules live in.
 pub const TABLE: &str = "punchscope_nat";
 
@@ -143,12 +156,12 @@ impl KernelNat {
 \t\t# Anything else (a stray ACK, a FIN) would get a RST from the router's own stack: drop it, as the emulator does.
 \t\tiifname \"{WAN_DEVICE}\" meta l4proto != icmp drop
 \t\t# No hairpinning.
-\t\tiifname \"{LAN_DEVICE}\" ip daddr {public} drop
+\t\tiifname \"{LAN_SIDE}\" ip daddr {public} drop
 \t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy drop;
 \t\tct state established,related accept
-\t\tiifname \"{LAN_DEVICE}\" oifname \"{WAN_DEVICE}\" accept
+\t\tiifname \"{LAN_SIDE}\" oifname \"{WAN_DEVICE}\" accept
 \t}}
 }}
 "
@@ -235,6 +248,21 @@ mod tests {
             let rules = kind.ruleset(&c);
             assert!(rules.contains(statement), "{kind}: {rules}");
         }
+    }
+
+    #[test]
+    fn the_links_of_routers_behind_a_kernel_cgn_are_lan_side_as_its_bridge() {
+        let c = config(Mapping::Eim, Filtering::Apdf, Allocation::Preserve);
+        let rules = KernelNat::Masquerade.ruleset(&c);
+        assert!(
+            rules.contains("iifname \"lan*\" oifname \"wan0\" accept"),
+            "{rules}"
+        );
+        assert!(rules.contains("iifname \"lan*\" ip daddr 203.0.113.2 drop"));
+        let link = downstream_link(3);
+        assert_eq!(link, "lan3");
+        assert!(link.starts_with(LAN_SIDE.trim_end_matches('*')));
+        assert!(link.len() < 16, "IFNAMSIZ");
     }
 
     #[test]

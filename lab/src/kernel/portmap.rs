@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{LAN_DEVICE, TABLE as NAT_TABLE, WAN_DEVICE};
+use super::{LAN_DEVICE, LAN_SIDE, TABLE as NAT_TABLE, WAN_DEVICE};
 use crate::events::EventLog;
 use crate::nat::{NatEvent, TimedEvent};
 use crate::netns::{self, NetnsError};
@@ -162,7 +162,7 @@ pub fn ruleset(spec: &PortmapSpec, servers: &[Ipv4Addr]) -> Option<String> {
         return match spec.closed {
             ClosedAnswer::Icmp => None,
             ClosedAnswer::Drop => Some(format!(
-                "insert rule ip {NAT_TABLE} input iifname \"{LAN_DEVICE}\" udp dport {{ {SERVER_PORT}, {SSDP_PORT} }} drop\n"
+                "insert rule ip {NAT_TABLE} input iifname \"{LAN_SIDE}\" udp dport {{ {SERVER_PORT}, {SSDP_PORT} }} drop\n"
             )),
         };
     }
@@ -716,7 +716,7 @@ mod tests {
         };
         assert_eq!(
             ruleset(&silent, &servers).unwrap(),
-            "insert rule ip punchscope_nat input iifname \"lan\" udp dport { 5351, 1900 } drop\n"
+            "insert rule ip punchscope_nat input iifname \"lan*\" udp dport { 5351, 1900 } drop\n"
         );
         let upnp_only = PortmapSpec {
             upnp: true,
