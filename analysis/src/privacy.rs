@@ -429,6 +429,15 @@ fn prefix_suffix(text: &str, end: usize) -> Option<(u8, usize)> {
     Some((len, end + 1 + digits))
 }
 
+/// Whether a `/NN` suffix ending at `end` ends there: its digits are not
+/// the start of another literal (`7::1.1.3.0/24::1`), so a found address
+/// may take them in without overlapping anything else found.
+fn suffix_ends(text: &str, end: usize) -> bool {
+    text.as_bytes()
+        .get(end)
+        .is_none_or(|b| !(b.is_ascii_alphanumeric() || matches!(b, b':' | b'.')))
+}
+
 /// IPv4 literals in a run of digits and dots: any four consecutive numeric
 /// parts of one to three digits, each at most 255 (leading zeros included).
 fn v4_in_run(text: &str, start: usize, end: usize) -> Vec<FoundIp> {
@@ -473,8 +482,11 @@ fn v4_in_run(text: &str, start: usize, end: usize) -> Vec<FoundIp> {
             {
                 (true, suffix_end)
             }
-            // A longer prefix is an address: its suffix goes with it when cut.
-            Some((_, suffix_end)) if whole_tail => (false, suffix_end),
+            // A longer prefix is an address: its suffix goes with it when cut
+            // (unless the digits start another literal).
+            Some((_, suffix_end)) if whole_tail && suffix_ends(text, suffix_end) => {
+                (false, suffix_end)
+            }
             _ => (false, lit_end),
         };
         found.push(FoundIp {
@@ -517,8 +529,10 @@ fn v6_in_run(text: &str, start: usize, end: usize) -> Option<FoundIp> {
                 (true, suffix_end)
             }
             // A longer prefix (a household's /48 or /56) is an address: its
-            // suffix goes with it when cut.
-            Some((_, suffix_end)) if lit_end == end => (false, suffix_end),
+            // suffix goes with it when cut (unless the digits start another literal).
+            Some((_, suffix_end)) if lit_end == end && suffix_ends(text, suffix_end) => {
+                (false, suffix_end)
+            }
             _ => (false, lit_end),
         };
         return Some(FoundIp {
@@ -628,6 +642,10 @@ mod tests {
             assert_eq!(redact_text(text), "2a02:8071::/32");
         }
         assert_eq!(redact_text("net 192.0.2.64/26"), "net 192.0.2.0/24");
+        // The suffix's digits begin another literal: both are cut, none twice
+        // (found by the privacy_scan fuzz target).
+        let glued = redact_text("7::1.1.3.17::1..$");
+        assert_eq!(find_raw_ip(&glued), None, "{glued}");
     }
 
     #[test]
