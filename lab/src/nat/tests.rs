@@ -1058,7 +1058,8 @@ fn ipv6_syn(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> Vec<u8> {
 }
 
 const HOST_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 1, 0, 0, 0, 2);
-const SERVER_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x5100, 0, 0, 0, 0, 0x10);
+const SERVER_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x5100, 0, 0, 0, 0, 0x10);
 
 #[test]
 fn ipv6_headers_are_read_to_their_length_and_refused_when_short_or_not_version_6() {
