@@ -13,6 +13,8 @@
 //! needs, and the refusal of what Linux cannot express, naming the key.
 //! [`conntrack`] reads `conntrack -E` into the lab's event log;
 //! [`portmap`] runs miniupnpd (NAT-PMP, PCP) on routers that offer port mapping.
+//! A router with `ipv6` also gets [`ipv6_ruleset`]: IPv6 routed untranslated,
+//! through a stateful firewall or none.
 
 pub mod conntrack;
 pub mod portmap;
@@ -399,6 +401,16 @@ mod tests {
         assert!(
             !open.contains("reject") && !open.contains("policy drop"),
             "{open}"
+        );
+    }
+
+    #[test]
+    fn docs_lab_md_shows_the_ipv6_firewall_rule_set_as_generated() {
+        let docs = include_str!("../../../docs/lab.md");
+        let rules = ipv6_ruleset(Ipv6Mode::Firewall, UnsolicitedAnswer::Drop);
+        assert!(
+            docs.contains(&rules),
+            "update docs/lab.md (\"IPv6 behind kernel routers\") to:\n{rules}"
         );
     }
 
