@@ -1052,7 +1052,7 @@ fn ipv6_syn(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> Vec<u8> {
     tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
     tcp[2..4].copy_from_slice(&443u16.to_be_bytes());
     tcp[12] = 5 << 4; // data offset: 5 words
-    tcp[13] = TcpFlags::SYN as u8;
+    tcp[13] = TcpFlags::SYN;
     packet.extend(tcp);
     packet
 }
