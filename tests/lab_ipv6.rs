@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use punchscope::lab::nat::{DropReason, NatEvent};
 use punchscope::lab::{netns, Lab};
 use support::lab::*;
 
@@ -82,9 +83,14 @@ name = "fw"
 backend = "kernel"
 ipv6 = "firewall"
 delay_ms = 5
+[[nat]]
+name = "emu"
 [[host]]
 name = "alice"
 nat = "fw"
+[[host]]
+name = "carol"
+nat = "emu"
 "#,
     );
     let _servers = EndpointReflector::start(&lab, &[SERVER_V6, SERVER_V4]);
@@ -116,6 +122,33 @@ nat = "fw"
         "IPv4 is still masqueraded to the router's public address"
     );
     assert_ne!(alice.public_ip, alice.address);
+
+    // An emulator router beside it stays IPv4 only, and no IPv6 reaches it.
+    let carol = lab.scenario().host("carol").unwrap().clone();
+    assert_eq!(carol.address_v6, None);
+    let carol_local = SocketAddr::new(IpAddr::V4(carol.address), 40000);
+    let seen = lab
+        .run_in("carol", || seen_by_server(carol_local, SERVER_V4))
+        .unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(carol.public_ip));
+    let unreadable: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e.router == "emu"
+                && matches!(
+                    e.event,
+                    NatEvent::Dropped {
+                        reason: DropReason::Malformed(_),
+                        ..
+                    }
+                )
+        })
+        .collect();
+    assert!(
+        unreadable.is_empty(),
+        "the emulator router got packets it cannot read: {unreadable:?}"
+    );
 }
 
 #[test]

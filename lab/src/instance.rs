@@ -19,8 +19,8 @@ use super::lock::{LabLock, LockError};
 use super::nat::{Nat, NatConfig, NatEvent, Translation};
 use super::netns::{self, NetnsError};
 use super::scenario::{
-    check_name, Backend, HostSpec, RouterSpec, Scenario, ScenarioError, IPV6_LAN_PREFIX_LEN,
-    IPV6_ROUTED_PREFIX_LEN,
+    check_name, Backend, HostSpec, Ipv6Mode, RouterSpec, Scenario, ScenarioError,
+    IPV6_LAN_PREFIX_LEN, IPV6_ROUTED_PREFIX_LEN,
 };
 use super::stun::{self, StunError, StunResponder};
 use super::tun::{Tun, TunError};
@@ -134,6 +134,9 @@ pub struct RouterInfo {
     /// The router answers port mapping: NAT-PMP and PCP, UPnP IGD or both (`portmap`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub portmap: bool,
+    /// What the router does with IPv6 (`ipv6`: firewall or open), if it routes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Mode>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -333,6 +336,7 @@ impl Lab {
                     unsolicited: c.unsolicited.to_string(),
                     delay_ms: c.uplink.delay.as_secs_f64() * 1e3,
                     portmap: r.portmap.offers_any(),
+                    ipv6: r.ipv6.map(|v6| v6.mode),
                 }
             })
             .collect();
@@ -452,6 +456,12 @@ impl Lab {
             }
             let wan_device = format!("wan{index}");
             let wan = Tun::create_in(&internet, &wan_device)?;
+            if has_ipv6 && router.ipv6.is_none() {
+                // The internet namespace's own IPv6 chatter (MLD reports on a
+                // new device) must not reach a router that reads IPv4 only.
+                let key = format!("ipv6/conf/{wan_device}/disable_ipv6");
+                netns::set_sysctls(&internet, &[(key.as_str(), "1")])?;
+            }
             internet_config.push(format!("link set {wan_device} up"));
             if router.config.translation == Translation::None {
                 for host in self.scenario.hosts.iter().filter(|h| h.router == index) {
