@@ -1,7 +1,7 @@
 //! A running lab: builds namespaces, devices and router tasks from a scenario, and tears all of it down.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,7 +18,10 @@ use super::kernel::{self, KernelNat};
 use super::lock::{LabLock, LockError};
 use super::nat::{Nat, NatConfig, NatEvent, Translation};
 use super::netns::{self, NetnsError};
-use super::scenario::{check_name, Backend, HostSpec, RouterSpec, Scenario, ScenarioError};
+use super::scenario::{
+    check_name, Backend, HostSpec, Ipv6Mode, RouterSpec, Scenario, ScenarioError,
+    IPV6_LAN_PREFIX_LEN, IPV6_ROUTED_PREFIX_LEN,
+};
 use super::stun::{self, StunError, StunResponder};
 use super::tun::{Tun, TunError};
 
@@ -104,6 +107,9 @@ pub struct LabInfo {
 pub struct InternetInfo {
     pub netns: String,
     pub servers: Vec<Ipv4Addr>,
+    /// The servers' IPv6 addresses, when some router has `ipv6`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers_v6: Vec<Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +134,9 @@ pub struct RouterInfo {
     /// The router answers port mapping: NAT-PMP and PCP, UPnP IGD or both (`portmap`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub portmap: bool,
+    /// What the router does with IPv6 (`ipv6`: firewall or open), if it routes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Mode>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,6 +145,9 @@ pub struct HostInfo {
     pub netns: String,
     pub address: Ipv4Addr,
     pub public_ip: Ipv4Addr,
+    /// The host's global IPv6 address, behind a router with `ipv6`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address_v6: Option<Ipv6Addr>,
     pub router: String,
 }
 
@@ -324,6 +336,7 @@ impl Lab {
                     unsolicited: c.unsolicited.to_string(),
                     delay_ms: c.uplink.delay.as_secs_f64() * 1e3,
                     portmap: r.portmap.offers_any(),
+                    ipv6: r.ipv6.map(|v6| v6.mode),
                 }
             })
             .collect();
@@ -336,6 +349,7 @@ impl Lab {
                 netns: format!("{}-{}", self.name, h.name),
                 address: h.address,
                 public_ip: h.public_ip,
+                address_v6: h.address_v6,
                 router: self.scenario.routers[h.router].name.clone(),
             })
             .collect();
@@ -344,6 +358,11 @@ impl Lab {
             internet: InternetInfo {
                 netns: self.internet_netns(),
                 servers: self.scenario.servers.clone(),
+                servers_v6: if self.scenario.has_ipv6() {
+                    self.scenario.servers_v6()
+                } else {
+                    Vec::new()
+                },
             },
             routers,
             hosts,
@@ -377,9 +396,18 @@ impl Lab {
                 ("ipv4/conf/default/send_redirects", "0"),
             ],
         )?;
+        let has_ipv6 = self.scenario.has_ipv6();
+        if has_ipv6 {
+            netns::set_sysctls(&internet, &ipv6_sysctls(true))?;
+        }
         let mut internet_config = vec!["link set lo up".to_string()];
         for server in &self.scenario.servers {
             internet_config.push(format!("addr add {server}/32 dev lo"));
+        }
+        if has_ipv6 {
+            for server in self.scenario.servers_v6() {
+                internet_config.push(format!("addr add {server}/128 dev lo"));
+            }
         }
 
         // Every router's hosts get their namespaces first, so that a core can
@@ -405,6 +433,9 @@ impl Lab {
                         ("ipv4/ip_forward", "0"),
                     ],
                 )?;
+                if router.ipv6.is_some() {
+                    netns::set_sysctls(&ns, &ipv6_sysctls(false))?;
+                }
             }
             cores.push(Some(match router.kernel {
                 None => self.build_emulated_router(router.clone(), &hosts)?,
@@ -425,6 +456,12 @@ impl Lab {
             }
             let wan_device = format!("wan{index}");
             let wan = Tun::create_in(&internet, &wan_device)?;
+            if has_ipv6 && router.ipv6.is_none() {
+                // The internet namespace's own IPv6 chatter (MLD reports on a
+                // new device) must not reach a router that reads IPv4 only.
+                let key = format!("ipv6/conf/{wan_device}/disable_ipv6");
+                netns::set_sysctls(&internet, &[(key.as_str(), "1")])?;
+            }
             internet_config.push(format!("link set {wan_device} up"));
             if router.config.translation == Translation::None {
                 for host in self.scenario.hosts.iter().filter(|h| h.router == index) {
@@ -435,6 +472,12 @@ impl Lab {
                 internet_config.push(format!(
                     "route add {}/32 dev {wan_device}",
                     router.config.public_ip
+                ));
+            }
+            if let Some(v6) = router.ipv6 {
+                internet_config.push(format!(
+                    "route add {}/{IPV6_ROUTED_PREFIX_LEN} dev {wan_device}",
+                    v6.prefix
                 ));
             }
             // Only an emulator CGN carries its routers' cores in its own task;
@@ -540,6 +583,10 @@ impl Lab {
         let sysctls = KernelNat::sysctls(config);
         let sysctls: Vec<(&str, &str)> = sysctls.iter().map(|(k, v)| (*k, v.as_str())).collect();
         netns::set_sysctls(&ns, &sysctls)?;
+        if router.ipv6.is_some() {
+            // Before any device exists, so that every device inherits it.
+            netns::set_sysctls(&ns, &ipv6_sysctls(true))?;
+        }
         let router_wan = Tun::create_in(&ns, kernel::WAN_DEVICE)?;
         let (lan, wan_device) = (kernel::LAN_DEVICE, kernel::WAN_DEVICE);
         let mut commands = vec![
@@ -559,22 +606,40 @@ impl Lab {
         commands.push(format!("addr add {}/32 dev {wan_device}", config.public_ip));
         commands.push(format!("link set {wan_device} up"));
         commands.push(format!("route add default dev {wan_device}"));
+        if let Some(v6) = router.ipv6 {
+            // `nodad`: usable at once, with no duplicate address detection
+            // delay; nothing else in the lab holds these addresses.
+            commands.push(format!(
+                "addr add {}/{IPV6_LAN_PREFIX_LEN} dev {lan} nodad",
+                v6.gateway
+            ));
+            commands.push(format!("addr add {}/128 dev {wan_device} nodad", v6.wan));
+            commands.push(format!("route add ::/0 dev {wan_device}"));
+        }
         netns::ip_batch(&ns, &commands)?;
         for host in hosts {
-            netns::ip_batch(
-                &format!("{}-{}", self.name, host.name),
-                &[
-                    "link set lo up".to_string(),
-                    format!(
-                        "addr add {}/{} dev {HOST_DEVICE}",
-                        host.address, host.prefix_len
-                    ),
-                    format!("link set {HOST_DEVICE} up"),
-                    format!("route add default via {}", config.gateway_ip),
-                ],
-            )?;
+            let mut host_commands = vec![
+                "link set lo up".to_string(),
+                format!(
+                    "addr add {}/{} dev {HOST_DEVICE}",
+                    host.address, host.prefix_len
+                ),
+                format!("link set {HOST_DEVICE} up"),
+                format!("route add default via {}", config.gateway_ip),
+            ];
+            if let (Some(v6), Some(address)) = (router.ipv6, host.address_v6) {
+                host_commands.push(format!(
+                    "addr add {address}/{IPV6_LAN_PREFIX_LEN} dev {HOST_DEVICE} nodad"
+                ));
+                host_commands.push(format!("route add ::/0 via {}", v6.gateway));
+            }
+            netns::ip_batch(&format!("{}-{}", self.name, host.name), &host_commands)?;
         }
         netns::run_with_input(&ns, "nft", &["-f", "-"], &kind.ruleset(config))?;
+        if let Some(v6) = router.ipv6 {
+            let rules = kernel::ipv6_ruleset(v6.mode, config.unsolicited);
+            netns::run_with_input(&ns, "nft", &["-f", "-"], &rules)?;
+        }
         if let Some(rules) = portmap::ruleset(&router.portmap, &self.scenario.servers) {
             netns::run_with_input(&ns, "nft", &["-f", "-"], &rules)?;
         }
@@ -695,6 +760,22 @@ impl Drop for Lab {
             eprintln!("lab {}: teardown incomplete: {e}", self.name);
         }
     }
+}
+
+/// The sysctls that turn IPv6 on in a namespace of a scenario with `ipv6`
+/// (namespaces start with it off), forwarding it on routers and the
+/// internet core. No duplicate address detection: every address is the
+/// lab's own and must be usable at once, link-local ones included.
+fn ipv6_sysctls(forwarding: bool) -> Vec<(&'static str, &'static str)> {
+    let forwarding = if forwarding { "1" } else { "0" };
+    vec![
+        ("ipv6/conf/all/disable_ipv6", "0"),
+        ("ipv6/conf/default/disable_ipv6", "0"),
+        ("ipv6/conf/all/accept_dad", "0"),
+        ("ipv6/conf/default/accept_dad", "0"),
+        ("ipv6/conf/all/forwarding", forwarding),
+        ("ipv6/conf/default/forwarding", forwarding),
+    ]
 }
 
 /// Reads a scenario file and starts a lab from it.

@@ -4,7 +4,7 @@
 //! missing keys take the defaults documented in docs/lab.md.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +21,17 @@ pub const DEFAULT_SERVERS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(198, 51, 100, 10),
     Ipv4Addr::new(198, 51, 100, 11),
 ];
+
+/// The IPv6 address of the first server (the `servers` entry at index 0);
+/// the server at index `i` is this address plus `i` (2001:db8:5100::10,
+/// 2001:db8:5100::11 for the default 198.51.100.10 and .11). Documentation
+/// space (RFC 3849), configured only when some router has `ipv6`.
+pub const FIRST_SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x5100, 0, 0, 0, 0, 0x10);
+
+/// The IPv6 address of the server at `index` in [`Scenario::servers`].
+pub fn server_v6(index: usize) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(FIRST_SERVER_V6) + index as u128)
+}
 
 /// A scenario that could not be read or makes no sense.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +54,18 @@ pub struct Scenario {
     pub hosts: Vec<HostSpec>,
 }
 
+impl Scenario {
+    /// Whether any router routes IPv6, so the internet namespace needs it.
+    pub fn has_ipv6(&self) -> bool {
+        self.routers.iter().any(|r| r.ipv6.is_some())
+    }
+
+    /// The servers' IPv6 addresses (see [`server_v6`]), in the order of [`Scenario::servers`].
+    pub fn servers_v6(&self) -> Vec<Ipv6Addr> {
+        (0..self.servers.len()).map(server_v6).collect()
+    }
+}
+
 /// One router: a NAT from the file, or the plain router of a public host.
 #[derive(Debug, Clone)]
 pub struct RouterSpec {
@@ -59,6 +82,68 @@ pub struct RouterSpec {
     /// address, by miniupnpd on a kernel router, by the emulator's own
     /// service ([`crate::nat::portmap`]) on an emulator NAT.
     pub portmap: PortmapSpec,
+    /// `Some` for a router with the `ipv6` key: its hosts are dual-stack.
+    pub ipv6: Option<RouterIpv6>,
+}
+
+/// What a router does with IPv6 (`ipv6` key). There is no IPv6 translation:
+/// hosts keep their global addresses; the router only filters, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Mode {
+    /// A stateful firewall (RFC 6092): outbound traffic opens a pinhole for
+    /// its replies; unsolicited inbound gets the router's `unsolicited` answer.
+    Firewall,
+    /// Routes IPv6 without filtering: every host is reachable.
+    Open,
+}
+
+impl std::fmt::Display for Ipv6Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ipv6Mode::Firewall => "firewall",
+            Ipv6Mode::Open => "open",
+        })
+    }
+}
+
+/// A router's IPv6 side: what it filters and its address plan, all in
+/// 2001:db8::/32. Router N (its index in [`Scenario::routers`] plus one)
+/// holds 2001:db8:N::/48, which the internet namespace routes to its WAN;
+/// its LAN is the /64 2001:db8:N:1::/64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterIpv6 {
+    pub mode: Ipv6Mode,
+    /// The routed /48 (2001:db8:N::).
+    pub prefix: Ipv6Addr,
+    /// The router's WAN address (2001:db8:N::1): the source of what the router itself sends.
+    pub wan: Ipv6Addr,
+    /// The router's LAN address (2001:db8:N:1::1), its hosts' default gateway.
+    pub gateway: Ipv6Addr,
+}
+
+/// The length of a router's routed IPv6 prefix.
+pub const IPV6_ROUTED_PREFIX_LEN: u8 = 48;
+/// The length of a router's IPv6 LAN prefix.
+pub const IPV6_LAN_PREFIX_LEN: u8 = 64;
+
+impl RouterIpv6 {
+    /// The plan of the router at `router` (its index in [`Scenario::routers`]).
+    pub fn plan(router: usize, mode: Ipv6Mode) -> Option<RouterIpv6> {
+        let n = u16::try_from(router + 1).ok()?;
+        Some(RouterIpv6 {
+            mode,
+            prefix: Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 0),
+            wan: Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 1),
+            gateway: Ipv6Addr::new(0x2001, 0xdb8, n, 1, 0, 0, 0, 1),
+        })
+    }
+
+    /// The address of the `index`-th host on the LAN (1 is the first host:
+    /// 2001:db8:N:1::2, as 192.168.N.2).
+    pub fn host(&self, index: u8) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.gateway) + u128::from(index))
+    }
 }
 
 impl RouterSpec {
@@ -103,6 +188,9 @@ pub struct HostSpec {
     pub prefix_len: u8,
     /// The public address the internet sees for this host.
     pub public_ip: Ipv4Addr,
+    /// The host's global IPv6 address (in its router's LAN /64), when its
+    /// router has `ipv6`: the internet sees this very address.
+    pub address_v6: Option<Ipv6Addr>,
     /// What `lab run` starts in this host.
     pub role: HostRole,
 }
@@ -276,6 +364,8 @@ struct NatSection {
     portmap_ports: Option<Spanned<[u16; 2]>>,
     portmap_refuse: Option<Spanned<bool>>,
     portmap_closed: Option<Spanned<ClosedAnswer>>,
+    /// Dual-stack hosts: the router routes IPv6 as a firewall or openly (kernel routers only so far).
+    ipv6: Option<Spanned<Ipv6Mode>>,
 }
 
 /// A port mapping protocol a scenario may name.
@@ -646,6 +736,28 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             _ => None,
         };
         let portmap = portmap_spec(nat, kernel.is_some(), &at)?;
+        let ipv6 = match &nat.ipv6 {
+            None => None,
+            Some(mode) => {
+                let refuse = |why: &str| Err(at(mode.span(), format!("NAT `{name}`: ipv6 {why}")));
+                if kernel.is_none() {
+                    return refuse("is played by kernel routers only so far (the emulator translates IPv4 only): add backend = \"kernel\" or leave ipv6 out");
+                }
+                let is_upstream = file
+                    .nat
+                    .iter()
+                    .any(|n| n.upstream.as_ref().is_some_and(|u| u.get_ref() == &name));
+                if upstreams[i].is_some() || is_upstream {
+                    return refuse("is not built yet for NAT chains (upstream): give ipv6 only to a router straight on the internet");
+                }
+                Some(RouterIpv6::plan(i, *mode.get_ref()).ok_or_else(|| {
+                    at(
+                        mode.span(),
+                        "too many routers for the IPv6 address plan".into(),
+                    )
+                })?)
+            }
+        };
         router_by_name.insert(name.clone(), routers.len());
         routers.push(RouterSpec {
             name,
@@ -653,6 +765,7 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             kernel,
             upstream: upstreams[i],
             portmap,
+            ipv6,
         });
     }
 
@@ -700,6 +813,7 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
                 kernel: None,
                 upstream: None,
                 portmap: PortmapSpec::default(),
+                ipv6: None,
             });
             routers.len() - 1
         } else {
@@ -739,12 +853,14 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
                 (public_ip, 32, public_ip)
             }
         };
+        let address_v6 = routers[router].ipv6.map(|v6| v6.host(*index));
         hosts.push(HostSpec {
             name,
             router,
             address,
             prefix_len,
             public_ip,
+            address_v6,
             role: host.role,
         });
     }
@@ -1033,6 +1149,57 @@ nat = "none"
         let s = Scenario::parse("[[nat]]\nname = \"n\"\n[[host]]\nname = \"h\"\nnat = \"n\"\n")
             .unwrap();
         assert_eq!(s.routers[0].backend(), Backend::Emulator, "the default");
+    }
+
+    #[test]
+    fn ipv6_gives_a_kernel_routers_hosts_global_addresses_in_its_prefix() {
+        let s = Scenario::parse(
+            "[[nat]]\nname = \"v4\"\nbackend = \"kernel\"\n[[nat]]\nname = \"fw\"\nbackend = \"kernel\"\nipv6 = \"firewall\"\nunsolicited = \"rst\"\n[[nat]]\nname = \"open\"\nbackend = \"kernel\"\nipv6 = \"open\"\n[[host]]\nname = \"a\"\nnat = \"v4\"\n[[host]]\nname = \"b\"\nnat = \"fw\"\n[[host]]\nname = \"c\"\nnat = \"fw\"\n[[host]]\nname = \"d\"\nnat = \"open\"\n",
+        )
+        .unwrap();
+        assert!(s.has_ipv6());
+        assert_eq!(s.routers[0].ipv6, None, "absent: IPv4 only");
+        assert_eq!(s.host("a").unwrap().address_v6, None);
+        let fw = s.routers[1].ipv6.unwrap();
+        assert_eq!(fw.mode, Ipv6Mode::Firewall);
+        let v6 = |text: &str| text.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(fw.prefix, v6("2001:db8:2::"));
+        assert_eq!(fw.wan, v6("2001:db8:2::1"));
+        assert_eq!(fw.gateway, v6("2001:db8:2:1::1"));
+        assert_eq!(s.routers[1].config.unsolicited, UnsolicitedAnswer::Rst);
+        let b = s.host("b").unwrap();
+        assert_eq!(b.address_v6, Some(v6("2001:db8:2:1::2")));
+        assert_eq!(b.address, Ipv4Addr::new(192, 168, 2, 2), "IPv4 as ever");
+        assert_eq!(s.host("c").unwrap().address_v6, Some(v6("2001:db8:2:1::3")));
+        assert_eq!(s.routers[2].ipv6.unwrap().mode, Ipv6Mode::Open);
+        assert_eq!(s.host("d").unwrap().address_v6, Some(v6("2001:db8:3:1::2")));
+        assert_eq!(
+            s.servers_v6(),
+            [v6("2001:db8:5100::10"), v6("2001:db8:5100::11")]
+        );
+        let plain = Scenario::parse("[[nat]]\nname = \"n\"\n[[host]]\nname = \"h\"\nnat = \"n\"\n")
+            .unwrap();
+        assert!(!plain.has_ipv6());
+    }
+
+    #[test]
+    fn ipv6_where_the_lab_cannot_build_it_is_refused_naming_the_key_and_line() {
+        let e = error_of(
+            "[[nat]]\nname = \"e\"\nipv6 = \"firewall\"\n[[host]]\nname = \"h\"\nnat = \"e\"\n",
+        );
+        assert!(
+            e.contains("line 3") && e.contains("ipv6") && e.contains("backend = \"kernel\""),
+            "{e}"
+        );
+        let e = error_of("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nipv6 = \"nat66\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n");
+        assert!(e.contains("line 4") && e.contains("nat66"), "{e}");
+        let chained = CHAIN.replacen(
+            "upstream = \"cgn\"\nbackend = \"kernel\"",
+            "upstream = \"cgn\"\nbackend = \"kernel\"\nipv6 = \"open\"",
+            1,
+        );
+        let e = error_of(&chained);
+        assert!(e.contains("line 13") && e.contains("NAT chains"), "{e}");
     }
 
     const CHAIN: &str = r#"

@@ -13,6 +13,8 @@
 //! needs, and the refusal of what Linux cannot express, naming the key.
 //! [`conntrack`] reads `conntrack -E` into the lab's event log;
 //! [`portmap`] runs miniupnpd (NAT-PMP, PCP) on routers that offer port mapping.
+//! A router with `ipv6` also gets [`ipv6_ruleset`]: IPv6 routed untranslated,
+//! through a stateful firewall or none.
 
 pub mod conntrack;
 pub mod portmap;
@@ -23,6 +25,7 @@ use punchscope_analysis::nat::{Allocation, Filtering, Mapping, UnsolicitedAnswer
 use serde::Serialize;
 
 use crate::nat::{NatConfig, Translation};
+use crate::scenario::Ipv6Mode;
 
 /// The bridge of a kernel router's LAN side.
 pub const LAN_DEVICE: &str = "lan";
@@ -41,6 +44,63 @@ pub fn downstream_link(router_index: usize) -> String {
 }
 /// The nftables table every kernel router's rules live in.
 pub const TABLE: &str = "punchscope_nat";
+/// The nftables table of a kernel router's IPv6 rules (`ipv6` key), apart
+/// from the IPv4 ones so that those stay exactly as without IPv6.
+pub const TABLE_V6: &str = "punchscope_v6";
+
+/// The IPv6 rule set (for `nft -f -`) of a kernel router with `ipv6`.
+/// There is no translation: hosts keep their global addresses.
+///
+/// - `firewall` (RFC 6092): the LAN may send anything out; conntrack admits
+///   what belongs to it back (established, and related ICMPv6 errors);
+///   unsolicited inbound gets `unsolicited`: `drop`, a TCP RST, or ICMPv6
+///   administratively prohibited (what RFC 6092 has a firewall send, where
+///   an IPv4 NAT, the destination itself, says port unreachable).
+/// - `open`: forwards everything, both ways.
+///
+/// Either way ICMPv6 to the router itself passes (neighbour discovery on
+/// the LAN, errors and echo), and nothing else reaches it from the WAN.
+pub fn ipv6_ruleset(mode: Ipv6Mode, unsolicited: UnsolicitedAnswer) -> String {
+    let forward = match mode {
+        Ipv6Mode::Open => {
+            "\t\ttype filter hook forward priority filter; policy accept;\n".to_string()
+        }
+        Ipv6Mode::Firewall => {
+            let (syn_answer, udp_answer) = match unsolicited {
+                UnsolicitedAnswer::Drop => ("drop", "drop"),
+                UnsolicitedAnswer::Rst => ("reject with tcp reset", "drop"),
+                UnsolicitedAnswer::Icmp => (
+                    "reject with icmpv6 type admin-prohibited",
+                    "reject with icmpv6 type admin-prohibited",
+                ),
+            };
+            format!(
+                "\t\ttype filter hook forward priority filter; policy drop;
+\t\tct state established,related accept
+\t\tiifname \"{LAN_SIDE}\" oifname \"{WAN_DEVICE}\" accept
+\t\t# Echo requests pass, as RFC 4890 asks of a firewall; other unsolicited ICMPv6 does not.
+\t\tiifname \"{WAN_DEVICE}\" icmpv6 type echo-request accept
+\t\tiifname \"{WAN_DEVICE}\" tcp flags & (fin|syn|rst|ack) == syn {syn_answer}
+\t\tiifname \"{WAN_DEVICE}\" meta l4proto udp {udp_answer}
+"
+            )
+        }
+    };
+    format!(
+        "table ip6 {TABLE_V6} {{
+\tchain input {{
+\t\ttype filter hook input priority filter; policy accept;
+\t\tct state established,related accept
+\t\tmeta l4proto ipv6-icmp accept
+\t\t# The router runs no IPv6 service for the internet.
+\t\tiifname \"{WAN_DEVICE}\" drop
+\t}}
+\tchain forward {{
+{forward}\t}}
+}}
+"
+    )
+}
 
 /// How a kernel router translates: the three NAT kinds Linux really offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -315,6 +375,43 @@ mod tests {
         c.hairpin = false;
         c.rst_closes = false;
         refused(c, "rst_closes");
+    }
+
+    #[test]
+    fn the_ipv6_firewall_admits_replies_and_answers_strangers_as_unsolicited_says() {
+        for (answer, syn_rule) in [
+            (UnsolicitedAnswer::Drop, "== syn drop"),
+            (UnsolicitedAnswer::Rst, "== syn reject with tcp reset"),
+            (
+                UnsolicitedAnswer::Icmp,
+                "== syn reject with icmpv6 type admin-prohibited",
+            ),
+        ] {
+            let rules = ipv6_ruleset(Ipv6Mode::Firewall, answer);
+            assert!(rules.starts_with("table ip6 punchscope_v6 {"), "{rules}");
+            assert!(rules.contains("policy drop;"), "{rules}");
+            assert!(rules.contains("ct state established,related accept"));
+            assert!(rules.contains("iifname \"lan*\" oifname \"wan0\" accept"));
+            assert!(rules.contains(syn_rule), "{answer}: {rules}");
+            assert!(rules.contains("meta l4proto ipv6-icmp accept"), "ND");
+            assert!(!rules.contains("masquerade") && !rules.contains("nat hook"));
+        }
+        let open = ipv6_ruleset(Ipv6Mode::Open, UnsolicitedAnswer::Rst);
+        assert!(open.contains("hook forward priority filter; policy accept;"));
+        assert!(
+            !open.contains("reject") && !open.contains("policy drop"),
+            "{open}"
+        );
+    }
+
+    #[test]
+    fn docs_lab_md_shows_the_ipv6_firewall_rule_set_as_generated() {
+        let docs = include_str!("../../../docs/lab.md");
+        let rules = ipv6_ruleset(Ipv6Mode::Firewall, UnsolicitedAnswer::Drop);
+        assert!(
+            docs.contains(&rules),
+            "update docs/lab.md (\"IPv6 behind kernel routers\") to:\n{rules}"
+        );
     }
 
     #[test]

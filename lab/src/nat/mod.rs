@@ -36,7 +36,7 @@ pub use packet::Protocol;
 pub use table::{Direction, RemovalReason};
 
 use link::DelayLine;
-use packet::{Body, Summary, ICMP_PORT_UNREACHABLE, ICMP_TTL_EXCEEDED};
+use packet::{Body, LinkPacket, Summary, ICMP_PORT_UNREACHABLE, ICMP_TTL_EXCEEDED};
 use table::{Inbound, MappingTable, Outbound, TableConfig};
 
 /// The LAN address the background connections of a busy NAT come from
@@ -185,6 +185,15 @@ impl Nat {
     pub fn handle_lan(&mut self, packet: &[u8], now: Instant) {
         self.handle_timeout(now);
         self.stats.from_lan += 1;
+        if self.config.translation == Translation::Link {
+            // A wire carries IPv4 and IPv6 alike, unchanged.
+            return match packet::parse_link(packet) {
+                Ok(link) => self.send_up(packet[..link.total_len()].to_vec(), now),
+                Err(malformed) => {
+                    self.drop(Direction::Outbound, DropReason::Malformed(malformed), now)
+                }
+            };
+        }
         let summary = match packet::parse(packet) {
             Ok(summary) => summary,
             Err(malformed) => {
@@ -192,9 +201,6 @@ impl Nat {
             }
         };
         self.sweep_if_due(now);
-        if self.config.translation == Translation::Link {
-            return self.send_up(packet[..summary.total_len].to_vec(), now);
-        }
         if summary.dst == self.config.gateway_ip {
             return self.answer_as_router(packet, &summary, now);
         }
@@ -365,15 +371,27 @@ impl Nat {
     }
 
     fn process_inbound(&mut self, packet: &[u8], now: Instant) {
+        if self.config.translation == Translation::Link {
+            let link = match packet::parse_link(packet) {
+                Ok(link) => link,
+                Err(malformed) => {
+                    return self.drop(Direction::Inbound, DropReason::Malformed(malformed), now)
+                }
+            };
+            let host = match link {
+                LinkPacket::Ipv4 { dst, .. } => dst,
+                // A link's only LAN device is the kernel router's WAN, known
+                // by its IPv4 address: IPv6 for the router's prefix goes there too.
+                LinkPacket::Ipv6 { .. } => self.config.public_ip,
+            };
+            return self.deliver(packet[..link.total_len()].to_vec(), host, now);
+        }
         let summary = match packet::parse(packet) {
             Ok(summary) => summary,
             Err(malformed) => {
                 return self.drop(Direction::Inbound, DropReason::Malformed(malformed), now)
             }
         };
-        if self.config.translation == Translation::Link {
-            return self.deliver(packet[..summary.total_len].to_vec(), summary.dst, now);
-        }
         if self.table.is_some() && summary.dst != self.config.public_ip {
             return self.drop(Direction::Inbound, DropReason::NotOurs, now);
         }

@@ -1,10 +1,12 @@
 //! IPv4 packet views, rewrites and answers for the NAT emulator, built on `pnet_packet`; every rewrite recomputes checksums.
+//! A bare link also carries IPv6, of which it reads only the fixed header ([`parse_link`]).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use pnet_packet::icmp::{self, IcmpPacket, IcmpTypes, MutableIcmpPacket};
 use pnet_packet::ip::IpNextHeaderProtocols;
 use pnet_packet::ipv4::{self, Ipv4Packet, MutableIpv4Packet};
+use pnet_packet::ipv6::Ipv6Packet;
 use pnet_packet::tcp::{self, MutableTcpPacket, TcpFlags, TcpPacket};
 use pnet_packet::udp::{self, MutableUdpPacket, UdpPacket};
 use serde::Serialize;
@@ -114,6 +116,56 @@ impl Summary {
         let flags = self.tcp_flags();
         flags & TcpFlags::SYN != 0 && flags & (TcpFlags::ACK | TcpFlags::RST) == 0
     }
+}
+
+/// The length of the fixed IPv6 header; the payload length field counts what follows it.
+pub const IPV6_HEADER_LEN: usize = 40;
+
+/// A packet as a bare link ([`super::Translation::Link`]) sees it: where it
+/// goes and how long it is, nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkPacket {
+    Ipv4 { dst: Ipv4Addr, total_len: usize },
+    Ipv6 { dst: Ipv6Addr, total_len: usize },
+}
+
+impl LinkPacket {
+    /// The packet's length by its own header (trailing bytes beyond it are not part of it).
+    pub fn total_len(&self) -> usize {
+        match *self {
+            LinkPacket::Ipv4 { total_len, .. } | LinkPacket::Ipv6 { total_len, .. } => total_len,
+        }
+    }
+}
+
+/// Reads a packet a bare link carries: IPv4 as [`parse`] reads it (so a
+/// link refuses what the NAT would), IPv6 by [`parse_ipv6`].
+pub fn parse_link(packet: &[u8]) -> Result<LinkPacket, Malformed> {
+    match packet.first().map(|first| first >> 4) {
+        Some(6) => parse_ipv6(packet),
+        _ => parse(packet).map(|summary| LinkPacket::Ipv4 {
+            dst: summary.dst,
+            total_len: summary.total_len,
+        }),
+    }
+}
+
+/// Reads an IPv6 packet's fixed header: version 6, and a payload length
+/// that, with the 40-byte header, fits in what was read. Extension headers
+/// and the payload are left alone: a link does not look into them.
+pub fn parse_ipv6(packet: &[u8]) -> Result<LinkPacket, Malformed> {
+    let ip = Ipv6Packet::new(packet).ok_or(Malformed::Truncated)?;
+    if ip.get_version() != 6 {
+        return Err(Malformed::BadHeader);
+    }
+    let total_len = IPV6_HEADER_LEN + usize::from(ip.get_payload_length());
+    if total_len > packet.len() {
+        return Err(Malformed::Truncated);
+    }
+    Ok(LinkPacket::Ipv6 {
+        dst: ip.get_destination(),
+        total_len,
+    })
 }
 
 /// Reads the fields the NAT needs, rejecting what it cannot translate.

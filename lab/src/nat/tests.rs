@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pnet_packet::tcp::TcpFlags;
 use punchscope_analysis::nat::{Allocation, Filtering, Mapping, UnsolicitedAnswer};
 
-use super::packet::build;
+use super::packet::{build, Malformed};
 use super::*;
 
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
@@ -1037,4 +1037,150 @@ fn with_the_window_check_a_new_sockets_answer_after_the_peers_syn_is_dropped() {
     );
     let (out, _) = primed_then_peer_first(false);
     assert_eq!(out.len(), 1, "without the check it passes");
+}
+
+/// An IPv6 TCP SYN (fixed header and a bare 20-byte TCP header) from
+/// `src` to `dst`, port 40000 to 443. A link reads only the fixed header,
+/// so the TCP checksum is left zero.
+fn ipv6_syn(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend(20u16.to_be_bytes()); // payload length
+    packet.extend([6, 64]); // next header TCP, hop limit
+    packet.extend(src.octets());
+    packet.extend(dst.octets());
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&443u16.to_be_bytes());
+    tcp[12] = 5 << 4; // data offset: 5 words
+    tcp[13] = TcpFlags::SYN;
+    packet.extend(tcp);
+    packet
+}
+
+const HOST_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 1, 0, 0, 0, 2);
+const SERVER_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x5100, 0, 0, 0, 0, 0x10);
+
+#[test]
+fn ipv6_headers_are_read_to_their_length_and_refused_when_short_or_not_version_6() {
+    let syn = ipv6_syn(HOST_V6, SERVER_V6);
+    assert_eq!(
+        packet::parse_link(&syn),
+        Ok(packet::LinkPacket::Ipv6 {
+            dst: SERVER_V6,
+            total_len: 60
+        })
+    );
+    let mut padded = syn.clone();
+    padded.extend([0; 7]);
+    assert_eq!(
+        packet::parse_link(&padded).map(|p| p.total_len()),
+        Ok(60),
+        "trailing bytes are not the packet's"
+    );
+    assert_eq!(
+        packet::parse_link(&syn[..39]),
+        Err(Malformed::Truncated),
+        "shorter than the fixed header"
+    );
+    assert_eq!(
+        packet::parse_link(&syn[..59]),
+        Err(Malformed::Truncated),
+        "payload length beyond what was read"
+    );
+    let mut longer_claim = syn.clone();
+    longer_claim[4..6].copy_from_slice(&21u16.to_be_bytes());
+    assert_eq!(packet::parse_link(&longer_claim), Err(Malformed::Truncated));
+    let mut version_5 = syn.clone();
+    version_5[0] = 0x50;
+    assert_eq!(packet::parse_ipv6(&version_5), Err(Malformed::BadHeader));
+    assert_eq!(
+        packet::parse(&syn),
+        Err(Malformed::NotIpv4),
+        "the NAT itself reads IPv4 only"
+    );
+}
+
+#[test]
+fn a_link_carries_ipv6_unchanged_after_its_delay_and_drops_short_packets() {
+    let mut config = NatConfig::router(PUBLIC);
+    config.translation = Translation::Link;
+    config.uplink.delay = Duration::from_millis(5);
+    config.downlink.delay = Duration::from_millis(5);
+    let mut nat = Nat::new(config);
+    let start = Instant::now();
+    let drain = |nat: &mut Nat| std::iter::from_fn(|| nat.poll_transmit()).collect::<Vec<_>>();
+
+    let outbound = ipv6_syn(HOST_V6, SERVER_V6);
+    let mut padded = outbound.clone();
+    padded.extend([0xee; 4]);
+    nat.handle_lan(&padded, start);
+    assert!(drain(&mut nat).is_empty(), "held for the delay");
+    nat.handle_timeout(start + Duration::from_millis(5));
+    let out = drain(&mut nat);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].port, Port::Wan);
+    assert_eq!(out[0].packet, outbound, "byte for byte, padding cut");
+
+    let inbound = ipv6_syn(SERVER_V6, HOST_V6);
+    nat.handle_wan(&inbound, start + Duration::from_millis(10));
+    nat.handle_timeout(start + Duration::from_millis(15));
+    let out = drain(&mut nat);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].port,
+        Port::Lan(PUBLIC),
+        "to the link's one LAN device, the kernel router's WAN"
+    );
+    assert_eq!(out[0].packet, inbound);
+
+    nat.handle_lan(&outbound[..50], start + Duration::from_millis(20));
+    nat.handle_wan(&inbound[..30], start + Duration::from_millis(20));
+    nat.handle_timeout(start + Duration::from_millis(30));
+    assert!(drain(&mut nat).is_empty(), "short packets never leave");
+    let drops: Vec<_> = std::iter::from_fn(|| nat.poll_event())
+        .filter_map(|e| match e.event {
+            NatEvent::Dropped { direction, reason } => Some((direction, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        drops,
+        [
+            (
+                Direction::Outbound,
+                DropReason::Malformed(Malformed::Truncated)
+            ),
+            (
+                Direction::Inbound,
+                DropReason::Malformed(Malformed::Truncated)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn every_mode_but_a_link_refuses_ipv6() {
+    for config in [
+        NatConfig::router(PUBLIC),
+        NatConfig::nat(Mapping::Eim, Filtering::Eif, Allocation::Preserve, PUBLIC),
+    ] {
+        let mut h = Harness::new(config);
+        assert!(h.send_lan(ipv6_syn(HOST_V6, SERVER_V6)).is_empty());
+        assert!(h.send_wan(ipv6_syn(SERVER_V6, HOST_V6)).is_empty());
+        let malformed = h
+            .events()
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    NatEvent::Dropped {
+                        reason: DropReason::Malformed(Malformed::NotIpv4),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(malformed, 2, "both directions refused as not IPv4");
+    }
 }

@@ -1,0 +1,321 @@
+//! Dual-stack hosts behind kernel routers with `ipv6`: no translation, a
+//! stateful firewall (or none) in its place, seen from real IPv6 sockets.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
+
+mod support;
+
+use std::io::{BufRead, BufReader, ErrorKind};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use punchscope::lab::nat::{DropReason, NatEvent};
+use punchscope::lab::{netns, Lab};
+use support::lab::*;
+
+/// The first server's IPv6 address (docs/lab.md, "IPv6").
+const SERVER_V6: &str = "[2001:db8:5100::10]:3478";
+const SERVER_V4: &str = "198.51.100.10:3478";
+/// The port the hosts' own listeners and trial sockets use.
+const HOST_PORT: u16 = 45000;
+/// How long an unsolicited connect waits before counting as unanswered.
+const UNANSWERED: Duration = Duration::from_millis(1500);
+
+fn address_v6(lab: &Lab, host: &str) -> Ipv6Addr {
+    lab.scenario()
+        .host(host)
+        .unwrap()
+        .address_v6
+        .unwrap_or_else(|| panic!("{host} has an IPv6 address"))
+}
+
+/// Connects from `local` (a reuse-port socket, as trials bind) to `remote` within `timeout`.
+fn connect(local: SocketAddr, remote: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let socket = support::sockets::bound(local)?;
+    socket.connect_timeout(&remote.into(), timeout)?;
+    Ok(socket.into())
+}
+
+/// Connects from `local` to the endpoint reflector at `server`; returns the
+/// source endpoint the server saw.
+fn seen_by_server(local: SocketAddr, server: &str) -> SocketAddr {
+    let server: SocketAddr = server.parse().unwrap();
+    let stream = connect(local, server, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {local} -> {server}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap();
+    line.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("reflector line {line:?}"))
+}
+
+/// A listener on the host's IPv6 address, and a connect to it from the
+/// server's address in the internet namespace; the connect's result kind.
+fn knock_from_internet(lab: &Lab, host: &str) -> Result<(), ErrorKind> {
+    let target = SocketAddr::new(IpAddr::V6(address_v6(lab, host)), HOST_PORT);
+    let _listener = lab
+        .run_in(host, || {
+            let socket = support::sockets::bound(target).expect("bind the host's listener");
+            socket.listen(16).expect("listen");
+            socket
+        })
+        .unwrap();
+    lab.run_in("internet", || {
+        let from: SocketAddr = "[2001:db8:5100::10]:0".parse().unwrap();
+        connect(from, target, UNANSWERED)
+            .map(drop)
+            .map_err(|e| e.kind())
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_dual_stack_host_reaches_ipv6_servers_untranslated_and_ipv4_ones_translated() {
+    let lab = start_lab(
+        "v6out",
+        r#"
+[[nat]]
+name = "fw"
+backend = "kernel"
+ipv6 = "firewall"
+delay_ms = 5
+[[nat]]
+name = "emu"
+[[host]]
+name = "alice"
+nat = "fw"
+[[host]]
+name = "carol"
+nat = "emu"
+"#,
+    );
+    let _servers = EndpointReflector::start(&lab, &[SERVER_V6, SERVER_V4]);
+    let alice = lab.scenario().host("alice").unwrap().clone();
+    let own_v6 = SocketAddr::new(IpAddr::V6(address_v6(&lab, "alice")), 40000);
+    let own_v4 = SocketAddr::new(IpAddr::V4(alice.address), 40001);
+    let (seen_v6, v6_took, seen_v4) = lab
+        .run_in("alice", || {
+            let started = Instant::now();
+            let seen_v6 = seen_by_server(own_v6, SERVER_V6);
+            (
+                seen_v6,
+                started.elapsed(),
+                seen_by_server(own_v4, SERVER_V4),
+            )
+        })
+        .unwrap();
+    assert!(
+        v6_took >= Duration::from_millis(2 * 10),
+        "IPv6 crosses the emulated link: a connect and the server's line over 5 ms each way take 20 ms, took {v6_took:?}"
+    );
+    assert_eq!(
+        seen_v6, own_v6,
+        "IPv6: the server sees the host's own global address and port"
+    );
+    assert_eq!(
+        seen_v4.ip(),
+        IpAddr::V4(alice.public_ip),
+        "IPv4 is still masqueraded to the router's public address"
+    );
+    assert_ne!(alice.public_ip, alice.address);
+
+    // An emulator router beside it stays IPv4 only, and no IPv6 reaches it.
+    let carol = lab.scenario().host("carol").unwrap().clone();
+    assert_eq!(carol.address_v6, None);
+    let carol_local = SocketAddr::new(IpAddr::V4(carol.address), 40000);
+    let seen = lab
+        .run_in("carol", || seen_by_server(carol_local, SERVER_V4))
+        .unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(carol.public_ip));
+    let unreadable: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e.router == "emu"
+                && matches!(
+                    e.event,
+                    NatEvent::Dropped {
+                        reason: DropReason::Malformed(_),
+                        ..
+                    }
+                )
+        })
+        .collect();
+    assert!(
+        unreadable.is_empty(),
+        "the emulator router got packets it cannot read: {unreadable:?}"
+    );
+}
+
+#[test]
+fn unsolicited_ipv6_is_dropped_reset_or_prohibited_by_a_firewall_and_let_in_when_open() {
+    let lab = start_lab(
+        "v6in",
+        r#"
+[[nat]]
+name = "fwdrop"
+backend = "kernel"
+ipv6 = "firewall"
+[[nat]]
+name = "fwrst"
+backend = "kernel"
+ipv6 = "firewall"
+unsolicited = "rst"
+[[nat]]
+name = "fwicmp"
+backend = "kernel"
+ipv6 = "firewall"
+unsolicited = "icmp"
+[[nat]]
+name = "open"
+backend = "kernel"
+ipv6 = "open"
+[[host]]
+name = "h_drop"
+nat = "fwdrop"
+[[host]]
+name = "h_rst"
+nat = "fwrst"
+[[host]]
+name = "h_icmp"
+nat = "fwicmp"
+[[host]]
+name = "h_open"
+nat = "open"
+"#,
+    );
+    assert_eq!(
+        knock_from_internet(&lab, "h_drop"),
+        Err(ErrorKind::TimedOut),
+        "drop: silence"
+    );
+    assert_eq!(
+        knock_from_internet(&lab, "h_rst"),
+        Err(ErrorKind::ConnectionRefused),
+        "rst: the firewall resets"
+    );
+    assert_eq!(
+        knock_from_internet(&lab, "h_icmp"),
+        Err(ErrorKind::PermissionDenied),
+        "icmp: ICMPv6 administratively prohibited (EACCES)"
+    );
+    assert_eq!(
+        knock_from_internet(&lab, "h_open"),
+        Ok(()),
+        "an open router lets the stranger in"
+    );
+}
+
+#[test]
+fn two_firewalled_hosts_connect_by_simultaneous_open_but_not_one_sided() {
+    let lab = start_lab(
+        "v6pair",
+        r#"
+[[nat]]
+name = "fwa"
+backend = "kernel"
+ipv6 = "firewall"
+delay_ms = 10
+[[nat]]
+name = "fwb"
+backend = "kernel"
+ipv6 = "firewall"
+delay_ms = 10
+[[host]]
+name = "alice"
+nat = "fwa"
+[[host]]
+name = "bob"
+nat = "fwb"
+"#,
+    );
+    let alice = SocketAddr::new(IpAddr::V6(address_v6(&lab, "alice")), HOST_PORT);
+    let bob = SocketAddr::new(IpAddr::V6(address_v6(&lab, "bob")), HOST_PORT);
+    let (alice_ns, bob_ns) = (
+        lab.host_netns("alice").unwrap(),
+        lab.host_netns("bob").unwrap(),
+    );
+
+    // One-sided: bob listens but never connects; alice's SYN meets bob's firewall.
+    let _bob_listener = netns::run_in(&bob_ns, || {
+        let socket = support::sockets::bound(bob).unwrap();
+        socket.listen(16).unwrap();
+        socket
+    })
+    .unwrap();
+    let one_sided = netns::run_in(&alice_ns, || {
+        connect(alice, bob, UNANSWERED).map_err(|e| e.kind())
+    })
+    .unwrap();
+    assert_eq!(
+        one_sided.map(drop),
+        Err(ErrorKind::TimedOut),
+        "unsolicited: bob's firewall drops it"
+    );
+    drop(_bob_listener);
+
+    // Both sides at once, from the same ports, a few attempts: each SYN
+    // opens its own firewall's pinhole for the other's.
+    let attempts = 3;
+    let mut connected = None;
+    for attempt in 0..attempts {
+        let start = Barrier::new(2);
+        let side = |ns: &str, local: SocketAddr, remote: SocketAddr| {
+            netns::run_in(ns, || {
+                start.wait();
+                connect(local, remote, Duration::from_secs(4))
+                    .map(|stream| (stream.local_addr().unwrap(), stream.peer_addr().unwrap()))
+                    .map_err(|e| e.kind())
+            })
+            .unwrap()
+        };
+        let (a, b) = std::thread::scope(|scope| {
+            let a = scope.spawn(|| side(&alice_ns, alice, bob));
+            let b = scope.spawn(|| side(&bob_ns, bob, alice));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                connected = Some((attempt, a, b));
+                break;
+            }
+            other => eprintln!("simultaneous open attempt {attempt}: {other:?}"),
+        }
+    }
+    let (_, a, b) = connected.expect("simultaneous open connects within the attempts");
+    assert_eq!(
+        a,
+        (alice, bob),
+        "alice: her own address to bob's, untranslated"
+    );
+    assert_eq!(b, (bob, alice), "bob: his own address to alice's");
+}
+
+#[test]
+fn an_ipv6_lab_leaves_no_namespace_behind() {
+    let lab = start_lab(
+        "v6gone",
+        r#"
+[[nat]]
+name = "fw"
+backend = "kernel"
+ipv6 = "firewall"
+[[host]]
+name = "h"
+nat = "fw"
+"#,
+    );
+    let name = lab.name().to_string();
+    assert_eq!(
+        namespaces_of(&name).len(),
+        3,
+        "internet, the router, the host: {:?}",
+        namespaces_of(&name)
+    );
+    drop(lab);
+    assert_eq!(namespaces_of(&name), Vec::<String>::new());
+}
