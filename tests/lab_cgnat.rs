@@ -13,14 +13,11 @@ use punchscope::analysis::nat::Mapping;
 use punchscope::analysis::trial::{Strategy, TrialOutcome};
 use punchscope::lab::nat::NatEvent;
 use punchscope::lab::pair::{run_pair, PairTrial};
-use punchscope::lab::services::EchoService;
 use punchscope::lab::Lab;
 use support::lab::*;
 
 const S1P1: &str = "198.51.100.10:3478";
-const S1P2: &str = "198.51.100.10:3479";
 const S2P1: &str = "198.51.100.11:3478";
-const S2P2: &str = "198.51.100.11:3479";
 
 fn local(lab: &Lab, host: &str, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(lab.scenario().host(host).unwrap().address, port)
@@ -288,14 +285,6 @@ nat = "home_b"
 
 const LOW_TTL_TRIALS: u32 = 5;
 
-/// The echo servers classification and the trials need, on both server addresses and ports.
-fn lab_servers() -> Vec<SocketAddr> {
-    [S1P1, S1P2, S2P1, S2P2]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect()
-}
-
 /// The prime TTLs `classify` measures for alice and bob, each behind CGNAT.
 fn measured_prime_ttls(lab: &Lab) -> (u8, u8) {
     let measured = |host: &str| {
@@ -344,13 +333,13 @@ fn low_ttl_trials(
 #[test]
 fn low_ttl_primes_the_whole_chain_with_the_measured_ttl_and_not_with_a_fixed_2() {
     let lab = start_lab("chttl", TWO_CHAINS);
-    let servers = lab_servers();
-    let _echo = EchoService::start(&lab, &servers).unwrap();
+    let _echo = start_echo(&lab);
+    let echo: SocketAddr = S1P1.parse().unwrap();
     let ttls = measured_prime_ttls(&lab);
     assert_eq!(ttls, (3, 3), "home NAT + CGN: the prime must pass two NATs");
     let mut port = 31000;
-    let (with_measured, measured_outcomes) = low_ttl_trials(&lab, servers[0], ttls, &mut port);
-    let (with_fixed, fixed_outcomes) = low_ttl_trials(&lab, servers[0], (2, 2), &mut port);
+    let (with_measured, measured_outcomes) = low_ttl_trials(&lab, echo, ttls, &mut port);
+    let (with_fixed, fixed_outcomes) = low_ttl_trials(&lab, echo, (2, 2), &mut port);
     eprintln!(
         "low_ttl across two CGNAT chains, 150 ms skew: measured TTL {ttls:?} {with_measured}/{LOW_TTL_TRIALS} {measured_outcomes:?}; fixed TTL 2 {with_fixed}/{LOW_TTL_TRIALS} {fixed_outcomes:?}"
     );
@@ -403,8 +392,8 @@ fn time_exceeded_sent_by_both_cgns(lab: &Lab) -> u64 {
 fn low_ttl_behind_kernel_cgns_primes_the_whole_chain_with_the_measured_ttl_and_not_with_a_fixed_2()
 {
     let lab = start_lab("chkttl", TWO_KERNEL_CGN_CHAINS);
-    let servers = lab_servers();
-    let _echo = EchoService::start(&lab, &servers).unwrap();
+    let _echo = start_echo(&lab);
+    let echo: SocketAddr = S1P1.parse().unwrap();
     let ttls = measured_prime_ttls(&lab);
     assert_eq!(
         ttls,
@@ -413,10 +402,10 @@ fn low_ttl_behind_kernel_cgns_primes_the_whole_chain_with_the_measured_ttl_and_n
     );
     let mut port = 31000;
     let before = time_exceeded_sent_by_both_cgns(&lab);
-    let (with_measured, measured_outcomes) = low_ttl_trials(&lab, servers[0], ttls, &mut port);
+    let (with_measured, measured_outcomes) = low_ttl_trials(&lab, echo, ttls, &mut port);
     let died_in_cgn_measured = time_exceeded_sent_by_both_cgns(&lab) - before;
     let before = time_exceeded_sent_by_both_cgns(&lab);
-    let (with_fixed, fixed_outcomes) = low_ttl_trials(&lab, servers[0], (2, 2), &mut port);
+    let (with_fixed, fixed_outcomes) = low_ttl_trials(&lab, echo, (2, 2), &mut port);
     let died_in_cgn_fixed = time_exceeded_sent_by_both_cgns(&lab) - before;
     eprintln!(
         "low_ttl across two kernel-CGN chains, 150 ms skew: measured TTL {ttls:?} {with_measured}/{LOW_TTL_TRIALS} {measured_outcomes:?}, {died_in_cgn_measured} died in a CGN; fixed TTL 2 {with_fixed}/{LOW_TTL_TRIALS} {fixed_outcomes:?}, {died_in_cgn_fixed} died in a CGN"
@@ -447,7 +436,7 @@ fn low_ttl_behind_kernel_cgns_primes_the_whole_chain_with_the_measured_ttl_and_n
         )
         .unwrap();
     }
-    let (with_window_check, checked_outcomes) = low_ttl_trials(&lab, servers[0], ttls, &mut port);
+    let (with_window_check, checked_outcomes) = low_ttl_trials(&lab, echo, ttls, &mut port);
     eprintln!(
         "the same with the window check on: measured TTL {with_window_check}/{LOW_TTL_TRIALS} {checked_outcomes:?}"
     );
