@@ -387,7 +387,9 @@ async fn classify_with(
             }
         };
         let path = async {
-            if config.path {
+            // The path probe reads IPv4 ICMP errors; the verdict of an IPv6
+            // run lists it as missing.
+            if config.path && primary.is_ipv4() {
                 // Routers and the server answer within one round trip.
                 let until = (Instant::now() + patience(rtt_now)).max(run_start + SETTLE_FLOOR);
                 let wait = until.saturating_duration_since(Instant::now()).min(timeout);
