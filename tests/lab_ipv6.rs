@@ -395,6 +395,11 @@ nat = "open"
                 v6.path.is_none() && v.missing.iter().any(|m| m.contains("IPv4 only")),
                 "{what} IPv6: the path probe is skipped and listed as missing: {v:?}"
             );
+            assert_eq!(
+                v.hairpin,
+                Some(true),
+                "{what} IPv6: the host's public address is its own, so the hairpin connect reaches it"
+            );
             let own = address_v6(&lab, host);
             assert!(
                 v6.observations.mapping.iter().all(|p| p.local.ip() == own),
