@@ -166,11 +166,8 @@ fn classify_in(lab: &Lab, host: &str) -> Classification {
 #[test]
 fn classify_reports_the_chain_and_cgnat_behind_either_home_backend() {
     let lab = start_lab("chcls", CHAIN);
-    let servers: Vec<SocketAddr> = [S1P1, S1P2, S2P1, S2P2]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let _echo = EchoService::start(&lab, &servers).unwrap();
+    // Both server IPs, two ports each: what classification asks.
+    let _echo = start_echo(&lab);
     use HopClass::*;
     // The servers live in the internet namespace itself: the first hop
     // after the NATs is the destination (a public router on the internet).
@@ -187,11 +184,8 @@ fn classify_reports_the_chain_and_cgnat_behind_either_home_backend() {
 #[test]
 fn classify_reports_the_chain_cgnat_and_the_cgns_mapping_behind_a_kernel_cgn() {
     let lab = start_lab("chkcls", KERNEL_CGN_CHAINS);
-    let servers: Vec<SocketAddr> = [S1P1, S1P2, S2P1, S2P2]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let _echo = EchoService::start(&lab, &servers).unwrap();
+    // Both server IPs, two ports each: what classification asks.
+    let _echo = start_echo(&lab);
     use HopClass::*;
     let chain = [Private, Shared, Destination];
     // The kernel CGN answers time exceeded from its LAN address (100.64.M.1)

@@ -5,8 +5,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, ErrorKind};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -31,27 +31,10 @@ fn address_v6(lab: &Lab, host: &str) -> Ipv6Addr {
         .unwrap_or_else(|| panic!("{host} has an IPv6 address"))
 }
 
-/// Connects from `local` (a reuse-port socket, as trials bind) to `remote` within `timeout`.
-fn connect(local: SocketAddr, remote: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let socket = support::sockets::bound(local)?;
-    socket.connect_timeout(&remote.into(), timeout)?;
-    Ok(socket.into())
-}
-
 /// Connects from `local` to the endpoint reflector at `server`; returns the
 /// source endpoint the server saw.
 fn seen_by_server(local: SocketAddr, server: &str) -> SocketAddr {
-    let server: SocketAddr = server.parse().unwrap();
-    let stream = connect(local, server, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {local} -> {server}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).unwrap();
-    line.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("reflector line {line:?}"))
+    observe_any(local, server.parse().unwrap())
 }
 
 /// A listener on the host's IPv6 address, and a connect to it from the
@@ -67,7 +50,7 @@ fn knock_from_internet(lab: &Lab, host: &str) -> Result<(), ErrorKind> {
         .unwrap();
     lab.run_in("internet", || {
         let from: SocketAddr = "[2001:db8:5100::10]:0".parse().unwrap();
-        connect(from, target, UNANSWERED)
+        connect_any(from, target, UNANSWERED)
             .map(drop)
             .map_err(|e| e.kind())
     })
@@ -249,7 +232,7 @@ nat = "fwb"
     })
     .unwrap();
     let one_sided = netns::run_in(&alice_ns, || {
-        connect(alice, bob, UNANSWERED).map_err(|e| e.kind())
+        connect_any(alice, bob, UNANSWERED).map_err(|e| e.kind())
     })
     .unwrap();
     assert_eq!(
@@ -268,7 +251,7 @@ nat = "fwb"
         let side = |ns: &str, local: SocketAddr, remote: SocketAddr| {
             netns::run_in(ns, || {
                 start.wait();
-                connect(local, remote, Duration::from_secs(4))
+                connect_any(local, remote, Duration::from_secs(4))
                     .map(|stream| (stream.local_addr().unwrap(), stream.peer_addr().unwrap()))
                     .map_err(|e| e.kind())
             })

@@ -433,9 +433,7 @@ fn prefix_suffix(text: &str, end: usize) -> Option<(u8, usize)> {
 /// the start of another literal (`7::1.1.3.0/24::1`), so a found address
 /// may take them in without overlapping anything else found.
 fn suffix_ends(text: &str, end: usize) -> bool {
-    text.as_bytes()
-        .get(end)
-        .is_none_or(|b| !(b.is_ascii_alphanumeric() || matches!(b, b':' | b'.')))
+    !matches!(text.as_bytes().get(end), Some(b) if b.is_ascii_alphanumeric() || matches!(b, b':' | b'.'))
 }
 
 /// IPv4 literals in a run of digits and dots: any four consecutive numeric

@@ -125,14 +125,24 @@ impl Drop for EndpointReflector {
     }
 }
 
-/// Connects from `local` to `remote` with a timeout.
+/// Connects from `local` to `remote` with a timeout (IPv4).
 pub fn connect_from(
     local: SocketAddrV4,
     remote: SocketAddrV4,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
-    let socket = super::sockets::bound(SocketAddr::V4(local))?;
-    socket.connect_timeout(&SocketAddr::V4(remote).into(), timeout)?;
+    connect_any(SocketAddr::V4(local), SocketAddr::V4(remote), timeout)
+}
+
+/// Connects from `local` (a reuse-port socket, as trials bind) to `remote`
+/// with a timeout, in either family.
+pub fn connect_any(
+    local: SocketAddr,
+    remote: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let socket = super::sockets::bound(local)?;
+    socket.connect_timeout(&remote.into(), timeout)?;
     let stream: TcpStream = socket.into();
     stream.set_nodelay(true)?;
     Ok(stream)
@@ -140,7 +150,17 @@ pub fn connect_from(
 
 /// Connects from `local` to an echo server and returns the public endpoint it saw.
 pub fn observe(local: SocketAddrV4, server: SocketAddrV4) -> SocketAddrV4 {
-    let stream = connect_from(local, server, Duration::from_secs(5))
+    match observe_any(SocketAddr::V4(local), SocketAddr::V4(server)) {
+        SocketAddr::V4(seen) => seen,
+        other => panic!("an IPv4 connection seen as {other}"),
+    }
+}
+
+/// Connects from `local` to an endpoint reflector (an echo server, or the
+/// one line of [`EndpointReflector`]) and returns the source endpoint it
+/// saw, in either family.
+pub fn observe_any(local: SocketAddr, server: SocketAddr) -> SocketAddr {
+    let stream = connect_any(local, server, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect {local} -> {server}: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -149,7 +169,7 @@ pub fn observe(local: SocketAddrV4, server: SocketAddrV4) -> SocketAddrV4 {
     BufReader::new(&stream).read_line(&mut line).unwrap();
     line.trim()
         .parse()
-        .unwrap_or_else(|_| panic!("echo line {line:?}"))
+        .unwrap_or_else(|_| panic!("reflector line {line:?}"))
 }
 
 /// A listener on `local` that shares the port with outgoing sockets.
