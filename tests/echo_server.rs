@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use punchscope::proto::echo::{
     self, DialBackRequest, DialKind, DialOutcome, ErrorCode, ServerMessage,
 };
-use punchscope::server::echo::EchoConfig;
+use punchscope::server::echo::{bind_listener, EchoConfig};
 use support::echo::*;
 use support::sockets::connect_from_async;
 use support::WAIT;
@@ -56,16 +56,27 @@ async fn reports_the_observed_and_reached_endpoints() {
     server.stop().await.unwrap();
 }
 
-/// A client port that both listens and connects, like the classifier's filtering port.
+/// A client port that both listens and connects, like the classifier's
+/// filtering port, on the loopback address of `server`'s family.
 async fn listening_client(server: SocketAddr) -> (TcpListener, BufReader<TcpStream>) {
     let reusable = || {
-        let s = TcpSocket::new_v4().unwrap();
+        let s = if server.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .unwrap();
         s.set_reuseaddr(true).unwrap();
         s.set_reuseport(true).unwrap();
         s
     };
+    let loopback: SocketAddr = if server.is_ipv4() {
+        "127.0.0.1:0".parse().unwrap()
+    } else {
+        "[::1]:0".parse().unwrap()
+    };
     let l = reusable();
-    l.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    l.bind(loopback).unwrap();
     let local = l.local_addr().unwrap();
     let listener = l.listen(16).unwrap();
     let c = reusable();
@@ -156,6 +167,75 @@ async fn dials_back_from_the_other_port_and_the_other_ip_with_the_token() {
         }
     }
     assert_eq!(reported.len(), 2);
+    drop(control);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn over_ipv6_dials_back_to_the_askers_own_address_from_ipv6_endpoints_only() {
+    // Two ports on ::1 (IPv6 loopback has one address) and the IPv4
+    // endpoints beside them: the other-IP dial has no IPv6 source, and an
+    // IPv4 one must not stand in for it.
+    let mut listeners = vec![
+        bind_listener("[::1]:0".parse().unwrap()).unwrap(),
+        bind_listener("[::1]:0".parse().unwrap()).unwrap(),
+    ];
+    listeners.extend(four_listeners().await);
+    let server = start_on(listeners, fast_config());
+    let (listener, mut control) = listening_client(server.primary()).await;
+    let me = listener.local_addr().unwrap();
+    match next_message(&mut control).await {
+        Some(ServerMessage::Observed { observed, .. }) => assert_eq!(observed, me),
+        other => panic!("expected observed, got {other:?}"),
+    }
+    let req = DialBackRequest {
+        token: "tok-v6".into(),
+        kinds: vec![DialKind::OtherPort, DialKind::OtherIp],
+        mapped_port: None,
+    };
+    control
+        .get_mut()
+        .write_all(&echo::encode_request(&req))
+        .await
+        .unwrap();
+    let (conn, peer) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(peer, server.endpoints[1], "from [::1]'s other port");
+    match next_message(&mut BufReader::new(conn)).await {
+        Some(ServerMessage::DialBack { kind, to, .. }) => {
+            assert_eq!((kind, to), (DialKind::OtherPort, me));
+        }
+        other => panic!("expected dial_back, got {other:?}"),
+    }
+    match next_message(&mut control).await {
+        Some(ServerMessage::DialBackAccepted { dials, .. }) => {
+            let other_ip = dials.iter().find(|d| d.kind == DialKind::OtherIp);
+            assert_eq!(other_ip.map(|d| d.from), Some(None), "{dials:?}");
+        }
+        other => panic!("expected dial_back_accepted, got {other:?}"),
+    }
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        match next_message(&mut control).await {
+            Some(ServerMessage::DialResult {
+                kind, outcome, to, ..
+            }) => {
+                assert_eq!(to, me, "{kind:?}: only to the asker's own address");
+                outcomes.push((kind, outcome));
+            }
+            other => panic!("expected dial_result, got {other:?}"),
+        }
+    }
+    outcomes.sort_by_key(|(k, _)| *k == DialKind::OtherIp);
+    assert_eq!(
+        outcomes,
+        vec![
+            (DialKind::OtherPort, DialOutcome::Connected),
+            (DialKind::OtherIp, DialOutcome::Unavailable)
+        ]
+    );
     drop(control);
     server.stop().await.unwrap();
 }

@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use punchscope::analysis::classify::Classification;
 use punchscope::lab::nat::{DropReason, NatEvent};
 use punchscope::lab::{netns, Lab};
 use support::lab::*;
@@ -276,6 +277,150 @@ nat = "fwb"
         "alice: her own address to bob's, untranslated"
     );
     assert_eq!(b, (bob, alice), "bob: his own address to alice's");
+}
+
+/// What `classify --json` decided, from its finished child (which must have succeeded).
+fn classification_of(child: std::process::Child, what: &str) -> Classification {
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{what}: classify failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: bad JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+#[test]
+fn classify_over_ipv6_tells_a_firewall_from_an_open_router_and_leaves_ipv4_as_it_was() {
+    use punchscope::analysis::classify::{AllocationPattern, Finding, Ipv6Verdict};
+    use punchscope::analysis::nat::{Filtering, Mapping};
+    const ROUNDS: usize = 5;
+    let lab = start_lab(
+        "v6cls",
+        r#"
+[[nat]]
+name = "fwdrop"
+backend = "kernel"
+ipv6 = "firewall"
+[[nat]]
+name = "fwrst"
+backend = "kernel"
+ipv6 = "firewall"
+unsolicited = "rst"
+[[nat]]
+name = "open"
+backend = "kernel"
+ipv6 = "open"
+[[host]]
+name = "h_drop"
+nat = "fwdrop"
+[[host]]
+name = "h_rst"
+nat = "fwrst"
+[[host]]
+name = "h_open"
+nat = "open"
+"#,
+    );
+    let _echo = start_echo_dual_stack(&lab);
+    let v6_servers = ["[2001:db8:5100::10]:3478", "[2001:db8:5100::11]:3478"];
+    let v4_servers = [SERVER_V4, "198.51.100.11:3478"];
+    // (host, whether its router lets unsolicited IPv6 in)
+    let hosts = [("h_drop", false), ("h_rst", false), ("h_open", true)];
+    let mut checked = 0;
+    for round in 0..ROUNDS {
+        let runs: Vec<_> = hosts
+            .iter()
+            .map(|&(host, open)| {
+                (
+                    host,
+                    open,
+                    classify_in(&lab, host, &v6_servers),
+                    classify_in(&lab, host, &v4_servers),
+                )
+            })
+            .collect();
+        for (host, open, v6_run, v4_run) in runs {
+            let what = format!("round {round} {host}");
+            let v6 = classification_of(v6_run, &format!("{what} IPv6"));
+            let v = &v6.verdict;
+            assert_eq!(
+                v.ipv6,
+                Some(Ipv6Verdict {
+                    translated: Some(false),
+                    unsolicited_admitted: Some(open),
+                }),
+                "{what} IPv6: {v:?}"
+            );
+            assert!(v.no_nat, "{what} IPv6: no translation: {v:?}");
+            let filtering = if open {
+                Filtering::Eif
+            } else {
+                Filtering::Apdf
+            };
+            assert_eq!(
+                v.filtering,
+                Finding::Known { value: filtering },
+                "{what} IPv6: {v:?}"
+            );
+            let summary = if open {
+                "IPv6: no NAT, no firewall in the way: reachable, peers can connect to you directly"
+            } else {
+                "IPv6: no NAT, firewall admits only connections you opened: punching needed"
+            };
+            assert_eq!(v.summary(), summary, "{what} IPv6");
+            assert!(
+                v6.path.is_none() && v.missing.iter().any(|m| m.contains("IPv4 only")),
+                "{what} IPv6: the path probe is skipped and listed as missing: {v:?}"
+            );
+            assert_eq!(
+                v.hairpin,
+                Some(true),
+                "{what} IPv6: the host's public address is its own, so the hairpin connect reaches it"
+            );
+            let own = address_v6(&lab, host);
+            assert!(
+                v6.observations.mapping.iter().all(|p| p.local.ip() == own),
+                "{what} IPv6: every probe left from the host's own address: {:?}",
+                v6.observations.mapping
+            );
+
+            // IPv4 beside it: the router's NAT, as without `ipv6`.
+            let v4 = classification_of(v4_run, &format!("{what} IPv4")).verdict;
+            assert_eq!(v4.ipv6, None, "{what} IPv4: {v4:?}");
+            assert!(!v4.no_nat, "{what} IPv4: masqueraded: {v4:?}");
+            assert_eq!(
+                (
+                    &v4.mapping,
+                    &v4.filtering,
+                    &v4.allocation,
+                    v4.port_preserved,
+                    v4.hairpin
+                ),
+                (
+                    &Finding::Known {
+                        value: Mapping::Eim
+                    },
+                    &Finding::Known {
+                        value: Filtering::Apdf
+                    },
+                    &Finding::Known {
+                        value: AllocationPattern::Preserving
+                    },
+                    Some(true),
+                    Some(false)
+                ),
+                "{what} IPv4: the kernel router's defaults: {v4:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, ROUNDS * hosts.len(), "every run was checked");
 }
 
 #[test]

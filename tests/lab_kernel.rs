@@ -281,20 +281,6 @@ fn every_strategy_punches_between_masquerade_routers_at_0_5_and_50_ms() {
     );
 }
 
-/// The real `classify --json` in `host`, against the lab's echo servers.
-fn classify_in(lab: &Lab, host: &str) -> std::process::Child {
-    punchscope::lab::netns::command_in(
-        &lab.host_netns(host).unwrap(),
-        env!("CARGO_BIN_EXE_punchscope"),
-    )
-    .unwrap()
-    .args(["classify", "--json", "--server", S1P1, "--server", S2P1])
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap()
-}
-
 #[test]
 fn classification_behind_kernel_routers_agrees_with_their_emulator_twins() {
     use punchscope::analysis::classify::{Classification, Finding};
@@ -345,8 +331,8 @@ fn classification_behind_kernel_routers_agrees_with_their_emulator_twins() {
         for (i, (_, mapping)) in kinds.iter().enumerate() {
             let kernel_host = format!("h_kernel{i}");
             let emulator_host = format!("h_emulator{i}");
-            let kernel = classify_in(&lab, &kernel_host);
-            let emulator = classify_in(&lab, &emulator_host);
+            let kernel = classify_in(&lab, &kernel_host, &[S1P1, S2P1]);
+            let emulator = classify_in(&lab, &emulator_host, &[S1P1, S2P1]);
             let k = verdict_of(kernel, &kernel_host);
             let e = verdict_of(emulator, &emulator_host);
             let what = format!("round {round} kind {i}");

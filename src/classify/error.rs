@@ -9,7 +9,7 @@ pub enum ClassifyError {
     NoServer,
     #[error("cannot resolve echo server `{spec}`: {cause}; check the name and your DNS")]
     Resolve { spec: String, cause: io::Error },
-    #[error("echo server `{spec}` has no IPv4 address; NAT classification needs an IPv4 server")]
+    #[error("echo server `{spec}` has no IPv4 address; NAT classification needs an IPv4 server (to classify over IPv6, give its IPv6 address as [ADDR]:PORT)")]
     NoIpv4Address { spec: String },
     #[error("no echo server answered ({tried}): {reason}; check the address and that outgoing TCP to that port is allowed")]
     ServerUnreachable { tried: String, reason: String },

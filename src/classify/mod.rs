@@ -20,6 +20,11 @@
 //!
 //! The decision is [`punchscope_analysis::classify::verdict`].
 //!
+//! Over IPv6 (an IPv6 primary endpoint) the same tests run between IPv6
+//! endpoints only, except the path probe, which reads IPv4 ICMP errors; the
+//! verdict's `ipv6` reading says whether anything translates and whether
+//! the firewall admits connections nobody inside opened.
+//!
 //! What an echo server says is followed only as far as [`EchoTrust`]
 //! allows: the probe connects only to the IPs it was given, and tests
 //! hairpinning only towards a public endpoint.
@@ -95,7 +100,10 @@ impl Default for ClassifyConfig {
     }
 }
 
-/// Resolves `HOST[:PORT]` (default port [`DEFAULT_PORT`]) to one IPv4 endpoint.
+/// Resolves `HOST[:PORT]` (default port [`DEFAULT_PORT`]) to one endpoint: an
+/// address literal as written (IPv6 too, for an IPv6 classification), a
+/// name to its first IPv4 address (a name with both must not switch a
+/// run to IPv6 behind the caller's back).
 pub async fn resolve_server(spec: &str) -> Result<SocketAddr, ClassifyError> {
     let with_port = crate::net::host_port::with_default_port(spec, DEFAULT_PORT);
     if let Ok(addr) = with_port.parse::<SocketAddr>() {
@@ -387,7 +395,9 @@ async fn classify_with(
             }
         };
         let path = async {
-            if config.path {
+            // The path probe reads IPv4 ICMP errors; the verdict of an IPv6
+            // run lists it as missing.
+            if config.path && primary.is_ipv4() {
                 // Routers and the server answer within one round trip.
                 let until = (Instant::now() + patience(rtt_now)).max(run_start + SETTLE_FLOOR);
                 let wait = until.saturating_duration_since(Instant::now()).min(timeout);

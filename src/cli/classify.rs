@@ -11,6 +11,7 @@ use punchscope::classify::{classify, ClassifyConfig};
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
     /// Echo server as HOST[:PORT] (default port 8339); repeat for a second server IP.
+    /// IPv6 addresses, written [ADDR]:PORT, classify the IPv6 path (translation, firewall).
     #[arg(long = "server", value_name = "HOST[:PORT]", required = true)]
     pub servers: Vec<String>,
     /// Print the full observations and verdict as JSON.
@@ -142,6 +143,13 @@ fn human(c: &Classification) -> String {
         if let Some(e) = &f.error {
             out += &format!("                  refused: {e}\n");
         }
+    }
+    if let Some(ipv6) = &v.ipv6 {
+        out += &format!("  IPv6 translated: {}\n", yes_no(ipv6.translated));
+        out += &format!(
+            "  unsolicited inbound admitted: {}\n",
+            yes_no(ipv6.unsolicited_admitted)
+        );
     }
     out += &format!("  hairpinning:    {}\n", yes_no(v.hairpin));
     for m in &v.missing {

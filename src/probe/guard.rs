@@ -737,6 +737,7 @@ mod tests {
                 cgnat: Some(true),
                 prime_ttl: Some(4),
             }),
+            ipv6: None,
         };
         let mut g = guard().with_own_verdict(Some(&verdict));
         g.trial(0, Strategy::Simultaneous).unwrap();
@@ -817,6 +818,7 @@ mod tests {
             hairpin: None,
             missing: Vec::new(),
             path: None,
+            ipv6: None,
         }
     }
 

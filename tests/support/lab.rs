@@ -232,6 +232,40 @@ pub fn start_echo(lab: &Lab) -> punchscope::lab::services::EchoService {
     punchscope::lab::services::EchoService::start(lab, &endpoints).unwrap()
 }
 
+/// The echo servers on both lab server IPs and two ports, over IPv4 and
+/// IPv6: for dual-stack hosts (behind kernel routers with `ipv6`).
+pub fn start_echo_dual_stack(lab: &Lab) -> punchscope::lab::services::EchoService {
+    let endpoints: Vec<SocketAddr> = [
+        "198.51.100.10:3478",
+        "198.51.100.10:3479",
+        "198.51.100.11:3478",
+        "198.51.100.11:3479",
+        "[2001:db8:5100::10]:3478",
+        "[2001:db8:5100::10]:3479",
+        "[2001:db8:5100::11]:3478",
+        "[2001:db8:5100::11]:3479",
+    ]
+    .iter()
+    .map(|e| e.parse().unwrap())
+    .collect();
+    punchscope::lab::services::EchoService::start(lab, &endpoints).unwrap()
+}
+
+/// The real `classify --json` in `host` against the echo `servers`
+/// (`HOST:PORT`, each passed as `--server`), its output piped.
+pub fn classify_in(lab: &Lab, host: &str, servers: &[&str]) -> std::process::Child {
+    let mut command = punchscope_in(&lab.host_netns(host).unwrap());
+    command.args(["classify", "--json"]);
+    for server in servers {
+        command.args(["--server", server]);
+    }
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// A volunteer's `probe` run in the lab (JSON result on stdout), spooling into `spool`.
 pub fn probe_command_with_spool(
     lab: &Lab,

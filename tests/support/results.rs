@@ -266,6 +266,7 @@ pub fn verdict(mapping: Option<Mapping>, filtering: Option<Filtering>) -> Verdic
         hairpin: Some(false),
         missing: vec![],
         path: None,
+        ipv6: None,
     }
 }
 

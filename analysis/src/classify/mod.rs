@@ -220,6 +220,25 @@ pub struct Verdict {
     /// from the TTL-limited probe sequence; absent when it was not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathVerdict>,
+    /// What the run means for IPv6, when it ran over IPv6 (the echo
+    /// endpoints were IPv6); absent for IPv4 runs and in older results.
+    /// `filtering` above is the firewall's filtering then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Verdict>,
+}
+
+/// An IPv6 run's reading. IPv6 is rarely translated: what stands between a
+/// node and its peers is usually a stateful firewall (RFC 6092), whose
+/// filtering the dial-backs measure as they do a NAT's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Ipv6Verdict {
+    /// Whether some observed endpoint differs from the local one (NPTv6 or
+    /// NAT66; which one is not told apart); `None` when no probe answered.
+    pub translated: Option<bool>,
+    /// Whether a connection nobody inside opened gets in: the dial-back from
+    /// the server's other IP, towards a port that had talked only to the
+    /// primary endpoint, arrived. `None` when that dial-back did not happen.
+    pub unsolicited_admitted: Option<bool>,
 }
 
 /// A classification run as stored and printed with `--json`: what was
@@ -284,6 +303,14 @@ pub fn verdict(obs: &Observations) -> Verdict {
     if obs.hairpin.is_none() {
         missing.push("hairpinning was not tested".to_string());
     }
+    let ipv6 = ipv6_verdict(obs, &answered);
+    if ipv6.is_some() {
+        missing.push(
+            "the path probe (TTL-limited SYNs read from ICMP errors) is IPv4 only: \
+             the routers in front of this host were not probed over IPv6"
+                .to_string(),
+        );
+    }
     Verdict {
         no_nat,
         mapping,
@@ -293,7 +320,32 @@ pub fn verdict(obs: &Observations) -> Verdict {
         hairpin,
         missing,
         path: None,
+        ipv6,
     }
+}
+
+/// The IPv6 reading when the run went over IPv6 (its primary endpoint, the
+/// first mapping probe's server or else the filtering probe's, is IPv6).
+fn ipv6_verdict(obs: &Observations, answered: &[&Probe]) -> Option<Ipv6Verdict> {
+    let primary = obs
+        .mapping
+        .first()
+        .or(obs.filtering.as_ref().map(|f| &f.probe))?
+        .server;
+    if !primary.is_ipv6() {
+        return None;
+    }
+    let translated =
+        (!answered.is_empty()).then(|| answered.iter().any(|p| p.observed != Some(p.local)));
+    let unsolicited_admitted = obs
+        .filtering
+        .as_ref()
+        .filter(|f| f.error.is_none())
+        .and_then(|f| admitted(&f.dials, DialKind::OtherIp));
+    Some(Ipv6Verdict {
+        translated,
+        unsolicited_admitted,
+    })
 }
 
 fn answered_probes(obs: &Observations) -> impl Iterator<Item = &Probe> {
@@ -533,6 +585,9 @@ impl Verdict {
     /// One sentence a volunteer understands: what the NAT does and what it
     /// means for TCP hole punching.
     pub fn summary(&self) -> String {
+        if let Some(ipv6) = &self.ipv6 {
+            return self.ipv6_summary(ipv6);
+        }
         if self.no_nat {
             let reach = match self.filtering.known() {
                 Some(Filtering::Eif) => "peers can connect to you directly",
@@ -569,6 +624,32 @@ impl Verdict {
             self.outlook(),
             self.chain_words()
         )
+    }
+
+    /// An IPv6 run in the words of a Bitcoin node's operator: is there
+    /// translation, and can peers connect in or must connections be punched.
+    fn ipv6_summary(&self, ipv6: &Ipv6Verdict) -> String {
+        let reach = match (ipv6.unsolicited_admitted, self.filtering.known()) {
+            (Some(true), _) | (None, Some(Filtering::Eif)) => {
+                "no firewall in the way: reachable, peers can connect to you directly"
+            }
+            (_, Some(Filtering::Adf)) => {
+                "firewall admits only hosts you contacted: punching needed"
+            }
+            (_, Some(Filtering::Apdf)) => {
+                "firewall admits only connections you opened: punching needed"
+            }
+            (Some(false), _) => "firewall turns away connections you did not open: punching needed",
+            (None, None) => "whether a firewall admits incoming connections was not measured",
+        };
+        match ipv6.translated {
+            Some(false) => format!("IPv6: no NAT, {reach}"),
+            Some(true) => format!(
+                "IPv6: addresses are translated (NPTv6 or NAT66, not told apart), {}; {reach}",
+                finding_words(&self.mapping, mapping_words, "mapping")
+            ),
+            None => format!("IPv6: no probe answered, translation unknown; {reach}"),
+        }
     }
 
     /// The TTL of a `low_ttl` priming SYN from this side: the measured

@@ -489,3 +489,143 @@ fn one_outlier_does_not_hide_a_sequential_allocator() {
     o.allocation[1] = probe("192.168.1.10:41001", P1, Some("203.0.113.7:5000"));
     assert_eq!(verdict(&o).allocation, known(AllocationPattern::Random));
 }
+
+const V6_P1: &str = "[2001:db8:5100::10]:3478";
+const V6_P2: &str = "[2001:db8:5100::10]:3479";
+const V6_IP2: &str = "[2001:db8:5100::11]:3478";
+const V6_HOST: &str = "2001:db8:1:1::2";
+
+/// An IPv6 run from `host` whose every probe the servers saw as `seen`
+/// (the same address and port, unless translated), with these dial-backs.
+fn v6_run(seen_host: &str, other_port: bool, other_ip: bool) -> Verdict {
+    let at = |host: &str, port: u16| format!("[{host}]:{port}");
+    let mut o = obs(vec![
+        probe(&at(V6_HOST, 40000), V6_P1, Some(&at(seen_host, 40000))),
+        probe(&at(V6_HOST, 40000), V6_P2, Some(&at(seen_host, 40000))),
+        probe(&at(V6_HOST, 40000), V6_IP2, Some(&at(seen_host, 40000))),
+    ]);
+    let outcome = |received| {
+        if received {
+            DialOutcome::Connected
+        } else {
+            DialOutcome::Timeout
+        }
+    };
+    o.filtering = Some(FilteringObservation {
+        probe: probe(&at(V6_HOST, 41000), V6_P1, Some(&at(seen_host, 41000))),
+        dials: vec![
+            dial(DialKind::OtherPort, outcome(other_port), other_port),
+            dial(DialKind::OtherIp, outcome(other_ip), other_ip),
+        ],
+        error: None,
+    });
+    verdict(&o)
+}
+
+#[test]
+fn ipv6_behind_a_stateful_firewall_is_untranslated_and_needs_punching() {
+    let v = v6_run(V6_HOST, false, false);
+    assert_eq!(
+        v.ipv6,
+        Some(Ipv6Verdict {
+            translated: Some(false),
+            unsolicited_admitted: Some(false),
+        })
+    );
+    assert!(v.no_nat);
+    assert_eq!(v.filtering, known(Filtering::Apdf));
+    assert_eq!(
+        v.summary(),
+        "IPv6: no NAT, firewall admits only connections you opened: punching needed"
+    );
+    assert!(
+        v.missing.iter().any(|m| m.contains("IPv4 only")),
+        "the path probe is listed as not done: {:?}",
+        v.missing
+    );
+}
+
+#[test]
+fn ipv6_without_a_firewall_is_reachable() {
+    let v = v6_run(V6_HOST, true, true);
+    assert_eq!(
+        v.ipv6,
+        Some(Ipv6Verdict {
+            translated: Some(false),
+            unsolicited_admitted: Some(true),
+        })
+    );
+    assert_eq!(v.filtering, known(Filtering::Eif));
+    assert_eq!(
+        v.summary(),
+        "IPv6: no NAT, no firewall in the way: reachable, peers can connect to you directly"
+    );
+}
+
+#[test]
+fn ipv6_firewall_admitting_contacted_hosts_is_address_dependent() {
+    let v = v6_run(V6_HOST, true, false);
+    assert_eq!(v.filtering, known(Filtering::Adf));
+    assert_eq!(v.ipv6.unwrap().unsolicited_admitted, Some(false));
+    assert_eq!(
+        v.summary(),
+        "IPv6: no NAT, firewall admits only hosts you contacted: punching needed"
+    );
+}
+
+#[test]
+fn ipv6_translation_is_reported_without_naming_its_kind() {
+    let v = v6_run("2001:db8:ffff::7", false, false);
+    assert_eq!(v.ipv6.unwrap().translated, Some(true));
+    assert!(!v.no_nat);
+    let summary = v.summary();
+    assert!(
+        summary.starts_with("IPv6: addresses are translated (NPTv6 or NAT66, not told apart)"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn ipv6_with_no_answer_or_no_dial_back_says_what_is_unknown() {
+    let mut o = obs(vec![probe("[2001:db8:1:1::2]:40000", V6_P1, None)]);
+    o.filtering = Some(FilteringObservation {
+        probe: probe("[2001:db8:1:1::2]:41000", V6_P1, None),
+        dials: vec![],
+        error: Some("rate limited".into()),
+    });
+    let v = verdict(&o);
+    assert_eq!(
+        v.ipv6,
+        Some(Ipv6Verdict {
+            translated: None,
+            unsolicited_admitted: None,
+        })
+    );
+    assert_eq!(
+        v.summary(),
+        "IPv6: no probe answered, translation unknown; \
+         whether a firewall admits incoming connections was not measured"
+    );
+}
+
+#[test]
+fn ipv4_verdicts_carry_no_ipv6_reading_and_older_results_still_read() {
+    let v = verdict(&obs(vec![probe(
+        "192.168.1.10:40000",
+        P1,
+        Some("203.0.113.7:40000"),
+    )]));
+    assert_eq!(v.ipv6, None);
+    assert!(!v.missing.iter().any(|m| m.contains("IPv4 only")));
+    let mut json = serde_json::to_value(&v).unwrap();
+    assert!(json.get("ipv6").is_none(), "{json}");
+    // A result from before the field: no key at all.
+    json.as_object_mut().unwrap().remove("ipv6");
+    assert_eq!(serde_json::from_value::<Verdict>(json).unwrap(), v);
+    // An IPv6 verdict round-trips with its reading.
+    let v6 = v6_run(V6_HOST, false, false);
+    let json = serde_json::to_value(&v6).unwrap();
+    assert_eq!(json["ipv6"]["translated"], false);
+    assert_eq!(json["ipv6"]["unsolicited_admitted"], false);
+    assert_eq!(serde_json::from_value::<Verdict>(json).unwrap(), v6);
+}

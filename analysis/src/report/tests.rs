@@ -40,6 +40,7 @@ fn verdict(m: Option<Mapping>, f: Option<Filtering>) -> Verdict {
         hairpin: None,
         missing: vec![],
         path: None,
+        ipv6: None,
     }
 }
 

@@ -658,6 +658,7 @@ fn eim_apdf_verdict() -> punchscope_analysis::classify::Verdict {
         hairpin: None,
         missing: vec!["hairpinning was not tested".into()],
         path: None,
+        ipv6: None,
     }
 }
 
