@@ -66,6 +66,17 @@ pub struct RunResult {
     /// in reference peers' results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_mapping: Option<PortMappingReport>,
+    /// The IPv6 classification of a dual-stack run (given IPv4 and IPv6 echo
+    /// endpoints), prefixes only like `classification`, which stays the IPv4
+    /// one pairing used. Added within schema version 1: absent in older
+    /// results and in runs that did not ask about IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification_v6: Option<SanitizedClassification>,
+    /// Why a dual-stack run has no `classification_v6` (no IPv6 route, no
+    /// echo server answered over IPv6), in words. Added within schema
+    /// version 1: absent when IPv6 was classified or not asked about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification_v6_missing: Option<String>,
 }
 
 /// Who ran a probe.
@@ -364,9 +375,28 @@ impl RunResult {
             classification: SanitizedClassification::from(classification),
             pairings,
             port_mapping: None,
+            classification_v6: None,
+            classification_v6_missing: None,
         };
         result.sanitize();
         result
+    }
+
+    /// Records a dual-stack run's IPv6 classification, or why there is none
+    /// (`Err`, in words: such a run still has its IPv4 classification and
+    /// pairing), sanitized like the rest of the result.
+    pub fn set_ipv6_classification(&mut self, outcome: Result<&Classification, String>) {
+        match outcome {
+            Ok(classification) => {
+                self.classification_v6 = Some(SanitizedClassification::from(classification));
+                self.classification_v6_missing = None;
+            }
+            Err(why) => {
+                self.classification_v6 = None;
+                self.classification_v6_missing = Some(why);
+            }
+        }
+        self.sanitize();
     }
 
     /// Reduces every IP address literal anywhere in the result (endpoints,
@@ -831,6 +861,83 @@ mod tests {
 
     /// Fails when the Rust types and the committed JSON Schema drift apart.
     /// Regenerate with `PUNCHSCOPE_BLESS_SCHEMA=1 cargo test -p punchscope-analysis schema`.
+    /// An IPv6 classification as a dual-stack probe makes it, untranslated
+    /// behind a firewall, with raw addresses everywhere.
+    fn classification_v6() -> Classification {
+        let probe = |local: &str, server: &str| Probe {
+            local: sa(local),
+            server: sa(server),
+            observed: Some(sa(local)),
+            rtt_ms: Some(1.5),
+            error: None,
+        };
+        let observations = Observations {
+            mapping: vec![
+                probe("[2001:db8:7:8::9]:40000", "[2001:db8:5100::10]:3478"),
+                probe("[2001:db8:7:8::9]:40000", "[2001:db8:5100::11]:3478"),
+            ],
+            allocation: vec![],
+            filtering: Some(FilteringObservation {
+                probe: probe("[2001:db8:7:8::9]:40001", "[2001:db8:5100::10]:3478"),
+                dials: vec![DialObservation {
+                    kind: DialKind::OtherIp,
+                    from: Some(sa("[2001:db8:5100::11]:3478")),
+                    server_outcome: Some(DialOutcome::Timeout),
+                    received: false,
+                }],
+                error: Some("no dial-back reached 2001:db8:7:8::9".into()),
+            }),
+            hairpin: None,
+        };
+        Classification::new(vec![sa("[2001:db8:5100::10]:3478")], observations)
+    }
+
+    #[test]
+    fn an_ipv6_classification_is_optional_holds_prefixes_only_and_round_trips() {
+        let mut r = result();
+        let json = r.to_json();
+        assert!(!json.contains("classification_v6"), "absent unless asked");
+        r.set_ipv6_classification(Ok(&classification_v6()));
+        let json = r.to_json();
+        for raw in ["2001:db8:7:8::9", "2001:db8:5100::10", "2001:db8:5100::11"] {
+            assert!(!json.contains(raw), "{raw} leaked into {json}");
+        }
+        let v6 = r.classification_v6.as_ref().unwrap();
+        assert_eq!(v6.observations.mapping[0].local.net, "2001:db8::/32");
+        assert_eq!(v6.observations.mapping[0].local.port, 40000);
+        let ipv6 = v6.verdict.ipv6.as_ref().expect("an IPv6 verdict");
+        assert_eq!(ipv6.translated, Some(false));
+        assert_eq!(ipv6.unsolicited_admitted, Some(false));
+        // The IPv4 classification beside it is untouched.
+        assert_eq!(r.classification, result().classification);
+        assert_eq!(RunResult::from_json(&json).unwrap(), r);
+
+        // A failed IPv6 classification is a reason, also cut to prefixes.
+        r.set_ipv6_classification(Err(
+            "echo server [2001:db8:5100::10]:3478: no route to host".into(),
+        ));
+        let json = r.to_json();
+        assert!(!json.contains("2001:db8:5100::10"), "{json}");
+        assert_eq!(r.classification_v6, None);
+        assert!(r
+            .classification_v6_missing
+            .as_deref()
+            .unwrap()
+            .contains("no route to host"));
+        assert_eq!(RunResult::from_json(&json).unwrap(), r);
+
+        // Unsanitized, the collector's check refuses it.
+        let mut leaky = serde_json::to_value(result()).unwrap();
+        leaky["classification_v6"] =
+            serde_json::to_value(SanitizedClassification::from(&classification_v6())).unwrap();
+        leaky["classification_v6"]["observations"]["filtering"]["error"] =
+            "no dial-back reached 2001:db8:7:8::9".into();
+        assert!(matches!(
+            RunResult::from_value(leaky),
+            Err(ResultError::RawIp { .. })
+        ));
+    }
+
     #[test]
     fn committed_json_schema_matches_the_types() {
         let path = concat!(

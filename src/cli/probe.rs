@@ -190,6 +190,14 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             Progress::Classified { verdict } => {
                 display.line(format!("Your NAT: {}", verdict.summary()))
             }
+            Progress::ClassifyingIpv6 => display.status("classifying your IPv6 path (firewall, translation)"),
+            Progress::ClassifiedIpv6 { outcome: Ok(verdict) } => {
+                // The summary of an IPv6 verdict starts with "IPv6:" itself.
+                display.line(verdict.summary())
+            }
+            Progress::ClassifiedIpv6 { outcome: Err(why) } => {
+                display.line(format!("{why}; the run goes on over IPv4"))
+            }
             Progress::PortMapping => display.status(
                 "asking your router to map ports (PCP, NAT-PMP, UPnP IGD); every mapping is deleted again",
             ),

@@ -49,6 +49,12 @@ pub enum Progress {
     Classifying,
     /// NAT classification ended with this verdict.
     Classified { verdict: Box<Verdict> },
+    /// A dual-stack run's IPv6 classification started (after the IPv4 one).
+    ClassifyingIpv6,
+    /// The IPv6 classification's verdict, or why there is none (the run goes on).
+    ClassifiedIpv6 {
+        outcome: Result<Box<Verdict>, String>,
+    },
     /// Asking the default gateway for port mappings (PCP, NAT-PMP, UPnP IGD).
     PortMapping,
     /// Port mapping done: every mapping granted is deleted again.

@@ -104,8 +104,9 @@ pub async fn run(
         None => None,
     };
     progress(Progress::Classifying);
+    let families = EchoFamilies::split(&options.echo);
     let classification = classify::classify(&ClassifyConfig {
-        servers: options.echo.clone(),
+        servers: families.primary.clone(),
         trust: EchoTrust::GivenIps(options.addresses),
         ..ClassifyConfig::default()
     })
@@ -113,6 +114,28 @@ pub async fn run(
     progress(Progress::Classified {
         verdict: Box::new(classification.verdict.clone()),
     });
+    // After the IPv4 run, not beside it: both would share the host's CPU
+    // and the tests' silence waits.
+    let classification_v6 = match &families.ipv6 {
+        None => None,
+        Some(servers) => {
+            progress(Progress::ClassifyingIpv6);
+            let outcome = classify::classify(&ClassifyConfig {
+                servers: servers.clone(),
+                trust: EchoTrust::GivenIps(options.addresses),
+                ..ClassifyConfig::default()
+            })
+            .await
+            .map_err(|e| format!("IPv6 not classified: {e}"));
+            progress(Progress::ClassifiedIpv6 {
+                outcome: outcome
+                    .as_ref()
+                    .map(|c| Box::new(c.verdict.clone()))
+                    .map_err(Clone::clone),
+            });
+            Some(outcome)
+        }
+    };
 
     let (port_mapping, mapper) = match &options.port_mapping {
         None => (
@@ -162,6 +185,9 @@ pub async fn run(
         pairings,
     );
     result.port_mapping = Some(port_mapping);
+    if let Some(outcome) = &classification_v6 {
+        result.set_ipv6_classification(outcome.as_ref().map_err(Clone::clone));
+    }
     result.sanitize();
     progress(Progress::Uploading);
     let delivery = spool_and_upload(
@@ -179,6 +205,45 @@ pub async fn run(
         spooled: delivery.spooled,
         upload: delivery.upload,
     })
+}
+
+/// The volunteer's echo endpoints by family. A dual-stack run (IPv6
+/// literals, `[2001:db8::10]:3478`, beside IPv4 endpoints) classifies each
+/// family with its own endpoints; pairing and trials use the IPv4 one, as
+/// the coordinator and peers are IPv4. Endpoints of one family only are
+/// one classification as before (IPv6 ones an IPv6 classification).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EchoFamilies {
+    /// The classification pairing uses: the IPv4 endpoints and names of a
+    /// dual-stack run, else every endpoint.
+    primary: Vec<String>,
+    /// The IPv6 literals of a dual-stack run, classified besides.
+    ipv6: Option<Vec<String>>,
+}
+
+impl EchoFamilies {
+    fn split(echo: &[String]) -> Self {
+        // A name resolves to IPv4 (see `classify::resolve_server`), so only
+        // literals count as IPv6.
+        let is_ipv6_literal = |spec: &String| {
+            crate::net::host_port::with_default_port(spec, crate::proto::echo::DEFAULT_PORT)
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.is_ipv6())
+        };
+        let (ipv6, ipv4): (Vec<String>, Vec<String>) =
+            echo.iter().cloned().partition(is_ipv6_literal);
+        if ipv6.is_empty() || ipv4.is_empty() {
+            EchoFamilies {
+                primary: echo.to_vec(),
+                ipv6: None,
+            }
+        } else {
+            EchoFamilies {
+                primary: ipv4,
+                ipv6: Some(ipv6),
+            }
+        }
+    }
 }
 
 /// Connects to the coordinator and runs one pairing; no peer and a stop are endings.
@@ -273,4 +338,43 @@ pub(super) async fn resolve(target: &str) -> Result<SocketAddr, ProbeError> {
         .ok_or_else(|| ProbeError::NoAddress {
             target: target.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs(list: &[&str]) -> Vec<String> {
+        list.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn ipv6_literals_beside_ipv4_endpoints_are_classified_apart() {
+        let dual = EchoFamilies::split(&specs(&[
+            "[2001:db8:5100::10]:3478",
+            "198.51.100.10:3478",
+            "2001:db8:5100::11",
+            "echo.example.org",
+        ]));
+        assert_eq!(
+            dual,
+            EchoFamilies {
+                primary: specs(&["198.51.100.10:3478", "echo.example.org"]),
+                ipv6: Some(specs(&["[2001:db8:5100::10]:3478", "2001:db8:5100::11"])),
+            }
+        );
+        // One family only: one classification with every endpoint, as before.
+        for one_family in [
+            specs(&["198.51.100.10:3478", "echo.example.org"]),
+            specs(&["[2001:db8:5100::10]:3478", "[2001:db8:5100::11]:3478"]),
+        ] {
+            assert_eq!(
+                EchoFamilies::split(&one_family),
+                EchoFamilies {
+                    primary: one_family.clone(),
+                    ipv6: None,
+                }
+            );
+        }
+    }
 }

@@ -448,6 +448,8 @@ pub fn run(
             coordinator_violation: None,
         }],
         port_mapping: None,
+        classification_v6: None,
+        classification_v6_missing: None,
     }
 }
 

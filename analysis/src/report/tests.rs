@@ -176,6 +176,8 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
             coordinator_violation: None,
         }],
         port_mapping: None,
+        classification_v6: None,
+        classification_v6_missing: None,
     }
 }
 
