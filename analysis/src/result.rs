@@ -876,7 +876,12 @@ mod tests {
                 probe("[2001:db8:7:8::9]:40000", "[2001:db8:5100::10]:3478"),
                 probe("[2001:db8:7:8::9]:40000", "[2001:db8:5100::11]:3478"),
             ],
-            allocation: vec![],
+            // A probe that failed, with the address in its words.
+            allocation: vec![Probe {
+                observed: None,
+                error: Some("connect from 2001:db8:7:8::9 timed out".into()),
+                ..probe("[2001:db8:7:8::9]:40002", "[2001:db8:5100::10]:3478")
+            }],
             filtering: Some(FilteringObservation {
                 probe: probe("[2001:db8:7:8::9]:40001", "[2001:db8:5100::10]:3478"),
                 dials: vec![DialObservation {
@@ -885,7 +890,7 @@ mod tests {
                     server_outcome: Some(DialOutcome::Timeout),
                     received: false,
                 }],
-                error: Some("no dial-back reached 2001:db8:7:8::9".into()),
+                error: None,
             }),
             hairpin: None,
         };

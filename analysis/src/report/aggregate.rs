@@ -44,6 +44,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::input::{Document, Skipped};
+use super::ipv6::Ipv6Tally;
 use super::portmap::PortMapTally;
 use crate::classify::{Finding, Verdict};
 use crate::handshake::{Role, Transport};
@@ -349,6 +350,8 @@ pub struct Aggregator {
     type_runs: BTreeMap<NatType, u64>,
     /// Volunteers' port mapping records.
     port_mapping: PortMapTally,
+    /// Volunteers' IPv6 classifications.
+    ipv6: Ipv6Tally,
 }
 
 fn finding_label<T: Copy + fmt::Display>(finding: &Finding<T>) -> String {
@@ -505,6 +508,7 @@ impl Aggregator {
             .entry(finding_label(&verdict.filtering))
             .or_default() += 1;
         *self.type_runs.entry(own).or_default() += 1;
+        self.ipv6.add(run);
     }
 
     fn add_record(
@@ -563,6 +567,7 @@ impl Aggregator {
             mut slot_parent,
             slot_origin,
             port_mapping,
+            ipv6,
             ..
         } = self;
         drop(by_id);
@@ -618,6 +623,7 @@ impl Aggregator {
             networks: networks.iter().map(|n| n.to_string()).collect(),
             pairing_ids,
             port_mapping,
+            ipv6,
         }
     }
 }
@@ -754,4 +760,6 @@ pub struct Aggregated {
     pub pairing_ids: Vec<String>,
     /// Volunteers' port mapping records, tallied.
     pub port_mapping: PortMapTally,
+    /// Volunteers' IPv6 classifications, tallied.
+    pub ipv6: Ipv6Tally,
 }

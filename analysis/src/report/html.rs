@@ -541,6 +541,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         charts::count_bars(&cl.types, "NAT type (mapping/filtering)", "runs")?,
         "No runs in the input.",
     ));
+    ipv6_table(&mut h, &summary.ipv6);
     h.push_str("</section>\n");
 
     uncertainty_section(&mut h, summary);
@@ -942,4 +943,41 @@ fn hard_nat_section(h: &mut String, summary: &Summary) {
                 Allocation: <em>mix</em> rows drew each trial's strategy at random from the plan's list for that class (shuffled rounds); <em>rotation</em> rows took the plan's strategies in turn. Rates are compared only within one row group. \
                 <code>predict</code>: the easy side aims at a window of ports after the hard side's observed one. <code>birthday</code>: the hard side opens m connections, the easy side sends SYNs to n random ports; expected success about 1 - exp(-m n / range). \
                 Costs are totals over both sides divided by successes; SYNs count each connect() and the retransmissions Linux makes while it waits. Intervals: Wilson 95% per trial.</p>\n</section>\n");
+}
+
+/// The IPv6 breakdown beside the classification tables, when some
+/// volunteer's run asked about IPv6 (reports without it stay as they were).
+fn ipv6_table(h: &mut String, ipv6: &super::ipv6::Ipv6Summary) {
+    if ipv6.is_empty() {
+        return;
+    }
+    h.push_str("<h3 id=ipv6>IPv6</h3>\n");
+    let _ = writeln!(
+        h,
+        "<p class=note>Dual-stack volunteers' runs classify IPv6 apart from IPv4 (pairing and trials stay IPv4): {} runs with an IPv6 classification, {} whose IPv6 classification failed (no route or no answer). Rates are per run, of the runs where it was measured, with Wilson 95% intervals.</p>",
+        ipv6.runs, ipv6.missing
+    );
+    h.push_str("<table><tr><th>over IPv6</th><th>runs</th><th>rate [95% interval] (runs/measured)</th></tr>");
+    let rows = [
+        (
+            "translated (NPTv6 or NAT66)",
+            "untranslated",
+            &ipv6.translated,
+        ),
+        (
+            "unsolicited connections admitted",
+            "unsolicited connections turned away",
+            &ipv6.unsolicited_admitted,
+        ),
+    ];
+    for (yes, no, proportion) in rows {
+        let _ = write!(
+            h,
+            "<tr><td>{yes}</td><td class=num>{}</td><td>{}</td></tr><tr><td>{no}</td><td class=num>{}</td><td></td></tr>",
+            proportion.successes,
+            esc(&proportion.describe()),
+            proportion.n - proportion.successes
+        );
+    }
+    h.push_str("</table>\n");
 }

@@ -26,6 +26,7 @@ pub mod compare;
 pub mod hardnat;
 pub mod html;
 pub mod input;
+pub mod ipv6;
 pub mod portmap;
 pub mod reference;
 pub mod stats;

@@ -289,6 +289,10 @@ pub struct Summary {
     /// when no run recorded any (so such reports stay as they were).
     #[serde(default, skip_serializing_if = "PortMappingSummary::is_empty")]
     pub port_mapping: PortMappingSummary,
+    /// What volunteers' dual-stack runs found over IPv6; summaries from
+    /// before it have none, and it is left out when no run asked about IPv6.
+    #[serde(default, skip_serializing_if = "super::ipv6::Ipv6Summary::is_empty")]
+    pub ipv6: super::ipv6::Ipv6Summary,
     /// Success by strategy within each NAT-pair class and allocation, with
     /// what `predict` and `birthday` cost per success; left out when no
     /// trial's plan had strategy mixes or hard-NAT strategies.
@@ -566,6 +570,7 @@ impl Summary {
             network_labels,
             clients,
             port_mapping: agg.port_mapping.summary(),
+            ipv6: agg.ipv6.summary(),
         }
     }
 

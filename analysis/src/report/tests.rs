@@ -1022,3 +1022,85 @@ fn one_sides_unmapped_does_not_erase_its_peers_trial() {
     ]);
     assert_eq!((s.input.trials_unmapped, s.input.trials_counted), (0, 1));
 }
+
+/// Dual-stack runs: the IPv6 breakdown counts each volunteer run's
+/// `classification_v6` once (reference peers not), with Wilson intervals,
+/// and stays off the page and out of summary.json when no run asked about IPv6.
+#[test]
+fn ipv6_classifications_are_broken_down_per_volunteer_run() {
+    use crate::classify::Ipv6Verdict;
+    let dual_stack = |translated: Option<bool>, admitted: Option<bool>, mode: RunMode| {
+        let mut r = run(Role::Initiator, eim_apdf(), None, vec![]);
+        r.mode = mode;
+        let mut v6 = r.classification.clone();
+        v6.server_endpoints = vec![MaskedEndpoint {
+            net: "2001:db8::/32".into(),
+            port: 3478,
+        }];
+        v6.verdict = Verdict {
+            no_nat: translated == Some(false),
+            ipv6: Some(Ipv6Verdict {
+                translated,
+                unsolicited_admitted: admitted,
+            }),
+            ..verdict(None, Some(Apdf))
+        };
+        r.classification_v6 = Some(v6);
+        r
+    };
+    let mut no_route = run(Role::Initiator, eim_apdf(), None, vec![]);
+    no_route.classification_v6_missing =
+        Some("IPv6 not classified: no echo server answered: no route to host".into());
+    let runs = vec![
+        dual_stack(Some(false), Some(false), RunMode::Volunteer),
+        dual_stack(Some(false), Some(false), RunMode::Volunteer),
+        dual_stack(Some(false), Some(true), RunMode::Volunteer),
+        // Translation measured, admission not (one server IP).
+        dual_stack(Some(true), None, RunMode::Volunteer),
+        // A reference peer's classification is not the population's.
+        dual_stack(Some(true), Some(true), RunMode::Reference),
+        no_route,
+        // IPv4 only.
+        run(Role::Initiator, eim_apdf(), None, vec![]),
+    ];
+    let (s, _) = summary_of(&runs);
+    let ipv6 = &s.ipv6;
+    assert_eq!((ipv6.runs, ipv6.missing), (4, 1));
+    assert_eq!((ipv6.translated.successes, ipv6.translated.n), (1, 4));
+    assert_eq!(
+        (
+            ipv6.unsolicited_admitted.successes,
+            ipv6.unsolicited_admitted.n
+        ),
+        (1, 3)
+    );
+    let (low, high) = super::stats::wilson(1, 3, super::stats::Z_95).unwrap();
+    assert_eq!(ipv6.unsolicited_admitted.low, Some(low));
+    assert_eq!(ipv6.unsolicited_admitted.high, Some(high));
+    // The IPv4 classification tables count every volunteer run as before.
+    assert_eq!(s.classification.runs, 6);
+
+    let page = super::html::render(&s).unwrap();
+    assert!(
+        page.contains("<h3 id=ipv6>IPv6</h3>"),
+        "the breakdown is there"
+    );
+    assert!(
+        page.contains(&super::html::esc(&ipv6.unsolicited_admitted.describe())),
+        "rates with intervals"
+    );
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["ipv6"]["translated"]["n"], 4);
+
+    // IPv4-only runs: no breakdown on the page, none in summary.json.
+    let (plain, _) = summary_of(&[run(Role::Initiator, eim_apdf(), None, vec![])]);
+    assert!(plain.ipv6.is_empty());
+    assert!(!super::html::render(&plain).unwrap().contains("id=ipv6"));
+    let json = serde_json::to_value(&plain).unwrap();
+    assert!(json.get("ipv6").is_none(), "{json}");
+    // A summary from before the breakdown reads as having none.
+    let mut value = serde_json::to_value(&s).unwrap();
+    value.as_object_mut().unwrap().remove("ipv6");
+    let older: Summary = serde_json::from_value(value).unwrap();
+    assert!(older.ipv6.is_empty());
+}
