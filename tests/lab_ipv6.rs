@@ -423,6 +423,126 @@ nat = "open"
     assert_eq!(checked, ROUNDS * hosts.len(), "every run was checked");
 }
 
+/// The volunteer's one command in a dual-stack host: `probe` given echo
+/// endpoints of both families classifies each with its own (the IPv4 one is
+/// what pairing uses), and the result carries both, prefixes only. Nobody
+/// else comes to the coordinator, so the run ends with "no peer" after a
+/// short wait and keeps its result.
+#[test]
+fn a_dual_stack_probe_keeps_both_classifications_in_its_result() {
+    use punchscope::analysis::classify::{Finding, Ipv6Verdict};
+    use punchscope::analysis::nat::{Filtering, Mapping};
+    use punchscope::analysis::result::RunResult;
+    use support::process::ChildGuard;
+    /// `probe`'s exit code when no peer came (src/cli/probe.rs).
+    const EXIT_NO_PEER: i32 = 3;
+    let lab = start_lab(
+        "v6probe",
+        r#"
+[[nat]]
+name = "fw"
+backend = "kernel"
+ipv6 = "firewall"
+[[host]]
+name = "alice"
+nat = "fw"
+"#,
+    );
+    let _echo = start_echo_dual_stack(&lab);
+    let plan = plan("v6probe", "");
+    let _coordinator = start_coordinator(&lab, &plan);
+    let spool = tempfile::tempdir().unwrap();
+    let mut probe = ChildGuard::spawn_piped(&mut probe_command_with_echo(
+        &lab,
+        "alice",
+        spool.path(),
+        &[
+            "[2001:db8:5100::10]:3478",
+            SERVER_V4,
+            "[2001:db8:5100::11]:3478",
+            "198.51.100.11:3478",
+        ],
+        2,
+    ));
+    probe.wait(Duration::from_secs(120));
+    let output = probe.0.take().unwrap().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_NO_PEER),
+        "no peer came: {stderr}"
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let result = RunResult::from_json(stdout.trim())
+        .unwrap_or_else(|e| panic!("the collector would refuse it ({e}): {stdout}"));
+    // The spool's results are its `.json` files (beside them are its folders).
+    let spooled: Vec<_> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|x| x == "json"))
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .collect();
+    assert_eq!(spooled.len(), 1, "one result in the spool: {spooled:?}");
+    assert_eq!(
+        RunResult::from_json(spooled[0].trim()).unwrap(),
+        result,
+        "the spooled result is the printed one"
+    );
+    let own_v6 = address_v6(&lab, "alice").to_string();
+    assert!(
+        !stdout.contains(&own_v6) && !stdout.contains("2001:db8:5100::10"),
+        "no raw IPv6 address: {stdout}"
+    );
+
+    // IPv4: the kernel router's NAT, the classification pairing used.
+    let v4 = &result.classification;
+    // (The servers announce endpoints of both families; the probes go to IPv4 ones.)
+    assert!(
+        v4.observations
+            .mapping
+            .iter()
+            .all(|p| p.server.net == "198.51.100.0/24" && p.observed.is_some()),
+        "every IPv4 probe went to an IPv4 server: {v4:?}"
+    );
+    assert_eq!(v4.verdict.ipv6, None, "{v4:?}");
+    assert!(!v4.verdict.no_nat, "masqueraded: {v4:?}");
+    assert_eq!(
+        (&v4.verdict.mapping, &v4.verdict.filtering),
+        (
+            &Finding::Known {
+                value: Mapping::Eim
+            },
+            &Finding::Known {
+                value: Filtering::Apdf
+            }
+        ),
+        "{v4:?}"
+    );
+
+    // IPv6: untranslated behind the firewall, which turns unsolicited connections away.
+    let v6 = result
+        .classification_v6
+        .as_ref()
+        .unwrap_or_else(|| panic!("an IPv6 classification: {stdout}"));
+    assert_eq!(result.classification_v6_missing, None);
+    assert_eq!(
+        v6.verdict.ipv6,
+        Some(Ipv6Verdict {
+            translated: Some(false),
+            unsolicited_admitted: Some(false),
+        }),
+        "{v6:?}"
+    );
+    assert!(
+        v6.observations
+            .mapping
+            .iter()
+            .all(|p| p.local.net == "2001:db8::/32" && p.server.net == "2001:db8::/32"),
+        "every IPv6 probe is kept as a /32 prefix: {v6:?}"
+    );
+}
+
 #[test]
 fn an_ipv6_lab_leaves_no_namespace_behind() {
     let lab = start_lab(

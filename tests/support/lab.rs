@@ -272,23 +272,34 @@ pub fn probe_command_with_spool(
     host: &str,
     spool: &std::path::Path,
 ) -> std::process::Command {
+    probe_command_with_echo(
+        lab,
+        host,
+        spool,
+        &["198.51.100.10:3478", "198.51.100.11:3478"],
+        20,
+    )
+}
+
+/// As [`probe_command_with_spool`], classifying against `echo` (each passed
+/// as `--echo`; IPv6 literals beside IPv4 ones make a dual-stack run) and
+/// waiting at most `max_wait_secs` for a peer.
+pub fn probe_command_with_echo(
+    lab: &Lab,
+    host: &str,
+    spool: &std::path::Path,
+    echo: &[&str],
+    max_wait_secs: u64,
+) -> std::process::Command {
     let mut command = punchscope_in(&lab.host_netns(host).unwrap());
+    command.args(["probe", "--server", COORDINATOR]);
+    for endpoint in echo {
+        command.args(["--echo", endpoint]);
+    }
     command
-        .args(["probe", "--server", COORDINATOR])
-        .args([
-            "--echo",
-            "198.51.100.10:3478",
-            "--echo",
-            "198.51.100.11:3478",
-        ])
-        .args([
-            "--yes",
-            "--json",
-            "--quiet",
-            "--max-wait-secs",
-            "20",
-            "--spool",
-        ])
+        .args(["--yes", "--json", "--quiet", "--max-wait-secs"])
+        .arg(max_wait_secs.to_string())
+        .arg("--spool")
         .arg(spool);
     command
 }
