@@ -423,38 +423,22 @@ nat = "open"
     assert_eq!(checked, ROUNDS * hosts.len(), "every run was checked");
 }
 
-/// The volunteer's one command in a dual-stack host: `probe` given echo
-/// endpoints of both families classifies each with its own (the IPv4 one is
-/// what pairing uses), and the result carries both, prefixes only. Nobody
-/// else comes to the coordinator, so the run ends with "no peer" after a
-/// short wait and keeps its result.
-#[test]
-fn a_dual_stack_probe_keeps_both_classifications_in_its_result() {
-    use punchscope::analysis::classify::{Finding, Ipv6Verdict};
-    use punchscope::analysis::nat::{Filtering, Mapping};
+/// The real `probe` in `host` against echo endpoints of both families,
+/// waiting 2 s for a peer nobody sends: its exit code must say "no peer".
+/// Its result as printed (checked to equal the spooled one, and read as the
+/// collector reads it), and the printed text.
+fn dual_stack_probe_without_peer(
+    lab: &Lab,
+    host: &str,
+) -> (punchscope::analysis::result::RunResult, String) {
     use punchscope::analysis::result::RunResult;
     use support::process::ChildGuard;
     /// `probe`'s exit code when no peer came (src/cli/probe.rs).
     const EXIT_NO_PEER: i32 = 3;
-    let lab = start_lab(
-        "v6probe",
-        r#"
-[[nat]]
-name = "fw"
-backend = "kernel"
-ipv6 = "firewall"
-[[host]]
-name = "alice"
-nat = "fw"
-"#,
-    );
-    let _echo = start_echo_dual_stack(&lab);
-    let plan = plan("v6probe", "");
-    let _coordinator = start_coordinator(&lab, &plan);
     let spool = tempfile::tempdir().unwrap();
     let mut probe = ChildGuard::spawn_piped(&mut probe_command_with_echo(
-        &lab,
-        "alice",
+        lab,
+        host,
         spool.path(),
         &[
             "[2001:db8:5100::10]:3478",
@@ -470,11 +454,11 @@ nat = "fw"
     assert_eq!(
         output.status.code(),
         Some(EXIT_NO_PEER),
-        "no peer came: {stderr}"
+        "{host}: no peer came: {stderr}"
     );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let result = RunResult::from_json(stdout.trim())
-        .unwrap_or_else(|e| panic!("the collector would refuse it ({e}): {stdout}"));
+        .unwrap_or_else(|e| panic!("{host}: the collector would refuse it ({e}): {stdout}"));
     // The spool's results are its `.json` files (beside them are its folders).
     let spooled: Vec<_> = std::fs::read_dir(spool.path())
         .unwrap()
@@ -483,12 +467,64 @@ nat = "fw"
         .filter(|path| path.extension().is_some_and(|x| x == "json"))
         .map(|path| std::fs::read_to_string(path).unwrap())
         .collect();
-    assert_eq!(spooled.len(), 1, "one result in the spool: {spooled:?}");
+    assert_eq!(
+        spooled.len(),
+        1,
+        "{host}: one result in the spool: {spooled:?}"
+    );
     assert_eq!(
         RunResult::from_json(spooled[0].trim()).unwrap(),
         result,
-        "the spooled result is the printed one"
+        "{host}: the spooled result is the printed one"
     );
+    (result, stdout)
+}
+
+/// The volunteer's one command in a dual-stack host: `probe` given echo
+/// endpoints of both families classifies each with its own (the IPv4 one is
+/// what pairing uses), and the result carries both, prefixes only. A host
+/// with no IPv6 route gets its IPv4 result and a reason for the missing
+/// IPv6 one. Nobody else comes to the coordinator (the probes run one after
+/// the other), so each run ends with "no peer" after a short wait.
+#[test]
+fn a_dual_stack_probe_keeps_both_classifications_in_its_result() {
+    use punchscope::analysis::classify::{Finding, Ipv6Verdict};
+    use punchscope::analysis::nat::{Filtering, Mapping};
+    let lab = start_lab(
+        "v6probe",
+        r#"
+[[nat]]
+name = "fw"
+backend = "kernel"
+ipv6 = "firewall"
+[[nat]]
+name = "v4only"
+backend = "kernel"
+[[host]]
+name = "alice"
+nat = "fw"
+[[host]]
+name = "bob"
+nat = "v4only"
+"#,
+    );
+    let _echo = start_echo_dual_stack(&lab);
+    let plan = plan("v6probe", "");
+    let _coordinator = start_coordinator(&lab, &plan);
+
+    // bob has IPv4 only: the IPv6 classification is missing, in words, and
+    // the run is the IPv4 one it would have been.
+    let (without_v6, _) = dual_stack_probe_without_peer(&lab, "bob");
+    assert_eq!(without_v6.classification_v6, None);
+    let why = without_v6
+        .classification_v6_missing
+        .as_deref()
+        .expect("a reason for the missing IPv6 classification");
+    assert!(why.starts_with("IPv6 not classified"), "{why}");
+    assert_eq!(without_v6.classification.verdict.ipv6, None);
+    assert!(!without_v6.classification.verdict.no_nat);
+
+    let (result, stdout) = dual_stack_probe_without_peer(&lab, "alice");
     let own_v6 = address_v6(&lab, "alice").to_string();
     assert!(
         !stdout.contains(&own_v6) && !stdout.contains("2001:db8:5100::10"),
