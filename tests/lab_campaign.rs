@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
 
-use punchscope::analysis::classify::Finding;
+use punchscope::analysis::classify::{Finding, Ipv6Verdict};
 use punchscope::analysis::portmap::{GatewayAnswer, MappingProtocol, PortRole};
 use punchscope::analysis::result::{CollectedResult, RunMode};
 use punchscope::lab::Scenario;
@@ -20,6 +20,7 @@ const SCENARIO: &str = r#"
 name = "eim_apdf"
 backend = "kernel"
 delay_ms = 10
+ipv6 = "firewall"
 [[nat]]
 name = "carrier"
 delay_ms = 10
@@ -163,6 +164,34 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
         type_of_run.insert(r.result.run_id, measured);
     }
 
+    // IPv6: the one dual-stack volunteer (behind the kernel router's
+    // firewall) classified it, untranslated and closed to strangers; the
+    // IPv4-only ones say why they have no IPv6 classification.
+    for r in &volunteer_runs {
+        let label = r.result.client.network_label.as_deref().unwrap();
+        if label == "eim_apdf" {
+            let v6 = r
+                .result
+                .classification_v6
+                .as_ref()
+                .unwrap_or_else(|| panic!("{label}: {:?}", r.result.classification_v6_missing));
+            assert_eq!(
+                v6.verdict.ipv6,
+                Some(Ipv6Verdict {
+                    translated: Some(false),
+                    unsolicited_admitted: Some(false),
+                }),
+                "{label}: {v6:?}"
+            );
+        } else {
+            assert_eq!(r.result.classification_v6, None, "{label}");
+            assert!(
+                r.result.classification_v6_missing.is_some(),
+                "{label}: IPv4 only, and a reason"
+            );
+        }
+    }
+
     // Port mapping, against each router's configuration: eim_eif grants
     // (and the echo server's dial-back reaches the probe through it), apdm
     // refuses, the others have nothing on port 5351 (ICMP port unreachable).
@@ -256,6 +285,14 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
         types.iter().all(|t| t[0] != "unknown"),
         "every host was classified: {types:?}"
     );
+    let ipv6 = &summary["ipv6"];
+    assert_eq!(
+        (&ipv6["runs"], &ipv6["missing"]),
+        (&serde_json::json!(1), &serde_json::json!(4)),
+        "one dual-stack volunteer, four IPv4-only ones: {ipv6}"
+    );
+    assert_eq!(ipv6["translated"]["successes"], 0, "{ipv6}");
+    assert_eq!(ipv6["unsolicited_admitted"]["successes"], 0, "{ipv6}");
     let rows = summary["port_mapping"]["protocols"].as_array().unwrap();
     let protocols: Vec<_> = rows
         .iter()
@@ -305,6 +342,7 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
     assert!(html.contains("NAT-type pair"), "matrix");
     assert!(html.contains("carrier-grade NAT"), "the CGNAT breakdown");
     assert!(html.contains("Port mapping"), "the port mapping section");
+    assert!(html.contains("<h3 id=ipv6>"), "the IPv6 breakdown");
     // Lab campaigns record which backend played each router, and the chain.
     let campaign: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("campaign.json")).unwrap()).unwrap();

@@ -26,6 +26,14 @@ pub(crate) const ECHO: [&str; 4] = [
     "198.51.100.11:3478",
     "198.51.100.11:3479",
 ];
+/// The same echo servers on the servers' IPv6 addresses (docs/lab.md, "IPv6
+/// behind kernel routers"), started when the scenario has dual-stack hosts.
+pub(crate) const ECHO_V6: [&str; 4] = [
+    "[2001:db8:5100::10]:3478",
+    "[2001:db8:5100::10]:3479",
+    "[2001:db8:5100::11]:3478",
+    "[2001:db8:5100::11]:3479",
+];
 pub(crate) const COORDINATOR: &str = "198.51.100.10:7000";
 const COLLECTOR: &str = "198.51.100.10:8080";
 
@@ -155,8 +163,12 @@ fn run_servers_and_probes(
 
     let mut servers = Children(Vec::new());
     let internet = lab.internet_netns();
+    // The internet namespace has the servers' IPv6 addresses only when some
+    // router routes IPv6; otherwise binding them would fail.
+    let ipv6 = lab.scenario().has_ipv6();
+    let echo_v6: &[&str] = if ipv6 { &ECHO_V6 } else { &[] };
     let mut echo = vec!["serve".to_string(), "echo".to_string()];
-    for e in ECHO {
+    for e in ECHO.iter().chain(echo_v6) {
         echo.extend(["--listen".to_string(), e.to_string()]);
     }
     servers.0.push(spawn(options, &internet, "echo", &echo)?);
@@ -191,7 +203,10 @@ fn run_servers_and_probes(
     servers
         .0
         .push(spawn(options, &internet, "collector", &collector)?);
-    for endpoint in [ECHO[0], COORDINATOR, COLLECTOR] {
+    for endpoint in [ECHO[0], COORDINATOR, COLLECTOR]
+        .into_iter()
+        .chain(echo_v6.first().copied())
+    {
         wait_listening(&lab, endpoint.parse().expect("constant"))?;
     }
 
@@ -239,10 +254,18 @@ fn run_servers_and_probes(
             ECHO[0],
             "--echo",
             ECHO[2],
-            "--collector",
         ];
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // IPv6 echo literals beside the IPv4 ones: the probe classifies IPv6
+        // as well, and an IPv4-only host records why it could not
+        // (`classification_v6_missing`). Pairing stays on IPv4.
+        if ipv6 {
+            for e in [ECHO_V6[0], ECHO_V6[2]] {
+                args.extend(["--echo".into(), e.to_string()]);
+            }
+        }
         args.extend([
+            "--collector".into(),
             format!("http://{COLLECTOR}"),
             "--spool".into(),
             spool.display().to_string(),
