@@ -54,10 +54,6 @@ impl TrialMapper {
         TrialMapper { config, protocol }
     }
 
-    pub fn protocol(&self) -> MappingProtocol {
-        self.protocol
-    }
-
     /// Asks a mapping of TCP `port` and waits (at most [`OPEN_WITHIN`]) for
     /// the gateway's verdict. The mapping stays until [`HeldMapping::release`];
     /// `Err` only when no socket towards the gateway could be opened.

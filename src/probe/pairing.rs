@@ -275,22 +275,26 @@ pub async fn run_pairing(
                 mapped,
             } => {
                 let go_at = tokio::time::Instant::now();
-                let Some(mut p) = pending.take().filter(|p| p.trial == trial) else {
-                    if let Some(mut stale) = pending.take() {
-                        stale.release_mapping(None).await;
+                let mut p = match pending.take() {
+                    Some(p) if p.trial == trial => p,
+                    other => {
+                        // Another trial's registration goes with its mapping.
+                        if let Some(mut stale) = other {
+                            stale.release_mapping(None).await;
+                        }
+                        let trial_record = unrun(
+                            trial,
+                            strategy,
+                            pairing.role,
+                            TrialOutcome::LocalError,
+                            Some("go for a trial we did not register".into()),
+                        );
+                        let _ = client
+                            .report(trial, &TrialReport::from(&trial_record))
+                            .await;
+                        record.trials.push(trial_record);
+                        continue;
                     }
-                    let trial_record = unrun(
-                        trial,
-                        strategy,
-                        pairing.role,
-                        TrialOutcome::LocalError,
-                        Some("go for a trial we did not register".into()),
-                    );
-                    let _ = client
-                        .report(trial, &TrialReport::from(&trial_record))
-                        .await;
-                    record.trials.push(trial_record);
-                    continue;
                 };
                 let local = any_port(peer, p.local_port);
                 if let Err(violation) =
