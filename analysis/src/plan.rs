@@ -14,7 +14,7 @@ use crate::handshake::{BitcoinNetwork, Transport};
 use std::collections::BTreeMap;
 
 use crate::hardnat::PairClass;
-use crate::trial::Strategy;
+use crate::trial::{Family, Strategy};
 
 /// The plan format version this code reads.
 pub const PLAN_VERSION: u32 = 1;
@@ -35,6 +35,13 @@ pub struct Plan {
     /// Strategies used in turn, trial by trial.
     #[serde(default = "defaults::strategies")]
     pub strategies: Vec<Strategy>,
+    /// IP families the trials run in (`ipv4`, `ipv6`): a randomised factor.
+    /// The coordinator draws each trial's family in shuffled rounds from the
+    /// families both sides of a pairing have (a round holds each family
+    /// once), so the families of a pairing run equally often and in random
+    /// order; a pair sharing none of them is not paired.
+    #[serde(default = "defaults::families")]
+    pub families: Vec<Family>,
     /// Bitcoin transports used in turn over punched sockets (v1, v2, v1, ...).
     #[serde(default = "defaults::transports")]
     pub transports: Vec<Transport>,
@@ -147,6 +154,9 @@ mod defaults {
             Strategy::ConnectListen,
             Strategy::LowTtl,
         ]
+    }
+    pub fn families() -> Vec<Family> {
+        vec![Family::Ipv4]
     }
     pub fn transports() -> Vec<Transport> {
         vec![Transport::V1, Transport::V2]
@@ -265,6 +275,17 @@ impl Plan {
         }
         if self.strategies.is_empty() {
             return invalid("strategies", "must name at least one strategy");
+        }
+        if self.families.is_empty() {
+            return invalid("families", "must name at least one family (ipv4, ipv6)");
+        }
+        if self
+            .families
+            .iter()
+            .enumerate()
+            .any(|(i, f)| self.families[..i].contains(f))
+        {
+            return invalid("families", "names a family twice");
         }
         if self.transports.is_empty() {
             return invalid("transports", "must name at least one transport");
@@ -676,7 +697,7 @@ mod tests {
     #[test]
     fn every_field_is_a_known_key() {
         let keys = Plan::keys();
-        assert_eq!(keys.len(), 27, "{keys:?}");
+        assert_eq!(keys.len(), 28, "{keys:?}");
         let default = include_str!("../../probes/default.toml");
         for key in &keys {
             assert!(

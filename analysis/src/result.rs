@@ -588,6 +588,7 @@ mod tests {
             trial: 0,
             trial_id: None,
             timing: None,
+            family: Default::default(),
             strategy: Strategy::Simultaneous,
             role: Role::Initiator,
             local_port: 40002,

@@ -5,6 +5,56 @@ use serde::{Deserialize, Serialize};
 
 use crate::handshake::{HandshakeBy, HandshakeRecord, NodeBridgeRecord, Role};
 
+/// The IP family a trial runs in: both sides' trial sockets, their observed
+/// endpoints and every packet of the trial are of this family.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// IPv4, through NAT44 (and maybe CGNAT).
+    #[default]
+    Ipv4,
+    /// IPv6, through the router's stateful firewall (and any NPTv6 or NAT66).
+    Ipv6,
+}
+
+impl Family {
+    pub const ALL: &'static [Family] = &[Family::Ipv4, Family::Ipv6];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    /// The family of `address`. An IPv4-mapped IPv6 address is IPv4.
+    pub fn of(address: std::net::IpAddr) -> Family {
+        match address.to_canonical() {
+            std::net::IpAddr::V4(_) => Family::Ipv4,
+            std::net::IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How a trial tries to open the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -177,6 +227,11 @@ pub struct TrialRecord {
     #[serde(default)]
     pub trial_id: Option<String>,
     pub strategy: Strategy,
+    /// The IP family the trial ran in, as the coordinator drew it from the
+    /// plan's `families`. Added within schema version 1: absent in older
+    /// results, which ran over IPv4.
+    #[serde(default)]
+    pub family: Family,
     /// Initiator or responder, as the coordinator assigned (the Bitcoin handshake roles).
     pub role: Role,
     /// Our local port for this trial.
@@ -253,6 +308,7 @@ impl TrialRecord {
             trial,
             trial_id: None,
             strategy,
+            family: Family::Ipv4,
             role,
             local_port: 0,
             public_port: None,

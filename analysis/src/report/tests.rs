@@ -99,6 +99,7 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
             trial_id: x.id.map(str::to_string),
             timing: None,
             mapping: None,
+            family: Default::default(),
             strategy: plan.strategy_of(x.n),
             role,
             local_port: 40000,
