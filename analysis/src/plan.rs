@@ -287,6 +287,20 @@ impl Plan {
         {
             return invalid("families", "names a family twice");
         }
+        // The pair classes (and so `predict` and `birthday` moves) come from
+        // the IPv4 classification: they say nothing of an IPv6 path.
+        if self.families.contains(&Family::Ipv6)
+            && self
+                .class_strategies
+                .values()
+                .flatten()
+                .any(|s| s.is_hard_nat())
+        {
+            return invalid(
+                "families",
+                "ipv6 cannot be combined with predict or birthday in class_strategies (their moves follow the IPv4 classification): run the hard-NAT plan over ipv4",
+            );
+        }
         if self.transports.is_empty() {
             return invalid("transports", "must name at least one transport");
         }
@@ -672,6 +686,28 @@ mod tests {
             (t.attempt_timeout_ms, t.retry_gap_ms, t.retry_jitter_ms),
             (3000, 300, 1000)
         );
+    }
+
+    #[test]
+    fn families_are_a_set_of_ipv4_and_ipv6_and_keep_hard_nat_mixes_on_ipv4() {
+        let plan = |extra: &str| Plan::from_toml(&format!("version = 1\nname = \"t\"\n{extra}\n"));
+        assert_eq!(plan("").unwrap().families, [Family::Ipv4]);
+        assert_eq!(
+            plan("families = [\"ipv6\", \"ipv4\"]").unwrap().families,
+            [Family::Ipv6, Family::Ipv4]
+        );
+        for (bad, says) in [
+            ("families = []", "at least one"),
+            ("families = [\"ipv4\", \"ipv4\"]", "twice"),
+            (
+                "families = [\"ipv4\", \"ipv6\"]\nclass_strategies = { easy_random = [\"simultaneous\", \"birthday\"] }",
+                "predict or birthday",
+            ),
+        ] {
+            let e = plan(bad).unwrap_err().to_string();
+            assert!(e.contains("families") && e.contains(says), "{bad}: {e}");
+        }
+        assert!(plan("families = [\"ipv5\"]").is_err());
     }
 
     #[test]

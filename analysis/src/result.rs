@@ -167,6 +167,9 @@ pub enum ViolationRule {
     /// A `go` whose attempt timing the plan cannot produce (outside its RTT
     /// floors and caps, or not its fixed values).
     Timing,
+    /// A trial in an IP family the plan or this probe does not have, or a
+    /// peer endpoint of another family than the trial's.
+    Family,
     /// A rule a newer punchscope added.
     #[serde(other)]
     Other,

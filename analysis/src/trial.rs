@@ -47,6 +47,15 @@ impl Family {
             std::net::IpAddr::V6(_) => Family::Ipv6,
         }
     }
+    /// The family a classification verdict was measured in: an IPv6
+    /// classification carries its `ipv6` reading.
+    pub fn of_verdict(verdict: &crate::classify::Verdict) -> Family {
+        if verdict.ipv6.is_some() {
+            Family::Ipv6
+        } else {
+            Family::Ipv4
+        }
+    }
 }
 
 impl std::fmt::Display for Family {

@@ -38,9 +38,12 @@ pub struct ProbeArgs {
     /// collector, shown before you agree; --echo and --collector override them.
     #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "server")]
     campaign: Option<String>,
-    /// The coordinator, HOST:PORT, without asking it for a campaign (give --echo and --collector).
+    /// The coordinator, HOST:PORT, without asking it for a campaign (give
+    /// --echo and --collector). Repeat it with the coordinator's IPv6
+    /// address (`[2001:db8::1]:8340`) beside its IPv4 one for IPv6 trials;
+    /// a name gives each of its addresses.
     #[arg(long, required_unless_present = "campaign")]
-    server: Option<String>,
+    server: Vec<String>,
     /// Echo servers for NAT classification, HOST:PORT (give two IPs for a full
     /// verdict). Needed without --campaign; a reference peer classifies too when given them.
     #[arg(long = "echo", required_unless_present_any = ["serve_peer", "campaign"])]
@@ -113,9 +116,9 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let spool = args.spool.clone().unwrap_or_else(upload::default_spool_dir);
     let (coordinator, campaign) = match &args.campaign {
         Some(spec) => {
-            let coordinator = campaign::coordinator_of(spec);
+            let coordinator = vec![campaign::coordinator_of(spec)];
             let preview = runtime.block_on(campaign::preview(
-                &coordinator,
+                &coordinator[0],
                 AddressPolicy::Public,
                 PREVIEW_TIMEOUT,
             ))?;
@@ -127,12 +130,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
                 CampaignPreview::NotOffered { .. } => (coordinator, None),
             }
         }
-        None => (
-            args.server
-                .clone()
-                .expect("clap requires --server or --campaign"),
-            None,
-        ),
+        None => (args.server.clone(), None),
     };
     let endpoints = campaign::endpoints(campaign.as_ref(), &args.echo, args.collector.as_deref());
     if args.serve_peer {
@@ -151,7 +149,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     ask_consent(
         &Consent {
             campaign: campaign.as_ref(),
-            coordinator: &coordinator,
+            coordinator: &coordinator.join(", "),
             endpoints: &endpoints,
             node: args.node,
             node_port: (!args.no_portmap).then_some(node_port(&args)),

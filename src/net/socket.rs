@@ -16,6 +16,11 @@ pub fn bound(local: SocketAddr) -> io::Result<Socket> {
         Type::STREAM,
         Some(Protocol::TCP),
     )?;
+    // An IPv6 port is IPv6 only: a trial runs in one family, and its
+    // reuse-port siblings must not pick up the other's connections.
+    if local.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;

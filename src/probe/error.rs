@@ -18,6 +18,8 @@ pub enum ProbeError {
     Resolve { target: String, cause: io::Error },
     #[error("the coordinator `{target}` has no address; check the name")]
     NoAddress { target: String },
+    #[error("the coordinator `{target}` has no address in the IP families this host reached its echo servers in ({reached}); give the coordinator's address in that family")]
+    NoAddressInFamily { target: String, reached: String },
     #[error("the coordinator `{coordinator}` describes a campaign this probe refuses ({why}); nothing was measured")]
     CampaignRefused { coordinator: String, why: String },
     #[error("no echo server to classify with: {why}; give --echo HOST:PORT (twice, two IPs) and --collector URL")]

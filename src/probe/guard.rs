@@ -21,7 +21,7 @@ use punchscope_analysis::hardnat::{HardRole, PairClass, SideKind};
 use punchscope_analysis::plan::{AttemptTiming, Plan};
 use punchscope_analysis::portmap::MappedSide;
 use punchscope_analysis::result::{CoordinatorViolation, ViolationRule};
-use punchscope_analysis::trial::Strategy;
+use punchscope_analysis::trial::{Family, Strategy};
 
 use crate::net::address::AddressPolicy;
 use crate::proto::rendezvous::{MAX_START_DELAY_MS, MIN_MAPPED_PORT};
@@ -42,6 +42,7 @@ pub const MAX_RETRY_GAP_MS: u32 = 10_000;
 struct Current {
     trial: u32,
     strategy: Strategy,
+    family: Family,
     primed_peer: Option<SocketAddr>,
     went: bool,
 }
@@ -51,14 +52,38 @@ struct Current {
 pub struct CoordinatorGuard {
     plan: Plan,
     addresses: AddressPolicy,
-    /// The TTL a prime may carry: the plan's, or the one our own path
-    /// measurement calls for (the coordinator relays it from our verdict).
+    /// The TTL a prime may carry in `prime_ttl_family`: the plan's, or the
+    /// one our own path measurement calls for (the coordinator relays it
+    /// from our verdict). In the other family the plan's applies.
     prime_ttl: u8,
+    prime_ttl_family: Family,
+    /// The IP families we told the coordinator we can run trials in.
+    families: Vec<Family>,
     next_trial: u32,
     current: Option<Current>,
     /// This side's and the peer's NAT kinds, from our own verdict and the
     /// one relayed in `paired` ([`CoordinatorGuard::with_pair`]).
     kinds: (SideKind, SideKind),
+}
+
+/// A peer endpoint in the trial's own family, or the violation.
+fn same_family(
+    trial: u32,
+    step: &str,
+    family: Family,
+    peer: SocketAddr,
+) -> Result<(), CoordinatorViolation> {
+    if Family::of(peer.ip()) == family {
+        return Ok(());
+    }
+    Err(violation(
+        ViolationRule::Family,
+        Some(trial),
+        format!(
+            "{step} for {family} trial {trial} names an {} peer",
+            Family::of(peer.ip())
+        ),
+    ))
 }
 
 fn violation(rule: ViolationRule, trial: Option<u32>, detail: String) -> CoordinatorViolation {
@@ -119,14 +144,22 @@ impl CoordinatorGuard {
             plan: plan.clone(),
             addresses,
             prime_ttl: plan.low_ttl,
+            prime_ttl_family: Family::Ipv4,
+            families: vec![Family::Ipv4],
             next_trial: 0,
             current: None,
             kinds: (SideKind::Unknown, SideKind::Unknown),
         })
     }
 
-    /// `trial`: the next trial in order, within the plan, with the plan's strategy.
-    pub fn trial(&mut self, trial: u32, strategy: Strategy) -> Result<(), CoordinatorViolation> {
+    /// `trial`: the next trial in order, within the plan, with the plan's
+    /// strategy, in a family both the plan and we have.
+    pub fn trial(
+        &mut self,
+        trial: u32,
+        strategy: Strategy,
+        family: Family,
+    ) -> Result<(), CoordinatorViolation> {
         if trial != self.next_trial {
             return Err(violation(
                 ViolationRule::TrialOrder,
@@ -172,6 +205,16 @@ impl CoordinatorGuard {
                 }
             }
         }
+        if !self.plan.families.contains(&family) || !self.families.contains(&family) {
+            return Err(violation(
+                ViolationRule::Family,
+                Some(trial),
+                format!(
+                    "trial {trial} announced over {family}; the plan has {:?} and this probe {:?}",
+                    self.plan.families, self.families
+                ),
+            ));
+        }
         if strategy.is_hard_nat() && self.hard_role(strategy).is_none() {
             return Err(violation(
                 ViolationRule::Strategy,
@@ -186,6 +229,7 @@ impl CoordinatorGuard {
         self.current = Some(Current {
             trial,
             strategy,
+            family,
             primed_peer: None,
             went: false,
         });
@@ -201,7 +245,15 @@ impl CoordinatorGuard {
     ) -> Self {
         if let Some(v) = verdict {
             self.prime_ttl = v.prime_ttl_or(self.plan.low_ttl);
+            self.prime_ttl_family = Family::of_verdict(v);
         }
+        self
+    }
+
+    /// The IP families we told the coordinator we have (our hello's
+    /// `families`; absent there, the control connection's family).
+    pub fn with_families(mut self, families: &[Family]) -> Self {
+        self.families = families.to_vec();
         self
     }
 
@@ -325,8 +377,17 @@ impl CoordinatorGuard {
         peer: SocketAddr,
         ttl: u8,
     ) -> Result<(), CoordinatorViolation> {
-        let (expected_ttl, addresses) = (self.prime_ttl, self.addresses);
+        let (measured_ttl, measured_in, fixed_ttl) =
+            (self.prime_ttl, self.prime_ttl_family, self.plan.low_ttl);
+        let addresses = self.addresses;
         let current = self.current_mut(trial, "prime")?;
+        same_family(trial, "prime", current.family, peer)?;
+        // Our path measurement speaks for its own family only.
+        let expected_ttl = if current.family == measured_in {
+            measured_ttl
+        } else {
+            fixed_ttl
+        };
         if current.strategy != Strategy::LowTtl {
             return Err(violation(
                 ViolationRule::Ttl,
@@ -374,6 +435,7 @@ impl CoordinatorGuard {
         let skew_cap = Duration::from_millis(u64::from(self.plan.injected_skew_ms));
         let delay_cap = Duration::from_millis(MAX_START_DELAY_MS) + skew_cap;
         let current = self.current_mut(trial, "go")?;
+        same_family(trial, "go", current.family, peer)?;
         if current.went {
             return Err(violation(
                 ViolationRule::Unexpected,
@@ -512,15 +574,15 @@ mod tests {
     #[test]
     fn a_pairing_that_follows_the_plan_passes() {
         let mut g = guard();
-        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
         g.go(0, peer(), ms(40), ms(0), Strategy::Simultaneous)
             .unwrap();
         g.peer_result(0).unwrap();
-        g.trial(1, Strategy::LowTtl).unwrap();
+        g.trial(1, Strategy::LowTtl, Family::Ipv4).unwrap();
         g.prime(1, peer(), 3).unwrap();
         g.go(1, peer(), ms(5_200), ms(200), Strategy::LowTtl)
             .unwrap();
-        g.trial(2, Strategy::Simultaneous).unwrap();
+        g.trial(2, Strategy::Simultaneous, Family::Ipv4).unwrap();
     }
 
     /// A `go`'s mapped move must fit the strategy and what we registered:
@@ -532,7 +594,7 @@ mod tests {
             let mut p = plan();
             p.strategies = vec![Strategy::Mapped, Strategy::Simultaneous];
             let mut g = CoordinatorGuard::new(&p, AddressPolicy::Public).unwrap();
-            g.trial(0, Strategy::Mapped).unwrap();
+            g.trial(0, Strategy::Mapped, Family::Ipv4).unwrap();
             g.go(0, peer(), ms(0), ms(0), Strategy::Mapped).unwrap();
             g
         };
@@ -562,7 +624,7 @@ mod tests {
         );
         let mut g = mapped_guard();
         g.peer_result(0).unwrap();
-        g.trial(1, Strategy::Simultaneous).unwrap();
+        g.trial(1, Strategy::Simultaneous, Family::Ipv4).unwrap();
         g.go(1, peer(), ms(0), ms(0), Strategy::Simultaneous)
             .unwrap();
         assert_eq!(
@@ -649,22 +711,25 @@ mod tests {
     fn trials_come_in_order_once_and_within_the_plan() {
         let mut g = guard();
         assert_eq!(
-            rule(g.trial(1, Strategy::LowTtl)),
+            rule(g.trial(1, Strategy::LowTtl, Family::Ipv4)),
             ViolationRule::TrialOrder
         );
-        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
         assert_eq!(
-            rule(g.trial(0, Strategy::Simultaneous)),
+            rule(g.trial(0, Strategy::Simultaneous, Family::Ipv4)),
             ViolationRule::TrialOrder
         );
-        g.trial(1, Strategy::LowTtl).unwrap();
-        g.trial(2, Strategy::Simultaneous).unwrap();
-        let beyond = g.trial(3, Strategy::LowTtl).unwrap_err();
+        g.trial(1, Strategy::LowTtl, Family::Ipv4).unwrap();
+        g.trial(2, Strategy::Simultaneous, Family::Ipv4).unwrap();
+        let beyond = g.trial(3, Strategy::LowTtl, Family::Ipv4).unwrap_err();
         assert_eq!(beyond.rule, ViolationRule::TrialOrder);
         assert!(beyond.detail.contains("beyond the plan's 3 trials"));
         assert_eq!(rule(g.peer_result(7)), ViolationRule::TrialOrder);
         let mut g = guard();
-        assert_eq!(rule(g.trial(0, Strategy::LowTtl)), ViolationRule::Strategy);
+        assert_eq!(
+            rule(g.trial(0, Strategy::LowTtl, Family::Ipv4)),
+            ViolationRule::Strategy
+        );
     }
 
     #[test]
@@ -674,10 +739,10 @@ mod tests {
             g.go(trial, peer(), ms(10), ms(0), Strategy::Simultaneous)
         };
         assert_eq!(rule(go(&mut g, 0)), ViolationRule::TrialOrder);
-        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
         go(&mut g, 0).unwrap();
         assert_eq!(rule(go(&mut g, 0)), ViolationRule::Unexpected);
-        g.trial(1, Strategy::LowTtl).unwrap();
+        g.trial(1, Strategy::LowTtl, Family::Ipv4).unwrap();
         assert_eq!(rule(go(&mut g, 0)), ViolationRule::TrialOrder);
     }
 
@@ -691,7 +756,7 @@ mod tests {
             "203.0.113.7:0",
         ] {
             let mut g = guard();
-            g.trial(0, Strategy::Simultaneous).unwrap();
+            g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
             let v = g
                 .go(
                     0,
@@ -704,7 +769,7 @@ mod tests {
             assert_eq!(v.rule, ViolationRule::PeerAddress, "{bad}");
         }
         let mut g = CoordinatorGuard::new(&plan(), AddressPolicy::PublicOrLoopback).unwrap();
-        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
         g.go(
             0,
             "127.0.0.1:9".parse().unwrap(),
@@ -740,10 +805,10 @@ mod tests {
             ipv6: None,
         };
         let mut g = guard().with_own_verdict(Some(&verdict));
-        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
         g.go(0, peer(), ms(40), ms(0), Strategy::Simultaneous)
             .unwrap();
-        g.trial(1, Strategy::LowTtl).unwrap();
+        g.trial(1, Strategy::LowTtl, Family::Ipv4).unwrap();
         assert_eq!(
             rule(g.clone().prime(1, peer(), 3)),
             ViolationRule::Ttl,
@@ -753,21 +818,71 @@ mod tests {
         g.prime(1, peer(), 4).unwrap();
         // Without a measured path, the plan's TTL stands.
         let mut g = guard().with_own_verdict(None);
-        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
         g.go(0, peer(), ms(40), ms(0), Strategy::Simultaneous)
             .unwrap();
-        g.trial(1, Strategy::LowTtl).unwrap();
+        g.trial(1, Strategy::LowTtl, Family::Ipv4).unwrap();
         g.prime(1, peer(), 3).unwrap();
+        // An IPv6 trial: our IPv4 path says nothing of it, the plan's TTL stands.
+        let mut dual = plan();
+        dual.families = Family::ALL.to_vec();
+        let mut g = CoordinatorGuard::new(&dual, AddressPolicy::Public)
+            .unwrap()
+            .with_families(Family::ALL)
+            .with_own_verdict(Some(&verdict));
+        g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
+        g.go(0, peer(), ms(40), ms(0), Strategy::Simultaneous)
+            .unwrap();
+        g.trial(1, Strategy::LowTtl, Family::Ipv6).unwrap();
+        let peer_v6: SocketAddr = "[2001:db8:2:1::7]:40000".parse().unwrap();
+        assert_eq!(rule(g.clone().prime(1, peer_v6, 4)), ViolationRule::Ttl);
+        g.prime(1, peer_v6, 3).unwrap();
+    }
+
+    #[test]
+    fn a_trial_runs_only_in_our_and_the_plans_families_and_aims_within_its_own() {
+        let mut dual = plan();
+        dual.families = Family::ALL.to_vec();
+        let peer_v6: SocketAddr = "[2001:db8:2:1::7]:40000".parse().unwrap();
+        // We told the coordinator IPv4 only: an IPv6 trial is refused.
+        let mut g = CoordinatorGuard::new(&dual, AddressPolicy::Public).unwrap();
+        assert_eq!(
+            rule(g.trial(0, Strategy::Simultaneous, Family::Ipv6)),
+            ViolationRule::Family
+        );
+        // The plan has IPv4 only: the same, whatever we have.
+        let mut g = guard().with_families(Family::ALL);
+        assert_eq!(
+            rule(g.trial(0, Strategy::Simultaneous, Family::Ipv6)),
+            ViolationRule::Family
+        );
+        // Within an IPv6 trial, go and prime must name an IPv6 peer.
+        let mut g = CoordinatorGuard::new(&dual, AddressPolicy::Public)
+            .unwrap()
+            .with_families(Family::ALL);
+        g.trial(0, Strategy::Simultaneous, Family::Ipv6).unwrap();
+        assert_eq!(
+            rule(
+                g.clone()
+                    .go(0, peer(), ms(40), ms(0), Strategy::Simultaneous)
+            ),
+            ViolationRule::Family
+        );
+        g.go(0, peer_v6, ms(40), ms(0), Strategy::Simultaneous)
+            .unwrap();
+        g.trial(1, Strategy::LowTtl, Family::Ipv6).unwrap();
+        assert_eq!(rule(g.clone().prime(1, peer(), 3)), ViolationRule::Family);
+        g.prime(1, peer_v6, 3).unwrap();
     }
 
     #[test]
     fn primes_use_the_plans_ttl_once_and_go_follows_to_the_same_peer() {
         let mut g = guard();
-        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
         assert_eq!(rule(g.prime(0, peer(), 3)), ViolationRule::Ttl);
         g.go(0, peer(), ms(0), ms(0), Strategy::Simultaneous)
             .unwrap();
-        g.trial(1, Strategy::LowTtl).unwrap();
+        g.trial(1, Strategy::LowTtl, Family::Ipv4).unwrap();
         assert_eq!(
             rule(g.go(1, peer(), ms(0), ms(0), Strategy::LowTtl)),
             ViolationRule::Unexpected
@@ -790,7 +905,7 @@ mod tests {
     fn start_delays_are_bounded_by_the_cap_plus_the_plans_skew() {
         let attempt = |delay: u64, skew: u64| {
             let mut g = guard();
-            g.trial(0, Strategy::Simultaneous).unwrap();
+            g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
             g.go(0, peer(), ms(delay), ms(skew), Strategy::Simultaneous)
         };
         attempt(5_200, 200).unwrap();
@@ -850,7 +965,7 @@ mod tests {
             Some(HardRole::BirthdaySpray)
         );
         // The mix, in any order: trial 0 may be birthday though the rotation says simultaneous.
-        g.trial(0, Strategy::Birthday).unwrap();
+        g.trial(0, Strategy::Birthday, Family::Ipv4).unwrap();
         g.go(0, peer(), ms(0), ms(0), Strategy::Birthday).unwrap();
         let at = |port: u16| SocketAddr::new(peer().ip(), port);
         g.targets(0, peer(), &[at(1), at(2), at(3), at(4)]).unwrap();
@@ -864,17 +979,20 @@ mod tests {
             ViolationRule::PeerAddress
         );
         // Not in the mix.
-        assert_eq!(rule(g.trial(1, Strategy::LowTtl)), ViolationRule::Strategy);
+        assert_eq!(
+            rule(g.trial(1, Strategy::LowTtl, Family::Ipv4)),
+            ViolationRule::Strategy
+        );
         // A pair without a mix keeps the rotation, and a hard strategy that does not apply is refused.
         let mut g = CoordinatorGuard::new(&plan, AddressPolicy::Public)
             .unwrap()
             .with_pair(Some(&seq), Some(&random));
         assert_eq!(g.pair_class(), PairClass::HardHard);
         assert_eq!(
-            rule(g.trial(0, Strategy::Birthday)),
+            rule(g.trial(0, Strategy::Birthday, Family::Ipv4)),
             ViolationRule::Strategy
         );
-        g.trial(0, Strategy::Simultaneous).unwrap();
+        g.trial(0, Strategy::Simultaneous, Family::Ipv4).unwrap();
         // Plans over the hard caps never get this far.
         let mut greedy = plan.clone();
         greedy.birthday_sockets = 100_000;

@@ -9,7 +9,7 @@ use punchscope_analysis::handshake::{HandshakeBy, Role};
 use punchscope_analysis::plan::Plan;
 use punchscope_analysis::portmap::{MappedSide, TrialMapping};
 use punchscope_analysis::result::{CoordinatorViolation, Pairing, PairingEnded};
-use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
+use punchscope_analysis::trial::{Family, Strategy, TrialOutcome, TrialRecord};
 
 use super::guard::CoordinatorGuard;
 use super::Progress;
@@ -24,7 +24,13 @@ use crate::rendezvous::{register_port, Client, Hello, RendezvousError, Step, Tri
 /// How to reach the coordinator and what to tell it.
 #[derive(Debug, Clone)]
 pub struct PairingOptions {
+    /// The coordinator's address the control connection goes to.
     pub server: SocketAddr,
+    /// The coordinator's address in each IP family we run trials in, at most
+    /// one per family (`server` among them): a trial registers its port at
+    /// the one of its family. Chosen by us, never told by the coordinator.
+    /// The hello's `families` must name exactly these families.
+    pub registrars: Vec<SocketAddr>,
     pub hello: Hello,
     /// Bound on every wait for a coordinator line outside trials.
     pub read_timeout: Duration,
@@ -43,6 +49,25 @@ pub struct PairingOptions {
     pub mapper: Option<TrialMapper>,
 }
 
+impl PairingOptions {
+    /// The coordinator's address of `family`, if we run trials in it.
+    pub fn registrar(&self, family: Family) -> Option<SocketAddr> {
+        self.registrars
+            .iter()
+            .copied()
+            .find(|a| Family::of(a.ip()) == family)
+    }
+
+    /// The families we run trials in: those of `registrars`, IPv4 first.
+    pub fn families(&self) -> Vec<Family> {
+        Family::ALL
+            .iter()
+            .copied()
+            .filter(|f| self.registrar(*f).is_some())
+            .collect()
+    }
+}
+
 /// One pairing as recorded, with what the caller needs beyond the record.
 #[derive(Debug, Clone)]
 pub struct PairingRun {
@@ -59,6 +84,7 @@ pub struct PairingRun {
 struct Pending {
     trial: u32,
     strategy: Strategy,
+    family: Family,
     local_port: u16,
     public_port: u16,
     prime_error: Option<String>,
@@ -130,6 +156,7 @@ pub async fn run_pairing(
     let plan = pairing.plan;
     let mut guard = match CoordinatorGuard::new(&plan, options.addresses) {
         Ok(guard) => guard
+            .with_families(&options.families())
             .with_own_verdict(options.hello.verdict.as_deref())
             .with_pair(
                 options.hello.verdict.as_deref(),
@@ -168,24 +195,30 @@ pub async fn run_pairing(
                 trial,
                 token,
                 strategy,
+                family,
             } => {
                 // A trial registered but never started leaves no mapping behind.
                 if let Some(mut stale) = pending.take() {
                     stale.release_mapping(None).await;
                 }
-                let socket = match crate::net::socket::bound(any_port(options.server, 0)) {
+                // The guard let only our own families through.
+                let registrar = options.registrar(family).unwrap_or(options.server);
+                let socket = match crate::net::socket::bound(any_port(registrar, 0)) {
                     Ok(socket) => socket,
                     Err(e) => {
                         // We could not even bind: the trial is our local error. The
                         // coordinator times the trial out for both sides.
                         let error = RendezvousError::from(e).to_string();
-                        record.trials.push(unrun(
-                            trial,
-                            strategy,
-                            pairing.role,
-                            TrialOutcome::LocalError,
-                            Some(error),
-                        ));
+                        record.trials.push(TrialRecord {
+                            family,
+                            ..unrun(
+                                trial,
+                                strategy,
+                                pairing.role,
+                                TrialOutcome::LocalError,
+                                Some(error),
+                            )
+                        });
                         continue;
                     }
                 };
@@ -197,13 +230,17 @@ pub async fn run_pairing(
                 // `mapped`: the gateway maps the port before the coordinator sees
                 // it, so `go` can send the peer straight to it. Bounded
                 // (portmap::trial), and not cut short: what it gets is deleted.
-                let mapping = match (&options.mapper, strategy) {
-                    (Some(mapper), Strategy::Mapped) => mapper.open(local_port).await.ok(),
+                // Trial mappings are IPv4 ones: an IPv6 trial registers none.
+                let mapping = match (&options.mapper, strategy, family) {
+                    (Some(mapper), Strategy::Mapped, Family::Ipv4) => {
+                        mapper.open(local_port).await.ok()
+                    }
                     _ => None,
                 };
                 let mut registered = Pending {
                     trial,
                     strategy,
+                    family,
                     local_port,
                     public_port: 0,
                     prime_error: None,
@@ -213,7 +250,7 @@ pub async fn run_pairing(
                 let registration = tokio::select! {
                     result = register_port(
                         socket,
-                        options.server,
+                        registrar,
                         &token,
                         mapped_port,
                         options.read_timeout,
@@ -231,6 +268,7 @@ pub async fn run_pairing(
                         let mapping = registered.release_mapping(None).await;
                         record.trials.push(TrialRecord {
                             mapping,
+                            family,
                             ..unrun(
                                 trial,
                                 strategy,
@@ -282,13 +320,16 @@ pub async fn run_pairing(
                         if let Some(mut stale) = other {
                             stale.release_mapping(None).await;
                         }
-                        let trial_record = unrun(
-                            trial,
-                            strategy,
-                            pairing.role,
-                            TrialOutcome::LocalError,
-                            Some("go for a trial we did not register".into()),
-                        );
+                        let trial_record = TrialRecord {
+                            family: Family::of(peer.ip()),
+                            ..unrun(
+                                trial,
+                                strategy,
+                                pairing.role,
+                                TrialOutcome::LocalError,
+                                Some("go for a trial we did not register".into()),
+                            )
+                        };
                         let _ = client
                             .report(trial, &TrialReport::from(&trial_record))
                             .await;
@@ -356,6 +397,7 @@ pub async fn run_pairing(
                 if let Some(e) = p.prime_error.take() {
                     trial_record.error.get_or_insert(e);
                 }
+                trial_record.family = p.family;
                 progress(Progress::TrialDone {
                     trial,
                     outcome: trial_record.outcome,
@@ -389,6 +431,7 @@ pub async fn run_pairing(
                     let mapping = p.release_mapping(None).await;
                     record.trials.push(TrialRecord {
                         mapping,
+                        family: p.family,
                         ..unrun(
                             p.trial,
                             p.strategy,
@@ -446,8 +489,11 @@ pub fn trials_estimate(plan: &Plan) -> Duration {
 fn check(guard: &mut CoordinatorGuard, step: &Step) -> Result<(), CoordinatorViolation> {
     match step {
         Step::Trial {
-            trial, strategy, ..
-        } => guard.trial(*trial, *strategy),
+            trial,
+            strategy,
+            family,
+            ..
+        } => guard.trial(*trial, *strategy, *family),
         Step::Prime { trial, peer, ttl } => guard.prime(*trial, *peer, *ttl),
         Step::Go {
             trial,

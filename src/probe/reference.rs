@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use punchscope_analysis::classify::{Classification, Observations, Verdict};
 use punchscope_analysis::result::{ClientInfo, PairingEnded, RunMode, RunResult};
-use punchscope_analysis::trial::TrialOutcome;
+use punchscope_analysis::trial::{Family, TrialOutcome};
 
 use super::delivery::{spool_and_upload, UploadStatus};
 use super::pairing::{run_pairing, PairingOptions};
-use super::volunteer::resolve;
+use super::volunteer::{first_per_family, resolve_all, with_families};
 use super::{ProbeError, Stop};
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
@@ -23,8 +23,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// What a reference peer needs.
 #[derive(Debug, Clone)]
 pub struct ReferenceOptions {
-    /// The coordinator, `HOST:PORT`.
-    pub coordinator: String,
+    /// The coordinator, `HOST:PORT`, at one or more addresses (a name
+    /// gives each of its addresses): trials run in the IP families it has
+    /// an address in and this host reaches.
+    pub coordinator: Vec<String>,
     /// Echo servers to classify against; none leaves the reference's NAT unknown.
     pub echo: Vec<String>,
     pub collector: Option<String>,
@@ -94,9 +96,15 @@ pub async fn serve_peer(
         });
         hello = hello.with_verdict(&classification.verdict);
     }
+    // A reference peer is the operator's host: it runs trials in every
+    // family the coordinator is given in.
+    let addresses = resolve_all(&options.coordinator).await?;
+    let registrars = first_per_family(&addresses, Family::ALL);
+    let server = registrars[0];
     let pairing_options = PairingOptions {
-        server: resolve(&options.coordinator).await?,
-        hello,
+        server,
+        hello: with_families(hello, server, &registrars),
+        registrars,
         read_timeout: Duration::from_secs(30),
         max_wait: options.max_wait,
         addresses: options.addresses,

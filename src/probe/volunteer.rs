@@ -8,6 +8,7 @@ use std::time::Duration;
 use punchscope_analysis::classify::Verdict;
 use punchscope_analysis::portmap::{PortMappingReport, PortMappingSkipped, PortRole};
 use punchscope_analysis::result::{ClientInfo, RunResult};
+use punchscope_analysis::trial::Family;
 
 use super::delivery::{spool_and_upload, UploadStatus};
 use super::pairing::{run_pairing, PairingOptions, PairingRun};
@@ -29,8 +30,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// What a volunteer's run needs: validated, ready to go.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// The coordinator, `HOST:PORT`.
-    pub coordinator: String,
+    /// The coordinator, `HOST:PORT`, at one or more addresses (a name
+    /// gives each of its addresses): trials run in the IP families it has
+    /// an address in and this host reaches.
+    pub coordinator: Vec<String>,
     /// Echo servers for NAT classification, `HOST[:PORT]`.
     pub echo: Vec<String>,
     /// Where to upload the result; `None` leaves it in the spool.
@@ -165,9 +168,15 @@ pub async fn run(
     let (run, ending) = if stop.is_stopped() {
         (None, RunEnding::StoppedWaiting)
     } else {
+        // The families this host reached its echo servers in are the ones
+        // it can run trials in.
+        let mut reached = vec![Family::of_verdict(&classification.verdict)];
+        if matches!(&classification_v6, Some(Ok(_))) {
+            reached.push(Family::Ipv6);
+        }
         pair(
             &options,
-            &classification.verdict,
+            (&classification.verdict, &reached),
             (node, mapper),
             &mut progress,
             &stop,
@@ -249,20 +258,32 @@ impl EchoFamilies {
 /// Connects to the coordinator and runs one pairing; no peer and a stop are endings.
 async fn pair(
     options: &RunOptions,
-    verdict: &Verdict,
+    (verdict, reached): (&Verdict, &[Family]),
     (node, mapper): (Option<NodeBridge>, Option<TrialMapper>),
     progress: &mut impl FnMut(Progress),
     stop: &Stop,
 ) -> Result<(Option<PairingRun>, RunEnding), ProbeError> {
     progress(Progress::Connecting);
-    let server = resolve(&options.coordinator).await?;
+    let addresses = resolve_all(&options.coordinator).await?;
+    let registrars = first_per_family(&addresses, reached);
+    let Some(&server) = registrars.first() else {
+        return Err(ProbeError::NoAddressInFamily {
+            target: options.coordinator.join(", "),
+            reached: reached
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join(" and "),
+        });
+    };
     let mut hello = Hello::volunteer(options.max_wait).with_verdict(verdict);
     if let Some(code) = &options.pair_code {
         hello = hello.with_pair_code(code.clone());
     }
     let pairing_options = PairingOptions {
         server,
-        hello,
+        hello: with_families(hello, server, &registrars),
+        registrars,
         read_timeout: READ_TIMEOUT,
         max_wait: options.max_wait,
         addresses: options.addresses,
@@ -324,6 +345,52 @@ async fn port_map(
         .find(|a| a.port_role == PortRole::Probe && a.granted.is_some())
         .map(|a| TrialMapper::new(gateway.into(), a.protocol));
     Ok((report, mapper))
+}
+
+/// Every address of the coordinator, in the order given (a name gives each
+/// of its addresses), each once.
+pub(super) async fn resolve_all(targets: &[String]) -> Result<Vec<SocketAddr>, ProbeError> {
+    let mut addresses: Vec<SocketAddr> = Vec::new();
+    for target in targets {
+        let found = tokio::net::lookup_host(target.as_str())
+            .await
+            .map_err(|cause| ProbeError::Resolve {
+                target: target.clone(),
+                cause,
+            })?;
+        for address in found {
+            let address = SocketAddr::new(address.ip().to_canonical(), address.port());
+            if !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
+    }
+    if addresses.is_empty() {
+        return Err(ProbeError::NoAddress {
+            target: targets.join(", "),
+        });
+    }
+    Ok(addresses)
+}
+
+/// The first of `addresses` in each of `families`, in the order of `families`.
+pub(super) fn first_per_family(addresses: &[SocketAddr], families: &[Family]) -> Vec<SocketAddr> {
+    families
+        .iter()
+        .filter_map(|f| addresses.iter().copied().find(|a| Family::of(a.ip()) == *f))
+        .collect()
+}
+
+/// `hello` naming the families of `registrars`, unless that is only the
+/// control connection's own family: then the hello stays as older
+/// coordinators (which refuse unknown hello fields) read it.
+pub(super) fn with_families(hello: Hello, server: SocketAddr, registrars: &[SocketAddr]) -> Hello {
+    let families: Vec<Family> = registrars.iter().map(|a| Family::of(a.ip())).collect();
+    if families == [Family::of(server.ip())] {
+        hello
+    } else {
+        hello.with_families(families)
+    }
 }
 
 /// The coordinator's first address.

@@ -437,11 +437,16 @@ pub async fn run_trial_with_node(
     record
 }
 
-/// The `low_ttl` opening move: a SYN from our trial port whose TTL lets it
-/// create our own NAT's mapping but die before the peer's NAT.
+/// The `low_ttl` opening move: a SYN from our trial port whose TTL (IPv6:
+/// hop limit) lets it create our own NAT's mapping (or firewall pinhole) but
+/// die before the peer's.
 pub async fn prime_low_ttl(local: SocketAddr, peer: SocketAddr, ttl: u8) -> std::io::Result<()> {
     let socket = socket::bound(local)?;
-    socket.set_ttl(u32::from(ttl))?;
+    // IPv6 has no TTL: its hop limit does the same.
+    match local {
+        SocketAddr::V4(_) => socket.set_ttl(u32::from(ttl))?,
+        SocketAddr::V6(_) => socket.set_unicast_hops_v6(u32::from(ttl))?,
+    }
     let stream = socket::into_tokio(socket)?;
     // connect() sends the SYN at once; the attempt itself is expected to fail
     // (time exceeded) or hang, and is abandoned: closing a half-open socket sends nothing.

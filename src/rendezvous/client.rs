@@ -20,7 +20,7 @@ use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::{AttemptTiming, Plan};
 use punchscope_analysis::portmap::MappedSide;
 use punchscope_analysis::privacy;
-use punchscope_analysis::trial::{Strategy, TrialOutcome, TrialRecord};
+use punchscope_analysis::trial::{Family, Strategy, TrialOutcome, TrialRecord};
 
 impl Hello {
     /// A volunteer's hello: this build's version and OS, and the volunteer's
@@ -34,6 +34,7 @@ impl Hello {
             max_wait_ms: Some(proto::millis(max_wait)),
             consent: true,
             verdict: None,
+            families: None,
         }
     }
 
@@ -49,6 +50,12 @@ impl Hello {
     /// Pairs only with a client giving the same code.
     pub fn with_pair_code(mut self, code: impl Into<String>) -> Hello {
         self.pair_code = Some(code.into());
+        self
+    }
+
+    /// Tells the coordinator which IP families we can run trials in.
+    pub fn with_families(mut self, families: Vec<Family>) -> Hello {
+        self.families = Some(families);
         self
     }
 
@@ -84,6 +91,9 @@ pub enum Step {
         trial: u32,
         token: String,
         strategy: Strategy,
+        /// Bind the port in this family and register it at the
+        /// coordinator's address of this family (IPv4 from older coordinators).
+        family: Family,
     },
     /// `low_ttl` only: send the opening SYN to `peer` with this TTL, then [`Client::primed`].
     Prime {
@@ -314,10 +324,12 @@ impl Client {
                 trial,
                 token,
                 strategy,
+                family,
             } => Step::Trial {
                 trial,
                 token,
                 strategy,
+                family: family.unwrap_or_default(),
             },
             ServerMessage::Prime { trial, peer, ttl } => Step::Prime { trial, peer, ttl },
             ServerMessage::Go {

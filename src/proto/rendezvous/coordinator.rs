@@ -27,7 +27,7 @@ use punchscope_analysis::handshake::Role;
 use punchscope_analysis::hardnat::PairClass;
 use punchscope_analysis::plan::{Plan, PlanError};
 use punchscope_analysis::portmap::MappedSide;
-use punchscope_analysis::trial::{Strategy, TrialOutcome};
+use punchscope_analysis::trial::{Family, Strategy, TrialOutcome};
 
 use super::pairing::{site_of, Pools};
 use super::{
@@ -160,6 +160,8 @@ struct Conn {
     state: ConnState,
     /// The NAT verdict of the hello, relayed to the peer in `paired`.
     verdict: Option<Box<Verdict>>,
+    /// The plan's families this client can run trials in (from its hello).
+    families: Vec<Family>,
 }
 
 #[derive(Debug)]
@@ -214,6 +216,18 @@ struct Pair {
     mix: Option<Vec<Strategy>>,
     /// What is left of the current shuffled round of `mix`.
     round: Vec<Strategy>,
+    /// The plan's families both sides have, in the plan's order: each
+    /// trial's family is drawn from them in shuffled rounds.
+    families: Vec<Family>,
+    /// What is left of the current shuffled round of `families`.
+    family_round: Vec<Family>,
+    /// The current trial's family.
+    family: Family,
+    /// Per side, the site (IPv4 address, IPv6 /48) its first registration
+    /// in the family other than its control connection's came from: later
+    /// ones in that family must come from there too (the `require_same_ip`
+    /// rule, where the control connection cannot be compared).
+    other_family_site: [Option<SourceKey>; 2],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -321,6 +335,9 @@ impl Coordinator {
 
     /// A connection was accepted from `addr` (the observed source endpoint).
     pub fn connected(&mut self, now: Instant, conn: ConnId, addr: SocketAddr) {
+        // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: every
+        // address kept, compared or sent is the plain one.
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         let source = SourceKey::of(addr.ip());
         let refused = if !self.connections_per_source.try_open(source) {
             Some(format!(
@@ -349,6 +366,7 @@ impl Coordinator {
                 addr,
                 state: ConnState::New,
                 verdict: None,
+                families: Vec::new(),
             },
         );
         self.set_timer(now + self.config.hello_timeout, Timer::Hello(conn));
@@ -474,12 +492,44 @@ impl Coordinator {
             };
             return self.fail(conn, msg);
         }
+        // Older clients name no families: they register where they control.
+        let asked = hello
+            .families
+            .clone()
+            .unwrap_or_else(|| vec![Family::of(ip)]);
+        let families: Vec<Family> = self
+            .config
+            .plan
+            .families
+            .iter()
+            .copied()
+            .filter(|f| asked.contains(f))
+            .collect();
+        if families.is_empty() {
+            let msg = error_message(
+                ErrorCode::BadRequest,
+                format!(
+                    "this campaign runs trials over {} only, and this client can reach the coordinator over {} only",
+                    family_list(&self.config.plan.families),
+                    family_list(&asked)
+                ),
+            );
+            return self.fail(conn, msg);
+        }
         let session = self.random_hex(8);
         self.send(conn, ServerMessage::Welcome { session });
-        self.conns.get_mut(&conn).expect("known").verdict = hello.verdict;
+        let known = self.conns.get_mut(&conn).expect("known");
+        known.verdict = hello.verdict;
+        known.families = families.clone();
+        let conns = &self.conns;
+        let shares_a_family = |other: ConnId| {
+            conns
+                .get(&other)
+                .is_some_and(|c| c.families.iter().any(|f| families.contains(f)))
+        };
         match self
             .pools
-            .take_partner(hello.mode, &hello.pair_code, source)
+            .take_partner(hello.mode, &hello.pair_code, source, shares_a_family)
         {
             Some((partner, partner_mode)) => {
                 // The volunteer that came first is the initiator.
@@ -580,6 +630,13 @@ impl Coordinator {
             self.conns[&second.0].verdict.as_deref(),
         );
         let mix = self.config.plan.mix_for(class).map(<[Strategy]>::to_vec);
+        let families: Vec<Family> = self.conns[&first.0]
+            .families
+            .iter()
+            .copied()
+            .filter(|f| self.conns[&second.0].families.contains(f))
+            .collect();
+        debug_assert!(!families.is_empty(), "paired only when sharing a family");
         self.pairs.insert(
             id,
             Pair {
@@ -591,6 +648,10 @@ impl Coordinator {
                 sides: Default::default(),
                 mix,
                 round: Vec::new(),
+                family: families.first().copied().unwrap_or_default(),
+                families,
+                family_round: Vec::new(),
+                other_family_site: [None, None],
             },
         );
         self.start_trial(now, id);
@@ -622,9 +683,11 @@ impl Coordinator {
             }
         }
         let strategy = self.next_strategy(id, trial);
+        let family = self.next_family(id);
         let tokens = [self.random_hex(16), self.random_hex(16)];
         let pair = self.pairs.get_mut(&id).expect("known pair");
         pair.strategy = strategy;
+        pair.family = family;
         pair.phase = Phase::Registering;
         pair.sides = tokens.clone().map(|token| SideTrial {
             token,
@@ -636,6 +699,7 @@ impl Coordinator {
                 trial,
                 token: tokens[side].clone(),
                 strategy,
+                family: Some(family),
             };
             self.send(conns[side], msg);
             self.ping(now, id, side);
@@ -657,6 +721,18 @@ impl Coordinator {
             pair.round.shuffle(&mut self.rng);
         }
         pair.round.pop().expect("a mix is never empty")
+    }
+
+    /// The next trial's family: drawn from the pair's families in shuffled
+    /// rounds, so each runs equally often and in random order (a factor
+    /// randomised within the pairing, never confounded with trial order).
+    fn next_family(&mut self, id: PairId) -> Family {
+        let pair = self.pairs.get_mut(&id).expect("known pair");
+        if pair.family_round.is_empty() {
+            pair.family_round = pair.families.clone();
+            pair.family_round.shuffle(&mut self.rng);
+        }
+        pair.family_round.pop().unwrap_or_default()
     }
 
     fn ping(&mut self, now: Instant, id: PairId, side: usize) {
@@ -729,20 +805,44 @@ impl Coordinator {
         };
         let observed = self.conns[&conn].addr;
         let pair = &self.pairs[&id];
-        let control_ip = self.conns[&pair.conns[side]].addr.ip();
-        if self.config.require_same_ip && SourceKey::of(control_ip) != SourceKey::of(observed.ip())
-        {
+        if Family::of(observed.ip()) != pair.family {
             let msg = error_message(
                 ErrorCode::IpMismatch,
                 format!(
-                    "registration from {} but the control connection is from {control_ip}: both must leave from the same public IP",
-                    observed.ip()
+                    "registration over {} for an {} trial: register at the coordinator's {} address",
+                    Family::of(observed.ip()),
+                    pair.family,
+                    pair.family
+                ),
+            );
+            return self.fail(conn, msg);
+        }
+        let control_ip = self.conns[&pair.conns[side]].addr.ip();
+        let source = SourceKey::of(observed.ip());
+        // The control connection is the reference in its own family; in the
+        // other, the side's first registration there is (the same source:
+        // an IPv4 address, or an IPv6 source block).
+        let reference = if Family::of(control_ip) == pair.family {
+            Some(SourceKey::of(control_ip))
+        } else {
+            pair.other_family_site[side]
+        };
+        if self.config.require_same_ip && reference.is_some_and(|r| r != source) {
+            let msg = error_message(
+                ErrorCode::IpMismatch,
+                format!(
+                    "registration from {} but this side's {} connections come from another network ({control_ip} controls): both must leave from the same public IP",
+                    observed.ip(),
+                    pair.family
                 ),
             );
             return self.fail(conn, msg);
         }
         self.tokens.remove(token);
         let pair = self.pairs.get_mut(&id).expect("known pair");
+        if Family::of(control_ip) != pair.family {
+            pair.other_family_site[side].get_or_insert(source);
+        }
         pair.sides[side].observed = Some(observed);
         // Only a `mapped` trial uses a mapped port; elsewhere it is ignored.
         pair.sides[side].mapped_port = mapped_port.filter(|_| pair.strategy == Strategy::Mapped);
@@ -768,6 +868,7 @@ impl Coordinator {
                 if pair.strategy == Strategy::LowTtl {
                     pair.phase = Phase::Priming;
                     let trial = pair.trial;
+                    let family = pair.family;
                     let fixed = self.config.plan.low_ttl;
                     let conns = pair.conns;
                     let peers = [pair.sides[1].observed, pair.sides[0].observed];
@@ -777,10 +878,12 @@ impl Coordinator {
                         // NAT of its side (measured by its classification's path
                         // probe) and die before the peer's; the plan's fixed TTL
                         // is for clients that sent no path.
+                        // A verdict speaks for its own family's path only.
                         let ttl = self
                             .conns
                             .get(&conns[side])
                             .and_then(|c| c.verdict.as_ref())
+                            .filter(|v| Family::of_verdict(v) == family)
                             .map_or(fixed, |v| v.prime_ttl_or(fixed));
                         self.send(conns[side], ServerMessage::Prime { trial, peer, ttl });
                     }
@@ -1102,6 +1205,15 @@ impl Coordinator {
 /// is the initiator): the responder listens if its router mapped its port,
 /// else the initiator if its did; the other side connects. With no mapping
 /// on either side, neither does anything.
+/// "ipv4 and ipv6", for messages.
+fn family_list(families: &[Family]) -> String {
+    families
+        .iter()
+        .map(|f| f.as_str())
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
 fn mapped_roles(ports: [Option<u16>; 2]) -> [Option<MappedSide>; 2] {
     use MappedSide::{Connect, Listen, Neither};
     match ports {

@@ -29,7 +29,7 @@ use punchscope_analysis::handshake::Role;
 use punchscope_analysis::plan::{AttemptTiming, Plan};
 use punchscope_analysis::portmap::MappedSide;
 use punchscope_analysis::privacy;
-use punchscope_analysis::trial::{Strategy, TrialOutcome};
+use punchscope_analysis::trial::{Family, Strategy, TrialOutcome};
 
 use crate::net::address::AddressPolicy;
 
@@ -210,6 +210,11 @@ pub struct Hello {
     /// within version 1, so older clients do not send it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Box<Verdict>>,
+    /// The IP families this client can run trials in (it reaches the
+    /// coordinator in each, at an address it chose itself). Absent (older
+    /// clients): the family of this control connection. Added within version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub families: Option<Vec<Family>>,
 }
 
 /// What one side says about a finished trial.
@@ -287,6 +292,11 @@ pub enum ServerMessage {
         trial: u32,
         token: String,
         strategy: Strategy,
+        /// The IP family of this trial: register from a fresh port of this
+        /// family, at the coordinator's address of this family. Absent
+        /// (older coordinators): IPv4. Added within version 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        family: Option<Family>,
     },
     /// `low_ttl` only: send the opening SYN with this TTL to `peer`, then `primed`.
     Prime {
@@ -520,6 +530,15 @@ fn validate_client(msg: &ClientMessage) -> Result<(), ProtoError> {
             }
             if let Some(verdict) = &h.verdict {
                 validate_verdict(verdict)?;
+            }
+            if let Some(families) = &h.families {
+                let repeated = families
+                    .iter()
+                    .enumerate()
+                    .any(|(i, f)| families[..i].contains(f));
+                if families.is_empty() || repeated {
+                    return bad("families must name ipv4, ipv6 or both, each once".into());
+                }
             }
             if !h.consent {
                 return Err(ProtoError::ConsentRequired);

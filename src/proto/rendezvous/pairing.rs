@@ -109,12 +109,15 @@ impl Pools {
         Some((site, count, *conn))
     }
 
-    /// Takes the longest-waiting compatible partner for a newcomer, if any.
+    /// Takes the longest-waiting compatible partner for a newcomer, if any:
+    /// same code, another source, and one that `fits` (shares an IP family
+    /// with the newcomer, say).
     pub(super) fn take_partner(
         &mut self,
         mode: Mode,
         code: &Option<String>,
         source: SourceKey,
+        fits: impl Fn(ConnId) -> bool,
     ) -> Option<(ConnId, Mode)> {
         let order: &[Mode] = match mode {
             Mode::Volunteer => &[Mode::Volunteer, Mode::Reference],
@@ -127,7 +130,7 @@ impl Pools {
             };
             let found = queue
                 .iter()
-                .find(|(_, (_, theirs))| *theirs != source)
+                .find(|(_, (conn, theirs))| *theirs != source && fits(*conn))
                 .map(|(seq, (conn, _))| (*seq, *conn));
             if let Some((seq, conn)) = found {
                 self.remove(candidate, code, seq);
@@ -157,9 +160,12 @@ mod tests {
         let mut pools = Pools::default();
         pools.insert(Mode::Volunteer, None, 1, 10, ip(2));
         pools.insert(Mode::Volunteer, None, 2, 11, ip(2));
-        assert_eq!(pools.take_partner(Mode::Volunteer, &None, ip(2)), None);
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(3)),
+            pools.take_partner(Mode::Volunteer, &None, ip(2), |_| true),
+            None
+        );
+        assert_eq!(
+            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| true),
             Some((10, Mode::Volunteer))
         );
         assert_eq!(pools.len(), 1);
@@ -173,18 +179,21 @@ mod tests {
         pools.insert(Mode::Volunteer, code.clone(), 2, 2, ip(2));
         pools.insert(Mode::Volunteer, None, 3, 3, ip(4));
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &code, ip(3)),
+            pools.take_partner(Mode::Volunteer, &code, ip(3), |_| true),
             Some((2, Mode::Volunteer))
         );
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(3)),
+            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| true),
             Some((3, Mode::Volunteer))
         );
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(3)),
+            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| true),
             Some((1, Mode::Reference))
         );
-        assert_eq!(pools.take_partner(Mode::Volunteer, &code, ip(3)), None);
+        assert_eq!(
+            pools.take_partner(Mode::Volunteer, &code, ip(3), |_| true),
+            None
+        );
         assert_eq!(pools.len(), 0);
     }
 
@@ -223,7 +232,7 @@ mod tests {
         pools.remove(Mode::Volunteer, &Some("a".into()), 1);
         assert_eq!(pools.busiest_site(), Some((site, 2, 11)));
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &Some("b".into()), ip(3)),
+            pools.take_partner(Mode::Volunteer, &Some("b".into()), ip(3), |_| true),
             Some((11, Mode::Volunteer))
         );
         pools.remove(Mode::Volunteer, &Some("c".into()), 3);
@@ -237,7 +246,10 @@ mod tests {
     fn references_never_pair_with_references() {
         let mut pools = Pools::default();
         pools.insert(Mode::Reference, None, 1, 1, ip(9));
-        assert_eq!(pools.take_partner(Mode::Reference, &None, ip(8)), None);
+        assert_eq!(
+            pools.take_partner(Mode::Reference, &None, ip(8), |_| true),
+            None
+        );
         pools.remove(Mode::Reference, &None, 1);
         assert_eq!(pools.len(), 0);
     }

@@ -8,6 +8,7 @@ use rand::SeedableRng;
 
 use super::coordinator::{Action, ConnId, Coordinator, CoordinatorConfig, ReferencePolicy};
 use super::*;
+use punchscope_analysis::trial::Family;
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -29,6 +30,7 @@ fn hello(code: Option<&str>) -> ClientMessage {
         max_wait_ms: None,
         consent: true,
         verdict: None,
+        families: None,
     })
 }
 
@@ -1058,7 +1060,8 @@ fn a_waiting_flood_gives_up_its_places_and_a_volunteer_is_still_paired() {
         max_connections_per_site: 64,
         max_waiting: 40,
         max_waiting_per_site: 8,
-        ..config(plan(1, "[\"simultaneous\"]", 0, 1))
+        // IPv6 clients naming no families run IPv6 trials.
+        ..config(family_plan(1, Family::ALL))
     });
     // The flood: eight sites (IPv6 /48s, 8 /64s each) fill every waiting
     // place, each with its own pair code so nobody pairs.
@@ -1134,6 +1137,7 @@ fn run_trials(h: &mut Harness, trials: u32) -> Vec<Strategy> {
                         trial: t,
                         token,
                         strategy,
+                        ..
                     } if *t == trial => Some((token.clone(), *strategy)),
                     _ => None,
                 })
@@ -1318,4 +1322,217 @@ fn a_registration_with_a_mapped_port_below_1024_is_refused() {
     }
     let line = b"{\"v\":1,\"type\":\"register\",\"token\":\"abc\",\"mapped_port\":1024}\n";
     assert!(decode_client(frame(line).unwrap()).is_ok());
+}
+
+/// A hello naming the families this client can run trials in.
+fn hello_in(families: &[Family]) -> ClientMessage {
+    let ClientMessage::Hello(hello) = hello(None) else {
+        unreachable!("hello() is a hello")
+    };
+    ClientMessage::Hello(Hello {
+        families: Some(families.to_vec()),
+        ..hello
+    })
+}
+
+/// A plan of `trials` simultaneous trials over `families`, one RTT sample.
+fn family_plan(trials: u32, families: &[Family]) -> Plan {
+    Plan {
+        families: families.to_vec(),
+        ..plan(trials, "[\"simultaneous\"]", 0, 1)
+    }
+}
+
+/// Each side's registration endpoint per family: IPv4 from its control IP,
+/// IPv6 from its own 2001:db8 prefix.
+fn registration_from(conn: ConnId, family: Family) -> &'static str {
+    match (conn, family) {
+        (1, Family::Ipv4) => "127.0.0.2:2000",
+        (2, Family::Ipv4) => "127.0.0.3:3000",
+        (1, Family::Ipv6) => "[2001:db8:1:1::2]:2000",
+        (2, Family::Ipv6) => "[2001:db8:2:1::3]:3000",
+        _ => unreachable!("two sides"),
+    }
+}
+
+/// Runs `trials` trials of paired volunteers 1 and 2, each registering in
+/// the family its `trial` names; checks that both sides hear the same
+/// family and that each `go` names the peer's endpoint in that family.
+/// Returns the families in trial order.
+fn run_family_trials(h: &mut Harness, trials: u32) -> Vec<Family> {
+    let mut families = Vec::new();
+    for trial in 0..trials {
+        let (mut log1, mut log2) = (Vec::new(), Vec::new());
+        answer_pings(h, 1, Duration::from_millis(10), &mut log1);
+        answer_pings(h, 2, Duration::from_millis(10), &mut log2);
+        let announced = |log: &[ServerMessage]| {
+            log.iter()
+                .find_map(|m| match m {
+                    ServerMessage::Trial {
+                        trial: t,
+                        token,
+                        family,
+                        ..
+                    } if *t == trial => Some((token.clone(), family.expect("family is sent"))),
+                    _ => None,
+                })
+                .expect("a trial message")
+        };
+        let ((t1, f1), (t2, f2)) = (announced(&log1), announced(&log2));
+        assert_eq!(f1, f2, "both sides run trial {trial} in the same family");
+        families.push(f1);
+        for (side, token) in [(1, t1), (2, t2)] {
+            let conn = 1000 + u64::from(trial) * 2 + side;
+            h.connect(conn, registration_from(side, f1));
+            h.say(
+                conn,
+                &ClientMessage::Register {
+                    token,
+                    mapped_port: None,
+                },
+            );
+        }
+        for (side, peer) in [(1, 2), (2, 1)] {
+            let go_peer = h
+                .take(side)
+                .iter()
+                .find_map(|m| match m {
+                    ServerMessage::Go { peer, .. } => Some(*peer),
+                    _ => None,
+                })
+                .expect("a go");
+            assert_eq!(go_peer, sa(registration_from(peer, f1)), "trial {trial}");
+            h.say(side, &timed_out(trial));
+        }
+    }
+    families
+}
+
+#[test]
+fn dual_stack_pairs_draw_each_trials_family_in_shuffled_rounds() {
+    let mut h = Harness::new(config(family_plan(8, Family::ALL)));
+    h.pair_two(&hello_in(Family::ALL), &hello_in(Family::ALL));
+    let families = run_family_trials(&mut h, 8);
+    // Every round of two holds each family once: equally often, random order.
+    for round in families.chunks(2) {
+        assert!(
+            round.contains(&Family::Ipv4) && round.contains(&Family::Ipv6),
+            "{families:?}"
+        );
+    }
+    // The seeded draw is not a fixed alternation.
+    assert_ne!(
+        families,
+        [Family::Ipv4, Family::Ipv6].repeat(4),
+        "the order is shuffled"
+    );
+}
+
+#[test]
+fn a_pair_runs_only_the_families_both_sides_and_the_plan_have() {
+    // An IPv4-only client (an older one, naming no families) and an
+    // IPv6-only one share nothing: neither is paired with the other.
+    let mut h = Harness::new(config(family_plan(4, Family::ALL)));
+    h.pair_two(&hello(None), &hello_in(&[Family::Ipv6]));
+    for conn in [1, 2] {
+        assert!(
+            h.take(conn)
+                .iter()
+                .all(|m| !matches!(m, ServerMessage::Paired { .. })),
+            "conn {conn} is not paired"
+        );
+    }
+    // A dual-stack newcomer pairs with the longest waiter it shares a family
+    // with, and their trials all run in the one they share.
+    h.connect(3, "127.0.0.4:1000");
+    h.say(3, &hello_in(Family::ALL));
+    assert!(h
+        .take(3)
+        .iter()
+        .any(|m| matches!(m, ServerMessage::Paired { .. })));
+
+    let mut h = Harness::new(config(family_plan(4, Family::ALL)));
+    h.pair_two(&hello_in(&[Family::Ipv6]), &hello_in(Family::ALL));
+    assert_eq!(run_family_trials(&mut h, 4), [Family::Ipv6; 4]);
+
+    // A plan over IPv4 only never runs an IPv6 trial, whatever the clients have.
+    let mut h = Harness::new(config(family_plan(2, &[Family::Ipv4])));
+    h.pair_two(&hello_in(Family::ALL), &hello_in(Family::ALL));
+    assert_eq!(run_family_trials(&mut h, 2), [Family::Ipv4; 2]);
+}
+
+#[test]
+fn a_client_whose_families_the_plan_lacks_is_refused_with_a_reason() {
+    let mut h = Harness::new(config(family_plan(2, &[Family::Ipv4])));
+    h.connect(1, "[2001:db8:1:1::2]:1000");
+    // No families named: the control connection's, IPv6.
+    h.say(1, &hello(None));
+    match &h.take(1)[..] {
+        [ServerMessage::Error {
+            code: ErrorCode::BadRequest,
+            message,
+            ..
+        }] => assert!(message.contains("ipv4 only"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Naming a family twice is a malformed hello.
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello_in(&[Family::Ipv4, Family::Ipv4]));
+    assert!(matches!(
+        h.take(2)[..],
+        [ServerMessage::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn an_ipv6_trial_takes_registrations_only_over_ipv6_and_from_one_network() {
+    let mut h = Harness::new(config(family_plan(4, &[Family::Ipv6])));
+    h.pair_two(&hello_in(Family::ALL), &hello_in(Family::ALL));
+    let (mut log1, mut log2) = (Vec::new(), Vec::new());
+    answer_pings(&mut h, 1, Duration::from_millis(10), &mut log1);
+    answer_pings(&mut h, 2, Duration::from_millis(10), &mut log2);
+    // Over IPv4 for an IPv6 trial: refused, the token stays usable.
+    h.connect(10, "127.0.0.2:2000");
+    let token = trial_token(&log1);
+    let register = |token: &str| ClientMessage::Register {
+        token: token.to_string(),
+        mapped_port: None,
+    };
+    h.say(10, &register(&token));
+    match &h.take(10)[..] {
+        [ServerMessage::Error {
+            code: ErrorCode::IpMismatch,
+            message,
+            ..
+        }] => assert!(message.contains("ipv6 trial"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    h.connect(11, registration_from(1, Family::Ipv6));
+    h.say(11, &register(&token));
+    h.connect(12, registration_from(2, Family::Ipv6));
+    h.say(12, &register(&trial_token(&log2)));
+    for side in [1, 2] {
+        assert!(h
+            .take(side)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Go { .. })));
+        h.say(side, &timed_out(0));
+    }
+    // The next IPv6 trial: side 1 registering from another IPv6 network
+    // than its first IPv6 registration is refused.
+    let (mut log1, mut log2) = (Vec::new(), Vec::new());
+    answer_pings(&mut h, 1, Duration::from_millis(10), &mut log1);
+    answer_pings(&mut h, 2, Duration::from_millis(10), &mut log2);
+    h.connect(13, "[2001:db8:99:1::2]:2000");
+    h.say(13, &register(&trial_token(&log1)));
+    assert!(matches!(
+        h.take(13)[..],
+        [ServerMessage::Error {
+            code: ErrorCode::IpMismatch,
+            ..
+        }]
+    ));
 }
