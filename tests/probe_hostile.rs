@@ -12,7 +12,7 @@ use punchscope::analysis::handshake::Role;
 use punchscope::analysis::plan::{AttemptTiming, Plan};
 use punchscope::analysis::portmap::MappedSide;
 use punchscope::analysis::result::{PairingEnded, RunResult, ViolationRule};
-use punchscope::analysis::trial::{Strategy, TrialOutcome};
+use punchscope::analysis::trial::{Family, Strategy, TrialOutcome};
 use punchscope::classify::{classify, ClassifyConfig, EchoTrust};
 use punchscope::net::address::AddressPolicy;
 use punchscope::probe::{self, PairingOptions, PairingRun, RunEnding, RunOptions, Stop};
@@ -54,6 +54,7 @@ fn trial(n: u32, strategy: Strategy) -> ServerMessage {
         trial: n,
         token: format!("{n:032x}"),
         strategy,
+        family: None,
     }
 }
 
@@ -86,6 +87,7 @@ async fn pair_with(script: Vec<ServerMessage>, addresses: AddressPolicy) -> (Pai
     let coordinator = ScriptedCoordinator::start(script).await;
     let options = PairingOptions {
         server: coordinator.addr,
+        registrars: vec![coordinator.addr],
         hello: volunteer(None),
         read_timeout: Duration::from_secs(2),
         max_wait: Duration::from_secs(2),
@@ -252,6 +254,39 @@ async fn peers_outside_public_addresses_are_refused() {
     assert_eq!(target.connections(), 0);
 }
 
+/// A trial in a family this probe did not offer, or a peer of another
+/// family than the trial's, is refused before anything is sent.
+#[tokio::test]
+async fn a_trial_outside_our_families_or_a_peer_of_another_family_is_refused() {
+    let target_v6 = CountingListener::start(std::net::Ipv6Addr::LOCALHOST.into()).await;
+    let mut plan = fast_plan(2, &[Strategy::Simultaneous]);
+    plan.families = vec![Family::Ipv4, Family::Ipv6];
+    // This probe registers at an IPv4 coordinator only: no IPv6 trials.
+    let ipv6_trial = ServerMessage::Trial {
+        trial: 0,
+        token: format!("{:032x}", 0),
+        strategy: Strategy::Simultaneous,
+        family: Some(Family::Ipv6),
+    };
+    let script = vec![
+        paired(&plan),
+        ipv6_trial,
+        go(0, target_v6.addr, 0, Strategy::Simultaneous),
+    ];
+    let (run, took) = pair_with(script, AddressPolicy::PublicOrLoopback).await;
+    assert_refused(&run, took, ViolationRule::Family, Some(0));
+    // An IPv4 trial whose go names an IPv6 peer.
+    let script = vec![
+        paired(&plan),
+        trial(0, Strategy::Simultaneous),
+        go(0, target_v6.addr, 0, Strategy::Simultaneous),
+    ];
+    let (run, took) = pair_with(script, AddressPolicy::PublicOrLoopback).await;
+    assert_refused(&run, took, ViolationRule::Family, Some(0));
+    settle().await;
+    assert_eq!(target_v6.connections(), 0, "nothing reached the target");
+}
+
 #[tokio::test]
 async fn an_endless_start_delay_is_refused_at_once() {
     let target = CountingListener::start(ip(1)).await;
@@ -352,7 +387,7 @@ async fn a_whole_run_keeps_its_result_with_the_violation_in_the_spool() {
     .await;
     let spool = tempfile::tempdir().unwrap();
     let options = RunOptions {
-        coordinator: coordinator.addr.to_string(),
+        coordinator: vec![coordinator.addr.to_string()],
         echo: vec![echo.primary().to_string()],
         collector: None,
         ca_file: None,
