@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::net::line::{LineConnection, LineConnectionError};
@@ -206,16 +206,25 @@ pub enum RendezvousServerError {
 
 /// Binds the listening socket (SO_REUSEADDR, so a restarted coordinator can
 /// bind while old connections sit in TIME_WAIT) with a deep accept backlog
-/// for bursts of registrations. Needs a tokio runtime.
+/// for bursts of registrations. `[::]:PORT` serves both families (IPv6
+/// trials register over IPv6, IPv4 ones over IPv4), whatever the host's
+/// `bindv6only` default; a specific IPv6 address serves IPv6 only. Needs a
+/// tokio runtime.
 pub fn bind_listener(addr: SocketAddr) -> Result<TcpListener, RendezvousServerError> {
     let bind = || -> io::Result<TcpListener> {
-        let socket = match addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(4096)
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        if let SocketAddr::V6(v6) = addr {
+            socket.set_only_v6(!v6.ip().is_unspecified())?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        TcpListener::from_std(socket.into())
     };
     bind().map_err(|cause| RendezvousServerError::Bind { addr, cause })
 }

@@ -309,6 +309,40 @@ pub fn start_coordinator(lab: &Lab, plan: &std::path::Path) -> super::process::C
     start_coordinator_with(lab, plan, &[])
 }
 
+/// The coordinator's IPv6 endpoint when it listens on both families
+/// ([`start_coordinator_dual_stack`]): the first server's IPv6 address.
+pub const COORDINATOR_V6: &str = "[2001:db8:5100::10]:7000";
+
+/// `serve rendezvous` listening on `[::]:7000` (both families: the first
+/// server's [`COORDINATOR`] and [`COORDINATOR_V6`]), once both accept.
+pub fn start_coordinator_dual_stack(
+    lab: &Lab,
+    plan: &std::path::Path,
+) -> super::process::ChildGuard {
+    let child = punchscope_in(&lab.internet_netns())
+        .args(["serve", "rendezvous", "--listen", "[::]:7000", "--plan"])
+        .arg(plan)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = super::process::ChildGuard(Some(child));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let accepts = || {
+        [COORDINATOR, COORDINATOR_V6]
+            .iter()
+            .all(|a| TcpStream::connect(a).is_ok())
+    };
+    while !lab.run_in("internet", accepts).unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "coordinator did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    guard
+}
+
 /// As [`start_coordinator`], with more arguments (`--any-reference`, ...).
 pub fn start_coordinator_with(
     lab: &Lab,
@@ -353,11 +387,22 @@ pub fn probe_alice_and_bob(
     lab: &Lab,
     within: Duration,
 ) -> Vec<punchscope::analysis::result::RunResult> {
-    use punchscope::analysis::result::{PairingEnded, RunResult};
     let _echo = start_echo(lab);
+    probe_alice_and_bob_with(within, |host, spool| {
+        probe_command_with_spool(lab, host, spool)
+    })
+}
+
+/// As [`probe_alice_and_bob`], each probe's command from `command` (host,
+/// spool); the caller starts the echo servers.
+pub fn probe_alice_and_bob_with(
+    within: Duration,
+    command: impl Fn(&str, &std::path::Path) -> std::process::Command,
+) -> Vec<punchscope::analysis::result::RunResult> {
+    use punchscope::analysis::result::{PairingEnded, RunResult};
     let spools = tempfile::tempdir().unwrap();
     let spawn = |host: &str| {
-        probe_command_with_spool(lab, host, &spools.path().join(host))
+        command(host, &spools.path().join(host))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -1,0 +1,146 @@
+//! Coordinated trials over IPv6: dual-stack volunteers behind kernel
+//! routers' IPv6 firewalls run the plan's `families`, every strategy and
+//! both Bitcoin handshakes over IPv6, with the real probe and coordinator.
+// The lab is Linux-only and behind the `lab` feature.
+#![cfg(all(feature = "lab", target_os = "linux"))]
+
+mod support;
+
+use std::time::Duration;
+
+use punchscope::analysis::handshake::Transport;
+use punchscope::analysis::result::RunResult;
+use punchscope::analysis::trial::{Family, Strategy, TrialOutcome, TrialRecord};
+use punchscope::lab::Lab;
+use support::lab::*;
+
+/// Echo endpoints of both families: each probe classifies both and so
+/// offers both families to the coordinator.
+const DUAL_STACK_ECHO: [&str; 4] = [
+    "198.51.100.10:3478",
+    "198.51.100.11:3478",
+    "[2001:db8:5100::10]:3478",
+    "[2001:db8:5100::11]:3478",
+];
+
+/// Two kernel routers with IPv6 firewalls (RFC 6092 style: unsolicited
+/// inbound dropped), 5 ms each way, alice behind one and bob behind the
+/// other; both hosts dual-stack.
+fn firewalled_pair(tag: &str) -> Lab {
+    start_lab(
+        tag,
+        &two_nats(
+            "backend = \"kernel\"\nipv6 = \"firewall\"\ndelay_ms = 5",
+            "backend = \"kernel\"\nipv6 = \"firewall\"\ndelay_ms = 5",
+        ),
+    )
+}
+
+/// alice's and bob's results of one pairing under `plan_body`, each probe
+/// given the coordinator at both its addresses.
+fn dual_stack_pairing(lab: &Lab, tag: &str, plan_body: &str) -> Vec<RunResult> {
+    let _echo = start_echo_dual_stack(lab);
+    let plan = plan(tag, plan_body);
+    let _coordinator = start_coordinator_dual_stack(lab, &plan);
+    probe_alice_and_bob_with(Duration::from_secs(150), |host, spool| {
+        let mut command = probe_command_with_echo(lab, host, spool, &DUAL_STACK_ECHO, 20);
+        command.args(["--server", COORDINATOR_V6]);
+        command
+    })
+}
+
+fn trials(result: &RunResult) -> &[TrialRecord] {
+    &result.pairings[0].trials
+}
+
+/// Over IPv6 every punching strategy connects through two stateful
+/// firewalls that drop unsolicited connections (both SYNs open pinholes),
+/// and both Bitcoin handshakes run over the punched IPv6 socket.
+#[test]
+fn every_strategy_and_both_handshakes_work_over_ipv6_between_two_firewalls() {
+    let lab = firewalled_pair("v6t");
+    // Hop limit 2: the prime passes the own router and dies in the internet.
+    let results = dual_stack_pairing(
+        &lab,
+        "v6t",
+        "trials = 6\nfamilies = [\"ipv6\"]\nstrategies = [\"simultaneous\", \"connect_listen\", \"low_ttl\"]\ntransports = [\"v1\", \"v2\"]\nnetwork = \"regtest\"\nlow_ttl = 2\n",
+    );
+    for result in &results {
+        assert!(
+            result.classification_v6.is_some(),
+            "both sides classified IPv6"
+        );
+        let trials = trials(result);
+        assert_eq!(trials.len(), 6);
+        for t in trials {
+            assert_eq!(t.family, Family::Ipv6, "trial {}", t.trial);
+            assert_eq!(
+                t.outcome,
+                TrialOutcome::Connected,
+                "trial {} ({:?}): {t:#?}",
+                t.trial,
+                t.strategy
+            );
+            assert!(t.nonce_verified, "trial {}", t.trial);
+            let handshake = t.handshake.as_ref().expect("a handshake over IPv6");
+            assert!(handshake.success, "trial {}: {handshake:#?}", t.trial);
+            let transport = if t.trial % 2 == 0 {
+                Transport::V1
+            } else {
+                Transport::V2
+            };
+            assert_eq!(handshake.transport, Some(transport));
+            // No translation over IPv6: the coordinator saw our own port.
+            assert_eq!(t.public_port, Some(t.local_port), "trial {}", t.trial);
+        }
+        let strategies: Vec<Strategy> = trials.iter().map(|t| t.strategy).collect();
+        assert_eq!(
+            strategies,
+            [
+                Strategy::Simultaneous,
+                Strategy::ConnectListen,
+                Strategy::LowTtl
+            ]
+            .repeat(2)
+        );
+    }
+}
+
+/// A plan over both families: the trials split evenly between them in
+/// shuffled rounds, both sides agree on each trial's family, and each
+/// trial connects in its own family (IPv4 through the masquerading NAT,
+/// the observed port translated or not; IPv6 untranslated).
+#[test]
+fn a_plan_over_both_families_splits_a_dual_stack_pairing_between_them() {
+    let lab = firewalled_pair("v6f");
+    let results = dual_stack_pairing(
+        &lab,
+        "v6f",
+        "trials = 8\nfamilies = [\"ipv4\", \"ipv6\"]\nstrategies = [\"simultaneous\"]\ntransports = [\"v1\"]\nnetwork = \"regtest\"\n",
+    );
+    let families =
+        |result: &RunResult| -> Vec<Family> { trials(result).iter().map(|t| t.family).collect() };
+    assert_eq!(
+        families(&results[0]),
+        families(&results[1]),
+        "both sides ran each trial in the same family"
+    );
+    for round in families(&results[0]).chunks(2) {
+        assert!(
+            round.contains(&Family::Ipv4) && round.contains(&Family::Ipv6),
+            "each round of two holds both families: {:?}",
+            families(&results[0])
+        );
+    }
+    for result in &results {
+        for t in trials(result) {
+            assert_eq!(
+                t.outcome,
+                TrialOutcome::Connected,
+                "trial {} over {}: {t:#?}",
+                t.trial,
+                t.family
+            );
+        }
+    }
+}
