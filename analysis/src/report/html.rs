@@ -139,6 +139,16 @@ fn heat(rate: f64) -> String {
     format!("hsl({:.0}, 70%, 78%)", rate.clamp(0.0, 1.0) * 120.0)
 }
 
+/// A sign test's p-value: three decimals, "< 0.001" below them (where
+/// "0.000" would read as impossible), "–" without one.
+fn p_value(p: Option<f64>) -> String {
+    match p {
+        Some(p) if p < 0.0005 => "&lt; 0.001".to_string(),
+        Some(p) => format!("{p:.3}"),
+        None => "–".to_string(),
+    }
+}
+
 /// "IPv4", "IPv6" for a family's name in the summary.
 fn family_title(name: &str) -> String {
     Family::ALL.iter().find(|f| f.as_str() == name).map_or_else(
@@ -298,7 +308,7 @@ fn families_section(h: &mut String, comparison: &FamilyComparison) {
             d.a_better,
             d.b_better,
             d.ties,
-            d.sign_test_p.map_or("–".to_string(), |p| format!("{p:.3}")),
+            p_value(d.sign_test_p),
         );
     }
     h.push_str("</table>\n</section>\n");
@@ -1018,7 +1028,7 @@ fn pairings_section(h: &mut String, summary: &Summary) {
                 d.a_better,
                 d.b_better,
                 d.ties,
-                d.sign_test_p.map_or("–".to_string(), |p| format!("{p:.3}"))
+                p_value(d.sign_test_p)
             );
         }
         h.push_str("</table>\n");

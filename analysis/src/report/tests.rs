@@ -1310,3 +1310,33 @@ fn older_records_without_a_family_count_as_ipv4() {
     let before: Summary = serde_json::from_value(value).unwrap();
     assert!(before.family_trials.is_empty());
 }
+
+/// `--compare` puts each family's rates beside the other report's: an
+/// IPv4-only report's tables are its IPv4 tables, and it has no IPv6 rate.
+#[test]
+fn compare_matches_each_familys_rates_and_an_ipv4_only_report_is_its_ipv4() {
+    let mut both = trials_in(Family::Ipv4, 4, 5);
+    both.extend(trials_in(Family::Ipv6, 1, 5));
+    let (dual, _) = summary_of(&pairing_in_families("d", &both));
+    let (v4_only, _) = summary_of(&pairing_in_families("v", &trials_in(Family::Ipv4, 2, 4)));
+    let c = super::compare::compare("A", &v4_only, "B", &dual);
+    let row = |section: &str, row: &str| {
+        c.rates
+            .iter()
+            .find(|r| r.section == section && r.row == row)
+            .unwrap_or_else(|| panic!("no row {section} / {row}"))
+    };
+    let v4 = row("ipv4 headline", "all trials");
+    assert_eq!(v4.a.map(|p| (p.successes, p.n)), Some((2, 4)));
+    assert_eq!(v4.b.map(|p| (p.successes, p.n)), Some((4, 5)));
+    let v6 = row("ipv6 strategy", "simultaneous");
+    assert_eq!(v6.a, None, "A ran nothing over IPv6");
+    assert_eq!(v6.b.map(|p| (p.successes, p.n)), Some((1, 5)));
+    assert_eq!(v6.difference, None);
+    // The pooled rows are as they were: all of B's trials.
+    let pooled = row("headline", "all trials");
+    assert_eq!(pooled.b.map(|p| (p.successes, p.n)), Some((5, 10)));
+    // Two IPv4-only reports have no family rows at all.
+    let plain = super::compare::compare("A", &v4_only, "B", &v4_only);
+    assert!(plain.rates.iter().all(|r| !r.section.starts_with("ipv")));
+}
