@@ -1340,3 +1340,36 @@ fn compare_matches_each_familys_rates_and_an_ipv4_only_report_is_its_ipv4() {
     let plain = super::compare::compare("A", &v4_only, "B", &v4_only);
     assert!(plain.rates.iter().all(|r| !r.section.starts_with("ipv")));
 }
+
+/// The terminal's headline table names each family's rows and prints the
+/// IPv4/IPv6 comparison, or says plainly that there is none.
+#[test]
+fn the_headline_table_shows_each_family_and_the_paired_comparison() {
+    let mut both = trials_in(Family::Ipv4, 4, 5);
+    both.extend(trials_in(Family::Ipv6, 1, 5));
+    let report = |runs: &[RunResult]| {
+        let mut agg = Aggregator::new();
+        for r in runs {
+            agg.add_run(r);
+        }
+        Report::new(agg.finish(), &[]).headline_table()
+    };
+    let text = report(&pairing_in_families("h", &both));
+    assert!(text.contains("ipv6 strategy simultaneous"), "{text}");
+    assert!(
+        text.contains("simultaneous: ipv4 80.0% [37.6, 96.4] (4/5), ipv6 20.0% [3.6, 62.4] (1/5), difference -60.0 points (one pairing), 1 pairings"),
+        "{text}"
+    );
+    let [a1, a2] = pairing_in_families("p", &trials_in(Family::Ipv4, 2, 3));
+    let [b1, b2] = pairing_in_families("q", &trials_in(Family::Ipv6, 1, 3));
+    let text = report(&[a1, a2, b1, b2]);
+    assert!(
+        text.contains(super::summary::NO_PAIRING_IN_BOTH_FAMILIES),
+        "{text}"
+    );
+    let plain = report(&pairing_in_families("o", &trials_in(Family::Ipv4, 2, 3)));
+    assert!(
+        !plain.contains("ipv4") && !plain.contains("ipv6"),
+        "{plain}"
+    );
+}
