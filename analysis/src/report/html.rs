@@ -901,9 +901,26 @@ fn mapped_strategy(h: &mut String, summary: &Summary) {
         return;
     }
     h.push_str("<h3>The <code>mapped</code> strategy beside punching</h3>\n");
-    let tried = row.map_or("no mapped trial was tried".to_string(), |r| {
+    let mut tried = row.map_or("no mapped trial was tried".to_string(), |r| {
         format!("connected in {}", share(&r.proportion))
     });
+    // Each family's mapped trials, when the trials ran in two (the
+    // comparison with punching below pools them: docs/report.md).
+    let by_family: Vec<String> = summary
+        .families
+        .iter()
+        .filter_map(|f| {
+            let r = f.tables.strategies.iter().find(|r| r.strategy == mapped)?;
+            Some(format!(
+                "{} {}",
+                family_title(&f.family),
+                share(&r.proportion)
+            ))
+        })
+        .collect();
+    if !by_family.is_empty() {
+        let _ = write!(tried, " ({})", by_family.join("; "));
+    }
     let _ = writeln!(
         h,
         "<p class=note>In a <code>mapped</code> trial the side whose router mapped its trial port listens behind the mapping and the other connects straight to it: no punching. \

@@ -1373,3 +1373,26 @@ fn the_headline_table_shows_each_family_and_the_paired_comparison() {
         "{plain}"
     );
 }
+
+/// The port mapping section gives the `mapped` trials of each family when
+/// the trials ran in two.
+#[test]
+fn mapped_trials_are_given_per_family_in_the_port_mapping_section() {
+    use crate::portmap::PortMappingReport;
+    let mut trials = trials_in(Family::Ipv4, 2, 2);
+    trials.extend(trials_in(Family::Ipv6, 1, 3));
+    let mut runs = pairing_in_families("m", &trials);
+    for r in &mut runs {
+        r.port_mapping = Some(PortMappingReport::default());
+        for record in &mut r.pairings[0].trials {
+            record.strategy = crate::trial::Strategy::Mapped;
+        }
+    }
+    let (s, _) = summary_of(&runs);
+    let page = super::html::render(&s).unwrap();
+    assert!(
+        page.contains("Tried: connected in 3 of 5 (60.0%, 23.1–88.2%) (IPv4 2 of 2 (100.0%, 34.2–100.0%); IPv6 1 of 3 (33.3%, 6.1–79.2%))"),
+        "{}",
+        &page[page.find("Tried:").unwrap()..][..200]
+    );
+}
