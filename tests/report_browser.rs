@@ -78,7 +78,8 @@ fn the_report_renders_in_headless_chromium_without_console_errors() {
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("campaign.jsonl");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&jsonl).unwrap());
-    support::synthetic::write_synthetic_jsonl(&mut file, 300, 20, 7);
+    // Dual-stack: the page has its family columns and the IPv4/IPv6 comparison.
+    support::synthetic::write_synthetic_campaign(&mut file, 300, 20, 7, true);
     drop(file);
     let out = match std::env::var_os("PUNCHSCOPE_KEEP_SCREENSHOT") {
         Some(keep) => Path::new(&keep).to_path_buf(),
@@ -146,8 +147,14 @@ fn the_report_renders_in_headless_chromium_without_console_errors() {
         "networks",
         "groups",
         "uncertainty",
+        "families",
     ] {
         assert!(dom.contains(&format!("id=\"{id}\"")), "the {id} section");
     }
     assert!(dom.contains("class=\"matrix\""));
+    assert!(dom.contains("<th>IP family</th>"), "tables split by family");
+    assert!(
+        dom.contains("IPv6 − IPv4 (points)"),
+        "the paired IPv4/IPv6 table, not the note that there is none"
+    );
 }

@@ -5,7 +5,7 @@
 
 use punchscope::analysis::handshake::Role;
 use punchscope::analysis::nat::{Filtering, Mapping};
-use punchscope::analysis::trial::TrialOutcome;
+use punchscope::analysis::trial::{Family, TrialOutcome};
 
 use super::results::{run, verdict, SideTrial};
 
@@ -55,17 +55,31 @@ const SYNTHETIC_SYSTEMS: &[&str] = &["linux", "macos", "windows"];
 /// `seed`. Each run is uploaded from one of `pairs` networks (keyed groups),
 /// so a network takes part in two pairings on average, never both sides of
 /// one. Returns the runs written. Synthetic numbers: for tests and
-/// benchmarks only.
+/// benchmarks only. Every trial runs over IPv4.
 pub fn write_synthetic_jsonl(
     out: &mut impl std::io::Write,
     pairs: usize,
     trials: usize,
     seed: u64,
 ) -> usize {
+    write_synthetic_campaign(out, pairs, trials, seed, false)
+}
+
+/// As [`write_synthetic_jsonl`]; with `dual_stack`, every third pairing
+/// (the first, the fourth, ...) runs its odd trials over IPv6, where a pair
+/// punches less often (a made-up factor of 0.6), so that the report's
+/// family split and its IPv4/IPv6 comparison have something to show.
+pub fn write_synthetic_campaign(
+    out: &mut impl std::io::Write,
+    pairs: usize,
+    trials: usize,
+    seed: u64,
+    dual_stack: bool,
+) -> usize {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut runs = 0;
-    for _ in 0..pairs {
+    for pairing in 0..pairs {
         let a = pick_type(&mut rng);
         let b = pick_type(&mut rng);
         let chance = synthetic_chance(a, b);
@@ -74,10 +88,22 @@ pub fn write_synthetic_jsonl(
             .collect();
         let mut side_a = Vec::with_capacity(trials);
         let mut side_b = Vec::with_capacity(trials);
+        let family_of = |n: usize| {
+            if dual_stack && pairing % 3 == 0 && n % 2 == 1 {
+                Family::Ipv6
+            } else {
+                Family::Ipv4
+            }
+        };
         for n in 0..trials {
             // low_ttl (every third trial from 2) does a little better.
             let bonus = if n % 3 == 2 { 0.1 } else { 0.0 };
-            if rng.gen_bool((chance + bonus).min(1.0)) {
+            let over = if family_of(n) == Family::Ipv6 {
+                0.6
+            } else {
+                1.0
+            };
+            if rng.gen_bool(((chance + bonus) * over).min(1.0)) {
                 let attempts = if rng.gen_bool(0.85) {
                     1
                 } else {
@@ -104,8 +130,13 @@ pub fn write_synthetic_jsonl(
         }
         let va = verdict(a.0, a.1);
         let vb = verdict(b.0, b.1);
-        let ra = run(Role::Initiator, va.clone(), Some(vb.clone()), &ids, &side_a);
-        let rb = run(Role::Responder, vb, Some(va), &ids, &side_b);
+        let mut ra = run(Role::Initiator, va.clone(), Some(vb.clone()), &ids, &side_a);
+        let mut rb = run(Role::Responder, vb, Some(va), &ids, &side_b);
+        for r in [&mut ra, &mut rb] {
+            for record in &mut r.pairings[0].trials {
+                record.family = family_of(record.trial as usize);
+            }
+        }
         let network_a = rng.gen_range(0..pairs.max(2));
         let network_b = (network_a + rng.gen_range(1..pairs.max(2))) % pairs.max(2);
         for (mut r, network) in [(ra, network_a), (rb, network_b)] {

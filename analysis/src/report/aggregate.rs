@@ -28,6 +28,13 @@
 //!   (neither router mapped a port: nothing was sent) is not counted at
 //!   all, only tallied in `trials_unmapped`. When one side says `unmapped`
 //!   and the other does not, the trial counts like any other.
+//! - A trial's IP family is the one its records carry (absent in older
+//!   results: IPv4). Both sides' records of one trial should name the same
+//!   family; when they do not, the records cannot both be right and neither
+//!   can be preferred, so the trial keeps its place in every pooled rate (it
+//!   was tried, and its outcome stands) but belongs to no family: it is in
+//!   no per-family row and not in the IPv4/IPv6 comparison, only counted in
+//!   `family_disagree`.
 //!
 //! Clusters (for the clustered intervals of [`super::cluster`]): a trial
 //! belongs to one *pairing*, the union of the pairing entries whose records
@@ -51,7 +58,7 @@ use crate::handshake::{Role, Transport};
 use crate::hardnat::PairClass;
 use crate::nat::{Filtering, Mapping};
 use crate::result::{RunMode, RunResult};
-use crate::trial::{Strategy, TrialOutcome, TrialRecord};
+use crate::trial::{Family, Strategy, TrialOutcome, TrialRecord};
 
 /// A side's NAT type: mapping and filtering, each when known exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -119,6 +126,7 @@ impl fmt::Display for NatType {
 struct Side {
     role: Role,
     outcome: TrialOutcome,
+    family: Family,
     own: NatType,
     peer_hint: NatType,
     go_ms: Option<f64>,
@@ -251,6 +259,9 @@ pub struct CountedTrial {
     pub mix: Option<u8>,
     /// `predict` and `birthday`: parameters, ports tried and SYNs sent.
     pub hard: Option<HardCounts>,
+    /// The IP family the trial ran in; `None` when its two sides' records
+    /// name different families (counted in [`InputCounts::family_disagree`]).
+    pub family: Option<Family>,
 }
 
 impl CountedTrial {
@@ -300,6 +311,11 @@ pub struct InputCounts {
     /// `unmapped`): nothing was tried, so they are in no count above and no rate.
     #[serde(default)]
     pub trials_unmapped: u64,
+    /// Joined trials whose two sides' records name different IP families:
+    /// counted in every pooled rate, in no family's (summaries from before
+    /// families have none).
+    #[serde(default)]
+    pub family_disagree: u64,
 }
 
 /// What the report keeps of one distinct run: who ran it, from which network, when.
@@ -385,6 +401,7 @@ fn side_of(
         hard: record.hard.as_ref().map(HardCounts::of),
         role: record.role,
         outcome: record.outcome,
+        family: record.family,
         own,
         peer_hint,
         go_ms: record.go_to_established_ms.filter(|v| v.is_finite()),
@@ -679,6 +696,14 @@ fn resolve(pending: Pending, pairing: u32, counts: &mut InputCounts) -> CountedT
     if sides.len() == 2 && sides[0].outcome.is_success() != sides[1].outcome.is_success() {
         counts.sides_disagree += 1;
     }
+    let family = match sides.as_slice() {
+        [one] => Some(one.family),
+        [a, b] if a.family == b.family => Some(a.family),
+        _ => {
+            counts.family_disagree += 1;
+            None
+        }
+    };
     let outcome = sides
         .iter()
         .map(|s| s.outcome)
@@ -720,6 +745,7 @@ fn resolve(pending: Pending, pairing: u32, counts: &mut InputCounts) -> CountedT
         class_recorded: sides.iter().any(|s| s.class_recorded),
         mix: sides.iter().find_map(|s| s.mix),
         hard,
+        family,
         trial_id: id,
         strategy,
         sides: sides.len() as u8,

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use super::charts::{self, RateBar};
 use super::html::esc;
 use super::stats::{percent, percent_bare, Proportion, Z_95};
-use super::summary::Summary;
+use super::summary::{Summary, TrialTables};
 use super::ReportError;
+use crate::trial::Family;
 
 /// One rate in both reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +88,81 @@ fn compared(
     }
 }
 
+/// A report's tables of one family: its split's, or, when it did not split,
+/// its pooled tables if every trial it counted ran in that family.
+fn family_tables(s: &Summary, family: Family) -> Option<TrialTables> {
+    if let Some(f) = s.families.iter().find(|f| f.family == family.as_str()) {
+        return Some(f.tables.clone());
+    }
+    let only = s.families.is_empty()
+        && s.family_trials.len() == 1
+        && s.family_trials.contains_key(family.as_str());
+    only.then(|| s.pooled_tables())
+}
+
+/// The rates of one set of tables (all trials, or one family's) of both
+/// reports, matched by name; `prefix` ("" or "ipv6 ") goes before each
+/// section's name. A side without such tables has no rate in any row.
+fn table_rates(
+    rates: &mut Vec<ComparedRate>,
+    prefix: &str,
+    a: Option<&TrialTables>,
+    b: Option<&TrialTables>,
+) {
+    rates.push(compared(
+        &format!("{prefix}headline"),
+        "all trials",
+        a.map(|t| &t.headline),
+        b.map(|t| &t.headline),
+    ));
+    let mut strategies: Vec<&str> = Vec::new();
+    for row in a.iter().chain(b.iter()).flat_map(|t| &t.strategies) {
+        if !strategies.contains(&row.strategy.as_str()) {
+            strategies.push(&row.strategy);
+        }
+    }
+    for name in strategies {
+        let find = |t: Option<&TrialTables>| {
+            t.and_then(|t| t.strategies.iter().find(|r| r.strategy == name))
+                .map(|r| r.proportion)
+        };
+        rates.push(compared(
+            &format!("{prefix}strategy"),
+            name,
+            find(a).as_ref(),
+            find(b).as_ref(),
+        ));
+    }
+    let mut cells: Vec<(String, String)> = a
+        .iter()
+        .chain(b.iter())
+        .flat_map(|t| &t.nat_pairs)
+        .map(|c| (c.nat_a.clone(), c.nat_b.clone()))
+        .collect();
+    cells.sort();
+    cells.dedup();
+    for (x, y) in cells {
+        rates.push(compared(
+            &format!("{prefix}NAT pair"),
+            &format!("{x} × {y}"),
+            a.and_then(|t| t.pair(&x, &y)).map(|c| &c.proportion),
+            b.and_then(|t| t.pair(&x, &y)).map(|c| &c.proportion),
+        ));
+    }
+    rates.push(compared(
+        &format!("{prefix}handshake"),
+        "v1 given a punched socket",
+        a.map(|t| &t.handshake.v1),
+        b.map(|t| &t.handshake.v1),
+    ));
+    rates.push(compared(
+        &format!("{prefix}handshake"),
+        "v2 given a punched socket",
+        a.map(|t| &t.handshake.v2),
+        b.map(|t| &t.handshake.v2),
+    ));
+}
+
 /// Every rate of both reports, matched by name.
 pub fn compare(a_label: &str, a: &Summary, b_label: &str, b: &Summary) -> Comparison {
     let c = |s: &Summary| {
@@ -103,60 +179,13 @@ pub fn compare(a_label: &str, a: &Summary, b_label: &str, b: &Summary) -> Compar
         .zip(c(b))
         .map(|((what, x), (_, y))| (what.to_string(), *x, y))
         .collect();
-    let mut rates = vec![compared(
-        "headline",
-        "all trials",
-        Some(&a.headline),
-        Some(&b.headline),
-    )];
-    let mut strategies: Vec<&str> = a.strategies.iter().map(|s| s.strategy.as_str()).collect();
-    for s in &b.strategies {
-        if !strategies.contains(&s.strategy.as_str()) {
-            strategies.push(&s.strategy);
-        }
-    }
-    for name in strategies {
-        let find = |s: &'_ Summary| {
-            s.strategies
-                .iter()
-                .find(|r| r.strategy == name)
-                .map(|r| r.proportion)
-        };
-        rates.push(compared(
-            "strategy",
-            name,
-            find(a).as_ref(),
-            find(b).as_ref(),
-        ));
-    }
-    let mut cells: Vec<(String, String)> = a
-        .nat_pairs
-        .iter()
-        .chain(&b.nat_pairs)
-        .map(|c| (c.nat_a.clone(), c.nat_b.clone()))
-        .collect();
-    cells.sort();
-    cells.dedup();
-    for (x, y) in cells {
-        rates.push(compared(
-            "NAT pair",
-            &format!("{x} × {y}"),
-            a.pair(&x, &y).map(|c| &c.proportion),
-            b.pair(&x, &y).map(|c| &c.proportion),
-        ));
-    }
-    rates.push(compared(
-        "handshake",
-        "v1 given a punched socket",
-        Some(&a.handshake.v1),
-        Some(&b.handshake.v1),
-    ));
-    rates.push(compared(
-        "handshake",
-        "v2 given a punched socket",
-        Some(&a.handshake.v2),
-        Some(&b.handshake.v2),
-    ));
+    let mut rates = Vec::new();
+    table_rates(
+        &mut rates,
+        "",
+        Some(&a.pooled_tables()),
+        Some(&b.pooled_tables()),
+    );
     rates.push(compared(
         "pairings",
         "connected at least once",
@@ -175,6 +204,16 @@ pub fn compare(a_label: &str, a: &Summary, b_label: &str, b: &Summary) -> Compar
         Some(&a.attempts.first_attempt),
         Some(&b.attempts.first_attempt),
     ));
+    // Each family's rates, when either report split its trials by family
+    // (an unsplit report's tables are its one family's).
+    if !a.families.is_empty() || !b.families.is_empty() {
+        for family in Family::ALL {
+            let (x, y) = (family_tables(a, *family), family_tables(b, *family));
+            if x.is_some() || y.is_some() {
+                table_rates(&mut rates, &format!("{family} "), x.as_ref(), y.as_ref());
+            }
+        }
+    }
     Comparison {
         a: a_label.to_string(),
         b: b_label.to_string(),

@@ -47,9 +47,16 @@ pub struct HardCost {
 
 /// The rows, when any trial carries a recorded class (its plan had mixes)
 /// or ran a hard-NAT strategy; empty otherwise, so older reports stay as they were.
-pub fn rows(trials: &[CountedTrial]) -> Vec<HardNatRow> {
+/// Takes any iterator of trials (it walks it twice), so that one family's
+/// trials can be passed without copying them.
+pub fn rows<'a, I>(trials: I) -> Vec<HardNatRow>
+where
+    I: IntoIterator<Item = &'a CountedTrial>,
+    I::IntoIter: Clone,
+{
+    let trials = trials.into_iter();
     if !trials
-        .iter()
+        .clone()
         .any(|t| t.class_recorded || t.strategy.is_hard_nat())
     {
         return Vec::new();
@@ -188,6 +195,7 @@ mod tests {
             class_recorded: true,
             mix: Some(0b1_0001),
             hard,
+            family: Some(crate::trial::Family::Ipv4),
         }
     }
 

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use super::charts::{self, RateBar};
 use super::cluster::{ClusterInterval, IntervalMethod};
 use super::stats::{percent, percent_bare, Proportion};
-use super::summary::{GroupTable, NodeHandshakeSummary, Summary};
+use super::summary::{FamilyComparison, GroupTable, NodeHandshakeSummary, Summary, TrialTables};
 use super::ReportError;
-use crate::trial::Strategy;
+use crate::trial::{Family, Strategy};
 
 /// Escapes text for HTML element content and attribute values.
 pub fn esc(text: &str) -> String {
@@ -139,6 +139,181 @@ fn heat(rate: f64) -> String {
     format!("hsl({:.0}, 70%, 78%)", rate.clamp(0.0, 1.0) * 120.0)
 }
 
+/// A sign test's p-value: three decimals, "< 0.001" below them (where
+/// "0.000" would read as impossible), "–" without one.
+fn p_value(p: Option<f64>) -> String {
+    match p {
+        Some(p) if p < 0.0005 => "&lt; 0.001".to_string(),
+        Some(p) => format!("{p:.3}"),
+        None => "–".to_string(),
+    }
+}
+
+/// "IPv4", "IPv6" for a family's name in the summary.
+fn family_title(name: &str) -> String {
+    Family::ALL.iter().find(|f| f.as_str() == name).map_or_else(
+        || esc(name),
+        |f| match f {
+            Family::Ipv4 => "IPv4".to_string(),
+            Family::Ipv6 => "IPv6".to_string(),
+        },
+    )
+}
+
+/// The row groups of a table split by family: each family's tables, then
+/// all trials pooled, each with its label; when the trials ran in one
+/// family, only the pooled tables, unlabelled, so the page is as before.
+fn family_groups(summary: &Summary) -> Vec<(Option<String>, TrialTables)> {
+    if summary.families.is_empty() {
+        return vec![(None, summary.pooled_tables())];
+    }
+    summary
+        .families
+        .iter()
+        .map(|f| (Some(family_title(&f.family)), f.tables.clone()))
+        .chain(std::iter::once((
+            Some("all, pooled".to_string()),
+            summary.pooled_tables(),
+        )))
+        .collect()
+}
+
+/// Which families the trials ran in: one line under the headline.
+fn family_label(h: &mut String, summary: &Summary) {
+    let families: Vec<String> = summary
+        .family_trials
+        .iter()
+        .map(|(f, n)| format!("{} {n}", family_title(f)))
+        .collect();
+    match families.len() {
+        0 => {}
+        1 => {
+            let (family, _) = summary.family_trials.iter().next().expect("one family");
+            let _ = writeln!(
+                h,
+                "<p class=note>IP family: every trial ran over {}.</p>",
+                family_title(family)
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                h,
+                "<p class=note>IP family: trials per family: {}. Each table of rates below shows each family on its own, then all trials pooled; \
+                 IPv4 and IPv6 between the same volunteers are compared under <a href=\"#families\">IPv4 beside IPv6</a>.</p>",
+                families.join(", ")
+            );
+        }
+    }
+}
+
+/// The family column's header cell, when the table is split.
+fn family_head(split: bool) -> &'static str {
+    if split {
+        "<th>IP family</th>"
+    } else {
+        ""
+    }
+}
+
+/// The family column's cell, when the table is split.
+fn family_cell(label: &Option<String>) -> String {
+    label
+        .as_ref()
+        .map_or_else(String::new, |l| format!("<td>{l}</td>"))
+}
+
+/// One NAT-pair matrix.
+fn nat_matrix(h: &mut String, tables: &TrialTables) {
+    h.push_str("<table class=matrix><tr><th>side A \\ side B</th>");
+    for t in &tables.nat_types {
+        let _ = write!(h, "<th>{}</th>", esc(t));
+    }
+    h.push_str("</tr>\n");
+    for (i, a) in tables.nat_types.iter().enumerate() {
+        let _ = write!(h, "<tr><th>{}</th>", esc(a));
+        for (j, b) in tables.nat_types.iter().enumerate() {
+            if j < i {
+                h.push_str("<td class=mirror>·</td>");
+                continue;
+            }
+            match tables.pair(a, b).map(|c| &c.proportion) {
+                Some(p) => {
+                    let rate = p.rate.unwrap_or(0.0);
+                    let clustered = match p.quoted() {
+                        Some((l, hi, "pairings")) => format!(
+                            "<span class=cell-n>clustered [{}–{}]</span>",
+                            percent_bare(l),
+                            percent_bare(hi)
+                        ),
+                        _ => String::new(),
+                    };
+                    let _ = write!(
+                        h,
+                        "<td style=\"background:{}\" title=\"{} × {}\"><span class=cell-rate>{}</span>{clustered}<span class=cell-n>per trial [{}–{}] {}/{}</span></td>",
+                        heat(rate),
+                        esc(a),
+                        esc(b),
+                        percent(rate),
+                        p.low.map_or("–".into(), percent_bare),
+                        p.high.map_or("–".into(), percent_bare),
+                        p.successes,
+                        p.n
+                    );
+                }
+                None => h.push_str("<td class=empty>no trials</td>"),
+            }
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("</table>\n");
+}
+
+/// IPv4 beside IPv6 within the same pairings; shown once any trial ran
+/// over IPv6 (an IPv4-only report has no such section).
+fn families_section(h: &mut String, comparison: &FamilyComparison) {
+    h.push_str("<section id=families>\n<h2>IPv4 beside IPv6 between the same volunteers</h2>\n");
+    let one_family: Vec<String> = comparison
+        .pairings_one_family
+        .iter()
+        .map(|(f, n)| format!("{} only: {n}", family_title(f)))
+        .collect();
+    let _ = writeln!(
+        h,
+        "<p class=note>Pairings with trials over both families: {}{}{}.</p>",
+        comparison.pairings_both,
+        if one_family.is_empty() { "" } else { "; " },
+        one_family.join("; ")
+    );
+    if comparison.strategies.is_empty() {
+        let _ = writeln!(h, "<p class=nodata>{}</p>", esc(&comparison.note));
+        h.push_str("</section>\n");
+        return;
+    }
+    let _ = writeln!(h, "<p class=note>{}</p>", esc(&comparison.note));
+    h.push_str("<table><tr><th>strategy</th><th>pairings</th><th>IPv4</th><th>IPv6</th><th>IPv6 − IPv4 (points)</th><th>95% paired</th><th>pairings IPv6 better / IPv4 better / tied</th><th>sign test p</th></tr>\n");
+    for row in &comparison.strategies {
+        let d = &row.difference;
+        let interval = match (d.low, d.high) {
+            (Some(l), Some(hi)) => format!("{} to {}", signed_points(l), signed_points(hi)),
+            _ => "– (one pairing)".to_string(),
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td><code>{}</code></td><td class=num>{}</td><td>{}</td><td>{}</td><td class=num>{}</td><td class=num>{interval}</td><td class=num>{} / {} / {}</td><td class=num>{}</td></tr>",
+            esc(&row.strategy),
+            d.pairings,
+            share(&row.ipv4),
+            share(&row.ipv6),
+            signed_points(d.difference),
+            d.a_better,
+            d.b_better,
+            d.ties,
+            p_value(d.sign_test_p),
+        );
+    }
+    h.push_str("</table>\n</section>\n");
+}
+
 fn chart_or_note(svg: Option<String>, note: &str) -> String {
     match svg {
         Some(svg) => format!("<div class=chart>{svg}</div>"),
@@ -210,11 +385,20 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
                 percent_bare(l),
                 percent_bare(hi)
             );
-            let _ = writeln!(
+            let _ = write!(
                 h,
-                "<table><tr><th></th>{RATE_HEAD}</tr><tr><td>all trials</td>{}</tr></table>",
+                "<table><tr><th></th>{RATE_HEAD}</tr><tr><td>all trials</td>{}</tr>",
                 rate_cells(&summary.headline)
             );
+            for f in &summary.families {
+                let _ = write!(
+                    h,
+                    "<tr><td>{} trials</td>{}</tr>",
+                    family_title(&f.family),
+                    rate_cells(&f.tables.headline)
+                );
+            }
+            h.push_str("</table>\n");
             let _ = writeln!(
                 h,
                 "<p class=note><strong>Which interval to quote:</strong> {} See <em>Uncertainty</em> below.</p>",
@@ -229,6 +413,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     h.push_str("<p class=note>A trial is one coordinated punching attempt between two volunteers (with retries inside it). \
                 It is a success when a TCP connection was established and both sides proved, by exchanging the coordinator's nonce, \
                 that they reached each other; a trial reported by both sides counts once and needs both to say connected.</p>\n");
+    family_label(&mut h, summary);
     h.push_str("<table><tr><th>what was read</th><th>count</th></tr>\n");
     let c = &summary.input;
     for (label, v) in [
@@ -262,6 +447,14 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         ),
     ] {
         let _ = writeln!(h, "<tr><td>{}</td><td class=num>{v}</td></tr>", esc(label));
+    }
+    // A row only when it happened, so that IPv4-only reports stay as they were.
+    if c.family_disagree > 0 {
+        let _ = writeln!(
+            h,
+            "<tr><td>joined trials whose sides name different IP families (in pooled rates only)</td><td class=num>{}</td></tr>",
+            c.family_disagree
+        );
     }
     h.push_str("</table>\n");
     if !summary.outcomes.is_empty() {
@@ -342,48 +535,12 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     if summary.nat_pairs.is_empty() {
         h.push_str("<p class=nodata>No trials: no NAT pairs to show.</p>\n");
     } else {
-        h.push_str("<table class=matrix><tr><th>side A \\ side B</th>");
-        for t in &summary.nat_types {
-            let _ = write!(h, "<th>{}</th>", esc(t));
-        }
-        h.push_str("</tr>\n");
-        for (i, a) in summary.nat_types.iter().enumerate() {
-            let _ = write!(h, "<tr><th>{}</th>", esc(a));
-            for (j, b) in summary.nat_types.iter().enumerate() {
-                if j < i {
-                    h.push_str("<td class=mirror>·</td>");
-                    continue;
-                }
-                match summary.pair(a, b).map(|c| &c.proportion) {
-                    Some(p) => {
-                        let rate = p.rate.unwrap_or(0.0);
-                        let clustered = match p.quoted() {
-                            Some((l, hi, "pairings")) => format!(
-                                "<span class=cell-n>clustered [{}–{}]</span>",
-                                percent_bare(l),
-                                percent_bare(hi)
-                            ),
-                            _ => String::new(),
-                        };
-                        let _ = write!(
-                            h,
-                            "<td style=\"background:{}\" title=\"{} × {}\"><span class=cell-rate>{}</span>{clustered}<span class=cell-n>per trial [{}–{}] {}/{}</span></td>",
-                            heat(rate),
-                            esc(a),
-                            esc(b),
-                            percent(rate),
-                            p.low.map_or("–".into(), percent_bare),
-                            p.high.map_or("–".into(), percent_bare),
-                            p.successes,
-                            p.n
-                        );
-                    }
-                    None => h.push_str("<td class=empty>no trials</td>"),
-                }
+        for (label, tables) in family_groups(summary) {
+            if let Some(label) = label {
+                let _ = writeln!(h, "<h3>{label}</h3>");
             }
-            h.push_str("</tr>\n");
+            nat_matrix(&mut h, &tables);
         }
-        h.push_str("</table>\n");
     }
     h.push_str("</section>\n");
 
@@ -392,22 +549,32 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     if summary.strategies.is_empty() {
         h.push_str("<p class=nodata>No trials: no strategies to compare.</p>\n");
     } else {
+        let groups = family_groups(summary);
+        let split = groups.len() > 1;
         let _ = writeln!(
             h,
-            "<table><tr><th>strategy</th>{RATE_HEAD}<th>median time to connect</th></tr>"
+            "<table><tr>{}<th>strategy</th>{RATE_HEAD}<th>median time to connect</th></tr>",
+            family_head(split)
         );
-        let mut bars = Vec::new();
-        for s in &summary.strategies {
-            let _ = writeln!(
-                h,
-                "<tr><td><code>{}</code></td>{}<td class=num>{}</td></tr>",
-                esc(&s.strategy),
-                rate_cells(&s.proportion),
-                ms(s.median_ms)
-            );
-            bars.extend(quoted_bar(&s.strategy, &s.proportion));
+        for (label, tables) in &groups {
+            for s in &tables.strategies {
+                let _ = writeln!(
+                    h,
+                    "<tr>{}<td><code>{}</code></td>{}<td class=num>{}</td></tr>",
+                    family_cell(label),
+                    esc(&s.strategy),
+                    rate_cells(&s.proportion),
+                    ms(s.median_ms)
+                );
+            }
         }
         h.push_str("</table>\n");
+        // The chart stays one bar per strategy over all trials; the table splits them.
+        let bars: Vec<RateBar> = summary
+            .strategies
+            .iter()
+            .filter_map(|s| quoted_bar(&s.strategy, &s.proportion))
+            .collect();
         h.push_str(&chart_or_note(
             charts::rate_bars(&bars, "success rate")?,
             "no data",
@@ -418,6 +585,9 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
                 <code>low_ttl</code>: each side first opens its own NAT mapping with a SYN whose TTL dies before the peer's NAT, then connects and listens. \
                 Whiskers: the clustered 95% interval. To compare strategies, use the paired comparison under <em>Pairings</em>.</p>\n");
     h.push_str("</section>\n");
+    if let Some(comparison) = &summary.family_comparison {
+        families_section(&mut h, comparison);
+    }
 
     // Carrier-grade NAT: a table of its own, shown once any trial has a path measurement.
     if summary.cgnat.iter().any(|row| row.group != "not_measured") {
@@ -450,9 +620,21 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
          v1 is the plaintext transport, v2 is BIP324. {} connected trials had no handshake recorded; {} failed before the transport was known.</p>",
         hs.connected_trials, hs.without_handshake, hs.transport_unknown
     );
-    let _ = writeln!(h, "<table><tr><th>transport</th>{RATE_HEAD}</tr>");
-    let _ = writeln!(h, "<tr><td>v1</td>{}</tr>", rate_cells(&hs.v1));
-    let _ = writeln!(h, "<tr><td>v2 (BIP324)</td>{}</tr>", rate_cells(&hs.v2));
+    let groups = family_groups(summary);
+    let _ = writeln!(
+        h,
+        "<table><tr>{}<th>transport</th>{RATE_HEAD}</tr>",
+        family_head(groups.len() > 1)
+    );
+    for (label, tables) in &groups {
+        let (family, hs) = (family_cell(label), &tables.handshake);
+        let _ = writeln!(h, "<tr>{family}<td>v1</td>{}</tr>", rate_cells(&hs.v1));
+        let _ = writeln!(
+            h,
+            "<tr>{family}<td>v2 (BIP324)</td>{}</tr>",
+            rate_cells(&hs.v2)
+        );
+    }
     h.push_str("</table>\n");
     let bars: Vec<RateBar> = [("v1", &hs.v1), ("v2 (BIP324)", &hs.v2)]
         .into_iter()
@@ -464,7 +646,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
     ));
     h.push_str("</section>\n");
     if let Some(nodes) = &summary.node_handshake {
-        node_handshake_section(&mut h, nodes)?;
+        node_handshake_section(&mut h, nodes, &groups)?;
     }
 
     // Time to connect.
@@ -590,7 +772,11 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
 /// Success counted per pairing, and strategies compared within pairings.
 /// Bridge mode: did the volunteers' own nodes complete their version
 /// handshake through the hole, by the transport they chose.
-fn node_handshake_section(h: &mut String, nodes: &NodeHandshakeSummary) -> Result<(), ReportError> {
+fn node_handshake_section(
+    h: &mut String,
+    nodes: &NodeHandshakeSummary,
+    groups: &[(Option<String>, TrialTables)],
+) -> Result<(), ReportError> {
     h.push_str("<section id=node-handshake>\n<h2>Bitcoin nodes' own handshake through a punched socket (bridge mode)</h2>\n");
     let _ = writeln!(
         h,
@@ -599,9 +785,27 @@ fn node_handshake_section(h: &mut String, nodes: &NodeHandshakeSummary) -> Resul
          {} bridged trials had no node listing the peer, so no transport.</p>",
         nodes.bridged_trials, nodes.transport_unknown
     );
-    let _ = writeln!(h, "<table><tr><th>transport</th>{RATE_HEAD}</tr>");
-    let _ = writeln!(h, "<tr><td>v1</td>{}</tr>", rate_cells(&nodes.v1));
-    let _ = writeln!(h, "<tr><td>v2 (BIP324)</td>{}</tr>", rate_cells(&nodes.v2));
+    let _ = writeln!(
+        h,
+        "<table><tr>{}<th>transport</th>{RATE_HEAD}</tr>",
+        family_head(groups.len() > 1)
+    );
+    for (label, tables) in groups {
+        let Some(of_group) = &tables.node_handshake else {
+            continue;
+        };
+        let family = family_cell(label);
+        let _ = writeln!(
+            h,
+            "<tr>{family}<td>v1</td>{}</tr>",
+            rate_cells(&of_group.v1)
+        );
+        let _ = writeln!(
+            h,
+            "<tr>{family}<td>v2 (BIP324)</td>{}</tr>",
+            rate_cells(&of_group.v2)
+        );
+    }
     h.push_str("</table>\n");
     let bars: Vec<RateBar> = [("v1", &nodes.v1), ("v2 (BIP324)", &nodes.v2)]
         .into_iter()
@@ -697,9 +901,26 @@ fn mapped_strategy(h: &mut String, summary: &Summary) {
         return;
     }
     h.push_str("<h3>The <code>mapped</code> strategy beside punching</h3>\n");
-    let tried = row.map_or("no mapped trial was tried".to_string(), |r| {
+    let mut tried = row.map_or("no mapped trial was tried".to_string(), |r| {
         format!("connected in {}", share(&r.proportion))
     });
+    // Each family's mapped trials, when the trials ran in two (the
+    // comparison with punching below pools them: docs/report.md).
+    let by_family: Vec<String> = summary
+        .families
+        .iter()
+        .filter_map(|f| {
+            let r = f.tables.strategies.iter().find(|r| r.strategy == mapped)?;
+            Some(format!(
+                "{} {}",
+                family_title(&f.family),
+                share(&r.proportion)
+            ))
+        })
+        .collect();
+    if !by_family.is_empty() {
+        let _ = write!(tried, " ({})", by_family.join("; "));
+    }
     let _ = writeln!(
         h,
         "<p class=note>In a <code>mapped</code> trial the side whose router mapped its trial port listens behind the mapping and the other connects straight to it: no punching. \
@@ -824,7 +1045,7 @@ fn pairings_section(h: &mut String, summary: &Summary) {
                 d.a_better,
                 d.b_better,
                 d.ties,
-                d.sign_test_p.map_or("–".to_string(), |p| format!("{p:.3}"))
+                p_value(d.sign_test_p)
             );
         }
         h.push_str("</table>\n");
@@ -914,12 +1135,17 @@ fn hard_nat_section(h: &mut String, summary: &Summary) {
         return;
     }
     h.push_str("<section id=hard-nat>\n<h2>Strategies within each NAT-pair class</h2>\n");
+    let groups = family_groups(summary);
     let _ = writeln!(
         h,
-        "<table><tr><th>NAT pair</th><th>allocation</th><th>strategy</th>{RATE_HEAD}<th>attempts / success</th><th>ports tried / success</th><th>SYNs / success</th></tr>"
+        "<table><tr>{}<th>NAT pair</th><th>allocation</th><th>strategy</th>{RATE_HEAD}<th>attempts / success</th><th>ports tried / success</th><th>SYNs / success</th></tr>",
+        family_head(groups.len() > 1)
     );
     let per = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-    for row in &summary.hard_nat {
+    for (label, row) in groups
+        .iter()
+        .flat_map(|(label, tables)| tables.hard_nat.iter().map(move |row| (label, row)))
+    {
         let (a, p, s) =
             row.cost
                 .as_ref()
@@ -932,7 +1158,8 @@ fn hard_nat_section(h: &mut String, summary: &Summary) {
                 });
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td>{}<td>{a}</td><td>{p}</td><td>{s}</td></tr>",
+            "<tr>{}<td>{}</td><td>{}</td><td>{}</td>{}<td>{a}</td><td>{p}</td><td>{s}</td></tr>",
+            family_cell(label),
             esc(&row.class_label),
             esc(&row.allocation),
             esc(&row.arm),

@@ -150,6 +150,7 @@ impl Report {
             "responder_network",
             "node_handshake_transport",
             "node_handshake_success",
+            "family",
         ])
         .map_err(csv_err(path))?;
         for t in &self.trials {
@@ -175,6 +176,8 @@ impl Report {
                     .map_or(String::new(), |x| x.to_string()),
                 t.node_handshake_success
                     .map_or("", |s| if s { "true" } else { "false" }),
+                // Empty when the two sides' records name different families.
+                t.family.map_or("", |f| f.as_str()),
             ])
             .map_err(csv_err(path))?;
         }
@@ -261,6 +264,13 @@ impl Report {
         for st in &s.strategies {
             row(&mut t, &format!("strategy {}", st.strategy), &st.proportion);
         }
+        for f in &s.families {
+            row(&mut t, &format!("{} trials", f.family), &f.tables.headline);
+            for st in &f.tables.strategies {
+                let label = format!("{} strategy {}", f.family, st.strategy);
+                row(&mut t, &label, &st.proportion);
+            }
+        }
         row(&mut t, "handshake v1 | punched", &s.handshake.v1);
         row(&mut t, "handshake v2 | punched", &s.handshake.v2);
         if let Some(nodes) = &s.node_handshake {
@@ -278,6 +288,31 @@ impl Report {
             "  clustered: bootstrap over {} pairings, {} resamples; quote it, not the per-trial interval (summary.json also has one over {} networks)",
             u.pairings, u.resamples, u.networks
         );
+        if let Some(c) = &s.family_comparison {
+            if c.strategies.is_empty() {
+                let _ = writeln!(t, "  ipv6 vs ipv4: {}", c.note);
+            } else {
+                t.push_str(
+                    "  ipv6 - ipv4 within the pairings that ran both (paired 95% bootstrap):\n",
+                );
+            }
+            for row in &c.strategies {
+                let d = &row.difference;
+                let interval = match (d.low, d.high) {
+                    (Some(l), Some(h)) => format!("[{:+.1}, {:+.1}]", l * 100.0, h * 100.0),
+                    _ => "(one pairing)".to_string(),
+                };
+                let _ = writeln!(
+                    t,
+                    "    {}: ipv4 {}, ipv6 {}, difference {:+.1} points {interval}, {} pairings",
+                    row.strategy,
+                    row.ipv4.describe(),
+                    row.ipv6.describe(),
+                    d.difference * 100.0,
+                    d.pairings
+                );
+            }
+        }
         if !s.hard_nat.is_empty() {
             t.push_str("  by NAT-pair class (per-trial Wilson 95%):\n");
             for line in hardnat::lines(&s.hard_nat) {

@@ -12,7 +12,7 @@ use super::portmap::PortMappingSummary;
 use super::reference::{reference_figures, ReferenceFigure};
 use super::stats::{quantile_sorted, Proportion};
 use crate::handshake::Transport;
-use crate::trial::{Strategy, TrialOutcome};
+use crate::trial::{Family, Strategy, TrialOutcome};
 
 /// Trials a network, label or client version needs to be listed on its own, unless configured otherwise.
 pub const DEFAULT_MIN_GROUP_TRIALS: u64 = 10;
@@ -249,6 +249,72 @@ pub struct NetworkSummary {
     pub always_connected: u64,
 }
 
+/// The tables a family split repeats: the success rate, by NAT pair, by
+/// strategy, the handshakes and the hard-NAT rows of one set of trials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialTables {
+    pub headline: Proportion,
+    /// NAT types on the matrix axes, in order.
+    pub nat_types: Vec<String>,
+    pub nat_pairs: Vec<PairCell>,
+    pub strategies: Vec<StrategyRow>,
+    pub handshake: HandshakeSummary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_handshake: Option<NodeHandshakeSummary>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hard_nat: Vec<super::hardnat::HardNatRow>,
+}
+
+impl TrialTables {
+    /// The matrix cell for two types (either order), if any trial fell in it.
+    pub fn pair(&self, a: &str, b: &str) -> Option<&PairCell> {
+        find_pair(&self.nat_pairs, a, b)
+    }
+}
+
+fn find_pair<'a>(cells: &'a [PairCell], a: &str, b: &str) -> Option<&'a PairCell> {
+    cells
+        .iter()
+        .find(|c| (c.nat_a == a && c.nat_b == b) || (c.nat_a == b && c.nat_b == a))
+}
+
+/// One IP family's trials, in the same tables as all trials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyTables {
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    #[serde(flatten)]
+    pub tables: TrialTables,
+}
+
+/// One strategy over IPv4 and over IPv6 within the pairings that ran it in both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyStrategyComparison {
+    pub strategy: String,
+    /// Its IPv4 and its IPv6 trials over those pairings, each with its
+    /// per-trial Wilson 95% interval.
+    pub ipv4: Proportion,
+    pub ipv6: Proportion,
+    /// IPv6 minus IPv4 (A is IPv6, B is IPv4): pooled rates over those
+    /// pairings, the paired bootstrap interval (a pairing's trials of both
+    /// families drawn together) and the sign test over pairings.
+    pub difference: PairedDifference,
+}
+
+/// IPv4 beside IPv6 between the same two volunteers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyComparison {
+    /// Pairings with counted trials in both families (any strategy).
+    pub pairings_both: u64,
+    /// Pairings whose counted trials were all of one family, per family.
+    pub pairings_one_family: BTreeMap<String, u64>,
+    /// One row per strategy some pairing ran in both families; empty when
+    /// none did (then `note` says so).
+    pub strategies: Vec<FamilyStrategyComparison>,
+    /// What the rows are, or plainly why there are none.
+    pub note: String,
+}
+
 /// Every number in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -298,6 +364,147 @@ pub struct Summary {
     /// trial's plan had strategy mixes or hard-NAT strategies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hard_nat: Vec<super::hardnat::HardNatRow>,
+    /// Counted trials per IP family (`ipv4`, `ipv6`); a trial whose sides
+    /// disagree on it is in none (`input.family_disagree`). Summaries from
+    /// before families have none.
+    #[serde(default)]
+    pub family_trials: BTreeMap<String, u64>,
+    /// The tables above for each family on its own; left out unless the
+    /// trials ran in more than one family (an IPv4-only campaign's tables
+    /// above are its IPv4 tables).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub families: Vec<FamilyTables>,
+    /// IPv4 beside IPv6 within the same pairings; left out when every trial
+    /// ran over IPv4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_comparison: Option<FamilyComparison>,
+}
+
+/// The sums behind [`TrialTables`], one set for all trials and one per
+/// family, filled trial by trial by the same code so that a family's row
+/// means exactly what the pooled row means.
+#[derive(Debug, Default)]
+struct TableSums {
+    successes: u64,
+    headline: RowSums,
+    pairs: BTreeMap<(NatType, NatType), RowSums>,
+    strategies: HashMap<Strategy, RowSums>,
+    handshakes: HashMap<Transport, RowSums>,
+    node_handshakes: HashMap<Transport, RowSums>,
+    bridged: u64,
+    node_transport_unknown: u64,
+    without_handshake: u64,
+    transport_unknown: u64,
+}
+
+impl TableSums {
+    fn add(&mut self, t: &CountedTrial, at: (Option<u32>, Option<u32>)) {
+        self.successes += u64::from(t.success);
+        self.headline.add(t.pairing, at, t.success);
+        self.pairs
+            .entry(t.nat_pair())
+            .or_default()
+            .add(t.pairing, at, t.success);
+        self.strategies
+            .entry(t.strategy)
+            .or_default()
+            .add(t.pairing, at, t.success);
+        if !t.success {
+            return;
+        }
+        if let Some(ok) = t.node_handshake_success {
+            self.bridged += 1;
+            match t.node_handshake_transport {
+                Some(tr) => self
+                    .node_handshakes
+                    .entry(tr)
+                    .or_default()
+                    .add(t.pairing, at, ok),
+                None => self.node_transport_unknown += 1,
+            }
+        }
+        match (t.handshake_success, t.handshake_transport) {
+            (None, _) if t.node_handshake_success.is_some() => {}
+            (None, _) => self.without_handshake += 1,
+            (Some(_), None) => self.transport_unknown += 1,
+            (Some(ok), Some(tr)) => self
+                .handshakes
+                .entry(tr)
+                .or_default()
+                .add(t.pairing, at, ok),
+        }
+    }
+
+    /// The tables of `trials` (the ones added here). `prefix` ("" for all
+    /// trials, "ipv6 " for a family) names the rows for their seeds, so the
+    /// pooled rows keep the intervals they had before families.
+    fn tables<'a, I>(&self, trials: I, prefix: &str, boot: &BootstrapConfig) -> TrialTables
+    where
+        I: IntoIterator<Item = &'a CountedTrial>,
+        I::IntoIter: Clone,
+    {
+        let trials = trials.into_iter();
+        let mut types: Vec<NatType> = self.pairs.keys().flat_map(|(a, b)| [*a, *b]).collect();
+        types.sort();
+        types.dedup();
+        let mut strategies = Vec::new();
+        for strategy in Strategy::ALL {
+            let Some(sums) = self.strategies.get(strategy) else {
+                continue;
+            };
+            let times = sorted_times(trials.clone().filter(|t| t.strategy == *strategy));
+            let name = strategy.as_str();
+            strategies.push(StrategyRow {
+                strategy: name.to_string(),
+                proportion: sums.proportion(&format!("{prefix}strategy {name}"), boot, true),
+                median_ms: quantile_sorted(&times, 0.5),
+            });
+        }
+        let rate_of = |sums: &HashMap<Transport, RowSums>, row: &str, t: Transport| {
+            sums.get(&t).map_or_else(
+                || Proportion::new(0, 0),
+                |sums| sums.proportion(&format!("{prefix}{row} {t}"), boot, true),
+            )
+        };
+        TrialTables {
+            headline: self
+                .headline
+                .proportion(&format!("{prefix}headline"), boot, true),
+            nat_types: types.iter().map(NatType::to_string).collect(),
+            nat_pairs: self
+                .pairs
+                .iter()
+                .map(|((a, b), sums)| PairCell {
+                    nat_a: a.to_string(),
+                    nat_b: b.to_string(),
+                    proportion: sums.proportion(&format!("{prefix}nat pair {a} {b}"), boot, false),
+                })
+                .collect(),
+            strategies,
+            handshake: HandshakeSummary {
+                connected_trials: self.successes,
+                without_handshake: self.without_handshake,
+                transport_unknown: self.transport_unknown,
+                v1: rate_of(&self.handshakes, "handshake", Transport::V1),
+                v2: rate_of(&self.handshakes, "handshake", Transport::V2),
+            },
+            node_handshake: (self.bridged > 0).then(|| NodeHandshakeSummary {
+                bridged_trials: self.bridged,
+                transport_unknown: self.node_transport_unknown,
+                v1: rate_of(&self.node_handshakes, "node handshake", Transport::V1),
+                v2: rate_of(&self.node_handshakes, "node handshake", Transport::V2),
+            }),
+            hard_nat: super::hardnat::rows(trials),
+        }
+    }
+}
+
+/// The index of a family in [`Family::ALL`].
+fn family_index(family: Family) -> usize {
+    Family::ALL
+        .iter()
+        .position(|f| *f == family)
+        .expect("every family is in Family::ALL")
 }
 
 fn outcome_name(o: TrialOutcome) -> String {
@@ -363,15 +570,10 @@ impl Summary {
         let groups = RunGroups::new(agg);
 
         let mut outcomes = BTreeMap::new();
-        let mut headline = RowSums::default();
-        let mut pairs: BTreeMap<(NatType, NatType), RowSums> = BTreeMap::new();
-        let mut strategies: HashMap<Strategy, RowSums> = HashMap::new();
-        let mut hs: HashMap<Transport, RowSums> = HashMap::new();
-        let mut node_hs: HashMap<Transport, RowSums> = HashMap::new();
-        let (mut bridged, mut node_transport_unknown) = (0u64, 0u64);
+        let mut pooled = TableSums::default();
+        let mut by_family: Vec<TableSums> =
+            Family::ALL.iter().map(|_| TableSums::default()).collect();
         let mut first_attempt = RowSums::default();
-        let mut without_handshake = 0;
-        let mut transport_unknown = 0;
         let mut attempts_hist: BTreeMap<u32, u64> = BTreeMap::new();
         let mut by_network: Vec<RowSums> = vec![RowSums::default(); agg.networks.len()];
         let mut by_label: Vec<RowSums> = vec![RowSums::default(); groups.labels.len()];
@@ -380,15 +582,10 @@ impl Summary {
         for t in trials {
             let at = nodes.of(t);
             *outcomes.entry(outcome_name(t.outcome)).or_insert(0u64) += 1;
-            headline.add(t.pairing, at, t.success);
-            pairs
-                .entry(t.nat_pair())
-                .or_default()
-                .add(t.pairing, at, t.success);
-            strategies
-                .entry(t.strategy)
-                .or_default()
-                .add(t.pairing, at, t.success);
+            pooled.add(t, at);
+            if let Some(family) = t.family {
+                by_family[family_index(family)].add(t, at);
+            }
             pairings.add(t, at);
             groups.each_network(t, |g| by_network[g].add(t.pairing, at, t.success));
             groups.each_label(t, |g| by_label[g].add(t.pairing, at, t.success));
@@ -396,40 +593,55 @@ impl Summary {
             if t.success {
                 *attempts_hist.entry(t.attempts).or_default() += 1;
                 first_attempt.add(t.pairing, at, t.attempts == 1);
-                if let Some(ok) = t.node_handshake_success {
-                    bridged += 1;
-                    match t.node_handshake_transport {
-                        Some(tr) => node_hs.entry(tr).or_default().add(t.pairing, at, ok),
-                        None => node_transport_unknown += 1,
-                    }
-                }
-                match (t.handshake_success, t.handshake_transport) {
-                    (None, _) if t.node_handshake_success.is_some() => {}
-                    (None, _) => without_handshake += 1,
-                    (Some(_), None) => transport_unknown += 1,
-                    (Some(ok), Some(tr)) => hs.entry(tr).or_default().add(t.pairing, at, ok),
-                }
             }
         }
 
-        let mut types: Vec<NatType> = pairs.keys().flat_map(|(a, b)| [*a, *b]).collect();
-        types.sort();
-        types.dedup();
+        let TrialTables {
+            headline,
+            nat_types,
+            nat_pairs,
+            strategies,
+            handshake,
+            node_handshake,
+            hard_nat,
+        } = pooled.tables(trials, "", boot);
+        let family_trials: BTreeMap<String, u64> = Family::ALL
+            .iter()
+            .zip(&by_family)
+            .filter(|(_, sums)| sums.headline.n() > 0)
+            .map(|(family, sums)| (family.as_str().to_string(), sums.headline.n()))
+            .collect();
+        // One family's tables would repeat the pooled ones: split only when there are two.
+        let families = if family_trials.len() > 1 {
+            Family::ALL
+                .iter()
+                .zip(&by_family)
+                .filter(|(_, sums)| sums.headline.n() > 0)
+                .map(|(family, sums)| FamilyTables {
+                    family: family.as_str().to_string(),
+                    tables: sums.tables(
+                        trials.iter().filter(|t| t.family == Some(*family)),
+                        &format!("{family} "),
+                        boot,
+                    ),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let all_ipv4 = family_trials.keys().all(|f| f == Family::Ipv4.as_str())
+            && agg.counts.family_disagree == 0;
+        let family_comparison = (!all_ipv4).then(|| pairings.family_comparison(boot));
 
         let times = sorted_times(trials.iter());
         let mut cdf_by_strategy = BTreeMap::new();
-        let mut strategy_rows = Vec::new();
-        for strategy in Strategy::ALL {
-            let Some(sums) = strategies.get(strategy) else {
-                continue;
-            };
-            let st = sorted_times(trials.iter().filter(|t| t.strategy == *strategy));
-            cdf_by_strategy.insert(strategy.as_str().to_string(), cdf_points(&st));
-            strategy_rows.push(StrategyRow {
-                strategy: strategy.as_str().to_string(),
-                proportion: sums.proportion(&format!("strategy {}", strategy.as_str()), boot, true),
-                median_ms: quantile_sorted(&st, 0.5),
-            });
+        for row in &strategies {
+            let st = sorted_times(
+                trials
+                    .iter()
+                    .filter(|t| t.strategy.as_str() == row.strategy),
+            );
+            cdf_by_strategy.insert(row.strategy.clone(), cdf_points(&st));
         }
         let time_to_connect = TimeSummary {
             n: times.len() as u64,
@@ -449,32 +661,6 @@ impl Summary {
             histogram: attempts_hist.into_iter().collect(),
             first_attempt: first_attempt.proportion("first attempt", boot, false),
             mean: (successes > 0).then(|| attempt_sum as f64 / successes as f64),
-        };
-
-        let transport = |t: Transport| {
-            hs.get(&t).map_or_else(
-                || Proportion::new(0, 0),
-                |sums| sums.proportion(&format!("handshake {t}"), boot, true),
-            )
-        };
-        let node_transport = |t: Transport| {
-            node_hs.get(&t).map_or_else(
-                || Proportion::new(0, 0),
-                |sums| sums.proportion(&format!("node handshake {t}"), boot, true),
-            )
-        };
-        let node_handshake = (bridged > 0).then(|| NodeHandshakeSummary {
-            bridged_trials: bridged,
-            transport_unknown: node_transport_unknown,
-            v1: node_transport(Transport::V1),
-            v2: node_transport(Transport::V2),
-        });
-        let handshake = HandshakeSummary {
-            connected_trials: successes,
-            without_handshake,
-            transport_unknown,
-            v1: transport(Transport::V1),
-            v2: transport(Transport::V2),
         };
 
         let references = reference_figures()
@@ -522,7 +708,7 @@ impl Summary {
         let uncertainty = UncertaintySummary {
             resamples: boot.resamples,
             seed: boot.seed,
-            pairings: headline.pairings(),
+            pairings: pooled.headline.pairings(),
             networks: nodes.nodes,
             keyed_networks: nodes.keyed,
             runs_without_group: nodes.runs_without_group,
@@ -535,19 +721,15 @@ impl Summary {
             counting_rule: COUNTING_RULE.to_string(),
             input: agg.counts.clone(),
             skipped_lines: agg.skipped.clone(),
-            headline: headline.proportion("headline", boot, true),
+            headline,
             outcomes,
-            nat_types: types.iter().map(NatType::to_string).collect(),
-            nat_pairs: pairs
-                .iter()
-                .map(|((a, b), sums)| PairCell {
-                    nat_a: a.to_string(),
-                    nat_b: b.to_string(),
-                    proportion: sums.proportion(&format!("nat pair {a} {b}"), boot, false),
-                })
-                .collect(),
-            strategies: strategy_rows,
-            hard_nat: super::hardnat::rows(trials),
+            nat_types,
+            nat_pairs,
+            strategies,
+            hard_nat,
+            family_trials,
+            families,
+            family_comparison,
             cgnat: cgnat_rows(trials),
             handshake,
             node_handshake,
@@ -576,9 +758,20 @@ impl Summary {
 
     /// The matrix cell for two types (either order), if any trial fell in it.
     pub fn pair(&self, a: &str, b: &str) -> Option<&PairCell> {
-        self.nat_pairs
-            .iter()
-            .find(|c| (c.nat_a == a && c.nat_b == b) || (c.nat_a == b && c.nat_b == a))
+        find_pair(&self.nat_pairs, a, b)
+    }
+
+    /// The tables of all trials, pooled over families (a copy of those fields).
+    pub fn pooled_tables(&self) -> TrialTables {
+        TrialTables {
+            headline: self.headline,
+            nat_types: self.nat_types.clone(),
+            nat_pairs: self.nat_pairs.clone(),
+            strategies: self.strategies.clone(),
+            handshake: self.handshake.clone(),
+            node_handshake: self.node_handshake.clone(),
+            hard_nat: self.hard_nat.clone(),
+        }
     }
 }
 
@@ -755,18 +948,35 @@ fn network_summary(table: GroupTable) -> NetworkSummary {
     }
 }
 
-/// Per pairing: its trials and successes, overall and per strategy, and its networks.
+/// (successes, trials) per strategy, indexed like [`Strategy::ALL`].
+type StrategyCounts = [(u64, u64); Strategy::ALL.len()];
+
+/// Per pairing: its trials and successes, overall, per strategy and per
+/// family and strategy, and its networks.
 struct PairingTally {
     overall: Vec<(u64, u64)>,
-    by_strategy: Vec<[(u64, u64); Strategy::ALL.len()]>,
+    by_strategy: Vec<StrategyCounts>,
+    /// Indexed like [`Family::ALL`]; trials whose sides disagree on the family are in none.
+    by_family: Vec<[StrategyCounts; Family::ALL.len()]>,
     nodes: Vec<(Option<u32>, Option<u32>)>,
 }
+
+/// Said instead of a table when no pairing ran both families.
+pub const NO_PAIRING_IN_BOTH_FAMILIES: &str = "No pairing ran trials over both IPv4 and IPv6, \
+so there is no paired IPv4/IPv6 comparison: rates of different pairings would compare different routers and paths.";
+
+/// What the rows of the IPv4/IPv6 comparison are.
+pub const FAMILY_COMPARISON_NOTE: &str = "Per strategy, over the pairings that ran it over both \
+IPv4 and IPv6 (the same two volunteers, their routers and paths): each family's trials with Wilson 95% \
+intervals, and IPv6 minus IPv4 with a 95% bootstrap interval over pairings (a pairing's trials of both \
+families drawn together) and a sign test over the pairings.";
 
 impl PairingTally {
     fn new(pairings: usize) -> Self {
         PairingTally {
             overall: vec![(0, 0); pairings],
             by_strategy: vec![[(0, 0); Strategy::ALL.len()]; pairings],
+            by_family: vec![[[(0, 0); Strategy::ALL.len()]; Family::ALL.len()]; pairings],
             nodes: vec![(None, None); pairings],
         }
     }
@@ -778,11 +988,73 @@ impl PairingTally {
         if let Some(i) = Strategy::ALL.iter().position(|s| *s == t.strategy) {
             self.by_strategy[p][i].0 += u64::from(t.success);
             self.by_strategy[p][i].1 += 1;
+            if let Some(family) = t.family {
+                let counts = &mut self.by_family[p][family_index(family)][i];
+                counts.0 += u64::from(t.success);
+                counts.1 += 1;
+            }
         }
         // A pairing's networks: those of its trial seen from the most sides.
         let known = |n: (Option<u32>, Option<u32>)| n.0.is_some() as u8 + n.1.is_some() as u8;
         if known(nodes) > known(self.nodes[p]) {
             self.nodes[p] = nodes;
+        }
+    }
+
+    /// IPv4 beside IPv6 per strategy, within the pairings that ran the
+    /// strategy in both families (no other pairing enters a row).
+    fn family_comparison(&self, boot: &BootstrapConfig) -> FamilyComparison {
+        let (v4, v6) = (family_index(Family::Ipv4), family_index(Family::Ipv6));
+        let trials_in = |counts: &StrategyCounts| counts.iter().map(|c| c.1).sum::<u64>();
+        let mut pairings_both = 0;
+        let mut pairings_one_family: BTreeMap<String, u64> = BTreeMap::new();
+        for families in &self.by_family {
+            let ran: Vec<Family> = Family::ALL
+                .iter()
+                .zip(families)
+                .filter(|(_, counts)| trials_in(counts) > 0)
+                .map(|(family, _)| *family)
+                .collect();
+            match ran.as_slice() {
+                [] => {}
+                [one] => *pairings_one_family.entry(one.to_string()).or_default() += 1,
+                _ => pairings_both += 1,
+            }
+        }
+        let mut strategies = Vec::new();
+        for (i, strategy) in Strategy::ALL.iter().enumerate() {
+            let clusters: Vec<PairedCluster> = self
+                .by_family
+                .iter()
+                .filter(|f| f[v4][i].1 > 0 && f[v6][i].1 > 0)
+                .map(|f| PairedCluster {
+                    a: f[v6][i],
+                    b: f[v4][i],
+                })
+                .collect();
+            let row = format!("family ipv6 ipv4 {}", strategy.as_str());
+            if let Some(difference) = paired_difference(&clusters, boot, &row) {
+                strategies.push(FamilyStrategyComparison {
+                    strategy: strategy.as_str().to_string(),
+                    ipv4: Proportion::new(difference.successes_b, difference.trials_b),
+                    ipv6: Proportion::new(difference.successes_a, difference.trials_a),
+                    difference,
+                });
+            }
+        }
+        let note = match (strategies.is_empty(), pairings_both) {
+            (false, _) => FAMILY_COMPARISON_NOTE.to_string(),
+            (true, 0) => NO_PAIRING_IN_BOTH_FAMILIES.to_string(),
+            (true, both) => format!(
+                "{both} pairings ran trials over both IPv4 and IPv6, but none ran the same strategy \
+                 over both, so there is no paired IPv4/IPv6 comparison."
+            ),
+        };
+        FamilyComparison {
+            pairings_both,
+            pairings_one_family,
+            strategies,
+            note,
         }
     }
 

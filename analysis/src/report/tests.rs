@@ -18,7 +18,7 @@ use crate::result::{
     ClientInfo, CollectedResult, MaskedEndpoint, Pairing, RunMode, RunResult,
     SanitizedClassification, SanitizedObservations, SCHEMA_VERSION,
 };
-use crate::trial::{Attempt, AttemptResult, TrialOutcome, TrialRecord};
+use crate::trial::{Attempt, AttemptResult, Family, TrialOutcome, TrialRecord};
 
 fn verdict(m: Option<Mapping>, f: Option<Filtering>) -> Verdict {
     fn finding<T>(v: Option<T>) -> Finding<T> {
@@ -46,19 +46,21 @@ fn verdict(m: Option<Mapping>, f: Option<Filtering>) -> Verdict {
 
 struct T {
     n: u32,
-    id: Option<&'static str>,
+    id: Option<String>,
     outcome: TrialOutcome,
     go_ms: Option<f64>,
     attempts: usize,
     handshake: Option<(Transport, bool)>,
     /// Bridge mode: the node's transport (None: it never listed the peer) and success.
     node: Option<(Option<Transport>, bool)>,
+    family: Family,
 }
 
-fn t(n: u32, id: Option<&'static str>, outcome: TrialOutcome) -> T {
+fn t(n: u32, id: Option<&str>, outcome: TrialOutcome) -> T {
     T {
         n,
-        id,
+        id: id.map(str::to_string),
+        family: Family::Ipv4,
         outcome,
         go_ms: outcome.is_success().then_some(200.0 + f64::from(n)),
         attempts: 1,
@@ -96,10 +98,10 @@ fn run(role: Role, own: Verdict, peer: Option<Verdict>, trials: Vec<T>) -> RunRe
         .into_iter()
         .map(|x| TrialRecord {
             trial: x.n,
-            trial_id: x.id.map(str::to_string),
+            trial_id: x.id,
             timing: None,
             mapping: None,
-            family: Default::default(),
+            family: x.family,
             strategy: plan.strategy_of(x.n),
             role,
             local_port: 40000,
@@ -1104,4 +1106,293 @@ fn ipv6_classifications_are_broken_down_per_volunteer_run() {
     value.as_object_mut().unwrap().remove("ipv6");
     let older: Summary = serde_json::from_value(value).unwrap();
     assert!(older.ipv6.is_empty());
+}
+
+/// Both sides' runs of one pairing: trial `n` (id `{prefix}{n}`) in the
+/// family and with the outcome given, every trial `simultaneous`.
+fn pairing_in_families(prefix: &str, trials: &[(Family, TrialOutcome)]) -> [RunResult; 2] {
+    let side = |role: Role, own: Verdict, peer: Verdict| {
+        let records = trials
+            .iter()
+            .enumerate()
+            .map(|(n, (family, outcome))| T {
+                family: *family,
+                ..t(n as u32, Some(&format!("{prefix}{n}")), *outcome)
+            })
+            .collect();
+        let mut r = run(role, own, Some(peer), records);
+        for record in &mut r.pairings[0].trials {
+            record.strategy = crate::trial::Strategy::Simultaneous;
+        }
+        r
+    };
+    [
+        side(Role::Initiator, eim_apdf(), eim_eif()),
+        side(Role::Responder, eim_eif(), eim_apdf()),
+    ]
+}
+
+/// `n` trials in `family`, the first `connected` of them connected.
+fn trials_in(family: Family, connected: usize, n: usize) -> Vec<(Family, TrialOutcome)> {
+    (0..n)
+        .map(|i| (family, if i < connected { Connected } else { Timeout }))
+        .collect()
+}
+
+/// Trials of two families are split into per-family tables that add up to
+/// the pooled ones; a trial whose sides name different families stays in
+/// the pooled rates and in no family.
+#[test]
+fn trials_split_by_family_and_a_family_disagreement_is_in_no_family() {
+    let mut trials = trials_in(Family::Ipv4, 3, 4);
+    trials.extend(trials_in(Family::Ipv6, 1, 3));
+    let [mut alice, bob] = pairing_in_families("f", &trials);
+    // Trial 6 (IPv6, timed out) as alice saw it: over IPv4. It cannot be both.
+    alice.pairings[0].trials[6].family = Family::Ipv4;
+    let (s, counted) = summary_of(&[alice, bob]);
+    assert_eq!(s.input.trials_counted, 7);
+    assert_eq!(s.input.family_disagree, 1);
+    assert_eq!(counted[6].family, None);
+    assert_eq!((s.headline.successes, s.headline.n), (4, 7));
+    assert_eq!(
+        s.family_trials
+            .iter()
+            .map(|(f, n)| (f.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("ipv4", 4), ("ipv6", 2)]
+    );
+    let family = |name: &str| s.families.iter().find(|f| f.family == name).unwrap();
+    let (v4, v6) = (&family("ipv4").tables, &family("ipv6").tables);
+    assert_eq!((v4.headline.successes, v4.headline.n), (3, 4));
+    assert_eq!((v6.headline.successes, v6.headline.n), (1, 2));
+    // Every split table is the family's own: strategies, NAT pairs, handshakes.
+    assert_eq!(v6.strategies.len(), 1);
+    assert_eq!(
+        (
+            v6.strategies[0].proportion.successes,
+            v6.strategies[0].proportion.n
+        ),
+        (1, 2)
+    );
+    let cell = v4.pair("eim/apdf", "eim/eif").unwrap();
+    assert_eq!((cell.proportion.successes, cell.proportion.n), (3, 4));
+    assert_eq!(
+        (v4.handshake.connected_trials, v6.handshake.connected_trials),
+        (3, 1)
+    );
+    // A family's row has the per-trial Wilson interval of its own counts.
+    let (low, high) = super::stats::wilson(3, 4, super::stats::Z_95).unwrap();
+    assert_eq!((v4.headline.low, v4.headline.high), (Some(low), Some(high)));
+
+    let page = super::html::render(&s).unwrap();
+    assert!(page.contains("<th>IP family</th>"), "a family column");
+    assert!(
+        page.contains("<tr><td>IPv6 trials</td>"),
+        "a headline row per family"
+    );
+    assert!(
+        page.contains("<h3>IPv6</h3>"),
+        "a NAT-pair matrix per family"
+    );
+    assert!(
+        page.contains("name different IP families (in pooled rates only)</td><td class=num>1</td>")
+    );
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["families"][1]["family"], "ipv6");
+    assert_eq!(json["families"][1]["headline"]["n"], 2);
+    assert_eq!(json["input"]["family_disagree"], 1);
+}
+
+/// The IPv4/IPv6 comparison takes only the pairings that ran a strategy in
+/// both families: a pairing that ran IPv6 alone does not enter it.
+#[test]
+fn the_paired_family_comparison_uses_only_pairings_that_ran_both_families() {
+    let mut both = trials_in(Family::Ipv4, 4, 5);
+    both.extend(trials_in(Family::Ipv6, 1, 5));
+    let [a1, a2] = pairing_in_families("p", &both);
+    let [b1, b2] = pairing_in_families("q", &both);
+    let [c1, c2] = pairing_in_families("r", &trials_in(Family::Ipv6, 5, 5));
+    let (s, _) = summary_of(&[a1, a2, b1, b2, c1, c2]);
+    let c = s
+        .family_comparison
+        .as_ref()
+        .expect("some trials ran over IPv6");
+    assert_eq!(c.pairings_both, 2);
+    assert_eq!(c.pairings_one_family.get("ipv6"), Some(&1));
+    assert_eq!(c.strategies.len(), 1);
+    let row = &c.strategies[0];
+    assert_eq!(row.strategy, "simultaneous");
+    // Pairing r's 5/5 over IPv6 is not in the comparison: 2 of 10, not 7 of 15.
+    assert_eq!((row.ipv4.successes, row.ipv4.n), (8, 10));
+    assert_eq!((row.ipv6.successes, row.ipv6.n), (2, 10));
+    // Wilson 95%, worked by hand: 8/10 -> [0.4902, 0.9433], 2/10 -> [0.0567, 0.5098].
+    let close = |x: Option<f64>, want: f64| (x.unwrap() - want).abs() < 1e-4;
+    assert!(
+        close(row.ipv4.low, 0.4902) && close(row.ipv4.high, 0.9433),
+        "{:?}",
+        row.ipv4
+    );
+    assert!(
+        close(row.ipv6.low, 0.0567) && close(row.ipv6.high, 0.5098),
+        "{:?}",
+        row.ipv6
+    );
+    // IPv6 - IPv4 = 0.2 - 0.8; both pairings alike, so every resample says so too.
+    let d = &row.difference;
+    assert_eq!(d.pairings, 2);
+    assert!((d.difference + 0.6).abs() < 1e-12);
+    assert!(close(d.low, -0.6) && close(d.high, -0.6), "{d:?}");
+    assert_eq!((d.a_better, d.b_better, d.ties), (0, 2, 0));
+    assert_eq!(d.sign_test_p, Some(0.5));
+
+    let page = super::html::render(&s).unwrap();
+    assert!(page.contains("<section id=families>"));
+    assert!(
+        page.contains("<td class=num>-60.0</td>"),
+        "IPv6 - IPv4 in points"
+    );
+    assert!(
+        page.contains("8 of 10 (80.0%, 49.0–94.3%)"),
+        "IPv4 with its Wilson interval"
+    );
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["family_comparison"]["strategies"][0]["ipv6"]["n"], 10);
+}
+
+/// Two families but no pairing that ran both: said in plain words, no table.
+#[test]
+fn with_no_pairing_in_both_families_the_comparison_says_so() {
+    let [a1, a2] = pairing_in_families("p", &trials_in(Family::Ipv4, 2, 3));
+    let [b1, b2] = pairing_in_families("q", &trials_in(Family::Ipv6, 1, 3));
+    let (s, _) = summary_of(&[a1, a2, b1, b2]);
+    assert_eq!(s.families.len(), 2, "the tables are still split");
+    let c = s.family_comparison.as_ref().unwrap();
+    assert_eq!((c.pairings_both, c.strategies.len()), (0, 0));
+    assert_eq!(c.note, super::summary::NO_PAIRING_IN_BOTH_FAMILIES);
+    let page = super::html::render(&s).unwrap();
+    let section = &page[page.find("<section id=families>").unwrap()..];
+    let section = &section[..section.find("</section>").unwrap()];
+    assert!(section.contains(&super::html::esc(
+        super::summary::NO_PAIRING_IN_BOTH_FAMILIES
+    )));
+    assert!(!section.contains("<table"), "no empty table: {section}");
+}
+
+/// Records from before families (no `family` key) are IPv4 trials, and an
+/// IPv4-only campaign has no family split and no comparison: the page and
+/// summary.json are as before, with only the family named.
+#[test]
+fn older_records_without_a_family_count_as_ipv4() {
+    let [alice, bob] = pairing_in_families("o", &trials_in(Family::Ipv4, 2, 3));
+    let older = |r: &RunResult| {
+        let mut value = serde_json::to_value(r).unwrap();
+        for record in value["pairings"][0]["trials"].as_array_mut().unwrap() {
+            assert!(record.as_object_mut().unwrap().remove("family").is_some());
+        }
+        RunResult::from_json(&value.to_string()).expect("an older record is valid")
+    };
+    let (s, counted) = summary_of(&[older(&alice), older(&bob)]);
+    assert!(counted.iter().all(|t| t.family == Some(Family::Ipv4)));
+    assert_eq!(s.family_trials.get("ipv4"), Some(&3));
+    assert!(s.families.is_empty() && s.family_comparison.is_none());
+    let json = serde_json::to_value(&s).unwrap();
+    assert!(json.get("families").is_none() && json.get("family_comparison").is_none());
+    let page = super::html::render(&s).unwrap();
+    assert!(page.contains("IP family: every trial ran over IPv4."));
+    assert!(!page.contains("IP family</th>") && !page.contains("id=families"));
+    // A summary from before families reads as having none.
+    let mut value = json;
+    value.as_object_mut().unwrap().remove("family_trials");
+    value["input"]
+        .as_object_mut()
+        .unwrap()
+        .remove("family_disagree");
+    let before: Summary = serde_json::from_value(value).unwrap();
+    assert!(before.family_trials.is_empty());
+}
+
+/// `--compare` puts each family's rates beside the other report's: an
+/// IPv4-only report's tables are its IPv4 tables, and it has no IPv6 rate.
+#[test]
+fn compare_matches_each_familys_rates_and_an_ipv4_only_report_is_its_ipv4() {
+    let mut both = trials_in(Family::Ipv4, 4, 5);
+    both.extend(trials_in(Family::Ipv6, 1, 5));
+    let (dual, _) = summary_of(&pairing_in_families("d", &both));
+    let (v4_only, _) = summary_of(&pairing_in_families("v", &trials_in(Family::Ipv4, 2, 4)));
+    let c = super::compare::compare("A", &v4_only, "B", &dual);
+    let row = |section: &str, row: &str| {
+        c.rates
+            .iter()
+            .find(|r| r.section == section && r.row == row)
+            .unwrap_or_else(|| panic!("no row {section} / {row}"))
+    };
+    let v4 = row("ipv4 headline", "all trials");
+    assert_eq!(v4.a.map(|p| (p.successes, p.n)), Some((2, 4)));
+    assert_eq!(v4.b.map(|p| (p.successes, p.n)), Some((4, 5)));
+    let v6 = row("ipv6 strategy", "simultaneous");
+    assert_eq!(v6.a, None, "A ran nothing over IPv6");
+    assert_eq!(v6.b.map(|p| (p.successes, p.n)), Some((1, 5)));
+    assert_eq!(v6.difference, None);
+    // The pooled rows are as they were: all of B's trials.
+    let pooled = row("headline", "all trials");
+    assert_eq!(pooled.b.map(|p| (p.successes, p.n)), Some((5, 10)));
+    // Two IPv4-only reports have no family rows at all.
+    let plain = super::compare::compare("A", &v4_only, "B", &v4_only);
+    assert!(plain.rates.iter().all(|r| !r.section.starts_with("ipv")));
+}
+
+/// The terminal's headline table names each family's rows and prints the
+/// IPv4/IPv6 comparison, or says plainly that there is none.
+#[test]
+fn the_headline_table_shows_each_family_and_the_paired_comparison() {
+    let mut both = trials_in(Family::Ipv4, 4, 5);
+    both.extend(trials_in(Family::Ipv6, 1, 5));
+    let report = |runs: &[RunResult]| {
+        let mut agg = Aggregator::new();
+        for r in runs {
+            agg.add_run(r);
+        }
+        Report::new(agg.finish(), &[]).headline_table()
+    };
+    let text = report(&pairing_in_families("h", &both));
+    assert!(text.contains("ipv6 strategy simultaneous"), "{text}");
+    assert!(
+        text.contains("simultaneous: ipv4 80.0% [37.6, 96.4] (4/5), ipv6 20.0% [3.6, 62.4] (1/5), difference -60.0 points (one pairing), 1 pairings"),
+        "{text}"
+    );
+    let [a1, a2] = pairing_in_families("p", &trials_in(Family::Ipv4, 2, 3));
+    let [b1, b2] = pairing_in_families("q", &trials_in(Family::Ipv6, 1, 3));
+    let text = report(&[a1, a2, b1, b2]);
+    assert!(
+        text.contains(super::summary::NO_PAIRING_IN_BOTH_FAMILIES),
+        "{text}"
+    );
+    let plain = report(&pairing_in_families("o", &trials_in(Family::Ipv4, 2, 3)));
+    assert!(
+        !plain.contains("ipv4") && !plain.contains("ipv6"),
+        "{plain}"
+    );
+}
+
+/// The port mapping section gives the `mapped` trials of each family when
+/// the trials ran in two.
+#[test]
+fn mapped_trials_are_given_per_family_in_the_port_mapping_section() {
+    use crate::portmap::PortMappingReport;
+    let mut trials = trials_in(Family::Ipv4, 2, 2);
+    trials.extend(trials_in(Family::Ipv6, 1, 3));
+    let mut runs = pairing_in_families("m", &trials);
+    for r in &mut runs {
+        r.port_mapping = Some(PortMappingReport::default());
+        for record in &mut r.pairings[0].trials {
+            record.strategy = crate::trial::Strategy::Mapped;
+        }
+    }
+    let (s, _) = summary_of(&runs);
+    let page = super::html::render(&s).unwrap();
+    assert!(
+        page.contains("Tried: connected in 3 of 5 (60.0%, 23.1–88.2%) (IPv4 2 of 2 (100.0%, 34.2–100.0%); IPv6 1 of 3 (33.3%, 6.1–79.2%))"),
+        "{}",
+        &page[page.find("Tried:").unwrap()..][..200]
+    );
 }
