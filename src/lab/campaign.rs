@@ -35,6 +35,10 @@ pub(crate) const ECHO_V6: [&str; 4] = [
     "[2001:db8:5100::11]:3479",
 ];
 pub(crate) const COORDINATOR: &str = "198.51.100.10:7000";
+/// The coordinator's IPv6 endpoint: with dual-stack hosts it listens on
+/// `[::]:7000`, both families, and dual-stack volunteers register IPv6
+/// trials here.
+pub(crate) const COORDINATOR_V6: &str = "[2001:db8:5100::10]:7000";
 const COLLECTOR: &str = "198.51.100.10:8080";
 
 /// How to run a campaign.
@@ -176,7 +180,7 @@ fn run_servers_and_probes(
         "serve",
         "rendezvous",
         "--listen",
-        COORDINATOR,
+        if ipv6 { "[::]:7000" } else { COORDINATOR },
         "--any-reference",
         "--plan",
     ];
@@ -203,9 +207,11 @@ fn run_servers_and_probes(
     servers
         .0
         .push(spawn(options, &internet, "collector", &collector)?);
+    let coordinator_v6 = ipv6.then_some(COORDINATOR_V6);
     for endpoint in [ECHO[0], COORDINATOR, COLLECTOR]
         .into_iter()
         .chain(echo_v6.first().copied())
+        .chain(coordinator_v6)
     {
         wait_listening(&lab, endpoint.parse().expect("constant"))?;
     }
@@ -258,11 +264,14 @@ fn run_servers_and_probes(
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         // IPv6 echo literals beside the IPv4 ones: the probe classifies IPv6
         // as well, and an IPv4-only host records why it could not
-        // (`classification_v6_missing`). Pairing stays on IPv4.
+        // (`classification_v6_missing`). With the coordinator's IPv6
+        // address, a host that classified IPv6 offers IPv6 trials too
+        // (the plan's `families`).
         if ipv6 {
             for e in [ECHO_V6[0], ECHO_V6[2]] {
                 args.extend(["--echo".into(), e.to_string()]);
             }
+            args.extend(["--server".into(), COORDINATOR_V6.into()]);
         }
         args.extend([
             "--collector".into(),

@@ -521,15 +521,18 @@ impl Coordinator {
         let known = self.conns.get_mut(&conn).expect("known");
         known.verdict = hello.verdict;
         known.families = families.clone();
+        // The more families a pair shares, the more it measures: a
+        // dual-stack newcomer takes a dual-stack waiter first (IPv6 pairs
+        // are the rarer ones), else the longest waiter it shares one with.
         let conns = &self.conns;
-        let shares_a_family = |other: ConnId| {
-            conns
-                .get(&other)
-                .is_some_and(|c| c.families.iter().any(|f| families.contains(f)))
+        let shared_families = |other: ConnId| {
+            conns.get(&other).map_or(0, |c| {
+                c.families.iter().filter(|f| families.contains(f)).count()
+            })
         };
         match self
             .pools
-            .take_partner(hello.mode, &hello.pair_code, source, shares_a_family)
+            .take_partner(hello.mode, &hello.pair_code, source, shared_families)
         {
             Some((partner, partner_mode)) => {
                 // The volunteer that came first is the initiator.

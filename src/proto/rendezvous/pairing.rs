@@ -109,15 +109,15 @@ impl Pools {
         Some((site, count, *conn))
     }
 
-    /// Takes the longest-waiting compatible partner for a newcomer, if any:
-    /// same code, another source, and one that `fits` (shares an IP family
-    /// with the newcomer, say).
+    /// Takes a partner for a newcomer, if any: same code, another source,
+    /// and the best `fit` (0: cannot pair; more: better, e.g. IP families
+    /// shared with the newcomer), the longest-waiting among equals.
     pub(super) fn take_partner(
         &mut self,
         mode: Mode,
         code: &Option<String>,
         source: SourceKey,
-        fits: impl Fn(ConnId) -> bool,
+        fit: impl Fn(ConnId) -> usize,
     ) -> Option<(ConnId, Mode)> {
         let order: &[Mode] = match mode {
             Mode::Volunteer => &[Mode::Volunteer, Mode::Reference],
@@ -128,10 +128,18 @@ impl Pools {
             let Some(queue) = pool.get_mut(code) else {
                 continue;
             };
+            // Bounded: the pool holds at most the coordinator's `max_waiting`.
             let found = queue
                 .iter()
-                .find(|(_, (conn, theirs))| *theirs != source && fits(*conn))
-                .map(|(seq, (conn, _))| (*seq, *conn));
+                .filter(|(_, (_, theirs))| *theirs != source)
+                .map(|(seq, (conn, _))| (fit(*conn), *seq, *conn))
+                .filter(|(fit, _, _)| *fit > 0)
+                // The best fit; among equals the first (longest waiting).
+                .fold(None, |best: Option<(usize, u64, ConnId)>, c| match best {
+                    Some(b) if b.0 >= c.0 => Some(b),
+                    _ => Some(c),
+                })
+                .map(|(_, seq, conn)| (seq, conn));
             if let Some((seq, conn)) = found {
                 self.remove(candidate, code, seq);
                 return Some((conn, candidate));
@@ -161,11 +169,11 @@ mod tests {
         pools.insert(Mode::Volunteer, None, 1, 10, ip(2));
         pools.insert(Mode::Volunteer, None, 2, 11, ip(2));
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(2), |_| true),
+            pools.take_partner(Mode::Volunteer, &None, ip(2), |_| 1),
             None
         );
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| true),
+            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| 1),
             Some((10, Mode::Volunteer))
         );
         assert_eq!(pools.len(), 1);
@@ -179,19 +187,19 @@ mod tests {
         pools.insert(Mode::Volunteer, code.clone(), 2, 2, ip(2));
         pools.insert(Mode::Volunteer, None, 3, 3, ip(4));
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &code, ip(3), |_| true),
+            pools.take_partner(Mode::Volunteer, &code, ip(3), |_| 1),
             Some((2, Mode::Volunteer))
         );
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| true),
+            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| 1),
             Some((3, Mode::Volunteer))
         );
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| true),
+            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| 1),
             Some((1, Mode::Reference))
         );
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &code, ip(3), |_| true),
+            pools.take_partner(Mode::Volunteer, &code, ip(3), |_| 1),
             None
         );
         assert_eq!(pools.len(), 0);
@@ -232,7 +240,7 @@ mod tests {
         pools.remove(Mode::Volunteer, &Some("a".into()), 1);
         assert_eq!(pools.busiest_site(), Some((site, 2, 11)));
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &Some("b".into()), ip(3), |_| true),
+            pools.take_partner(Mode::Volunteer, &Some("b".into()), ip(3), |_| 1),
             Some((11, Mode::Volunteer))
         );
         pools.remove(Mode::Volunteer, &Some("c".into()), 3);
@@ -247,7 +255,7 @@ mod tests {
         let mut pools = Pools::default();
         pools.insert(Mode::Reference, None, 1, 1, ip(9));
         assert_eq!(
-            pools.take_partner(Mode::Reference, &None, ip(8), |_| true),
+            pools.take_partner(Mode::Reference, &None, ip(8), |_| 1),
             None
         );
         pools.remove(Mode::Reference, &None, 1);

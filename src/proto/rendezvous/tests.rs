@@ -1536,3 +1536,27 @@ fn an_ipv6_trial_takes_registrations_only_over_ipv6_and_from_one_network() {
         }]
     ));
 }
+
+#[test]
+fn a_dual_stack_newcomer_takes_a_dual_stack_waiter_before_a_longer_waiting_ipv4_one() {
+    let mut h = Harness::new(config(family_plan(2, Family::ALL)));
+    // Two waiters from one source (never paired with each other): IPv4
+    // only first, then dual-stack.
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello(None));
+    h.connect(2, "127.0.0.2:1001");
+    h.say(2, &hello_in(Family::ALL));
+    h.connect(3, "127.0.0.3:1000");
+    h.say(3, &hello_in(Family::ALL));
+    let paired = |msgs: &[ServerMessage]| {
+        msgs.iter()
+            .any(|m| matches!(m, ServerMessage::Paired { .. }))
+    };
+    assert!(paired(&h.take(2)), "the dual-stack waiter is taken");
+    assert!(paired(&h.take(3)));
+    assert!(!paired(&h.take(1)), "the IPv4-only waiter keeps waiting");
+    // An IPv4-only newcomer then pairs with the IPv4-only waiter.
+    h.connect(4, "127.0.0.4:1000");
+    h.say(4, &hello(None));
+    assert!(paired(&h.take(1)));
+}
