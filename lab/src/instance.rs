@@ -148,6 +148,9 @@ pub struct HostInfo {
     /// The host's global IPv6 address, behind a router with `ipv6`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address_v6: Option<Ipv6Addr>,
+    /// What the internet sees of it when that differs (NPTv6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_v6: Option<Ipv6Addr>,
     pub router: String,
 }
 
@@ -350,6 +353,7 @@ impl Lab {
                 address: h.address,
                 public_ip: h.public_ip,
                 address_v6: h.address_v6,
+                public_v6: h.public_v6.filter(|p| Some(*p) != h.address_v6),
                 router: self.scenario.routers[h.router].name.clone(),
             })
             .collect();
@@ -559,6 +563,17 @@ impl Lab {
                     ),
                 ],
             )?;
+            if let (Some(v6), Some(address)) = (router.ipv6, host.address_v6) {
+                // Dual stack as behind a kernel router: the same plan, the
+                // emulator's IPv6 side (`NatConfig::ipv6`) as the router.
+                netns::ip_batch(
+                    &ns,
+                    &[
+                        format!("addr add {address}/{IPV6_LAN_PREFIX_LEN} dev {HOST_DEVICE} nodad"),
+                        format!("route add ::/0 via {} dev {HOST_DEVICE} onlink", v6.gateway),
+                    ],
+                )?;
+            }
             lans.push((host.address, device));
         }
         Ok(RouterCore {

@@ -65,7 +65,9 @@ pub fn ipv6_ruleset(mode: Ipv6Mode, unsolicited: UnsolicitedAnswer) -> String {
         Ipv6Mode::Open => {
             "\t\ttype filter hook forward priority filter; policy accept;\n".to_string()
         }
-        Ipv6Mode::Firewall => {
+        // NPTv6 filters as the firewall does (kernel routers do not translate
+        // prefixes yet: the scenario refuses `nptv6` on them).
+        Ipv6Mode::Firewall | Ipv6Mode::Nptv6 => {
             let (syn_answer, udp_answer) = match unsolicited {
                 UnsolicitedAnswer::Drop => ("drop", "drop"),
                 UnsolicitedAnswer::Rst => ("reject with tcp reset", "drop"),

@@ -94,6 +94,9 @@ pub struct NatConfig {
     pub downlink: LinkShape,
     /// Seeds the random choices (ports, jitter, loss) so a run can be replayed.
     pub seed: u64,
+    /// The router's IPv6 side (`ipv6` key): a firewall, NPTv6 or open
+    /// routing for its dual-stack hosts. `None`: IPv4 only.
+    pub ipv6: Option<super::v6::Ipv6Router>,
 }
 
 impl NatConfig {
@@ -133,6 +136,7 @@ impl NatConfig {
             uplink: LinkShape::default(),
             downlink: LinkShape::default(),
             seed: 0,
+            ipv6: None,
         }
     }
 }
