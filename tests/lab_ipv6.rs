@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use punchscope::analysis::classify::Classification;
+use punchscope::analysis::classify::{Classification, Finding};
 use punchscope::lab::nat::{DropReason, NatEvent};
 use punchscope::lab::{netns, Lab};
 use support::lab::*;
@@ -880,4 +880,64 @@ fn classify_over_ipv6_is_right_behind_every_emulator_firewall_nptv6_and_an_open_
     let name = lab.name().to_string();
     drop(lab);
     assert_eq!(namespaces_of(&name), Vec::<String>::new());
+}
+
+#[test]
+fn classify_reads_a_kernel_routers_nptv6_as_nptv6_and_its_firewall_as_apdf() {
+    use punchscope::analysis::classify::Ipv6Translation;
+    use punchscope::analysis::nat::Filtering;
+    const ROUNDS: usize = 5;
+    let lab = start_lab(
+        "v6knpt",
+        r#"
+[[nat]]
+name = "knpt"
+backend = "kernel"
+ipv6 = "nptv6"
+[[host]]
+name = "h"
+nat = "knpt"
+"#,
+    );
+    let host = lab.scenario().host("h").unwrap().clone();
+    let (inside, outside) = (host.address_v6.unwrap(), host.public_v6.unwrap());
+    assert_ne!(
+        inside, outside,
+        "the LAN is numbered from the internal prefix"
+    );
+    let _echo = start_echo_dual_stack(&lab);
+    for round in 0..ROUNDS {
+        let what = format!("round {round}");
+        let c = classification_of(
+            classify_in(
+                &lab,
+                "h",
+                &["[2001:db8:5100::10]:3478", "[2001:db8:5100::11]:3478"],
+            ),
+            &what,
+        );
+        let v = &c.verdict;
+        let ipv6 = v.ipv6.unwrap_or_else(|| panic!("{what}: {v:?}"));
+        assert_eq!(
+            (ipv6.translation, ipv6.translated, ipv6.unsolicited_admitted),
+            (Some(Ipv6Translation::Nptv6), Some(true), Some(false)),
+            "{what}: {v:?}"
+        );
+        assert_eq!(
+            v.filtering,
+            Finding::Known {
+                value: Filtering::Apdf
+            },
+            "{what}: {v:?}"
+        );
+        assert!(
+            c.observations
+                .mapping
+                .iter()
+                .all(|p| p.local.ip() == IpAddr::V6(inside)
+                    && p.observed.map(|o| o.ip()) == Some(IpAddr::V6(outside))),
+            "{what}: from {inside}, seen as {outside}: {:?}",
+            c.observations.mapping
+        );
+    }
 }

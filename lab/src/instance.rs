@@ -654,6 +654,11 @@ impl Lab {
         if let Some(v6) = router.ipv6 {
             let rules = kernel::ipv6_ruleset(v6.mode, config.unsolicited);
             netns::run_with_input(&ns, "nft", &["-f", "-"], &rules)?;
+            if v6.mode == Ipv6Mode::Nptv6 {
+                let lan = Ipv6Addr::from(u128::from(v6.gateway) & !0xffff_ffff_ffff_ffffu128);
+                let rules = kernel::nptv6_ruleset(lan, v6.external_lan());
+                netns::run_with_input(&ns, "nft", &["-f", "-"], &rules)?;
+            }
         }
         if let Some(rules) = portmap::ruleset(&router.portmap, &self.scenario.servers) {
             netns::run_with_input(&ns, "nft", &["-f", "-"], &rules)?;

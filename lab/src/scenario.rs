@@ -116,21 +116,35 @@ pub const IPV6_LAN_PREFIX_LEN: u8 = 64;
 
 impl RouterIpv6 {
     /// The plan of the router at `router` (its index in [`Scenario::routers`]).
-    pub fn plan(router: usize, mode: Ipv6Mode) -> Option<RouterIpv6> {
+    ///
+    /// Under NPTv6 the emulator numbers its LAN from fd00:db8:N::/48, whose
+    /// translation carries a real RFC 6296 adjustment in the subnet word. A
+    /// kernel router numbers it from fd00:30b8:N::/48 instead, whose one's
+    /// complement sum equals 2001:db8:N::/48's (0xfd00 + 0x30b8 = 0x2001 +
+    /// 0x0db8 in one's complement): nftables' prefix NAT keeps every other
+    /// bit, which is RFC 6296 only when the adjustment is zero
+    /// ([`crate::kernel::nptv6_ruleset`]).
+    pub fn plan(router: usize, mode: Ipv6Mode, kernel: bool) -> Option<RouterIpv6> {
         let n = u16::try_from(router + 1).ok()?;
-        let lan_first = if mode == Ipv6Mode::Nptv6 {
-            0xfd00
-        } else {
-            0x2001
+        let internal = match (mode, kernel) {
+            (Ipv6Mode::Nptv6, false) => Some((0xfd00, 0x0db8)),
+            (Ipv6Mode::Nptv6, true) => Some((0xfd00, 0x30b8)),
+            _ => None,
         };
+        let (first, second) = internal.unwrap_or((0x2001, 0x0db8));
         Some(RouterIpv6 {
             mode,
             prefix: Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 0),
             wan: Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 1),
-            gateway: Ipv6Addr::new(lan_first, 0xdb8, n, 1, 0, 0, 0, 1),
-            internal_prefix: (mode == Ipv6Mode::Nptv6)
-                .then(|| Ipv6Addr::new(0xfd00, 0xdb8, n, 0, 0, 0, 0, 0)),
+            gateway: Ipv6Addr::new(first, second, n, 1, 0, 0, 0, 1),
+            internal_prefix: internal.map(|_| Ipv6Addr::new(first, second, n, 0, 0, 0, 0, 0)),
         })
+    }
+
+    /// The LAN /64 as the internet sees it (the LAN's own without NPTv6).
+    pub fn external_lan(&self) -> Ipv6Addr {
+        let lan = Ipv6Addr::from(u128::from(self.gateway) & !0xffff_ffff_ffff_ffffu128);
+        self.external(lan)
     }
 
     /// The prefix translation, under NPTv6.
@@ -765,9 +779,6 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             None => None,
             Some(mode) => {
                 let refuse = |why: &str| Err(at(mode.span(), format!("NAT `{name}`: ipv6 {why}")));
-                if kernel.is_some() && *mode.get_ref() == Ipv6Mode::Nptv6 {
-                    return refuse("= \"nptv6\" is played by emulator routers only so far: leave backend = \"kernel\" out, or use \"firewall\"");
-                }
                 let is_upstream = file
                     .nat
                     .iter()
@@ -775,12 +786,14 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
                 if upstreams[i].is_some() || is_upstream {
                     return refuse("is not built yet for NAT chains (upstream): give ipv6 only to a router straight on the internet");
                 }
-                Some(RouterIpv6::plan(i, *mode.get_ref()).ok_or_else(|| {
-                    at(
-                        mode.span(),
-                        "too many routers for the IPv6 address plan".into(),
-                    )
-                })?)
+                Some(
+                    RouterIpv6::plan(i, *mode.get_ref(), kernel.is_some()).ok_or_else(|| {
+                        at(
+                            mode.span(),
+                            "too many routers for the IPv6 address plan".into(),
+                        )
+                    })?,
+                )
             }
         };
         let mut config = config;
@@ -1222,11 +1235,6 @@ nat = "none"
 
     #[test]
     fn ipv6_where_the_lab_cannot_build_it_is_refused_naming_the_key_and_line() {
-        let e = error_of("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nipv6 = \"nptv6\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n");
-        assert!(
-            e.contains("line 4") && e.contains("nptv6") && e.contains("emulator"),
-            "{e}"
-        );
         let e = error_of("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nipv6 = \"nat66\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n");
         assert!(e.contains("line 4") && e.contains("nat66"), "{e}");
         let chained = CHAIN.replacen(
@@ -1294,6 +1302,20 @@ nat = "none"
         );
         assert_eq!(npt.npt.unwrap().inbound(public), b.address_v6);
         assert_eq!(npt.hosts.len(), 2);
+        // A kernel router numbers its NPTv6 LAN from a prefix of the same
+        // one's complement sum: nftables' prefix NAT is then RFC 6296.
+        let k = Scenario::parse("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nipv6 = \"nptv6\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n").unwrap();
+        let h = k.host("h").unwrap();
+        assert_eq!(h.address_v6, Some(v6("fd00:30b8:1:1::2")));
+        assert_eq!(h.public_v6, Some(v6("2001:db8:1:1::2")), "zero adjustment");
+        assert_eq!(
+            k.routers[0].ipv6.unwrap().external_lan(),
+            v6("2001:db8:1:1::")
+        );
+        assert_eq!(
+            s.routers[1].ipv6.unwrap().external_lan(),
+            v6("2001:db8:2:dd00::")
+        );
         // Kernel routers get no emulator IPv6 side: nftables plays it.
         let k = Scenario::parse("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nipv6 = \"firewall\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n").unwrap();
         assert!(k.routers[0].config.ipv6.is_none() && k.routers[0].ipv6.is_some());
