@@ -941,3 +941,91 @@ nat = "knpt"
         );
     }
 }
+
+/// Home routers with `ipv6` behind carrier-grade NATs of both backends:
+/// the CGN routes their IPv6 unfiltered, as ISPs do, so over IPv6 each
+/// host is seen as itself (or its NPTv6 address) and only its own router
+/// filters, while over IPv4 it is seen as the CGN.
+#[test]
+fn ipv6_crosses_a_cgn_of_either_backend_unfiltered_while_ipv4_is_translated_twice() {
+    let lab = start_lab(
+        "v6chain",
+        r#"
+[[nat]]
+name = "cgn"
+mapping = "apdm"
+allocation = "random"
+[[nat]]
+name = "home"
+upstream = "cgn"
+ipv6 = "firewall"
+[[nat]]
+name = "khome"
+upstream = "cgn"
+backend = "kernel"
+ipv6 = "firewall"
+[[nat]]
+name = "kcgn"
+backend = "kernel"
+[[nat]]
+name = "nhome"
+upstream = "kcgn"
+ipv6 = "nptv6"
+unsolicited = "rst"
+[[host]]
+name = "alice"
+nat = "home"
+[[host]]
+name = "carol"
+nat = "khome"
+[[host]]
+name = "dave"
+nat = "nhome"
+"#,
+    );
+    let _servers = EndpointReflector::start(&lab, &[SERVER_V6, SERVER_V4]);
+    for (name, cgn) in [("alice", "cgn"), ("carol", "cgn"), ("dave", "kcgn")] {
+        let host = lab.scenario().host(name).unwrap().clone();
+        let own_v6 = SocketAddr::new(IpAddr::V6(host.address_v6.unwrap()), 40000);
+        let own_v4 = SocketAddr::new(IpAddr::V4(host.address), 40001);
+        let (seen_v6, seen_v4) = lab
+            .run_in(name, || {
+                (
+                    seen_by_server(own_v6, SERVER_V6),
+                    seen_by_server(own_v4, SERVER_V4),
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            seen_v6,
+            SocketAddr::new(IpAddr::V6(host.public_v6.unwrap()), 40000),
+            "{name}: over IPv6 the CGN translates nothing"
+        );
+        let cgn_public = lab
+            .scenario()
+            .routers
+            .iter()
+            .find(|r| r.name == cgn)
+            .unwrap()
+            .config
+            .public_ip;
+        assert_eq!(
+            seen_v4.ip(),
+            IpAddr::V4(cgn_public),
+            "{name}: IPv4 leaves as the CGN"
+        );
+    }
+    // A stranger meets the home router's own firewall, not the CGN's NAT:
+    // dave's answers with a reset.
+    let dave = lab.scenario().host("dave").unwrap().clone();
+    let target = SocketAddr::new(IpAddr::V6(dave.public_v6.unwrap()), HOST_PORT);
+    let refused = lab
+        .run_in("internet", || {
+            let from: SocketAddr = "[2001:db8:5100::10]:0".parse().unwrap();
+            connect_any(from, target, UNANSWERED)
+                .map(drop)
+                .map_err(|e| e.kind())
+        })
+        .unwrap();
+    assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
+}

@@ -750,7 +750,8 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             uplink: link,
             downlink: link,
             seed: file.lab.seed.wrapping_add(i as u64),
-            ipv6: None, // set below, once the plan is known
+            ipv6: None,               // set below, once the plan is known
+            ipv6_transit: Vec::new(), // set once the routers behind are known
         };
         let is_kernel = matches!(&nat.backend, Some(b) if *b.get_ref() == Backend::Kernel);
         for (key, span) in [
@@ -783,8 +784,8 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
                     .nat
                     .iter()
                     .any(|n| n.upstream.as_ref().is_some_and(|u| u.get_ref() == &name));
-                if upstreams[i].is_some() || is_upstream {
-                    return refuse("is not built yet for NAT chains (upstream): give ipv6 only to a router straight on the internet");
+                if is_upstream {
+                    return refuse("is not built for a router others sit behind (upstream): it routes their IPv6 unfiltered by itself; give ipv6 to the routers behind it");
                 }
                 Some(
                     RouterIpv6::plan(i, *mode.get_ref(), kernel.is_some()).ok_or_else(|| {
@@ -830,6 +831,13 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
         routers[upstream].config.gateway_ip = lan_address(upstream, true, 0).expect("in range");
     }
     let is_upstream: HashSet<usize> = routers.iter().filter_map(|r| r.upstream).collect();
+    // An upstream routes the IPv6 of the routers behind it, unfiltered.
+    for i in 0..routers.len() {
+        if let (Some(upstream), Some(v6)) = (routers[i].upstream, routers[i].ipv6) {
+            let wan = routers[i].config.public_ip;
+            routers[upstream].config.ipv6_transit.push((v6.prefix, wan));
+        }
+    }
 
     let mut hosts: Vec<HostSpec> = Vec::new();
     for (i, host) in file.host.iter().enumerate() {
@@ -1237,17 +1245,28 @@ nat = "none"
     fn ipv6_where_the_lab_cannot_build_it_is_refused_naming_the_key_and_line() {
         let e = error_of("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nipv6 = \"nat66\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n");
         assert!(e.contains("line 4") && e.contains("nat66"), "{e}");
+        // Behind a CGN: the CGN routes the router's IPv6 unfiltered.
         let chained = CHAIN.replacen(
             "upstream = \"cgn\"\nbackend = \"kernel\"",
-            "upstream = \"cgn\"\nbackend = \"kernel\"\nipv6 = \"open\"",
+            "upstream = \"cgn\"\nbackend = \"kernel\"\nipv6 = \"firewall\"",
             1,
         );
-        let e = error_of(&chained);
-        assert!(e.contains("line 13") && e.contains("NAT chains"), "{e}");
+        let s = Scenario::parse(&chained).unwrap();
+        let khome = &s.routers[2];
+        let v6 = khome.ipv6.expect("ipv6 behind a CGN");
+        assert_eq!(
+            s.routers[0].config.ipv6_transit,
+            vec![(v6.prefix, khome.config.public_ip)],
+            "the CGN carries the home router's /48 to its shared WAN address"
+        );
+        assert!(s.routers[0].ipv6.is_none());
         let emulated_chain =
             CHAIN.replacen("name = \"cgn\"", "name = \"cgn\"\nipv6 = \"firewall\"", 1);
         let e = error_of(&emulated_chain);
-        assert!(e.contains("line 4") && e.contains("NAT chains"), "{e}");
+        assert!(
+            e.contains("line 4") && e.contains("others sit behind"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -224,6 +224,9 @@ impl Nat {
         if is_ipv6(packet) && self.config.ipv6.is_some() {
             return self.lan_v6(packet, now);
         }
+        if is_ipv6(packet) && !self.config.ipv6_transit.is_empty() {
+            return self.transit_v6(Direction::Outbound, packet, now);
+        }
         let summary = match packet::parse(packet) {
             Ok(summary) => summary,
             Err(malformed) => {
@@ -418,6 +421,9 @@ impl Nat {
         }
         if is_ipv6(packet) && self.config.ipv6.is_some() {
             return self.wan_v6(packet, now);
+        }
+        if is_ipv6(packet) && !self.config.ipv6_transit.is_empty() {
+            return self.transit_v6(Direction::Inbound, packet, now);
         }
         let summary = match packet::parse(packet) {
             Ok(summary) => summary,
@@ -1119,6 +1125,47 @@ impl Nat {
                 let icmp = v6::icmp_error6(packet, summary, router.wan, kind);
                 self.send_up(icmp, now);
             }
+        }
+    }
+
+    /// IPv6 of the routers behind this one, routed without filtering:
+    /// outbound from their prefixes to anywhere global, inbound to the
+    /// router whose /48 holds the destination. The hop limit is
+    /// decremented; one that runs out is dropped (this router has no IPv6
+    /// address of its own to answer from).
+    fn transit_v6(&mut self, direction: Direction, packet: &[u8], now: Instant) {
+        let summary = match v6::parse6(packet) {
+            Ok(summary) => summary,
+            Err(malformed) => return self.drop(direction, DropReason::Malformed(malformed), now),
+        };
+        let behind = |addr: std::net::Ipv6Addr| {
+            self.config
+                .ipv6_transit
+                .iter()
+                .find(|(prefix, _)| prefix.segments()[..3] == addr.segments()[..3])
+                .map(|(_, device)| *device)
+        };
+        let (from_behind, to_behind) = (behind(summary.src), behind(summary.dst));
+        let routed = is_routable(summary.dst) && is_routable(summary.src);
+        let target = match direction {
+            Direction::Outbound if routed && from_behind.is_some() && to_behind.is_none() => None,
+            Direction::Inbound if routed && to_behind.is_some() => to_behind,
+            _ => return self.drop(direction, DropReason::NotRouted, now),
+        };
+        if summary.hop_limit <= 1 {
+            let endpoint = |ip, port: Option<u16>| v6::v6(ip, port.unwrap_or(0));
+            let event = NatEvent::HopLimitExceeded {
+                direction,
+                src: endpoint(summary.src, summary.src_endpoint().map(|(_, e)| e.port())),
+                dst: endpoint(summary.dst, summary.dst_endpoint().map(|e| e.port())),
+                answered: false,
+            };
+            return self.log(now, event);
+        }
+        let out = v6::forward6(packet, &summary, None, None);
+        match target {
+            Some(device) => self.deliver(out, device, now),
+            None => self.send_up(out, now),
         }
     }
 

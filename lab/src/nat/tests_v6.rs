@@ -572,3 +572,50 @@ fn ipv6_garbage_never_panics_and_is_logged() {
         .iter()
         .all(|e| matches!(e, NatEvent::Dropped { .. })));
 }
+
+#[test]
+fn a_cgn_routes_the_ipv6_of_the_routers_behind_it_unfiltered() {
+    let home_wan = Ipv4Addr::new(100, 64, 1, 2);
+    let mut config = NatConfig::nat(Mapping::Apdm, Filtering::Apdf, Allocation::Random, PUBLIC);
+    config.ipv6_transit = vec![(addr("2001:db8:2::"), home_wan)];
+    let mut h = Harness::new(config);
+    let behind = v6(addr("2001:db8:2:1::2"), 40000);
+    // Outbound from the home router's prefix: passed on, hop limit decremented.
+    let out = h.lan(build::tcp6(behind, server1(), TcpFlags::SYN, 63, b""));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].port, Port::Wan);
+    assert_eq!(parse6(&out[0].packet).unwrap().hop_limit, 62);
+    // Inbound to it: to the home router's WAN, unfiltered (a stranger too).
+    let (lan, _) = h.tcp_in(server2(), behind, TcpFlags::SYN);
+    assert_eq!(lan.map(|t| t.port), Some(Port::Lan(home_wan)));
+    // Nothing for other prefixes, either way; no hop to spare is dropped.
+    assert_eq!(h.tcp_in(server1(), host(), TcpFlags::SYN), (None, None));
+    assert!(h
+        .lan(build::tcp6(host(), server1(), TcpFlags::SYN, 64, b""))
+        .is_empty());
+    assert!(h
+        .lan(build::tcp6(behind, server1(), TcpFlags::SYN, 1, b""))
+        .is_empty());
+    let events = h.events();
+    let not_routed = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                NatEvent::Dropped {
+                    reason: DropReason::NotRouted,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(not_routed, 2, "{events:?}");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        NatEvent::HopLimitExceeded {
+            answered: false,
+            ..
+        }
+    )));
+    assert!(h.nat.mappings().is_empty(), "IPv6 takes no IPv4 mapping");
+}
