@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
 
-use punchscope::analysis::classify::{Finding, Ipv6Verdict};
+use punchscope::analysis::classify::{Finding, Ipv6Translation, Ipv6Verdict};
 use punchscope::analysis::portmap::{GatewayAnswer, MappingProtocol, PortRole};
 use punchscope::analysis::result::{CollectedResult, RunMode};
 use punchscope::lab::Scenario;
@@ -179,6 +179,7 @@ fn a_small_campaign_runs_end_to_end_and_its_report_matches_what_the_lab_recorded
                 v6.verdict.ipv6,
                 Some(Ipv6Verdict {
                     translated: Some(false),
+                    translation: Some(Ipv6Translation::Untranslated),
                     unsolicited_admitted: Some(false),
                 }),
                 "{label}: {v6:?}"

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use punchscope::analysis::classify::Classification;
+use punchscope::analysis::classify::{Classification, Finding};
 use punchscope::lab::nat::{DropReason, NatEvent};
 use punchscope::lab::{netns, Lab};
 use support::lab::*;
@@ -217,8 +217,15 @@ name = "bob"
 nat = "fwb"
 "#,
     );
-    let alice = SocketAddr::new(IpAddr::V6(address_v6(&lab, "alice")), HOST_PORT);
-    let bob = SocketAddr::new(IpAddr::V6(address_v6(&lab, "bob")), HOST_PORT);
+    simultaneous_open_but_not_one_sided(&lab);
+}
+
+/// Between `alice` and `bob`, each behind its own IPv6 firewall (which
+/// drops strangers): a one-sided connect times out, and a simultaneous open
+/// from fixed ports connects each from its own address, untranslated.
+fn simultaneous_open_but_not_one_sided(lab: &Lab) {
+    let alice = SocketAddr::new(IpAddr::V6(address_v6(lab, "alice")), HOST_PORT);
+    let bob = SocketAddr::new(IpAddr::V6(address_v6(lab, "bob")), HOST_PORT);
     let (alice_ns, bob_ns) = (
         lab.host_netns("alice").unwrap(),
         lab.host_netns("bob").unwrap(),
@@ -297,7 +304,9 @@ fn classification_of(child: std::process::Child, what: &str) -> Classification {
 
 #[test]
 fn classify_over_ipv6_tells_a_firewall_from_an_open_router_and_leaves_ipv4_as_it_was() {
-    use punchscope::analysis::classify::{AllocationPattern, Finding, Ipv6Verdict};
+    use punchscope::analysis::classify::{
+        AllocationPattern, Finding, Ipv6Translation, Ipv6Verdict,
+    };
     use punchscope::analysis::nat::{Filtering, Mapping};
     const ROUNDS: usize = 5;
     let lab = start_lab(
@@ -353,6 +362,7 @@ nat = "open"
                 v.ipv6,
                 Some(Ipv6Verdict {
                     translated: Some(false),
+                    translation: Some(Ipv6Translation::Untranslated),
                     unsolicited_admitted: Some(open),
                 }),
                 "{what} IPv6: {v:?}"
@@ -488,7 +498,7 @@ fn dual_stack_probe_without_peer(
 /// the other), so each run ends with "no peer" after a short wait.
 #[test]
 fn a_dual_stack_probe_keeps_both_classifications_in_its_result() {
-    use punchscope::analysis::classify::{Finding, Ipv6Verdict};
+    use punchscope::analysis::classify::{Finding, Ipv6Translation, Ipv6Verdict};
     use punchscope::analysis::nat::{Filtering, Mapping};
     let lab = start_lab(
         "v6probe",
@@ -566,6 +576,7 @@ nat = "v4only"
         v6.verdict.ipv6,
         Some(Ipv6Verdict {
             translated: Some(false),
+            translation: Some(Ipv6Translation::Untranslated),
             unsolicited_admitted: Some(false),
         }),
         "{v6:?}"
@@ -602,4 +613,419 @@ nat = "fw"
     );
     drop(lab);
     assert_eq!(namespaces_of(&name), Vec::<String>::new());
+}
+
+#[test]
+fn two_hosts_behind_emulator_apdf_firewalls_connect_by_simultaneous_open_but_not_one_sided() {
+    let lab = start_lab(
+        "v6epair",
+        r#"
+[[nat]]
+name = "fwa"
+ipv6 = "firewall"
+filtering = "apdf"
+delay_ms = 10
+[[nat]]
+name = "fwb"
+ipv6 = "firewall"
+filtering = "apdf"
+delay_ms = 10
+[[host]]
+name = "alice"
+nat = "fwa"
+[[host]]
+name = "bob"
+nat = "fwb"
+"#,
+    );
+    simultaneous_open_but_not_one_sided(&lab);
+    // The emulator's own log says why the one-sided SYN failed.
+    let refused = lab
+        .events()
+        .into_iter()
+        .filter(|e| e.router == "fwb" && matches!(e.event, NatEvent::Refused6 { .. }))
+        .count();
+    assert!(refused >= 1, "bob's firewall logged the stranger's SYN");
+}
+
+/// Every IPv6 firewall kind the emulator plays (unsolicited answer x
+/// filtering), NPTv6 and an open router, one host each, in one lab.
+const EMULATOR_V6: &str = r#"
+[[nat]]
+name = "drop_eif"
+ipv6 = "firewall"
+filtering = "eif"
+[[nat]]
+name = "drop_adf"
+ipv6 = "firewall"
+filtering = "adf"
+[[nat]]
+name = "drop_apdf"
+ipv6 = "firewall"
+filtering = "apdf"
+[[nat]]
+name = "rst_eif"
+ipv6 = "firewall"
+filtering = "eif"
+unsolicited = "rst"
+[[nat]]
+name = "rst_adf"
+ipv6 = "firewall"
+filtering = "adf"
+unsolicited = "rst"
+[[nat]]
+name = "rst_apdf"
+ipv6 = "firewall"
+filtering = "apdf"
+unsolicited = "rst"
+[[nat]]
+name = "icmp_eif"
+ipv6 = "firewall"
+filtering = "eif"
+unsolicited = "icmp"
+[[nat]]
+name = "icmp_adf"
+ipv6 = "firewall"
+filtering = "adf"
+unsolicited = "icmp"
+[[nat]]
+name = "icmp_apdf"
+ipv6 = "firewall"
+filtering = "apdf"
+unsolicited = "icmp"
+[[nat]]
+name = "npt"
+ipv6 = "nptv6"
+[[nat]]
+name = "open"
+ipv6 = "open"
+[[host]]
+name = "h_drop_eif"
+nat = "drop_eif"
+[[host]]
+name = "h_drop_adf"
+nat = "drop_adf"
+[[host]]
+name = "h_drop_apdf"
+nat = "drop_apdf"
+[[host]]
+name = "h_rst_eif"
+nat = "rst_eif"
+[[host]]
+name = "h_rst_adf"
+nat = "rst_adf"
+[[host]]
+name = "h_rst_apdf"
+nat = "rst_apdf"
+[[host]]
+name = "h_icmp_eif"
+nat = "icmp_eif"
+[[host]]
+name = "h_icmp_adf"
+nat = "icmp_adf"
+[[host]]
+name = "h_icmp_apdf"
+nat = "icmp_apdf"
+[[host]]
+name = "h_npt"
+nat = "npt"
+[[host]]
+name = "h_open"
+nat = "open"
+"#;
+
+#[test]
+fn classify_over_ipv6_is_right_behind_every_emulator_firewall_nptv6_and_an_open_router() {
+    use punchscope::analysis::classify::{DialKind, DialOutcome, Finding, Ipv6Translation};
+    use punchscope::analysis::nat::{Filtering, UnsolicitedAnswer};
+    const ROUNDS: usize = 5;
+    let lab = start_lab("v6ecls", EMULATOR_V6);
+    let _echo = start_echo_dual_stack(&lab);
+    let v6_servers = ["[2001:db8:5100::10]:3478", "[2001:db8:5100::11]:3478"];
+    // (host, its router's filtering as classify should find it, what a
+    // refused dial-back meets, whether unsolicited IPv6 gets in)
+    let mut hosts = Vec::new();
+    for answer in [
+        UnsolicitedAnswer::Drop,
+        UnsolicitedAnswer::Rst,
+        UnsolicitedAnswer::Icmp,
+    ] {
+        for filtering in [Filtering::Eif, Filtering::Adf, Filtering::Apdf] {
+            let host = format!("h_{answer}_{filtering}");
+            hosts.push((host, filtering, Some(answer), filtering == Filtering::Eif));
+        }
+    }
+    hosts.push((
+        "h_npt".into(),
+        Filtering::Apdf,
+        Some(UnsolicitedAnswer::Drop),
+        false,
+    ));
+    hosts.push(("h_open".into(), Filtering::Eif, None, true));
+    let mut checked = 0;
+    for round in 0..ROUNDS {
+        // Every host at once: the lab's routers share one thread, as always.
+        let runs: Vec<_> = hosts
+            .iter()
+            .map(|(host, ..)| classify_in(&lab, host, &v6_servers))
+            .collect();
+        for ((host, filtering, answer, admitted), run) in hosts.iter().zip(runs) {
+            let what = format!("round {round} {host}");
+            let c = classification_of(run, &what);
+            let v = &c.verdict;
+            let npt = host == "h_npt";
+            let ipv6 = v
+                .ipv6
+                .unwrap_or_else(|| panic!("{what}: an IPv6 reading: {v:?}"));
+            let expected_kind = if npt {
+                Ipv6Translation::Nptv6
+            } else {
+                Ipv6Translation::Untranslated
+            };
+            assert_eq!(ipv6.translation, Some(expected_kind), "{what}: {v:?}");
+            assert_eq!(ipv6.translated, Some(npt), "{what}: {v:?}");
+            // ICMPv6 administratively prohibited fails the echo server's
+            // dial-back with EACCES, which it reports as `error` (its own
+            // failure, src/server/echo.rs): the refused dial-backs are then
+            // unmeasured, never read as a wrong behaviour.
+            let unmeasured = *answer == Some(UnsolicitedAnswer::Icmp) && !admitted;
+            if unmeasured {
+                assert_eq!(ipv6.unsolicited_admitted, None, "{what}: {v:?}");
+                match &v.filtering {
+                    Finding::Known { value } => panic!("{what}: read as {value:?}: {v:?}"),
+                    Finding::Ambiguous { candidates, .. } => {
+                        assert!(candidates.contains(filtering), "{what}: {v:?}")
+                    }
+                    Finding::Unknown { .. } => {}
+                }
+            } else {
+                assert_eq!(ipv6.unsolicited_admitted, Some(*admitted), "{what}: {v:?}");
+                assert_eq!(
+                    v.filtering,
+                    Finding::Known { value: *filtering },
+                    "{what}: {v:?}"
+                );
+            }
+            assert_eq!(v.no_nat, !npt, "{what}: {v:?}");
+            let seen = lab.scenario().host(host).unwrap().public_v6.unwrap();
+            assert!(
+                c.observations
+                    .mapping
+                    .iter()
+                    .all(|p| p.observed.map(|o| o.ip()) == Some(IpAddr::V6(seen))),
+                "{what}: every probe seen from the host's public address {seen}: {:?}",
+                c.observations.mapping
+            );
+            if npt {
+                assert!(
+                    v.summary().starts_with("IPv6: prefix translation (NPTv6"),
+                    "{what}: {}",
+                    v.summary()
+                );
+            }
+            // The refused dial-back meets the router's unsolicited answer.
+            // ICMPv6 administratively prohibited is EACCES, which the echo
+            // server reports as `error` (it names only ECONNREFUSED and
+            // unreachable errors).
+            if !admitted {
+                let dial = c
+                    .observations
+                    .filtering
+                    .as_ref()
+                    .and_then(|f| f.dials.iter().find(|d| d.kind == DialKind::OtherIp))
+                    .unwrap_or_else(|| panic!("{what}: an other-IP dial-back: {c:?}"));
+                assert!(!dial.received, "{what}");
+                let outcome = dial.server_outcome;
+                let fits = match answer {
+                    Some(UnsolicitedAnswer::Rst) => outcome == Some(DialOutcome::Refused),
+                    Some(UnsolicitedAnswer::Icmp) => outcome == Some(DialOutcome::Error),
+                    _ => matches!(outcome, None | Some(DialOutcome::Timeout)),
+                };
+                assert!(fits, "{what}: {answer:?} answered as {outcome:?}");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, ROUNDS * hosts.len(), "every run was checked");
+
+    // Strangers meet each answer, and get in through the open router.
+    assert_eq!(
+        knock_from_internet(&lab, "h_drop_apdf"),
+        Err(ErrorKind::TimedOut)
+    );
+    assert_eq!(
+        knock_from_internet(&lab, "h_rst_adf"),
+        Err(ErrorKind::ConnectionRefused)
+    );
+    assert_eq!(
+        knock_from_internet(&lab, "h_icmp_eif"),
+        Err(ErrorKind::PermissionDenied),
+        "ICMPv6 administratively prohibited"
+    );
+    assert_eq!(knock_from_internet(&lab, "h_open"), Ok(()));
+    let malformed: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                NatEvent::Dropped {
+                    reason: DropReason::Malformed(_),
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert!(malformed.is_empty(), "{malformed:?}");
+    let name = lab.name().to_string();
+    drop(lab);
+    assert_eq!(namespaces_of(&name), Vec::<String>::new());
+}
+
+#[test]
+fn classify_reads_a_kernel_routers_nptv6_as_nptv6_and_its_firewall_as_apdf() {
+    use punchscope::analysis::classify::Ipv6Translation;
+    use punchscope::analysis::nat::Filtering;
+    const ROUNDS: usize = 5;
+    let lab = start_lab(
+        "v6knpt",
+        r#"
+[[nat]]
+name = "knpt"
+backend = "kernel"
+ipv6 = "nptv6"
+[[host]]
+name = "h"
+nat = "knpt"
+"#,
+    );
+    let host = lab.scenario().host("h").unwrap().clone();
+    let (inside, outside) = (host.address_v6.unwrap(), host.public_v6.unwrap());
+    assert_ne!(
+        inside, outside,
+        "the LAN is numbered from the internal prefix"
+    );
+    let _echo = start_echo_dual_stack(&lab);
+    for round in 0..ROUNDS {
+        let what = format!("round {round}");
+        let c = classification_of(
+            classify_in(
+                &lab,
+                "h",
+                &["[2001:db8:5100::10]:3478", "[2001:db8:5100::11]:3478"],
+            ),
+            &what,
+        );
+        let v = &c.verdict;
+        let ipv6 = v.ipv6.unwrap_or_else(|| panic!("{what}: {v:?}"));
+        assert_eq!(
+            (ipv6.translation, ipv6.translated, ipv6.unsolicited_admitted),
+            (Some(Ipv6Translation::Nptv6), Some(true), Some(false)),
+            "{what}: {v:?}"
+        );
+        assert_eq!(
+            v.filtering,
+            Finding::Known {
+                value: Filtering::Apdf
+            },
+            "{what}: {v:?}"
+        );
+        assert!(
+            c.observations
+                .mapping
+                .iter()
+                .all(|p| p.local.ip() == IpAddr::V6(inside)
+                    && p.observed.map(|o| o.ip()) == Some(IpAddr::V6(outside))),
+            "{what}: from {inside}, seen as {outside}: {:?}",
+            c.observations.mapping
+        );
+    }
+}
+
+/// Home routers with `ipv6` behind carrier-grade NATs of both backends:
+/// the CGN routes their IPv6 unfiltered, as ISPs do, so over IPv6 each
+/// host is seen as itself (or its NPTv6 address) and only its own router
+/// filters, while over IPv4 it is seen as the CGN.
+#[test]
+fn ipv6_crosses_a_cgn_of_either_backend_unfiltered_while_ipv4_is_translated_twice() {
+    let lab = start_lab(
+        "v6chain",
+        r#"
+[[nat]]
+name = "cgn"
+mapping = "apdm"
+allocation = "random"
+[[nat]]
+name = "home"
+upstream = "cgn"
+ipv6 = "firewall"
+[[nat]]
+name = "khome"
+upstream = "cgn"
+backend = "kernel"
+ipv6 = "firewall"
+[[nat]]
+name = "kcgn"
+backend = "kernel"
+[[nat]]
+name = "nhome"
+upstream = "kcgn"
+ipv6 = "nptv6"
+unsolicited = "rst"
+[[host]]
+name = "alice"
+nat = "home"
+[[host]]
+name = "carol"
+nat = "khome"
+[[host]]
+name = "dave"
+nat = "nhome"
+"#,
+    );
+    let _servers = EndpointReflector::start(&lab, &[SERVER_V6, SERVER_V4]);
+    for (name, cgn) in [("alice", "cgn"), ("carol", "cgn"), ("dave", "kcgn")] {
+        let host = lab.scenario().host(name).unwrap().clone();
+        let own_v6 = SocketAddr::new(IpAddr::V6(host.address_v6.unwrap()), 40000);
+        let own_v4 = SocketAddr::new(IpAddr::V4(host.address), 40001);
+        let (seen_v6, seen_v4) = lab
+            .run_in(name, || {
+                (
+                    seen_by_server(own_v6, SERVER_V6),
+                    seen_by_server(own_v4, SERVER_V4),
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            seen_v6,
+            SocketAddr::new(IpAddr::V6(host.public_v6.unwrap()), 40000),
+            "{name}: over IPv6 the CGN translates nothing"
+        );
+        let cgn_public = lab
+            .scenario()
+            .routers
+            .iter()
+            .find(|r| r.name == cgn)
+            .unwrap()
+            .config
+            .public_ip;
+        assert_eq!(
+            seen_v4.ip(),
+            IpAddr::V4(cgn_public),
+            "{name}: IPv4 leaves as the CGN"
+        );
+    }
+    // A stranger meets the home router's own firewall, not the CGN's NAT:
+    // dave's answers with a reset.
+    let dave = lab.scenario().host("dave").unwrap().clone();
+    let target = SocketAddr::new(IpAddr::V6(dave.public_v6.unwrap()), HOST_PORT);
+    let refused = lab
+        .run_in("internet", || {
+            let from: SocketAddr = "[2001:db8:5100::10]:0".parse().unwrap();
+            connect_any(from, target, UNANSWERED)
+                .map(drop)
+                .map_err(|e| e.kind())
+        })
+        .unwrap();
+    assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
 }

@@ -148,6 +148,9 @@ pub struct HostInfo {
     /// The host's global IPv6 address, behind a router with `ipv6`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address_v6: Option<Ipv6Addr>,
+    /// What the internet sees of it when that differs (NPTv6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_v6: Option<Ipv6Addr>,
     pub router: String,
 }
 
@@ -350,6 +353,7 @@ impl Lab {
                 address: h.address,
                 public_ip: h.public_ip,
                 address_v6: h.address_v6,
+                public_v6: h.public_v6.filter(|p| Some(*p) != h.address_v6),
                 router: self.scenario.routers[h.router].name.clone(),
             })
             .collect();
@@ -456,7 +460,8 @@ impl Lab {
             }
             let wan_device = format!("wan{index}");
             let wan = Tun::create_in(&internet, &wan_device)?;
-            if has_ipv6 && router.ipv6.is_none() {
+            let carries_v6 = router.ipv6.is_some() || !router.config.ipv6_transit.is_empty();
+            if has_ipv6 && !carries_v6 {
                 // The internet namespace's own IPv6 chatter (MLD reports on a
                 // new device) must not reach a router that reads IPv4 only.
                 let key = format!("ipv6/conf/{wan_device}/disable_ipv6");
@@ -474,10 +479,15 @@ impl Lab {
                     router.config.public_ip
                 ));
             }
-            if let Some(v6) = router.ipv6 {
+            // Its own prefix, and those of the routers behind it, which it routes.
+            let prefixes = router
+                .ipv6
+                .map(|v6| v6.prefix)
+                .into_iter()
+                .chain(router.config.ipv6_transit.iter().map(|(prefix, _)| *prefix));
+            for prefix in prefixes {
                 internet_config.push(format!(
-                    "route add {}/{IPV6_ROUTED_PREFIX_LEN} dev {wan_device}",
-                    v6.prefix
+                    "route add {prefix}/{IPV6_ROUTED_PREFIX_LEN} dev {wan_device}"
                 ));
             }
             // Only an emulator CGN carries its routers' cores in its own task;
@@ -514,16 +524,21 @@ impl Lab {
         let device = kernel::downstream_link(index);
         let wan = Tun::create_in(&cgn, &device)?;
         let shared = core.nat.config().public_ip;
-        netns::ip_batch(
-            &cgn,
-            &[
-                format!("link set {device} up"),
-                format!(
-                    "route add {shared}/32 dev {device} src {}",
-                    upstream.config.gateway_ip
-                ),
-            ],
-        )?;
+        let mut commands = vec![
+            format!("link set {device} up"),
+            format!(
+                "route add {shared}/32 dev {device} src {}",
+                upstream.config.gateway_ip
+            ),
+        ];
+        if let Some(v6) = self.scenario.routers[index].ipv6 {
+            // The CGN routes the router's IPv6 to it, unfiltered.
+            commands.push(format!(
+                "route add {}/{IPV6_ROUTED_PREFIX_LEN} dev {device}",
+                v6.prefix
+            ));
+        }
+        netns::ip_batch(&cgn, &commands)?;
         Ok(RouterIo {
             outer: core,
             wan,
@@ -559,6 +574,17 @@ impl Lab {
                     ),
                 ],
             )?;
+            if let (Some(v6), Some(address)) = (router.ipv6, host.address_v6) {
+                // Dual stack as behind a kernel router: the same plan, the
+                // emulator's IPv6 side (`NatConfig::ipv6`) as the router.
+                netns::ip_batch(
+                    &ns,
+                    &[
+                        format!("addr add {address}/{IPV6_LAN_PREFIX_LEN} dev {HOST_DEVICE} nodad"),
+                        format!("route add ::/0 via {} dev {HOST_DEVICE} onlink", v6.gateway),
+                    ],
+                )?;
+            }
             lans.push((host.address, device));
         }
         Ok(RouterCore {
@@ -583,8 +609,10 @@ impl Lab {
         let sysctls = KernelNat::sysctls(config);
         let sysctls: Vec<(&str, &str)> = sysctls.iter().map(|(k, v)| (*k, v.as_str())).collect();
         netns::set_sysctls(&ns, &sysctls)?;
-        if router.ipv6.is_some() {
-            // Before any device exists, so that every device inherits it.
+        let transit_v6 = !config.ipv6_transit.is_empty();
+        if router.ipv6.is_some() || transit_v6 {
+            // Before any device exists, so that every device inherits it
+            // (the links to the routers behind it included).
             netns::set_sysctls(&ns, &ipv6_sysctls(true))?;
         }
         let router_wan = Tun::create_in(&ns, kernel::WAN_DEVICE)?;
@@ -606,6 +634,10 @@ impl Lab {
         commands.push(format!("addr add {}/32 dev {wan_device}", config.public_ip));
         commands.push(format!("link set {wan_device} up"));
         commands.push(format!("route add default dev {wan_device}"));
+        if router.ipv6.is_none() && transit_v6 {
+            // Only carrying the IPv6 of the routers behind it: no address of its own.
+            commands.push(format!("route add ::/0 dev {wan_device}"));
+        }
         if let Some(v6) = router.ipv6 {
             // `nodad`: usable at once, with no duplicate address detection
             // delay; nothing else in the lab holds these addresses.
@@ -639,6 +671,11 @@ impl Lab {
         if let Some(v6) = router.ipv6 {
             let rules = kernel::ipv6_ruleset(v6.mode, config.unsolicited);
             netns::run_with_input(&ns, "nft", &["-f", "-"], &rules)?;
+            if v6.mode == Ipv6Mode::Nptv6 {
+                let lan = Ipv6Addr::from(u128::from(v6.gateway) & !0xffff_ffff_ffff_ffffu128);
+                let rules = kernel::nptv6_ruleset(lan, v6.external_lan());
+                netns::run_with_input(&ns, "nft", &["-f", "-"], &rules)?;
+            }
         }
         if let Some(rules) = portmap::ruleset(&router.portmap, &self.scenario.servers) {
             netns::run_with_input(&ns, "nft", &["-f", "-"], &rules)?;

@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use super::kernel::portmap::{ClosedAnswer, PortmapSpec};
 use super::kernel::KernelNat;
-use super::nat::{LinkShape, NatConfig, Timeouts, Translation};
+use super::nat::{Ipv6Router, LinkShape, NatConfig, Npt, Timeouts, Translation};
 
 /// The default server addresses in the internet namespace.
 pub const DEFAULT_SERVERS: [Ipv4Addr; 2] = [
@@ -86,31 +86,15 @@ pub struct RouterSpec {
     pub ipv6: Option<RouterIpv6>,
 }
 
-/// What a router does with IPv6 (`ipv6` key). There is no IPv6 translation:
-/// hosts keep their global addresses; the router only filters, or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Ipv6Mode {
-    /// A stateful firewall (RFC 6092): outbound traffic opens a pinhole for
-    /// its replies; unsolicited inbound gets the router's `unsolicited` answer.
-    Firewall,
-    /// Routes IPv6 without filtering: every host is reachable.
-    Open,
-}
-
-impl std::fmt::Display for Ipv6Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Ipv6Mode::Firewall => "firewall",
-            Ipv6Mode::Open => "open",
-        })
-    }
-}
+pub use super::nat::Ipv6Mode;
 
 /// A router's IPv6 side: what it filters and its address plan, all in
 /// 2001:db8::/32. Router N (its index in [`Scenario::routers`] plus one)
 /// holds 2001:db8:N::/48, which the internet namespace routes to its WAN;
-/// its LAN is the /64 2001:db8:N:1::/64.
+/// its LAN is the /64 2001:db8:N:1::/64. Under NPTv6 the LAN is numbered
+/// from the internal prefix fd00:db8:N::/48 instead (a unique local
+/// prefix, RFC 4193, that exists only inside the lab), translated to the
+/// routed /48 by RFC 6296.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouterIpv6 {
     pub mode: Ipv6Mode,
@@ -118,8 +102,11 @@ pub struct RouterIpv6 {
     pub prefix: Ipv6Addr,
     /// The router's WAN address (2001:db8:N::1): the source of what the router itself sends.
     pub wan: Ipv6Addr,
-    /// The router's LAN address (2001:db8:N:1::1), its hosts' default gateway.
+    /// The router's LAN address (2001:db8:N:1::1, or fd00:db8:N:1::1 under
+    /// NPTv6), its hosts' default gateway.
     pub gateway: Ipv6Addr,
+    /// Under NPTv6, the internal /48 the LAN is numbered from (fd00:db8:N::).
+    pub internal_prefix: Option<Ipv6Addr>,
 }
 
 /// The length of a router's routed IPv6 prefix.
@@ -129,14 +116,61 @@ pub const IPV6_LAN_PREFIX_LEN: u8 = 64;
 
 impl RouterIpv6 {
     /// The plan of the router at `router` (its index in [`Scenario::routers`]).
-    pub fn plan(router: usize, mode: Ipv6Mode) -> Option<RouterIpv6> {
+    ///
+    /// Under NPTv6 the emulator numbers its LAN from fd00:db8:N::/48, whose
+    /// translation carries a real RFC 6296 adjustment in the subnet word. A
+    /// kernel router numbers it from fd00:30b8:N::/48 instead, whose one's
+    /// complement sum equals 2001:db8:N::/48's (0xfd00 + 0x30b8 = 0x2001 +
+    /// 0x0db8 in one's complement): nftables' prefix NAT keeps every other
+    /// bit, which is RFC 6296 only when the adjustment is zero
+    /// ([`crate::kernel::nptv6_ruleset`]).
+    pub fn plan(router: usize, mode: Ipv6Mode, kernel: bool) -> Option<RouterIpv6> {
         let n = u16::try_from(router + 1).ok()?;
+        let internal = match (mode, kernel) {
+            (Ipv6Mode::Nptv6, false) => Some((0xfd00, 0x0db8)),
+            (Ipv6Mode::Nptv6, true) => Some((0xfd00, 0x30b8)),
+            _ => None,
+        };
+        let (first, second) = internal.unwrap_or((0x2001, 0x0db8));
         Some(RouterIpv6 {
             mode,
             prefix: Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 0),
             wan: Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 1),
-            gateway: Ipv6Addr::new(0x2001, 0xdb8, n, 1, 0, 0, 0, 1),
+            gateway: Ipv6Addr::new(first, second, n, 1, 0, 0, 0, 1),
+            internal_prefix: internal.map(|_| Ipv6Addr::new(first, second, n, 0, 0, 0, 0, 0)),
         })
+    }
+
+    /// The LAN /64 as the internet sees it (the LAN's own without NPTv6).
+    pub fn external_lan(&self) -> Ipv6Addr {
+        let lan = Ipv6Addr::from(u128::from(self.gateway) & !0xffff_ffff_ffff_ffffu128);
+        self.external(lan)
+    }
+
+    /// The prefix translation, under NPTv6.
+    pub fn npt(&self) -> Option<Npt> {
+        self.internal_prefix
+            .map(|internal| Npt::new(internal, self.prefix))
+    }
+
+    /// The address the internet sees for a LAN address (itself unless NPTv6).
+    pub fn external(&self, address: Ipv6Addr) -> Ipv6Addr {
+        self.npt()
+            .and_then(|npt| npt.outbound(address))
+            .unwrap_or(address)
+    }
+
+    /// The emulator's IPv6 side for this plan, with no host yet.
+    pub fn emulated(&self, filtering: Filtering) -> Ipv6Router {
+        Ipv6Router {
+            mode: self.mode,
+            filtering,
+            lan_prefix: self.gateway,
+            gateway: self.gateway,
+            wan: self.wan,
+            npt: self.npt(),
+            hosts: Vec::new(),
+        }
     }
 
     /// The address of the `index`-th host on the LAN (1 is the first host:
@@ -188,9 +222,13 @@ pub struct HostSpec {
     pub prefix_len: u8,
     /// The public address the internet sees for this host.
     pub public_ip: Ipv4Addr,
-    /// The host's global IPv6 address (in its router's LAN /64), when its
-    /// router has `ipv6`: the internet sees this very address.
+    /// The host's IPv6 address on its own device (in its router's LAN /64),
+    /// when its router has `ipv6`: the internet sees this very address,
+    /// except under NPTv6 (see [`HostSpec::public_v6`]).
     pub address_v6: Option<Ipv6Addr>,
+    /// The IPv6 address the internet sees for the host: `address_v6`, or its
+    /// NPTv6 translation.
+    pub public_v6: Option<Ipv6Addr>,
     /// What `lab run` starts in this host.
     pub role: HostRole,
 }
@@ -712,6 +750,8 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             uplink: link,
             downlink: link,
             seed: file.lab.seed.wrapping_add(i as u64),
+            ipv6: None,               // set below, once the plan is known
+            ipv6_transit: Vec::new(), // set once the routers behind are known
         };
         let is_kernel = matches!(&nat.backend, Some(b) if *b.get_ref() == Backend::Kernel);
         for (key, span) in [
@@ -740,24 +780,27 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             None => None,
             Some(mode) => {
                 let refuse = |why: &str| Err(at(mode.span(), format!("NAT `{name}`: ipv6 {why}")));
-                if kernel.is_none() {
-                    return refuse("is played by kernel routers only so far (the emulator translates IPv4 only): add backend = \"kernel\" or leave ipv6 out");
-                }
                 let is_upstream = file
                     .nat
                     .iter()
                     .any(|n| n.upstream.as_ref().is_some_and(|u| u.get_ref() == &name));
-                if upstreams[i].is_some() || is_upstream {
-                    return refuse("is not built yet for NAT chains (upstream): give ipv6 only to a router straight on the internet");
+                if is_upstream {
+                    return refuse("is not built for a router others sit behind (upstream): it routes their IPv6 unfiltered by itself; give ipv6 to the routers behind it");
                 }
-                Some(RouterIpv6::plan(i, *mode.get_ref()).ok_or_else(|| {
-                    at(
-                        mode.span(),
-                        "too many routers for the IPv6 address plan".into(),
-                    )
-                })?)
+                Some(
+                    RouterIpv6::plan(i, *mode.get_ref(), kernel.is_some()).ok_or_else(|| {
+                        at(
+                            mode.span(),
+                            "too many routers for the IPv6 address plan".into(),
+                        )
+                    })?,
+                )
             }
         };
+        let mut config = config;
+        if kernel.is_none() {
+            config.ipv6 = ipv6.map(|plan| plan.emulated(nat.filtering));
+        }
         router_by_name.insert(name.clone(), routers.len());
         routers.push(RouterSpec {
             name,
@@ -788,6 +831,13 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
         routers[upstream].config.gateway_ip = lan_address(upstream, true, 0).expect("in range");
     }
     let is_upstream: HashSet<usize> = routers.iter().filter_map(|r| r.upstream).collect();
+    // An upstream routes the IPv6 of the routers behind it, unfiltered.
+    for i in 0..routers.len() {
+        if let (Some(upstream), Some(v6)) = (routers[i].upstream, routers[i].ipv6) {
+            let wan = routers[i].config.public_ip;
+            routers[upstream].config.ipv6_transit.push((v6.prefix, wan));
+        }
+    }
 
     let mut hosts: Vec<HostSpec> = Vec::new();
     for (i, host) in file.host.iter().enumerate() {
@@ -854,7 +904,16 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             }
         };
         let address_v6 = routers[router].ipv6.map(|v6| v6.host(*index));
+        let public_v6 = routers[router]
+            .ipv6
+            .zip(address_v6)
+            .map(|(v6, a)| v6.external(a));
+        if let (Some(emulated), Some(a)) = (routers[router].config.ipv6.as_mut(), address_v6) {
+            // The emulator delivers IPv6 to the device named by the host's IPv4 address.
+            emulated.hosts.push((a, address));
+        }
         hosts.push(HostSpec {
+            public_v6,
             name,
             router,
             address,
@@ -1184,22 +1243,101 @@ nat = "none"
 
     #[test]
     fn ipv6_where_the_lab_cannot_build_it_is_refused_naming_the_key_and_line() {
-        let e = error_of(
-            "[[nat]]\nname = \"e\"\nipv6 = \"firewall\"\n[[host]]\nname = \"h\"\nnat = \"e\"\n",
-        );
-        assert!(
-            e.contains("line 3") && e.contains("ipv6") && e.contains("backend = \"kernel\""),
-            "{e}"
-        );
         let e = error_of("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nipv6 = \"nat66\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n");
         assert!(e.contains("line 4") && e.contains("nat66"), "{e}");
+        // Behind a CGN: the CGN routes the router's IPv6 unfiltered.
         let chained = CHAIN.replacen(
             "upstream = \"cgn\"\nbackend = \"kernel\"",
-            "upstream = \"cgn\"\nbackend = \"kernel\"\nipv6 = \"open\"",
+            "upstream = \"cgn\"\nbackend = \"kernel\"\nipv6 = \"firewall\"",
             1,
         );
-        let e = error_of(&chained);
-        assert!(e.contains("line 13") && e.contains("NAT chains"), "{e}");
+        let s = Scenario::parse(&chained).unwrap();
+        let khome = &s.routers[2];
+        let v6 = khome.ipv6.expect("ipv6 behind a CGN");
+        assert_eq!(
+            s.routers[0].config.ipv6_transit,
+            vec![(v6.prefix, khome.config.public_ip)],
+            "the CGN carries the home router's /48 to its shared WAN address"
+        );
+        assert!(s.routers[0].ipv6.is_none());
+        let emulated_chain =
+            CHAIN.replacen("name = \"cgn\"", "name = \"cgn\"\nipv6 = \"firewall\"", 1);
+        let e = error_of(&emulated_chain);
+        assert!(
+            e.contains("line 4") && e.contains("others sit behind"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv6_on_emulator_routers_gives_the_core_its_hosts_and_nptv6_an_internal_prefix() {
+        let s = Scenario::parse(
+            "[[nat]]\nname = \"fw\"\nipv6 = \"firewall\"\nfiltering = \"adf\"\n[[nat]]\nname = \"npt\"\nipv6 = \"nptv6\"\n[[host]]\nname = \"a\"\nnat = \"fw\"\n[[host]]\nname = \"b\"\nnat = \"npt\"\n[[host]]\nname = \"c\"\nnat = \"npt\"\n",
+        )
+        .unwrap();
+        let v6 = |text: &str| text.parse::<Ipv6Addr>().unwrap();
+        let fw = s.routers[0]
+            .config
+            .ipv6
+            .as_ref()
+            .expect("the emulator's IPv6 side");
+        assert_eq!(fw.mode, Ipv6Mode::Firewall);
+        assert_eq!(
+            fw.filtering,
+            Filtering::Adf,
+            "from the router's filtering key"
+        );
+        assert_eq!(fw.npt, None);
+        assert_eq!(
+            fw.hosts,
+            vec![(v6("2001:db8:1:1::2"), Ipv4Addr::new(192, 168, 1, 2))]
+        );
+        let a = s.host("a").unwrap();
+        assert_eq!(
+            (a.address_v6, a.public_v6),
+            (Some(v6("2001:db8:1:1::2")), Some(v6("2001:db8:1:1::2")))
+        );
+
+        let npt = s.routers[1].config.ipv6.as_ref().unwrap();
+        assert_eq!(npt.mode, Ipv6Mode::Nptv6);
+        assert_eq!(
+            npt.gateway,
+            v6("fd00:db8:2:1::1"),
+            "the LAN is numbered from the internal prefix"
+        );
+        assert_eq!(npt.wan, v6("2001:db8:2::1"));
+        let b = s.host("b").unwrap();
+        assert_eq!(b.address_v6, Some(v6("fd00:db8:2:1::2")));
+        let public = b.public_v6.unwrap();
+        assert_eq!(
+            public.segments()[..3],
+            [0x2001, 0xdb8, 2],
+            "in the routed /48"
+        );
+        assert_eq!(
+            public.segments()[4..],
+            [0, 0, 0, 2],
+            "interface identifier kept"
+        );
+        assert_eq!(npt.npt.unwrap().inbound(public), b.address_v6);
+        assert_eq!(npt.hosts.len(), 2);
+        // A kernel router numbers its NPTv6 LAN from a prefix of the same
+        // one's complement sum: nftables' prefix NAT is then RFC 6296.
+        let k = Scenario::parse("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nipv6 = \"nptv6\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n").unwrap();
+        let h = k.host("h").unwrap();
+        assert_eq!(h.address_v6, Some(v6("fd00:30b8:1:1::2")));
+        assert_eq!(h.public_v6, Some(v6("2001:db8:1:1::2")), "zero adjustment");
+        assert_eq!(
+            k.routers[0].ipv6.unwrap().external_lan(),
+            v6("2001:db8:1:1::")
+        );
+        assert_eq!(
+            s.routers[1].ipv6.unwrap().external_lan(),
+            v6("2001:db8:2:dd00::")
+        );
+        // Kernel routers get no emulator IPv6 side: nftables plays it.
+        let k = Scenario::parse("[[nat]]\nname = \"k\"\nbackend = \"kernel\"\nipv6 = \"firewall\"\n[[host]]\nname = \"h\"\nnat = \"k\"\n").unwrap();
+        assert!(k.routers[0].config.ipv6.is_none() && k.routers[0].ipv6.is_some());
     }
 
     const CHAIN: &str = r#"

@@ -146,6 +146,9 @@ fn human(c: &Classification) -> String {
     }
     if let Some(ipv6) = &v.ipv6 {
         out += &format!("  IPv6 translated: {}\n", yes_no(ipv6.translated));
+        if let Some(kind) = ipv6.translation {
+            out += &format!("  IPv6 translation: {}\n", kind.as_str());
+        }
         out += &format!(
             "  unsolicited inbound admitted: {}\n",
             yes_no(ipv6.unsolicited_admitted)

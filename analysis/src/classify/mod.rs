@@ -233,12 +233,100 @@ pub struct Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Ipv6Verdict {
     /// Whether some observed endpoint differs from the local one (NPTv6 or
-    /// NAT66; which one is not told apart); `None` when no probe answered.
+    /// NAT66); `None` when no probe answered. Kept for older readers:
+    /// `translation` says which.
     pub translated: Option<bool>,
+    /// Which translation (see [`Ipv6Translation`] for the rule); `None`
+    /// when no probe answered, and in results from before the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translation: Option<Ipv6Translation>,
     /// Whether a connection nobody inside opened gets in: the dial-back from
     /// the server's other IP, towards a port that had talked only to the
     /// primary endpoint, arrived. `None` when that dial-back did not happen.
     pub unsolicited_admitted: Option<bool>,
+}
+
+/// What happens to a host's IPv6 address on its way out.
+///
+/// The rule (docs/classify.md, "IPv6 translation kinds"): `nptv6` when
+/// every answered probe was translated with its port kept, each local
+/// address was seen as one and the same external address whatever the
+/// server (stateless, endpoint-independent), and the two addresses have
+/// the same 16-bit one's complement sum (RFC 6296's checksum neutrality)
+/// with the interface identifier (the low 64 bits) equal but for at most
+/// one 16-bit word (where RFC 6296 puts its adjustment for prefixes longer
+/// than /48). Anything else translated is `nat66`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Translation {
+    /// Every observed endpoint is the local one.
+    #[serde(rename = "none")]
+    Untranslated,
+    /// Stateless prefix translation (RFC 6296).
+    Nptv6,
+    /// Any other translation: a stateful NAT66 that rewrites addresses
+    /// (and perhaps ports) per connection, or a mixture.
+    Nat66,
+}
+
+impl Ipv6Translation {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ipv6Translation::Untranslated => "none",
+            Ipv6Translation::Nptv6 => "nptv6",
+            Ipv6Translation::Nat66 => "nat66",
+        }
+    }
+}
+
+/// The one's complement sum of an address's eight 16-bit words, with
+/// 0xFFFF read as 0 (the same number in one's complement).
+fn ones_complement_sum(words: [u16; 8]) -> u16 {
+    let mut sum: u32 = words.iter().map(|w| u32::from(*w)).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    if sum == 0xffff {
+        0
+    } else {
+        sum as u16
+    }
+}
+
+/// Whether `seen` is what RFC 6296 makes of `local`: the same one's
+/// complement sum, and the interface identifier kept but for at most one word.
+fn is_prefix_translation(local: std::net::Ipv6Addr, seen: std::net::Ipv6Addr) -> bool {
+    let (l, s) = (local.segments(), seen.segments());
+    let iid_words_changed = (4..8).filter(|&i| l[i] != s[i]).count();
+    iid_words_changed <= 1 && ones_complement_sum(l) == ones_complement_sum(s)
+}
+
+/// The translation kind of an IPv6 run's answered probes (see [`Ipv6Translation`]).
+fn ipv6_translation(answered: &[&Probe]) -> Option<Ipv6Translation> {
+    if answered.is_empty() {
+        return None;
+    }
+    if answered.iter().all(|p| p.observed == Some(p.local)) {
+        return Some(Ipv6Translation::Untranslated);
+    }
+    let mut seen_as: std::collections::HashMap<std::net::Ipv6Addr, std::net::Ipv6Addr> =
+        std::collections::HashMap::new();
+    let npt = answered.iter().all(|p| {
+        let (SocketAddr::V6(local), Some(SocketAddr::V6(seen))) = (p.local, p.observed) else {
+            return false;
+        };
+        let consistent = *seen_as.entry(*local.ip()).or_insert(*seen.ip()) == *seen.ip();
+        consistent
+            && seen.port() == local.port()
+            && seen.ip() != local.ip()
+            && is_prefix_translation(*local.ip(), *seen.ip())
+    });
+    Some(if npt {
+        Ipv6Translation::Nptv6
+    } else {
+        Ipv6Translation::Nat66
+    })
 }
 
 /// A classification run as stored and printed with `--json`: what was
@@ -344,6 +432,7 @@ fn ipv6_verdict(obs: &Observations, answered: &[&Probe]) -> Option<Ipv6Verdict> 
         .and_then(|f| admitted(&f.dials, DialKind::OtherIp));
     Some(Ipv6Verdict {
         translated,
+        translation: ipv6_translation(answered),
         unsolicited_admitted,
     })
 }
@@ -642,13 +731,23 @@ impl Verdict {
             (Some(false), _) => "firewall turns away connections you did not open: punching needed",
             (None, None) => "whether a firewall admits incoming connections was not measured",
         };
-        match ipv6.translated {
-            Some(false) => format!("IPv6: no NAT, {reach}"),
-            Some(true) => format!(
-                "IPv6: addresses are translated (NPTv6 or NAT66, not told apart), {}; {reach}",
-                finding_words(&self.mapping, mapping_words, "mapping")
+        let mapping = finding_words(&self.mapping, mapping_words, "mapping");
+        match (ipv6.translation, ipv6.translated) {
+            (Some(Ipv6Translation::Untranslated), _) | (None, Some(false)) => {
+                format!("IPv6: no NAT, {reach}")
+            }
+            (Some(Ipv6Translation::Nptv6), _) => format!(
+                "IPv6: prefix translation (NPTv6: your address is rewritten, ports kept, \
+                 the same for every peer), {reach}"
             ),
-            None => format!("IPv6: no probe answered, translation unknown; {reach}"),
+            (Some(Ipv6Translation::Nat66), _) => {
+                format!("IPv6: NAT66 (addresses translated), {mapping}; {reach}")
+            }
+            // A result from before `translation`.
+            (None, Some(true)) => format!(
+                "IPv6: addresses are translated (NPTv6 or NAT66, not told apart), {mapping}; {reach}"
+            ),
+            (None, None) => format!("IPv6: no probe answered, translation unknown; {reach}"),
         }
     }
 

@@ -529,6 +529,7 @@ fn ipv6_behind_a_stateful_firewall_is_untranslated_and_needs_punching() {
         v.ipv6,
         Some(Ipv6Verdict {
             translated: Some(false),
+            translation: Some(Ipv6Translation::Untranslated),
             unsolicited_admitted: Some(false),
         })
     );
@@ -552,6 +553,7 @@ fn ipv6_without_a_firewall_is_reachable() {
         v.ipv6,
         Some(Ipv6Verdict {
             translated: Some(false),
+            translation: Some(Ipv6Translation::Untranslated),
             unsolicited_admitted: Some(true),
         })
     );
@@ -573,12 +575,131 @@ fn ipv6_firewall_admitting_contacted_hosts_is_address_dependent() {
     );
 }
 
+/// What the lab's NPTv6 router makes of fd00:db8:1:1::2 (fd00:db8:1::/48
+/// to 2001:db8:1::/48, RFC 6296: the adjustment in the subnet word).
+const V6_NPT_INSIDE: &str = "fd00:db8:1:1::2";
+const V6_NPT_SEEN: &str = "2001:db8:1:dd00::2";
+
+/// As [`v6_run`], from `local` (every probe from the same address), with
+/// the seen port shifted by `port_shift`.
+fn v6_run_from(local: &str, seen_host: &str, port_shift: u16) -> Verdict {
+    let at = |host: &str, port: u16| format!("[{host}]:{port}");
+    let o = obs(vec![
+        probe(
+            &at(local, 40000),
+            V6_P1,
+            Some(&at(seen_host, 40000 + port_shift)),
+        ),
+        probe(
+            &at(local, 40000),
+            V6_P2,
+            Some(&at(seen_host, 40000 + port_shift)),
+        ),
+        probe(
+            &at(local, 40001),
+            V6_IP2,
+            Some(&at(seen_host, 40001 + port_shift)),
+        ),
+    ]);
+    verdict(&o)
+}
+
 #[test]
-fn ipv6_translation_is_reported_without_naming_its_kind() {
+fn the_one_s_complement_sum_of_the_lab_s_nptv6_pair_is_equal() {
+    // The fixture must be a real RFC 6296 translation: check it independently.
+    let sum = |a: &str| {
+        let a: std::net::Ipv6Addr = a.parse().unwrap();
+        let total: u32 = a.segments().iter().map(|w| u32::from(*w)).sum();
+        (total & 0xffff) + (total >> 16)
+    };
+    assert_eq!(sum(V6_NPT_INSIDE), sum(V6_NPT_SEEN));
+}
+
+#[test]
+fn nptv6_is_told_from_nat66_by_port_consistency_and_checksum_neutrality() {
+    use Ipv6Translation::*;
+    let kind = |v: &Verdict| v.ipv6.unwrap().translation;
+    let npt = v6_run_from(V6_NPT_INSIDE, V6_NPT_SEEN, 0);
+    assert_eq!(kind(&npt), Some(Nptv6));
+    assert_eq!(
+        npt.ipv6.unwrap().translated,
+        Some(true),
+        "older readers still see it"
+    );
+    assert!(!npt.no_nat);
+    assert!(
+        npt.summary().starts_with("IPv6: prefix translation (NPTv6"),
+        "{}",
+        npt.summary()
+    );
+    // The same address, ports rewritten: stateful, NAT66.
+    assert_eq!(
+        kind(&v6_run_from(V6_NPT_INSIDE, V6_NPT_SEEN, 1)),
+        Some(Nat66)
+    );
+    // A router address for every host: the sum differs, NAT66 even with ports kept.
+    let nat66 = v6_run_from(V6_NPT_INSIDE, "2001:db8:1::1", 0);
+    assert_eq!(kind(&nat66), Some(Nat66));
+    assert!(
+        nat66
+            .summary()
+            .starts_with("IPv6: NAT66 (addresses translated), "),
+        "{}",
+        nat66.summary()
+    );
+    // Checksum-neutral but with two interface identifier words changed: not RFC 6296.
+    assert_eq!(
+        kind(&v6_run_from("2001:db8:1:1::1:2", "2001:db8:1:1:0:0:2:1", 0)),
+        Some(Nat66)
+    );
+    // One IID word adjusted (RFC 6296 for a /64): NPTv6. 2001:db8:1:1::2 to
+    // 2001:db8:2:1::2 adds 1 to word 2; taking 1 from the last word compensates.
+    assert_eq!(
+        kind(&v6_run_from("2001:db8:1:1::2", "2001:db8:2:1::1", 0)),
+        Some(Nptv6)
+    );
+    // One local address seen as two different ones: not stateless.
+    let at = |host: &str, port: u16| format!("[{host}]:{port}");
+    let o = obs(vec![
+        probe(
+            &at(V6_NPT_INSIDE, 40000),
+            V6_P1,
+            Some(&at(V6_NPT_SEEN, 40000)),
+        ),
+        probe(
+            &at(V6_NPT_INSIDE, 40000),
+            V6_IP2,
+            Some(&at("2001:db8:1:dd01::1", 40000)),
+        ),
+    ]);
+    assert_eq!(kind(&verdict(&o)), Some(Nat66));
+    // A mixture of translated and untranslated answers is no prefix translation.
+    let o = obs(vec![
+        probe(
+            &at(V6_NPT_INSIDE, 40000),
+            V6_P1,
+            Some(&at(V6_NPT_SEEN, 40000)),
+        ),
+        probe(
+            &at(V6_NPT_INSIDE, 40001),
+            V6_IP2,
+            Some(&at(V6_NPT_INSIDE, 40001)),
+        ),
+    ]);
+    assert_eq!(kind(&verdict(&o)), Some(Nat66));
+}
+
+#[test]
+fn a_result_without_the_translation_kind_reads_and_says_it_cannot_tell() {
     let v = v6_run("2001:db8:ffff::7", false, false);
     assert_eq!(v.ipv6.unwrap().translated, Some(true));
-    assert!(!v.no_nat);
-    let summary = v.summary();
+    assert_eq!(v.ipv6.unwrap().translation, Some(Ipv6Translation::Nat66));
+    let mut json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["ipv6"]["translation"], "nat66");
+    json["ipv6"].as_object_mut().unwrap().remove("translation");
+    let older: Verdict = serde_json::from_value(json).unwrap();
+    assert_eq!(older.ipv6.unwrap().translation, None);
+    let summary = older.summary();
     assert!(
         summary.starts_with("IPv6: addresses are translated (NPTv6 or NAT66, not told apart)"),
         "{summary}"
@@ -598,6 +719,7 @@ fn ipv6_with_no_answer_or_no_dial_back_says_what_is_unknown() {
         v.ipv6,
         Some(Ipv6Verdict {
             translated: None,
+            translation: None,
             unsolicited_admitted: None,
         })
     );
@@ -627,5 +749,6 @@ fn ipv4_verdicts_carry_no_ipv6_reading_and_older_results_still_read() {
     let json = serde_json::to_value(&v6).unwrap();
     assert_eq!(json["ipv6"]["translated"], false);
     assert_eq!(json["ipv6"]["unsolicited_admitted"], false);
+    assert_eq!(json["ipv6"]["translation"], "none");
     assert_eq!(serde_json::from_value::<Verdict>(json).unwrap(), v6);
 }

@@ -1207,4 +1207,12 @@ fn ipv6_table(h: &mut String, ipv6: &super::ipv6::Ipv6Summary) {
         );
     }
     h.push_str("</table>\n");
+    let kinds = &ipv6.translation_kinds;
+    if kinds.known() > 0 {
+        let _ = writeln!(
+            h,
+            "<table><tr><th>translation kind (runs that named it)</th><th>runs</th></tr><tr><td>none</td><td class=num>{}</td></tr><tr><td>NPTv6 (stateless prefix translation, RFC 6296)</td><td class=num>{}</td></tr><tr><td>NAT66 (any other translation)</td><td class=num>{}</td></tr></table>",
+            kinds.none, kinds.nptv6, kinds.nat66
+        );
+    }
 }

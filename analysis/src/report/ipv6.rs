@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::stats::Proportion;
+use crate::classify::{Ipv6Translation, Ipv6Verdict};
 use crate::result::RunResult;
 
 /// Volunteers' IPv6 classifications as they are read.
@@ -14,6 +15,7 @@ pub struct Ipv6Tally {
     translation_known: u64,
     admitted: u64,
     admission_known: u64,
+    kinds: TranslationKinds,
 }
 
 impl Ipv6Tally {
@@ -26,11 +28,22 @@ impl Ipv6Tally {
         let Some(classification) = &run.classification_v6 else {
             return;
         };
+        self.count(classification.verdict.ipv6.as_ref());
+    }
+
+    /// Counts one IPv6 classification's reading (`None`: it has none).
+    fn count(&mut self, reading: Option<&Ipv6Verdict>) {
         self.runs += 1;
-        let reading = classification.verdict.ipv6.as_ref();
         if let Some(translated) = reading.and_then(|r| r.translated) {
             self.translation_known += 1;
             self.translated += u64::from(translated);
+        }
+        match reading.and_then(|r| r.translation) {
+            Some(Ipv6Translation::Untranslated) => self.kinds.none += 1,
+            Some(Ipv6Translation::Nptv6) => self.kinds.nptv6 += 1,
+            Some(Ipv6Translation::Nat66) => self.kinds.nat66 += 1,
+            // Results from before the kind was named: only `translated` counts them.
+            None => {}
         }
         if let Some(admitted) = reading.and_then(|r| r.unsolicited_admitted) {
             self.admission_known += 1;
@@ -44,7 +57,25 @@ impl Ipv6Tally {
             missing: self.missing,
             translated: Proportion::new(self.translated, self.translation_known),
             unsolicited_admitted: Proportion::new(self.admitted, self.admission_known),
+            translation_kinds: self.kinds,
         }
+    }
+}
+
+/// Runs by the translation kind their classification named (`none`,
+/// `nptv6`, `nat66`); runs from before the kind was recorded are in none
+/// of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranslationKinds {
+    pub none: u64,
+    pub nptv6: u64,
+    pub nat66: u64,
+}
+
+impl TranslationKinds {
+    /// Runs whose kind is known.
+    pub fn known(&self) -> u64 {
+        self.none + self.nptv6 + self.nat66
     }
 }
 
@@ -62,6 +93,9 @@ pub struct Ipv6Summary {
     /// Runs where a connection nobody inside opened got in, of the runs
     /// where that was measured; the rest turned it away.
     pub unsolicited_admitted: Proportion,
+    /// The translated runs split by kind (absent in older summaries: zeros).
+    #[serde(default)]
+    pub translation_kinds: TranslationKinds,
 }
 
 impl Default for Ipv6Summary {
@@ -74,5 +108,47 @@ impl Ipv6Summary {
     /// No run asked about IPv6: the report leaves the breakdown out.
     pub fn is_empty(&self) -> bool {
         self.runs == 0 && self.missing == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn translated_runs_are_split_by_the_kind_they_named_and_older_ones_by_none() {
+        let reading = |translated, translation| Ipv6Verdict {
+            translated,
+            translation,
+            unsolicited_admitted: Some(false),
+        };
+        let mut tally = Ipv6Tally::default();
+        for r in [
+            reading(Some(false), Some(Ipv6Translation::Untranslated)),
+            reading(Some(true), Some(Ipv6Translation::Nptv6)),
+            reading(Some(true), Some(Ipv6Translation::Nptv6)),
+            reading(Some(true), Some(Ipv6Translation::Nat66)),
+            // From before the kind was recorded.
+            reading(Some(true), None),
+        ] {
+            tally.count(Some(&r));
+        }
+        let summary = tally.summary();
+        assert_eq!(summary.runs, 5);
+        assert_eq!((summary.translated.successes, summary.translated.n), (4, 5));
+        assert_eq!(
+            summary.translation_kinds,
+            TranslationKinds {
+                none: 1,
+                nptv6: 2,
+                nat66: 1
+            }
+        );
+        assert_eq!(summary.translation_kinds.known(), 4);
+        // An older summary.json without the kinds still reads, as zeros.
+        let mut json = serde_json::to_value(&summary).unwrap();
+        json.as_object_mut().unwrap().remove("translation_kinds");
+        let older: Ipv6Summary = serde_json::from_value(json).unwrap();
+        assert_eq!(older.translation_kinds, TranslationKinds::default());
     }
 }

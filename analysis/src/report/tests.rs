@@ -1044,6 +1044,7 @@ fn ipv6_classifications_are_broken_down_per_volunteer_run() {
             no_nat: translated == Some(false),
             ipv6: Some(Ipv6Verdict {
                 translated,
+                translation: None,
                 unsolicited_admitted: admitted,
             }),
             ..verdict(None, Some(Apdf))

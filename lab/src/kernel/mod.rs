@@ -48,6 +48,9 @@ pub const TABLE: &str = "punchscope_nat";
 /// from the IPv4 ones so that those stay exactly as without IPv6.
 pub const TABLE_V6: &str = "punchscope_v6";
 
+/// The nftables table of a kernel router's `ipv6 = "nptv6"` prefix translation.
+pub const TABLE_NPT: &str = "punchscope_npt";
+
 /// The IPv6 rule set (for `nft -f -`) of a kernel router with `ipv6`.
 /// There is no translation: hosts keep their global addresses.
 ///
@@ -65,7 +68,9 @@ pub fn ipv6_ruleset(mode: Ipv6Mode, unsolicited: UnsolicitedAnswer) -> String {
         Ipv6Mode::Open => {
             "\t\ttype filter hook forward priority filter; policy accept;\n".to_string()
         }
-        Ipv6Mode::Firewall => {
+        // NPTv6 filters as the firewall does; its translation is a table of
+        // its own ([`nptv6_ruleset`]).
+        Ipv6Mode::Firewall | Ipv6Mode::Nptv6 => {
             let (syn_answer, udp_answer) = match unsolicited {
                 UnsolicitedAnswer::Drop => ("drop", "drop"),
                 UnsolicitedAnswer::Rst => ("reject with tcp reset", "drop"),
@@ -97,6 +102,31 @@ pub fn ipv6_ruleset(mode: Ipv6Mode, unsolicited: UnsolicitedAnswer) -> String {
 \t}}
 \tchain forward {{
 {forward}\t}}
+}}
+"
+    )
+}
+
+/// The prefix translation of a kernel router with `ipv6 = "nptv6"`,
+/// between its LAN's internal /64 and the external one. nftables has no
+/// RFC 6296 statement: `snat prefix` / `dnat prefix` map the prefix bits
+/// and keep the rest (a stateful netmap through conntrack, which fixes
+/// checksums). With prefixes of equal one's complement sum (the lab plans
+/// them so: `RouterIpv6::plan`) that is exactly RFC 6296 with a zero
+/// adjustment: the interface identifier and every checksum stay as they
+/// were. Only the LAN /64 is translated, so the router's own WAN address
+/// (in the same /48) is left alone.
+pub fn nptv6_ruleset(internal_lan: std::net::Ipv6Addr, external_lan: std::net::Ipv6Addr) -> String {
+    format!(
+        "table ip6 {TABLE_NPT} {{
+	chain prerouting {{
+		type nat hook prerouting priority dstnat; policy accept;
+		iifname \"{WAN_DEVICE}\" ip6 daddr {external_lan}/64 dnat ip6 prefix to {internal_lan}/64
+	}}
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname \"{WAN_DEVICE}\" ip6 saddr {internal_lan}/64 snat ip6 prefix to {external_lan}/64
+	}}
 }}
 "
     )
@@ -405,12 +435,33 @@ mod tests {
     }
 
     #[test]
+    fn nptv6_translates_only_the_lan_prefix_both_ways() {
+        let internal: std::net::Ipv6Addr = "fd00:30b8:1:1::".parse().unwrap();
+        let external: std::net::Ipv6Addr = "2001:db8:1:1::".parse().unwrap();
+        let rules = nptv6_ruleset(internal, external);
+        assert!(rules.starts_with("table ip6 punchscope_npt {"), "{rules}");
+        assert!(
+            rules.contains("oifname \"wan0\" ip6 saddr fd00:30b8:1:1::/64 snat ip6 prefix to 2001:db8:1:1::/64"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("iifname \"wan0\" ip6 daddr 2001:db8:1:1::/64 dnat ip6 prefix to fd00:30b8:1:1::/64"),
+            "{rules}"
+        );
+        let docs = include_str!("../../../docs/lab.md");
+        assert!(
+            docs.contains(&rules),
+            "update docs/lab.md (\"IPv6 (dual stack)\") to:\n{rules}"
+        );
+    }
+
+    #[test]
     fn docs_lab_md_shows_the_ipv6_firewall_rule_set_as_generated() {
         let docs = include_str!("../../../docs/lab.md");
         let rules = ipv6_ruleset(Ipv6Mode::Firewall, UnsolicitedAnswer::Drop);
         assert!(
             docs.contains(&rules),
-            "update docs/lab.md (\"IPv6 behind kernel routers\") to:\n{rules}"
+            "update docs/lab.md (\"IPv6 (dual stack)\") to:\n{rules}"
         );
     }
 

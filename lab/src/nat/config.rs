@@ -94,6 +94,14 @@ pub struct NatConfig {
     pub downlink: LinkShape,
     /// Seeds the random choices (ports, jitter, loss) so a run can be replayed.
     pub seed: u64,
+    /// The router's IPv6 side (`ipv6` key): a firewall, NPTv6 or open
+    /// routing for its dual-stack hosts. `None`: IPv4 only.
+    pub ipv6: Option<super::v6::Ipv6Router>,
+    /// IPv6 the router carries for the routers behind it (a carrier-grade
+    /// NAT routing its customers' IPv6 unfiltered, as ISPs do): each
+    /// downstream router's routed /48 with the LAN address (IPv4) of its
+    /// WAN. Empty: none.
+    pub ipv6_transit: Vec<(std::net::Ipv6Addr, Ipv4Addr)>,
 }
 
 impl NatConfig {
@@ -133,6 +141,8 @@ impl NatConfig {
             uplink: LinkShape::default(),
             downlink: LinkShape::default(),
             seed: 0,
+            ipv6: None,
+            ipv6_transit: Vec::new(),
         }
     }
 }

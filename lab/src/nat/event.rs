@@ -1,6 +1,6 @@
 //! Structured events from the NAT emulator: the lab's ground truth of what each router did.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 use std::time::Instant;
 
 use punchscope_analysis::nat::UnsolicitedAnswer;
@@ -46,6 +46,10 @@ pub enum DropReason {
     /// A packet to the router's own LAN address that nothing there answers
     /// (a closed port whose answer is `drop`, or not a SYN or UDP).
     ToRouter,
+    /// An IPv6 packet to a destination the router does not route: link-local
+    /// or multicast (a host's neighbour discovery and MLD chatter), or not
+    /// the router's prefix.
+    NotRouted,
     /// An opening TCP segment out of the flow's window (`tcp_window_check`,
     /// Linux conntrack's check: [`super::window`]); `expected` is where the
     /// flow's sequence space ends.
@@ -120,6 +124,59 @@ pub enum NatEvent {
     Dropped {
         direction: Direction,
         reason: DropReason,
+    },
+    /// IPv6: a host's outbound packet opened a firewall pinhole for its
+    /// endpoint `internal`, seen on the internet as `external` (the same
+    /// unless the router translates prefixes, NPTv6); `remote` opened it.
+    PinholeCreated {
+        proto: Protocol,
+        internal: SocketAddrV6,
+        external: SocketAddrV6,
+        remote: SocketAddrV6,
+    },
+    /// IPv6: one remote's session on a pinhole is gone (`remote`), or the
+    /// whole pinhole with its last session (`remote` absent).
+    PinholeRemoved {
+        proto: Protocol,
+        internal: SocketAddrV6,
+        external: SocketAddrV6,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remote: Option<SocketAddrV6>,
+        reason: RemovalReason,
+    },
+    /// IPv6: as `tcp_control`, with the hop limit.
+    TcpControl6 {
+        direction: Direction,
+        src: SocketAddrV6,
+        dst: SocketAddrV6,
+        flags: String,
+        hop_limit: u8,
+    },
+    /// IPv6: an inbound packet the firewall did not admit, and its answer
+    /// (`icmp` is ICMPv6 administratively prohibited); `external` is the
+    /// destination as it arrived.
+    Refused6 {
+        proto: Protocol,
+        remote: SocketAddrV6,
+        external: SocketAddrV6,
+        cause: RefusalCause,
+        answer: Option<UnsolicitedAnswer>,
+        flags: String,
+    },
+    /// IPv6: a packet whose hop limit ran out here; `answered` when ICMPv6
+    /// time exceeded went back.
+    HopLimitExceeded {
+        direction: Direction,
+        src: SocketAddrV6,
+        dst: SocketAddrV6,
+        answered: bool,
+    },
+    /// IPv6: an ICMPv6 error about a flow with a session was let in to the host.
+    IcmpRelated6 {
+        icmp_type: u8,
+        code: u8,
+        internal: SocketAddrV6,
+        remote: SocketAddrV6,
     },
     /// A kernel router's conntrack entry changed (from `conntrack -E`; never
     /// emitted by the emulator).

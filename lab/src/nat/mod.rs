@@ -10,7 +10,8 @@
 //! Layout: [`config`] (what a router is), [`packet`] (IPv4/TCP/UDP/ICMP views
 //! and rewrites over `pnet_packet`), [`table`] (mappings, sessions, port
 //! allocation), [`link`] (the delay line), [`event`] (the ground-truth log),
-//! [`portmap`] (the PCP and NAT-PMP service on the router's LAN address).
+//! [`portmap`] (the PCP and NAT-PMP service on the router's LAN address),
+//! [`v6`] (IPv6: the stateful firewall's pinholes and NPTv6 prefix translation).
 
 pub mod config;
 pub mod event;
@@ -18,10 +19,11 @@ mod link;
 pub mod packet;
 pub mod portmap;
 pub mod table;
+pub mod v6;
 pub mod window;
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use punchscope_analysis::nat::UnsolicitedAnswer;
@@ -34,6 +36,7 @@ pub use config::{LinkShape, NatConfig, Timeouts, Translation};
 pub use event::{DropReason, NatEvent, RefusalCause, TimedEvent};
 pub use packet::Protocol;
 pub use table::{Direction, RemovalReason};
+pub use v6::{Ipv6Mode, Ipv6Router, Npt};
 
 use link::DelayLine;
 use packet::{Body, LinkPacket, Summary, ICMP_PORT_UNREACHABLE, ICMP_TTL_EXCEEDED};
@@ -103,6 +106,8 @@ pub struct Nat {
     next_background: Option<Instant>,
     /// Background connections so far (their internal ports are numbered by it).
     background_count: u64,
+    /// The IPv6 firewall's pinholes, when the router filters IPv6.
+    firewall6: Option<v6::Firewall>,
 }
 
 impl Nat {
@@ -127,6 +132,18 @@ impl Nat {
         };
         let window =
             (table.is_some() && config.tcp_window_check).then(window::WindowTracker::default);
+        let firewall6 = config
+            .ipv6
+            .as_ref()
+            .filter(|v6| v6.mode != Ipv6Mode::Open)
+            .map(|v6| {
+                v6::Firewall::new(v6::FirewallConfig {
+                    filtering: v6.filtering,
+                    timeouts: config.timeouts,
+                    rst_closes: config.rst_closes,
+                    tcp_loose: config.tcp_loose,
+                })
+            });
         Self {
             window,
             uplink: DelayLine::new(config.uplink),
@@ -142,6 +159,7 @@ impl Nat {
             portmap_closed: ClosedAnswer::default(),
             next_background: None,
             background_count: 0,
+            firewall6,
         }
     }
 
@@ -181,6 +199,15 @@ impl Nat {
             .collect()
     }
 
+    /// The IPv6 firewall's live pinholes as (protocol, internal endpoint,
+    /// remotes with sessions); empty without an IPv6 firewall.
+    pub fn pinholes(&self) -> Vec<(Protocol, SocketAddrV6, Vec<SocketAddrV6>)> {
+        self.firewall6
+            .as_ref()
+            .map(v6::Firewall::entries)
+            .unwrap_or_default()
+    }
+
     /// A packet a host sent, read from the LAN side at `now`.
     pub fn handle_lan(&mut self, packet: &[u8], now: Instant) {
         self.handle_timeout(now);
@@ -193,6 +220,12 @@ impl Nat {
                     self.drop(Direction::Outbound, DropReason::Malformed(malformed), now)
                 }
             };
+        }
+        if is_ipv6(packet) && self.config.ipv6.is_some() {
+            return self.lan_v6(packet, now);
+        }
+        if is_ipv6(packet) && !self.config.ipv6_transit.is_empty() {
+            return self.transit_v6(Direction::Outbound, packet, now);
         }
         let summary = match packet::parse(packet) {
             Ok(summary) => summary,
@@ -385,6 +418,12 @@ impl Nat {
                 LinkPacket::Ipv6 { .. } => self.config.public_ip,
             };
             return self.deliver(packet[..link.total_len()].to_vec(), host, now);
+        }
+        if is_ipv6(packet) && self.config.ipv6.is_some() {
+            return self.wan_v6(packet, now);
+        }
+        if is_ipv6(packet) && !self.config.ipv6_transit.is_empty() {
+            return self.transit_v6(Direction::Inbound, packet, now);
         }
         let summary = match packet::parse(packet) {
             Ok(summary) => summary,
@@ -729,6 +768,7 @@ impl Nat {
     }
 
     fn log_removals(&mut self, now: Instant) {
+        self.log_removals_v6(now);
         let public_ip = self.config.public_ip;
         let Some(table) = self.table.as_mut() else {
             return;
@@ -771,13 +811,18 @@ impl Nat {
     }
 
     fn sweep_if_due(&mut self, now: Instant) {
-        let Some(table) = self.table.as_mut() else {
+        if self.table.is_none() && self.firewall6.is_none() {
             return;
-        };
+        }
         match self.next_sweep {
             Some(at) if at > now => {}
             _ => {
-                table.sweep(now);
+                if let Some(table) = self.table.as_mut() {
+                    table.sweep(now);
+                }
+                if let Some(firewall) = self.firewall6.as_mut() {
+                    firewall.sweep(now);
+                }
                 self.next_sweep = Some(now + SWEEP_INTERVAL);
                 self.log_removals(now);
             }
@@ -785,9 +830,28 @@ impl Nat {
     }
 }
 
+/// Whether a packet's version nibble says IPv6.
+fn is_ipv6(packet: &[u8]) -> bool {
+    packet.first().is_some_and(|b| b >> 4 == 6)
+}
+
 /// The log entry for a TCP segment carrying SYN, FIN or RST; data segments are only counted.
 fn control_event(direction: Direction, packet: &[u8]) -> Option<NatEvent> {
     use pnet_packet::tcp::TcpFlags;
+    if is_ipv6(packet) {
+        let summary = v6::parse6(packet).ok()?;
+        let flags = summary.tcp_flags();
+        if flags & (TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST) == 0 {
+            return None;
+        }
+        return Some(NatEvent::TcpControl6 {
+            direction,
+            src: summary.src_endpoint()?.1,
+            dst: summary.dst_endpoint()?,
+            flags: packet::flags_text(flags),
+            hop_limit: summary.hop_limit,
+        });
+    }
     let summary = packet::parse(packet).ok()?;
     let Body::Tcp { flags, .. } = summary.body else {
         return None;
@@ -807,6 +871,8 @@ fn control_event(direction: Direction, packet: &[u8]) -> Option<NatEvent> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v6;
 
 /// The NAT's table as the port mapping service sees it: explicit mappings, at one moment.
 struct ExplicitMappings<'a> {
@@ -830,4 +896,311 @@ impl portmap::MappingTable for ExplicitMappings<'_> {
     fn unmap(&mut self, proto: Protocol, internal: SocketAddrV4) -> Option<u16> {
         self.table.unmap_explicit(proto, internal)
     }
+}
+
+/// IPv6 through the router (see [`v6`]): routed as is, or with the source
+/// prefix translated (NPTv6), through the firewall's pinholes unless open.
+impl Nat {
+    fn lan_v6(&mut self, packet: &[u8], now: Instant) {
+        let summary = match v6::parse6(packet) {
+            Ok(summary) => summary,
+            Err(malformed) => {
+                return self.drop(Direction::Outbound, DropReason::Malformed(malformed), now)
+            }
+        };
+        self.sweep_if_due(now);
+        let router = self.config.ipv6.as_ref().expect("an IPv6 router");
+        // Only the LAN's own addresses leave, only to global destinations:
+        // a host's neighbour discovery and MLD chatter stay on the link.
+        if !router.on_lan(summary.src) || !is_routable(summary.dst) || router.on_lan(summary.dst) {
+            return self.drop(Direction::Outbound, DropReason::NotRouted, now);
+        }
+        if router.to_internal(summary.dst).is_some() {
+            // A host's own external (NPTv6) address: no hairpinning over IPv6.
+            return self.drop(Direction::Outbound, DropReason::HairpinDisabled, now);
+        }
+        if summary.hop_limit <= 1 {
+            return self.hop_limit_exceeded(Direction::Outbound, packet, &summary, now);
+        }
+        let Some(external) = router.to_external(summary.src) else {
+            return self.drop(Direction::Outbound, DropReason::NotRouted, now);
+        };
+        let new_src = (external != summary.src).then_some(external);
+        if let (Some(firewall), Some((proto, internal)), Some(remote)) = (
+            self.firewall6.as_mut(),
+            summary.src_endpoint(),
+            summary.dst_endpoint(),
+        ) {
+            match firewall.outbound(proto, internal, remote, summary.tcp_flags(), now) {
+                v6::Outbound6::NotAllowed => {
+                    return self.drop(Direction::Outbound, DropReason::NoMappingForNonSyn, now)
+                }
+                v6::Outbound6::Passed { created } => {
+                    if created {
+                        self.log(
+                            now,
+                            NatEvent::PinholeCreated {
+                                proto,
+                                internal,
+                                external: v6::v6(external, internal.port()),
+                                remote,
+                            },
+                        );
+                    }
+                    self.log_removals(now);
+                }
+            }
+        }
+        self.send_up(v6::forward6(packet, &summary, new_src, None), now);
+    }
+
+    fn wan_v6(&mut self, packet: &[u8], now: Instant) {
+        let summary = match v6::parse6(packet) {
+            Ok(summary) => summary,
+            Err(malformed) => {
+                return self.drop(Direction::Inbound, DropReason::Malformed(malformed), now)
+            }
+        };
+        self.sweep_if_due(now);
+        let router = self.config.ipv6.as_ref().expect("an IPv6 router");
+        if !is_routable(summary.dst) {
+            return self.drop(Direction::Inbound, DropReason::NotRouted, now);
+        }
+        let (Some(internal), true) = (router.to_internal(summary.dst), is_routable(summary.src))
+        else {
+            return self.drop(Direction::Inbound, DropReason::NotOurs, now);
+        };
+        // An address of the LAN no host holds: nothing would answer neighbour discovery.
+        let Some(device) = router.host_device(internal) else {
+            return self.drop(Direction::Inbound, DropReason::NotOurs, now);
+        };
+        if summary.hop_limit <= 1 {
+            return self.hop_limit_exceeded(Direction::Inbound, packet, &summary, now);
+        }
+        let new_dst = (internal != summary.dst).then_some(internal);
+        let npt = router.npt;
+        let Some(firewall) = self.firewall6.as_mut() else {
+            // Open: everything is routed to its host.
+            return self.deliver(v6::forward6(packet, &summary, None, new_dst), device, now);
+        };
+        match summary.body {
+            v6::Body6::Tcp { .. } | v6::Body6::Udp { .. } => {
+                let (proto, remote) = summary.src_endpoint().expect("TCP or UDP");
+                let to = v6::v6(internal, summary.dst_endpoint().expect("TCP or UDP").port());
+                let verdict = firewall.inbound(proto, to, remote, summary.tcp_flags(), now);
+                self.log_removals(now);
+                match verdict {
+                    v6::Inbound6::Admitted => {
+                        self.deliver(v6::forward6(packet, &summary, None, new_dst), device, now)
+                    }
+                    v6::Inbound6::NoPinhole => {
+                        self.refuse_v6(packet, &summary, RefusalCause::NoMapping, now)
+                    }
+                    v6::Inbound6::Filtered => {
+                        self.refuse_v6(packet, &summary, RefusalCause::Filtered, now)
+                    }
+                }
+            }
+            v6::Body6::IcmpError {
+                icmp_type,
+                code,
+                quoted,
+            } => {
+                let host = match npt {
+                    Some(npt) => npt.inbound(*quoted.src.ip()),
+                    None => Some(*quoted.src.ip()),
+                };
+                let related = host.filter(|host| {
+                    firewall.related(
+                        quoted.proto,
+                        v6::v6(*host, quoted.src.port()),
+                        quoted.dst,
+                        now,
+                    )
+                });
+                self.log_removals(now);
+                match related {
+                    Some(host) if host == internal => {
+                        self.log(
+                            now,
+                            NatEvent::IcmpRelated6 {
+                                icmp_type,
+                                code,
+                                internal: v6::v6(host, quoted.src.port()),
+                                remote: quoted.dst,
+                            },
+                        );
+                        self.deliver(v6::rewrite_icmp_error6(packet, &summary, host), device, now);
+                    }
+                    _ => self.drop(Direction::Inbound, DropReason::UnrelatedIcmp, now),
+                }
+            }
+            // Echo passes, as RFC 4890 asks of a firewall.
+            v6::Body6::Echo => {
+                self.deliver(v6::forward6(packet, &summary, None, new_dst), device, now)
+            }
+            v6::Body6::Other { .. } => self.drop(Direction::Inbound, DropReason::Unsupported, now),
+        }
+    }
+
+    /// An inbound IPv6 packet the firewall did not admit: a bare SYN gets
+    /// the router's `unsolicited` answer (RST from the address it was sent
+    /// to, or ICMPv6 administratively prohibited from the router's WAN
+    /// address); UDP gets ICMPv6 under `icmp`; anything else nothing.
+    fn refuse_v6(
+        &mut self,
+        packet: &[u8],
+        summary: &v6::Summary6,
+        cause: RefusalCause,
+        now: Instant,
+    ) {
+        self.stats.refused += 1;
+        let (proto, remote) = summary.src_endpoint().expect("TCP or UDP");
+        let external = summary.dst_endpoint().expect("TCP or UDP");
+        let answer = match proto {
+            Protocol::Tcp if summary.is_tcp_syn() => Some(self.config.unsolicited),
+            Protocol::Udp => Some(match self.config.unsolicited {
+                UnsolicitedAnswer::Icmp => UnsolicitedAnswer::Icmp,
+                UnsolicitedAnswer::Drop | UnsolicitedAnswer::Rst => UnsolicitedAnswer::Drop,
+            }),
+            Protocol::Tcp => None,
+        };
+        self.log(
+            now,
+            NatEvent::Refused6 {
+                proto,
+                remote,
+                external,
+                cause,
+                answer,
+                flags: packet::flags_text(summary.tcp_flags()),
+            },
+        );
+        let wan = self.config.ipv6.as_ref().expect("an IPv6 router").wan;
+        match answer {
+            Some(UnsolicitedAnswer::Rst) => self.send_up(v6::tcp_reset6(summary), now),
+            Some(UnsolicitedAnswer::Icmp) => {
+                let icmp = v6::icmp_error6(packet, summary, wan, v6::ICMPV6_ADMIN_PROHIBITED);
+                self.send_up(icmp, now);
+            }
+            Some(UnsolicitedAnswer::Drop) | None => {}
+        }
+    }
+
+    /// A packet whose hop limit would reach 0: dropped, with ICMPv6 time
+    /// exceeded to its source (from the LAN or WAN address), never about an ICMPv6 error.
+    fn hop_limit_exceeded(
+        &mut self,
+        direction: Direction,
+        packet: &[u8],
+        summary: &v6::Summary6,
+        now: Instant,
+    ) {
+        let answered = !matches!(summary.body, v6::Body6::IcmpError { .. });
+        let endpoint = |ip, port: Option<u16>| v6::v6(ip, port.unwrap_or(0));
+        let src_port = summary.src_endpoint().map(|(_, e)| e.port());
+        let dst_port = summary.dst_endpoint().map(|e| e.port());
+        self.log(
+            now,
+            NatEvent::HopLimitExceeded {
+                direction,
+                src: endpoint(summary.src, src_port),
+                dst: endpoint(summary.dst, dst_port),
+                answered,
+            },
+        );
+        if !answered {
+            return;
+        }
+        let router = self.config.ipv6.as_ref().expect("an IPv6 router");
+        let kind = v6::ICMPV6_HOP_LIMIT_EXCEEDED;
+        match direction {
+            Direction::Outbound => {
+                let icmp = v6::icmp_error6(packet, summary, router.gateway, kind);
+                if let Some(device) = router.host_device(summary.src) {
+                    self.deliver(icmp, device, now);
+                }
+            }
+            Direction::Inbound => {
+                let icmp = v6::icmp_error6(packet, summary, router.wan, kind);
+                self.send_up(icmp, now);
+            }
+        }
+    }
+
+    /// IPv6 of the routers behind this one, routed without filtering:
+    /// outbound from their prefixes to anywhere global, inbound to the
+    /// router whose /48 holds the destination. The hop limit is
+    /// decremented; one that runs out is dropped (this router has no IPv6
+    /// address of its own to answer from).
+    fn transit_v6(&mut self, direction: Direction, packet: &[u8], now: Instant) {
+        let summary = match v6::parse6(packet) {
+            Ok(summary) => summary,
+            Err(malformed) => return self.drop(direction, DropReason::Malformed(malformed), now),
+        };
+        let behind = |addr: std::net::Ipv6Addr| {
+            self.config
+                .ipv6_transit
+                .iter()
+                .find(|(prefix, _)| prefix.segments()[..3] == addr.segments()[..3])
+                .map(|(_, device)| *device)
+        };
+        let (from_behind, to_behind) = (behind(summary.src), behind(summary.dst));
+        let routed = is_routable(summary.dst) && is_routable(summary.src);
+        let target = match direction {
+            Direction::Outbound if routed && from_behind.is_some() && to_behind.is_none() => None,
+            Direction::Inbound if routed && to_behind.is_some() => to_behind,
+            _ => return self.drop(direction, DropReason::NotRouted, now),
+        };
+        if summary.hop_limit <= 1 {
+            let endpoint = |ip, port: Option<u16>| v6::v6(ip, port.unwrap_or(0));
+            let event = NatEvent::HopLimitExceeded {
+                direction,
+                src: endpoint(summary.src, summary.src_endpoint().map(|(_, e)| e.port())),
+                dst: endpoint(summary.dst, summary.dst_endpoint().map(|e| e.port())),
+                answered: false,
+            };
+            return self.log(now, event);
+        }
+        let out = v6::forward6(packet, &summary, None, None);
+        match target {
+            Some(device) => self.deliver(out, device, now),
+            None => self.send_up(out, now),
+        }
+    }
+
+    fn log_removals_v6(&mut self, now: Instant) {
+        let Some(firewall) = self.firewall6.as_mut() else {
+            return;
+        };
+        let removals: Vec<_> = firewall.drain_removals().collect();
+        let router = self.config.ipv6.as_ref().expect("an IPv6 router");
+        let events: Vec<_> = removals
+            .into_iter()
+            .map(|r| NatEvent::PinholeRemoved {
+                proto: r.proto,
+                internal: r.internal,
+                external: v6::v6(
+                    router
+                        .to_external(*r.internal.ip())
+                        .unwrap_or(*r.internal.ip()),
+                    r.internal.port(),
+                ),
+                remote: r.remote,
+                reason: r.reason,
+            })
+            .collect();
+        for event in events {
+            self.log(now, event);
+        }
+    }
+}
+
+/// A destination a router forwards: not multicast, link-local, loopback or unspecified.
+fn is_routable(addr: std::net::Ipv6Addr) -> bool {
+    let first = addr.segments()[0];
+    !(addr.is_multicast()
+        || addr.is_loopback()
+        || addr.is_unspecified()
+        || (first & 0xffc0) == 0xfe80)
 }

@@ -1160,7 +1160,7 @@ fn a_link_carries_ipv6_unchanged_after_its_delay_and_drops_short_packets() {
 }
 
 #[test]
-fn every_mode_but_a_link_refuses_ipv6() {
+fn without_the_ipv6_key_every_mode_but_a_link_refuses_ipv6() {
     for config in [
         NatConfig::router(PUBLIC),
         NatConfig::nat(Mapping::Eim, Filtering::Eif, Allocation::Preserve, PUBLIC),
