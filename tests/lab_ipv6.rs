@@ -784,28 +784,15 @@ fn classify_over_ipv6_is_right_behind_every_emulator_firewall_nptv6_and_an_open_
             };
             assert_eq!(ipv6.translation, Some(expected_kind), "{what}: {v:?}");
             assert_eq!(ipv6.translated, Some(npt), "{what}: {v:?}");
-            // ICMPv6 administratively prohibited fails the echo server's
-            // dial-back with EACCES, which it reports as `error` (its own
-            // failure, src/server/echo.rs): the refused dial-backs are then
-            // unmeasured, never read as a wrong behaviour.
-            let unmeasured = *answer == Some(UnsolicitedAnswer::Icmp) && !admitted;
-            if unmeasured {
-                assert_eq!(ipv6.unsolicited_admitted, None, "{what}: {v:?}");
-                match &v.filtering {
-                    Finding::Known { value } => panic!("{what}: read as {value:?}: {v:?}"),
-                    Finding::Ambiguous { candidates, .. } => {
-                        assert!(candidates.contains(filtering), "{what}: {v:?}")
-                    }
-                    Finding::Unknown { .. } => {}
-                }
-            } else {
-                assert_eq!(ipv6.unsolicited_admitted, Some(*admitted), "{what}: {v:?}");
-                assert_eq!(
-                    v.filtering,
-                    Finding::Known { value: *filtering },
-                    "{what}: {v:?}"
-                );
-            }
+            // Every cell is read exactly: ICMPv6 administratively prohibited
+            // reaches the echo server as EACCES, which it reports as
+            // `unreachable` (src/server/echo.rs), a refused dial-back.
+            assert_eq!(ipv6.unsolicited_admitted, Some(*admitted), "{what}: {v:?}");
+            assert_eq!(
+                v.filtering,
+                Finding::Known { value: *filtering },
+                "{what}: {v:?}"
+            );
             assert_eq!(v.no_nat, !npt, "{what}: {v:?}");
             let seen = lab.scenario().host(host).unwrap().public_v6.unwrap();
             assert!(
@@ -824,9 +811,6 @@ fn classify_over_ipv6_is_right_behind_every_emulator_firewall_nptv6_and_an_open_
                 );
             }
             // The refused dial-back meets the router's unsolicited answer.
-            // ICMPv6 administratively prohibited is EACCES, which the echo
-            // server reports as `error` (it names only ECONNREFUSED and
-            // unreachable errors).
             if !admitted {
                 let dial = c
                     .observations
@@ -838,7 +822,7 @@ fn classify_over_ipv6_is_right_behind_every_emulator_firewall_nptv6_and_an_open_
                 let outcome = dial.server_outcome;
                 let fits = match answer {
                     Some(UnsolicitedAnswer::Rst) => outcome == Some(DialOutcome::Refused),
-                    Some(UnsolicitedAnswer::Icmp) => outcome == Some(DialOutcome::Error),
+                    Some(UnsolicitedAnswer::Icmp) => outcome == Some(DialOutcome::Unreachable),
                     _ => matches!(outcome, None | Some(DialOutcome::Timeout)),
                 };
                 assert!(fits, "{what}: {answer:?} answered as {outcome:?}");

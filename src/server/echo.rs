@@ -481,7 +481,11 @@ async fn dial(
             // By errno: the io::ErrorKind variants for these are newer than our MSRV.
             let outcome = match e.raw_os_error() {
                 Some(libc::ECONNREFUSED) => DialOutcome::Refused,
-                Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => DialOutcome::Unreachable,
+                // EACCES: an ICMPv6 "administratively prohibited" answer (a
+                // firewall refusing the connection; IPv4's arrives as EHOSTUNREACH).
+                Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES) => {
+                    DialOutcome::Unreachable
+                }
                 _ => DialOutcome::Error,
             };
             (outcome, Some(e.to_string()), None)
