@@ -143,8 +143,12 @@ pub struct RouterInfo {
 pub struct HostInfo {
     pub name: String,
     pub netns: String,
-    pub address: Ipv4Addr,
-    pub public_ip: Ipv4Addr,
+    /// The host's IPv4 address and what the internet sees of it; both
+    /// absent for an IPv6-only host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<Ipv4Addr>,
     /// The host's global IPv6 address, behind a router with `ipv6`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address_v6: Option<Ipv6Addr>,
@@ -350,8 +354,8 @@ impl Lab {
             .map(|h| HostInfo {
                 name: h.name.clone(),
                 netns: format!("{}-{}", self.name, h.name),
-                address: h.address,
-                public_ip: h.public_ip,
+                address: h.ipv4.then_some(h.address),
+                public_ip: h.ipv4.then_some(h.public_ip),
                 address_v6: h.address_v6,
                 public_v6: h.public_v6.filter(|p| Some(*p) != h.address_v6),
                 router: self.scenario.routers[h.router].name.clone(),
@@ -556,15 +560,18 @@ impl Lab {
         for host in hosts {
             let ns = format!("{}-{}", self.name, host.name);
             let device = Tun::create_in(&ns, HOST_DEVICE)?;
-            netns::ip_batch(
-                &ns,
-                &[
-                    "link set lo up".to_string(),
+            let mut commands = vec![
+                "link set lo up".to_string(),
+                format!("link set {HOST_DEVICE} up"),
+            ];
+            // An IPv6-only host keeps its IPv4 slot (the emulator names the
+            // device by it) but gets no IPv4 address or route.
+            if host.ipv4 {
+                commands.extend([
                     format!(
                         "addr add {}/{} dev {HOST_DEVICE}",
                         host.address, host.prefix_len
                     ),
-                    format!("link set {HOST_DEVICE} up"),
                     // Via the router's LAN address, as behind a real router: the
                     // probe finds its gateway (port mapping) in the routing table.
                     // `onlink`: a host with a public address is not in its subnet.
@@ -572,8 +579,9 @@ impl Lab {
                         "route add default via {} dev {HOST_DEVICE} onlink",
                         router.config.gateway_ip
                     ),
-                ],
-            )?;
+                ]);
+            }
+            netns::ip_batch(&ns, &commands)?;
             if let (Some(v6), Some(address)) = (router.ipv6, host.address_v6) {
                 // Dual stack as behind a kernel router: the same plan, the
                 // emulator's IPv6 side (`NatConfig::ipv6`) as the router.
@@ -652,13 +660,18 @@ impl Lab {
         for host in hosts {
             let mut host_commands = vec![
                 "link set lo up".to_string(),
-                format!(
-                    "addr add {}/{} dev {HOST_DEVICE}",
-                    host.address, host.prefix_len
-                ),
                 format!("link set {HOST_DEVICE} up"),
-                format!("route add default via {}", config.gateway_ip),
             ];
+            // An IPv6-only host: no IPv4 address or route.
+            if host.ipv4 {
+                host_commands.extend([
+                    format!(
+                        "addr add {}/{} dev {HOST_DEVICE}",
+                        host.address, host.prefix_len
+                    ),
+                    format!("route add default via {}", config.gateway_ip),
+                ]);
+            }
             if let (Some(v6), Some(address)) = (router.ipv6, host.address_v6) {
                 host_commands.push(format!(
                     "addr add {address}/{IPV6_LAN_PREFIX_LEN} dev {HOST_DEVICE} nodad"

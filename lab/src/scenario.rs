@@ -229,6 +229,10 @@ pub struct HostSpec {
     /// The IPv6 address the internet sees for the host: `address_v6`, or its
     /// NPTv6 translation.
     pub public_v6: Option<Ipv6Addr>,
+    /// Whether the host has IPv4 (`ipv4 = false`: IPv6 only). An IPv6-only
+    /// host keeps its place in the IPv4 plan (`address`: the emulator names
+    /// its device by it) but gets no IPv4 address or route.
+    pub ipv4: bool,
     /// What `lab run` starts in this host.
     pub role: HostRole,
 }
@@ -559,6 +563,8 @@ struct HostSection {
     public_ip: Option<Spanned<Ipv4Addr>>,
     #[serde(default)]
     role: HostRole,
+    /// `false`: an IPv6-only host (its router must have `ipv6`).
+    ipv4: Option<Spanned<bool>>,
 }
 
 /// Whether `ip` lies in the documentation ranges lab public addresses come from (RFC 5737).
@@ -912,8 +918,19 @@ fn resolve(file: ScenarioFile, text: &str) -> Result<Scenario, String> {
             // The emulator delivers IPv6 to the device named by the host's IPv4 address.
             emulated.hosts.push((a, address));
         }
+        let ipv4 = match &host.ipv4 {
+            Some(flag) if !*flag.get_ref() && address_v6.is_none() => {
+                return Err(at(
+                    flag.span(),
+                    format!("host `{name}`: ipv4 = false needs a router with ipv6 (`{nat_name}` has none): give the router ipv6 = \"firewall\", \"open\" or \"nptv6\""),
+                ));
+            }
+            Some(flag) => *flag.get_ref(),
+            None => true,
+        };
         hosts.push(HostSpec {
             public_v6,
+            ipv4,
             name,
             router,
             address,

@@ -108,35 +108,55 @@ pub async fn run(
     };
     progress(Progress::Classifying);
     let families = EchoFamilies::split(&options.echo);
-    let classification = classify::classify(&ClassifyConfig {
-        servers: families.primary.clone(),
-        trust: EchoTrust::GivenIps(options.addresses),
-        ..ClassifyConfig::default()
-    })
-    .await?;
-    progress(Progress::Classified {
-        verdict: Box::new(classification.verdict.clone()),
-    });
-    // After the IPv4 run, not beside it: both would share the host's CPU
-    // and the tests' silence waits.
-    let classification_v6 = match &families.ipv6 {
-        None => None,
-        Some(servers) => {
-            progress(Progress::ClassifyingIpv6);
-            let outcome = classify::classify(&ClassifyConfig {
-                servers: servers.clone(),
-                trust: EchoTrust::GivenIps(options.addresses),
-                ..ClassifyConfig::default()
-            })
-            .await
-            .map_err(|e| format!("IPv6 not classified: {e}"));
-            progress(Progress::ClassifiedIpv6 {
-                outcome: outcome
-                    .as_ref()
-                    .map(|c| Box::new(c.verdict.clone()))
-                    .map_err(Clone::clone),
+    let addresses = options.addresses;
+    let classify_with = |servers: &[String]| {
+        let config = ClassifyConfig {
+            servers: servers.to_vec(),
+            trust: EchoTrust::GivenIps(addresses),
+            ..ClassifyConfig::default()
+        };
+        async move { classify::classify(&config).await }
+    };
+    let (classification, classification_v6) = match classify_with(&families.primary).await {
+        Ok(classification) => {
+            progress(Progress::Classified {
+                verdict: Box::new(classification.verdict.clone()),
             });
-            Some(outcome)
+            // After the IPv4 run, not beside it: both would share the host's
+            // CPU and the tests' silence waits.
+            let classification_v6 = match &families.ipv6 {
+                None => None,
+                Some(servers) => {
+                    progress(Progress::ClassifyingIpv6);
+                    let outcome = classify_with(servers)
+                        .await
+                        .map_err(|e| format!("IPv6 not classified: {e}"));
+                    progress(Progress::ClassifiedIpv6 {
+                        outcome: outcome
+                            .as_ref()
+                            .map(|c| Box::new(c.verdict.clone()))
+                            .map_err(Clone::clone),
+                    });
+                    Some(outcome)
+                }
+            };
+            (classification, classification_v6)
+        }
+        // No IPv4 echo server answered: an IPv6-only host measures over
+        // IPv6 alone, its one classification the IPv6 one. If IPv6 fails
+        // too, the IPv4 error says what to check first.
+        Err(no_ipv4) => {
+            let Some(servers) = &families.ipv6 else {
+                return Err(no_ipv4.into());
+            };
+            progress(Progress::ClassifyingIpv6);
+            let Ok(classification) = classify_with(servers).await else {
+                return Err(no_ipv4.into());
+            };
+            progress(Progress::Classified {
+                verdict: Box::new(classification.verdict.clone()),
+            });
+            (classification, None)
         }
     };
 
@@ -218,9 +238,12 @@ pub async fn run(
 
 /// The volunteer's echo endpoints by family. A dual-stack run (IPv6
 /// literals, `[2001:db8::10]:3478`, beside IPv4 endpoints) classifies each
-/// family with its own endpoints; pairing and trials use the IPv4 one, as
-/// the coordinator and peers are IPv4. Endpoints of one family only are
-/// one classification as before (IPv6 ones an IPv6 classification).
+/// family with its own endpoints; the IPv4 verdict is the one the peer
+/// hears, and the run offers trials in each family it classified (and has
+/// a coordinator address in). A host with no IPv4 (no IPv4 echo server
+/// answers) has its IPv6 classification as its one classification.
+/// Endpoints of one family only are one classification as before (IPv6
+/// ones an IPv6 classification).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct EchoFamilies {
     /// The classification pairing uses: the IPv4 endpoints and names of a

@@ -516,6 +516,11 @@ impl Aggregator {
             self.counts.reference_runs += 1;
             return;
         }
+        self.ipv6.add(run);
+        // The NAT tables are IPv4's: an IPv6-only run is in the IPv6 breakdown only.
+        if super::ipv6::ipv6_only(run).is_some() {
+            return;
+        }
         *self
             .mapping_runs
             .entry(finding_label(&verdict.mapping))
@@ -525,7 +530,6 @@ impl Aggregator {
             .entry(finding_label(&verdict.filtering))
             .or_default() += 1;
         *self.type_runs.entry(own).or_default() += 1;
-        self.ipv6.add(run);
     }
 
     fn add_record(

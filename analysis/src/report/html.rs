@@ -1181,8 +1181,8 @@ fn ipv6_table(h: &mut String, ipv6: &super::ipv6::Ipv6Summary) {
     h.push_str("<h3 id=ipv6>IPv6</h3>\n");
     let _ = writeln!(
         h,
-        "<p class=note>Dual-stack volunteers' runs classify IPv6 apart from IPv4 (pairing and trials stay IPv4): {} runs with an IPv6 classification, {} whose IPv6 classification failed (no route or no answer). Rates are per run, of the runs where it was measured, with Wilson 95% intervals.</p>",
-        ipv6.runs, ipv6.missing
+        "<p class=note>Dual-stack volunteers' runs classify IPv6 apart from IPv4; IPv6-only volunteers' one classification is an IPv6 one (they are left out of the NAT tables above). {} runs with an IPv6 classification ({} of them IPv6-only), {} whose IPv6 classification failed (no route or no answer). Trials over IPv6 are in the strategy tables by family and in the IPv4-beside-IPv6 comparison. Rates are per run, of the runs where it was measured, with Wilson 95% intervals.</p>",
+        ipv6.runs, ipv6.ipv6_only, ipv6.missing
     );
     h.push_str("<table><tr><th>over IPv6</th><th>runs</th><th>rate [95% interval] (runs/measured)</th></tr>");
     let rows = [

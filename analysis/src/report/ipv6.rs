@@ -10,6 +10,7 @@ use crate::result::RunResult;
 #[derive(Debug, Clone, Default)]
 pub struct Ipv6Tally {
     runs: u64,
+    ipv6_only: u64,
     missing: u64,
     translated: u64,
     translation_known: u64,
@@ -25,10 +26,13 @@ impl Ipv6Tally {
         if run.classification_v6_missing.is_some() {
             self.missing += 1;
         }
-        let Some(classification) = &run.classification_v6 else {
-            return;
-        };
-        self.count(classification.verdict.ipv6.as_ref());
+        if let Some(classification) = &run.classification_v6 {
+            self.count(classification.verdict.ipv6.as_ref());
+        } else if let Some(reading) = ipv6_only(run) {
+            // An IPv6-only run: its one classification is the IPv6 one.
+            self.ipv6_only += 1;
+            self.count(Some(reading));
+        }
     }
 
     /// Counts one IPv6 classification's reading (`None`: it has none).
@@ -54,12 +58,22 @@ impl Ipv6Tally {
     pub fn summary(&self) -> Ipv6Summary {
         Ipv6Summary {
             runs: self.runs,
+            ipv6_only: self.ipv6_only,
             missing: self.missing,
             translated: Proportion::new(self.translated, self.translation_known),
             unsolicited_admitted: Proportion::new(self.admitted, self.admission_known),
             translation_kinds: self.kinds,
         }
     }
+}
+
+/// The IPv6 reading of a run whose one classification was made over IPv6
+/// (an IPv6-only host: no IPv4 classification beside it).
+pub fn ipv6_only(run: &RunResult) -> Option<&Ipv6Verdict> {
+    if run.classification_v6.is_some() {
+        return None;
+    }
+    run.classification.verdict.ipv6.as_ref()
 }
 
 /// Runs by the translation kind their classification named (`none`,
@@ -84,6 +98,10 @@ impl TranslationKinds {
 pub struct Ipv6Summary {
     /// Volunteer runs with an IPv6 classification.
     pub runs: u64,
+    /// Of `runs`, those that had IPv6 only (their one classification is an
+    /// IPv6 one; absent in older summaries: 0).
+    #[serde(default)]
+    pub ipv6_only: u64,
     /// Dual-stack runs whose IPv6 classification failed (no route, no
     /// answer: `classification_v6_missing`); not in `runs`.
     pub missing: u64,

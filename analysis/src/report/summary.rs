@@ -736,7 +736,9 @@ impl Summary {
             time_to_connect,
             attempts,
             classification: ClassificationSummary {
-                runs: agg.counts.runs - agg.counts.reference_runs,
+                // The runs these tables count: volunteers' runs classified
+                // over IPv4 (an IPv6-only run is in the IPv6 breakdown).
+                runs: agg.type_runs.values().sum(),
                 mapping: agg.mapping_runs.clone(),
                 filtering: agg.filtering_runs.clone(),
                 types: agg

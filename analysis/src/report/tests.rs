@@ -1066,22 +1066,29 @@ fn ipv6_classifications_are_broken_down_per_volunteer_run() {
         no_route,
         // IPv4 only.
         run(Role::Initiator, eim_apdf(), None, vec![]),
+        // IPv6 only: its one classification is the IPv6 one.
+        {
+            let mut only = dual_stack(Some(false), Some(false), RunMode::Volunteer);
+            only.classification = only.classification_v6.take().unwrap();
+            only
+        },
     ];
     let (s, _) = summary_of(&runs);
     let ipv6 = &s.ipv6;
-    assert_eq!((ipv6.runs, ipv6.missing), (4, 1));
-    assert_eq!((ipv6.translated.successes, ipv6.translated.n), (1, 4));
+    assert_eq!((ipv6.runs, ipv6.ipv6_only, ipv6.missing), (5, 1, 1));
+    assert_eq!((ipv6.translated.successes, ipv6.translated.n), (1, 5));
     assert_eq!(
         (
             ipv6.unsolicited_admitted.successes,
             ipv6.unsolicited_admitted.n
         ),
-        (1, 3)
+        (1, 4)
     );
-    let (low, high) = super::stats::wilson(1, 3, super::stats::Z_95).unwrap();
+    let (low, high) = super::stats::wilson(1, 4, super::stats::Z_95).unwrap();
     assert_eq!(ipv6.unsolicited_admitted.low, Some(low));
     assert_eq!(ipv6.unsolicited_admitted.high, Some(high));
-    // The IPv4 classification tables count every volunteer run as before.
+    // The IPv4 classification tables count every volunteer run as before,
+    // but for the IPv6-only one (its NAT type is not an IPv4 one).
     assert_eq!(s.classification.runs, 6);
 
     let page = super::html::render(&s).unwrap();
@@ -1094,7 +1101,8 @@ fn ipv6_classifications_are_broken_down_per_volunteer_run() {
         "rates with intervals"
     );
     let json = serde_json::to_value(&s).unwrap();
-    assert_eq!(json["ipv6"]["translated"]["n"], 4);
+    assert_eq!(json["ipv6"]["translated"]["n"], 5);
+    assert_eq!(json["ipv6"]["ipv6_only"], 1);
 
     // IPv4-only runs: no breakdown on the page, none in summary.json.
     let (plain, _) = summary_of(&[run(Role::Initiator, eim_apdf(), None, vec![])]);
