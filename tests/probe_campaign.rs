@@ -93,6 +93,36 @@ async fn a_campaign_naming_a_non_public_echo_server_is_refused_before_anything_i
     server.stop().await;
 }
 
+/// `--campaign` repeated names more addresses of the same coordinator
+/// (IPv4 and IPv6 trials without DNS): the campaign is asked of the first
+/// only, and a refused campaign sends nothing to the others either.
+#[tokio::test]
+async fn a_repeated_campaign_flag_asks_the_first_address_and_nothing_reaches_the_others() {
+    let echo = CountingListener::start(ip(1)).await;
+    let second = CountingListener::start(ip(2)).await;
+    let server = start(with_campaign(Some(campaign(vec![echo.addr])))).await;
+    let out = probe(vec![
+        "--campaign".into(),
+        server.addr.to_string(),
+        "--campaign".into(),
+        second.addr.to_string(),
+        "--yes".into(),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("coordinator `{}`", server.addr)) && stderr.contains("loopback"),
+        "the first address's campaign was refused: {stderr}"
+    );
+    assert_eq!(
+        (echo.connections(), second.connections()),
+        (0, 0),
+        "nothing reached the echo server or the second address"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn without_a_campaign_the_probe_asks_for_explicit_flags() {
     let server = start(with_campaign(None)).await;

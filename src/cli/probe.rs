@@ -19,8 +19,8 @@ use punchscope::net::address::AddressPolicy;
 use punchscope::node::{NodeOptions, RpcAuth, RpcConfig};
 use punchscope::probe::campaign::{self, CampaignPreview, Endpoints};
 use punchscope::probe::{
-    self, PortMapOptions, Progress, ReferenceOptions, ReferenceProgress, RunEnding, RunOptions,
-    RunOutcome, Stop, UploadStatus,
+    self, EchoFamilies, PortMapOptions, Progress, ReferenceOptions, ReferenceProgress, RunEnding,
+    RunOptions, RunOutcome, Stop, UploadStatus,
 };
 use punchscope::proto::rendezvous::{CampaignInfo, Mode};
 use punchscope::upload;
@@ -36,8 +36,12 @@ pub struct ProbeArgs {
     /// The campaign to join: its coordinator, HOST[:PORT] (default port 8340).
     /// The coordinator names the campaign, its operator, echo servers and
     /// collector, shown before you agree; --echo and --collector override them.
+    /// A name gives each of its addresses (IPv4 and IPv6 trials); without
+    /// one, repeat it with each address of the same coordinator
+    /// (`--campaign 198.51.100.10 --campaign [2001:db8::10]`): the campaign
+    /// is asked of the first.
     #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "server")]
-    campaign: Option<String>,
+    campaign: Vec<String>,
     /// The coordinator, HOST:PORT, without asking it for a campaign (give
     /// --echo and --collector). Repeat it with the coordinator's IPv6
     /// address (`[2001:db8::1]:8340`) beside its IPv4 one for IPv6 trials;
@@ -114,9 +118,13 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let spool = args.spool.clone().unwrap_or_else(upload::default_spool_dir);
-    let (coordinator, campaign) = match &args.campaign {
-        Some(spec) => {
-            let coordinator = vec![campaign::coordinator_of(spec)];
+    let (coordinator, campaign) = match args.campaign.as_slice() {
+        [] => (args.server.clone(), None),
+        specs => {
+            let coordinator: Vec<String> = specs
+                .iter()
+                .map(|spec| campaign::coordinator_of(spec))
+                .collect();
             let preview = runtime.block_on(campaign::preview(
                 &coordinator[0],
                 AddressPolicy::Public,
@@ -130,7 +138,6 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
                 CampaignPreview::NotOffered { .. } => (coordinator, None),
             }
         }
-        None => (args.server.clone(), None),
     };
     let endpoints = campaign::endpoints(campaign.as_ref(), &args.echo, args.collector.as_deref());
     if args.serve_peer {
@@ -307,11 +314,19 @@ impl Consent<'_> {
                 c.name, c.operator, c.contact
             ));
         }
-        let echo = self.endpoints.echo.join(", ");
+        // Each family on its own line, split as the run classifies them.
+        let echo = EchoFamilies::split(&self.endpoints.echo);
         text.push_str(&format!(
-            "Coordinator: {}\nNAT classification against: {echo}\n",
-            self.coordinator
+            "Coordinator: {}\nNAT classification against: {}\n",
+            self.coordinator,
+            echo.primary.join(", ")
         ));
+        if let Some(ipv6) = &echo.ipv6 {
+            text.push_str(&format!(
+                "IPv6 firewall classification against: {}\n",
+                ipv6.join(", ")
+            ));
+        }
         if let Some(node) = self.node {
             text.push_str(&format!(
                 "Bridge mode: each punched connection goes to your Bitcoin node at {node}, which peers with the other side's node for a second or two per trial (docs/privacy.md)\n"
@@ -586,4 +601,66 @@ async fn serve_peer(options: ReferenceOptions, args: &ProbeArgs) -> anyhow::Resu
     };
     probe::serve_peer(options, report, Stop::on_signals()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dual-stack campaign's eight echo endpoints: one line per family,
+    /// as the run classifies them, and the coordinator at every address given.
+    #[test]
+    fn the_consent_screen_shows_each_familys_echo_servers_on_its_own_line() {
+        let echo: Vec<String> = [
+            "198.51.100.10:8339",
+            "198.51.100.11:8339",
+            "[2001:db8:5100::10]:8339",
+            "[2001:db8:5100::11]:8339",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let campaign = CampaignInfo {
+            name: "dual pilot".into(),
+            operator: "Example Lab".into(),
+            contact: "ops@example.org".into(),
+            echo: echo.iter().map(|e| e.parse().unwrap()).collect(),
+            collector: Some("https://collector.example.org".into()),
+            privacy_notice: "We keep ports.".into(),
+        };
+        let endpoints = campaign::endpoints(Some(&campaign), &[], None);
+        let screen = Consent {
+            campaign: Some(&campaign),
+            coordinator: "198.51.100.10:8340, [2001:db8:5100::10]:8340",
+            endpoints: &endpoints,
+            node: None,
+            node_port: None,
+        }
+        .screen();
+        for line in [
+            "Coordinator: 198.51.100.10:8340, [2001:db8:5100::10]:8340\n",
+            "NAT classification against: 198.51.100.10:8339, 198.51.100.11:8339\n",
+            "IPv6 firewall classification against: [2001:db8:5100::10]:8339, [2001:db8:5100::11]:8339\n",
+        ] {
+            assert!(screen.contains(line), "{line}in {screen}");
+        }
+        // One family only: one line, as before.
+        let v4 = Endpoints {
+            echo: echo[..2].to_vec(),
+            collector: None,
+        };
+        let screen = Consent {
+            campaign: None,
+            coordinator: "198.51.100.10:8340",
+            endpoints: &v4,
+            node: None,
+            node_port: None,
+        }
+        .screen();
+        assert!(
+            screen.contains("NAT classification against: 198.51.100.10:8339, 198.51.100.11:8339\n")
+                && !screen.contains("IPv6 firewall classification"),
+            "{screen}"
+        );
+    }
 }

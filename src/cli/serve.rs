@@ -98,7 +98,9 @@ pub struct CampaignArgs {
     /// How volunteers reach the operator (e-mail, web page).
     #[arg(long, value_name = "TEXT", requires = "campaign_name")]
     pub campaign_contact: Option<String>,
-    /// An echo endpoint volunteers classify against, public IP:PORT (repeat: two IPs x two ports).
+    /// An echo endpoint volunteers classify against, public IP:PORT (repeat:
+    /// two IPs x two ports; IPv6 ones, `[2001:db8::10]:8339`, after the
+    /// IPv4 ones for a dual-stack campaign, which older probes refuse).
     #[arg(long, value_name = "IP:PORT", requires = "campaign_name")]
     pub campaign_echo: Vec<SocketAddr>,
     /// The collector volunteers upload to, http(s)://...

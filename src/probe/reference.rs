@@ -10,7 +10,7 @@ use punchscope_analysis::trial::{Family, TrialOutcome};
 
 use super::delivery::{spool_and_upload, UploadStatus};
 use super::pairing::{run_pairing, PairingOptions};
-use super::volunteer::{first_per_family, resolve_all, with_families};
+use super::volunteer::{first_per_family, resolve_all, with_families, EchoFamilies};
 use super::{ProbeError, Stop};
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
@@ -85,8 +85,10 @@ pub async fn serve_peer(
         },
     );
     if !options.echo.is_empty() {
+        // A dual-stack campaign's IPv6 endpoints are not mixed into the
+        // verdict sent in hello: it is the primary family's, as a volunteer's.
         classification = classify::classify(&ClassifyConfig {
-            servers: options.echo.clone(),
+            servers: EchoFamilies::split(&options.echo).primary,
             trust: EchoTrust::GivenIps(options.addresses),
             ..ClassifyConfig::default()
         })

@@ -236,25 +236,26 @@ pub async fn run(
     })
 }
 
-/// The volunteer's echo endpoints by family. A dual-stack run (IPv6
-/// literals, `[2001:db8::10]:3478`, beside IPv4 endpoints) classifies each
-/// family with its own endpoints; the IPv4 verdict is the one the peer
-/// hears, and the run offers trials in each family it classified (and has
-/// a coordinator address in). A host with no IPv4 (no IPv4 echo server
-/// answers) has its IPv6 classification as its one classification.
-/// Endpoints of one family only are one classification as before (IPv6
-/// ones an IPv6 classification).
+/// The volunteer's echo endpoints by family (`--echo` flags, or a
+/// campaign's announced endpoints). A dual-stack run (IPv6 literals,
+/// `[2001:db8::10]:3478`, beside IPv4 endpoints) classifies each family
+/// with its own endpoints and offers IPv6 trials when the IPv6 one
+/// succeeds; the verdict sent in `hello` is the primary one. A host with no
+/// IPv4 (no IPv4 echo server answers) has its IPv6 classification as its
+/// one classification. Endpoints of one family only are one classification
+/// as before (IPv6 ones an IPv6 classification). The consent screen shows
+/// the same split.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct EchoFamilies {
-    /// The classification pairing uses: the IPv4 endpoints and names of a
+pub struct EchoFamilies {
+    /// The primary classification: the IPv4 endpoints and names of a
     /// dual-stack run, else every endpoint.
-    primary: Vec<String>,
+    pub primary: Vec<String>,
     /// The IPv6 literals of a dual-stack run, classified besides.
-    ipv6: Option<Vec<String>>,
+    pub ipv6: Option<Vec<String>>,
 }
 
 impl EchoFamilies {
-    fn split(echo: &[String]) -> Self {
+    pub fn split(echo: &[String]) -> Self {
         // A name resolves to IPv4 (see `classify::resolve_server`), so only
         // literals count as IPv6.
         let is_ipv6_literal = |spec: &String| {

@@ -60,8 +60,12 @@ pub const MAX_CAMPAIGN_TEXT: usize = 200;
 pub const MAX_COLLECTOR_URL: usize = 300;
 /// Largest privacy notice a campaign may hand out, in bytes.
 pub const MAX_PRIVACY_NOTICE: usize = 6000;
-/// Most echo endpoints a campaign may name (two IPs x two ports).
-pub const MAX_CAMPAIGN_ECHO: usize = 4;
+/// Most echo endpoints a campaign may name: two IPs x two ports in each
+/// of the two families. Probes before the dual-stack campaign took at most
+/// 4 (see docs/protocol.md, "Preview connection").
+pub const MAX_CAMPAIGN_ECHO: usize = 8;
+/// Most echo endpoints of one family in a campaign (two IPs x two ports).
+pub const MAX_CAMPAIGN_ECHO_PER_FAMILY: usize = 4;
 
 /// What a coordinator tells a volunteer about its campaign before consent
 /// (`campaign`, answering `campaign_request`): who runs it, which echo
@@ -75,7 +79,9 @@ pub struct CampaignInfo {
     pub operator: String,
     /// How to reach the operator (e-mail address, web page).
     pub contact: String,
-    /// Echo servers for NAT classification: two IPs x two ports at most.
+    /// Echo servers for NAT classification: two IPs x two ports at most
+    /// per family, the IPv4 ones first (a probe classifies each family
+    /// against its own endpoints).
     pub echo: Vec<SocketAddr>,
     /// Where results are uploaded (`http://` or `https://`); absent: results stay with the volunteer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,8 +93,9 @@ pub struct CampaignInfo {
 impl CampaignInfo {
     /// Whether this campaign may be shown and used: short printable texts
     /// (a notice may hold newlines and tabs, nothing else below U+0020, so
-    /// it cannot drive the volunteer's terminal), one to four echo
-    /// endpoints that `addresses` allows (the same rule as peers), and an
+    /// it cannot drive the volunteer's terminal), one to eight distinct echo
+    /// endpoints, at most four per family, each one `addresses` allows (the
+    /// same rule as peers), and an
     /// `http(s)://` collector URL. Both the coordinator (when configured)
     /// and the client (when told) check it.
     pub fn check(&self, addresses: AddressPolicy) -> Result<(), String> {
@@ -120,9 +127,26 @@ impl CampaignInfo {
                 "campaign privacy_notice holds the control character {c:?}: plain text only"
             ));
         }
-        if self.echo.is_empty() || self.echo.len() > MAX_CAMPAIGN_ECHO {
+        // By the family an endpoint is reached in: an IPv4-mapped IPv6 address is IPv4.
+        let per_family = |family: Family| {
+            self.echo
+                .iter()
+                .filter(|e| Family::of(e.ip()) == family)
+                .count()
+        };
+        let repeated = self
+            .echo
+            .iter()
+            .enumerate()
+            .any(|(i, e)| self.echo[..i].contains(e));
+        if self.echo.is_empty()
+            || self.echo.len() > MAX_CAMPAIGN_ECHO
+            || per_family(Family::Ipv4) > MAX_CAMPAIGN_ECHO_PER_FAMILY
+            || per_family(Family::Ipv6) > MAX_CAMPAIGN_ECHO_PER_FAMILY
+            || repeated
+        {
             return Err(format!(
-                "campaign echo must list 1 to {MAX_CAMPAIGN_ECHO} endpoints"
+                "campaign echo must list 1 to {MAX_CAMPAIGN_ECHO} distinct endpoints, at most {MAX_CAMPAIGN_ECHO_PER_FAMILY} per family (two IPs x two ports over IPv4, the same over IPv6)"
             ));
         }
         for endpoint in &self.echo {

@@ -929,6 +929,37 @@ fn a_preview_without_a_campaign_is_refused_with_no_campaign_and_counted() {
     ));
 }
 
+/// A dual-stack campaign: two IPs x two ports in each family, IPv4 first.
+#[test]
+fn a_dual_stack_campaign_may_name_four_echo_endpoints_per_family() {
+    use crate::net::address::AddressPolicy;
+    let echo: Vec<SocketAddr> = [
+        "198.51.100.10:3478",
+        "198.51.100.10:3479",
+        "198.51.100.11:3478",
+        "198.51.100.11:3479",
+        "[2001:db8:5100::10]:3478",
+        "[2001:db8:5100::10]:3479",
+        "[2001:db8:5100::11]:3478",
+        "[2001:db8:5100::11]:3479",
+    ]
+    .iter()
+    .map(|e| sa(e))
+    .collect();
+    let dual = CampaignInfo {
+        echo: echo.clone(),
+        ..campaign()
+    };
+    assert_eq!(dual.check(AddressPolicy::Public), Ok(()));
+    // The wire form a probe decodes holds every endpoint, in order.
+    let line = encode_server(&ServerMessage::Campaign { campaign: dual });
+    let decoded = decode_server(std::str::from_utf8(&line).unwrap().trim_end()).unwrap();
+    assert!(
+        matches!(&decoded, ServerMessage::Campaign { campaign } if campaign.echo == echo),
+        "{decoded:?}"
+    );
+}
+
 #[test]
 fn campaign_info_that_could_misdirect_or_mislead_a_volunteer_is_refused() {
     use crate::net::address::AddressPolicy;
@@ -960,14 +991,48 @@ fn campaign_info_that_could_misdirect_or_mislead_a_volunteer_is_refused() {
                 echo: vec![],
                 ..campaign()
             },
-            "1 to 4",
+            "1 to 8 distinct endpoints, at most 4 per family",
         ),
         (
             CampaignInfo {
-                echo: vec![sa("198.51.100.10:1"); 5],
+                echo: vec![sa("198.51.100.10:1"), sa("198.51.100.10:1")],
                 ..campaign()
             },
-            "1 to 4",
+            "distinct",
+        ),
+        (
+            CampaignInfo {
+                echo: (1..=5).map(|p| sa(&format!("198.51.100.10:{p}"))).collect(),
+                ..campaign()
+            },
+            "at most 4 per family",
+        ),
+        (
+            CampaignInfo {
+                echo: (1..=5)
+                    .map(|p| sa(&format!("[2001:db8:5100::10]:{p}")))
+                    .collect(),
+                ..campaign()
+            },
+            "at most 4 per family",
+        ),
+        (
+            CampaignInfo {
+                echo: vec![sa("198.51.100.10:3478"), sa("[fd00::10]:3478")],
+                ..campaign()
+            },
+            "unique local",
+        ),
+        (
+            CampaignInfo {
+                // An IPv4-mapped address is reached over IPv4: a fifth IPv4 endpoint.
+                echo: (1..=4)
+                    .map(|p| sa(&format!("198.51.100.10:{p}")))
+                    .chain([sa("[::ffff:198.51.100.11]:3478")])
+                    .collect(),
+                ..campaign()
+            },
+            "at most 4 per family",
         ),
         (
             CampaignInfo {

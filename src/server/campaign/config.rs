@@ -5,18 +5,20 @@
 //! [`CampaignFile::load`] also reads the files it names (plan, privacy notice).
 //! The keys are documented in docs/deploy.md.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use punchscope_analysis::plan::Plan;
 use punchscope_analysis::privacy::PRIVACY_NOTICE;
 use punchscope_analysis::toml_lines::at_line;
+use punchscope_analysis::trial::Family;
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::collector::StoreLocation;
 use crate::net::address::AddressPolicy;
+use crate::proto::rendezvous::coordinator::CoordinatorConfig;
 use crate::proto::rendezvous::{check_collector_url, CampaignInfo};
 
 /// A campaign file that cannot be used, with where and why.
@@ -59,6 +61,12 @@ struct EchoSection {
     ports: Spanned<Vec<u16>>,
     /// Public addresses to announce instead (a server behind a 1:1 NAT), one per address.
     advertise: Option<Spanned<Vec<Ipv4Addr>>>,
+    /// One or two IPv6 addresses the echo servers also listen on (the same
+    /// ports): volunteers then classify their IPv6 path too and can offer
+    /// IPv6 trials.
+    addresses_v6: Option<Spanned<Vec<Ipv6Addr>>>,
+    /// As `advertise`, for `addresses_v6` (a server behind NPTv6).
+    advertise_v6: Option<Spanned<Vec<Ipv6Addr>>>,
     max_connections: Option<Spanned<usize>>,
     dial_back_burst: Option<Spanned<u32>>,
     dial_back_refill_secs: Option<Spanned<u64>>,
@@ -181,6 +189,79 @@ fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(
     }
 }
 
+/// One family's echo endpoints: what the servers listen on and what the
+/// campaign announces.
+struct EchoFamily {
+    listen: Vec<SocketAddr>,
+    /// `advertise` when given, else `listen`.
+    announced: Vec<SocketAddr>,
+    advertised: bool,
+}
+
+/// Checks one family's echo addresses (`key`) and their advertised public
+/// addresses (`advertise_key`): one or two distinct addresses, one public
+/// address per address, each endpoint one a volunteer's probe accepts.
+fn echo_family<A: Copy + PartialEq + Into<IpAddr>>(
+    text: &str,
+    ports: &[u16],
+    family: Family,
+    key: &str,
+    advertise_key: &str,
+    addresses: &Spanned<Vec<A>>,
+    advertise: Option<&Spanned<Vec<A>>>,
+) -> Result<EchoFamily, String> {
+    let family_name = match family {
+        Family::Ipv4 => "IPv4",
+        Family::Ipv6 => "IPv6",
+    };
+    let ips = addresses.get_ref();
+    // An IPv4-mapped IPv6 address (::ffff:198.51.100.10) is reached over IPv4.
+    let other_family = ips.iter().any(|ip| Family::of((*ip).into()) != family);
+    if ips.is_empty() || ips.len() > 2 || (ips.len() == 2 && ips[0] == ips[1]) || other_family {
+        return Err(at_line(
+            text,
+            addresses.span(),
+            format!("echo {key} must be one or two distinct {family_name} addresses (two give a full verdict)"),
+        ));
+    }
+    let endpoints = |ips: &[A]| -> Vec<SocketAddr> {
+        ips.iter()
+            .flat_map(|ip| {
+                ports
+                    .iter()
+                    .map(move |port| SocketAddr::new((*ip).into(), *port))
+            })
+            .collect()
+    };
+    let listen = endpoints(ips);
+    let announced = match advertise {
+        Some(adv) if adv.get_ref().len() != ips.len() => {
+            return Err(at_line(
+                text,
+                adv.span(),
+                format!("echo {advertise_key} must give one public address per address of {key}, in the same order"),
+            ));
+        }
+        Some(adv) => endpoints(adv.get_ref()),
+        None => listen.clone(),
+    };
+    let span = advertise.map_or(addresses.span(), |a| a.span());
+    for endpoint in &announced {
+        AddressPolicy::Public.check(*endpoint).map_err(|why| {
+            at_line(
+                text,
+                span.clone(),
+                format!("volunteers' probes refuse this echo endpoint: {why} (global or documentation addresses only)"),
+            )
+        })?;
+    }
+    Ok(EchoFamily {
+        listen,
+        announced,
+        advertised: advertise.is_some(),
+    })
+}
+
 impl CampaignFile {
     /// Parses and checks a campaign file's text. `dir` is the folder relative
     /// paths start from. The privacy notice is the built-in one here.
@@ -189,13 +270,6 @@ impl CampaignFile {
         let path = |p: &Path| dir.join(p);
 
         let echo = &file.echo;
-        let addresses = echo.addresses.get_ref();
-        if addresses.is_empty()
-            || addresses.len() > 2
-            || (addresses.len() == 2 && addresses[0] == addresses[1])
-        {
-            return Err(at_line(text, echo.addresses.span(), "echo addresses must be one or two distinct IPv4 addresses (two give a full NAT verdict)"));
-        }
         let ports = echo.ports.get_ref();
         if ports.is_empty()
             || ports.len() > 2
@@ -208,37 +282,40 @@ impl CampaignFile {
                 "echo ports must be one or two distinct ports, not 0",
             ));
         }
-        let endpoints = |ips: &[Ipv4Addr]| -> Vec<SocketAddr> {
-            ips.iter()
-                .flat_map(|ip| {
-                    ports
-                        .iter()
-                        .map(move |port| SocketAddr::new(IpAddr::V4(*ip), *port))
-                })
-                .collect()
-        };
-        let listen = endpoints(addresses);
-        let advertise = match &echo.advertise {
-            Some(adv) if adv.get_ref().len() != addresses.len() => {
-                return Err(at_line(text, adv.span(), "echo advertise must give one public address per echo address, in the same order"));
+        let v4 = echo_family(
+            text,
+            ports,
+            Family::Ipv4,
+            "addresses",
+            "advertise",
+            &echo.addresses,
+            echo.advertise.as_ref(),
+        )?;
+        let v6 = match &echo.addresses_v6 {
+            Some(addresses) => Some(echo_family(
+                text,
+                ports,
+                Family::Ipv6,
+                "addresses_v6",
+                "advertise_v6",
+                addresses,
+                echo.advertise_v6.as_ref(),
+            )?),
+            None => {
+                if let Some(adv) = &echo.advertise_v6 {
+                    return Err(at_line(text, adv.span(), "echo advertise_v6 needs addresses_v6 (the IPv6 addresses the echo servers listen on)"));
+                }
+                None
             }
-            Some(adv) => Some(endpoints(adv.get_ref())),
-            None => None,
         };
-        let announced = advertise.clone().unwrap_or_else(|| listen.clone());
-        let announced_span = echo
-            .advertise
-            .as_ref()
-            .map_or(echo.addresses.span(), |a| a.span());
-        for endpoint in &announced {
-            AddressPolicy::Public.check(*endpoint).map_err(|why| {
-                at_line(
-                    text,
-                    announced_span.clone(),
-                    format!("volunteers' probes refuse this echo endpoint: {why}"),
-                )
-            })?;
-        }
+        // IPv4 first: the order the campaign announces and the servers listen in.
+        let families = std::iter::once(&v4).chain(&v6);
+        let listen: Vec<SocketAddr> = families.clone().flat_map(|f| f.listen.clone()).collect();
+        let advertise = families
+            .clone()
+            .any(|f| f.advertised)
+            .then(|| families.clone().flat_map(|f| f.announced.clone()).collect());
+        let announced: Vec<SocketAddr> = families.flat_map(|f| f.announced.clone()).collect();
         let echo_settings = EchoSettings {
             listen,
             advertise,
@@ -417,21 +494,75 @@ impl CampaignFile {
         Ok(file)
     }
 
-    /// The coordinator's plan: the plan file, or the built-in default.
+    /// The coordinator's plan: the plan file, or the built-in default
+    /// (`None`). Either must list only families the campaign serves
+    /// ([`CampaignFile::check_families`]).
     pub fn plan(&self) -> Result<Option<Plan>, CampaignConfigError> {
         let Some(path) = &self.coordinator.plan else {
+            let default = CoordinatorConfig::default().plan;
+            self.check_families(&default)
+                .map_err(|why| CampaignConfigError::Invalid {
+                    path: "the built-in plan (probes/default.toml)".into(),
+                    message: why,
+                })?;
             return Ok(None);
         };
         let text = std::fs::read_to_string(path).map_err(|cause| CampaignConfigError::Read {
             path: path.clone(),
             cause,
         })?;
-        Plan::from_toml(&text)
-            .map(Some)
-            .map_err(|e| CampaignConfigError::Invalid {
-                path: path.clone(),
-                message: e.to_string(),
+        let invalid = |message: String| CampaignConfigError::Invalid {
+            path: path.clone(),
+            message,
+        };
+        let plan = Plan::from_toml(&text).map_err(|e| invalid(e.to_string()))?;
+        self.check_families(&plan).map_err(|why| {
+            // The plan's `families` line, when it has one (absent: ipv4 only).
+            let at = text
+                .lines()
+                .scan(0, |offset, line| {
+                    let start = *offset;
+                    *offset += line.len() + 1;
+                    Some((start, line))
+                })
+                .find(|(_, line)| line.trim_start().starts_with("families"))
+                .map(|(start, _)| start);
+            invalid(match at {
+                Some(start) => at_line(&text, start..start + 1, why),
+                None => why,
             })
+        })?;
+        Ok(Some(plan))
+    }
+
+    /// Whether every family `plan` lists can run: a volunteer offers a
+    /// family only when it classified its path in that family against the
+    /// campaign's echo servers and reaches the coordinator in it, so a
+    /// family without either would silently run no trial at all.
+    pub fn check_families(&self, plan: &Plan) -> Result<(), String> {
+        let listen = self.coordinator.listen;
+        for family in &plan.families {
+            let has_echo = self
+                .campaign
+                .echo
+                .iter()
+                .any(|e| Family::of(e.ip()) == *family);
+            if !has_echo {
+                return Err(format!(
+                    "families lists {family}, but the campaign file's [echo] has no {family} addresses (addresses_v6): no volunteer could classify {family} or offer it; add them, or drop {family} from families"
+                ));
+            }
+            // `[::]` serves both families (see `server::rendezvous::bind_listener`).
+            let both = listen.ip().is_unspecified() && listen.is_ipv6();
+            if !both && Family::of(listen.ip()) != *family {
+                return Err(format!(
+                    "families lists {family}, but the campaign file's [coordinator] listen = \"{listen}\" serves {} only: listen on \"[::]:{}\" (both families), or drop {family} from families",
+                    Family::of(listen.ip()),
+                    listen.port()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -552,6 +683,152 @@ tls_key = "tls/key.pem"
                 "{e} (expected {line}: {words})"
             );
         }
+    }
+
+    /// [`EXAMPLE`] made dual-stack: IPv6 echo addresses, the coordinator on both families.
+    fn dual_stack() -> String {
+        EXAMPLE
+            .replace(
+                "ports = [8339, 8341]",
+                "ports = [8339, 8341]\naddresses_v6 = [\"2001:db8:5100::10\", \"2001:db8:5100::11\"]",
+            )
+            .replace("198.51.100.10:8340", "[::]:8340")
+    }
+
+    #[test]
+    fn ipv6_echo_addresses_listen_and_are_announced_after_the_ipv4_ones() {
+        let file = CampaignFile::parse(&dual_stack(), Path::new("/etc/ps")).unwrap();
+        let announced: Vec<String> = file.campaign.echo.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            announced,
+            [
+                "198.51.100.10:8339",
+                "198.51.100.10:8341",
+                "198.51.100.11:8339",
+                "198.51.100.11:8341",
+                "[2001:db8:5100::10]:8339",
+                "[2001:db8:5100::10]:8341",
+                "[2001:db8:5100::11]:8339",
+                "[2001:db8:5100::11]:8341",
+            ]
+        );
+        assert_eq!(file.echo.listen, file.campaign.echo);
+        assert_eq!(file.echo.advertise, None);
+        assert_eq!(file.coordinator.listen, "[::]:8340".parse().unwrap());
+
+        // Behind a 1:1 NAT for IPv4 only: the IPv6 endpoints announce themselves.
+        let nat = dual_stack().replace(
+            "ports = [8339, 8341]",
+            "ports = [8339, 8341]\nadvertise = [\"203.0.113.10\", \"203.0.113.11\"]",
+        );
+        let file = CampaignFile::parse(&nat, Path::new("/etc/ps")).unwrap();
+        let advertise = file.echo.advertise.clone().unwrap();
+        assert_eq!(advertise.len(), file.echo.listen.len());
+        assert_eq!(advertise[0], "203.0.113.10:8339".parse().unwrap());
+        assert_eq!(advertise[4..], file.echo.listen[4..]);
+        assert_eq!(file.campaign.echo, advertise);
+    }
+
+    #[test]
+    fn impossible_ipv6_echo_addresses_name_the_key_and_line() {
+        let v6 = "addresses_v6 = [\"2001:db8:5100::10\", \"2001:db8:5100::11\"]";
+        let cases = [
+            (
+                dual_stack().replace(v6, "addresses_v6 = [\"2001:db8:5100::10\", \"2001:db8:5100::10\"]"),
+                "line 10",
+                "echo addresses_v6 must be one or two distinct IPv6 addresses",
+            ),
+            (
+                dual_stack().replace(v6, "addresses_v6 = [\"198.51.100.12\"]"),
+                "line 10",
+                "invalid IPv6 address",
+            ),
+            (
+                dual_stack().replace(v6, "addresses_v6 = [\"fd00::10\"]"),
+                "line 10",
+                "unique local (private), not a public address (global or documentation addresses only)",
+            ),
+            (
+                dual_stack().replace(v6, "addresses_v6 = [\"::ffff:198.51.100.12\"]"),
+                "line 10",
+                "one or two distinct IPv6 addresses",
+            ),
+            (
+                dual_stack().replace(v6, &format!("{v6}\nadvertise_v6 = [\"2001:db8:6100::10\"]")),
+                "line 11",
+                "echo advertise_v6 must give one public address per address of addresses_v6",
+            ),
+            (
+                EXAMPLE.replace(
+                    "ports = [8339, 8341]",
+                    "ports = [8339, 8341]\nadvertise_v6 = [\"2001:db8:6100::10\"]",
+                ),
+                "line 10",
+                "echo advertise_v6 needs addresses_v6",
+            ),
+        ];
+        for (text, line, words) in cases {
+            let e = error_of(&text);
+            assert!(
+                e.contains(line) && e.contains(words),
+                "{e} (expected {line}: {words})"
+            );
+        }
+    }
+
+    /// The campaign file and `plan_body` written to a temporary folder, loaded.
+    fn with_plan(campaign: &str, plan_body: &str) -> (tempfile::TempDir, CampaignFile) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("campaign.toml"), campaign).unwrap();
+        std::fs::write(
+            dir.path().join("plan.toml"),
+            format!("version = 1\nname = \"dual\"\n{plan_body}"),
+        )
+        .unwrap();
+        let file = CampaignFile::load(&dir.path().join("campaign.toml")).unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn a_plan_over_ipv6_needs_ipv6_echo_servers_and_a_coordinator_on_both_families() {
+        let both = "families = [\"ipv4\", \"ipv6\"]\n";
+        let (_dir, file) = with_plan(&dual_stack(), both);
+        let plan = file.plan().unwrap().unwrap();
+        assert_eq!(plan.families, [Family::Ipv4, Family::Ipv6]);
+
+        let refusals = [
+            (EXAMPLE.to_string(), "has no ipv6 addresses (addresses_v6)"),
+            (
+                dual_stack().replace("[::]:8340", "198.51.100.10:8340"),
+                "listen = \"198.51.100.10:8340\" serves ipv4 only: listen on \"[::]:8340\"",
+            ),
+            (
+                dual_stack().replace("[::]:8340", "[2001:db8:5100::10]:8340"),
+                "families lists ipv4, but the campaign file's [coordinator] listen = \"[2001:db8:5100::10]:8340\" serves ipv6 only",
+            ),
+        ];
+        for (campaign, words) in refusals {
+            let (dir, file) = with_plan(&campaign, both);
+            let e = file.plan().unwrap_err().to_string();
+            let plan_path = dir.path().join("plan.toml").display().to_string();
+            assert!(
+                e.starts_with(&plan_path) && e.contains("line 3") && e.contains(words),
+                "{e} (expected {words})"
+            );
+        }
+        // IPv6 echo servers without IPv6 trials: IPv6 is classified, trials stay IPv4.
+        let (_dir, file) = with_plan(&dual_stack(), "");
+        assert_eq!(file.plan().unwrap().unwrap().families, [Family::Ipv4]);
+        // The built-in plan is IPv4 only: a coordinator on IPv6 alone cannot run it.
+        let mut file = CampaignFile::parse(&dual_stack(), Path::new("/etc/ps")).unwrap();
+        file.coordinator.plan = None;
+        assert!(file.plan().unwrap().is_none());
+        file.coordinator.listen = "[2001:db8:5100::10]:8340".parse().unwrap();
+        let e = file.plan().unwrap_err().to_string();
+        assert!(
+            e.contains("built-in plan") && e.contains("serves ipv6 only"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `serve campaign`: a whole campaign in one process from one file. The echo
-//! servers (two IPs x two ports), the rendezvous coordinator (handing out the
-//! campaign before consent), the collector (plain HTTP behind a reverse
-//! proxy, or HTTPS itself) and the coordinator's `/metrics` listener, all
-//! started together and stopped together. The file is [`config`].
+//! servers (two IPs x two ports, over IPv6 too in a dual-stack campaign),
+//! the rendezvous coordinator (handing out the campaign before consent),
+//! the collector (plain HTTP behind a reverse proxy, or HTTPS itself) and
+//! the coordinator's `/metrics` listener, all started together and stopped
+//! together. The file is [`config`].
 
 pub mod config;
 
