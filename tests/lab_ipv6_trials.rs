@@ -144,3 +144,73 @@ fn a_plan_over_both_families_splits_a_dual_stack_pairing_between_them() {
         }
     }
 }
+
+/// The v4-vs-v6 comparison of a dual-stack pairing matches the routers:
+/// two symmetric IPv4 NATs (random ports, address-and-port-dependent
+/// filtering) defeat every IPv4 trial, while their IPv6 firewalls let every
+/// simultaneous open through. The report, built from both results, says
+/// so within the one pairing that ran both families.
+#[test]
+fn the_reports_ipv4_beside_ipv6_comparison_matches_the_routers() {
+    let symmetric = "mapping = \"apdm\"\nallocation = \"random\"\nfiltering = \"apdf\"\ndelay_ms = 10\nipv6 = \"firewall\"";
+    let lab = start_lab("v6cmp", &two_nats(symmetric, symmetric));
+    let results = dual_stack_pairing(
+        &lab,
+        "v6cmp",
+        "trials = 8\nfamilies = [\"ipv4\", \"ipv6\"]\nstrategies = [\"simultaneous\", \"connect_listen\"]\ntransports = [\"v1\"]\nnetwork = \"regtest\"\nattempt_timeout_ms = 800\nmax_attempts = 2\nretry_gap_ms = 50\nretry_jitter_ms = 50\n",
+    );
+    for result in &results {
+        for t in trials(result) {
+            let expected = match t.family {
+                Family::Ipv4 => TrialOutcome::Connected != t.outcome,
+                Family::Ipv6 => TrialOutcome::Connected == t.outcome,
+            };
+            assert!(
+                expected,
+                "trial {} over {}: {:?}",
+                t.trial, t.family, t.outcome
+            );
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("results.jsonl");
+    let lines: Vec<String> = results
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    punchscope::report::build(&punchscope::report::ReportOptions {
+        inputs: vec![input.display().to_string()],
+        out: dir.path().join("report"),
+        token_file: None,
+        timeout: Duration::from_secs(10),
+        ca_file: None,
+    })
+    .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let comparison = &summary["family_comparison"];
+    assert_eq!(comparison["pairings_both"], 1, "{comparison}");
+    let rows = comparison["strategies"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "both strategies ran in both families: {comparison}"
+    );
+    for row in rows {
+        let (v4, v6) = (&row["ipv4"], &row["ipv6"]);
+        assert_eq!(v4["successes"], 0, "IPv4 through two symmetric NATs: {row}");
+        assert_eq!(
+            v6["successes"], v6["n"],
+            "IPv6 through two firewalls: {row}"
+        );
+        assert_eq!(row["difference"]["difference"], 1.0, "{row}");
+    }
+    let page = std::fs::read_to_string(dir.path().join("report/index.html")).unwrap();
+    assert!(
+        page.contains("id=families"),
+        "the page's comparison section"
+    );
+}

@@ -40,6 +40,9 @@ pub(crate) const COORDINATOR: &str = "198.51.100.10:7000";
 /// trials here.
 pub(crate) const COORDINATOR_V6: &str = "[2001:db8:5100::10]:7000";
 const COLLECTOR: &str = "198.51.100.10:8080";
+/// The collector's IPv6 endpoint (with dual-stack hosts it listens on
+/// `[::]:8080`): IPv6-only volunteers upload here.
+const COLLECTOR_V6: &str = "[2001:db8:5100::10]:8080";
 
 /// How to run a campaign.
 #[derive(Debug, Clone)]
@@ -193,7 +196,7 @@ fn run_servers_and_probes(
         "serve".to_string(),
         "collector".to_string(),
         "--listen".to_string(),
-        COLLECTOR.to_string(),
+        if ipv6 { "[::]:8080" } else { COLLECTOR }.to_string(),
         "--db".to_string(),
         db.display().to_string(),
         "--export-token-file".to_string(),
@@ -208,10 +211,12 @@ fn run_servers_and_probes(
         .0
         .push(spawn(options, &internet, "collector", &collector)?);
     let coordinator_v6 = ipv6.then_some(COORDINATOR_V6);
+    let collector_v6 = ipv6.then_some(COLLECTOR_V6);
     for endpoint in [ECHO[0], COORDINATOR, COLLECTOR]
         .into_iter()
         .chain(echo_v6.first().copied())
         .chain(coordinator_v6)
+        .chain(collector_v6)
     {
         wait_listening(&lab, endpoint.parse().expect("constant"))?;
     }
@@ -273,9 +278,13 @@ fn run_servers_and_probes(
             }
             args.extend(["--server".into(), COORDINATOR_V6.into()]);
         }
+        // Every volunteer gets the same flags but the collector's address:
+        // an IPv6-only host uploads over IPv6 (in the field, one name with
+        // A and AAAA records does it).
+        let collector = if host.ipv4 { COLLECTOR } else { COLLECTOR_V6 };
         args.extend([
             "--collector".into(),
-            format!("http://{COLLECTOR}"),
+            format!("http://{collector}"),
             "--spool".into(),
             spool.display().to_string(),
             "--label".into(),

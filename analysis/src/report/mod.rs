@@ -304,12 +304,13 @@ impl Report {
                 };
                 let _ = writeln!(
                     t,
-                    "    {}: ipv4 {}, ipv6 {}, difference {:+.1} points {interval}, {} pairings",
+                    "    {}: ipv4 {}, ipv6 {}, difference {:+.1} points {interval}, {} pairing{}",
                     row.strategy,
                     row.ipv4.describe(),
                     row.ipv6.describe(),
                     d.difference * 100.0,
-                    d.pairings
+                    d.pairings,
+                    if d.pairings == 1 { "" } else { "s" }
                 );
             }
         }
