@@ -55,7 +55,9 @@ fn trials(result: &RunResult) -> &[TrialRecord] {
 
 /// Over IPv6 every punching strategy connects through two stateful
 /// firewalls that drop unsolicited connections (both SYNs open pinholes),
-/// and both Bitcoin handshakes run over the punched IPv6 socket.
+/// and both Bitcoin handshakes run over the punched IPv6 socket. `mapped`,
+/// which needs a side reachable unsolicited, cannot: with no mapping on
+/// either side (trial mappings are IPv4 ones) it is `unmapped`, nothing sent.
 #[test]
 fn every_strategy_and_both_handshakes_work_over_ipv6_between_two_firewalls() {
     let lab = firewalled_pair("v6t");
@@ -63,7 +65,7 @@ fn every_strategy_and_both_handshakes_work_over_ipv6_between_two_firewalls() {
     let results = dual_stack_pairing(
         &lab,
         "v6t",
-        "trials = 6\nfamilies = [\"ipv6\"]\nstrategies = [\"simultaneous\", \"connect_listen\", \"low_ttl\"]\ntransports = [\"v1\", \"v2\"]\nnetwork = \"regtest\"\nlow_ttl = 2\n",
+        "trials = 8\nfamilies = [\"ipv6\"]\nstrategies = [\"simultaneous\", \"connect_listen\", \"low_ttl\", \"mapped\"]\ntransports = [\"v1\", \"v2\"]\nnetwork = \"regtest\"\nlow_ttl = 2\n",
     );
     for result in &results {
         assert!(
@@ -71,9 +73,14 @@ fn every_strategy_and_both_handshakes_work_over_ipv6_between_two_firewalls() {
             "both sides classified IPv6"
         );
         let trials = trials(result);
-        assert_eq!(trials.len(), 6);
+        assert_eq!(trials.len(), 8);
         for t in trials {
             assert_eq!(t.family, Family::Ipv6, "trial {}", t.trial);
+            if t.strategy == Strategy::Mapped {
+                assert_eq!(t.outcome, TrialOutcome::Unmapped, "trial {}", t.trial);
+                assert!(t.attempts.is_empty(), "nothing sent: {t:#?}");
+                continue;
+            }
             assert_eq!(
                 t.outcome,
                 TrialOutcome::Connected,
@@ -99,7 +106,8 @@ fn every_strategy_and_both_handshakes_work_over_ipv6_between_two_firewalls() {
             [
                 Strategy::Simultaneous,
                 Strategy::ConnectListen,
-                Strategy::LowTtl
+                Strategy::LowTtl,
+                Strategy::Mapped
             ]
             .repeat(2)
         );
