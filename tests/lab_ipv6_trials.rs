@@ -222,3 +222,65 @@ fn the_reports_ipv4_beside_ipv6_comparison_matches_the_routers() {
         "the page's comparison section"
     );
 }
+
+/// An IPv6-only volunteer (`ipv4 = false`: no IPv4 address or route),
+/// given the same flags as everyone, finds no IPv4 echo server, measures
+/// over IPv6 alone and pairs with a dual-stack volunteer over IPv6 only,
+/// although the plan has both families.
+#[test]
+fn an_ipv6_only_volunteer_measures_and_punches_over_ipv6_alone() {
+    let lab = start_lab(
+        "v6only",
+        "[[nat]]\nname = \"a\"\nfiltering = \"adf\"\ndelay_ms = 5\nipv6 = \"firewall\"\n\
+         [[nat]]\nname = \"b\"\nbackend = \"kernel\"\ndelay_ms = 5\nipv6 = \"firewall\"\n\
+         [[host]]\nname = \"alice\"\nnat = \"a\"\nipv4 = false\n\
+         [[host]]\nname = \"bob\"\nnat = \"b\"\n",
+    );
+    // No IPv4 in alice's namespace: a connect to an IPv4 server finds no route.
+    let v4 = lab
+        .run_in("alice", || {
+            std::net::TcpStream::connect_timeout(
+                &"198.51.100.10:3478".parse().unwrap(),
+                Duration::from_secs(2),
+            )
+            .map(|_| ())
+            .map_err(|e| e.raw_os_error())
+        })
+        .unwrap();
+    assert_eq!(v4, Err(Some(libc::ENETUNREACH)), "alice has no IPv4 route");
+    let results = dual_stack_pairing(
+        &lab,
+        "v6only",
+        "trials = 4\nfamilies = [\"ipv4\", \"ipv6\"]\nstrategies = [\"simultaneous\", \"connect_listen\"]\ntransports = [\"v1\", \"v2\"]\nnetwork = \"regtest\"\n",
+    );
+    let (alice, bob) = (&results[0], &results[1]);
+    let reading = alice
+        .classification
+        .verdict
+        .ipv6
+        .expect("alice's one classification is an IPv6 one");
+    assert_eq!(reading.translated, Some(false));
+    assert_eq!(alice.classification_v6, None);
+    assert_eq!(alice.classification_v6_missing, None);
+    assert!(
+        alice
+            .classification
+            .observations
+            .mapping
+            .iter()
+            .all(|p| p.server.net == "2001:db8::/32"),
+        "alice measured over IPv6 only"
+    );
+    assert!(bob.classification_v6.is_some(), "bob is dual-stack");
+    for result in &results {
+        for t in trials(result) {
+            assert_eq!(t.family, Family::Ipv6, "trial {}", t.trial);
+            assert_eq!(
+                t.outcome,
+                TrialOutcome::Connected,
+                "trial {}: {t:#?}",
+                t.trial
+            );
+        }
+    }
+}

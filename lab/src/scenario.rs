@@ -1287,6 +1287,26 @@ nat = "none"
     }
 
     #[test]
+    fn a_host_may_be_ipv6_only_behind_a_router_with_ipv6_and_nowhere_else() {
+        let s = Scenario::parse(
+            "[[nat]]\nname = \"fw\"\nipv6 = \"firewall\"\n[[host]]\nname = \"a\"\nnat = \"fw\"\nipv4 = false\n[[host]]\nname = \"b\"\nnat = \"fw\"\n",
+        )
+        .unwrap();
+        let (a, b) = (s.host("a").unwrap(), s.host("b").unwrap());
+        assert!(!a.ipv4 && b.ipv4);
+        assert!(
+            a.address_v6.is_some(),
+            "an IPv6-only host has its IPv6 address"
+        );
+        let e = error_of(
+            "[[nat]]\nname = \"v4\"\n[[host]]\nname = \"a\"\nnat = \"v4\"\nipv4 = false\n",
+        );
+        assert!(e.contains("line 6") && e.contains("ipv4 = false"), "{e}");
+        let e = error_of("[[host]]\nname = \"a\"\nnat = \"none\"\nipv4 = false\n");
+        assert!(e.contains("ipv4 = false"), "{e}");
+    }
+
+    #[test]
     fn ipv6_on_emulator_routers_gives_the_core_its_hosts_and_nptv6_an_internal_prefix() {
         let s = Scenario::parse(
             "[[nat]]\nname = \"fw\"\nipv6 = \"firewall\"\nfiltering = \"adf\"\n[[nat]]\nname = \"npt\"\nipv6 = \"nptv6\"\n[[host]]\nname = \"a\"\nnat = \"fw\"\n[[host]]\nname = \"b\"\nnat = \"npt\"\n[[host]]\nname = \"c\"\nnat = \"npt\"\n",
