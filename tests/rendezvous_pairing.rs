@@ -212,24 +212,34 @@ async fn a_volunteers_verdict_reaches_its_peer_and_a_verdictless_client_still_pa
     server.stop().await;
 }
 
-/// A coordinator from before `hello.verdict`: it refuses the unknown field,
-/// as it refuses every unknown client field, and welcomes a hello without it.
+/// A coordinator from before `hello.verdict` (and so before
+/// `hello.families`): it refuses the first unknown field it meets, as it
+/// refuses every unknown client field, and welcomes a hello without them.
 #[tokio::test]
-async fn against_an_older_coordinator_the_client_says_hello_again_without_its_verdict() {
+async fn against_an_older_coordinator_the_client_says_hello_again_without_its_added_fields() {
+    use punchscope::analysis::trial::Family;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let refusal = |field: &str| {
+        format!(
+            r#"{{"v":1,"type":"error","code":"bad_request","message":"bad message: unknown field `{field}`, expected one of `client_version`, `os`, `mode`, `pair_code`, `max_wait_ms`, `consent`"}}"#
+        )
+    };
     let old_coordinator = tokio::spawn(async move {
         let mut hellos = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             let (stream, _) = listener.accept().await.unwrap();
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             BufReader::new(read).read_line(&mut line).await.unwrap();
+            // serde meets the fields in the order the client writes them.
             let answer = if line.contains("\"verdict\"") {
-                r#"{"v":1,"type":"error","code":"bad_request","message":"bad message: unknown field `verdict`, expected one of `client_version`, `os`, `mode`, `pair_code`, `max_wait_ms`, `consent`"}"#
+                refusal("verdict")
+            } else if line.contains("\"families\"") {
+                refusal("families")
             } else {
-                r#"{"v":1,"type":"welcome","session":"0123456789abcdef"}"#
+                r#"{"v":1,"type":"welcome","session":"0123456789abcdef"}"#.to_string()
             };
             write
                 .write_all(format!("{answer}\n").as_bytes())
@@ -240,16 +250,18 @@ async fn against_an_older_coordinator_the_client_says_hello_again_without_its_ve
                 return (hellos, write);
             }
         }
-        panic!("the client did not retry without its verdict")
+        panic!("the client did not retry without its added fields")
     });
     let verdict = unmeasured_verdict();
-    let client = Client::connect(addr, volunteer(None).with_verdict(&verdict), WAIT)
-        .await
-        .unwrap();
+    let hello = volunteer(None)
+        .with_verdict(&verdict)
+        .with_families(vec![Family::Ipv4, Family::Ipv6]);
+    let client = Client::connect(addr, hello, WAIT).await.unwrap();
     assert_eq!(client.session(), "0123456789abcdef");
     let (hellos, _keep_open) = old_coordinator.await.unwrap();
-    assert!(hellos[0].contains("\"verdict\""));
-    assert!(!hellos[1].contains("\"verdict\""));
+    assert!(hellos[0].contains("\"verdict\"") && hellos[0].contains("\"families\""));
+    assert!(!hellos[1].contains("\"verdict\"") && hellos[1].contains("\"families\""));
+    assert!(!hellos[2].contains("\"verdict\"") && !hellos[2].contains("\"families\""));
 }
 
 /// The verdict of a classification that measured nothing: every finding unknown, with reasons.

@@ -61,3 +61,29 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     }
     Ok(limit.rlim_cur)
 }
+
+/// The source address the kernel would pick to reach `remote` (its routing
+/// and RFC 6724 rules), learnt without sending anything: a UDP socket's
+/// connect only chooses a route.
+pub fn source_ip_towards(remote: SocketAddr) -> io::Result<std::net::IpAddr> {
+    let any: SocketAddr = match remote {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let probe = std::net::UdpSocket::bind(any)?;
+    probe.connect(remote)?;
+    Ok(probe.local_addr()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_towards_loopback_is_loopback_in_either_family() {
+        let v4 = source_ip_towards("127.0.0.1:9".parse().unwrap()).unwrap();
+        assert!(v4.is_loopback() && v4.is_ipv4(), "{v4}");
+        let v6 = source_ip_towards("[::1]:9".parse().unwrap()).unwrap();
+        assert_eq!(v6, std::net::Ipv6Addr::LOCALHOST);
+    }
+}

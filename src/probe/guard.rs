@@ -66,13 +66,22 @@ pub struct CoordinatorGuard {
     kinds: (SideKind, SideKind),
 }
 
-/// A peer endpoint in the trial's own family, or the violation.
+/// A peer endpoint in the trial's own family, written plainly, or the violation.
 fn same_family(
     trial: u32,
     step: &str,
     family: Family,
     peer: SocketAddr,
 ) -> Result<(), CoordinatorViolation> {
+    // An IPv4 address written as IPv6 (::ffff:a.b.c.d) is neither: a
+    // coordinator observes and sends plain addresses.
+    if peer.ip() != peer.ip().to_canonical() {
+        return Err(violation(
+            ViolationRule::PeerAddress,
+            Some(trial),
+            format!("{step} for trial {trial} names an IPv4-mapped IPv6 address"),
+        ));
+    }
     if Family::of(peer.ip()) == family {
         return Ok(());
     }
@@ -867,6 +876,15 @@ mod tests {
                     .go(0, peer(), ms(40), ms(0), Strategy::Simultaneous)
             ),
             ViolationRule::Family
+        );
+        // An IPv4 peer written as IPv6 is refused as such, in either family.
+        let mapped: SocketAddr = "[::ffff:203.0.113.7]:40000".parse().unwrap();
+        assert_eq!(
+            rule(
+                g.clone()
+                    .go(0, mapped, ms(40), ms(0), Strategy::Simultaneous)
+            ),
+            ViolationRule::PeerAddress
         );
         g.go(0, peer_v6, ms(40), ms(0), Strategy::Simultaneous)
             .unwrap();

@@ -85,6 +85,9 @@ struct Pending {
     trial: u32,
     strategy: Strategy,
     family: Family,
+    /// The address the trial's sockets bind: unspecified over IPv4, the
+    /// registered source address over IPv6.
+    local_ip: std::net::IpAddr,
     local_port: u16,
     public_port: u16,
     prime_error: Option<String>,
@@ -93,6 +96,11 @@ struct Pending {
 }
 
 impl Pending {
+    /// Where the trial's sockets bind: the registered port, at `local_ip`.
+    fn local(&self) -> SocketAddr {
+        SocketAddr::new(self.local_ip, self.local_port)
+    }
+
     /// The external port our gateway mapped for this trial, if it did.
     fn mapping_port(&self) -> Option<u16> {
         self.mapping.as_ref().and_then(HeldMapping::external_port)
@@ -203,7 +211,16 @@ pub async fn run_pairing(
                 }
                 // The guard let only our own families through.
                 let registrar = options.registrar(family).unwrap_or(options.server);
-                let socket = match crate::net::socket::bound(any_port(registrar, 0)) {
+                // Over IPv6 the trial leaves from one address, the one the
+                // coordinator observes: no NAT in front hides a host's several
+                // addresses (temporary ones, two prefixes), and the peer's
+                // firewall opens its pinhole to the observed one only.
+                let local_ip = match family {
+                    Family::Ipv6 => crate::net::socket::source_ip_towards(registrar)
+                        .unwrap_or_else(|_| any_port(registrar, 0).ip()),
+                    Family::Ipv4 => any_port(registrar, 0).ip(),
+                };
+                let socket = match crate::net::socket::bound(SocketAddr::new(local_ip, 0)) {
                     Ok(socket) => socket,
                     Err(e) => {
                         // We could not even bind: the trial is our local error. The
@@ -241,6 +258,7 @@ pub async fn run_pairing(
                     trial,
                     strategy,
                     family,
+                    local_ip,
                     local_port,
                     public_port: 0,
                     prime_error: None,
@@ -290,9 +308,7 @@ pub async fn run_pairing(
                 // The coordinator needs `primed` from both sides whatever happened; a
                 // failed priming SYN is noted and the trial then runs unprimed.
                 if let Some(p) = pending.as_mut().filter(|p| p.trial == trial) {
-                    if let Err(e) =
-                        punch::prime_low_ttl(any_port(peer, p.local_port), peer, ttl).await
-                    {
+                    if let Err(e) = punch::prime_low_ttl(p.local(), peer, ttl).await {
                         p.prime_error = Some(format!("low-TTL priming SYN failed: {e}"));
                     }
                 }
@@ -337,7 +353,7 @@ pub async fn run_pairing(
                         continue;
                     }
                 };
-                let local = any_port(peer, p.local_port);
+                let local = p.local();
                 if let Err(violation) =
                     guard.mapped(trial, mapped, p.mapping_port().is_some(), peer)
                 {

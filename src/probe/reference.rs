@@ -10,7 +10,7 @@ use punchscope_analysis::trial::{Family, TrialOutcome};
 
 use super::delivery::{spool_and_upload, UploadStatus};
 use super::pairing::{run_pairing, PairingOptions};
-use super::volunteer::{first_per_family, resolve_all, with_families, EchoFamilies};
+use super::volunteer::{first_per_family, reachable, resolve_all, with_families, EchoFamilies};
 use super::{ProbeError, Stop};
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
@@ -99,9 +99,9 @@ pub async fn serve_peer(
         hello = hello.with_verdict(&classification.verdict);
     }
     // A reference peer is the operator's host: it runs trials in every
-    // family the coordinator is given in.
+    // family the coordinator is given in and answers in from here.
     let addresses = resolve_all(&options.coordinator).await?;
-    let registrars = first_per_family(&addresses, Family::ALL);
+    let registrars = reachable(first_per_family(&addresses, Family::ALL)).await;
     let server = registrars[0];
     let pairing_options = PairingOptions {
         server,

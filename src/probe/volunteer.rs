@@ -142,10 +142,16 @@ pub async fn run(
             };
             (classification, classification_v6)
         }
-        // No IPv4 echo server answered: an IPv6-only host measures over
-        // IPv6 alone, its one classification the IPv6 one. If IPv6 fails
-        // too, the IPv4 error says what to check first.
-        Err(no_ipv4) => {
+        // This host has no IPv4 (no route, or only IPv6 addresses for the
+        // echo names): an IPv6-only host measures over IPv6 alone, its one
+        // classification the IPv6 one. Any other IPv4 failure (a server
+        // down, hostile or of another version) is the run's error, never
+        // a reason to call the host IPv6-only. If IPv6 fails too, the IPv4
+        // error says what to check first.
+        Err(
+            no_ipv4 @ (classify::ClassifyError::NoIpv4Route { .. }
+            | classify::ClassifyError::NoIpv4Address { .. }),
+        ) => {
             let Some(servers) = &families.ipv6 else {
                 return Err(no_ipv4.into());
             };
@@ -158,6 +164,7 @@ pub async fn run(
             });
             (classification, None)
         }
+        Err(other) => return Err(other.into()),
     };
 
     let (port_mapping, mapper) = match &options.port_mapping {
@@ -289,7 +296,7 @@ async fn pair(
 ) -> Result<(Option<PairingRun>, RunEnding), ProbeError> {
     progress(Progress::Connecting);
     let addresses = resolve_all(&options.coordinator).await?;
-    let registrars = first_per_family(&addresses, reached);
+    let registrars = reachable(first_per_family(&addresses, reached)).await;
     let Some(&server) = registrars.first() else {
         return Err(ProbeError::NoAddressInFamily {
             target: options.coordinator.join(", "),
@@ -403,6 +410,28 @@ pub(super) fn first_per_family(addresses: &[SocketAddr], families: &[Family]) ->
         .iter()
         .filter_map(|f| addresses.iter().copied().find(|a| Family::of(a.ip()) == *f))
         .collect()
+}
+
+/// Bound on checking that the coordinator answers in another family.
+const REACHABLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `registrars` without those of another family than the first (the
+/// control connection's) that do not accept a TCP connection within
+/// [`REACHABLE_TIMEOUT`]: a family offered but unreachable would cost the
+/// pairing at its first trial in it, the peer's measurements with it. The
+/// check connects and closes, nothing more.
+pub(super) async fn reachable(registrars: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let mut kept = Vec::with_capacity(registrars.len());
+    for (i, registrar) in registrars.into_iter().enumerate() {
+        let answers = i == 0
+            || tokio::time::timeout(REACHABLE_TIMEOUT, tokio::net::TcpStream::connect(registrar))
+                .await
+                .is_ok_and(|connected| connected.is_ok());
+        if answers {
+            kept.push(registrar);
+        }
+    }
+    kept
 }
 
 /// `hello` naming the families of `registrars`, unless that is only the

@@ -22,6 +22,22 @@ use punchscope_analysis::portmap::MappedSide;
 use punchscope_analysis::privacy;
 use punchscope_analysis::trial::{Family, Strategy, TrialOutcome, TrialRecord};
 
+/// Drops from `hello` the optional field added within version 1 that an
+/// older coordinator's `bad_request` names as unknown (serde names the
+/// first unknown field it meets), if `hello` still has it: then the caller
+/// says hello again without it. `false`: nothing left to drop, the refusal stands.
+fn drop_refused_field(hello: &mut Hello, message: &str) -> bool {
+    if hello.verdict.is_some() && message.contains("unknown field `verdict`") {
+        hello.verdict = None;
+        return true;
+    }
+    if hello.families.is_some() && message.contains("unknown field `families`") {
+        hello.families = None;
+        return true;
+    }
+    false
+}
+
 impl Hello {
     /// A volunteer's hello: this build's version and OS, and the volunteer's
     /// consent to exchange public endpoints with a peer (ask for it first).
@@ -92,7 +108,8 @@ pub enum Step {
         token: String,
         strategy: Strategy,
         /// Bind the port in this family and register it at the
-        /// coordinator's address of this family (IPv4 from older coordinators).
+        /// coordinator's address of this family (from older coordinators,
+        /// which send none: the control connection's family).
         family: Family,
     },
     /// `low_ttl` only: send the opening SYN to `peer` with this TTL, then [`Client::primed`].
@@ -177,30 +194,29 @@ impl Client {
     /// As [`Client::connect`], from a chosen local IP (tests give each
     /// client its own loopback address, as different public IPs).
     ///
-    /// A coordinator older than `hello.verdict` refuses the field
-    /// (`bad_request` naming it, as it refuses every unknown client field);
-    /// then this says hello once more without the verdict, so a newer client
-    /// still runs with an older coordinator (its peer just hears no verdict).
+    /// A coordinator older than `hello.verdict` or `hello.families` refuses
+    /// the field (`bad_request` naming it, as it refuses every unknown
+    /// client field); then this says hello once more without it, so a newer
+    /// client still runs with an older coordinator (its peer hears no
+    /// verdict; its trials run in the control connection's family, as that
+    /// coordinator runs them all).
     pub async fn connect_from(
         local_ip: Option<IpAddr>,
         server: SocketAddr,
         hello: Hello,
         read_timeout: Duration,
     ) -> Result<Client, RendezvousError> {
-        let without_verdict = hello.verdict.is_some().then(|| Hello {
-            verdict: None,
-            ..hello.clone()
-        });
-        match Self::connect_once(local_ip, server, hello, read_timeout).await {
-            Err(RendezvousError::Server {
-                code: ErrorCode::BadRequest,
-                message,
-                ..
-            }) if without_verdict.is_some() && message.contains("verdict") => {
-                let hello = without_verdict.expect("checked");
-                Self::connect_once(local_ip, server, hello, read_timeout).await
+        let mut hello = hello;
+        // Bounded: each retry drops one more of the added fields.
+        loop {
+            match Self::connect_once(local_ip, server, hello.clone(), read_timeout).await {
+                Err(RendezvousError::Server {
+                    code: ErrorCode::BadRequest,
+                    message,
+                    ..
+                }) if drop_refused_field(&mut hello, &message) => continue,
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -329,7 +345,8 @@ impl Client {
                 trial,
                 token,
                 strategy,
-                family: family.unwrap_or_default(),
+                // An older coordinator runs every trial where it controls.
+                family: family.unwrap_or_else(|| Family::of(self.server().ip())),
             },
             ServerMessage::Prime { trial, peer, ttl } => Step::Prime { trial, peer, ttl },
             ServerMessage::Go {

@@ -481,11 +481,11 @@ async fn dial(
             // By errno: the io::ErrorKind variants for these are newer than our MSRV.
             let outcome = match e.raw_os_error() {
                 Some(libc::ECONNREFUSED) => DialOutcome::Refused,
-                // EACCES: an ICMPv6 "administratively prohibited" answer (a
-                // firewall refusing the connection; IPv4's arrives as EHOSTUNREACH).
-                Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES) => {
-                    DialOutcome::Unreachable
-                }
+                Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => DialOutcome::Unreachable,
+                // An ICMPv6 "administratively prohibited" answer (a firewall
+                // refusing the connection; IPv4's arrives as EHOSTUNREACH).
+                // Over IPv4, EACCES is this host's own rules: our error.
+                Some(libc::EACCES) if to.is_ipv6() => DialOutcome::Unreachable,
                 _ => DialOutcome::Error,
             };
             (outcome, Some(e.to_string()), None)

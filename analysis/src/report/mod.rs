@@ -298,19 +298,27 @@ impl Report {
             }
             for row in &c.strategies {
                 let d = &row.difference;
+                // A bootstrap over one pairing has no spread: no interval.
                 let interval = match (d.low, d.high) {
-                    (Some(l), Some(h)) => format!("[{:+.1}, {:+.1}]", l * 100.0, h * 100.0),
-                    _ => "(one pairing)".to_string(),
+                    (Some(l), Some(h)) => format!(
+                        "[{:+.1}, {:+.1}], {} pairings",
+                        l * 100.0,
+                        h * 100.0,
+                        d.pairings
+                    ),
+                    _ => format!(
+                        "(no interval: {} pairing{})",
+                        d.pairings,
+                        if d.pairings == 1 { "" } else { "s" }
+                    ),
                 };
                 let _ = writeln!(
                     t,
-                    "    {}: ipv4 {}, ipv6 {}, difference {:+.1} points {interval}, {} pairing{}",
+                    "    {}: ipv4 {}, ipv6 {}, difference {:+.1} points {interval}",
                     row.strategy,
                     row.ipv4.describe(),
                     row.ipv6.describe(),
                     d.difference * 100.0,
-                    d.pairings,
-                    if d.pairings == 1 { "" } else { "s" }
                 );
             }
         }

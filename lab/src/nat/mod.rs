@@ -650,14 +650,7 @@ impl Nat {
         self.stats.refused += 1;
         let (proto, remote) = summary.src_endpoint().expect("TCP or UDP");
         let external = summary.dst_endpoint().expect("TCP or UDP");
-        let answer = match proto {
-            Protocol::Tcp if summary.is_tcp_syn() => Some(self.config.unsolicited),
-            Protocol::Udp => Some(match self.config.unsolicited {
-                UnsolicitedAnswer::Icmp => UnsolicitedAnswer::Icmp,
-                UnsolicitedAnswer::Drop | UnsolicitedAnswer::Rst => UnsolicitedAnswer::Drop,
-            }),
-            Protocol::Tcp => None,
-        };
+        let answer = unsolicited_answer(proto, summary.is_tcp_syn(), self.config.unsolicited);
         self.log(
             now,
             NatEvent::Refused {
@@ -869,6 +862,24 @@ fn control_event(direction: Direction, packet: &[u8]) -> Option<NatEvent> {
     })
 }
 
+/// What an unsolicited inbound packet gets, in either family: a bare SYN
+/// the router's `unsolicited` answer, UDP an ICMP error only under `icmp`
+/// (there is no UDP reset), any other TCP segment nothing.
+fn unsolicited_answer(
+    proto: Protocol,
+    bare_syn: bool,
+    configured: UnsolicitedAnswer,
+) -> Option<UnsolicitedAnswer> {
+    match proto {
+        Protocol::Tcp if bare_syn => Some(configured),
+        Protocol::Udp => Some(match configured {
+            UnsolicitedAnswer::Icmp => UnsolicitedAnswer::Icmp,
+            UnsolicitedAnswer::Drop | UnsolicitedAnswer::Rst => UnsolicitedAnswer::Drop,
+        }),
+        Protocol::Tcp => None,
+    }
+}
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -1057,14 +1068,7 @@ impl Nat {
         self.stats.refused += 1;
         let (proto, remote) = summary.src_endpoint().expect("TCP or UDP");
         let external = summary.dst_endpoint().expect("TCP or UDP");
-        let answer = match proto {
-            Protocol::Tcp if summary.is_tcp_syn() => Some(self.config.unsolicited),
-            Protocol::Udp => Some(match self.config.unsolicited {
-                UnsolicitedAnswer::Icmp => UnsolicitedAnswer::Icmp,
-                UnsolicitedAnswer::Drop | UnsolicitedAnswer::Rst => UnsolicitedAnswer::Drop,
-            }),
-            Protocol::Tcp => None,
-        };
+        let answer = unsolicited_answer(proto, summary.is_tcp_syn(), self.config.unsolicited);
         self.log(
             now,
             NatEvent::Refused6 {

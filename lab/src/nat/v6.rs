@@ -199,6 +199,13 @@ pub struct Summary6 {
     pub body: Body6,
 }
 
+/// Which way a packet crosses the firewall: out from the LAN, or in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction6 {
+    Out,
+    In,
+}
+
 /// The transport content of an IPv6 packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body6 {
@@ -656,18 +663,7 @@ impl Firewall {
             self.reopen_if_finished(proto, internal, remote);
         }
         let created = !self.pinholes.contains_key(&(proto, internal));
-        let session = self
-            .pinholes
-            .entry((proto, internal))
-            .or_default()
-            .entry(remote)
-            .or_default();
-        session.last = Some(now);
-        session.syn_out |= flags & TcpFlags::SYN != 0;
-        session.fin_out |= flags & TcpFlags::FIN != 0;
-        if flags & TcpFlags::RST != 0 {
-            self.reset(proto, internal, remote);
-        }
+        self.touch((proto, internal, remote), flags, Direction6::Out, now);
         Outbound6::Passed { created }
     }
 
@@ -695,6 +691,20 @@ impl Firewall {
         if flags & TcpFlags::SYN != 0 && flags & TcpFlags::ACK == 0 {
             self.reopen_if_finished(proto, internal, remote);
         }
+        self.touch((proto, internal, remote), flags, Direction6::In, now);
+        Inbound6::Admitted
+    }
+
+    /// Records a packet of the session (`proto`, `internal`, `remote`),
+    /// opening it if new: its time, its SYN and FIN by direction; a RST
+    /// ends it.
+    fn touch(
+        &mut self,
+        (proto, internal, remote): (Protocol, SocketAddrV6, SocketAddrV6),
+        flags: u8,
+        direction: Direction6,
+        now: Instant,
+    ) {
         let session = self
             .pinholes
             .entry((proto, internal))
@@ -702,12 +712,20 @@ impl Firewall {
             .entry(remote)
             .or_default();
         session.last = Some(now);
-        session.syn_in |= flags & TcpFlags::SYN != 0;
-        session.fin_in |= flags & TcpFlags::FIN != 0;
+        let (syn, fin) = (flags & TcpFlags::SYN != 0, flags & TcpFlags::FIN != 0);
+        match direction {
+            Direction6::Out => {
+                session.syn_out |= syn;
+                session.fin_out |= fin;
+            }
+            Direction6::In => {
+                session.syn_in |= syn;
+                session.fin_in |= fin;
+            }
+        }
         if flags & TcpFlags::RST != 0 {
             self.reset(proto, internal, remote);
         }
-        Inbound6::Admitted
     }
 
     /// Whether an ICMPv6 error about the flow `internal` -> `remote` belongs to a session.

@@ -223,7 +223,7 @@ struct Pair {
     family_round: Vec<Family>,
     /// The current trial's family.
     family: Family,
-    /// Per side, the site (IPv4 address, IPv6 /48) its first registration
+    /// Per side, the source (IPv4 address, IPv6 /64) its first registration
     /// in the family other than its control connection's came from: later
     /// ones in that family must come from there too (the `require_same_ip`
     /// rule, where the control connection cannot be compared).
@@ -505,6 +505,19 @@ impl Coordinator {
             .copied()
             .filter(|f| asked.contains(f))
             .collect();
+        // The control connection's family, when the plan runs it, must be
+        // offered: its registrations are then held to the control IP. Only
+        // the other family's rest on a side's first registration there.
+        let control = Family::of(ip);
+        if self.config.plan.families.contains(&control) && !asked.contains(&control) {
+            let msg = error_message(
+                ErrorCode::BadRequest,
+                format!(
+                    "families must include {control}, the family this control connection came in"
+                ),
+            );
+            return self.fail(conn, msg);
+        }
         if families.is_empty() {
             let msg = error_message(
                 ErrorCode::BadRequest,
@@ -530,10 +543,12 @@ impl Coordinator {
                 c.families.iter().filter(|f| families.contains(f)).count()
             })
         };
-        match self
-            .pools
-            .take_partner(hello.mode, &hello.pair_code, source, shared_families)
-        {
+        match self.pools.take_partner(
+            hello.mode,
+            &hello.pair_code,
+            source,
+            (shared_families, families.len()),
+        ) {
             Some((partner, partner_mode)) => {
                 // The volunteer that came first is the initiator.
                 let (first, second) = if partner_mode == Mode::Volunteer {

@@ -127,7 +127,13 @@ impl CampaignInfo {
                 "campaign privacy_notice holds the control character {c:?}: plain text only"
             ));
         }
-        // By the family an endpoint is reached in: an IPv4-mapped IPv6 address is IPv4.
+        // An IPv4 address written as IPv6 would be classified as IPv6 (the
+        // probe splits its echo endpoints by how they are written).
+        if let Some(mapped) = self.echo.iter().find(|e| e.ip() != e.ip().to_canonical()) {
+            return Err(format!(
+                "campaign echo endpoint {mapped} is an IPv4-mapped IPv6 address: write it as IPv4"
+            ));
+        }
         let per_family = |family: Family| {
             self.echo
                 .iter()

@@ -111,13 +111,14 @@ impl Pools {
 
     /// Takes a partner for a newcomer, if any: same code, another source,
     /// and the best `fit` (0: cannot pair; more: better, e.g. IP families
-    /// shared with the newcomer), the longest-waiting among equals.
+    /// shared with the newcomer; at most `best`), the longest-waiting among
+    /// equals. The scan stops at the first waiter that fits `best`.
     pub(super) fn take_partner(
         &mut self,
         mode: Mode,
         code: &Option<String>,
         source: SourceKey,
-        fit: impl Fn(ConnId) -> usize,
+        (fit, best): (impl Fn(ConnId) -> usize, usize),
     ) -> Option<(ConnId, Mode)> {
         let order: &[Mode] = match mode {
             Mode::Volunteer => &[Mode::Volunteer, Mode::Reference],
@@ -129,18 +130,20 @@ impl Pools {
                 continue;
             };
             // Bounded: the pool holds at most the coordinator's `max_waiting`.
-            let found = queue
-                .iter()
-                .filter(|(_, (_, theirs))| *theirs != source)
-                .map(|(seq, (conn, _))| (fit(*conn), *seq, *conn))
-                .filter(|(fit, _, _)| *fit > 0)
-                // The best fit; among equals the first (longest waiting).
-                .fold(None, |best: Option<(usize, u64, ConnId)>, c| match best {
-                    Some(b) if b.0 >= c.0 => Some(b),
-                    _ => Some(c),
-                })
-                .map(|(_, seq, conn)| (seq, conn));
-            if let Some((seq, conn)) = found {
+            let mut found: Option<(usize, u64, ConnId)> = None;
+            for (seq, (conn, theirs)) in queue.iter() {
+                if *theirs == source {
+                    continue;
+                }
+                let score = fit(*conn);
+                if score > found.map_or(0, |f| f.0) {
+                    found = Some((score, *seq, *conn));
+                    if score >= best {
+                        break;
+                    }
+                }
+            }
+            if let Some((_, seq, conn)) = found {
                 self.remove(candidate, code, seq);
                 return Some((conn, candidate));
             }
@@ -169,11 +172,11 @@ mod tests {
         pools.insert(Mode::Volunteer, None, 1, 10, ip(2));
         pools.insert(Mode::Volunteer, None, 2, 11, ip(2));
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(2), |_| 1),
+            pools.take_partner(Mode::Volunteer, &None, ip(2), (|_| 1, 1)),
             None
         );
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| 1),
+            pools.take_partner(Mode::Volunteer, &None, ip(3), (|_| 1, 1)),
             Some((10, Mode::Volunteer))
         );
         assert_eq!(pools.len(), 1);
@@ -187,19 +190,19 @@ mod tests {
         pools.insert(Mode::Volunteer, code.clone(), 2, 2, ip(2));
         pools.insert(Mode::Volunteer, None, 3, 3, ip(4));
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &code, ip(3), |_| 1),
+            pools.take_partner(Mode::Volunteer, &code, ip(3), (|_| 1, 1)),
             Some((2, Mode::Volunteer))
         );
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| 1),
+            pools.take_partner(Mode::Volunteer, &None, ip(3), (|_| 1, 1)),
             Some((3, Mode::Volunteer))
         );
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &None, ip(3), |_| 1),
+            pools.take_partner(Mode::Volunteer, &None, ip(3), (|_| 1, 1)),
             Some((1, Mode::Reference))
         );
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &code, ip(3), |_| 1),
+            pools.take_partner(Mode::Volunteer, &code, ip(3), (|_| 1, 1)),
             None
         );
         assert_eq!(pools.len(), 0);
@@ -240,7 +243,7 @@ mod tests {
         pools.remove(Mode::Volunteer, &Some("a".into()), 1);
         assert_eq!(pools.busiest_site(), Some((site, 2, 11)));
         assert_eq!(
-            pools.take_partner(Mode::Volunteer, &Some("b".into()), ip(3), |_| 1),
+            pools.take_partner(Mode::Volunteer, &Some("b".into()), ip(3), (|_| 1, 1)),
             Some((11, Mode::Volunteer))
         );
         pools.remove(Mode::Volunteer, &Some("c".into()), 3);
@@ -255,7 +258,7 @@ mod tests {
         let mut pools = Pools::default();
         pools.insert(Mode::Reference, None, 1, 1, ip(9));
         assert_eq!(
-            pools.take_partner(Mode::Reference, &None, ip(8), |_| 1),
+            pools.take_partner(Mode::Reference, &None, ip(8), (|_| 1, 1)),
             None
         );
         pools.remove(Mode::Reference, &None, 1);

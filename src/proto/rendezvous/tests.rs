@@ -1025,14 +1025,11 @@ fn campaign_info_that_could_misdirect_or_mislead_a_volunteer_is_refused() {
         ),
         (
             CampaignInfo {
-                // An IPv4-mapped address is reached over IPv4: a fifth IPv4 endpoint.
-                echo: (1..=4)
-                    .map(|p| sa(&format!("198.51.100.10:{p}")))
-                    .chain([sa("[::ffff:198.51.100.11]:3478")])
-                    .collect(),
+                // An IPv4 address written as IPv6: the probe would classify it as IPv6.
+                echo: vec![sa("198.51.100.10:3478"), sa("[::ffff:198.51.100.11]:3478")],
                 ..campaign()
             },
-            "at most 4 per family",
+            "IPv4-mapped",
         ),
         (
             CampaignInfo {
@@ -1498,7 +1495,10 @@ fn a_pair_runs_only_the_families_both_sides_and_the_plan_have() {
     // An IPv4-only client (an older one, naming no families) and an
     // IPv6-only one share nothing: neither is paired with the other.
     let mut h = Harness::new(config(family_plan(4, Family::ALL)));
-    h.pair_two(&hello(None), &hello_in(&[Family::Ipv6]));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello(None));
+    h.connect(2, "[2001:db8:1:1::2]:1000");
+    h.say(2, &hello(None));
     for conn in [1, 2] {
         assert!(
             h.take(conn)
@@ -1517,7 +1517,10 @@ fn a_pair_runs_only_the_families_both_sides_and_the_plan_have() {
         .any(|m| matches!(m, ServerMessage::Paired { .. })));
 
     let mut h = Harness::new(config(family_plan(4, Family::ALL)));
-    h.pair_two(&hello_in(&[Family::Ipv6]), &hello_in(Family::ALL));
+    h.connect(1, "[2001:db8:1:1::2]:1000");
+    h.say(1, &hello_in(&[Family::Ipv6]));
+    h.connect(2, "127.0.0.3:1000");
+    h.say(2, &hello_in(Family::ALL));
     assert_eq!(run_family_trials(&mut h, 4), [Family::Ipv6; 4]);
 
     // A plan over IPv4 only never runs an IPv6 trial, whatever the clients have.
@@ -1624,4 +1627,26 @@ fn a_dual_stack_newcomer_takes_a_dual_stack_waiter_before_a_longer_waiting_ipv4_
     h.connect(4, "127.0.0.4:1000");
     h.say(4, &hello(None));
     assert!(paired(&h.take(1)));
+}
+
+#[test]
+fn a_hello_must_offer_its_control_connections_family_when_the_plan_runs_it() {
+    // Controlling over IPv4 and offering IPv6 only would put every
+    // registration beyond the control connection's IP check.
+    let mut h = Harness::new(config(family_plan(2, Family::ALL)));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello_in(&[Family::Ipv6]));
+    match &h.take(1)[..] {
+        [ServerMessage::Error {
+            code: ErrorCode::BadRequest,
+            message,
+            ..
+        }] => assert!(message.contains("must include ipv4"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Where the plan does not run the control family, the others are enough.
+    let mut h = Harness::new(config(family_plan(2, &[Family::Ipv6])));
+    h.connect(1, "127.0.0.2:1000");
+    h.say(1, &hello_in(&[Family::Ipv6]));
+    assert!(matches!(h.take(1)[..], [ServerMessage::Welcome { .. }]));
 }
