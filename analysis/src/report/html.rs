@@ -438,7 +438,7 @@ pub fn render(summary: &Summary) -> Result<String, ReportError> {
         ("duplicate trial records ignored", c.duplicate_trial_records),
         ("joined trials where the sides disagree", c.sides_disagree),
         (
-            "mapped trials not tried (no router mapped a port), not counted",
+            "mapped trials not tried (no side held a mapping; IPv6 trials ask for none), not counted",
             c.trials_unmapped,
         ),
         (
