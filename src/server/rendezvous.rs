@@ -93,6 +93,16 @@ impl CoordinatorMetrics {
             .iter()
             .map(|(v, n)| ([("outcome", v.as_str())], *n))
             .collect();
+        let mut families: Vec<(&str, u64)> = s
+            .trials_by_family
+            .iter()
+            .map(|(family, n)| (family.as_str(), *n))
+            .collect();
+        families.sort();
+        let family_rows: Vec<([(&str, &str); 1], u64)> = families
+            .iter()
+            .map(|(f, n)| ([("family", *f)], *n))
+            .collect();
         let error_rows: Vec<([(&str, &str); 1], u64)> = errors
             .iter()
             .map(|(v, n)| ([("code", v.as_str())], *n))
@@ -139,6 +149,15 @@ impl CoordinatorMetrics {
                 MetricKind::Counter,
                 "Trials both sides reported.",
                 s.trials_completed,
+            )
+            .family(
+                "punchscope_coordinator_trials_by_family_total",
+                MetricKind::Counter,
+                "Trials both sides reported, by IP family.",
+                &family_rows
+                    .iter()
+                    .map(|(l, n)| (&l[..], *n))
+                    .collect::<Vec<_>>(),
             )
             .family(
                 "punchscope_coordinator_trial_outcomes_total",

@@ -143,6 +143,8 @@ pub struct Stats {
     pub pairings_started: u64,
     pub pairings_completed: u64,
     pub trials_completed: u64,
+    /// Completed trials by IP family.
+    pub trials_by_family: HashMap<Family, u64>,
     /// Each side's reported outcome of each completed trial.
     pub trial_outcomes: HashMap<TrialOutcome, u64>,
     /// Every `error` sent, by code (`rate_limited` and `too_many_connections`
@@ -986,6 +988,7 @@ impl Coordinator {
         pair.trial += 1;
         let next = pair.trial;
         self.stats.trials_completed += 1;
+        *self.stats.trials_by_family.entry(pair.family).or_default() += 1;
         for side in 0..2 {
             let msg = ServerMessage::PeerResult {
                 trial,

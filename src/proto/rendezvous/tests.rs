@@ -1482,6 +1482,9 @@ fn dual_stack_pairs_draw_each_trials_family_in_shuffled_rounds() {
             "{families:?}"
         );
     }
+    // The operator's metrics count them by family.
+    let by_family = h.core.stats().trials_by_family;
+    assert_eq!((by_family[&Family::Ipv4], by_family[&Family::Ipv6]), (4, 4));
     // The seeded draw is not a fixed alternation.
     assert_ne!(
         families,
