@@ -234,3 +234,19 @@ async fn a_rate_limited_dial_back_leaves_filtering_unknown_with_the_reason() {
     );
     server.stop().await.unwrap();
 }
+
+/// One classification measures one family: echo servers of both are
+/// refused before anything is sent, with what to do instead.
+#[tokio::test]
+async fn echo_servers_of_both_families_in_one_classification_are_refused() {
+    let config = punchscope::classify::ClassifyConfig {
+        servers: vec!["127.0.0.1:9".into(), "[::1]:9".into()],
+        ..Default::default()
+    };
+    let e = punchscope::classify::classify(&config).await.unwrap_err();
+    assert!(
+        matches!(e, punchscope::classify::ClassifyError::MixedFamilies { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("classify each apart"), "{e}");
+}

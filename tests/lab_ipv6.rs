@@ -1013,3 +1013,47 @@ nat = "nhome"
         .unwrap();
     assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
 }
+
+/// `punchscope classify` given echo servers of both families classifies
+/// each apart in a dual-stack host (the JSON names them as a result does),
+/// and an IPv6-only host's one classification is its IPv6 one.
+#[test]
+fn the_classify_command_splits_the_families_and_an_ipv6_only_host_gets_its_ipv6_reading() {
+    let lab = start_lab(
+        "v6cli",
+        "[[nat]]\nname = \"fw\"\nfiltering = \"adf\"\nipv6 = \"firewall\"\n\
+         [[host]]\nname = \"dual\"\nnat = \"fw\"\n\
+         [[host]]\nname = \"only6\"\nnat = \"fw\"\nipv4 = false\n",
+    );
+    let _echo = start_echo_dual_stack(&lab);
+    let both = [
+        SERVER_V4,
+        "198.51.100.11:3478",
+        SERVER_V6,
+        "[2001:db8:5100::11]:3478",
+    ];
+    let output = classify_in(&lab, "dual", &both).wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let v4: Classification = serde_json::from_value(json["classification"].clone()).unwrap();
+    let v6: Classification = serde_json::from_value(json["classification_v6"].clone()).unwrap();
+    assert!(!v4.verdict.no_nat && v4.verdict.ipv6.is_none(), "{v4:?}");
+    assert!(
+        v6.verdict.no_nat && v6.verdict.ipv6.is_some_and(|r| r.translated == Some(false)),
+        "{v6:?}"
+    );
+    let only6 = classification_of(classify_in(&lab, "only6", &both), "only6");
+    assert!(
+        only6.verdict.ipv6.is_some(),
+        "the IPv6-only host's one reading is IPv6: {only6:?}"
+    );
+    assert!(only6
+        .observations
+        .mapping
+        .iter()
+        .all(|p| p.server.is_ipv6()));
+}

@@ -25,6 +25,8 @@ pub enum ClassifyError {
     ServerVersion { server: SocketAddr, message: String },
     #[error("the echo server at {server} sent something unexpected: {message}; is it really a punchscope echo server?")]
     Protocol { server: SocketAddr, message: String },
+    #[error("the echo servers are of both IP families ({servers}): one classification measures one family; classify each apart (`punchscope classify` and `probe` split IPv6 literals from the rest for you)")]
+    MixedFamilies { servers: String },
     #[error("cannot set up a local socket ({what}): {cause}")]
     Socket {
         what: &'static str,

@@ -30,6 +30,7 @@
 //! hairpinning only towards a public endpoint.
 
 mod error;
+mod families;
 mod filtering;
 mod path;
 mod probe;
@@ -45,6 +46,7 @@ use punchscope_analysis::classify::{
 use rand::distributions::{Alphanumeric, DistString};
 
 pub use error::ClassifyError;
+pub use families::{classify_families, EchoFamilies, FamilyClassifications, FamilyStep};
 use probe::{Answered, ProbeFailure};
 
 use crate::net::address::AddressPolicy;
@@ -174,6 +176,17 @@ pub async fn classify(config: &ClassifyConfig) -> Result<Classification, Classif
     let mut servers = Vec::new();
     for spec in &config.servers {
         servers.push(resolve_server(spec).await?);
+    }
+    // Mixed, the findings would compare one family's mappings with the
+    // other's: meaningless, and a dual-stack host is two classifications.
+    if servers.iter().any(SocketAddr::is_ipv4) && servers.iter().any(SocketAddr::is_ipv6) {
+        return Err(ClassifyError::MixedFamilies {
+            servers: servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
     }
     // The first server that answers is the primary. Every test starts at
     // once against the presumed primary; if it does not answer, they are

@@ -6,12 +6,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use punchscope::analysis::classify::{Classification, DialOutcome, Finding, Probe};
-use punchscope::classify::{classify, ClassifyConfig};
+use punchscope::classify::{classify_families, ClassifyConfig, EchoFamilies};
 
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
     /// Echo server as HOST[:PORT] (default port 8339); repeat for a second server IP.
-    /// IPv6 addresses, written [ADDR]:PORT, classify the IPv6 path (translation, firewall).
+    /// IPv6 addresses, written [ADDR]:PORT, classify the IPv6 path (translation,
+    /// firewall); given beside IPv4 ones, each family is classified apart.
     #[arg(long = "server", value_name = "HOST[:PORT]", required = true)]
     pub servers: Vec<String>,
     /// Print the full observations and verdict as JSON.
@@ -36,7 +37,6 @@ pub struct ClassifyArgs {
 
 pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     let config = ClassifyConfig {
-        servers: args.servers,
         local_port: args.local_port,
         connect_timeout: Duration::from_millis(args.timeout_ms),
         allocation_probes: args.allocation_probes,
@@ -50,13 +50,32 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime
-        .block_on(classify(&config))
+    let measured = runtime
+        .block_on(classify_families(
+            &EchoFamilies::split(&args.servers),
+            &config,
+            |_| {},
+        ))
         .context("NAT classification failed")?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", human(&result));
+    match (&measured.ipv6, args.json) {
+        (None, true) => println!("{}", serde_json::to_string_pretty(&measured.primary)?),
+        (None, false) => print!("{}", human(&measured.primary)),
+        // Both families: named as a result names them.
+        (Some(ipv6), true) => {
+            let mut both = serde_json::json!({ "classification": measured.primary });
+            match ipv6 {
+                Ok(c) => both["classification_v6"] = serde_json::to_value(c)?,
+                Err(why) => both["classification_v6_missing"] = why.clone().into(),
+            }
+            println!("{}", serde_json::to_string_pretty(&both)?);
+        }
+        (Some(ipv6), false) => {
+            print!("{}", human(&measured.primary));
+            match ipv6 {
+                Ok(c) => print!("\nOver IPv6:\n{}", human(c)),
+                Err(why) => println!("\n{why}"),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,12 +15,13 @@ use punchscope::analysis::handshake::{HandshakeBy, Role, Transport};
 use punchscope::analysis::privacy::PRIVACY_NOTICE;
 use punchscope::analysis::result::PairingEnded;
 use punchscope::analysis::trial::TrialOutcome;
+use punchscope::classify::EchoFamilies;
 use punchscope::net::address::AddressPolicy;
 use punchscope::node::{NodeOptions, RpcAuth, RpcConfig};
 use punchscope::probe::campaign::{self, CampaignPreview, Endpoints};
 use punchscope::probe::{
-    self, EchoFamilies, PortMapOptions, Progress, ReferenceOptions, ReferenceProgress, RunEnding,
-    RunOptions, RunOutcome, Stop, UploadStatus,
+    self, PortMapOptions, Progress, ReferenceOptions, ReferenceProgress, RunEnding, RunOptions,
+    RunOutcome, Stop, UploadStatus,
 };
 use punchscope::proto::rendezvous::{CampaignInfo, Mode};
 use punchscope::upload;

@@ -40,7 +40,7 @@ pub use error::ProbeError;
 pub use pairing::{run_pairing, trials_estimate, PairingOptions, PairingRun};
 pub use reference::{serve_peer, ReferenceOptions, ReferenceProgress};
 pub use stop::{Stop, StopHandle};
-pub use volunteer::{run, EchoFamilies, PortMapOptions, RunEnding, RunOptions, RunOutcome};
+pub use volunteer::{run, PortMapOptions, RunEnding, RunOptions, RunOutcome};
 
 /// What a run tells its caller as it goes (for progress display).
 #[derive(Debug, Clone)]

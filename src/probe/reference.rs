@@ -10,8 +10,9 @@ use punchscope_analysis::trial::{Family, TrialOutcome};
 
 use super::delivery::{spool_and_upload, UploadStatus};
 use super::pairing::{run_pairing, PairingOptions};
-use super::volunteer::{first_per_family, reachable, resolve_all, with_families, EchoFamilies};
+use super::volunteer::{first_per_family, reachable, resolve_all, with_families};
 use super::{ProbeError, Stop};
+use crate::classify::EchoFamilies;
 use crate::classify::{self, ClassifyConfig, EchoTrust};
 use crate::net::address::AddressPolicy;
 use crate::node::{NodeBridge, NodeOptions};

@@ -13,7 +13,7 @@ use punchscope_analysis::trial::Family;
 use super::delivery::{spool_and_upload, UploadStatus};
 use super::pairing::{run_pairing, PairingOptions, PairingRun};
 use super::{ProbeError, Progress, Stop};
-use crate::classify::{self, ClassifyConfig, EchoTrust};
+use crate::classify::{self, ClassifyConfig, EchoFamilies, EchoTrust, FamilyStep};
 use crate::net::address::AddressPolicy;
 use crate::node::{NodeBridge, NodeOptions};
 use crate::portmap::trial::TrialMapper;
@@ -107,65 +107,27 @@ pub async fn run(
         None => None,
     };
     progress(Progress::Classifying);
-    let families = EchoFamilies::split(&options.echo);
-    let addresses = options.addresses;
-    let classify_with = |servers: &[String]| {
-        let config = ClassifyConfig {
-            servers: servers.to_vec(),
-            trust: EchoTrust::GivenIps(addresses),
-            ..ClassifyConfig::default()
-        };
-        async move { classify::classify(&config).await }
+    let config = ClassifyConfig {
+        trust: EchoTrust::GivenIps(options.addresses),
+        ..ClassifyConfig::default()
     };
-    let (classification, classification_v6) = match classify_with(&families.primary).await {
-        Ok(classification) => {
-            progress(Progress::Classified {
-                verdict: Box::new(classification.verdict.clone()),
-            });
-            // After the IPv4 run, not beside it: both would share the host's
-            // CPU and the tests' silence waits.
-            let classification_v6 = match &families.ipv6 {
-                None => None,
-                Some(servers) => {
-                    progress(Progress::ClassifyingIpv6);
-                    let outcome = classify_with(servers)
-                        .await
-                        .map_err(|e| format!("IPv6 not classified: {e}"));
-                    progress(Progress::ClassifiedIpv6 {
-                        outcome: outcome
-                            .as_ref()
-                            .map(|c| Box::new(c.verdict.clone()))
-                            .map_err(Clone::clone),
-                    });
-                    Some(outcome)
-                }
-            };
-            (classification, classification_v6)
-        }
-        // This host has no IPv4 (no route, or only IPv6 addresses for the
-        // echo names): an IPv6-only host measures over IPv6 alone, its one
-        // classification the IPv6 one. Any other IPv4 failure (a server
-        // down, hostile or of another version) is the run's error, never
-        // a reason to call the host IPv6-only. If IPv6 fails too, the IPv4
-        // error says what to check first.
-        Err(
-            no_ipv4 @ (classify::ClassifyError::NoIpv4Route { .. }
-            | classify::ClassifyError::NoIpv4Address { .. }),
-        ) => {
-            let Some(servers) = &families.ipv6 else {
-                return Err(no_ipv4.into());
-            };
-            progress(Progress::ClassifyingIpv6);
-            let Ok(classification) = classify_with(servers).await else {
-                return Err(no_ipv4.into());
-            };
-            progress(Progress::Classified {
-                verdict: Box::new(classification.verdict.clone()),
-            });
-            (classification, None)
-        }
-        Err(other) => return Err(other.into()),
-    };
+    let measured = classify::classify_families(
+        &EchoFamilies::split(&options.echo),
+        &config,
+        |step| match step {
+            FamilyStep::Classified(c) => progress(Progress::Classified {
+                verdict: Box::new(c.verdict.clone()),
+            }),
+            FamilyStep::ClassifyingIpv6 => progress(Progress::ClassifyingIpv6),
+            FamilyStep::ClassifiedIpv6(outcome) => progress(Progress::ClassifiedIpv6 {
+                outcome: outcome
+                    .map(|c| Box::new(c.verdict.clone()))
+                    .map_err(str::to_string),
+            }),
+        },
+    )
+    .await?;
+    let (classification, classification_v6) = (measured.primary, measured.ipv6);
 
     let (port_mapping, mapper) = match &options.port_mapping {
         None => (
@@ -241,49 +203,6 @@ pub async fn run(
         spooled: delivery.spooled,
         upload: delivery.upload,
     })
-}
-
-/// The volunteer's echo endpoints by family (`--echo` flags, or a
-/// campaign's announced endpoints). A dual-stack run (IPv6 literals,
-/// `[2001:db8::10]:3478`, beside IPv4 endpoints) classifies each family
-/// with its own endpoints and offers IPv6 trials when the IPv6 one
-/// succeeds; the verdict sent in `hello` is the primary one. A host with no
-/// IPv4 (no IPv4 echo server answers) has its IPv6 classification as its
-/// one classification. Endpoints of one family only are one classification
-/// as before (IPv6 ones an IPv6 classification). The consent screen shows
-/// the same split.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EchoFamilies {
-    /// The primary classification: the IPv4 endpoints and names of a
-    /// dual-stack run, else every endpoint.
-    pub primary: Vec<String>,
-    /// The IPv6 literals of a dual-stack run, classified besides.
-    pub ipv6: Option<Vec<String>>,
-}
-
-impl EchoFamilies {
-    pub fn split(echo: &[String]) -> Self {
-        // A name resolves to IPv4 (see `classify::resolve_server`), so only
-        // literals count as IPv6.
-        let is_ipv6_literal = |spec: &String| {
-            crate::net::host_port::with_default_port(spec, crate::proto::echo::DEFAULT_PORT)
-                .parse::<SocketAddr>()
-                .is_ok_and(|a| a.is_ipv6())
-        };
-        let (ipv6, ipv4): (Vec<String>, Vec<String>) =
-            echo.iter().cloned().partition(is_ipv6_literal);
-        if ipv6.is_empty() || ipv4.is_empty() {
-            EchoFamilies {
-                primary: echo.to_vec(),
-                ipv6: None,
-            }
-        } else {
-            EchoFamilies {
-                primary: ipv4,
-                ipv6: Some(ipv6),
-            }
-        }
-    }
 }
 
 /// Connects to the coordinator and runs one pairing; no peer and a stop are endings.
@@ -458,43 +377,4 @@ pub(super) async fn resolve(target: &str) -> Result<SocketAddr, ProbeError> {
         .ok_or_else(|| ProbeError::NoAddress {
             target: target.to_string(),
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn specs(list: &[&str]) -> Vec<String> {
-        list.iter().map(ToString::to_string).collect()
-    }
-
-    #[test]
-    fn ipv6_literals_beside_ipv4_endpoints_are_classified_apart() {
-        let dual = EchoFamilies::split(&specs(&[
-            "[2001:db8:5100::10]:3478",
-            "198.51.100.10:3478",
-            "2001:db8:5100::11",
-            "echo.example.org",
-        ]));
-        assert_eq!(
-            dual,
-            EchoFamilies {
-                primary: specs(&["198.51.100.10:3478", "echo.example.org"]),
-                ipv6: Some(specs(&["[2001:db8:5100::10]:3478", "2001:db8:5100::11"])),
-            }
-        );
-        // One family only: one classification with every endpoint, as before.
-        for one_family in [
-            specs(&["198.51.100.10:3478", "echo.example.org"]),
-            specs(&["[2001:db8:5100::10]:3478", "[2001:db8:5100::11]:3478"]),
-        ] {
-            assert_eq!(
-                EchoFamilies::split(&one_family),
-                EchoFamilies {
-                    primary: one_family.clone(),
-                    ipv6: None,
-                }
-            );
-        }
-    }
 }
