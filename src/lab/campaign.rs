@@ -239,6 +239,11 @@ fn run_servers_and_probes(
             "--quiet",
         ];
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // A dual-stack reference peer (its network routes IPv6) runs trials
+        // in both families, as the operator's servers would.
+        if host.address_v6.is_some() {
+            args.extend(["--server".into(), COORDINATOR_V6.into()]);
+        }
         // ... and upload their side of every pairing, as volunteers do.
         let spool = options.out.join("spool").join(&host.name);
         args.extend([
