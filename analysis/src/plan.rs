@@ -38,8 +38,9 @@ pub struct Plan {
     /// IP families the trials run in (`ipv4`, `ipv6`): a randomised factor.
     /// The coordinator draws each trial's family in shuffled rounds from the
     /// families both sides of a pairing have (a round holds each family
-    /// once), so the families of a pairing run equally often and in random
-    /// order; a pair sharing none of them is not paired.
+    /// once), one series of rounds per strategy, so each strategy of a
+    /// pairing runs its families equally often and in random order; a pair
+    /// sharing none of them is not paired.
     #[serde(default = "defaults::families")]
     pub families: Vec<Family>,
     /// Bitcoin transports used in turn over punched sockets (v1, v2, v1, ...).

@@ -72,9 +72,8 @@ pub struct FamilyClassifications {
 /// Classifies each family of `families` with `config` (its `servers`
 /// replaced by each family's): the primary first, then IPv6 beside it, one
 /// after the other, not at once (both would share the host's CPU and the
-/// silence waits). A host with no IPv4 (no IPv4 route, or only IPv6
-/// addresses for the echo names) measures over IPv6 alone, its IPv6
-/// classification then the primary one. Any other failure of the primary
+/// silence waits). A host with no IPv4 route measures over IPv6 alone, its
+/// IPv6 classification then the primary one. Any other failure of the primary
 /// one (a server down, hostile, of another version) is the error, never a
 /// reason to call the host IPv6-only; if IPv6 fails too, the IPv4 error
 /// says what to check first.
@@ -105,9 +104,9 @@ pub async fn classify_families(
             };
             Ok(FamilyClassifications { primary, ipv6 })
         }
-        Err(
-            no_ipv4 @ (ClassifyError::NoIpv4Route { .. } | ClassifyError::NoIpv4Address { .. }),
-        ) => {
+        // Only "no route": an echo name without an A record says nothing
+        // of this host's IPv4.
+        Err(no_ipv4 @ ClassifyError::NoIpv4Route { .. }) => {
             let Some(servers) = &families.ipv6 else {
                 return Err(no_ipv4);
             };

@@ -100,14 +100,13 @@ pub async fn serve_peer(
         hello = hello.with_verdict(&classification.verdict);
     }
     // A reference peer is the operator's host: it runs trials in every
-    // family the coordinator is given in and answers in from here.
+    // family the coordinator is given in and answers in from here, checked
+    // again before each pairing (a family missing at boot comes back).
     let addresses = resolve_all(&options.coordinator).await?;
-    let registrars = reachable(first_per_family(&addresses, Family::ALL)).await;
-    let server = registrars[0];
-    let pairing_options = PairingOptions {
-        server,
-        hello: with_families(hello, server, &registrars),
-        registrars,
+    let mut pairing_options = PairingOptions {
+        server: addresses[0],
+        hello: hello.clone(),
+        registrars: Vec::new(),
         read_timeout: Duration::from_secs(30),
         max_wait: options.max_wait,
         addresses: options.addresses,
@@ -118,6 +117,10 @@ pub async fn serve_peer(
     };
     let mut started_at = chrono::Utc::now();
     loop {
+        let registrars = reachable(first_per_family(&addresses, Family::ALL), &stop).await;
+        pairing_options.server = registrars[0];
+        pairing_options.hello = with_families(hello.clone(), registrars[0], &registrars);
+        pairing_options.registrars = registrars;
         match run_pairing(&pairing_options, |_| {}, stop.stopped()).await {
             Ok(run) => {
                 let interrupted = run.pairing.ended == PairingEnded::Interrupted;

@@ -215,7 +215,7 @@ async fn pair(
 ) -> Result<(Option<PairingRun>, RunEnding), ProbeError> {
     progress(Progress::Connecting);
     let addresses = resolve_all(&options.coordinator).await?;
-    let registrars = reachable(first_per_family(&addresses, reached)).await;
+    let registrars = reachable(first_per_family(&addresses, reached), stop).await;
     let Some(&server) = registrars.first() else {
         return Err(ProbeError::NoAddressInFamily {
             target: options.coordinator.join(", "),
@@ -338,19 +338,30 @@ const REACHABLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// control connection's) that do not accept a TCP connection within
 /// [`REACHABLE_TIMEOUT`]: a family offered but unreachable would cost the
 /// pairing at its first trial in it, the peer's measurements with it. The
-/// check connects and closes, nothing more.
-pub(super) async fn reachable(registrars: Vec<SocketAddr>) -> Vec<SocketAddr> {
-    let mut kept = Vec::with_capacity(registrars.len());
-    for (i, registrar) in registrars.into_iter().enumerate() {
-        let answers = i == 0
-            || tokio::time::timeout(REACHABLE_TIMEOUT, tokio::net::TcpStream::connect(registrar))
+/// check connects and closes, nothing more. A stop ends it at once,
+/// keeping the control address only (the pairing then sees the stop).
+pub(super) async fn reachable(registrars: Vec<SocketAddr>, stop: &Stop) -> Vec<SocketAddr> {
+    let control = registrars.first().copied();
+    let check = async {
+        let mut kept = Vec::with_capacity(registrars.len());
+        for (i, registrar) in registrars.iter().copied().enumerate() {
+            let answers = i == 0
+                || tokio::time::timeout(
+                    REACHABLE_TIMEOUT,
+                    tokio::net::TcpStream::connect(registrar),
+                )
                 .await
                 .is_ok_and(|connected| connected.is_ok());
-        if answers {
-            kept.push(registrar);
+            if answers {
+                kept.push(registrar);
+            }
         }
+        kept
+    };
+    tokio::select! {
+        kept = check => kept,
+        () = stop.stopped() => control.into_iter().collect(),
     }
-    kept
 }
 
 /// `hello` naming the families of `registrars`, unless that is only the

@@ -219,10 +219,10 @@ struct Pair {
     /// What is left of the current shuffled round of `mix`.
     round: Vec<Strategy>,
     /// The plan's families both sides have, in the plan's order: each
-    /// trial's family is drawn from them in shuffled rounds.
+    /// trial's family is drawn from them in shuffled rounds, one per strategy.
     families: Vec<Family>,
-    /// What is left of the current shuffled round of `families`.
-    family_round: Vec<Family>,
+    /// Per strategy, what is left of its current shuffled round of `families`.
+    family_rounds: HashMap<Strategy, Vec<Family>>,
     /// The current trial's family.
     family: Family,
     /// Per side, the source (IPv4 address, IPv6 /64) its first registration
@@ -670,7 +670,7 @@ impl Coordinator {
                 round: Vec::new(),
                 family: families.first().copied().unwrap_or_default(),
                 families,
-                family_round: Vec::new(),
+                family_rounds: HashMap::new(),
                 other_family_site: [None, None],
             },
         );
@@ -703,7 +703,7 @@ impl Coordinator {
             }
         }
         let strategy = self.next_strategy(id, trial);
-        let family = self.next_family(id);
+        let family = self.next_family(id, strategy);
         let tokens = [self.random_hex(16), self.random_hex(16)];
         let pair = self.pairs.get_mut(&id).expect("known pair");
         pair.strategy = strategy;
@@ -743,16 +743,21 @@ impl Coordinator {
         pair.round.pop().expect("a mix is never empty")
     }
 
-    /// The next trial's family: drawn from the pair's families in shuffled
-    /// rounds, so each runs equally often and in random order (a factor
-    /// randomised within the pairing, never confounded with trial order).
-    fn next_family(&mut self, id: PairId) -> Family {
+    /// The family of the next trial, a `strategy` one: drawn from the
+    /// pair's families in shuffled rounds kept per strategy, so each
+    /// strategy runs each family equally often (give or take one) and in
+    /// random order. A factor randomised within the pairing and stratified
+    /// by strategy: never confounded with trial order, nor with the plan's
+    /// strategy rotation (one shared round of two families beside a
+    /// rotation of two strategies could give one strategy only IPv4).
+    fn next_family(&mut self, id: PairId, strategy: Strategy) -> Family {
         let pair = self.pairs.get_mut(&id).expect("known pair");
-        if pair.family_round.is_empty() {
-            pair.family_round = pair.families.clone();
-            pair.family_round.shuffle(&mut self.rng);
+        let round = pair.family_rounds.entry(strategy).or_default();
+        if round.is_empty() {
+            *round = pair.families.clone();
+            round.shuffle(&mut self.rng);
         }
-        pair.family_round.pop().unwrap_or_default()
+        round.pop().unwrap_or_default()
     }
 
     fn ping(&mut self, now: Instant, id: PairId, side: usize) {

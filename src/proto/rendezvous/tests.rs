@@ -1653,3 +1653,31 @@ fn a_hello_must_offer_its_control_connections_family_when_the_plan_runs_it() {
     h.say(1, &hello_in(&[Family::Ipv6]));
     assert!(matches!(h.take(1)[..], [ServerMessage::Welcome { .. }]));
 }
+
+#[test]
+fn each_strategy_runs_each_family_equally_often_whatever_the_rotation() {
+    // Two strategies in turn and two families: one shared series of rounds
+    // could give a strategy one family only; rounds per strategy cannot.
+    let plan = Plan {
+        families: Family::ALL.to_vec(),
+        ..plan(8, "[\"simultaneous\", \"connect_listen\"]", 0, 1)
+    };
+    for seed in 0..16 {
+        let mut h = Harness {
+            core: Coordinator::new(
+                config(plan.clone()),
+                rand::rngs::StdRng::seed_from_u64(seed),
+            )
+            .unwrap(),
+            ..Harness::new(config(plan.clone()))
+        };
+        h.pair_two(&hello_in(Family::ALL), &hello_in(Family::ALL));
+        let families = run_family_trials(&mut h, 8);
+        for strategy in [0, 1] {
+            let of_strategy: Vec<Family> =
+                families.iter().skip(strategy).step_by(2).copied().collect();
+            let ipv6 = of_strategy.iter().filter(|f| **f == Family::Ipv6).count();
+            assert_eq!(ipv6, 2, "seed {seed}, strategy {strategy}: {families:?}");
+        }
+    }
+}
