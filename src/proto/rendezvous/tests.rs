@@ -1187,49 +1187,10 @@ fn a_waiting_flood_gives_up_its_places_and_a_volunteer_is_still_paired() {
 /// `paired` taken) through `trials` trials, every trial a timeout; returns
 /// the strategy each trial was announced with.
 fn run_trials(h: &mut Harness, trials: u32) -> Vec<Strategy> {
-    let mut strategies = Vec::new();
-    for trial in 0..trials {
-        let (mut log1, mut log2) = (Vec::new(), Vec::new());
-        answer_pings(h, 1, Duration::from_millis(10), &mut log1);
-        answer_pings(h, 2, Duration::from_millis(10), &mut log2);
-        let announced = |log: &[ServerMessage]| {
-            log.iter()
-                .find_map(|m| match m {
-                    ServerMessage::Trial {
-                        trial: t,
-                        token,
-                        strategy,
-                        ..
-                    } if *t == trial => Some((token.clone(), *strategy)),
-                    _ => None,
-                })
-                .expect("a trial message")
-        };
-        let ((t1, s1), (t2, s2)) = (announced(&log1), announced(&log2));
-        assert_eq!(s1, s2, "both sides run the same strategy");
-        strategies.push(s1);
-        for (conn, token, addr) in [
-            (1000 + u64::from(trial) * 2, t1, "127.0.0.2:2000"),
-            (1001 + u64::from(trial) * 2, t2, "127.0.0.3:3000"),
-        ] {
-            h.connect(conn, addr);
-            h.say(
-                conn,
-                &ClientMessage::Register {
-                    token,
-                    mapped_port: None,
-                },
-            );
-        }
-        for conn in [1, 2] {
-            assert!(h
-                .take(conn)
-                .iter()
-                .any(|m| matches!(m, ServerMessage::Go { strategy, .. } if *strategy == s1)));
-            h.say(conn, &timed_out(trial));
-        }
-    }
-    strategies
+    run_announced_trials(h, trials)
+        .into_iter()
+        .map(|(strategy, _)| strategy)
+        .collect()
 }
 
 #[test]
@@ -1417,12 +1378,13 @@ fn registration_from(conn: ConnId, family: Family) -> &'static str {
     }
 }
 
-/// Runs `trials` trials of paired volunteers 1 and 2, each registering in
-/// the family its `trial` names; checks that both sides hear the same
-/// family and that each `go` names the peer's endpoint in that family.
-/// Returns the families in trial order.
-fn run_family_trials(h: &mut Harness, trials: u32) -> Vec<Family> {
-    let mut families = Vec::new();
+/// Runs `trials` trials of paired volunteers 1 and 2 (already paired),
+/// each a timeout, each side registering in the family its `trial` names;
+/// checks that both sides hear the same strategy and family and that each
+/// `go` names the peer's endpoint in that family. Returns each trial's
+/// strategy and family, in trial order.
+fn run_announced_trials(h: &mut Harness, trials: u32) -> Vec<(Strategy, Family)> {
+    let mut announced_trials = Vec::new();
     for trial in 0..trials {
         let (mut log1, mut log2) = (Vec::new(), Vec::new());
         answer_pings(h, 1, Duration::from_millis(10), &mut log1);
@@ -1433,16 +1395,22 @@ fn run_family_trials(h: &mut Harness, trials: u32) -> Vec<Family> {
                     ServerMessage::Trial {
                         trial: t,
                         token,
+                        strategy,
                         family,
-                        ..
-                    } if *t == trial => Some((token.clone(), family.expect("family is sent"))),
+                    } if *t == trial => {
+                        Some((token.clone(), *strategy, family.expect("family is sent")))
+                    }
                     _ => None,
                 })
                 .expect("a trial message")
         };
-        let ((t1, f1), (t2, f2)) = (announced(&log1), announced(&log2));
+        let ((t1, s1, f1), (t2, s2, f2)) = (announced(&log1), announced(&log2));
+        assert_eq!(
+            s1, s2,
+            "both sides run trial {trial} with the same strategy"
+        );
         assert_eq!(f1, f2, "both sides run trial {trial} in the same family");
-        families.push(f1);
+        announced_trials.push((s1, f1));
         for (side, token) in [(1, t1), (2, t2)] {
             let conn = 1000 + u64::from(trial) * 2 + side;
             h.connect(conn, registration_from(side, f1));
@@ -1455,19 +1423,25 @@ fn run_family_trials(h: &mut Harness, trials: u32) -> Vec<Family> {
             );
         }
         for (side, peer) in [(1, 2), (2, 1)] {
-            let go_peer = h
-                .take(side)
-                .iter()
-                .find_map(|m| match m {
-                    ServerMessage::Go { peer, .. } => Some(*peer),
-                    _ => None,
-                })
-                .expect("a go");
+            let go = h.take(side).into_iter().find_map(|m| match m {
+                ServerMessage::Go { peer, strategy, .. } => Some((peer, strategy)),
+                _ => None,
+            });
+            let (go_peer, go_strategy) = go.expect("a go");
             assert_eq!(go_peer, sa(registration_from(peer, f1)), "trial {trial}");
+            assert_eq!(go_strategy, s1, "trial {trial}");
             h.say(side, &timed_out(trial));
         }
     }
-    families
+    announced_trials
+}
+
+/// As [`run_announced_trials`], the families only.
+fn run_family_trials(h: &mut Harness, trials: u32) -> Vec<Family> {
+    run_announced_trials(h, trials)
+        .into_iter()
+        .map(|(_, family)| family)
+        .collect()
 }
 
 #[test]
