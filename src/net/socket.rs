@@ -62,15 +62,19 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// The unspecified address of `like`'s family, with `port`.
+pub fn unspecified(like: SocketAddr, port: u16) -> SocketAddr {
+    match like {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], port)),
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+    }
+}
+
 /// The source address the kernel would pick to reach `remote` (its routing
 /// and RFC 6724 rules), learnt without sending anything: a UDP socket's
 /// connect only chooses a route.
 pub fn source_ip_towards(remote: SocketAddr) -> io::Result<std::net::IpAddr> {
-    let any: SocketAddr = match remote {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let probe = std::net::UdpSocket::bind(any)?;
+    let probe = std::net::UdpSocket::bind(unspecified(remote, 0))?;
     probe.connect(remote)?;
     Ok(probe.local_addr()?.ip())
 }

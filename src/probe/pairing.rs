@@ -14,6 +14,7 @@ use punchscope_analysis::trial::{Family, Strategy, TrialOutcome, TrialRecord};
 use super::guard::CoordinatorGuard;
 use super::Progress;
 use crate::net::address::AddressPolicy;
+use crate::net::socket::unspecified;
 use crate::node::NodeBridge;
 use crate::portmap::trial::{HeldMapping, TrialMapper};
 use crate::proto::rendezvous::Mode;
@@ -52,10 +53,7 @@ pub struct PairingOptions {
 impl PairingOptions {
     /// The coordinator's address of `family`, if we run trials in it.
     pub fn registrar(&self, family: Family) -> Option<SocketAddr> {
-        self.registrars
-            .iter()
-            .copied()
-            .find(|a| Family::of(a.ip()) == family)
+        first_of_family(&self.registrars, family)
     }
 
     /// The families we run trials in: those of `registrars`, IPv4 first.
@@ -66,6 +64,14 @@ impl PairingOptions {
             .filter(|f| self.registrar(*f).is_some())
             .collect()
     }
+}
+
+/// The first of `addresses` in `family`.
+pub(super) fn first_of_family(addresses: &[SocketAddr], family: Family) -> Option<SocketAddr> {
+    addresses
+        .iter()
+        .copied()
+        .find(|a| Family::of(a.ip()) == family)
 }
 
 /// One pairing as recorded, with what the caller needs beyond the record.
@@ -217,8 +223,8 @@ pub async fn run_pairing(
                 // firewall opens its pinhole to the observed one only.
                 let local_ip = match family {
                     Family::Ipv6 => crate::net::socket::source_ip_towards(registrar)
-                        .unwrap_or_else(|_| any_port(registrar, 0).ip()),
-                    Family::Ipv4 => any_port(registrar, 0).ip(),
+                        .unwrap_or_else(|_| unspecified(registrar, 0).ip()),
+                    Family::Ipv4 => unspecified(registrar, 0).ip(),
                 };
                 let socket = match crate::net::socket::bound(SocketAddr::new(local_ip, 0)) {
                     Ok(socket) => socket,
@@ -550,14 +556,6 @@ fn unrun(
     TrialRecord {
         error,
         ..TrialRecord::unrun(trial, strategy, role, outcome)
-    }
-}
-
-/// The unspecified address of `like`'s family, with `port`.
-fn any_port(like: SocketAddr, port: u16) -> SocketAddr {
-    match like {
-        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], port)),
-        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
     }
 }
 

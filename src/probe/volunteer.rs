@@ -11,7 +11,7 @@ use punchscope_analysis::result::{ClientInfo, RunResult};
 use punchscope_analysis::trial::Family;
 
 use super::delivery::{spool_and_upload, UploadStatus};
-use super::pairing::{run_pairing, PairingOptions, PairingRun};
+use super::pairing::{first_of_family, run_pairing, PairingOptions, PairingRun};
 use super::{ProbeError, Progress, Stop};
 use crate::classify::{self, ClassifyConfig, EchoFamilies, EchoTrust, FamilyStep};
 use crate::net::address::AddressPolicy;
@@ -327,7 +327,7 @@ pub(super) async fn resolve_all(targets: &[String]) -> Result<Vec<SocketAddr>, P
 pub(super) fn first_per_family(addresses: &[SocketAddr], families: &[Family]) -> Vec<SocketAddr> {
     families
         .iter()
-        .filter_map(|f| addresses.iter().copied().find(|a| Family::of(a.ip()) == *f))
+        .filter_map(|f| first_of_family(addresses, *f))
         .collect()
 }
 

@@ -319,28 +319,7 @@ pub fn start_coordinator_dual_stack(
     lab: &Lab,
     plan: &std::path::Path,
 ) -> super::process::ChildGuard {
-    let child = punchscope_in(&lab.internet_netns())
-        .args(["serve", "rendezvous", "--listen", "[::]:7000", "--plan"])
-        .arg(plan)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = super::process::ChildGuard(Some(child));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let accepts = || {
-        [COORDINATOR, COORDINATOR_V6]
-            .iter()
-            .all(|a| TcpStream::connect(a).is_ok())
-    };
-    while !lab.run_in("internet", accepts).unwrap() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "coordinator did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    guard
+    start_coordinator_listening(lab, plan, "[::]:7000", &[COORDINATOR, COORDINATOR_V6], &[])
 }
 
 /// As [`start_coordinator`], with more arguments (`--any-reference`, ...).
@@ -349,8 +328,20 @@ pub fn start_coordinator_with(
     plan: &std::path::Path,
     extra: &[&str],
 ) -> super::process::ChildGuard {
+    start_coordinator_listening(lab, plan, COORDINATOR, &[COORDINATOR], extra)
+}
+
+/// `serve rendezvous --listen listen` with `plan` (and `extra`) in the
+/// internet namespace, once each of `answering` accepts connections.
+fn start_coordinator_listening(
+    lab: &Lab,
+    plan: &std::path::Path,
+    listen: &str,
+    answering: &[&str],
+    extra: &[&str],
+) -> super::process::ChildGuard {
     let child = punchscope_in(&lab.internet_netns())
-        .args(["serve", "rendezvous", "--listen", COORDINATOR, "--plan"])
+        .args(["serve", "rendezvous", "--listen", listen, "--plan"])
         .arg(plan)
         .args(extra)
         .stdout(std::process::Stdio::null())
@@ -359,10 +350,8 @@ pub fn start_coordinator_with(
         .unwrap();
     let guard = super::process::ChildGuard(Some(child));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !lab
-        .run_in("internet", || TcpStream::connect(COORDINATOR).is_ok())
-        .unwrap()
-    {
+    let accepts = || answering.iter().all(|a| TcpStream::connect(a).is_ok());
+    while !lab.run_in("internet", accepts).unwrap() {
         assert!(
             std::time::Instant::now() < deadline,
             "coordinator did not start"
